@@ -1,0 +1,1 @@
+"""The simulated backend: device models, instrument emulators, and servers on loopback/pty."""

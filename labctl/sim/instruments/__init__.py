@@ -1,0 +1,1 @@
+"""Instrument emulators that speak each instrument's real command language."""
