@@ -64,7 +64,9 @@ class Program:
         n = len(self.level)
         for name in ("duration", "sample", "segment", "cycle", "pulse", "phase"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"Program column {name!r} has {len(getattr(self, name))} rows, level has {n}")
+                raise ValueError(
+                    f"Program column {name!r} has {len(getattr(self, name))} rows, level has {n}"
+                )
         if self.mode not in SOURCE_MODES:
             raise ValidationError("mode", f"{self.mode!r}; allowed: 'V' (source voltage) or 'I'")
         if n and not np.all(np.isfinite(self.level)):
@@ -284,9 +286,7 @@ def pulse(
     levels.append(amplitude), durations.append(width), samples.append(sample_pulse)
     if after > 0:
         levels.append(base), durations.append(after), samples.append(sample_base)
-    return Program.from_steps(
-        levels, durations, sample=samples, phase=phase, pulse=number, **kw
-    )
+    return Program.from_steps(levels, durations, sample=samples, phase=phase, pulse=number, **kw)
 
 
 def _periodic(
@@ -311,7 +311,9 @@ def _periodic(
     else:
         one = amplitude * np.sin(2 * np.pi * u)
     levels = np.tile(one + offset, cycles)
-    cycle_tag = np.repeat(np.arange(first_cycle, first_cycle + cycles, dtype=np.int32), points_per_cycle)
+    cycle_tag = np.repeat(
+        np.arange(first_cycle, first_cycle + cycles, dtype=np.int32), points_per_cycle
+    )
     return Program.from_steps(
         levels, 1.0 / (frequency * points_per_cycle), phase=phase, cycle=cycle_tag, **kw
     )

@@ -1,0 +1,33 @@
+"""Instrument drivers, one module per family; found by name or by the instrument's identity."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from labctl.errors import ValidationError
+
+# name -> (module:Class, identity pattern matched against the *IDN? reply)
+DRIVERS: dict[str, tuple[str, str]] = {
+    "keithley2450": ("drivers.keithley2450:Keithley2450", r"MODEL 2450"),
+}
+
+
+def driver_class(name: str) -> type:
+    """The driver class registered as ``name``."""
+    try:
+        target = DRIVERS[name][0]
+    except KeyError:
+        raise ValidationError(
+            "driver", f"unknown driver {name!r}; available: {', '.join(sorted(DRIVERS))}"
+        ) from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def driver_for_identity(identity: str) -> str | None:
+    """The driver name whose identity pattern matches ``identity`` (an ``*IDN?`` reply)."""
+    for name, (_target, pattern) in DRIVERS.items():
+        if re.search(pattern, identity, re.IGNORECASE):
+            return name
+    return None

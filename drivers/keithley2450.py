@@ -1,0 +1,431 @@
+"""Keithley 2450 SourceMeter, SCPI command set (``*LANG SCPI``).
+
+Hardware-timed execution compiles a Program into the 2450's sweeps: long arithmetic runs
+become the linear sweep (``:SOUR:SWE:VOLT:LIN``, up to 10^6 points), everything else becomes
+list sweeps of at most 100 levels (``:SOUR:LIST:VOLT`` + ``:SOUR:SWE:VOLT:LIST``). Each sweep
+point is held for its delay and then measured for the aperture (NPLC / line frequency), so a
+step of duration d gets the source delay d - aperture. Readings stream back in bulk as
+binary doubles (``:FORM:DATA REAL``) while the sweep runs, so a long sweep is never read
+all at the end. Steps shorter than the aperture fall back to host (software) timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.base import Capabilities, Limits, check_program, raise_if_aborted
+from labctl.clock import Clock, RealClock
+from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
+from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.program import Program
+from labctl.transport import Transport, block_to_array
+
+BUFFER = '"defbuffer1"'
+ELEMENTS = "REL,SOUR,READ"
+LIST_MAX = 100
+LIN_MIN_POINTS = LIST_MAX + 1  # shorter arithmetic runs fit a list sweep just as well
+MIN_DELAY_S = 50e-6
+MAX_DELAY_S = 10e3
+FETCH_MAX = 100_000  # readings per bulk query
+LATE_TOLERANCE_S = 2e-3
+V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
+I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+OVERRANGE_VALUE = 9.9e37
+
+
+def _num(x: float) -> str:
+    return f"{x:.9g}"
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """One hardware sweep covering program rows [row0, row0 + n)."""
+
+    row0: int
+    levels: np.ndarray
+    delay_s: float
+    linear: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.levels)
+
+
+class Keithley2450:
+    """Driver for the Keithley 2450 over any :class:`~labctl.transport.Transport`."""
+
+    name = "keithley2450"
+    capabilities = Capabilities(
+        kind="smu",
+        hardware_timing=True,
+        list_length=LIST_MAX,
+        min_step_s=MIN_DELAY_S,
+        v_max=210.0,
+        i_max=1.05,
+        v_ranges=V_RANGES,
+        i_ranges=I_RANGES,
+        channels=("1",),
+        source_modes=("V",),
+    )
+
+    def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
+        self.transport = transport
+        self.clock = clock or RealClock()
+        self.limits = Limits()
+        self.nplc = 1.0
+        self.line_frequency_hz = 50.0
+        self.compliance_a = 105e-6
+        self.timing = "auto"  # "auto" | "hardware" | "software"
+        self.poll_s = 0.1
+        self.identity = ""
+        self._output_on: bool | None = None
+        self._last_level: float | None = None
+
+    # -- identity and settings ------------------------------------------------------------
+    def identify(self) -> str:
+        """``*IDN?``; also checks the SCPI command set and reads the line frequency."""
+        idn = self.transport.query("*IDN?").strip()
+        if "2450" not in idn:
+            raise InstrumentError(f"{self.transport.resource} answers {idn!r}, not a Keithley 2450")
+        lang = self.transport.query("*LANG?").strip().upper()
+        if lang != "SCPI":
+            raise InstrumentError(
+                f"{self.transport.resource}: command set is {lang}; select SCPI "
+                "(front panel: Menu > System > Settings > Command Set) and power-cycle"
+            )
+        self.line_frequency_hz = float(self.transport.query(":SYST:LFR?"))
+        self.identity = idn
+        return idn
+
+    @property
+    def aperture_s(self) -> float:
+        return self.nplc / self.line_frequency_hz
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def configure(
+        self,
+        *,
+        compliance_a: float | None = None,
+        nplc: float | None = None,
+        current_range_a: float | None = None,
+        voltage_range_v: float | None = None,
+        timing: str | None = None,
+        **_ignored: object,
+    ) -> None:
+        """Source V, measure I; compliance, ranges (None: auto) and integration time."""
+        if nplc is not None:
+            if not 0.01 <= nplc <= 10:
+                raise ValidationError("nplc", f"{nplc:g} is outside 0.01 to 10 PLC")
+            self.nplc = float(nplc)
+        if compliance_a is not None:
+            self.compliance_a = self._checked_compliance(compliance_a)
+        if timing is not None:
+            if timing not in ("auto", "hardware", "software"):
+                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
+            self.timing = timing
+        if voltage_range_v is None:
+            v_range = ":SOUR:VOLT:RANG:AUTO ON"
+        else:
+            v_range = (
+                f":SOUR:VOLT:RANG {_num(_pick_range('voltage_range_v', voltage_range_v, V_RANGES))}"
+            )
+        if current_range_a is None:
+            i_range = ":SENS:CURR:RANG:AUTO ON"
+        else:
+            i_range = (
+                f":SENS:CURR:RANG {_num(_pick_range('current_range_a', current_range_a, I_RANGES))}"
+            )
+        self.transport.write(
+            f":SOUR:FUNC VOLT;{v_range};:SOUR:VOLT:ILIM {_num(self.compliance_a)};"
+            f':SENS:FUNC "CURR";{i_range};:SENS:CURR:NPLC {_num(self.nplc)};'
+            ":FORM:DATA ASC;:FORM:BORD SWAP"
+        )
+        self.check_errors()
+
+    def _checked_compliance(self, compliance_a: float) -> float:
+        if not 0 < compliance_a <= self.capabilities.i_max:
+            raise ValidationError(
+                "compliance_a", f"{compliance_a:g} A is outside (0, {self.capabilities.i_max:g}] A"
+            )
+        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
+            raise LimitError(
+                f"keithley2450 driver: current limit {compliance_a:g} A exceeds the sample's "
+                f"max_i = {self.limits.max_i:g} A"
+            )
+        return float(compliance_a)
+
+    def check_errors(self) -> None:
+        """Raise InstrumentError with every queued error, oldest first."""
+        count = int(float(self.transport.query(":SYST:ERR:COUN?")))
+        if count <= 0:
+            return
+        errors = [self.transport.query(":SYST:ERR?").strip() for _ in range(min(count, 20))]
+        raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
+
+    # -- execution --------------------------------------------------------------------------
+    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        """Run ``program``; yields chunks with ``t`` relative to the program's start."""
+        check_program(program, self.limits, self.capabilities, "keithley2450 driver")
+        if program.mode != "V":
+            raise ValidationError("mode", "the 2450 driver sources voltage only in this version")
+        if not len(program):
+            return
+        if program.compliance is not None and program.compliance != self.compliance_a:
+            self.compliance_a = self._checked_compliance(program.compliance)
+            self.transport.write(f":SOUR:VOLT:ILIM {_num(self.compliance_a)}")
+        sweeps = None if self.timing == "software" else self.compile(program)
+        if sweeps is None and self.timing == "hardware":
+            raise ValidationError(
+                "timing",
+                f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
+                f"NPLC {self.nplc:g}); lower nplc or use software timing",
+            )
+        if sweeps is None:
+            yield from self._run_software(program, abort)
+        else:
+            yield from self._run_hardware(program, sweeps, abort)
+        self.check_errors()
+
+    def compile(self, program: Program) -> list[_Sweep] | None:
+        """The hardware sweeps for ``program``, or None if a step is too short to measure."""
+        aperture = self.aperture_s
+        delay = program.duration - aperture
+        if np.any(delay < -1e-12) or np.any(delay > MAX_DELAY_S):
+            return None
+        delay = np.where(delay < MIN_DELAY_S / 2, 0.0, np.maximum(delay, MIN_DELAY_S))
+        # runs of equal delay: each becomes one or more sweeps
+        n = len(program)
+        cuts = np.flatnonzero(~np.isclose(delay[1:], delay[:-1], rtol=1e-9, atol=1e-12)) + 1
+        bounds = np.concatenate([[0], cuts, [n]])
+        sweeps: list[_Sweep] = []
+        for a, b in itertools.pairwise(bounds):
+            sweeps.extend(self._split_run(program.level, int(a), int(b), float(delay[a])))
+        return sweeps
+
+    @staticmethod
+    def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:
+        """Split rows [a, b) of equal delay into linear sweeps and <=100-level list sweeps."""
+        out: list[_Sweep] = []
+        lv = level[a:b]
+        scale = max(float(np.abs(lv).max()), 1e-12)
+        d = np.diff(lv)
+        # starts of stretches where the step between levels stays constant
+        same = np.isclose(d[1:], d[:-1], rtol=1e-9, atol=1e-12 * scale)
+        pending: list[int] = []
+
+        def flush() -> None:
+            for s in range(0, len(pending), LIST_MAX):
+                rows = pending[s : s + LIST_MAX]
+                out.append(_Sweep(a + rows[0], lv[rows[0] : rows[-1] + 1], delay, False))
+            pending.clear()
+
+        i = 0
+        m = len(lv)
+        while i < m:
+            j = i + 1  # extend the arithmetic run lv[i..j]
+            if j < m:
+                while j + 1 < m and same[j - 1]:
+                    j += 1
+            length = j - i + 1 if j < m else 1
+            if length >= LIN_MIN_POINTS:
+                flush()
+                out.append(_Sweep(a + i, lv[i : j + 1], delay, True))
+                i = j + 1
+            else:
+                pending.append(i)
+                i += 1
+        flush()
+        return out
+
+    def _output_on_at(self, level: float) -> None:
+        if self._output_on is not True:
+            self.transport.write(f":SOUR:VOLT {_num(level)};:OUTP ON")
+            self._output_on = True
+            self._last_level = level
+
+    def _run_hardware(
+        self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
+    ) -> Iterator[Chunk]:
+        t_start = self.clock.now()
+        self._output_on_at(float(program.level[0]))
+        aperture = self.aperture_s
+        for sw in sweeps:
+            raise_if_aborted(abort)
+            if sw.linear:
+                self.transport.write(
+                    f":SOUR:SWE:VOLT:LIN {_num(sw.levels[0])},{_num(sw.levels[-1])},{sw.n},"
+                    f"{_num(sw.delay_s)},1,BEST,OFF,OFF,{BUFFER}"
+                )
+            else:
+                self.transport.write(":SOUR:LIST:VOLT " + ",".join(_num(x) for x in sw.levels))
+                self.transport.write(f":SOUR:SWE:VOLT:LIST 1,{_num(sw.delay_s)},1,OFF,{BUFFER}")
+            t_init = self.clock.now() - t_start
+            self.transport.write(f":TRAC:CLE {BUFFER};:INIT")
+            period = sw.delay_s + aperture
+            expected = sw.n * period
+            # The first reading (REL = 0) is taken one period after INIT.
+            t0 = t_init + period
+            done = 0
+            poll = (
+                self.poll_s
+                if not getattr(self.clock, "is_virtual", False)
+                else max(0.25, expected / 16)
+            )
+            while True:
+                if abort is not None and abort.is_set():
+                    self.transport.write(":ABOR")
+                    for _n, chunk in self._fetch(program, sw, done, t0):
+                        yield chunk  # keep every point taken before the abort
+                    raise Aborted("run aborted")
+                remaining = t_start + t_init + expected - self.clock.now()
+                if remaining > 0:
+                    self.clock.sleep(min(poll, remaining))
+                state = self.transport.query(":TRIG:STAT?").split(";")[0].strip().upper()
+                finished = state in ("IDLE", "ABORTED")
+                for n_new, chunk in self._fetch(program, sw, done, t0):
+                    done += n_new
+                    if len(chunk):
+                        yield chunk
+                if finished:
+                    if done < sw.n:
+                        raise InstrumentError(
+                            f"{self.transport.resource}: sweep ended after {done} of {sw.n} points"
+                        )
+                    break
+                if state == "FAILED":
+                    raise InstrumentError(f"{self.transport.resource}: the trigger model failed")
+            self._last_level = float(sw.levels[-1])
+
+    def _fetch(
+        self, program: Program, sw: _Sweep, done: int, t0: float
+    ) -> Iterator[tuple[int, Chunk]]:
+        """Read the sweep's readings after the first ``done`` in bulk, as (count, chunk)."""
+        available = min(int(float(self.transport.query(f":TRAC:ACT? {BUFFER}"))), sw.n)
+        while done < available:
+            stop = min(available, done + FETCH_MAX)
+            payload = self.transport.query_block(
+                f":FORM:DATA REAL;:TRAC:DATA? {done + 1},{stop},{BUFFER},{ELEMENTS}"
+            )
+            self.transport.write(":FORM:DATA ASC")
+            values = block_to_array(payload).reshape(-1, 3)
+            if len(values) != stop - done:
+                raise InstrumentError(
+                    f"{self.transport.resource}: asked for {stop - done} readings, "
+                    f"got {len(values)}"
+                )
+            rows = np.arange(sw.row0 + done, sw.row0 + stop)
+            keep = program.sample[rows]
+            yield (
+                stop - done,
+                self._chunk(
+                    program,
+                    rows[keep],
+                    t0 + values[keep, 0],
+                    values[keep, 1],
+                    values[keep, 2],
+                    np.zeros(int(keep.sum()), np.uint16),
+                ),
+            )
+            done = stop
+
+    def _chunk(
+        self,
+        program: Program,
+        rows: np.ndarray,
+        t: np.ndarray,
+        v: np.ndarray,
+        i: np.ndarray,
+        flags: np.ndarray,
+    ) -> Chunk:
+        """Samples of ``rows`` with over-range readings as NaN and compliance flagged."""
+        i = np.asarray(i, dtype=np.float64)
+        f = np.asarray(flags, np.uint16).copy()
+        over = np.abs(i) >= OVERRANGE_VALUE
+        f[over] |= OVERRANGE
+        i = np.where(over, np.nan, i)
+        f[np.abs(i) >= 0.999 * self.compliance_a] |= COMPLIANCE
+        return Chunk.from_program(program, rows, t=t, v=v, i=i, flags=f)
+
+    def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
+        ends = program.step_ends()
+        starts = ends - program.duration
+        aperture = self.aperture_s
+        t_start = self.clock.now()
+        rows: list[int] = []
+        ts: list[float] = []
+        vs: list[float] = []
+        is_: list[float] = []
+        late: list[bool] = []
+        flush_at = t_start + 0.25
+        query = f":READ? {BUFFER},{ELEMENTS}"
+        for k in range(len(program)):
+            raise_if_aborted(abort)
+            level = float(program.level[k])
+            target = t_start + starts[k]
+            self.clock.sleep_until(target)
+            was_late = self.clock.now() - target > LATE_TOLERANCE_S
+            if self._output_on is not True:
+                self._output_on_at(level)
+            elif level != self._last_level:
+                self.transport.write(f":SOUR:VOLT {_num(level)}")
+                self._last_level = level
+            if program.sample[k]:
+                self.clock.sleep_until(t_start + ends[k] - aperture)
+                # the reading is stamped where its integration ends
+                t_read = self.clock.now() - t_start + aperture
+                _rel, sour, read = (float(x) for x in self.transport.query(query).split(","))
+                rows.append(k)
+                ts.append(t_read)
+                vs.append(sour)
+                is_.append(read)
+                late.append(was_late)
+            if rows and (self.clock.now() >= flush_at or k == len(program) - 1):
+                yield self._chunk(
+                    program,
+                    np.asarray(rows),
+                    np.asarray(ts),
+                    np.asarray(vs),
+                    np.asarray(is_),
+                    np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED),
+                )
+                rows, ts, vs, is_, late = [], [], [], [], []
+                flush_at = self.clock.now() + 0.25
+        self.clock.sleep_until(t_start + ends[-1])
+
+    # -- safety -------------------------------------------------------------------------------
+    def safe_state(self) -> None:
+        """Stop any sweep, source 0 V, output off, and confirm it. Safe to call any time."""
+        self.transport.write(":ABOR;:SOUR:VOLT 0;:OUTP OFF")
+        self._output_on = False
+        self._last_level = 0.0
+        state = self.transport.query(":OUTP?").strip()
+        if state not in ("0", "OFF"):
+            raise InstrumentError(
+                f"{self.transport.resource}: output still reads {state!r} after OFF"
+            )
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Keithley2450:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()
+
+
+def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:
+    for r in ranges:
+        if abs(value) <= r * (1 + 1e-9):
+            return r
+    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")

@@ -1,0 +1,1 @@
+"""Metrics of measured data: hysteresis loops, pulses, fits."""

@@ -1,0 +1,349 @@
+"""The ``labctl`` command. Heavy modules (Qt, pandas, SQLAlchemy) load only when a command
+needs them, so ``labctl --help`` answers at once. Failures print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_FAILED_RUN = 1
+EXIT_BAD_INPUT = 2
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db", metavar="URL", help="database URL (default: $LABCTL_DB or the per-user SQLite file)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from labctl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="labctl",
+        description="Run voltage-pulse and sweep protocols on memristive devices, log every point, "
+        "and simulate the bench.",
+    )
+    parser.add_argument("--version", action="version", version=f"labctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the I-V hysteresis recipe on the simulated slit device")
+    _db_arg(p)
+    p.add_argument(
+        "--plot-dir", metavar="DIR", help="where to write the PNG (default: beside the database)"
+    )
+
+    p = sub.add_parser("run", help="run a recipe (a .toml file or a builtin recipe name)")
+    p.add_argument("recipe", help="recipe file or builtin name, e.g. iv_hysteresis")
+    p.add_argument(
+        "--instrument",
+        metavar="RESOURCE",
+        help="sim://... or a VISA resource (overrides the recipe)",
+    )
+    p.add_argument("--sample", metavar="NAME", help="sample name (overrides the recipe)")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a parameter; "
+        "sample.max_v=..., instrument.resource=... reach the other tables",
+    )
+    p.add_argument("--operator", metavar="NAME", default=os.environ.get("USER"), help="who runs it")
+    p.add_argument("--plot", metavar="PNG", help="also write a PNG of the data here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _db_arg(p)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--status")
+    p.add_argument("--sample")
+    p.add_argument("--protocol")
+    _db_arg(p)
+
+    p = sub.add_parser("show", help="show one run: parameters, status, metrics, events")
+    p.add_argument("run", type=int)
+    _db_arg(p)
+
+    p = sub.add_parser("export", help="export a run's points with their metadata")
+    p.add_argument("run", type=int)
+    p.add_argument("--format", choices=["csv"], default="csv")
+    p.add_argument("--out", required=True, metavar="FILE")
+    _db_arg(p)
+
+    p = sub.add_parser("protocols", help="list protocols, or show one protocol's parameters")
+    p.add_argument("name", nargs="?")
+
+    p = sub.add_parser("sim", help="the simulated backend")
+    simsub = p.add_subparsers(dest="sim_command", metavar="SIMCOMMAND")
+    s = simsub.add_parser(
+        "serve", help="serve an emulator on 127.0.0.1 (raw SCPI socket)", add_help=False
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `sim serve` has its own parser (labctl.sim.serve) so its help is complete there.
+    if len(argv) >= 2 and argv[0] == "sim" and argv[1] == "serve":
+        return _guard(lambda: _sim_serve(argv[2:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {
+        "demo": cmd_demo,
+        "run": cmd_run,
+        "runs": cmd_runs,
+        "show": cmd_show,
+        "export": cmd_export,
+        "protocols": cmd_protocols,
+        "sim": lambda a: (parser.parse_args(["sim", "--help"]), 0)[1],
+    }[args.command]
+    return _guard(lambda: handler(args))
+
+
+def _guard(fn) -> int:
+    """Run a command; turn every failure into one line on stderr and an exit code."""
+    from labctl.errors import LabctlError, ValidationError
+
+    try:
+        return int(fn() or 0)
+    except ValidationError as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LabctlError as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED_RUN
+    except KeyboardInterrupt:
+        print("labctl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user; LABCTL_DEBUG=1 shows it
+        if os.environ.get("LABCTL_DEBUG"):
+            raise
+        print(
+            f"labctl: internal error: {type(exc).__name__}: {exc} (LABCTL_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_RUN
+
+
+def _sim_serve(rest: list[str]) -> int:
+    from labctl.sim.serve import main as serve_main
+
+    return int(serve_main(rest) or 0)
+
+
+def _open_store(args):
+    from labctl.store import Store
+
+    return Store.open(args.db)
+
+
+class _Progress:
+    """A rich progress bar fed by the engine (instrument time against the plan's total)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._task = None
+        self.points = 0
+
+    def on_start(self, run_id: int, total_s: float | None) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(f"run {run_id}"),
+            BarColumn(),
+            TextColumn("{task.fields[points]} points"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("run", total=total_s or None, points=0)
+
+    def on_program(self, *_a) -> None: ...
+
+    def on_chunk(self, chunk) -> None:
+        self.points += len(chunk)
+        if self._bar is not None and len(chunk):
+            self._bar.update(self._task, completed=float(chunk.t[-1]), points=self.points)
+
+    def on_finish(self, _result) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) -> int:
+    from labctl.api import run_recipe
+    from labctl.engine import RunEngine
+
+    progress = _Progress(not quiet)
+    engine = RunEngine(store, [progress])
+    wall0 = time.perf_counter()
+    result = run_recipe(
+        recipe,
+        store=store,
+        instrument=getattr(args, "instrument", None),
+        sample=getattr(args, "sample", None),
+        operator=getattr(args, "operator", None),
+        engine=engine,
+    )
+    wall = time.perf_counter() - wall0
+    print(
+        f"run {result.run_id} {result.status}: {result.n_points} points, "
+        f"{result.duration_s:.3g} s instrument time, {wall:.2g} s wall"
+    )
+    if result.error:
+        print(f"  reason: {result.error}")
+    _print_metrics(result.metrics)
+    print(f"data: {store.describe()}  (run {result.run_id})")
+    if plot_path is not None and result.n_points:
+        from labctl.report import plot_run
+
+        path = Path(str(plot_path).format(run=result.run_id))
+        plot_run(store, result.run_id, path)
+        print(f"plot: {path}")
+    return 0 if result.ok else EXIT_FAILED_RUN
+
+
+def _print_metrics(metrics) -> None:
+    if not metrics:
+        return
+    run_level = [m for m in metrics if m.get("scope") == "run"]
+    freq = [m for m in metrics if m.get("scope") == "frequency"]
+    if freq:
+        by_index: dict[int, dict[str, float]] = {}
+        for m in freq:
+            by_index.setdefault(m["index"], {})[m["name"]] = m["value"]
+        print("  frequency (Hz)   loop area (V*A)")
+        for _k, row in sorted(by_index.items()):
+            f_hz = row.get("frequency", float("nan"))
+            print(f"  {f_hz:>14.4g}   {row.get('loop_area', float('nan')):.4g}")
+    for m in run_level:
+        unit = f" {m['unit']}" if m.get("unit") else ""
+        print(f"  {m['name']} = {m['value']:.4g}{unit}")
+
+
+def cmd_demo(args) -> int:
+    from protocols.recipe import load_recipe
+
+    store = _open_store(args)
+    recipe = load_recipe("iv_hysteresis")
+    plot_dir = Path(args.plot_dir) if args.plot_dir else store.data_dir() / "plots"
+    print(f"labctl demo: {recipe.description} ({recipe.instrument['resource']})")
+    code = _run_and_report(
+        recipe, args, store, quiet=False, plot_path=plot_dir / "run-{run}-loops.png"
+    )
+    print("next: labctl runs | labctl show RUN | labctl export RUN --format csv --out run.csv")
+    return code
+
+
+def cmd_run(args) -> int:
+    from protocols.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    recipe.build()  # refuse bad parameters before anything is opened
+    store = _open_store(args)
+    return _run_and_report(recipe, args, store, args.quiet, Path(args.plot) if args.plot else None)
+
+
+def cmd_runs(args) -> int:
+    store = _open_store(args)
+    df = store.runs(
+        limit=args.limit, status=args.status, sample=args.sample, protocol=args.protocol
+    )
+    if not len(df):
+        print(f"no runs in {store.describe()}")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs in {store.describe()}")
+    cols = [
+        c
+        for c in ("id", "protocol", "sample", "status", "started_at", "n_points", "error")
+        if c in df
+    ]
+    for c in cols:
+        table.add_column(c)
+    for _, row in df.iterrows():
+        table.add_row(*("" if v is None or v != v else str(v)[:60] for v in (row[c] for c in cols)))
+    Console().print(table)
+    return 0
+
+
+def cmd_show(args) -> int:
+    import json
+
+    store = _open_store(args)
+    run = store.run(args.run)
+    for key in (
+        "id",
+        "protocol",
+        "status",
+        "sample",
+        "instrument_identity",
+        "started_at",
+        "ended_at",
+        "n_points",
+        "software_version",
+        "host",
+        "operator",
+        "error",
+    ):
+        if key in run and run[key] is not None:
+            print(f"{key:>20}: {run[key]}")
+    print(f"{'parameters':>20}: {json.dumps(run.get('parameters'), sort_keys=True)}")
+    metrics = store.metrics(args.run)
+    if len(metrics):
+        print("metrics:")
+        print(metrics.to_string(index=False, max_rows=60))
+    events = store.events(args.run)
+    if len(events):
+        print("events:")
+        print(events.to_string(index=False, max_rows=30))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from labctl.store.export import export_run_csv
+
+    store = _open_store(args)
+    out = Path(args.out)
+    export_run_csv(store, args.run, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_protocols(args) -> int:
+    from protocols.base import all_protocols, allowed_text, field_info
+
+    protos = all_protocols()
+    if not args.name:
+        for name, cls in protos.items():
+            print(f"{name:20} {cls.title}")
+        return 0
+    from protocols.base import get_protocol
+
+    cls = get_protocol(args.name)
+    print(f"{cls.name}: {cls.title}")
+    for fname in cls.Params.model_fields:
+        info = field_info(cls.Params, fname)
+        unit = f" [{info['unit']}]" if info["unit"] else ""
+        print(f"  {fname}{unit}  default {info['default']!r}; allowed: {allowed_text(info)}")
+        if info["help"]:
+            print(f"      {info['help']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""PNG pictures of a run for people: I-V loops and loop area against frequency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_run(store, run_id: int, path: Path) -> Path:
+    """Write a PNG of run ``run_id``: the I-V loops coloured by frequency (or cycle), and
+    the loop area against frequency when the run has it; I(t) and V(t) otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = store.run(run_id)
+    df = store.points(run_id)
+    metrics = store.metrics(run_id)
+    freq = metrics[(metrics["scope"] == "frequency")] if len(metrics) else metrics
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    ax = axes[0]
+    cmap = plt.get_cmap("viridis")
+    segments = sorted(df["segment"].unique()) if len(df) else []
+    freqs = {}
+    if len(freq):
+        f = freq[freq["name"] == "frequency"]
+        freqs = dict(zip(f["idx"].astype(int), f["value"], strict=False))
+    for k, seg in enumerate(segments):
+        g = df[df["segment"] == seg]
+        last = g[g["cycle"] == g["cycle"].max()]  # the settled cycle
+        label = f"{freqs[seg]:g} Hz" if seg in freqs else f"segment {seg}"
+        color = cmap(k / max(1, len(segments) - 1))
+        ax.plot(last["v"], last["i"] * 1e9, color=color, lw=1.2, label=label)
+    ax.set_xlabel("V (V)")
+    ax.set_ylabel("I (nA)")
+    ax.set_title(f"run {run_id}: {run['protocol']} on {run.get('sample', '')}")
+    ax.axhline(0, color="0.8", lw=0.5)
+    ax.axvline(0, color="0.8", lw=0.5)
+    if segments:
+        ax.legend(fontsize=8)
+    ax = axes[1]
+    if len(freq):
+        a = freq[freq["name"] == "loop_area"].sort_values("idx")
+        fx = np.array([freqs.get(int(i), np.nan) for i in a["idx"]])
+        ax.semilogx(fx, a["value"] * 1e9, "o-")
+        ax.set_xlabel("frequency (Hz)")
+        ax.set_ylabel("loop area (nV·A = nW)")
+        ax.set_title("loop area against frequency")
+    else:
+        ax.plot(df["t"], df["i"] * 1e9, lw=0.8)
+        ax.set_xlabel("t (s)")
+        ax.set_ylabel("I (nA)")
+        ax.set_title("current against time")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

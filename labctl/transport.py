@@ -1,0 +1,239 @@
+"""Message transports to instruments: VISA (pyvisa), serial (pyserial), in-process loopback.
+
+Every transport moves whole messages (terminators are the transport's business) and raises
+:class:`~labctl.errors.TransportError` naming the resource on a timeout or a closed link, so a
+driver never sees a backend-specific exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from labctl.errors import ConnectionLost, TransportError
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class Transport(Protocol):
+    resource: str
+    timeout_s: float
+
+    def write(self, message: str) -> None: ...
+
+    def read(self) -> str: ...
+
+    def query(self, message: str) -> str: ...
+
+    def query_block(self, message: str) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def parse_block(data: bytes, resource: str = "") -> bytes:
+    """Payload of an IEEE 488.2 definite-length block ``#<n><len><payload>``."""
+    start = data.find(b"#")
+    if start < 0 or len(data) < start + 2 or not data[start + 1 : start + 2].isdigit():
+        raise TransportError(resource, f"expected a binary block, got {data[:40]!r}")
+    n = int(data[start + 1 : start + 2])
+    if n == 0:  # indefinite length: the rest up to the terminator
+        return data[start + 2 :].rstrip(b"\n")
+    length = int(data[start + 2 : start + 2 + n])
+    payload = data[start + 2 + n : start + 2 + n + length]
+    if len(payload) != length:
+        raise TransportError(resource, f"binary block cut short: {len(payload)} of {length} bytes")
+    return payload
+
+
+def block_to_array(payload: bytes, dtype: str = "<f8") -> np.ndarray:
+    return np.frombuffer(payload, dtype=np.dtype(dtype))
+
+
+class _QueryMixin:
+    resource: str
+
+    def query(self, message: str) -> str:
+        self.write(message)  # type: ignore[attr-defined]
+        return self.read()  # type: ignore[attr-defined]
+
+
+class LoopbackTransport(_QueryMixin):
+    """Messages go straight to an in-process emulator's ``handle(message)``.
+
+    A query the emulator does not answer raises the same timeout error a real link would,
+    at once (there is nothing to wait for in-process).
+    """
+
+    def __init__(self, emulator: object, resource: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.emulator = emulator
+        self.resource = resource
+        self.timeout_s = timeout_s
+        self._replies: deque[str | bytes] = deque()
+        self._closed = False
+
+    def write(self, message: str) -> None:
+        if self._closed:
+            raise ConnectionLost(self.resource, "connection is closed")
+        reply = self.emulator.handle(message)  # type: ignore[attr-defined]
+        if reply is not None:
+            self._replies.append(reply)
+
+    def _next(self) -> str | bytes:
+        if self._closed:
+            raise ConnectionLost(self.resource, "connection is closed")
+        if not self._replies:
+            raise TransportError(self.resource, f"no reply within {self.timeout_s:g} s (timeout)")
+        return self._replies.popleft()
+
+    def read(self) -> str:
+        reply = self._next()
+        return reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply
+
+    def query_block(self, message: str) -> bytes:
+        self.write(message)
+        reply = self._next()
+        data = reply if isinstance(reply, bytes) else reply.encode("latin-1")
+        return parse_block(data, self.resource)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def default_visa_library() -> str:
+    """The VISA backend: pyvisa-py (``@py``) unless ``LABCTL_VISA_LIBRARY`` says otherwise."""
+    return os.environ.get("LABCTL_VISA_LIBRARY", "@py")
+
+
+class VisaTransport(_QueryMixin):
+    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        read_termination: str = "\n",
+        write_termination: str = "\n",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        visa_library: str | None = None,
+    ) -> None:
+        import pyvisa
+
+        self.resource = resource
+        self.timeout_s = timeout_s
+        self._errors = pyvisa.errors
+        try:
+            self._rm = pyvisa.ResourceManager(visa_library or default_visa_library())
+            self._res = self._rm.open_resource(
+                resource,
+                read_termination=read_termination,
+                write_termination=write_termination,
+                timeout=int(timeout_s * 1000),
+            )
+        except (pyvisa.errors.Error, ValueError, OSError) as exc:
+            raise TransportError(resource, f"cannot open: {_reason(exc)}") from exc
+
+    def _wrap(self, exc: Exception) -> TransportError:
+        text = _reason(exc)
+        if "TMO" in text or "imeout" in text:
+            return TransportError(self.resource, f"no reply within {self.timeout_s:g} s (timeout)")
+        if isinstance(exc, ConnectionError | BrokenPipeError) or "CONN_LOST" in text:
+            return ConnectionLost(self.resource, f"connection lost ({text})")
+        return TransportError(self.resource, text)
+
+    def write(self, message: str) -> None:
+        try:
+            self._res.write(message)
+        except (self._errors.Error, OSError) as exc:
+            raise self._wrap(exc) from exc
+
+    def read(self) -> str:
+        try:
+            return self._res.read()
+        except (self._errors.Error, OSError) as exc:
+            raise self._wrap(exc) from exc
+
+    def query_block(self, message: str) -> bytes:
+        try:
+            self._res.write(message)
+            # Read the header first, then exactly the announced bytes plus the terminator.
+            head = self._res.read_bytes(2)
+            if head[:1] != b"#":
+                rest = self._res.read_raw()
+                raise TransportError(
+                    self.resource, f"expected a binary block, got {(head + rest)[:40]!r}"
+                )
+            n = int(head[1:2])
+            length = int(self._res.read_bytes(n))
+            payload = self._res.read_bytes(length)
+            self._res.read_bytes(1)  # the terminator after the block
+            return payload
+        except (self._errors.Error, OSError, ValueError) as exc:
+            raise self._wrap(exc) from exc
+
+    def close(self) -> None:
+        # closing a dead link must not hide the error that killed it
+        with contextlib.suppress(Exception):
+            self._res.close()
+
+
+class SerialTransport(_QueryMixin):
+    """A serial line (pyserial URL or port): potentiostats and RS-232 SMUs."""
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        baudrate: int = 115200,
+        read_termination: str = "\n",
+        write_termination: str = "\n",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        encoding: str = "ascii",
+    ) -> None:
+        import serial
+
+        self.resource = port
+        self.timeout_s = timeout_s
+        self._rt = read_termination.encode()
+        self._wt = write_termination.encode()
+        self._enc = encoding
+        self._serial_mod = serial
+        try:
+            self._port = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout_s)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise TransportError(port, f"cannot open: {_reason(exc)}") from exc
+
+    def write(self, message: str) -> None:
+        try:
+            self._port.write(message.encode(self._enc) + self._wt)
+        except (self._serial_mod.SerialException, OSError) as exc:
+            raise ConnectionLost(self.resource, f"write failed ({_reason(exc)})") from exc
+
+    def read_bytes(self) -> bytes:
+        try:
+            line = self._port.read_until(self._rt)
+        except (self._serial_mod.SerialException, OSError) as exc:
+            raise ConnectionLost(self.resource, f"read failed ({_reason(exc)})") from exc
+        if not line.endswith(self._rt):
+            raise TransportError(self.resource, f"no reply within {self.timeout_s:g} s (timeout)")
+        return line[: -len(self._rt)]
+
+    def read(self) -> str:
+        return self.read_bytes().decode(self._enc, "replace").rstrip("\r")
+
+    def query_block(self, message: str) -> bytes:
+        self.write(message)
+        return parse_block(self.read_bytes(), self.resource)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._port.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,159 @@
+"""Recipes: TOML files naming a protocol, its parameters, the sample and the instrument.
+
+```toml
+protocol = "iv_hysteresis"
+description = "..."
+[sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
+[instrument]    # resource, driver (optional)
+[parameters]    # the protocol's parameters
+```
+A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols/recipes/.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from labctl.errors import ValidationError
+from protocols.base import Protocol, get_protocol, validate_params
+
+TOP_KEYS = ("protocol", "description", "sample", "instrument", "parameters")
+SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
+INSTRUMENT_KEYS = ("resource", "driver")
+
+
+@dataclass
+class Recipe:
+    protocol: str
+    parameters: dict[str, Any]
+    sample: dict[str, Any] = field(default_factory=dict)
+    instrument: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    text: str = ""
+    source: str = ""  # path or "builtin:NAME"
+
+    def build(self) -> Protocol:
+        """The protocol with validated parameters (raises ValidationError naming the field)."""
+        cls = get_protocol(self.protocol)
+        return cls(validate_params(cls.Params, self.parameters))
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Name -> TOML text of the recipes shipped with labctl."""
+    out = {}
+    for entry in resources.files("protocols").joinpath("recipes").iterdir():
+        if entry.name.endswith(".toml"):
+            out[entry.name[:-5]] = entry.read_text(encoding="utf-8")
+    return dict(sorted(out.items()))
+
+
+def read_recipe_text(ref: str) -> tuple[str, str]:
+    """(text, source) of a recipe file path or a builtin recipe name."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise ValidationError("recipe", f"cannot read {ref}: {exc.strerror or exc}") from None
+    builtins = builtin_recipes()
+    if ref in builtins:
+        return builtins[ref], f"builtin:{ref}"
+    raise ValidationError(
+        "recipe", f"{ref!r} is neither a file nor a builtin recipe ({', '.join(builtins)})"
+    )
+
+
+def parse_recipe(text: str, source: str = "") -> Recipe:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError("recipe", f"not valid TOML ({exc})") from None
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise ValidationError(
+            f"recipe.{unknown[0]}", f"unknown key; allowed: {', '.join(TOP_KEYS)}"
+        )
+    if "protocol" not in data:
+        raise ValidationError(
+            "recipe.protocol", 'missing; name the protocol, e.g. protocol = "iv_hysteresis"'
+        )
+    if not isinstance(data["protocol"], str):
+        raise ValidationError("recipe.protocol", "must be a string naming a protocol")
+    for table in ("sample", "instrument", "parameters"):
+        if table in data and not isinstance(data[table], dict):
+            raise ValidationError(f"recipe.{table}", "must be a table ([" + table + "])")
+    recipe = Recipe(
+        protocol=data["protocol"],
+        parameters=dict(data.get("parameters", {})),
+        sample=dict(data.get("sample", {})),
+        instrument=dict(data.get("instrument", {})),
+        description=str(data.get("description", "")),
+        text=text,
+        source=source,
+    )
+    _check_sample(recipe.sample)
+    bad = [k for k in recipe.instrument if k not in INSTRUMENT_KEYS]
+    if bad:
+        raise ValidationError(
+            f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
+        )
+    return recipe
+
+
+def _check_sample(sample: dict[str, Any]) -> None:
+    if "name" in sample and not (isinstance(sample["name"], str) and sample["name"].strip()):
+        raise ValidationError("sample.name", "must be a non-empty string")
+    for key, unit in (("max_v", "V"), ("max_i", "A")):
+        if key in sample:
+            value = sample[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValidationError(
+                    f"sample.{key}", f"{value!r} is not allowed; allowed: a number > 0 {unit}"
+                )
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` overrides; values are TOML (``[1, 2]``, ``0.5``, ``"sine"``) or bare text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValidationError("--set", f"{item!r}; write key=value, e.g. amplitude_v=0.5")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    """Apply ``--set`` values: ``sample.KEY`` and ``instrument.KEY`` go to those tables."""
+    for key, value in overrides.items():
+        if key.startswith("sample."):
+            recipe.sample[key[7:]] = value
+        elif key.startswith("instrument."):
+            recipe.instrument[key[11:]] = value
+        else:
+            recipe.parameters[key] = value
+    _check_sample(recipe.sample)
+    return recipe
+
+
+def load_recipe(ref: str, overrides: list[str] | None = None) -> Recipe:
+    text, source = read_recipe_text(ref)
+    recipe = parse_recipe(text, source)
+    if overrides:
+        apply_overrides(recipe, parse_set(overrides))
+    return recipe
