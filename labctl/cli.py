@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve an emulator on 127.0.0.1 (raw SCPI socket)", add_help=False
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
+    simsub.add_parser(
+        "presets", help="device presets with their parameters, units, defaults, sources"
+    )
+    s = simsub.add_parser(
+        "plot", help="PNGs of a preset's I-V loops and loop area against frequency"
+    )
+    s.add_argument("preset")
+    s.add_argument("--freq", type=float, action="append", metavar="HZ", help="a frequency (repeat)")
+    s.add_argument("--amplitude", type=float, default=1.0, metavar="V")
+    s.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="a device parameter"
+    )
+    s.add_argument("--out", default=".", metavar="DIR", help="output folder (default: here)")
     return parser
 
 
@@ -104,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show": cmd_show,
         "export": cmd_export,
         "protocols": cmd_protocols,
-        "sim": lambda a: (parser.parse_args(["sim", "--help"]), 0)[1],
+        "sim": cmd_sim,
     }[args.command]
     return _guard(lambda: handler(args))
 
@@ -321,6 +334,58 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     export_run_csv(store, args.run, out)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_sim(args) -> int:
+    if args.sim_command == "presets":
+        return _sim_presets()
+    if args.sim_command == "plot":
+        from labctl.sim.plot import plot_preset
+
+        params = {}
+        for item in args.param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                from labctl.errors import ValidationError
+
+                raise ValidationError("--param", f"{item!r}; write KEY=VALUE, e.g. tau=0.01")
+            params[key.strip()] = value.strip()
+        for path in plot_preset(
+            args.preset,
+            Path(args.out),
+            params=params,
+            freqs_hz=args.freq,
+            amplitude_v=args.amplitude,
+        ):
+            print(f"wrote {path}")
+        return 0
+    build_parser().parse_args(["sim", "--help"])
+    return 0
+
+
+def _sim_presets() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from labctl.sim.devices import PRESETS, _load_presets
+
+    _load_presets()
+    console = Console()
+    for name, preset in sorted(PRESETS.items()):
+        table = Table(title=f"{name}: {preset.description}", title_justify="left", expand=False)
+        for col in ("parameter", "unit", "default", "allowed", "meaning", "source"):
+            table.add_column(col, overflow="fold")
+        for p in preset.params:
+            table.add_row(
+                p.name,
+                p.unit,
+                f"{p.default:g}",
+                f"[{p.minimum:g}, {p.maximum:g}]",
+                p.help,
+                p.source,
+            )
+        console.print(table)
     return 0
 
 

@@ -1,0 +1,51 @@
+"""Instrument emulators by model name: ``make_emulator("keithley2450", device=..., clock=...)``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from labctl.clock import Clock
+from labctl.errors import ValidationError
+from labctl.sim.devices.base import DeviceModel
+from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
+
+__all__ = ["EMULATORS", "Emulator", "make_emulator"]
+
+
+@runtime_checkable
+class Emulator(Protocol):
+    """What the loopback transport and the TCP server call: one message in, its reply out.
+
+    ``handle`` gets a message without its terminator and returns the reply without one (str,
+    or bytes for a binary block), or None when the instrument would not answer.
+    """
+
+    def handle(self, message: str) -> str | bytes | None: ...
+
+
+# Model name -> factory(device=..., clock=..., **opts). More come later (2400, 2636B, B2902,
+# EmStat, Rodeostat).
+EMULATORS: dict[str, Callable[..., Emulator]] = {
+    "keithley2450": Keithley2450Emulator,
+}
+
+
+def make_emulator(model: str, *, device: DeviceModel, clock: Clock, **opts: object) -> Emulator:
+    """The emulator of instrument ``model`` driving ``device`` on ``clock``."""
+    key = model.strip().lower().replace("-", "").replace("_", "")
+    try:
+        factory = EMULATORS[key]
+    except KeyError:
+        raise ValidationError(
+            "model", f"no emulator for {model!r}; available: {', '.join(sorted(EMULATORS))}"
+        ) from None
+    try:
+        inspect.signature(factory).bind(device=device, clock=clock, **opts)
+    except TypeError as exc:  # an option the emulator does not take
+        raise ValidationError(f"{key} option", str(exc)) from None
+    try:
+        return factory(device=device, clock=clock, **opts)
+    except ValueError as exc:  # an option value the emulator refuses
+        raise ValidationError(f"{key} option", str(exc)) from None

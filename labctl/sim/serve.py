@@ -1,0 +1,296 @@
+"""Instrument emulators served on TCP, as a raw SCPI socket (the VISA ``::SOCKET`` resource).
+
+Each connection reads ``\\n``-terminated messages (a trailing ``\\r`` is dropped), passes each
+to the emulator's ``handle`` and writes the reply followed by ``\\n`` (binary blocks too). All
+connections share one emulator, one message at a time. The server binds to 127.0.0.1 unless
+told otherwise.
+
+``start_tcp_server(...)`` runs it in a background thread for tests and returns
+``(server, port)``; ``serve_tcp(...)`` serves in the calling thread until shut down; ``main``
+is what ``labctl sim serve keithley2450 --port 5025`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+from labctl.clock import Clock, RealClock
+from labctl.errors import LabctlError, ValidationError
+from labctl.sim.devices import make_device
+from labctl.sim.instruments.registry import EMULATORS, Emulator, make_emulator
+
+__all__ = [
+    "EmulatorServer",
+    "main",
+    "make_tcp_server",
+    "resource_string",
+    "serve_tcp",
+    "start_tcp_server",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a message longer than this closes the connection
+
+
+def resource_string(host: str, port: int) -> str:
+    """The VISA resource of a raw socket: ``TCPIP::127.0.0.1::5025::SOCKET``."""
+    return f"TCPIP::{host}::{port}::SOCKET"
+
+
+class _Connection(socketserver.StreamRequestHandler):
+    server: EmulatorServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.request, True)
+
+    def finish(self) -> None:
+        self.server.track(self.request, False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def handle(self) -> None:
+        while True:
+            try:
+                line = self.rfile.readline(MAX_LINE_BYTES + 1)
+            except OSError:
+                return
+            if not line or len(line) > MAX_LINE_BYTES:
+                return  # client closed (or sent an unterminated flood)
+            message = line.rstrip(b"\n").rstrip(b"\r").decode("latin-1")
+            if not message.strip():
+                continue
+            reply = self.server.dispatch(message)
+            if reply is None:
+                continue
+            data = reply if isinstance(reply, bytes) else reply.encode("latin-1")
+            try:
+                self.wfile.write(data + b"\n")
+            except OSError:
+                return
+
+
+class EmulatorServer(socketserver.ThreadingTCPServer):
+    """A threaded TCP server in front of one emulator; ``close()`` stops it cleanly."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.lock = threading.Lock()
+        self._clients: set[socket.socket] = set()
+        self._clients_lock = threading.Lock()
+        self._serving = False
+        super().__init__(address, _Connection)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def resource(self) -> str:
+        return resource_string(str(self.server_address[0]), self.port)
+
+    def dispatch(self, message: str) -> str | bytes | None:
+        with self.lock:
+            try:
+                return self.emulator.handle(message)
+            except Exception:  # an emulator bug must not take the server down
+                log.exception("emulator failed on %r", message)
+                return None
+
+    def track(self, sock: socket.socket, alive: bool) -> None:
+        with self._clients_lock:
+            if alive:
+                self._clients.add(sock)
+            else:
+                self._clients.discard(sock)
+
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
+        self._serving = True
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self._serving = False
+
+    def close(self) -> None:
+        """Stop accepting, drop the open connections and release the port."""
+        if self._serving:
+            self.shutdown()
+        with self._clients_lock:
+            clients = list(self._clients)
+        for sock in clients:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+
+
+def make_tcp_server(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5025,
+    device: str = "resistor",
+    seed: int | None = None,
+    clock: Clock | None = None,
+    device_params: Mapping[str, object] | None = None,
+    emulator_opts: Mapping[str, object] | None = None,
+) -> EmulatorServer:
+    """Build (and bind) the server for ``model`` driving preset ``device``; not yet serving."""
+    clock = clock if clock is not None else RealClock()
+    dev = make_device(device, seed=seed, **dict(device_params or {}))
+    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
+    return EmulatorServer((host, port), emulator)
+
+
+def serve_tcp(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    device: str = "resistor",
+    seed: int | None = None,
+    clock: Clock | None = None,
+    device_params: Mapping[str, object] | None = None,
+    emulator_opts: Mapping[str, object] | None = None,
+    ready: Callable[[EmulatorServer], None] | None = None,
+) -> None:
+    """Serve ``model`` on ``host:port`` in this thread until the server is shut down."""
+    server = make_tcp_server(
+        model,
+        host=host,
+        port=port,
+        device=device,
+        seed=seed,
+        clock=clock,
+        device_params=device_params,
+        emulator_opts=emulator_opts,
+    )
+    try:
+        if ready is not None:
+            ready(server)
+        server.serve_forever()
+    finally:
+        server.close()
+
+
+def start_tcp_server(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    device: str = "resistor",
+    seed: int | None = None,
+    clock: Clock | None = None,
+    device_params: Mapping[str, object] | None = None,
+    emulator_opts: Mapping[str, object] | None = None,
+) -> tuple[EmulatorServer, int]:
+    """Start a server in a daemon thread (port 0 picks a free one); returns (server, port).
+
+    Stop it with ``server.close()``.
+    """
+    server = make_tcp_server(
+        model,
+        host=host,
+        port=port,
+        device=device,
+        seed=seed,
+        clock=clock,
+        device_params=device_params,
+        emulator_opts=emulator_opts,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"labctl-sim-{model}-{server.port}", daemon=True
+    )
+    server._serving = True  # so that close() waits for the loop even if it has not started yet
+    thread.start()
+    return server, server.port
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError("--param", f"{item!r} is not of the form name=value")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _default_device() -> str:
+    """slit_unipolar when that preset exists, else the resistor."""
+    try:
+        make_device("slit_unipolar")
+    except ValidationError:
+        return "resistor"
+    return "slit_unipolar"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``labctl sim serve <model> --port 5025 [--device NAME] [--seed N] [--param k=v ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="labctl sim serve",
+        description="Serve an instrument emulator as a raw SCPI socket on TCP.",
+    )
+    parser.add_argument("model", help=f"instrument model: {', '.join(sorted(EMULATORS))}")
+    parser.add_argument("--port", type=int, default=5025, help="TCP port (0 picks a free one)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: loopback only)"
+    )
+    parser.add_argument("--device", default=None, help="device preset (default: slit_unipolar)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="device parameter"
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"--port: {args.port} is outside 0..65535", file=sys.stderr)
+        return 2
+    try:
+        server = make_tcp_server(
+            args.model,
+            host=args.host,
+            port=args.port,
+            device=args.device or _default_device(),
+            seed=args.seed,
+            device_params=_parse_params(args.param),
+        )
+    except LabctlError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+    print(server.resource, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._serving = False
+        server.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
