@@ -29,6 +29,8 @@ BUFFER = '"defbuffer1"'
 ELEMENTS = "REL,SOUR,READ"
 LIST_MAX = 100
 LIN_MIN_POINTS = LIST_MAX + 1  # shorter arithmetic runs fit a list sweep just as well
+LIN_MAX_POINTS = 1_000_000
+DEFAULT_BUFFER_POINTS = 100_000  # defbuffer1 after *RST; it wraps when full
 MIN_DELAY_S = 50e-6
 MAX_DELAY_S = 10e3
 FETCH_MAX = 100_000  # readings per bulk query
@@ -83,6 +85,7 @@ class Keithley2450:
         self.timing = "auto"  # "auto" | "hardware" | "software"
         self.poll_s = 0.1
         self.identity = ""
+        self._buffer_points = DEFAULT_BUFFER_POINTS
         self._output_on: bool | None = None
         self._last_level: float | None = None
 
@@ -143,7 +146,9 @@ class Keithley2450:
                 f":SENS:CURR:RANG {_num(_pick_range('current_range_a', current_range_a, I_RANGES))}"
             )
         self.transport.write(
-            f":SOUR:FUNC VOLT;{v_range};:SOUR:VOLT:ILIM {_num(self.compliance_a)};"
+            # source delay 0: the Program's durations are the only waits (auto delay would
+            # hold each level longer before a software-timed read)
+            f":SOUR:FUNC VOLT;{v_range};:SOUR:VOLT:ILIM {_num(self.compliance_a)};:SOUR:VOLT:DEL 0;"
             f':SENS:FUNC "CURR";{i_range};:SENS:CURR:NPLC {_num(self.nplc)};'
             ":FORM:DATA ASC;:FORM:BORD SWAP"
         )
@@ -236,7 +241,9 @@ class Keithley2450:
             length = j - i + 1 if j < m else 1
             if length >= LIN_MIN_POINTS:
                 flush()
-                out.append(_Sweep(a + i, lv[i : j + 1], delay, True))
+                for s in range(i, j + 1, LIN_MAX_POINTS):
+                    e = min(j + 1, s + LIN_MAX_POINTS)
+                    out.append(_Sweep(a + s, lv[s:e], delay, e - s > 1))
                 i = j + 1
             else:
                 pending.append(i)
@@ -255,6 +262,10 @@ class Keithley2450:
     ) -> Iterator[Chunk]:
         t_start = self.clock.now()
         self._output_on_at(float(program.level[0]))
+        needed = max(sw.n for sw in sweeps)
+        if needed > self._buffer_points:  # a wrapped buffer would renumber unread readings
+            self.transport.write(f":TRAC:POIN {needed},{BUFFER}")
+            self._buffer_points = needed
         aperture = self.aperture_s
         for sw in sweeps:
             raise_if_aborted(abort)

@@ -1,18 +1,18 @@
 """labctl: lab control and data acquisition for nanofluidic and neuromorphic memristors.
 
-``import labctl`` stays light: the API below loads its parts on first use.
+``import labctl`` stays light: ``connect`` is bound at once (its module is small, and binding
+it here keeps the submodule ``labctl.connect`` from shadowing it); the rest of the API loads
+on first use.
 """
 
 __version__ = "0.1.0"
+
+from labctl.connect import connect
 
 __all__ = ["__version__", "connect", "open_store", "run", "run_recipe"]
 
 
 def __getattr__(name: str):
-    if name == "connect":
-        from labctl.connect import connect
-
-        return connect
     if name in ("open_store", "run", "run_recipe"):
         from labctl import api
 

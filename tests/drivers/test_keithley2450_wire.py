@@ -38,7 +38,8 @@ def test_configure_sends_one_compound_and_checks_errors():
     d, t = make(
         [
             (
-                ':SOUR:FUNC VOLT;:SOUR:VOLT:RANG:AUTO ON;:SOUR:VOLT:ILIM 1e-06;:SENS:FUNC "CURR";'
+                ":SOUR:FUNC VOLT;:SOUR:VOLT:RANG:AUTO ON;:SOUR:VOLT:ILIM 1e-06;:SOUR:VOLT:DEL 0;"
+                ':SENS:FUNC "CURR";'
                 ":SENS:CURR:RANG 1e-06;:SENS:CURR:NPLC 0.1;:FORM:DATA ASC;:FORM:BORD SWAP",
                 None,
             ),
@@ -53,7 +54,7 @@ def test_configure_reports_instrument_errors():
     d, _ = make(
         [
             (
-                ":SOUR:FUNC VOLT;:SOUR:VOLT:RANG:AUTO ON;:SOUR:VOLT:ILIM 0.000105;"
+                ":SOUR:FUNC VOLT;:SOUR:VOLT:RANG:AUTO ON;:SOUR:VOLT:ILIM 0.000105;:SOUR:VOLT:DEL 0;"
                 ':SENS:FUNC "CURR";:SENS:CURR:RANG:AUTO ON;:SENS:CURR:NPLC 1;'
                 ":FORM:DATA ASC;:FORM:BORD SWAP",
                 None,

@@ -11,8 +11,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
 
@@ -91,38 +89,3 @@ def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceM
 def _load_presets() -> None:
     """Import the modules that register presets (kept lazy so importing this is cheap)."""
     from labctl.sim.devices import presets  # noqa: F401
-
-
-class Resistor:
-    """An ohmic resistor with seeded white current noise: the simplest device."""
-
-    def __init__(self, *, seed: int | None = 0, R: float = 1e6, noise_a: float = 0.0) -> None:
-        self.R = R
-        self.noise_a = noise_a
-        self._seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        self._rng = np.random.default_rng(self._seed)
-
-    def current(self, v: float) -> float:
-        return float(v) / self.R
-
-    def step(self, v: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        i = np.asarray(v, dtype=np.float64) / self.R
-        if self.noise_a:
-            i = i + self._rng.normal(0.0, self.noise_a, i.shape)
-        return i
-
-
-register(
-    Preset(
-        name="resistor",
-        description="Ohmic resistor (no memory): checks wiring, ranges and compliance.",
-        factory=Resistor,
-        params=(
-            Param("R", "Ohm", 1e6, "resistance", minimum=1e-3, maximum=1e15),
-            Param("noise_a", "A", 0.0, "white current noise (standard deviation)", minimum=0.0),
-        ),
-    )
-)

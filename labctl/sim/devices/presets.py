@@ -3,6 +3,7 @@
 from labctl.sim.devices import (
     cone,  # noqa: F401
     neuron,  # noqa: F401
+    resistor,  # noqa: F401
     slit,  # noqa: F401
     vteam,  # noqa: F401
 )

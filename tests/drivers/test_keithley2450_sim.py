@@ -1,0 +1,80 @@
+"""The 2450 driver against its emulator and a device model (behaviour level)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import labctl
+from drivers.base import Limits
+from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
+from labctl.errors import Aborted
+from labctl.program import ramp, staircase, triangle
+
+
+def connect(device="resistor", **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    d = labctl.connect(f"sim://keithley2450?device={device}&seed=1&{query}")
+    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+    return d
+
+
+def run(d, program, abort=None):
+    return Chunk.concat(list(d.execute(program, abort)))
+
+
+def test_hardware_triangle_returns_every_point_at_the_step_ends():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    p = triangle(1.0, 2.0, cycles=3, points_per_cycle=400)
+    data = run(d, p)
+    assert len(data) == len(p)
+    np.testing.assert_allclose(data.t, p.step_ends(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(data.v, p.level, atol=1e-6)
+    np.testing.assert_allclose(data.i, p.level / 1e6, rtol=1e-4, atol=1e-12)
+    assert not np.any(data.flags & SOFTWARE_TIMED)
+    assert d.clock.now() == pytest.approx(p.total_duration)
+
+
+def test_a_sweep_longer_than_the_default_buffer_keeps_every_reading_in_order():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    p = ramp(0.0, 1.0, 120.0, points=120_000)  # 1 ms steps, more than 100,000 readings
+    data = run(d, p)
+    assert len(data) == 120_000
+    np.testing.assert_allclose(data.v, p.level, atol=1e-6)
+    assert np.all(np.diff(data.t) > 0)
+
+
+def test_software_and_hardware_timing_agree_on_the_conductance():
+    results = {}
+    for timing in ("software", "hardware"):
+        d = connect("slit_unipolar", tau=0.05, noise=0)
+        d.configure(compliance_a=1e-3, nplc=0.01, timing=timing)
+        data = run(d, staircase(np.linspace(0.1, 1.0, 10), 0.02))
+        results[timing] = data.i / data.v
+    np.testing.assert_allclose(results["software"], results["hardware"], rtol=2e-3)
+
+
+def test_compliance_is_flagged_and_the_current_clamped():
+    d = connect(R=1e3, noise=0)
+    d.configure(compliance_a=1e-4, nplc=0.01)
+    data = run(d, staircase([0.05, 0.5], 0.01))
+    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
+    assert abs(data.i[1]) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_output_off():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    abort = threading.Event()
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(ramp(0.0, 1.0, 100.0, points=100_000), abort):
+            got.append(chunk)
+            abort.set()  # the operator presses abort after the first data arrive
+    data = Chunk.concat(got)
+    assert 0 < len(data) < 100_000
+    np.testing.assert_allclose(data.v, np.linspace(0, 1, 100_000)[: len(data)], atol=1e-6)
+    d.safe_state()
+    assert d.transport.query(":OUTP?").strip() == "0"
