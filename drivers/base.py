@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from labctl.clock import Clock
-from labctl.data import Chunk
+from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, LimitError
 from labctl.program import Program
 
@@ -109,3 +111,93 @@ def check_program(program: Program, limits: Limits, caps: Capabilities, who: str
 def raise_if_aborted(abort: threading.Event | None) -> None:
     if abort is not None and abort.is_set():
         raise Aborted("run aborted")
+
+
+OVERRANGE_VALUE = 9.9e37  # what SCPI instruments return for an over-range reading
+LATE_TOLERANCE_S = 2e-3  # a host-timed step starting later than this is flagged LATE
+FLUSH_S = 0.25  # host-timed samples are handed on at least this often
+
+
+def make_chunk(
+    program: Program,
+    rows: np.ndarray,
+    t: np.ndarray,
+    v: np.ndarray,
+    i: np.ndarray,
+    flags: np.ndarray | int,
+    *,
+    compliance: float | None,
+    channel: int = 0,
+) -> Chunk:
+    """Samples at ``rows`` of ``program``: over-range readings become NaN and are flagged,
+    and readings at the compliance limit are flagged."""
+    i = np.asarray(i, dtype=np.float64)
+    f = np.array(np.broadcast_to(np.asarray(flags, np.uint16), i.shape))
+    over = np.abs(i) >= OVERRANGE_VALUE
+    f[over] |= OVERRANGE
+    i = np.where(over, np.nan, i)
+    if compliance is not None:
+        f[np.abs(i) >= 0.999 * compliance] |= COMPLIANCE
+    return Chunk.from_program(program, np.asarray(rows), t=t, v=v, i=i, flags=f, channel=channel)
+
+
+def run_host_timed(
+    program: Program,
+    clock: Clock,
+    *,
+    set_level: Callable[[float], None],
+    read: Callable[[], tuple[float, float]],
+    aperture_s: float,
+    abort: threading.Event | None,
+    compliance: float | None,
+    channel: int = 0,
+) -> Iterator[Chunk]:
+    """Step through ``program`` on the host clock; the instrument-independent loop.
+
+    ``set_level(level)`` applies a step (called only when the level changes); ``read()``
+    measures and returns (source readback, reading). A reading starts ``aperture_s`` before
+    its step ends and is stamped where its integration ends. Chunks are handed on at least
+    every 0.25 s; steps that start late are flagged LATE, all of them SOFTWARE_TIMED.
+    """
+    ends = program.step_ends()
+    starts = ends - program.duration
+    t_start = clock.now()
+    rows: list[int] = []
+    ts: list[float] = []
+    vs: list[float] = []
+    is_: list[float] = []
+    late: list[bool] = []
+    flush_at = t_start + FLUSH_S
+    last_level: float | None = None
+    for k in range(len(program)):
+        raise_if_aborted(abort)
+        level = float(program.level[k])
+        target = t_start + starts[k]
+        clock.sleep_until(target)
+        late_now = clock.now() - target > LATE_TOLERANCE_S
+        if level != last_level:
+            set_level(level)
+            last_level = level
+        if program.sample[k]:
+            clock.sleep_until(t_start + ends[k] - aperture_s)
+            ts.append(clock.now() - t_start + aperture_s)
+            source, reading = read()
+            rows.append(k)
+            vs.append(source)
+            is_.append(reading)
+            late.append(late_now)
+        if rows and (clock.now() >= flush_at or k == len(program) - 1):
+            flags = np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED)
+            yield make_chunk(
+                program,
+                np.asarray(rows),
+                np.asarray(ts),
+                np.asarray(vs),
+                np.asarray(is_),
+                flags,
+                compliance=compliance,
+                channel=channel,
+            )
+            rows, ts, vs, is_, late = [], [], [], [], []
+            flush_at = clock.now() + FLUSH_S
+    clock.sleep_until(t_start + ends[-1])

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import Capabilities, Limits, check_program, raise_if_aborted
+from drivers.base import (
+    Capabilities,
+    Limits,
+    check_program,
+    make_chunk,
+    raise_if_aborted,
+    run_host_timed,
+)
 from labctl.clock import Clock, RealClock
-from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
+from labctl.data import Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport, block_to_array
@@ -34,10 +41,8 @@ DEFAULT_BUFFER_POINTS = 100_000  # defbuffer1 after *RST; it wraps when full
 MIN_DELAY_S = 50e-6
 MAX_DELAY_S = 10e3
 FETCH_MAX = 100_000  # readings per bulk query
-LATE_TOLERANCE_S = 2e-3
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-OVERRANGE_VALUE = 9.9e37
 
 
 def _num(x: float) -> str:
@@ -335,80 +340,41 @@ class Keithley2450:
             keep = program.sample[rows]
             yield (
                 stop - done,
-                self._chunk(
+                make_chunk(
                     program,
                     rows[keep],
                     t0 + values[keep, 0],
                     values[keep, 1],
                     values[keep, 2],
-                    np.zeros(int(keep.sum()), np.uint16),
+                    0,
+                    compliance=self.compliance_a,
                 ),
             )
             done = stop
 
-    def _chunk(
-        self,
-        program: Program,
-        rows: np.ndarray,
-        t: np.ndarray,
-        v: np.ndarray,
-        i: np.ndarray,
-        flags: np.ndarray,
-    ) -> Chunk:
-        """Samples of ``rows`` with over-range readings as NaN and compliance flagged."""
-        i = np.asarray(i, dtype=np.float64)
-        f = np.asarray(flags, np.uint16).copy()
-        over = np.abs(i) >= OVERRANGE_VALUE
-        f[over] |= OVERRANGE
-        i = np.where(over, np.nan, i)
-        f[np.abs(i) >= 0.999 * self.compliance_a] |= COMPLIANCE
-        return Chunk.from_program(program, rows, t=t, v=v, i=i, flags=f)
-
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
-        ends = program.step_ends()
-        starts = ends - program.duration
-        aperture = self.aperture_s
-        t_start = self.clock.now()
-        rows: list[int] = []
-        ts: list[float] = []
-        vs: list[float] = []
-        is_: list[float] = []
-        late: list[bool] = []
-        flush_at = t_start + 0.25
         query = f":READ? {BUFFER},{ELEMENTS}"
-        for k in range(len(program)):
-            raise_if_aborted(abort)
-            level = float(program.level[k])
-            target = t_start + starts[k]
-            self.clock.sleep_until(target)
-            was_late = self.clock.now() - target > LATE_TOLERANCE_S
+
+        def set_level(level: float) -> None:
             if self._output_on is not True:
                 self._output_on_at(level)
             elif level != self._last_level:
                 self.transport.write(f":SOUR:VOLT {_num(level)}")
                 self._last_level = level
-            if program.sample[k]:
-                self.clock.sleep_until(t_start + ends[k] - aperture)
-                # the reading is stamped where its integration ends
-                t_read = self.clock.now() - t_start + aperture
-                _rel, sour, read = (float(x) for x in self.transport.query(query).split(","))
-                rows.append(k)
-                ts.append(t_read)
-                vs.append(sour)
-                is_.append(read)
-                late.append(was_late)
-            if rows and (self.clock.now() >= flush_at or k == len(program) - 1):
-                yield self._chunk(
-                    program,
-                    np.asarray(rows),
-                    np.asarray(ts),
-                    np.asarray(vs),
-                    np.asarray(is_),
-                    np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED),
-                )
-                rows, ts, vs, is_, late = [], [], [], [], []
-                flush_at = self.clock.now() + 0.25
-        self.clock.sleep_until(t_start + ends[-1])
+
+        def read() -> tuple[float, float]:
+            _rel, source, reading = (float(x) for x in self.transport.query(query).split(","))
+            return source, reading
+
+        yield from run_host_timed(
+            program,
+            self.clock,
+            set_level=set_level,
+            read=read,
+            aperture_s=self.aperture_s,
+            abort=abort,
+            compliance=self.compliance_a,
+        )
 
     # -- safety -------------------------------------------------------------------------------
     def safe_state(self) -> None:

@@ -20,7 +20,18 @@ OVERRANGE = 2  # reading over range (9.9E37 from the instrument)
 SOFTWARE_TIMED = 4  # the step was timed by the host, not the instrument
 LATE = 8  # software-timed step started later than requested by more than the tolerance
 
-COLUMNS: tuple[str, ...] = ("t", "v_set", "v", "i", "segment", "cycle", "pulse", "phase", "flags")
+COLUMNS: tuple[str, ...] = (
+    "t",
+    "v_set",
+    "v",
+    "i",
+    "segment",
+    "cycle",
+    "pulse",
+    "phase",
+    "flags",
+    "channel",
+)
 DTYPES: dict[str, type] = {
     "t": np.float64,
     "v_set": np.float64,
@@ -31,6 +42,7 @@ DTYPES: dict[str, type] = {
     "pulse": np.int32,
     "phase": np.int8,
     "flags": np.uint16,
+    "channel": np.int8,  # 0-based source channel of multi-channel instruments (smua = 0)
 }
 
 
@@ -47,9 +59,12 @@ class Chunk:
     pulse: np.ndarray
     phase: np.ndarray
     flags: np.ndarray
+    channel: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.t)
+        if self.channel is None:
+            self.channel = np.zeros(n, np.int8)
         for f in fields(self):
             col = np.asarray(getattr(self, f.name), dtype=DTYPES[f.name])
             if col.shape != (n,):
@@ -73,6 +88,7 @@ class Chunk:
         v: np.ndarray,
         i: np.ndarray,
         flags: np.ndarray | int = 0,
+        channel: int = 0,
     ) -> Chunk:
         """Samples taken at the end of ``program`` steps ``rows``, tags copied from them."""
         rows = np.asarray(rows, dtype=np.intp)
@@ -87,6 +103,7 @@ class Chunk:
             pulse=program.pulse[rows],
             phase=program.phase[rows],
             flags=np.broadcast_to(np.asarray(flags, np.uint16), (n,)),
+            channel=np.full(n, channel, np.int8),
         )
 
     @classmethod
