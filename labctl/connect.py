@@ -2,6 +2,8 @@
 
 - ``sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02`` runs the emulator in-process
   on a VirtualClock (``clock=real`` for wall time); other query keys are device parameters.
+  Two-channel instruments get a second device: ``device2=PRESET`` and ``ch2.KEY=VALUE``
+  (by default the same preset and parameters, noise seeded apart).
 - VISA resources (``TCPIP::127.0.0.1::5025::SOCKET``, ``USB0::...``, ``GPIB0::...``) open
   through pyvisa (pyvisa-py by default) and the driver is picked from ``*IDN?`` unless named.
 """
@@ -27,6 +29,14 @@ class SimSpec:
     seed: int | None = 0
     clock: str = "virtual"
     params: dict[str, str] = field(default_factory=dict)
+    device2: str | None = None
+    params2: dict[str, str] = field(default_factory=dict)
+
+    def second_device(self) -> tuple[str, dict[str, str]]:
+        """Preset and parameters of the second channel's device."""
+        if self.device2 is None or self.device2 == self.device:
+            return self.device, {**self.params, **self.params2}
+        return self.device2, dict(self.params2)
 
 
 def parse_sim(resource: str) -> SimSpec:
@@ -50,6 +60,10 @@ def parse_sim(resource: str) -> SimSpec:
                     raise ValidationError(
                         "instrument.seed", f"{value!r} is not a whole number"
                     ) from None
+        elif key == "device2":
+            spec.device2 = value
+        elif key.startswith("ch2."):
+            spec.params2[key[4:]] = value
         elif key == "clock":
             if value not in ("virtual", "real"):
                 raise ValidationError("instrument.clock", f"{value!r}; allowed: virtual, real")
@@ -73,14 +87,21 @@ def connect(
     resource = resource.strip()
     if resource.startswith("sim://"):
         from labctl.sim.devices import make_device
-        from labctl.sim.instruments.registry import make_emulator
+        from labctl.sim.instruments.registry import channels_of, make_emulator
         from labctl.transport import LoopbackTransport
 
         spec = parse_sim(resource)
         if clock is None:
             clock = VirtualClock() if spec.clock == "virtual" else RealClock()
         device = make_device(spec.device, seed=spec.seed, **spec.params)
-        emulator = make_emulator(spec.model, device=device, clock=clock)
+        extra = {}
+        if channels_of(spec.model) > 1:
+            preset2, params2 = spec.second_device()
+            seed2 = None if spec.seed is None else spec.seed + 1
+            extra["device2"] = make_device(preset2, seed=seed2, **params2)
+        elif spec.device2 or spec.params2:
+            raise ValidationError("instrument.device2", f"{spec.model} has one channel")
+        emulator = make_emulator(spec.model, device=device, clock=clock, **extra)
         transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
         drv = driver_class(driver or spec.model)(transport, clock=clock)
     elif resource.upper().startswith(VISA_PREFIXES):

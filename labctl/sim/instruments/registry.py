@@ -11,7 +11,7 @@ from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
 from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
 
-__all__ = ["EMULATORS", "Emulator", "make_emulator"]
+__all__ = ["EMULATORS", "Emulator", "channels_of", "make_emulator"]
 
 
 @runtime_checkable
@@ -32,9 +32,19 @@ EMULATORS: dict[str, Callable[..., Emulator]] = {
 }
 
 
+def _key(model: str) -> str:
+    return model.strip().lower().replace("-", "").replace("_", "")
+
+
+def channels_of(model: str) -> int:
+    """How many source channels (devices) the emulator of ``model`` drives: its ``channels``
+    class attribute, 1 if it has none. A two-channel emulator takes ``device2=``."""
+    return int(getattr(EMULATORS.get(_key(model)), "channels", 1))
+
+
 def make_emulator(model: str, *, device: DeviceModel, clock: Clock, **opts: object) -> Emulator:
     """The emulator of instrument ``model`` driving ``device`` on ``clock``."""
-    key = model.strip().lower().replace("-", "").replace("_", "")
+    key = _key(model)
     try:
         factory = EMULATORS[key]
     except KeyError:
