@@ -101,7 +101,6 @@ class RunEngine:
         status, error = "completed", None
         writer = None
         n_points = 0
-        output_touched = False
         with self._signals(handle_signals):
             try:
                 limits = sample_limits(sample)
@@ -116,7 +115,6 @@ class RunEngine:
                 total = sum(p.total_duration for p in programs) if programs is not None else None
                 self._notify("on_start", run_id, total)
                 driver.set_limits(limits)
-                output_touched = True
                 driver.configure(**settings)
                 writer = self.store.writer(run_id)
                 for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
@@ -131,15 +129,16 @@ class RunEngine:
                 status, error = "failed", f"{type(exc).__name__}: {exc}"
                 self._event(run_id, "traceback", traceback.format_exc())
             finally:
-                if output_touched:
-                    try:
-                        driver.safe_state()
-                        self._event(run_id, "safe_state", "source 0, output off")
-                    except Exception as exc:
-                        msg = f"safe_state failed: {type(exc).__name__}: {exc}"
-                        self._event(run_id, "error", msg)
-                        if status == "completed":
-                            status, error = "failed", msg
+                # unconditional: even a refused run leaves the instrument safe, whatever
+                # state an earlier session left it in
+                try:
+                    driver.safe_state()
+                    self._event(run_id, "safe_state", "source 0, output off")
+                except Exception as exc:
+                    msg = f"safe_state failed: {type(exc).__name__}: {exc}"
+                    self._event(run_id, "error", msg)
+                    if status == "completed":
+                        status, error = "failed", msg
                 if writer is not None:
                     try:
                         writer.close()

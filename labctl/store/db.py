@@ -1,0 +1,176 @@
+"""Where the store lives: URLs, engines with the right connection settings, schema creation."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date, datetime
+from pathlib import Path, PurePath
+
+import numpy as np
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from labctl import __version__
+from labctl.errors import StoreError
+from labctl.store import schema
+
+ENV_VAR = "LABCTL_DB"
+BUSY_TIMEOUT_S = 30.0
+
+
+def default_db_url() -> str:
+    """The store URL to use when none is given.
+
+    ``$LABCTL_DB`` when set (a SQLAlchemy URL, or a plain path to a SQLite file), else the
+    SQLite file ``labctl.db`` in the user data directory (``platformdirs.user_data_dir``).
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return normalize_url(env)
+    from platformdirs import user_data_dir
+
+    return sqlite_url(Path(user_data_dir("labctl", appauthor=False)) / "labctl.db")
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    return URL.create("sqlite", database=str(Path(path).expanduser().absolute())).render_as_string()
+
+
+def normalize_url(url: str | os.PathLike) -> str:
+    """A SQLAlchemy URL from a URL or a path to a SQLite file."""
+    if isinstance(url, PurePath) or "://" not in str(url):
+        return sqlite_url(url)
+    return str(url)
+
+
+def display_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other backends."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database:
+        return None
+    if u.database.startswith("file:"):  # sqlite:///file:/path/x.db?mode=ro&uri=true
+        return Path(u.database[len("file:") :].split("?", 1)[0])
+    return Path(u.database)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def dumps(obj) -> str:
+    """JSON text of parameters and metadata; numpy values, paths and datetimes allowed."""
+    return json.dumps(obj, default=_json_default, allow_nan=True)
+
+
+def _on_sqlite_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # WAL: readers (GUI, exports) never block the writer and a crash cannot corrupt the
+        # file; NORMAL: a commit is durable against a process crash without an fsync each.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the store's connection settings."""
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"{url!r} is not a database URL or file path: {exc}") from None
+    backend = u.get_backend_name()
+    kwargs: dict = {"json_serializer": dumps}
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:" or u.query.get("mode") == "memory":
+            raise StoreError(
+                "an in-memory SQLite database cannot be shared with the writer thread; "
+                "give a file, e.g. sqlite:////tmp/labctl.db"
+            )
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the database {path}: {exc}") from None
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(u, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreError(
+            f"no database driver for {display_url(url)}: {exc}. Install the driver "
+            "(e.g. pip install 'psycopg[binary]' for postgresql+psycopg://)"
+        ) from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _on_sqlite_connect)
+    return engine
+
+
+def _already_exists(exc: SQLAlchemyError) -> bool:
+    return "already exists" in str(exc).lower()
+
+
+def ensure_schema(engine: Engine, where: str) -> None:
+    """Create missing tables; refuse a database written by another schema version."""
+    try:
+        try:
+            schema.metadata.create_all(engine, checkfirst=True)
+        except DBAPIError as exc:
+            # Another process created the tables between our check and our CREATE.
+            if not _already_exists(exc):
+                raise
+            schema.metadata.create_all(engine, checkfirst=True)
+        with engine.begin() as conn:
+            found = conn.execute(select(schema.schema_version.c.version)).scalars().all()
+            if not found:
+                conn.execute(
+                    schema.schema_version.insert().values(
+                        version=schema.SCHEMA_VERSION,
+                        labctl_version=__version__,
+                        applied_at=schema.utcnow(),
+                    )
+                )
+                return
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the run store {where}: {reason(exc)}") from None
+    version = max(found)
+    if version > schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"the run store {where} has schema version {version}, newer than this labctl "
+            f"{__version__} understands ({schema.SCHEMA_VERSION}); upgrade labctl"
+        )
+    if version < schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"the run store {where} has schema version {version}, this labctl needs "
+            f"{schema.SCHEMA_VERSION}; migrate it first"
+        )
+
+
+def reason(exc: BaseException) -> str:
+    """The driver's message without SQLAlchemy's statement dump and help link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,798 @@
+"""The run store: samples, instruments, runs and their points, metrics and events."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from labctl import __version__
+from labctl.errors import StoreError, ValidationError
+from labctl.store import db, recovery, schema
+from labctl.store.readers import read_point_columns
+from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
+from labctl.store.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+RUN_LIST_COLUMNS: tuple[str, ...] = (
+    "id",
+    "protocol",
+    "sample",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "n_points",
+    "error",
+    "operator",
+    "group_id",
+    "instrument_identity",
+    "host",
+    "software_version",
+    "notes",
+)
+METRIC_ORDER: tuple[str, ...] = ("scope", "index", "name", "value", "unit")
+METRIC_KEYS = frozenset({"name", "value", "unit", "scope", "index"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A device under test and its safe limits (V and A; None: no limit stored)."""
+
+    id: int
+    name: str
+    max_v: float | None
+    max_i: float | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _limit(name: str, value: float | None, unit: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(name, f"must be a number of {unit}, got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValidationError(name, f"must be a positive number of {unit}, got {value!r}")
+    return value
+
+
+def _text(name: str, value: object, max_len: int, *, required: bool = True) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(name, f"must be a non-empty text, got {value!r}")
+    value = value.strip()
+    if len(value) > max_len:
+        raise ValidationError(name, f"must be at most {max_len} characters long")
+    return value
+
+
+def _json_safe(name: str, value: object) -> None:
+    try:
+        db.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(name, f"cannot be stored as JSON: {exc}") from None
+
+
+class Store:
+    """A run store on one SQLAlchemy URL. Open it with :meth:`Store.open`.
+
+    Every method may be called from any thread; each uses its own short transaction.
+    Readers return pandas DataFrames (pandas is imported when first needed).
+    """
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.path: Path | None = db.sqlite_path(url)
+        self._writers: dict[int, RunWriter] = {}
+        self._writers_lock = threading.Lock()
+
+    # --- opening and closing ---
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike | None = None,
+        *,
+        recover: bool = True,
+        stale_after_s: float = recovery.DEFAULT_STALE_AFTER_S,
+    ) -> Store:
+        """Open (and create if needed) the store at ``url``: a SQLAlchemy URL or a SQLite path.
+
+        Without ``url``, :func:`default_db_url`. Runs left 'running' by a process that is gone
+        are marked 'interrupted' (see :meth:`recover_stale_runs`); their points are kept.
+        """
+        url = db.normalize_url(url) if url is not None else db.default_db_url()
+        engine = db.make_engine(url)
+        store = cls(engine, url)
+        try:
+            db.ensure_schema(engine, store.where)
+        except BaseException:
+            engine.dispose()
+            raise
+        if recover:
+            try:
+                store.recover_stale_runs(stale_after_s=stale_after_s)
+            except StoreError as exc:
+                # A read-only copy can still be read; the next writable open marks the runs.
+                log.warning("could not mark interrupted runs: %s", exc)
+        return store
+
+    @property
+    def where(self) -> str:
+        """Where the data is, for messages: the file path or the URL without password."""
+        return str(self.path) if self.path is not None else db.display_url(self.url)
+
+    def describe(self) -> str:
+        """Where the data is, for "data is in ..." messages (same as :attr:`where`)."""
+        return self.where
+
+    def data_dir(self) -> Path:
+        """A folder for files made from the data (plots, exports): the SQLite file's folder,
+        else the user data folder. Created if missing."""
+        if self.path is not None:
+            folder = self.path.parent
+        else:
+            from platformdirs import user_data_dir
+
+            folder = Path(user_data_dir("labctl", appauthor=False))
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def __repr__(self) -> str:
+        return f"Store({self.where!r})"
+
+    def close(self) -> None:
+        """Close this store's writers (committing what they hold) and its connections."""
+        with self._writers_lock:
+            writers = list(self._writers.values())
+        errors = []
+        for writer in writers:
+            try:
+                writer.close()
+            except StoreError as exc:
+                errors.append(str(exc))
+        self.engine.dispose()
+        if errors:
+            raise StoreError("; ".join(errors))
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(StoreError):
+            self.close()
+
+    def _fail(self, action: str, exc: BaseException) -> StoreError:
+        return StoreError(f"cannot {action} in the run store {self.where}: {db.reason(exc)}")
+
+    # --- samples ---
+
+    def ensure_sample(
+        self,
+        name: str,
+        *,
+        max_v: float | None = None,
+        max_i: float | None = None,
+        **metadata: Any,
+    ) -> Sample:
+        """The sample called ``name``, created if missing.
+
+        For an existing sample, limits given here (not None) replace the stored ones and
+        metadata keys given here replace stored keys of the same name; what is not given is
+        kept. So ``ensure_sample("chip7")`` never changes a sample, and an explicit
+        ``max_v=`` is how limits are changed.
+        """
+        name = _text("sample", name, 200)
+        max_v = _limit("max_v", max_v, "volts")
+        max_i = _limit("max_i", max_i, "amperes")
+        _json_safe("metadata", metadata)
+        s = schema.samples
+        now = utcnow()
+        for _attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
+                    if row is None:
+                        new_id = conn.execute(
+                            s.insert().values(
+                                name=name,
+                                max_v=max_v,
+                                max_i=max_i,
+                                metadata=metadata,
+                                created_at=now,
+                                updated_at=now,
+                            )
+                        ).inserted_primary_key[0]
+                        return Sample(new_id, name, max_v, max_i, dict(metadata))
+                    changes: dict[str, Any] = {}
+                    if max_v is not None and max_v != row["max_v"]:
+                        changes["max_v"] = max_v
+                    if max_i is not None and max_i != row["max_i"]:
+                        changes["max_i"] = max_i
+                    merged = {**(row["metadata"] or {}), **metadata}
+                    if merged != (row["metadata"] or {}):
+                        changes["metadata"] = merged
+                    if changes:
+                        conn.execute(
+                            update(s).where(s.c.id == row["id"]).values(**changes, updated_at=now)
+                        )
+                    return Sample(
+                        row["id"],
+                        name,
+                        changes.get("max_v", row["max_v"]),
+                        changes.get("max_i", row["max_i"]),
+                        merged,
+                    )
+            except IntegrityError:
+                continue  # created by another process meanwhile: read it on the next pass
+            except SQLAlchemyError as exc:
+                raise self._fail(f"store sample {name!r}", exc) from None
+        raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+    def get_sample(self, name: str) -> Sample | None:
+        """The sample called ``name``, or None."""
+        s = schema.samples
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
+        except SQLAlchemyError as exc:
+            raise self._fail(f"read sample {name!r}", exc) from None
+        if row is None:
+            return None
+        return Sample(row["id"], row["name"], row["max_v"], row["max_i"], row["metadata"] or {})
+
+    def samples(self):
+        """All samples with their limits and number of runs, as a DataFrame."""
+        import pandas as pd
+
+        s, r = schema.samples, schema.runs
+        n_runs = (
+            select(func.count(r.c.id)).where(r.c.sample_id == s.c.id).scalar_subquery()
+        ).label("n_runs")
+        stmt = select(
+            s.c.id, s.c.name, s.c.max_v, s.c.max_i, s.c.metadata, s.c.created_at, n_runs
+        ).order_by(s.c.name)
+        rows = self._rows(stmt, "list samples")
+        columns = ["id", "name", "max_v", "max_i", "metadata", "created_at", "n_runs"]
+        return _frame(pd, rows, columns, times=["created_at"])
+
+    # --- instruments ---
+
+    def ensure_instrument(self, identity: str, *, resource: str, driver: str, **meta: Any) -> int:
+        """The id of the instrument with this identity (e.g. its *IDN? answer), recorded if new.
+
+        The resource and driver it was last reached through are updated; metadata is merged.
+        """
+        identity = _text("instrument identity", identity, 500)
+        _json_safe("metadata", meta)
+        ins = schema.instruments
+        now = utcnow()
+        for _attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    row = (
+                        conn.execute(select(ins).where(ins.c.identity == identity))
+                        .mappings()
+                        .first()
+                    )
+                    if row is None:
+                        return conn.execute(
+                            ins.insert().values(
+                                identity=identity,
+                                resource=resource,
+                                driver=driver,
+                                metadata=meta,
+                                created_at=now,
+                                last_seen_at=now,
+                            )
+                        ).inserted_primary_key[0]
+                    conn.execute(
+                        update(ins)
+                        .where(ins.c.id == row["id"])
+                        .values(
+                            resource=resource,
+                            driver=driver,
+                            metadata={**(row["metadata"] or {}), **meta},
+                            last_seen_at=now,
+                        )
+                    )
+                    return row["id"]
+            except IntegrityError:
+                continue
+            except SQLAlchemyError as exc:
+                raise self._fail(f"store instrument {identity!r}", exc) from None
+        raise StoreError(f"cannot store instrument {identity!r} in the run store {self.where}")
+
+    def instruments(self):
+        """All instruments seen, as a DataFrame."""
+        import pandas as pd
+
+        ins = schema.instruments
+        rows = self._rows(select(ins).order_by(ins.c.id), "list instruments")
+        return _frame(pd, rows, list(ins.c.keys()), times=["created_at", "last_seen_at"])
+
+    # --- runs ---
+
+    def create_run(
+        self,
+        *,
+        protocol: str,
+        parameters: dict,
+        recipe_text: str | None = None,
+        sample_id: int | None,
+        instrument_id: int | None = None,
+        instrument_identity: str | None = None,
+        operator: str | None = None,
+        group_id: str | None = None,
+        notes: str | None = None,
+    ) -> int:
+        """Record a new run with status 'running' and return its id."""
+        protocol = _text("protocol", protocol, 100)
+        if not isinstance(parameters, dict):
+            raise ValidationError("parameters", f"must be a dict, got {type(parameters).__name__}")
+        _json_safe("parameters", parameters)
+        now = utcnow()
+        values = dict(
+            protocol=protocol,
+            parameters=parameters,
+            recipe_text=recipe_text,
+            sample_id=sample_id,
+            instrument_id=instrument_id,
+            instrument_identity=instrument_identity,
+            software_version=__version__,
+            host=recovery.hostname(),
+            pid=os.getpid(),
+            process_token=recovery.process_token(),
+            operator=operator,
+            group_id=group_id,
+            status=RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            n_points=0,
+            notes=notes,
+        )
+        try:
+            with self.engine.begin() as conn:
+                for column, table, value in (
+                    ("sample_id", schema.samples, sample_id),
+                    ("instrument_id", schema.instruments, instrument_id),
+                ):
+                    if (
+                        value is not None
+                        and conn.execute(select(table.c.id).where(table.c.id == value)).first()
+                        is None
+                    ):
+                        raise ValidationError(column, f"no {table.name[:-1]} with id {value}")
+                return conn.execute(schema.runs.insert().values(**values)).inserted_primary_key[0]
+        except SQLAlchemyError as exc:
+            raise self._fail(f"create a {protocol} run", exc) from None
+
+    def writer(
+        self, run_id: int, *, commit_interval_s: float = 0.25, heartbeat_s: float = 5.0
+    ) -> RunWriter:
+        """A :class:`RunWriter` appending points to the running run ``run_id``."""
+        status = self._run_row(run_id, "status")["status"]
+        if status != RUNNING:
+            raise StoreError(f"run {run_id} is {status}; points can only be added to a running run")
+        with self._writers_lock:
+            current = self._writers.get(run_id)
+            if current is not None and not current.closed:
+                raise StoreError(f"run {run_id} already has an open writer; close it first")
+            writer = RunWriter(
+                self.engine,
+                run_id,
+                where=f" in {self.where}",
+                commit_interval_s=commit_interval_s,
+                heartbeat_s=heartbeat_s,
+                on_close=self._forget_writer,
+            )
+            self._writers[run_id] = writer
+        return writer
+
+    def _forget_writer(self, writer: RunWriter) -> None:
+        with self._writers_lock:
+            if self._writers.get(writer.run_id) is writer:
+                del self._writers[writer.run_id]
+
+    def set_notes(self, run_id: int, notes: str | None) -> None:
+        """Replace the run's notes (any status)."""
+        self._update_run(run_id, "set the notes of", notes=notes)
+
+    def heartbeat(self, run_id: int) -> None:
+        """Mark the run as alive now (the writer does this by itself while it is open)."""
+        self._update_run(run_id, "heartbeat", heartbeat_at=utcnow())
+
+    def add_event(
+        self,
+        run_id: int,
+        kind: str,
+        message: str,
+        t: float | None = None,
+        data: dict | None = None,
+    ) -> None:
+        """Record something that happened during the run (abort, compliance, reconnect, ...)."""
+        kind = _text("kind", kind, 50)
+        _json_safe("data", data)
+        try:
+            with self.engine.begin() as conn:
+                self._require_run(conn, run_id)
+                conn.execute(
+                    schema.events.insert().values(
+                        run_id=run_id,
+                        at=utcnow(),
+                        t=None if t is None else float(t),
+                        kind=kind,
+                        message=str(message),
+                        data=data,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise self._fail(f"add an event to run {run_id}", exc) from None
+
+    def add_metrics(self, run_id: int, rows: Iterable[dict]) -> int:
+        """Store analysis results; each row has name, value and optionally unit, scope, index.
+
+        ``scope`` is 'run' (the default), 'cycle', 'pulse', 'frequency', ...; ``index`` says
+        which cycle, pulse, ... Returns the number of rows stored.
+        """
+        values = []
+        for k, row in enumerate(rows):
+            unknown = set(row) - METRIC_KEYS
+            if unknown:
+                raise ValidationError(
+                    f"metrics[{k}]",
+                    f"unknown key(s) {', '.join(sorted(unknown))}; "
+                    f"use {', '.join(sorted(METRIC_KEYS))}",
+                )
+            name = _text(f"metrics[{k}].name", row.get("name"), 100)
+            value = row.get("value")
+            try:
+                value = None if value is None else float(value)
+            except (TypeError, ValueError):
+                raise ValidationError(
+                    f"metrics[{k}].value", f"must be a number, got {value!r}"
+                ) from None
+            index = row.get("index")
+            if index is not None:
+                if isinstance(index, float) and index.is_integer():
+                    index = int(index)
+                if not isinstance(index, int | np.integer) or isinstance(index, bool):
+                    raise ValidationError(
+                        f"metrics[{k}].index", f"must be an integer, got {index!r}"
+                    )
+            values.append(
+                dict(
+                    run_id=run_id,
+                    scope=_text(f"metrics[{k}].scope", row.get("scope", "run"), 20),
+                    idx=None if index is None else int(index),
+                    name=name,
+                    value=value,
+                    unit=_text(f"metrics[{k}].unit", row.get("unit") or None, 20, required=False),
+                )
+            )
+        if not values:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                self._require_run(conn, run_id)
+                conn.execute(schema.metrics.insert(), values)
+        except SQLAlchemyError as exc:
+            raise self._fail(f"add metrics to run {run_id}", exc) from None
+        return len(values)
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Give the run its final status ('completed', 'aborted' or 'failed') and end time.
+
+        An open writer of this run in this store is closed first (its points committed); if
+        it had failed, its error is added to ``error`` and 'completed' becomes 'failed'.
+        A run marked 'interrupted' by another
+        process can still be finished; finishing a finished run raises StoreError.
+        """
+        if status not in FINAL_STATUSES:
+            raise ValidationError("status", f"{status!r} is not one of {', '.join(FINAL_STATUSES)}")
+        with self._writers_lock:
+            writer = self._writers.get(run_id)
+        if writer is not None:
+            try:
+                writer.close()
+            except StoreError as exc:
+                error = f"{error}; {exc}" if error else str(exc)
+                if status == "completed":
+                    status = "failed"  # points are missing: the run did not complete
+        r, p = schema.runs, schema.points
+        try:
+            with self.engine.begin() as conn:
+                current = self._require_run(conn, run_id)
+                if current not in (RUNNING, "interrupted"):
+                    raise StoreError(
+                        f"run {run_id} is already {current}; it cannot become {status}"
+                    )
+                n = conn.execute(select(func.count()).where(p.c.run_id == run_id)).scalar_one()
+                now = utcnow()
+                conn.execute(
+                    update(r)
+                    .where(r.c.id == run_id)
+                    .values(status=status, ended_at=now, heartbeat_at=now, error=error, n_points=n)
+                )
+                if current == "interrupted":
+                    conn.execute(
+                        schema.events.insert().values(
+                            run_id=run_id,
+                            at=now,
+                            kind="resumed_status",
+                            message=f"run was marked interrupted, then finished as {status}",
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            raise self._fail(f"finish run {run_id}", exc) from None
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run that is not running, with its points, metrics and events."""
+        status = self._run_row(run_id, "status")["status"]
+        if status == RUNNING:
+            raise StoreError(f"run {run_id} is running; finish it before deleting it")
+        try:
+            with self.engine.begin() as conn:
+                for table in (schema.points, schema.metrics, schema.events):
+                    conn.execute(delete(table).where(table.c.run_id == run_id))
+                conn.execute(delete(schema.runs).where(schema.runs.c.id == run_id))
+        except SQLAlchemyError as exc:
+            raise self._fail(f"delete run {run_id}", exc) from None
+
+    def recover_stale_runs(
+        self, *, stale_after_s: float = recovery.DEFAULT_STALE_AFTER_S
+    ) -> list[int]:
+        """Mark 'running' runs whose process is gone as 'interrupted'; return their ids.
+
+        Their points stay. An 'interrupted' event records why. See labctl.store.recovery for
+        how a dead process is recognised; a live run of another process is left alone.
+        """
+        r = schema.runs
+        try:
+            with self.engine.connect() as conn:
+                rows = (
+                    conn.execute(
+                        select(
+                            r.c.id, r.c.host, r.c.pid, r.c.process_token, r.c.heartbeat_at
+                        ).where(r.c.status == RUNNING)
+                    )
+                    .mappings()
+                    .all()
+                )
+        except SQLAlchemyError as exc:
+            raise self._fail("look for interrupted runs", exc) from None
+        marked = []
+        now = utcnow()
+        this_host = recovery.hostname()
+        for row in rows:
+            why = recovery.dead_reason(
+                host=row["host"],
+                pid=row["pid"],
+                token=row["process_token"],
+                heartbeat_at=row["heartbeat_at"],
+                now=now,
+                stale_after_s=stale_after_s,
+                this_host=this_host,
+            )
+            if why is None:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    n = conn.execute(
+                        select(func.count()).where(schema.points.c.run_id == row["id"])
+                    ).scalar_one()
+                    # Only if still running: two stores opening at once mark a run once.
+                    done = conn.execute(
+                        update(r)
+                        .where(r.c.id == row["id"], r.c.status == RUNNING)
+                        .values(
+                            status="interrupted",
+                            ended_at=row["heartbeat_at"],
+                            error=f"interrupted: {why}",
+                            n_points=n,
+                        )
+                    ).rowcount
+                    if done:
+                        conn.execute(
+                            schema.events.insert().values(
+                                run_id=row["id"],
+                                at=now,
+                                kind="interrupted",
+                                message=f"{why}; {n} points kept",
+                                data={
+                                    "host": row["host"],
+                                    "pid": row["pid"],
+                                    "last_heartbeat": row["heartbeat_at"].isoformat(),
+                                    "found_by_host": this_host,
+                                    "found_by_pid": os.getpid(),
+                                },
+                            )
+                        )
+                        marked.append(row["id"])
+            except SQLAlchemyError as exc:
+                raise self._fail(f"mark run {row['id']} interrupted", exc) from None
+        return marked
+
+    # --- reading runs ---
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        """Every column of the run, with ``parameters`` as a dict and the sample's name."""
+        r, s = schema.runs, schema.samples
+        stmt = (
+            select(r, s.c.name.label("sample"))
+            .select_from(r.outerjoin(s, r.c.sample_id == s.c.id))
+            .where(r.c.id == run_id)
+        )
+        rows = self._rows(stmt, f"read run {run_id}")
+        if not rows:
+            raise StoreError(f"no run {run_id} in the run store {self.where}")
+        return dict(rows[0])
+
+    def runs(
+        self,
+        limit: int | None = None,
+        status: str | Sequence[str] | None = None,
+        sample: str | None = None,
+        protocol: str | None = None,
+    ):
+        """Runs, newest first, as a DataFrame (columns: RUN_LIST_COLUMNS)."""
+        import pandas as pd
+
+        r, s = schema.runs, schema.samples
+        stmt = (
+            select(
+                r.c.id,
+                r.c.protocol,
+                s.c.name.label("sample"),
+                r.c.status,
+                r.c.started_at,
+                r.c.ended_at,
+                r.c.n_points,
+                r.c.error,
+                r.c.operator,
+                r.c.group_id,
+                r.c.instrument_identity,
+                r.c.host,
+                r.c.software_version,
+                r.c.notes,
+            )
+            .select_from(r.outerjoin(s, r.c.sample_id == s.c.id))
+            .order_by(r.c.id.desc())
+        )
+        if status is not None:
+            stmt = stmt.where(r.c.status.in_([status] if isinstance(status, str) else status))
+        if sample is not None:
+            stmt = stmt.where(s.c.name == sample)
+        if protocol is not None:
+            stmt = stmt.where(r.c.protocol == protocol)
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
+        rows = [dict(row) for row in self._rows(stmt, "list runs")]
+        for row in rows:
+            end = row["ended_at"]
+            row["duration_s"] = (end - row["started_at"]).total_seconds() if end else None
+        df = _frame(pd, rows, list(RUN_LIST_COLUMNS), times=["started_at", "ended_at"])
+        df["duration_s"] = df["duration_s"].astype("float64")
+        return df
+
+    def points_arrays(
+        self,
+        run_id: int,
+        columns: Sequence[str] | None = None,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The run's points as numpy columns (dtypes of labctl.data.DTYPES), in idx order.
+
+        ``start``/``stop`` select idx ``start <= idx < stop``: a live view can fetch only
+        the points that arrived since it last looked.
+        """
+        self._run_row(run_id, "id")
+        try:
+            return read_point_columns(self.engine, run_id, columns, start=start, stop=stop)
+        except SQLAlchemyError as exc:
+            raise self._fail(f"read the points of run {run_id}", exc) from None
+
+    def points(
+        self,
+        run_id: int,
+        columns: Sequence[str] | None = None,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+    ):
+        """The run's points as a DataFrame; ``phase`` is a categorical of phase names."""
+        from labctl.data import frame_from_columns
+
+        return frame_from_columns(self.points_arrays(run_id, columns, start=start, stop=stop))
+
+    def metrics(self, run_id: int):
+        """The run's metrics as a DataFrame: scope, index, name, value, unit."""
+        import pandas as pd
+
+        m = schema.metrics
+        self._run_row(run_id, "id")
+        stmt = (
+            select(m.c.scope, m.c.idx.label("index"), m.c.name, m.c.value, m.c.unit)
+            .where(m.c.run_id == run_id)
+            .order_by(m.c.id)
+        )
+        df = _frame(pd, self._rows(stmt, f"read metrics of run {run_id}"), list(METRIC_ORDER))
+        df["value"] = df["value"].astype("float64")
+        df["index"] = df["index"].astype("Int64")
+        return df
+
+    def events(self, run_id: int):
+        """The run's events as a DataFrame: at (UTC), t (s), kind, message, data."""
+        import pandas as pd
+
+        e = schema.events
+        self._run_row(run_id, "id")
+        stmt = (
+            select(e.c.at, e.c.t, e.c.kind, e.c.message, e.c.data)
+            .where(e.c.run_id == run_id)
+            .order_by(e.c.id)
+        )
+        rows = self._rows(stmt, f"read events of run {run_id}")
+        df = _frame(pd, rows, ["at", "t", "kind", "message", "data"], times=["at"])
+        df["t"] = df["t"].astype("float64")
+        return df
+
+    # --- helpers ---
+
+    def _rows(self, stmt, action: str) -> list:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(stmt).mappings().all())
+        except SQLAlchemyError as exc:
+            raise self._fail(action, exc) from None
+
+    def _run_row(self, run_id: int, *columns: str):
+        r = schema.runs
+        stmt = select(*(r.c[c] for c in columns)).where(r.c.id == run_id)
+        rows = self._rows(stmt, f"read run {run_id}")
+        if not rows:
+            raise StoreError(f"no run {run_id} in the run store {self.where}")
+        return rows[0]
+
+    def _require_run(self, conn, run_id: int) -> str:
+        r = schema.runs
+        status = conn.execute(select(r.c.status).where(r.c.id == run_id)).scalar()
+        if status is None:
+            raise StoreError(f"no run {run_id} in the run store {self.where}")
+        return status
+
+    def _update_run(self, run_id: int, action: str, **values) -> None:
+        r = schema.runs
+        try:
+            with self.engine.begin() as conn:
+                self._require_run(conn, run_id)
+                conn.execute(update(r).where(r.c.id == run_id).values(**values))
+        except SQLAlchemyError as exc:
+            raise self._fail(f"{action} run {run_id}", exc) from None
+
+
+def _frame(pd, rows: Sequence, columns: list[str], times: Sequence[str] = ()):
+    df = pd.DataFrame([{c: row[c] for c in columns} for row in rows], columns=columns)
+    for c in times:
+        df[c] = pd.to_datetime(df[c], utc=True)
+    return df

@@ -1,0 +1,184 @@
+"""End to end: the CLI against the simulated 2450, in-process and over TCP via pyvisa-py."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+
+import pytest
+
+from labctl.store import Store
+from tests.support import free_port, labctl_cmd, run_cli, wait_until
+
+SMALL = ["--set", "frequencies_hz=[2, 8]", "--set", "cycles=2", "--set", "points_per_cycle=40"]
+
+
+def test_in_process_run_is_completed_with_every_point(db_url):
+    out = run_cli("run", "iv_hysteresis", "--db", db_url, "--quiet", *SMALL)
+    assert out.returncode == 0, out.stderr
+    assert "completed" in out.stdout
+    store = Store.open(db_url)
+    runs = store.runs()
+    assert list(runs["status"]) == ["completed"]
+    run_id = int(runs["id"].iloc[0])
+    pts = store.points(run_id)
+    assert len(pts) == 2 * 2 * 40
+    assert pts["t"].is_monotonic_increasing
+    assert set(pts["cycle"]) == {0, 1, 2, 3}
+    names = set(store.metrics(run_id)["name"])
+    assert {"loop_area", "g_pos", "g_neg", "on_off", "i_pinch", "f_peak"} <= names
+
+
+def test_run_over_tcp_through_pyvisa_py(db_url):
+    port = free_port()
+    server = subprocess.Popen(
+        labctl_cmd(
+            "sim",
+            "serve",
+            "keithley2450",
+            "--port",
+            str(port),
+            "--device",
+            "slit_unipolar",
+            "--seed",
+            "1",
+            "--param",
+            "tau=0.02",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = server.stdout.readline()  # the server announces its resource once listening
+        resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+        assert resource in first, first + server.stderr.read()
+        out = run_cli(
+            "run",
+            "iv_hysteresis",
+            "--db",
+            db_url,
+            "--quiet",
+            "--instrument",
+            resource,
+            "--set",
+            "frequencies_hz=[10]",
+            "--set",
+            "cycles=2",
+            "--set",
+            "points_per_cycle=40",
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        store = Store.open(db_url)
+        run = store.runs().iloc[0]
+        assert run["status"] == "completed"
+        assert len(store.points(int(run["id"]))) == 80
+        assert "2450" in (store.run(int(run["id"]))["instrument_identity"] or "")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+def test_level_above_the_sample_limit_is_refused(db_url):
+    # the recipe's sample allows 1.5 V
+    out = run_cli(
+        "run", "iv_hysteresis", "--db", db_url, "--quiet", *SMALL, "--set", "amplitude_v=2.0"
+    )
+    assert out.returncode != 0
+    assert "max_v = 1.5 V" in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    store = Store.open(db_url)
+    run = store.runs().iloc[0]
+    assert run["status"] == "failed"
+    assert len(store.points(int(run["id"]))) == 0
+
+
+def test_refusal_never_sends_output_on(tmp_path):
+    """The same refusal through the API, with every message to the instrument recorded."""
+    import labctl
+    from labctl.engine import RunEngine
+    from protocols.recipe import load_recipe
+
+    store = labctl.open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    recipe = load_recipe("iv_hysteresis", ["amplitude_v=2.0"])
+    driver = labctl.connect(recipe.instrument["resource"])
+    sent: list[str] = []
+    write = driver.transport.write
+    driver.transport.write = lambda m: (sent.append(m), write(m))[1]
+    sample = store.ensure_sample("limits", max_v=1.5, max_i=1e-6)
+    result = RunEngine(store).run(recipe.build(), driver, sample, handle_signals=False)
+    assert result.status == "failed" and "max_v" in result.error
+    assert sent, "the engine should still have put the instrument in safe state"
+    assert not any("OUTP ON" in m.upper() or "OUTP 1" in m.upper() for m in sent)
+
+
+def test_bad_input_is_one_line_without_traceback(db_url):
+    out = run_cli("run", "iv_hysteresis", "--db", db_url, "--set", "cycles=-3")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "parameters.cycles" in out.stderr and ">= 1" in out.stderr
+    out = run_cli("run", "iv_hysteresis", "--db", db_url, "--instrument", "bogus://x")
+    assert out.returncode == 2 and "instrument" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigkill_leaves_a_readable_database_and_an_interrupted_run(tmp_path):
+    db = tmp_path / "kill.db"
+    url = f"sqlite:///{db}"
+    resource = "sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02&clock=real"
+    proc = subprocess.Popen(
+        labctl_cmd(
+            "run",
+            "iv_hysteresis",
+            "--db",
+            url,
+            "--quiet",
+            "--instrument",
+            resource,
+            "--set",
+            "frequencies_hz=[1]",
+            "--set",
+            "cycles=60",
+            "--set",
+            "points_per_cycle=100",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def committed_points():
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(db, timeout=5) as con:
+                return con.execute("select count(*) from points").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    try:
+        wait_until(lambda: committed_points() >= 50, timeout_s=60, what="points committed")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    before = committed_points()
+    with sqlite3.connect(db) as con:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    store = Store.open(url)
+    run = store.runs().iloc[0]
+    assert run["status"] == "interrupted"
+    assert len(store.points(int(run["id"]))) >= before > 0
+
+
+@pytest.mark.parametrize("cmd", [["--help"], ["run", "--help"], ["sim", "serve", "--help"]])
+def test_help_works(cmd):
+    out = run_cli(*cmd)
+    assert out.returncode == 0 and "usage" in out.stdout.lower()
+
+
+def test_help_does_not_import_heavy_modules():
+    heavy = ("PyQt5", "pandas", "sqlalchemy", "pyvisa", "matplotlib")
+    code = (
+        "import sys; from labctl.cli import build_parser; build_parser().format_help(); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([labctl_cmd()[0], "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,0 +1,246 @@
+"""Samples, instruments and the life of a run: create, events, metrics, finish, list, read."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labctl import __version__
+from labctl.errors import StoreError, ValidationError
+from labctl.store import Sample
+
+
+def test_ensure_sample_creates_then_returns_the_same(store):
+    a = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6, material="MoS2")
+    assert a == Sample(a.id, "chip7", 1.0, 1e-6, {"material": "MoS2"})
+    b = store.ensure_sample("chip7")
+    assert b == a
+    assert store.get_sample("chip7") == a
+    assert store.get_sample("nope") is None
+
+
+def test_ensure_sample_updates_only_what_is_given(store):
+    a = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6, material="MoS2", width_nm=5)
+    b = store.ensure_sample("chip7", max_v=0.5, width_nm=7)
+    assert (b.id, b.max_v, b.max_i) == (a.id, 0.5, 1e-6)
+    assert b.metadata == {"material": "MoS2", "width_nm": 7}
+    assert store.get_sample("chip7") == b
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_v": -1.0}, "max_v"),
+        ({"max_v": float("nan")}, "max_v"),
+        ({"max_i": 0.0}, "max_i"),
+        ({"max_i": "a lot"}, "max_i"),
+        ({"thing": object()}, "metadata"),
+    ],
+)
+def test_bad_sample_limits_name_the_field(store, kwargs, field):
+    with pytest.raises(ValidationError) as info:
+        store.ensure_sample("chip7", **kwargs)
+    assert info.value.field == field
+
+
+def test_empty_sample_name_is_refused(store):
+    with pytest.raises(ValidationError, match="sample"):
+        store.ensure_sample("  ")
+
+
+def test_samples_frame_counts_runs(store):
+    s = store.ensure_sample("b", max_v=1.0)
+    store.ensure_sample("a")
+    store.create_run(protocol="iv", parameters={}, sample_id=s.id)
+    df = store.samples()
+    assert list(df["name"]) == ["a", "b"]
+    assert list(df["n_runs"]) == [0, 1]
+    assert str(df["created_at"].dt.tz) == "UTC"
+
+
+def test_ensure_instrument_records_once_and_updates_resource(store):
+    idn = "KEITHLEY INSTRUMENTS,MODEL 2450,04512345,1.7.3"
+    a = store.ensure_instrument(idn, resource="TCPIP::10.0.0.5::INSTR", driver="keithley2450")
+    b = store.ensure_instrument(idn, resource="USB0::1::INSTR", driver="keithley2450", fw="1.7")
+    assert a == b
+    df = store.instruments()
+    assert len(df) == 1
+    assert df.loc[0, "resource"] == "USB0::1::INSTR"
+    assert df.loc[0, "metadata"] == {"fw": "1.7"}
+
+
+def test_create_run_records_who_where_and_what(store):
+    sample = store.ensure_sample("chip7", max_v=1.0)
+    iid = store.ensure_instrument("SIM,2450,0,1", resource="sim://keithley2450", driver="k2450")
+    before = datetime.now(UTC)
+    run_id = store.create_run(
+        protocol="iv_hysteresis",
+        parameters={"v_max": np.float64(0.5), "cycles": np.int64(3), "levels": np.arange(3)},
+        recipe_text='protocol = "iv_hysteresis"\nv_max = 0.5\n',
+        sample_id=sample.id,
+        instrument_id=iid,
+        instrument_identity="SIM,2450,0,1",
+        operator="ana",
+        group_id="batch-1",
+        notes="first try",
+    )
+    run = store.run(run_id)
+    assert run["status"] == "running"
+    assert run["parameters"] == {"v_max": 0.5, "cycles": 3, "levels": [0, 1, 2]}
+    assert run["recipe_text"].endswith("v_max = 0.5\n")
+    assert run["sample"] == "chip7"
+    assert run["software_version"] == __version__
+    assert run["host"] == socket.gethostname()
+    assert run["pid"] == os.getpid()
+    assert run["started_at"].tzinfo is not None
+    assert before - timedelta(seconds=1) <= run["started_at"] <= datetime.now(UTC)
+    assert run["heartbeat_at"] >= run["started_at"]
+    assert run["ended_at"] is None
+    assert (run["operator"], run["group_id"], run["notes"]) == ("ana", "batch-1", "first try")
+    assert run["n_points"] == 0
+
+
+def test_create_run_refuses_unknown_sample_and_bad_parameters(store):
+    with pytest.raises(ValidationError, match="sample_id"):
+        store.create_run(protocol="iv", parameters={}, sample_id=999)
+    with pytest.raises(ValidationError, match="parameters"):
+        store.create_run(protocol="iv", parameters=[1, 2], sample_id=None)
+    with pytest.raises(ValidationError, match="parameters"):
+        store.create_run(protocol="iv", parameters={"f": object()}, sample_id=None)
+    assert store.runs().empty
+
+
+def test_run_of_unknown_id_names_it(store):
+    with pytest.raises(StoreError, match="no run 42"):
+        store.run(42)
+    with pytest.raises(StoreError, match="no run 42"):
+        store.points(42)
+    with pytest.raises(StoreError, match="no run 42"):
+        store.add_event(42, "note", "x")
+
+
+def test_finish_run_sets_status_end_and_point_count(store, run_id, make_chunk):
+    with store.writer(run_id) as w:
+        w.put(make_chunk(123))
+    store.finish_run(run_id, "aborted", error="stopped by user")
+    run = store.run(run_id)
+    assert run["status"] == "aborted"
+    assert run["error"] == "stopped by user"
+    assert run["n_points"] == 123
+    assert run["ended_at"] >= run["started_at"]
+
+
+def test_finish_run_refuses_unknown_status_and_a_second_finish(store, run_id):
+    with pytest.raises(ValidationError, match="status"):
+        store.finish_run(run_id, "done")
+    store.finish_run(run_id, "completed")
+    with pytest.raises(StoreError, match="already completed"):
+        store.finish_run(run_id, "failed")
+    with pytest.raises(StoreError, match="completed"):
+        store.writer(run_id)
+
+
+def test_finish_run_commits_an_open_writer_first(store, run_id, make_chunk):
+    w = store.writer(run_id)
+    w.put(make_chunk(1000))
+    store.finish_run(run_id, "completed")
+    assert w.closed
+    assert store.run(run_id)["n_points"] == 1000
+    assert len(store.points(run_id)) == 1000
+
+
+def test_runs_lists_newest_first_and_filters(store):
+    a = store.ensure_sample("a")
+    b = store.ensure_sample("b")
+    r1 = store.create_run(protocol="iv", parameters={}, sample_id=a.id)
+    r2 = store.create_run(protocol="pulse_train", parameters={}, sample_id=b.id)
+    r3 = store.create_run(protocol="iv", parameters={}, sample_id=b.id)
+    store.finish_run(r1, "completed")
+    store.finish_run(r2, "failed", error="compliance")
+    df = store.runs()
+    assert list(df["id"]) == [r3, r2, r1]
+    assert {"id", "protocol", "sample", "status", "started_at", "ended_at", "n_points"} <= set(
+        df.columns
+    )
+    assert list(store.runs(limit=2)["id"]) == [r3, r2]
+    assert list(store.runs(status="running")["id"]) == [r3]
+    assert list(store.runs(status=["completed", "failed"])["id"]) == [r2, r1]
+    assert list(store.runs(sample="b")["id"]) == [r3, r2]
+    assert list(store.runs(protocol="iv", sample="b")["id"]) == [r3]
+    assert df.set_index("id").loc[r2, "error"] == "compliance"
+    assert pd.isna(df.set_index("id").loc[r3, "duration_s"])
+    assert df.set_index("id").loc[r1, "duration_s"] >= 0
+    assert str(df["started_at"].dt.tz) == "UTC"
+
+
+def test_events_round_trip(store, run_id):
+    store.add_event(run_id, "compliance", "current limit reached", t=1.25, data={"i": 1e-6})
+    store.add_event(run_id, "note", "operator comment")
+    ev = store.events(run_id)
+    assert list(ev["kind"]) == ["compliance", "note"]
+    assert ev.loc[0, "t"] == 1.25
+    assert np.isnan(ev.loc[1, "t"])
+    assert ev.loc[0, "data"] == {"i": 1e-6}
+    assert ev.loc[0, "message"] == "current limit reached"
+    assert str(ev["at"].dt.tz) == "UTC"
+
+
+def test_metrics_round_trip(store, run_id):
+    rows = [
+        {"name": "r_on", "value": 1.5e3, "unit": "ohm"},
+        {"name": "r_on", "value": np.float32(1.25e3), "unit": "ohm", "scope": "cycle", "index": 0},
+        {"name": "r_on", "value": 1.75e3, "unit": "ohm", "scope": "cycle", "index": np.int64(1)},
+        {"name": "loop_area", "value": None, "scope": "cycle", "index": 2, "unit": ""},
+    ]
+    assert store.add_metrics(run_id, rows) == 4
+    m = store.metrics(run_id)
+    assert list(m.columns) == ["scope", "index", "name", "value", "unit"]
+    assert list(m["scope"]) == ["run", "cycle", "cycle", "cycle"]
+    assert m["index"].tolist()[1:] == [0, 1, 2]
+    assert pd.isna(m["index"].iloc[0])
+    assert m["value"].tolist()[:3] == [1.5e3, 1.25e3, 1.75e3]
+    assert np.isnan(m["value"].iloc[3])
+    assert pd.isna(m["unit"].iloc[3])  # "" means no unit
+    assert store.add_metrics(run_id, []) == 0
+
+
+def test_bad_metric_rows_name_the_problem(store, run_id):
+    with pytest.raises(ValidationError, match="unknown key"):
+        store.add_metrics(run_id, [{"name": "x", "value": 1, "units": "V"}])
+    with pytest.raises(ValidationError, match=r"metrics\[1\].value"):
+        store.add_metrics(run_id, [{"name": "x", "value": 1}, {"name": "y", "value": "high"}])
+    with pytest.raises(ValidationError, match="index"):
+        store.add_metrics(run_id, [{"name": "x", "value": 1, "index": 1.5}])
+    assert store.metrics(run_id).empty
+
+
+def test_delete_run_removes_everything_of_it(store, run_id, make_chunk):
+    with store.writer(run_id) as w:
+        w.put(make_chunk(10))
+    store.add_event(run_id, "note", "x")
+    store.add_metrics(run_id, [{"name": "a", "value": 1}])
+    with pytest.raises(StoreError, match="running"):
+        store.delete_run(run_id)
+    store.finish_run(run_id, "completed")
+    store.delete_run(run_id)
+    assert store.runs().empty
+    with pytest.raises(StoreError):
+        store.run(run_id)
+
+
+def test_notes_can_be_set_after_the_run(store, run_id):
+    store.finish_run(run_id, "completed")
+    store.set_notes(run_id, "device shorted after cycle 3")
+    assert store.run(run_id)["notes"] == "device shorted after cycle 3"
+    with pytest.raises(StoreError, match="no run 999"):
+        store.set_notes(999, "x")
+
+
+def test_describe_and_data_dir_point_at_the_file(store, db_path):
+    assert store.describe() == str(db_path)
+    assert store.data_dir() == db_path.parent

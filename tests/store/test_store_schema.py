@@ -1,0 +1,126 @@
+"""Opening a store: tables, connection settings, versions, and clear errors for bad places."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from labctl.data import COLUMNS
+from labctl.errors import StoreError
+from labctl.store import SCHEMA_VERSION, Store, default_db_url
+from labctl.store import schema as store_schema
+
+TABLES = {"schema_version", "samples", "instruments", "runs", "points", "metrics", "events"}
+
+
+def test_open_creates_every_table_and_the_version(db_path):
+    Store.open(db_path).close()
+    con = sqlite3.connect(db_path)
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert names >= TABLES
+    assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    points_sql = con.execute("SELECT sql FROM sqlite_master WHERE name='points'").fetchone()[0]
+    assert "WITHOUT ROWID" in points_sql
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_points_table_follows_the_chunk_columns():
+    assert tuple(store_schema.points.columns.keys()) == ("run_id", "idx", *COLUMNS)
+
+
+def test_connections_use_wal_busy_timeout_and_foreign_keys(store):
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 10_000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_reopen_keeps_data_and_version_row(db_path):
+    with Store.open(db_path) as s:
+        s.ensure_sample("chip1", max_v=2.0)
+    with Store.open(db_path) as s:
+        assert s.get_sample("chip1").max_v == 2.0
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+    con.close()
+
+
+def test_store_knows_its_file(db_path):
+    with Store.open(str(db_path)) as s:
+        assert s.path == db_path
+        assert s.url.startswith("sqlite:///")
+        assert str(db_path) in repr(s)
+    with Store.open(s.url) as s2:
+        assert s2.path == db_path
+
+
+def test_a_newer_schema_is_refused(db_path):
+    Store.open(db_path).close()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(db_path)
+
+
+def test_in_memory_sqlite_is_refused_with_advice():
+    with pytest.raises(StoreError, match="in-memory"):
+        Store.open("sqlite://")
+
+
+def test_a_folder_or_garbage_file_gives_a_store_error_naming_it(tmp_path):
+    with pytest.raises(StoreError, match=re.escape(str(tmp_path))):
+        Store.open(tmp_path)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=re.escape(str(junk))):
+        Store.open(junk)
+
+
+def test_missing_driver_is_a_store_error():
+    with pytest.raises(StoreError, match="driver"):
+        Store.open("nosuchdb+nosuchdriver://user@host/db")
+
+
+def test_default_url_follows_labctl_db(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABCTL_DB", "postgresql+psycopg://lab@server/labctl")
+    assert default_db_url() == "postgresql+psycopg://lab@server/labctl"
+    monkeypatch.setenv("LABCTL_DB", str(tmp_path / "x.db"))
+    assert default_db_url() == f"sqlite:///{tmp_path / 'x.db'}"
+    monkeypatch.delenv("LABCTL_DB")
+    url = default_db_url()
+    assert url.startswith("sqlite:///") and url.endswith("labctl.db")
+
+
+def test_open_without_url_uses_labctl_db(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABCTL_DB", str(tmp_path / "env.db"))
+    with Store.open() as s:
+        assert s.path == tmp_path / "env.db"
+    assert (tmp_path / "env.db").exists()
+
+
+def test_naive_datetimes_are_refused():
+    from datetime import datetime
+
+    t = store_schema.UTCDateTime()
+    with pytest.raises(ValueError, match="naive"):
+        t.process_bind_param(datetime(2024, 1, 1), None)
+
+
+def test_a_read_only_store_can_be_read(db_path):
+    with Store.open(db_path) as s:
+        sample = s.ensure_sample("x")
+        run_id = s.create_run(protocol="iv", parameters={}, sample_id=sample.id)
+    con = sqlite3.connect(db_path)  # make the run look stale: another host, long ago
+    con.execute("UPDATE runs SET host = 'elsewhere', heartbeat_at = '2020-01-01 00:00:00'")
+    con.commit()
+    con.close()
+    with Store.open(f"sqlite:///file:{db_path}?mode=ro&uri=true") as ro:
+        assert ro.path == db_path
+        assert ro.run(run_id)["status"] == "running"  # could not be marked, still readable
