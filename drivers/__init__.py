@@ -10,6 +10,10 @@ from labctl.errors import ValidationError
 # name -> (module:Class, identity pattern matched against the *IDN? reply)
 DRIVERS: dict[str, tuple[str, str]] = {
     "keithley2450": ("drivers.keithley2450:Keithley2450", r"MODEL 2450"),
+    "keithley2636b": ("drivers.keithley2600:Keithley2600", r"MODEL 26\d\dB\b"),
+    "rodeostat": ("drivers.rodeostat:Rodeostat", r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"),
+    "emstat": ("drivers.emstat:EmStat", r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)"),
+    "keithley2400": ("drivers.keithley2400:Keithley2400", r"MODEL 240[01]\b"),
 }
 
 

@@ -41,6 +41,7 @@ DEFAULT_BUFFER_POINTS = 100_000  # defbuffer1 after *RST; it wraps when full
 MIN_DELAY_S = 50e-6
 MAX_DELAY_S = 10e3
 FETCH_MAX = 100_000  # readings per bulk query
+LATE_POLL_S = 1e-3  # poll interval once a sweep has run past its planned end
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -221,39 +222,40 @@ class Keithley2450:
 
     @staticmethod
     def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:
-        """Split rows [a, b) of equal delay into linear sweeps and <=100-level list sweeps."""
-        out: list[_Sweep] = []
+        """Split rows [a, b) of equal delay into linear sweeps and <=100-level list sweeps.
+
+        Greedy from the left: a row that starts an arithmetic run of at least 101 levels
+        starts a linear sweep; rows between such runs go to list sweeps.
+        """
         lv = level[a:b]
+        m = len(lv)
         scale = max(float(np.abs(lv).max()), 1e-12)
         d = np.diff(lv)
-        # starts of stretches where the step between levels stays constant
         same = np.isclose(d[1:], d[:-1], rtol=1e-9, atol=1e-12 * scale)
-        pending: list[int] = []
-
-        def flush() -> None:
-            for s in range(0, len(pending), LIST_MAX):
-                rows = pending[s : s + LIST_MAX]
-                out.append(_Sweep(a + rows[0], lv[rows[0] : rows[-1] + 1], delay, False))
-            pending.clear()
-
+        breaks = np.flatnonzero(~same) + 1  # diff indices where the step between levels changes
+        rows = np.arange(m)
+        pos = np.searchsorted(breaks, rows, side="right")
+        # last row of the arithmetic run that starts at each row
+        if len(breaks):
+            end = np.where(pos < len(breaks), breaks[np.minimum(pos, len(breaks) - 1)], m - 1)
+        else:
+            end = np.full(m, m - 1)
+        long_starts = np.flatnonzero(end - rows + 1 >= LIN_MIN_POINTS)
+        out: list[_Sweep] = []
         i = 0
-        m = len(lv)
         while i < m:
-            j = i + 1  # extend the arithmetic run lv[i..j]
-            if j < m:
-                while j + 1 < m and same[j - 1]:
-                    j += 1
-            length = j - i + 1 if j < m else 1
-            if length >= LIN_MIN_POINTS:
-                flush()
-                for s in range(i, j + 1, LIN_MAX_POINTS):
-                    e = min(j + 1, s + LIN_MAX_POINTS)
-                    out.append(_Sweep(a + s, lv[s:e], delay, e - s > 1))
-                i = j + 1
-            else:
-                pending.append(i)
-                i += 1
-        flush()
+            nxt = np.searchsorted(long_starts, i)
+            k = int(long_starts[nxt]) if nxt < len(long_starts) else m
+            for s in range(i, k, LIST_MAX):  # rows before the next linear run
+                e = min(k, s + LIST_MAX)
+                out.append(_Sweep(a + s, lv[s:e], delay, False))
+            if k >= m:
+                break
+            j = int(end[k])
+            for s in range(k, j + 1, LIN_MAX_POINTS):
+                e = min(j + 1, s + LIN_MAX_POINTS)
+                out.append(_Sweep(a + s, lv[s:e], delay, e - s > 1))
+            i = j + 1
         return out
 
     def _output_on_at(self, level: float) -> None:
@@ -301,8 +303,9 @@ class Keithley2450:
                         yield chunk  # keep every point taken before the abort
                     raise Aborted("run aborted")
                 remaining = t_start + t_init + expected - self.clock.now()
-                if remaining > 0:
-                    self.clock.sleep(min(poll, remaining))
+                # never poll without letting time pass: an instrument that runs a little
+                # longer than planned must not turn this loop into a busy wait
+                self.clock.sleep(min(poll, remaining) if remaining > 0 else LATE_POLL_S)
                 state = self.transport.query(":TRIG:STAT?").split(";")[0].strip().upper()
                 finished = state in ("IDLE", "ABORTED")
                 for n_new, chunk in self._fetch(program, sw, done, t0):

@@ -19,6 +19,7 @@ from drivers.base import Limits, check_program
 from labctl.data import Chunk
 from labctl.errors import Aborted, LabctlError, ValidationError
 from labctl.program import Program
+from protocols.base import Protocol
 
 
 class Listener:
@@ -147,7 +148,8 @@ class RunEngine:
                         if status == "completed":
                             status, error = "failed", f"store writer: {exc}"
         metrics: list[dict[str, Any]] = []
-        if n_points and status in ("completed", "aborted"):
+        has_analysis = type(protocol).analyze is not Protocol.analyze
+        if n_points and has_analysis and status in ("completed", "aborted"):
             try:
                 metrics = protocol.analyze(self.store.points(run_id))
                 self.store.add_metrics(run_id, metrics)

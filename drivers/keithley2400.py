@@ -1,0 +1,382 @@
+"""Keithley 2400/2401 SourceMeter, legacy SCPI (instruments.md §2), over VISA (GPIB, RS-232 via
+a VISA ASRL resource, or a LAN bridge).
+
+Hardware-timed execution compiles a Program into list sweeps: runs of steps of equal duration
+become one sweep each (at most 2500 levels: ``:SOUR:LIST:VOLT`` takes 100 per command, the
+rest goes in with ``:APP``). The 2400 has one source delay per sweep, so every step of a sweep
+gets the same source-delay-measure cycle: source the level, wait ``:SOUR:DEL`` = duration -
+aperture, measure for the aperture (NPLC / line frequency), so a step of duration d ends with
+its reading. The readings go to the data store (``:TRAC:FEED:CONT NEXT``) and are read while
+the sweep runs (``:TRAC:POIN:ACT?``, then ``:TRAC:DATA?``), so a long sweep streams. Each
+reading carries V, I, the timestamp and the status word (bit 3: compliance). Steps shorter
+than the aperture fall back to host timing (``:READ?`` per step).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from drivers.base import (
+    Capabilities,
+    Limits,
+    check_program,
+    make_chunk,
+    raise_if_aborted,
+    run_host_timed,
+)
+from labctl.clock import Clock, RealClock
+from labctl.data import COMPLIANCE, Chunk
+from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.program import Program
+from labctl.transport import Transport
+
+LIST_MAX = 2500  # levels per sweep (and readings in the data store)
+LIST_PER_COMMAND = 100
+MAX_DELAY_S = 9999.998
+ELEMENTS = "VOLT,CURR,TIME,STAT"
+STATUS_COMPLIANCE = 1 << 3
+V_RANGES = (0.2, 2.0, 20.0, 200.0)
+I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+MODELS = {"2400": 210.0, "2401": 21.0}  # largest |V| of each model
+
+
+def _num(x: float) -> str:
+    return f"{x:.9g}"
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """One list sweep covering program rows [row0, row0 + n), every step ``delay_s`` + aperture."""
+
+    row0: int
+    levels: np.ndarray
+    delay_s: float
+
+    @property
+    def n(self) -> int:
+        return len(self.levels)
+
+
+class Keithley2400:
+    """Driver for the Keithley 2400 and 2401 over any :class:`~labctl.transport.Transport`."""
+
+    name = "keithley2400"
+    capabilities = Capabilities(
+        kind="smu",
+        hardware_timing=True,
+        list_length=LIST_MAX,
+        min_step_s=0.01 / 60,  # the shortest aperture; a step is measured once
+        v_max=210.0,
+        i_max=1.05,
+        v_ranges=V_RANGES,
+        i_ranges=I_RANGES,
+        channels=("1",),
+        source_modes=("V",),
+    )
+
+    def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
+        self.transport = transport
+        self.clock = clock or RealClock()
+        self.limits = Limits()
+        self.model = "2400"
+        self.nplc = 1.0
+        self.line_frequency_hz = 50.0
+        self.compliance_a = 105e-6
+        self.timing = "auto"  # "auto" | "hardware" | "software"
+        self.poll_s = 0.1
+        self.identity = ""
+        self._output_on: bool | None = None
+        self._last_level: float | None = None
+        self._fixed_mode = False  # source in FIXed mode with one trigger (host timing)
+
+    # -- identity and settings ------------------------------------------------------------
+    def identify(self) -> str:
+        """``*IDN?`` (a 2400 or 2401; the 2401 limits the source to 21 V), line frequency."""
+        idn = self.transport.query("*IDN?").strip()
+        model = next((m for m in MODELS if f"MODEL {m}" in idn.upper()), None)
+        if model is None:
+            raise InstrumentError(
+                f"{self.transport.resource} answers {idn!r}, not a Keithley 2400 or 2401"
+            )
+        self.model = model
+        v_max = MODELS[model]
+        self.capabilities = replace(
+            type(self).capabilities,
+            v_max=v_max,
+            v_ranges=tuple(r for r in V_RANGES if r <= v_max),
+        )
+        self.line_frequency_hz = float(self.transport.query(":SYST:LFR?"))
+        self.identity = idn
+        return idn
+
+    @property
+    def aperture_s(self) -> float:
+        return self.nplc / self.line_frequency_hz
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def configure(
+        self,
+        *,
+        compliance_a: float | None = None,
+        nplc: float | None = None,
+        current_range_a: float | None = None,
+        voltage_range_v: float | None = None,
+        timing: str | None = None,
+        **_ignored: object,
+    ) -> None:
+        """Source V, measure I; compliance, ranges (None: auto) and integration time."""
+        if nplc is not None:
+            if not 0.01 <= nplc <= 10:
+                raise ValidationError("nplc", f"{nplc:g} is outside 0.01 to 10 PLC")
+            self.nplc = float(nplc)
+        if compliance_a is not None:
+            self.compliance_a = self._checked_compliance(compliance_a)
+        if timing is not None:
+            if timing not in ("auto", "hardware", "software"):
+                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
+            self.timing = timing
+        v_ranges = self.capabilities.v_ranges
+        if voltage_range_v is None:
+            v_range = ":SOUR:VOLT:RANG:AUTO ON"
+        else:
+            r = _pick_range("voltage_range_v", voltage_range_v, v_ranges)
+            v_range = f":SOUR:VOLT:RANG {_num(r)}"
+        if current_range_a is None:
+            i_range = ":SENS:CURR:RANG:AUTO ON"
+        else:
+            r = _pick_range("current_range_a", current_range_a, I_RANGES)
+            i_range = f":SENS:CURR:RANG {_num(r)}"
+        self.transport.write(
+            # one function measured (the V element then reads the programmed level), no
+            # delays but the Program's, output stays on between readings
+            f":SOUR:FUNC VOLT;:SOUR:VOLT:MODE FIX;{v_range};:SENS:FUNC:CONC OFF;"
+            f":SENS:FUNC 'CURR:DC';:SENS:CURR:PROT {_num(self.compliance_a)};{i_range};"
+            f":SENS:CURR:NPLC {_num(self.nplc)};:SOUR:DEL:AUTO OFF;:SOUR:DEL 0;"
+            ":SOUR:CLE:AUTO OFF;:TRIG:DEL 0;:TRIG:COUN 1;:ARM:COUN 1;:ARM:SOUR IMM;"
+            f":TRIG:SOUR IMM;:FORM:DATA ASC;:FORM:ELEM {ELEMENTS};:TRAC:TST:FORM ABS"
+        )
+        self._fixed_mode = True
+        self.check_errors()
+
+    def _checked_compliance(self, compliance_a: float) -> float:
+        if not 0 < compliance_a <= self.capabilities.i_max:
+            raise ValidationError(
+                "compliance_a", f"{compliance_a:g} A is outside (0, {self.capabilities.i_max:g}] A"
+            )
+        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
+            raise LimitError(
+                f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
+                f"max_i = {self.limits.max_i:g} A"
+            )
+        return float(compliance_a)
+
+    def check_errors(self) -> None:
+        """Raise InstrumentError with every queued error, oldest first."""
+        errors = []
+        for _ in range(20):
+            entry = self.transport.query(":SYST:ERR?").strip()
+            if entry.split(",")[0].strip().lstrip("+") in ("0", ""):
+                break
+            errors.append(entry)
+        if errors:
+            raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
+
+    # -- execution --------------------------------------------------------------------------
+    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        """Run ``program``; yields chunks with ``t`` relative to the program's start."""
+        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
+        if program.mode != "V":
+            raise ValidationError("mode", "the 2400 driver sources voltage only in this version")
+        if not len(program):
+            return
+        if program.compliance is not None and program.compliance != self.compliance_a:
+            self.compliance_a = self._checked_compliance(program.compliance)
+            self.transport.write(f":SENS:CURR:PROT {_num(self.compliance_a)}")
+        sweeps = None if self.timing == "software" else self.compile(program)
+        if sweeps is None and self.timing == "hardware":
+            raise ValidationError(
+                "timing",
+                f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
+                f"NPLC {self.nplc:g}); lower nplc or use software timing",
+            )
+        if sweeps is None:
+            yield from self._run_software(program, abort)
+        else:
+            yield from self._run_hardware(program, sweeps, abort)
+        self.check_errors()
+
+    def compile(self, program: Program) -> list[_Sweep] | None:
+        """The list sweeps for ``program``, or None if a step is too short to measure."""
+        delay = program.duration - self.aperture_s
+        if np.any(delay < -1e-12) or np.any(delay > MAX_DELAY_S):
+            return None
+        delay = np.maximum(delay, 0.0)
+        n = len(program)
+        cuts = np.flatnonzero(~np.isclose(delay[1:], delay[:-1], rtol=1e-9, atol=1e-12)) + 1
+        bounds = np.concatenate([[0], cuts, [n]])
+        sweeps = []
+        for a, b in itertools.pairwise(bounds):
+            for s in range(int(a), int(b), LIST_MAX):
+                e = min(int(b), s + LIST_MAX)
+                sweeps.append(_Sweep(s, program.level[s:e], float(delay[s])))
+        return sweeps
+
+    def _output_on_at(self, level: float) -> None:
+        if self._output_on is not True:
+            self.transport.write(f":SOUR:VOLT {_num(level)};:OUTP ON")
+            self._output_on = True
+            self._last_level = level
+
+    def _run_hardware(
+        self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
+    ) -> Iterator[Chunk]:
+        t_start = self.clock.now()
+        self._output_on_at(float(program.level[0]))
+        virtual = getattr(self.clock, "is_virtual", False)
+        for sw in sweeps:
+            raise_if_aborted(abort)
+            levels = [_num(x) for x in sw.levels]
+            self.transport.write(":SOUR:LIST:VOLT " + ",".join(levels[:LIST_PER_COMMAND]))
+            for s in range(LIST_PER_COMMAND, sw.n, LIST_PER_COMMAND):
+                self.transport.write(
+                    ":SOUR:LIST:VOLT:APP " + ",".join(levels[s : s + LIST_PER_COMMAND])
+                )
+            t_init = self.clock.now() - t_start
+            # After a sweep the 2400 sources its amplitude (the bias level): set it to the
+            # sweep's last level so the output holds that level until the next step.
+            self.transport.write(
+                f":SOUR:VOLT:MODE LIST;:SOUR:DEL {_num(sw.delay_s)};:TRIG:COUN {sw.n};"
+                f":TRAC:FEED:CONT NEV;:TRAC:CLE;:TRAC:POIN {sw.n};:TRAC:FEED SENS;"
+                f":TRAC:FEED:CONT NEXT;:SOUR:VOLT {levels[-1]};:INIT"
+            )
+            self._fixed_mode = False
+            step = sw.delay_s + self.aperture_s
+            expected = sw.n * step
+            # the first reading (TIME 0 in the data store) ends one step after INIT
+            t0 = t_init + step
+            # the end as the instrument sums it may lie a rounding error later
+            end = t_start + t_init + expected + 1e-9 * max(1.0, t_start + t_init + expected)
+            grace = max(2.0, 0.05 * expected)  # real instruments add overhead per point
+            poll = self.poll_s if not virtual else max(0.25, expected / 16)
+            done = 0
+            while True:
+                if abort is not None and abort.is_set():
+                    self.transport.write(":ABOR")
+                    for _n, chunk in self._fetch(program, sw, done, t0):
+                        yield chunk  # keep every point taken before the abort
+                    raise Aborted("run aborted")
+                remaining = end - self.clock.now()
+                if remaining > 0:
+                    self.clock.sleep(min(poll, remaining))
+                elif not virtual:
+                    self.clock.sleep(self.poll_s)
+                for n_new, chunk in self._fetch(program, sw, done, t0):
+                    done += n_new
+                    if len(chunk):
+                        yield chunk
+                if done >= sw.n:
+                    break
+                late = self.clock.now() - end
+                if late >= 0 if virtual else late > grace:
+                    raise InstrumentError(
+                        f"{self.transport.resource}: sweep ended after {done} of {sw.n} points"
+                    )
+            self._last_level = float(sw.levels[-1])
+
+    def _fetch(
+        self, program: Program, sw: _Sweep, done: int, t0: float
+    ) -> Iterator[tuple[int, Chunk]]:
+        """The sweep's readings after the first ``done``, as (count, chunk)."""
+        available = min(int(float(self.transport.query(":TRAC:POIN:ACT?"))), sw.n)
+        if available <= done:
+            return
+        reply = self.transport.query(":TRAC:DATA?")
+        values = np.array(reply.split(","), dtype=np.float64)
+        if len(values) % 4:
+            raise InstrumentError(
+                f"{self.transport.resource}: data store reply of {len(values)} values is not "
+                f"a whole number of {ELEMENTS} readings"
+            )
+        values = values.reshape(-1, 4)[done : sw.n]
+        stop = done + len(values)
+        rows = np.arange(sw.row0 + done, sw.row0 + stop)
+        keep = program.sample[rows]
+        v = values[keep]
+        flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
+        yield (
+            stop - done,
+            make_chunk(
+                program,
+                rows[keep],
+                t0 + v[:, 2],
+                v[:, 0],
+                v[:, 1],
+                flags,
+                compliance=self.compliance_a,
+            ),
+        )
+
+    def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
+        if not self._fixed_mode:
+            self.transport.write(":SOUR:VOLT:MODE FIX;:SOUR:DEL 0;:TRIG:COUN 1")
+            self._fixed_mode = True
+
+        def set_level(level: float) -> None:
+            if self._output_on is not True:
+                self._output_on_at(level)
+            elif level != self._last_level:
+                self.transport.write(f":SOUR:VOLT {_num(level)}")
+                self._last_level = level
+
+        def read() -> tuple[float, float]:
+            v, i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
+            return v, i
+
+        yield from run_host_timed(
+            program,
+            self.clock,
+            set_level=set_level,
+            read=read,
+            aperture_s=self.aperture_s,
+            abort=abort,
+            compliance=self.compliance_a,
+        )
+
+    # -- safety -------------------------------------------------------------------------------
+    def safe_state(self) -> None:
+        """Stop any sweep, source 0 V, output off, and confirm it. Safe to call any time."""
+        self.transport.write(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF")
+        self._output_on = False
+        self._last_level = 0.0
+        self._fixed_mode = False  # trigger count and delay are those of the last sweep
+        state = self.transport.query(":OUTP?").strip()
+        if state not in ("0", "OFF"):
+            raise InstrumentError(
+                f"{self.transport.resource}: output still reads {state!r} after OFF"
+            )
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Keithley2400:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()
+
+
+def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:
+    for r in ranges:
+        if abs(value) <= r * (1 + 1e-9):
+            return r
+    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")

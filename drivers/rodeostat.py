@@ -1,0 +1,459 @@
+"""IO Rodeo Rodeostat potentiostat, JSON lines over USB serial (instruments.md §6).
+
+The source level is the potential of the working electrode against the reference (V); the
+reading is the working-electrode current (the instrument reports uA). There is no cell
+switch: "off" is 0 V. Hardware-timed execution uploads the Program as ``multiStep`` tests
+(up to 50 steps each, adjacent equal levels merged) with a sample period that divides every
+step boundary, runs them one after the other and keeps the samples that fall on the ends of
+sampled steps; the time stamps are the instrument's (``t`` in ms from the test's start).
+Step durations that are not whole milliseconds fall back to host timing (``setVolt`` and
+``getCurr`` per step). Currents at the current range's full scale are flagged OVERRANGE
+(the amplifier saturates there); ``compliance_a`` and ``current_range_a`` pick the range.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.base import (
+    FLUSH_S,
+    OVERRANGE_VALUE,
+    Capabilities,
+    Limits,
+    check_program,
+    make_chunk,
+    raise_if_aborted,
+    run_host_timed,
+)
+from labctl.clock import Clock, RealClock
+from labctl.data import Chunk
+from labctl.errors import (
+    Aborted,
+    ConnectionLost,
+    InstrumentError,
+    LimitError,
+    TransportError,
+    ValidationError,
+)
+from labctl.program import Program
+from labctl.transport import Transport
+
+MAX_STEPS = 50
+PERIOD_MIN_MS, PERIOD_MAX_MS = 1, 1000
+LINE_LIMIT = 100_000  # lines skipped while waiting for a reply (samples of a test in flight)
+VOLT_RANGES: tuple[tuple[str, float], ...] = (("1V", 1.0), ("2V", 2.0), ("5V", 5.0), ("10V", 10.0))
+# variant -> current ranges (label, A); the nanoAmp and milliAmp labels are [I]
+VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
+    "10V_microAmpV0.2": (("1uA", 1e-6), ("10uA", 1e-5), ("100uA", 1e-4), ("1000uA", 1e-3)),
+    "10V_nanoAmpV0.2": (("60nA", 60e-9), ("100nA", 100e-9), ("1uA", 1e-6), ("10uA", 1e-5)),
+    "10V_milliAmpV0.2": (
+        ("100uA", 1e-4),
+        ("1000uA", 1e-3),
+        ("10000uA", 1e-2),
+        ("24000uA", 2.4e-2),
+    ),
+}
+DEFAULT_VARIANT = "10V_microAmpV0.2"
+
+
+def _capabilities(variant: str) -> Capabilities:
+    ranges = VARIANTS[variant]
+    return Capabilities(
+        kind="potentiostat",
+        hardware_timing=True,
+        list_length=MAX_STEPS,
+        min_step_s=PERIOD_MIN_MS / 1e3,
+        v_max=VOLT_RANGES[-1][1],
+        i_max=ranges[-1][1],
+        v_ranges=tuple(r[1] for r in VOLT_RANGES),
+        i_ranges=tuple(r[1] for r in ranges),
+        channels=("1",),
+        source_modes=("V",),
+    )
+
+
+def encode(command: str, **args: object) -> str:
+    """A command as the compact JSON line the firmware reads."""
+    return json.dumps({"command": command, **args}, separators=(",", ":"))
+
+
+@dataclass
+class _Test:
+    """One multiStep test: its steps, sample period, and which sample is which row."""
+
+    steps: list[list[float]]
+    period_ms: int
+    rows_by_tick: dict[int, int]  # sample time (ms from the test start) -> program row
+    duration_s: float
+
+
+class Rodeostat:
+    """Driver for an IO Rodeo Rodeostat over a serial :class:`Transport`."""
+
+    name = "rodeostat"
+    capabilities = _capabilities(DEFAULT_VARIANT)
+
+    def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
+        self.transport = transport
+        self.clock = clock or RealClock()
+        self.limits = Limits()
+        self.identity = ""
+        self.variant = DEFAULT_VARIANT
+        self.timing = "auto"
+        self.volt_range: str | None = None  # as last set (None: not yet)
+        self.fixed_volt_range: str | None = None
+        self.curr_range: str | None = None
+        self.sample_period_ms: int | None = None
+        self._v_set = 0.0
+        self._lines: deque[str] = deque()
+
+    # -- messages -----------------------------------------------------------------------------
+    def _readline(self) -> str:
+        """The next line from the instrument; a reply that holds several lines is split."""
+        if not self._lines:
+            self._lines.extend(self.transport.read().split("\n"))
+        return self._lines.popleft().strip()
+
+    def _reply(self, command: str, test: str | None = None, *, skipped: list | None = None) -> dict:
+        """The response to ``command``; samples and ``{}`` met on the way go to ``skipped``."""
+        for _ in range(LINE_LIMIT):
+            line = self._readline()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                raise InstrumentError(
+                    f"{self.transport.resource}: not JSON in reply to {command}: {line[:60]!r}"
+                ) from None
+            if not isinstance(msg, dict):
+                raise InstrumentError(f"{self.transport.resource}: unexpected reply {line[:60]!r}")
+            if "success" not in msg:  # a sample or the end of a test
+                if skipped is not None:
+                    skipped.append(msg)
+                continue
+            if not msg["success"]:
+                raise InstrumentError(
+                    f"{self.transport.resource}: {command} failed: {msg.get('message', '?')}"
+                )
+            response = msg.get("response") or {}
+            if response.get("command") != command:
+                raise InstrumentError(
+                    f"{self.transport.resource}: reply to {response.get('command')!r} "
+                    f"while waiting for {command!r}"
+                )
+            if test is not None and response.get("test") != test:
+                raise InstrumentError(
+                    f"{self.transport.resource}: reply for test {response.get('test')!r}, "
+                    f"sent {test!r}"
+                )
+            return response
+        raise InstrumentError(f"{self.transport.resource}: no reply to {command}")
+
+    def command(self, command: str, **args: object) -> dict:
+        """Send one command; returns its ``response`` (raises unless it succeeded)."""
+        self.transport.write(encode(command, **args))
+        test = args.get("test")
+        return self._reply(command, test if isinstance(test, str) else None)
+
+    # -- identity and settings ----------------------------------------------------------------
+    def identify(self) -> str:
+        """``getVariant``, ``getVersion``, ``getHardwareVersion``; picks the current ranges."""
+        variant = str(self.command("getVariant").get("variant", ""))
+        if variant not in VARIANTS:
+            raise InstrumentError(
+                f"{self.transport.resource}: unknown Rodeostat variant {variant!r} "
+                f"(known: {', '.join(VARIANTS)})"
+            )
+        firmware = str(self.command("getVersion").get("version", ""))
+        hardware = str(self.command("getHardwareVersion").get("version", ""))
+        self.variant = variant
+        self.capabilities = _capabilities(variant)
+        self.identity = f"IO Rodeo Rodeostat {variant},{hardware},{firmware}"
+        return self.identity
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def configure(
+        self,
+        *,
+        compliance_a: float | None = None,
+        nplc: float | None = None,
+        current_range_a: float | None = None,
+        voltage_range_v: float | None = None,
+        timing: str | None = None,
+        **_ignored: object,
+    ) -> None:
+        """Current range (the smallest that holds ``current_range_a`` or ``compliance_a``),
+        voltage range (None: the smallest that holds each program) and timing. ``nplc`` is
+        ignored: the sample period follows the program."""
+        if timing is not None:
+            if timing not in ("auto", "hardware", "software"):
+                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
+            self.timing = timing
+        if voltage_range_v is not None:
+            self.fixed_volt_range = _pick("voltage_range_v", voltage_range_v, VOLT_RANGES)
+        target = current_range_a if current_range_a is not None else compliance_a
+        if target is not None:
+            field = "current_range_a" if current_range_a is not None else "compliance_a"
+            if not target > 0:
+                raise ValidationError(field, f"{target:g} A must be > 0")
+            if (
+                field == "compliance_a"
+                and self.limits.max_i is not None
+                and target > self.limits.max_i * (1 + 1e-12)
+            ):
+                raise LimitError(
+                    f"rodeostat driver: current limit {target:g} A exceeds the sample's "
+                    f"max_i = {self.limits.max_i:g} A"
+                )
+            self._set_curr_range(_pick(field, target, VARIANTS[self.variant]))
+
+    def _set_curr_range(self, label: str) -> None:
+        if label != self.curr_range:
+            self.command("setCurrRange", currRange=label)
+            self.curr_range = label
+
+    def _set_volt_range(self, label: str) -> None:
+        if label != self.volt_range:
+            self.command("setVoltRange", voltRange=label)
+            self.volt_range = label
+
+    def _full_scale(self) -> float:
+        ranges = dict(VARIANTS[self.variant])
+        if self.curr_range is None:
+            self.curr_range = str(self.command("getCurrRange").get("currRange"))
+        return ranges.get(self.curr_range, max(ranges.values()))
+
+    # -- execution ----------------------------------------------------------------------------
+    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        """Run ``program``; yields chunks with ``t`` relative to the program's start."""
+        check_program(program, self.limits, self.capabilities, "rodeostat driver")
+        if program.mode != "V":
+            raise ValidationError("mode", "a potentiostat sources potential (mode 'V') only")
+        if not len(program):
+            return
+        peak = program.max_abs_level()
+        label = self.fixed_volt_range or _pick("level", peak, VOLT_RANGES)
+        if peak > dict(VOLT_RANGES)[label] * (1 + 1e-12):
+            raise LimitError(
+                f"rodeostat driver: level {peak:g} V is beyond the {label} voltage range"
+            )
+        if program.compliance is not None:
+            self.configure(compliance_a=program.compliance)
+        self._set_volt_range(label)
+        full_scale = self._full_scale()
+        tests = None if self.timing == "software" else self.compile(program)
+        if tests is None and self.timing == "hardware":
+            raise ValidationError(
+                "timing", "step durations must be whole milliseconds for hardware timing"
+            )
+        if tests is None:
+            yield from self._run_software(program, abort, full_scale)
+        else:
+            yield from self._run_hardware(program, tests, abort, full_scale)
+
+    def compile(self, program: Program) -> list[_Test] | None:
+        """The multiStep tests for ``program``, or None if a step is not whole ms."""
+        ms = program.duration * 1e3
+        whole = np.round(ms)
+        if np.any(whole < 1) or np.any(np.abs(ms - whole) > 1e-6 * np.maximum(ms, 1)):
+            return None
+        whole = whole.astype(np.int64)
+        level = program.level
+        # merged steps: runs of equal level
+        starts = np.flatnonzero(np.concatenate([[True], level[1:] != level[:-1]]))
+        bounds = np.append(starts, len(level))
+        tests: list[_Test] = []
+        for g in range(0, len(starts), MAX_STEPS):
+            a, b = int(bounds[g]), int(bounds[min(g + MAX_STEPS, len(starts))])
+            ends = np.cumsum(whole[a:b])
+            steps = []
+            for s in range(g, min(g + MAX_STEPS, len(starts))):
+                lo, hi = int(bounds[s]) - a, int(bounds[s + 1]) - a
+                start_ms = int(ends[lo - 1]) if lo else 0
+                steps.append([int(ends[hi - 1]) - start_ms, float(level[bounds[s]])])
+            period = _period(ends)
+            sampled = np.flatnonzero(program.sample[a:b])
+            rows = {int(ends[k]): a + int(k) for k in sampled}
+            tests.append(_Test(steps, period, rows, float(ends[-1]) / 1e3))
+        return tests
+
+    def _run_hardware(
+        self,
+        program: Program,
+        tests: list[_Test],
+        abort: threading.Event | None,
+        full_scale: float,
+    ) -> Iterator[Chunk]:
+        t_start: float | None = None
+        for test in tests:
+            raise_if_aborted(abort)
+            if test.period_ms != self.sample_period_ms:
+                self.command("setSamplePeriod", samplePeriod=test.period_ms)
+                self.sample_period_ms = test.period_ms
+            param = {"quietValue": test.steps[0][1], "quietTime": 0, "step": test.steps}
+            self.command("setParam", test="multiStep", param=param)
+            self.transport.write(encode("runTest", test="multiStep"))
+            now = self.clock.now()
+            if t_start is None:
+                t_start = now
+            early: list = []
+            self._reply("runTest", "multiStep", skipped=early)
+            yield from self._stream(program, test, now - t_start, now, abort, full_scale, early)
+        self._v_set = float(tests[-1].steps[-1][1]) if tests else self._v_set
+
+    def _stream(
+        self,
+        program: Program,
+        test: _Test,
+        offset: float,
+        started: float,
+        abort: threading.Event | None,
+        full_scale: float,
+        early: list,
+    ) -> Iterator[Chunk]:
+        rows: list[int] = []
+        t: list[float] = []
+        v: list[float] = []
+        i: list[float] = []
+        flush_at = self.clock.now() + FLUSH_S
+        deadline = started + test.duration_s + max(2.0, 2 * self.transport.timeout_s)
+        timed_out_at: float | None = None
+        received = 0
+
+        def take(sample: dict) -> None:
+            nonlocal received
+            row = test.rows_by_tick.get(round(float(sample["t"])))
+            if row is not None:
+                received += 1
+                rows.append(row)
+                t.append(offset + sample["t"] / 1e3)
+                v.append(float(sample["v"]))
+                i.append(float(sample["i"]) * 1e-6)
+
+        def chunk() -> Chunk:
+            cur = np.asarray(i)
+            cur = np.where(np.abs(cur) >= full_scale * (1 - 1e-6), OVERRANGE_VALUE, cur)
+            c = make_chunk(
+                program, np.asarray(rows), np.asarray(t), np.asarray(v), cur, 0, compliance=None
+            )
+            rows.clear(), t.clear(), v.clear(), i.clear()
+            return c
+
+        for sample in early:
+            if "t" in sample:
+                take(sample)
+
+        while True:
+            if abort is not None and abort.is_set():
+                skipped: list = []
+                self.transport.write(encode("stopTest"))
+                self._reply("stopTest", skipped=skipped)
+                for sample in skipped:
+                    if "t" in sample:
+                        take(sample)
+                if rows:
+                    yield chunk()
+                raise Aborted("run aborted")
+            try:
+                line = self._readline()
+            except ConnectionLost:
+                raise
+            except TransportError:
+                # a timeout that took no time (an in-process link) would spin forever
+                if self.clock.now() > deadline or self.clock.now() == timed_out_at:
+                    raise
+                timed_out_at = self.clock.now()
+                continue
+            if not line:
+                continue
+            try:
+                sample = json.loads(line)
+            except ValueError:
+                raise InstrumentError(
+                    f"{self.transport.resource}: not JSON during a test: {line[:60]!r}"
+                ) from None
+            if sample == {}:
+                break
+            if "t" in sample:
+                take(sample)
+            if rows and self.clock.now() >= flush_at:
+                yield chunk()
+                flush_at = self.clock.now() + FLUSH_S
+        if rows:
+            yield chunk()
+        if received != len(test.rows_by_tick):
+            raise InstrumentError(
+                f"{self.transport.resource}: the test ended after {received} of "
+                f"{len(test.rows_by_tick)} points"
+            )
+
+    def _run_software(
+        self, program: Program, abort: threading.Event | None, full_scale: float
+    ) -> Iterator[Chunk]:
+        def set_level(level: float) -> None:
+            self._v_set = float(self.command("setVolt", v=float(level))["v"])
+
+        def read() -> tuple[float, float]:
+            current = float(self.command("getCurr")["i"]) * 1e-6
+            if abs(current) >= full_scale * (1 - 1e-6):
+                current = OVERRANGE_VALUE
+            return self._v_set, current
+
+        yield from run_host_timed(
+            program,
+            self.clock,
+            set_level=set_level,
+            read=read,
+            aperture_s=0.0,
+            abort=abort,
+            compliance=None,
+        )
+
+    # -- safety -------------------------------------------------------------------------------
+    def safe_state(self) -> None:
+        """Stop any test and set 0 V (the Rodeostat has no cell switch); confirmed by
+        ``getVolt`` within one DAC step of 0."""
+        self._lines.clear()
+        self.transport.write(encode("stopTest"))
+        self._reply("stopTest", skipped=[])
+        self._v_set = float(self.command("setVolt", v=0.0)["v"])
+        v = float(self.command("getVolt")["v"])
+        span = dict(VOLT_RANGES).get(self.volt_range or "10V", 10.0)
+        if abs(v) > 2 * span / 4095 * 1.01:
+            raise InstrumentError(f"{self.transport.resource}: output reads {v:g} V after 0 V")
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Rodeostat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()
+
+
+def _pick(field: str, value: float, ranges: tuple[tuple[str, float], ...]) -> str:
+    for label, full in ranges:
+        if abs(value) <= full * (1 + 1e-9):
+            return label
+    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1][0]}")
+
+
+def _period(ends_ms: np.ndarray) -> int:
+    """The sample period: the largest divisor (<= 1000 ms) of every step boundary."""
+    g = int(np.gcd.reduce(ends_ms.astype(np.int64)))
+    if g <= PERIOD_MAX_MS:
+        return g
+    return max(d for d in range(1, PERIOD_MAX_MS + 1) if g % d == 0)
