@@ -107,12 +107,13 @@ class RunEngine:
                 limits = sample_limits(sample)
                 settings = protocol.instrument_settings()
                 programs = None
-                if not protocol.closed_loop:
-                    programs = protocol.programs()
-                    for program in programs:
-                        check_program(
-                            program, limits, driver.capabilities, "refused before output on"
-                        )
+                if protocol.closed_loop:
+                    envelope = protocol.envelope()
+                    ahead = [envelope] if envelope is not None else []
+                else:
+                    programs = ahead = protocol.programs()
+                for program in ahead:
+                    check_program(program, limits, driver.capabilities, "refused before output on")
                 total = sum(p.total_duration for p in programs) if programs is not None else None
                 self._notify("on_start", run_id, total)
                 driver.set_limits(limits)

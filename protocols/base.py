@@ -108,6 +108,11 @@ class Protocol:
             raise TypeError(f"{self.name} is closed-loop: its programs depend on the data")
         return list(self.plan())
 
+    def envelope(self) -> Program | None:
+        """Every level a closed-loop plan can reach, checked against the sample's limits
+        before the output is enabled. Open-loop plans need none (all their Programs are)."""
+        return None
+
     def estimated_duration_s(self) -> float | None:
         if self.closed_loop:
             return None
@@ -146,4 +151,13 @@ def all_protocols() -> dict[str, type[Protocol]]:
 
 
 def _load() -> None:
-    from protocols import iv_hysteresis  # noqa: F401
+    from protocols import (  # noqa: F401
+        electrochem,
+        endurance,
+        iv_fingerprint,
+        iv_hysteresis,
+        plasticity,
+        pulse_train,
+        retention,
+        write_verify,
+    )

@@ -167,6 +167,15 @@ class Circuit:
         self.reset()
 
     @property
+    def aperture_s(self) -> float | None:
+        """The measuring instrument's integration time; sets the Johnson noise band."""
+        return self._noise.aperture_s
+
+    @aperture_s.setter
+    def aperture_s(self, value: float | None) -> None:
+        self._noise.aperture_s = value
+
+    @property
     def t(self) -> float:
         """Simulated time (s) since construction or ``reset()``."""
         return self._t

@@ -71,6 +71,9 @@ class CurrentNoise:
         self.rel = float(rel)
         self.flicker = float(flicker)
         self.temperature_k = float(temperature_k)
+        # The Johnson band is the measuring instrument's (1/(2 aperture)) when it says its
+        # aperture; otherwise each step's Nyquist band. A step split by a poll is no sample.
+        self.aperture_s: float | None = None
         self._seq = seed_sequence(seed)
         self.reset()
 
@@ -86,8 +89,11 @@ class CurrentNoise:
         sigma = np.abs(i)
         sigma *= self.rel
         np.maximum(sigma, self.floor_a, out=sigma)
-        with np.errstate(divide="ignore"):
-            bandwidth = np.where(dt > 0, 0.5 / dt, 0.0)[:, None]  # Nyquist band, Hz
+        if self.aperture_s:
+            bandwidth = np.full((len(dt), 1), 0.5 / self.aperture_s)
+        else:
+            with np.errstate(divide="ignore"):
+                bandwidth = np.where(dt > 0, 0.5 / dt, 0.0)[:, None]  # Nyquist band, Hz
         four_kt = 4.0 * BOLTZMANN * self.temperature_k
         # The Johnson term rarely matters (13 fA/sqrt(Hz) at 10 nS): skip it when it cannot.
         if g.size and four_kt * float(np.max(np.abs(g))) * float(bandwidth.max()) > (
@@ -111,9 +117,10 @@ class CurrentNoise:
     def sample1(self, i: float, g: float, dt: float) -> float:
         """``sample`` for one sample of one device without flicker, in Python floats."""
         sigma = max(self.rel * abs(i), self.floor_a)
-        if dt > 0:
+        band_dt = self.aperture_s or dt
+        if band_dt > 0:
             four_kt = 4.0 * BOLTZMANN * self.temperature_k
-            sigma = max(sigma, math.sqrt(four_kt * abs(g) * (0.5 / dt)))
+            sigma = max(sigma, math.sqrt(four_kt * abs(g) * (0.5 / band_dt)))
         sigma *= self.scale
         return sigma * float(self._white.standard_normal(dtype=np.float32))
 

@@ -606,6 +606,8 @@ class Keithley2450Emulator:
         return v_end, self._cur(v_end) + noise
 
     def _step(self, v: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        if hasattr(self.device, "aperture_s"):  # noise band of a reading, not of a sub-step
+            self.device.aperture_s = self._aperture()
         return np.asarray(self.device.step(v, dt), dtype=np.float64)
 
     def _drive(
