@@ -79,12 +79,19 @@ def run_recipe(
     listeners: Iterable[Listener] = (),
     operator: str | None = None,
     engine: RunEngine | None = None,
-) -> RunResult:
-    """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it."""
+) -> list[RunResult]:
+    """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it.
+
+    A sequence runs its steps in order on one connection as one group of runs, and stops at
+    the first step that does not complete. Returns one result per run made.
+    """
+    import uuid
+
     from labctl.connect import connect
     from labctl.errors import ValidationError
 
-    proto = recipe.build()
+    steps = recipe.steps or [recipe]
+    protocols = [step.build() for step in steps]  # refuse any bad step before connecting
     resource = instrument or recipe.instrument.get("resource")
     if not resource:
         raise ValidationError(
@@ -97,11 +104,28 @@ def run_recipe(
     smp = resolve_sample(
         store, name, recipe.sample.get("max_v"), recipe.sample.get("max_i"), **meta
     )
+    settings = (
+        {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
+    )
     engine = engine or RunEngine(store, listeners)
+    group_id = uuid.uuid4().hex[:12] if recipe.steps else None
+    results: list[RunResult] = []
     driver = connect(resource, driver=recipe.instrument.get("driver"))
     try:
-        return engine.run(
-            proto, driver, smp, recipe_text=recipe.text, operator=operator, resource=resource
-        )
+        for proto in protocols:
+            result = engine.run(
+                proto,
+                driver,
+                smp,
+                recipe_text=recipe.text,
+                operator=operator,
+                resource=resource,
+                group_id=group_id,
+                settings=settings,
+            )
+            results.append(result)
+            if not result.ok:
+                break
     finally:
         driver.close()
+    return results

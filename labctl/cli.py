@@ -199,10 +199,18 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
     from labctl.api import run_recipe
     from labctl.engine import RunEngine
 
+    steps = recipe.steps or [recipe]
+    estimates = [step.build().estimated_duration_s() for step in steps]
+    known = [e for e in estimates if e is not None]
+    closed = (
+        " (plus the closed-loop steps, which depend on the data)" if len(known) < len(steps) else ""
+    )
+    what = f"{len(steps)} steps" if recipe.steps else steps[0].protocol
+    print(f"{what}: estimated {_duration(sum(known))} of instrument time{closed}")
     progress = _Progress(not quiet)
     engine = RunEngine(store, [progress])
     wall0 = time.perf_counter()
-    result = run_recipe(
+    results = run_recipe(
         recipe,
         store=store,
         instrument=getattr(args, "instrument", None),
@@ -211,21 +219,33 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         engine=engine,
     )
     wall = time.perf_counter() - wall0
-    print(
-        f"run {result.run_id} {result.status}: {result.n_points} points, "
-        f"{result.duration_s:.3g} s instrument time, {wall:.2g} s wall"
-    )
-    if result.error:
-        print(f"  reason: {result.error}")
-    _print_metrics(result.metrics)
-    print(f"data: {store.describe()}  (run {result.run_id})")
-    if plot_path is not None and result.n_points:
-        from labctl.report import plot_run
+    for result in results:
+        print(
+            f"run {result.run_id} {result.status}: {result.n_points} points, "
+            f"{result.duration_s:.3g} s instrument time"
+        )
+        if result.error:
+            print(f"  reason: {result.error}")
+        _print_metrics(result.metrics)
+        if plot_path is not None and result.n_points:
+            from labctl.report import plot_run
 
-        path = Path(str(plot_path).format(run=result.run_id))
-        plot_run(store, result.run_id, path)
-        print(f"plot: {path}")
-    return 0 if result.ok else EXIT_FAILED_RUN
+            path = Path(str(plot_path).format(run=result.run_id))
+            plot_run(store, result.run_id, path)
+            print(f"plot: {path}")
+    if len(results) < len(steps):
+        print(f"sequence stopped after step {len(results)} of {len(steps)}")
+    ids = ", ".join(str(r.run_id) for r in results)
+    print(f"data: {store.describe()}  (run {ids}; {wall:.2g} s wall)")
+    return 0 if len(results) == len(steps) and all(r.ok for r in results) else EXIT_FAILED_RUN
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
 
 
 def _print_metrics(metrics) -> None:

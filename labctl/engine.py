@@ -15,8 +15,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from drivers.base import Limits, check_program
-from labctl.data import Chunk
+from labctl.analysis.timing import lateness_metrics
+from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, LabctlError, ValidationError
 from labctl.program import Program
 from protocols.base import Protocol
@@ -80,6 +83,8 @@ class RunEngine:
         operator: str | None = None,
         resource: str | None = None,
         handle_signals: bool = True,
+        group_id: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> RunResult:
         """Run ``protocol`` on ``driver`` for ``sample``; always returns a final status."""
         self.abort_event.clear()
@@ -96,16 +101,19 @@ class RunEngine:
             instrument_id=instrument_id,
             instrument_identity=driver.identity or None,
             operator=operator,
+            group_id=group_id,
         )
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None
         writer = None
         n_points = 0
+        n_host_timed = 0
+        self._executed: list[Program] = []
         with self._signals(handle_signals):
             try:
                 limits = sample_limits(sample)
-                settings = protocol.instrument_settings()
+                settings = {**protocol.instrument_settings(), **(settings or {})}
                 programs = None
                 if protocol.closed_loop:
                     envelope = protocol.envelope()
@@ -122,6 +130,7 @@ class RunEngine:
                 for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
                     writer.put(chunk)
                     n_points += len(chunk)
+                    n_host_timed += int(np.count_nonzero(chunk.flags & SOFTWARE_TIMED))
                     self._notify("on_chunk", chunk)
             except (Aborted, KeyboardInterrupt):
                 status, error = "aborted", "aborted by the operator"
@@ -150,9 +159,13 @@ class RunEngine:
                             status, error = "failed", f"store writer: {exc}"
         metrics: list[dict[str, Any]] = []
         has_analysis = type(protocol).analyze is not Protocol.analyze
-        if n_points and has_analysis and status in ("completed", "aborted"):
+        if n_points and (has_analysis or n_host_timed) and status in ("completed", "aborted"):
             try:
-                metrics = protocol.analyze(self.store.points(run_id))
+                points = self.store.points(run_id)
+                if has_analysis:
+                    metrics = protocol.analyze(points)
+                if n_host_timed:  # requested against achieved timing of host-timed steps
+                    metrics = [*metrics, *lateness_metrics(points, self._executed)]
                 self.store.add_metrics(run_id, metrics)
             except Exception as exc:  # analysis never costs the data
                 self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
@@ -185,6 +198,7 @@ class RunEngine:
 
     def _one(self, k: int, program: Program, driver, clock, t0) -> Iterator[Chunk]:
         t_start = clock.now() - t0
+        self._executed.append(program)
         self._notify("on_program", k, program, t_start)
         for chunk in driver.execute(program, self.abort_event):
             yield chunk.shifted(t_start)

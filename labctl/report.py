@@ -28,7 +28,7 @@ def plot_run(store, run_id: int, path: Path) -> Path:
     freqs = {}
     if len(freq):
         f = freq[freq["name"] == "frequency"]
-        freqs = dict(zip(f["idx"].astype(int), f["value"], strict=False))
+        freqs = dict(zip(f["index"].astype(int), f["value"], strict=False))
     for k, seg in enumerate(segments):
         g = df[df["segment"] == seg]
         last = g[g["cycle"] == g["cycle"].max()]  # the settled cycle
@@ -44,8 +44,8 @@ def plot_run(store, run_id: int, path: Path) -> Path:
         ax.legend(fontsize=8)
     ax = axes[1]
     if len(freq):
-        a = freq[freq["name"] == "loop_area"].sort_values("idx")
-        fx = np.array([freqs.get(int(i), np.nan) for i in a["idx"]])
+        a = freq[freq["name"] == "loop_area"].sort_values("index")
+        fx = np.array([freqs.get(int(i), np.nan) for i in a["index"]])
         ax.semilogx(fx, a["value"] * 1e9, "o-")
         ax.set_xlabel("frequency (Hz)")
         ax.set_ylabel("loop area (nV·A = nW)")

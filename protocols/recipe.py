@@ -7,6 +7,9 @@ description = "..."
 [instrument]    # resource, driver (optional)
 [parameters]    # the protocol's parameters
 ```
+A sequence chains steps on one sample and instrument, run as one group of runs:
+``[[steps]]`` tables, each with ``protocol`` and ``[steps.parameters]``, instead of a
+top-level ``protocol``. ``--set N.KEY=VALUE`` reaches step N (from 1).
 A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols/recipes/.
 """
 
@@ -22,9 +25,10 @@ from typing import Any
 from labctl.errors import ValidationError
 from protocols.base import Protocol, get_protocol, validate_params
 
-TOP_KEYS = ("protocol", "description", "sample", "instrument", "parameters")
+TOP_KEYS = ("protocol", "description", "sample", "instrument", "parameters", "steps")
+STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
-INSTRUMENT_KEYS = ("resource", "driver")
+INSTRUMENT_KEYS = ("resource", "driver", "channels")
 
 
 @dataclass
@@ -36,9 +40,25 @@ class Recipe:
     description: str = ""
     text: str = ""
     source: str = ""  # path or "builtin:NAME"
+    steps: list[Recipe] = field(default_factory=list)  # a sequence's steps, in order
+
+    @property
+    def is_sequence(self) -> bool:
+        return bool(self.steps)
 
     def build(self) -> Protocol:
-        """The protocol with validated parameters (raises ValidationError naming the field)."""
+        """The protocol with validated parameters (raises ValidationError naming the field).
+        A sequence validates every step and returns the first step's protocol."""
+        if self.steps:
+            built = []
+            for n, step in enumerate(self.steps, start=1):
+                try:
+                    built.append(step.build())
+                except ValidationError as exc:
+                    raise ValidationError(
+                        f"steps.{n}.{exc.field}", str(exc).split(": ", 1)[-1]
+                    ) from None
+            return built[0]
         cls = get_protocol(self.protocol)
         return cls(validate_params(cls.Params, self.parameters))
 
@@ -78,6 +98,12 @@ def parse_recipe(text: str, source: str = "") -> Recipe:
         raise ValidationError(
             f"recipe.{unknown[0]}", f"unknown key; allowed: {', '.join(TOP_KEYS)}"
         )
+    if "steps" in data:
+        return _parse_sequence(data, text, source)
+    return _parse_single(data, text, source)
+
+
+def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     if "protocol" not in data:
         raise ValidationError(
             "recipe.protocol", 'missing; name the protocol, e.g. protocol = "iv_hysteresis"'
@@ -103,6 +129,36 @@ def parse_recipe(text: str, source: str = "") -> Recipe:
             f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
         )
     return recipe
+
+
+def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
+    if "protocol" in data or "parameters" in data:
+        raise ValidationError(
+            "recipe.steps", "a sequence has [[steps]] only; move protocol and parameters into them"
+        )
+    steps = data["steps"]
+    if not isinstance(steps, list) or not steps or not all(isinstance(x, dict) for x in steps):
+        raise ValidationError("recipe.steps", "must be one or more [[steps]] tables")
+    shared = {k: v for k, v in data.items() if k in ("sample", "instrument", "description")}
+    parsed = []
+    for n, step in enumerate(steps, start=1):
+        bad = [k for k in step if k not in STEP_KEYS]
+        if bad:
+            raise ValidationError(
+                f"steps.{n}.{bad[0]}", f"unknown key; allowed: {', '.join(STEP_KEYS)}"
+            )
+        parsed.append(_parse_single({**shared, **step}, text, source))
+    first = parsed[0]
+    return Recipe(
+        protocol="sequence",
+        parameters={},
+        sample=first.sample,
+        instrument=first.instrument,
+        description=str(data.get("description", "")),
+        text=text,
+        source=source,
+        steps=parsed,
+    )
 
 
 def _check_sample(sample: dict[str, Any]) -> None:
@@ -141,13 +197,26 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     """Apply ``--set`` values: ``sample.KEY`` and ``instrument.KEY`` go to those tables."""
     for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if recipe.steps and head.isdigit() and rest:
+            n = int(head)
+            if not 1 <= n <= len(recipe.steps):
+                raise ValidationError(
+                    "--set", f"{key!r}: the sequence has steps 1 to {len(recipe.steps)}"
+                )
+            recipe.steps[n - 1].parameters[rest] = value
+            continue
         if key.startswith("sample."):
             recipe.sample[key[7:]] = value
         elif key.startswith("instrument."):
             recipe.instrument[key[11:]] = value
+        elif recipe.steps:
+            raise ValidationError("--set", f"{key!r}: name the step of the sequence, e.g. 1.{key}")
         else:
             recipe.parameters[key] = value
     _check_sample(recipe.sample)
+    for step in recipe.steps:  # the sample and instrument tables are shared by every step
+        step.sample, step.instrument = recipe.sample, recipe.instrument
     return recipe
 
 

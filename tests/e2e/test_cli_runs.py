@@ -182,3 +182,20 @@ def test_help_does_not_import_heavy_modules():
     )
     out = subprocess.run([labctl_cmd()[0], "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_demo_prints_the_run_metrics_and_where_data_and_plot_are(tmp_path, db_url):
+    out = run_cli("demo", "--db", db_url, "--plot-dir", str(tmp_path / "plots"))
+    assert out.returncode == 0, out.stderr
+    assert "estimated" in out.stdout and "completed" in out.stdout
+    assert "f_peak = 4 Hz" in out.stdout  # 1/(4 pi tau) = 3.98 Hz for tau = 20 ms
+    assert f"data: {tmp_path / 'runs.db'}" in out.stdout
+    png = next((tmp_path / "plots").glob("run-*-loops.png"))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sequence_recipe_runs_every_step(db_url):
+    out = run_cli("run", "form_fingerprint_retention", "--db", db_url, "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(" completed: ") == 3
+    assert "3 steps: estimated" in out.stdout
