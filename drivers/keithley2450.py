@@ -15,6 +15,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -68,6 +69,12 @@ class Keithley2450:
     """Driver for the Keithley 2450 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2450"
+    # line-terminated SCPI; a 10^6-reading bulk read needs more than the default 10 s
+    visa_io: ClassVar[dict[str, object]] = {
+        "read_termination": "\n",
+        "write_termination": "\n",
+        "timeout_s": 30.0,
+    }
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,

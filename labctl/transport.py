@@ -137,6 +137,22 @@ class VisaTransport(_QueryMixin):
         except (pyvisa.errors.Error, ValueError, OSError) as exc:
             raise TransportError(resource, f"cannot open: {_reason(exc)}") from exc
 
+    def set_io(
+        self,
+        *,
+        read_termination: str | None = None,
+        write_termination: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Per-instrument terminations and timeout, set once the driver is known."""
+        if read_termination is not None:
+            self._res.read_termination = read_termination
+        if write_termination is not None:
+            self._res.write_termination = write_termination
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+            self._res.timeout = int(timeout_s * 1000)
+
     def _wrap(self, exc: Exception) -> TransportError:
         text = _reason(exc)
         if "TMO" in text or "imeout" in text:

@@ -199,3 +199,67 @@ def test_a_sequence_recipe_runs_every_step(db_url):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(" completed: ") == 3
     assert "3 steps: estimated" in out.stdout
+
+
+def test_sigterm_aborts_into_safe_state_and_keeps_the_points(tmp_path):
+    db = tmp_path / "term.db"
+    url = f"sqlite:///{db}"
+    resource = "sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02&clock=real"
+    proc = subprocess.Popen(
+        labctl_cmd(
+            "run",
+            "iv_hysteresis",
+            "--db",
+            url,
+            "--quiet",
+            "--instrument",
+            resource,
+            "--set",
+            "frequencies_hz=[1]",
+            "--set",
+            "cycles=60",
+            "--set",
+            "points_per_cycle=100",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def committed():
+        try:
+            with sqlite3.connect(db, timeout=5) as con:
+                return con.execute("select count(*) from points").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    wait_until(lambda: db.exists() and committed() >= 20, timeout_s=60, what="points committed")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out + err
+    assert "aborted" in out and "Traceback" not in err
+    store = Store.open(url)
+    run_id = int(store.runs().iloc[0]["id"])
+    assert store.run(run_id)["status"] == "aborted"
+    assert len(store.points(run_id)) >= 20
+    assert "safe_state" in set(store.events(run_id)["kind"])
+
+
+def test_runs_show_and_export(tmp_path, db_url):
+    assert run_cli("run", "iv_hysteresis", "--db", db_url, "--quiet", *SMALL).returncode == 0
+    runs = run_cli("runs", "--db", db_url)
+    assert runs.returncode == 0 and "iv_hysteresis" in runs.stdout and "completed" in runs.stdout
+    show = run_cli("show", "1", "--db", db_url)
+    assert show.returncode == 0
+    assert "amplitude_v" in show.stdout and "loop_area" in show.stdout
+    csv = tmp_path / "run1.csv"
+    exp = run_cli("export", "1", "--format", "csv", "--out", str(csv), "--db", db_url)
+    assert exp.returncode == 0, exp.stderr
+    import pandas as pd
+
+    df = pd.read_csv(csv, comment="#")
+    assert len(df) == 160 and {"t_s", "v_V", "i_A"} <= set(df.columns)
+    header = [line for line in csv.read_text().splitlines() if line.startswith("#")]
+    assert any("iv_hysteresis" in line for line in header)
+    missing = run_cli("show", "99", "--db", db_url)
+    assert missing.returncode != 0 and "99" in missing.stderr and "Traceback" not in missing.stderr

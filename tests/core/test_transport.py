@@ -1,0 +1,58 @@
+"""Transports name the resource in every failure."""
+
+import pytest
+
+from labctl.errors import ConnectionLost, TransportError
+from labctl.sim.serve import start_tcp_server
+from labctl.transport import LoopbackTransport, SerialTransport, VisaTransport, parse_block
+
+
+def test_visa_timeout_names_the_resource():
+    server, port = start_tcp_server("keithley2450", port=0, device="resistor")
+    resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+    try:
+        t = VisaTransport(resource, timeout_s=0.3)
+        assert "2450" in t.query("*IDN?")
+        with pytest.raises(TransportError, match=r"TCPIP::127\.0\.0\.1::\d+::SOCKET: no reply"):
+            t.query(":BOGUS?")  # a failing query gets no reply, as on the instrument
+        t.set_io(timeout_s=1.0)
+        assert t.query("*OPC?").strip() == "1"
+        t.close()
+    finally:
+        server.close()
+
+
+def test_visa_refused_connection_names_the_resource():
+    server, port = start_tcp_server("keithley2450", port=0, device="resistor")
+    server.close()  # nothing listens there now
+    with pytest.raises(TransportError) as err:
+        VisaTransport(f"TCPIP::127.0.0.1::{port}::SOCKET", timeout_s=0.5).query("*IDN?")
+    assert f"{port}::SOCKET" in str(err.value)
+
+
+def test_serial_timeout_and_loop_url():
+    t = SerialTransport("loop://", timeout_s=0.05)
+    assert t.query("hello") == "hello"  # loop:// echoes what is written
+    with pytest.raises(TransportError, match="loop://: no reply"):
+        t.read()
+    t.close()
+
+
+def test_loopback_closed_connection_is_connection_lost():
+    class Echo:
+        def handle(self, message):
+            return message if message.endswith("?") else None
+
+    t = LoopbackTransport(Echo(), "sim://echo")
+    assert t.query("X?") == "X?"
+    with pytest.raises(TransportError, match="sim://echo: no reply"):
+        t.query("write only")
+    t.close()
+    with pytest.raises(ConnectionLost, match="sim://echo"):
+        t.write("X?")
+
+
+def test_parse_block_checks_length():
+    assert parse_block(b"#14abcd\n") == b"abcd"
+    with pytest.raises(TransportError, match="cut short"):
+        parse_block(b"#15abcd", "R")
