@@ -137,6 +137,9 @@ def _guard(fn) -> int:
     except KeyboardInterrupt:
         print("labctl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `labctl ... | head` closed the pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # never a traceback for the user; LABCTL_DEBUG=1 shows it
         if os.environ.get("LABCTL_DEBUG"):
             raise

@@ -8,11 +8,12 @@ with one message naming the field, its unit and the allowed range.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import math
+from collections.abc import Generator, Sequence
 from typing import Any, ClassVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from labctl.data import Chunk
 from labctl.errors import ValidationError
@@ -22,9 +23,26 @@ Plan = Generator[Program, Chunk | None, None]
 
 
 class Params(BaseModel):
-    """Base of protocol parameter models: unknown keys are refused."""
+    """Base of protocol parameter models: unknown keys are refused.
+
+    A list field declares the bounds of its items once, beside its unit:
+    ``json_schema_extra={"unit": "s", "items": {"gt": 0, "le": 1e5}}``; they are checked
+    here (the message names the item) and shown in help and forms.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_list_items(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, f in cls.model_fields.items():
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            items = extra.get("items")
+            if items and name in data:
+                data = {**data, name: check_list(name, data[name], extra.get("unit", ""), **items)}
+        return data
 
 
 def field_info(model: type[BaseModel], name: str) -> dict[str, Any]:
@@ -44,6 +62,8 @@ def field_info(model: type[BaseModel], name: str) -> dict[str, Any]:
                 info[key] = getattr(meta, key)
     if "choices" in extra:
         info["choices"] = extra["choices"]
+    if "items" in extra:
+        info["items"] = extra["items"]
     return info
 
 
@@ -52,6 +72,12 @@ def allowed_text(info: dict[str, Any]) -> str:
     unit = f" {info['unit']}" if info.get("unit") else ""
     if "choices" in info:
         return "one of " + ", ".join(map(str, info["choices"]))
+    if info["type"] == "list" or "items" in info:
+        count = f"{info.get('min_length', 0)} to {info.get('max_length', 'any number of')} values"
+        each = allowed_text(
+            {"type": "number", "unit": info.get("unit", ""), **info.get("items", {})}
+        )
+        return f"a list of {count}, each {each}"
     lo = next((f"{sym} {info[k]:g}" for k, sym in (("ge", ">="), ("gt", ">")) if k in info), "")
     hi = next((f"{sym} {info[k]:g}" for k, sym in (("le", "<="), ("lt", "<")) if k in info), "")
     if lo and hi:
@@ -161,3 +187,46 @@ def _load() -> None:
         retention,
         write_verify,
     )
+
+
+def check_list(
+    name: str,
+    values: object,
+    unit: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    nonzero: bool = False,
+) -> list[float]:
+    """Numbers of a list parameter, each within bounds; else one message naming the item.
+
+    Used as a ``mode="before"`` validator, so a wrong type inside the list gets the same
+    message with the allowed range as a value out of bounds.
+    """
+    field = f"parameters.{name}"
+    lo = f"> {gt:g}" if gt is not None else f">= {ge:g}" if ge is not None else ""
+    hi = f"< {lt:g}" if lt is not None else f"<= {le:g}" if le is not None else ""
+    u = f" {unit}" if unit else ""
+    allowed = " and ".join(x + u for x in (lo, hi) if x) or "numbers"
+    if nonzero:
+        allowed += ", not 0"
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise ValidationError(field, f"{values!r} is not a list; allowed: a list of {allowed}")
+    out = []
+    for k, x in enumerate(values):
+        bad = isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)
+        if not bad:
+            x = float(x)
+            bad = (
+                (gt is not None and not x > gt)
+                or (ge is not None and not x >= ge)
+                or (le is not None and not x <= le)
+                or (lt is not None and not x < lt)
+                or (nonzero and x == 0)
+            )
+        if bad:
+            raise ValidationError(f"{field}[{k}]", f"{x!r} is not allowed; allowed: {allowed}")
+        out.append(float(x))
+    return out

@@ -4,7 +4,7 @@ and rest blocks every plan is made of, list checks, and metric rows."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from pydantic import Field
 
 from labctl.errors import ValidationError
 from labctl.program import Program, hold
-from protocols.base import Params
+from protocols.base import Params, check_list  # noqa: F401  (re-exported)
 
 # The 2450 times a step in hardware only up to 10 ks; a longer rest is split into parts.
 LONGEST_STEP_S = 5000.0
@@ -105,49 +105,6 @@ def reads_block(p: ReadParams, n: int, gap_s: float, **tags: Any) -> Program:
 
 
 # -- checks and metric rows ----------------------------------------------------------------------
-def check_list(
-    name: str,
-    values: object,
-    unit: str,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    nonzero: bool = False,
-) -> list[float]:
-    """Numbers of a list parameter, each within bounds; else one message naming the item.
-
-    Used as a ``mode="before"`` validator, so a wrong type inside the list gets the same
-    message with the allowed range as a value out of bounds.
-    """
-    field = f"parameters.{name}"
-    lo = f"> {gt:g}" if gt is not None else f">= {ge:g}" if ge is not None else ""
-    hi = f"< {lt:g}" if lt is not None else f"<= {le:g}" if le is not None else ""
-    u = f" {unit}" if unit else ""
-    allowed = " and ".join(x + u for x in (lo, hi) if x) or "numbers"
-    if nonzero:
-        allowed += ", not 0"
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise ValidationError(field, f"{values!r} is not a list; allowed: a list of {allowed}")
-    out = []
-    for k, x in enumerate(values):
-        bad = isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)
-        if not bad:
-            x = float(x)
-            bad = (
-                (gt is not None and not x > gt)
-                or (ge is not None and not x >= ge)
-                or (le is not None and not x <= le)
-                or (lt is not None and not x < lt)
-                or (nonzero and x == 0)
-            )
-        if bad:
-            raise ValidationError(f"{field}[{k}]", f"{x!r} is not allowed; allowed: {allowed}")
-        out.append(float(x))
-    return out
-
-
 def refuse(name: str, message: str) -> None:
     """Raise the one-line message for a parameter that conflicts with another."""
     raise ValidationError(f"parameters.{name}", message)

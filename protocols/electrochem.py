@@ -13,7 +13,7 @@ import itertools
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from labctl.analysis.fingerprint import loop_class
 from labctl.analysis.fits import fit_exponential
@@ -25,7 +25,6 @@ from protocols.base import Plan, Protocol, register
 from protocols.common import (
     SourceParams,
     auto_nplc,
-    check_list,
     finite,
     metric,
     refuse,
@@ -239,29 +238,19 @@ class ChronoamperometryParams(SourceParams):
         min_length=1,
         max_length=1000,
         description="potential of each step (-210 V to 210 V)",
-        json_schema_extra={"unit": "V"},
+        json_schema_extra={"unit": "V", "items": {"ge": -210, "le": 210}},
     )
     durations_s: list[float] = Field(
         [10.0],
         min_length=1,
         max_length=1000,
         description="duration of each step, one per potential (> 0 s, <= 1e5 s)",
-        json_schema_extra={"unit": "s"},
+        json_schema_extra={"unit": "s", "items": {"gt": 0, "le": 1e5}},
     )
     sample_interval_s: float = seconds(0.1, "time between samples", ge=1e-4, le=1e4)
     cycles: int = Field(1, ge=1, le=10_000, description="repeats of the step sequence")
     quiet_v: float = volts(0.0, "potential held before the first step")
     quiet_time_s: float = seconds(0.0, "hold at quiet_v before the first step", ge=0, le=1e5)
-
-    @field_validator("potentials_v", mode="before")
-    @classmethod
-    def _potentials(cls, value: object) -> list[float]:
-        return check_list("potentials_v", value, "V", ge=-210, le=210)
-
-    @field_validator("durations_s", mode="before")
-    @classmethod
-    def _durations(cls, value: object) -> list[float]:
-        return check_list("durations_s", value, "s", gt=0, le=1e5)
 
     def model_post_init(self, _context: Any) -> None:
         if len(self.durations_s) != len(self.potentials_v):

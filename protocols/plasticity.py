@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from labctl.analysis.fits import fit_exponential
 from labctl.analysis.pulses import (
@@ -26,7 +26,6 @@ from protocols.common import (
     ReadParams,
     SourceParams,
     auto_nplc,
-    check_list,
     finite,
     metric,
     reads_block,
@@ -150,7 +149,7 @@ class PairedPulseParams(SourceParams):
         min_length=1,
         max_length=200,
         description="0 V gaps between the two pulses of a pair, one pair per gap (> 0 s, <= 1e5 s)",
-        json_schema_extra={"unit": "s"},
+        json_schema_extra={"unit": "s", "items": {"gt": 0, "le": 1e5}},
     )
     repeats: int = Field(1, ge=1, le=1000, description="pairs at each interval")
     recovery_s: float = seconds(
@@ -159,11 +158,6 @@ class PairedPulseParams(SourceParams):
     pulse_points: int = Field(
         1, ge=1, le=1000, description="samples across each pulse; the last ends it"
     )
-
-    @field_validator("intervals_s", mode="before")
-    @classmethod
-    def _intervals(cls, value: object) -> list[float]:
-        return check_list("intervals_s", value, "s", gt=0, le=1e5)
 
     def model_post_init(self, _context: Any) -> None:
         if self.amplitude_v == 0:
@@ -261,7 +255,7 @@ class STDPParams(ReadParams):
         min_length=1,
         max_length=200,
         description="delta-t = t_post - t_pre, one pairing per value (-1e4 s to 1e4 s)",
-        json_schema_extra={"unit": "s"},
+        json_schema_extra={"unit": "s", "items": {"ge": -1e4, "le": 1e4}},
     )
     spike_v: float = volts(1.0, "spike amplitude", gt=0, le=105)
     spike_width_s: float = seconds(1.0, "spike width", ge=1e-4, le=1e4)
@@ -281,11 +275,6 @@ class STDPParams(ReadParams):
         0.0, "conditioning pulse width: an intermediate state leaves room both ways", ge=0, le=1e5
     )
     read_delay_s: float = seconds(10.0, "0 V between the last pairing and the read", ge=0, le=1e5)
-
-    @field_validator("delays_s", mode="before")
-    @classmethod
-    def _delays(cls, value: object) -> list[float]:
-        return check_list("delays_s", value, "s", ge=-1e4, le=1e4)
 
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)

@@ -62,7 +62,7 @@ BAD = [
     ),
     (
         'protocol = "iv_hysteresis"\n[parameters]\nfrequencies_hz = [1, -2]\n',
-        "parameters.frequencies_hz",
+        "parameters.frequencies_hz[1]",
         "> 0 Hz",
     ),
     (
