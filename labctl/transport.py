@@ -218,6 +218,7 @@ class SerialTransport(_QueryMixin):
         self._wt = write_termination.encode()
         self._enc = encoding
         self._serial_mod = serial
+        self._pending = b""
         try:
             self._port = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout_s)
         except (serial.SerialException, ValueError, OSError) as exc:
@@ -231,11 +232,13 @@ class SerialTransport(_QueryMixin):
 
     def read_bytes(self) -> bytes:
         try:
-            line = self._port.read_until(self._rt)
+            self._pending += self._port.read_until(self._rt)
         except (self._serial_mod.SerialException, OSError) as exc:
             raise ConnectionLost(self.resource, f"read failed ({_reason(exc)})") from exc
-        if not line.endswith(self._rt):
+        if not self._pending.endswith(self._rt):
+            # keep what arrived: the rest of a streamed line may come with the next read
             raise TransportError(self.resource, f"no reply within {self.timeout_s:g} s (timeout)")
+        line, self._pending = self._pending, b""
         return line[: -len(self._rt)]
 
     def read(self) -> str:

@@ -56,3 +56,13 @@ def test_parse_block_checks_length():
     assert parse_block(b"#14abcd\n") == b"abcd"
     with pytest.raises(TransportError, match="cut short"):
         parse_block(b"#15abcd", "R")
+
+
+def test_serial_keeps_a_partial_line_across_a_timeout():
+    t = SerialTransport("loop://", timeout_s=0.05)
+    t._port.write(b"12,3")  # half a streamed line arrives
+    with pytest.raises(TransportError, match="no reply"):
+        t.read()
+    t._port.write(b"4\n")
+    assert t.read() == "12,34"
+    t.close()
