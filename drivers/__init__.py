@@ -14,6 +14,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "rodeostat": ("drivers.rodeostat:Rodeostat", r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"),
     "emstat": ("drivers.emstat:EmStat", r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)"),
     "keithley2400": ("drivers.keithley2400:Keithley2400", r"MODEL 240[01]\b"),
+    "keysight_b2900": ("drivers.keysight_b2900:KeysightB2900", r"\bB290[12]"),
 }
 
 

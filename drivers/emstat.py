@@ -328,9 +328,12 @@ class EmStat:
         return self._lines.popleft().rstrip("\r")
 
     def _expect(self, letter: str) -> str:
-        """Skip stale lines up to the reply that starts with ``letter``; refuse an error."""
+        """Skip stale lines up to the reply that starts with ``letter``; an error line the
+        instrument sent on the way (``!XXXX``) raises."""
         for _ in range(LINE_LIMIT):
             line = self._readline()
+            if line.startswith("!"):
+                raise InstrumentError(f"{self.transport.resource} reports {line}")
             if line.startswith(letter):
                 if line.startswith(f"{letter}!"):
                     raise InstrumentError(
@@ -653,8 +656,12 @@ class EmStat:
 
     # -- safety -------------------------------------------------------------------------------
     def safe_state(self) -> None:
-        """Abort any script, potential 0, cell off; confirmed by the script's clean end."""
+        """Abort any script, potential 0, cell off; confirmed by the script's clean end.
+
+        An empty line goes first: it ends an upload left open by an error (an idle or
+        running instrument ignores it)."""
         self._lines.clear()
+        self._write("")
         self._stop_script(None)
         self._run_script(["set_pgstat_chan 0", "set_e 0", "cell_off"])
 

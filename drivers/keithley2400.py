@@ -1,15 +1,21 @@
 """Keithley 2400/2401 SourceMeter, legacy SCPI (instruments.md §2), over VISA (GPIB, RS-232 via
 a VISA ASRL resource, or a LAN bridge).
 
-Hardware-timed execution compiles a Program into list sweeps: runs of steps of equal duration
-become one sweep each (at most 2500 levels: ``:SOUR:LIST:VOLT`` takes 100 per command, the
-rest goes in with ``:APP``). The 2400 has one source delay per sweep, so every step of a sweep
-gets the same source-delay-measure cycle: source the level, wait ``:SOUR:DEL`` = duration -
-aperture, measure for the aperture (NPLC / line frequency), so a step of duration d ends with
-its reading. The readings go to the data store (``:TRAC:FEED:CONT NEXT``) and are read while
-the sweep runs (``:TRAC:POIN:ACT?``, then ``:TRAC:DATA?``), so a long sweep streams. Each
-reading carries V, I, the timestamp and the status word (bit 3: compliance). Steps shorter
-than the aperture fall back to host timing (``:READ?`` per step).
+Hardware-timed execution compiles a Program into list sweeps of at most 2500 points
+(``:SOUR:LIST:VOLT`` takes 100 levels per command, the rest goes in with ``:APP``). The 2400
+has one source delay per sweep, so every point of a sweep gets the same source-delay-measure
+cycle: source the level, wait ``:SOUR:DEL`` = duration - aperture, measure for the aperture
+(NPLC / line frequency); a step of duration d thus ends with its reading. When every step is
+a whole number of one common tick (a pulse train: 0.2 s, 50 ms, 0.3 s on a 50 ms tick) the
+program becomes points of that tick, steps repeating their level and only a step's last
+point kept, so it runs as few sweeps as its length allows; otherwise each run of steps of
+equal duration is a sweep, and a step longer than the longest source delay is sourced as
+several points of its level. The readings go to the data store (``:TRAC:FEED:CONT NEXT``)
+and are read while the sweep runs (``:TRAC:POIN:ACT?``, then ``:TRAC:DATA?``), so a long
+sweep streams. Each reading carries V, I, the timestamp and the status word (bit 3:
+compliance); sample times are the instrument's timestamps (7 significant digits, relative to
+the sweep's first reading). Steps shorter than the aperture fall back to host timing
+(``:READ?`` per step).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,10 +58,12 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class _Sweep:
-    """One list sweep covering program rows [row0, row0 + n), every step ``delay_s`` + aperture."""
+    """One list sweep: point k sources ``levels[k]``, waits ``delay_s`` and measures; it is
+    a step (or the last part of a step) of program row ``rows[k]``, kept if ``keep[k]``."""
 
-    row0: int
+    rows: np.ndarray
     levels: np.ndarray
+    keep: np.ndarray
     delay_s: float
 
     @property
@@ -66,6 +75,12 @@ class Keithley2400:
     """Driver for the Keithley 2400 and 2401 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2400"
+    # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
+    visa_io: ClassVar[dict[str, object]] = {
+        "read_termination": "\n",
+        "write_termination": "\n",
+        "timeout_s": 20.0,
+    }
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
@@ -214,18 +229,16 @@ class Keithley2400:
 
     def compile(self, program: Program) -> list[_Sweep] | None:
         """The list sweeps for ``program``, or None if a step is too short to measure."""
-        delay = program.duration - self.aperture_s
-        if np.any(delay < -1e-12) or np.any(delay > MAX_DELAY_S):
+        aperture = self.aperture_s
+        plan = plan_points(program, min_step_s=aperture, max_step_s=MAX_DELAY_S + aperture)
+        if plan is None:
             return None
-        delay = np.maximum(delay, 0.0)
-        n = len(program)
-        cuts = np.flatnonzero(~np.isclose(delay[1:], delay[:-1], rtol=1e-9, atol=1e-12)) + 1
-        bounds = np.concatenate([[0], cuts, [n]])
+        rows, period, keep = plan
         sweeps = []
-        for a, b in itertools.pairwise(bounds):
-            for s in range(int(a), int(b), LIST_MAX):
-                e = min(int(b), s + LIST_MAX)
-                sweeps.append(_Sweep(s, program.level[s:e], float(delay[s])))
+        for a, b in runs_of_equal(period, LIST_MAX):
+            # the delay as sent, so that the driver times the sweep as the instrument does
+            delay = float(_num(max(float(period[a]) - aperture, 0.0)))
+            sweeps.append(_Sweep(rows[a:b], program.level[rows[a:b]], keep[a:b], delay))
         return sweeps
 
     def _output_on_at(self, level: float) -> None:
@@ -261,9 +274,10 @@ class Keithley2400:
             expected = sw.n * step
             # the first reading (TIME 0 in the data store) ends one step after INIT
             t0 = t_init + step
-            # the end as the instrument sums it may lie a rounding error later
-            end = t_start + t_init + expected + 1e-9 * max(1.0, t_start + t_init + expected)
-            grace = max(2.0, 0.05 * expected)  # real instruments add overhead per point
+            end = t_start + t_init + expected
+            # the instrument's own sum of the step times may end a rounding error later
+            slack = 1e-12 * max(1.0, abs(end))
+            grace = max(2.0, 0.05 * expected) if not virtual else slack
             poll = self.poll_s if not virtual else max(0.25, expected / 16)
             done = 0
             while True:
@@ -275,16 +289,15 @@ class Keithley2400:
                 remaining = end - self.clock.now()
                 if remaining > 0:
                     self.clock.sleep(min(poll, remaining))
-                elif not virtual:
-                    self.clock.sleep(self.poll_s)
+                else:
+                    self.clock.sleep(self.poll_s if not virtual else slack)
                 for n_new, chunk in self._fetch(program, sw, done, t0):
                     done += n_new
                     if len(chunk):
                         yield chunk
                 if done >= sw.n:
                     break
-                late = self.clock.now() - end
-                if late >= 0 if virtual else late > grace:
+                if self.clock.now() - end >= grace:
                     raise InstrumentError(
                         f"{self.transport.resource}: sweep ended after {done} of {sw.n} points"
                     )
@@ -297,24 +310,23 @@ class Keithley2400:
         available = min(int(float(self.transport.query(":TRAC:POIN:ACT?"))), sw.n)
         if available <= done:
             return
-        reply = self.transport.query(":TRAC:DATA?")
-        values = np.array(reply.split(","), dtype=np.float64)
-        if len(values) % 4:
+        fields = self.transport.query(":TRAC:DATA?").split(",")
+        if len(fields) % 4:
             raise InstrumentError(
-                f"{self.transport.resource}: data store reply of {len(values)} values is not "
+                f"{self.transport.resource}: data store reply of {len(fields)} values is not "
                 f"a whole number of {ELEMENTS} readings"
             )
-        values = values.reshape(-1, 4)[done : sw.n]
+        # the store is read whole each time: convert only the readings not yet seen
+        values = np.array(fields[4 * done : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
         stop = done + len(values)
-        rows = np.arange(sw.row0 + done, sw.row0 + stop)
-        keep = program.sample[rows]
+        keep = sw.keep[done:stop]
         v = values[keep]
         flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
         yield (
             stop - done,
             make_chunk(
                 program,
-                rows[keep],
+                sw.rows[done:stop][keep],
                 t0 + v[:, 2],
                 v[:, 0],
                 v[:, 1],
@@ -373,6 +385,64 @@ class Keithley2400:
             self.safe_state()
         finally:
             self.close()
+
+
+TICK_DIVISORS = 8  # a common tick may be the shortest step divided by up to this
+TICK_EXPANSION = 8  # ... as long as the points stay within this many per step (+ 64)
+TICK_MAX_PARTS = 1000  # ... and no step needs more points than this
+
+
+def plan_points(
+    program: Program, *, min_step_s: float, max_step_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The hardware points of ``program``, or None if a step is shorter than ``min_step_s``
+    (the measurement): per point the program row, its duration, and whether its reading is
+    kept (the last point of a sampled step).
+
+    When every step is a whole number of one common tick (the shortest step or a small
+    fraction of it) the program becomes points of that one duration: a pulse train then
+    runs as one sweep instead of one per change of step length, with no gaps between
+    sweeps on a real instrument. Otherwise a step lasts one point, or equal parts when it
+    is longer than ``max_step_s``.
+    """
+    d = program.duration
+    n = len(program)
+    if np.any(d < min_step_s * (1 - 1e-12)):
+        return None
+    shortest = float(d.min())
+    for m in range(1, TICK_DIVISORS + 1):
+        tick = shortest / m
+        if tick < min_step_s * (1 - 1e-12):
+            break
+        ratio = d / tick
+        parts = np.rint(ratio).astype(np.int64)
+        if (
+            np.all(np.abs(ratio - parts) <= 1e-9 * np.maximum(ratio, 1.0))
+            and parts.sum() <= TICK_EXPANSION * n + 64
+            and parts.max() <= TICK_MAX_PARTS
+        ):
+            break
+    else:
+        parts = None
+    if parts is None or not tick >= min_step_s * (1 - 1e-12):
+        parts = np.maximum(1, np.ceil(d / max_step_s - 1e-12)).astype(np.int64)
+        period = np.repeat(d / parts, parts)
+    else:
+        period = np.full(int(parts.sum()), tick)
+    rows = np.repeat(np.arange(n), parts)
+    keep = np.zeros(len(rows), bool)
+    keep[np.cumsum(parts) - 1] = program.sample
+    return rows, period, keep
+
+
+def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """[start, stop) of the runs of equal ``values``, each cut to at most ``limit`` long."""
+    cuts = np.flatnonzero(~np.isclose(values[1:], values[:-1], rtol=1e-9, atol=1e-15)) + 1
+    bounds = np.concatenate([[0], cuts, [len(values)]])
+    out = []
+    for a, b in itertools.pairwise(bounds):
+        out.extend((s, min(int(b), s + limit)) for s in range(int(a), int(b), limit))
+    return out
 
 
 def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:

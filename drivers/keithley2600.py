@@ -75,6 +75,11 @@ def _num(x: float) -> str:
     return f"{x:.9g}"
 
 
+def _exact(x: float) -> str:
+    """A time as the float it is (timer delays add up over a run: no rounding)."""
+    return repr(float(x))
+
+
 @dataclass(frozen=True)
 class _Sweep:
     """One trigger-model run covering program rows [row0, row0 + n)."""
@@ -370,13 +375,13 @@ class Keithley2600:
                 setup = [
                     f"trigger.timer[1].stimulus = {armed}",
                     f"trigger.timer[1].count = {sw.n - 1}",
-                    f"trigger.timer[1].delay = {_num(sw.step_s)}",
+                    f"trigger.timer[1].delay = {_exact(sw.step_s)}",
                     "trigger.timer[2].stimulus = trigger.timer[1].EVENT_ID",
                 ]
             else:
                 source_stimulus = "0"
                 setup = ["trigger.timer[1].stimulus = 0", f"trigger.timer[2].stimulus = {armed}"]
-            setup.append(f"trigger.timer[2].delay = {_num(measure_delay)}")
+            setup.append(f"trigger.timer[2].delay = {_exact(measure_delay)}")
             for c in self.channels:
                 x = SMU[c]
                 setup.append(f"{x}.trigger.source.stimulus = {source_stimulus}")
@@ -426,7 +431,9 @@ class Keithley2600:
         wanted = sw.n if sw.measure else 0
         virtual = getattr(self.clock, "is_virtual", False)
         poll = max(0.25, expected / 16) if virtual else self.poll_s
-        deadline = self.clock.now() + expected
+        # a hair after the expected end, so that rounding cannot leave the last reading a
+        # few ulps beyond the first poll
+        deadline = self.clock.now() + expected + 1e-9 * max(1.0, expected)
         grace = max(2.0, 0.1 * expected)  # then a run that still goes is stuck
         status_query = (
             "print("
@@ -440,7 +447,8 @@ class Keithley2600:
                     yield from self._fetch(program, sw, c, done, t0, None)
                 raise Aborted("run aborted")
             remaining = deadline - self.clock.now()
-            self.clock.sleep(min(poll, remaining) if remaining > 0 else min(poll, sw.step_s))
+            late_poll = min(poll, max(sw.step_s / 10, 1e-3))
+            self.clock.sleep(min(poll, remaining) if remaining > 0 else late_poll)
             values = [float(x) for x in self.transport.query(status_query).split("\t")]
             k = len(self.channels)
             counts = dict(zip(self.channels, (int(v) for v in values[:k]), strict=True))

@@ -120,10 +120,28 @@ class Rodeostat:
             self._lines.extend(self.transport.read().split("\n"))
         return self._lines.popleft().strip()
 
-    def _reply(self, command: str, test: str | None = None, *, skipped: list | None = None) -> dict:
-        """The response to ``command``; samples and ``{}`` met on the way go to ``skipped``."""
+    def _reply(
+        self,
+        command: str,
+        test: str | None = None,
+        *,
+        skipped: list | None = None,
+        lenient: bool = False,
+    ) -> dict:
+        """The response to ``command``. Samples and ``{}`` met on the way go to ``skipped``;
+        replies to other commands (left over from an interrupted exchange) are passed over.
+        A failure raises, unless ``lenient`` (safe_state): then it is passed over too and
+        named if no reply comes."""
+        failure: str | None = None
         for _ in range(LINE_LIMIT):
-            line = self._readline()
+            try:
+                line = self._readline()
+            except TransportError:
+                if failure is None:
+                    raise
+                raise InstrumentError(
+                    f"{self.transport.resource}: {command} failed: {failure}"
+                ) from None
             if not line:
                 continue
             try:
@@ -139,15 +157,13 @@ class Rodeostat:
                     skipped.append(msg)
                 continue
             if not msg["success"]:
-                raise InstrumentError(
-                    f"{self.transport.resource}: {command} failed: {msg.get('message', '?')}"
-                )
+                failure = str(msg.get("message", "?"))
+                if lenient:
+                    continue
+                raise InstrumentError(f"{self.transport.resource}: {command} failed: {failure}")
             response = msg.get("response") or {}
             if response.get("command") != command:
-                raise InstrumentError(
-                    f"{self.transport.resource}: reply to {response.get('command')!r} "
-                    f"while waiting for {command!r}"
-                )
+                continue  # a stale reply to an earlier command
             if test is not None and response.get("test") != test:
                 raise InstrumentError(
                     f"{self.transport.resource}: reply for test {response.get('test')!r}, "
@@ -156,11 +172,11 @@ class Rodeostat:
             return response
         raise InstrumentError(f"{self.transport.resource}: no reply to {command}")
 
-    def command(self, command: str, **args: object) -> dict:
+    def command(self, command: str, *, lenient: bool = False, **args: object) -> dict:
         """Send one command; returns its ``response`` (raises unless it succeeded)."""
         self.transport.write(encode(command, **args))
         test = args.get("test")
-        return self._reply(command, test if isinstance(test, str) else None)
+        return self._reply(command, test if isinstance(test, str) else None, lenient=lenient)
 
     # -- identity and settings ----------------------------------------------------------------
     def identify(self) -> str:
@@ -327,6 +343,7 @@ class Rodeostat:
         flush_at = self.clock.now() + FLUSH_S
         deadline = started + test.duration_s + max(2.0, 2 * self.transport.timeout_s)
         timed_out_at: float | None = None
+        error: str | None = None
         received = 0
 
         def take(sample: dict) -> None:
@@ -385,11 +402,15 @@ class Rodeostat:
                 break
             if "t" in sample:
                 take(sample)
+            elif sample.get("success") is False and error is None:
+                error = str(sample.get("message", "?"))
             if rows and self.clock.now() >= flush_at:
                 yield chunk()
                 flush_at = self.clock.now() + FLUSH_S
         if rows:
             yield chunk()
+        if error is not None:
+            raise InstrumentError(f"{self.transport.resource}: the test failed: {error}")
         if received != len(test.rows_by_tick):
             raise InstrumentError(
                 f"{self.transport.resource}: the test ended after {received} of "
@@ -424,9 +445,9 @@ class Rodeostat:
         ``getVolt`` within one DAC step of 0."""
         self._lines.clear()
         self.transport.write(encode("stopTest"))
-        self._reply("stopTest", skipped=[])
-        self._v_set = float(self.command("setVolt", v=0.0)["v"])
-        v = float(self.command("getVolt")["v"])
+        self._reply("stopTest", skipped=[], lenient=True)
+        self._v_set = float(self.command("setVolt", v=0.0, lenient=True)["v"])
+        v = float(self.command("getVolt", lenient=True)["v"])
         span = dict(VOLT_RANGES).get(self.volt_range or "10V", 10.0)
         if abs(v) > 2 * span / 4095 * 1.01:
             raise InstrumentError(f"{self.transport.resource}: output reads {v:g} V after 0 V")

@@ -6,10 +6,16 @@
   (by default the same preset and parameters, noise seeded apart).
 - VISA resources (``TCPIP::127.0.0.1::5025::SOCKET``, ``USB0::...``, ``GPIB0::...``) open
   through pyvisa (pyvisa-py by default) and the driver is picked from ``*IDN?`` unless named.
+- Serial ports (``/dev/ttyACM0``, ``/dev/pts/5``, ``COM3``, or
+  ``serial:///dev/ttyACM0?baud=230400&driver=emstat``) open through pyserial; without a
+  driver name the port is probed with a short timeout: EmStat ``t``, then Rodeostat
+  ``getVariant``, EmStat4 ``t`` at 921600 baud. The baud rate is the one that answered, else
+  the instrument's (EmStat Pico 230400, Rodeostat 115200).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,6 +24,15 @@ from labctl.errors import ValidationError
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
 SIM_KEYS = ("device", "seed", "clock")
+SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
+SERIAL_BAUD = {"emstat": 230400, "rodeostat": 115200}
+# (driver, baud, probe message), tried in this order on an unnamed serial port
+SERIAL_PROBES = (
+    ("emstat", 230400, "t"),
+    ("rodeostat", 115200, '{"command":"getVariant"}'),
+    ("emstat", 921600, "t"),
+)
+PROBE_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -88,6 +103,7 @@ def connect(
     if resource.startswith("sim://"):
         from labctl.sim.devices import make_device
         from labctl.sim.instruments.registry import channels_of, make_emulator
+        from labctl.sim.pty import StreamLoopback, is_streaming
         from labctl.transport import LoopbackTransport
 
         spec = parse_sim(resource)
@@ -102,7 +118,10 @@ def connect(
         elif spec.device2 or spec.params2:
             raise ValidationError("instrument.device2", f"{spec.model} has one channel")
         emulator = make_emulator(spec.model, device=device, clock=clock, **extra)
-        transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
+        if is_streaming(emulator):  # serial instruments whose output streams with time
+            transport = StreamLoopback(emulator, resource, clock=clock, timeout_s=timeout_s)
+        else:
+            transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
         drv = driver_class(driver or spec.model)(transport, clock=clock)
     elif resource.upper().startswith(VISA_PREFIXES):
         from labctl.transport import VisaTransport
@@ -119,12 +138,27 @@ def connect(
                     f"{resource} answers {identity!r}; no driver matches it "
                     "(name one with --driver)",
                 )
-        drv = driver_class(name)(transport, clock=clock or RealClock())
+        cls = driver_class(name)
+        transport.set_io(**getattr(cls, "visa_io", {}))
+        drv = cls(transport, clock=clock or RealClock())
+    elif (serial_spec := parse_serial(resource)) is not None:
+        from labctl.transport import SerialTransport
+
+        port, baud, name = serial_spec
+        name = driver or name
+        if name is None:
+            name, baud = probe_serial(port, baud)
+        cls = driver_class(name)
+        transport = SerialTransport(
+            port, baudrate=baud or SERIAL_BAUD.get(name, 9600), timeout_s=timeout_s
+        )
+        drv = cls(transport, clock=clock or RealClock())
     else:
         raise ValidationError(
             "instrument",
-            f"{resource!r} is not a resource labctl knows; use sim://MODEL?device=... or a VISA "
-            "resource such as TCPIP::127.0.0.1::5025::SOCKET",
+            f"{resource!r} is not a resource labctl knows; use sim://MODEL?device=..., a VISA "
+            "resource such as TCPIP::127.0.0.1::5025::SOCKET, or a serial port such as "
+            "/dev/ttyACM0 or COM3",
         )
     if identify:
         try:
@@ -133,3 +167,83 @@ def connect(
             drv.close()
             raise
     return drv
+
+
+def parse_serial(resource: str) -> tuple[str, int | None, str | None] | None:
+    """(port, baud or None, driver or None) of a serial resource; None if it is not one."""
+    if resource.lower().startswith("serial://"):
+        parts = urlsplit(resource)
+        port = parts.netloc + parts.path
+        if not port:
+            raise ValidationError("instrument", f"{resource!r} names no port")
+        baud: int | None = None
+        name: str | None = None
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "baud":
+                try:
+                    baud = int(value)
+                except ValueError:
+                    raise ValidationError(
+                        "instrument.baud", f"{value!r} is not a whole number"
+                    ) from None
+                if baud <= 0:
+                    raise ValidationError("instrument.baud", f"{baud} must be > 0")
+            elif key == "driver":
+                name = value
+            else:
+                raise ValidationError(
+                    f"instrument.{key}", "unknown key of a serial resource; allowed: baud, driver"
+                )
+        return port, baud, name
+    if SERIAL_PATH.match(resource):
+        return resource, None, None
+    return None
+
+
+def probe_serial(port: str, baud: int | None = None) -> tuple[str, int]:
+    """(driver, baud rate) of the instrument on ``port``, found by asking it who it is."""
+    from drivers import driver_for_identity
+    from labctl.errors import LabctlError
+    from labctl.transport import SerialTransport
+
+    answers: list[str] = []
+    tried: set[tuple[str, int]] = set()
+    for name, default_baud, message in SERIAL_PROBES:
+        rate = baud or default_baud
+        if (name, rate) in tried:
+            continue
+        tried.add((name, rate))
+        transport = SerialTransport(port, baudrate=rate, timeout_s=PROBE_TIMEOUT_S)
+        try:
+            transport.write(message)
+            for _ in range(4):
+                try:
+                    line = transport.read().strip()
+                except LabctlError:
+                    break
+                answers.append(line)
+                found = driver_for_identity(_identity_text(line))
+                if found == name:
+                    return name, rate
+                if name == "emstat" and line.startswith("{"):
+                    break  # JSON: the other protocol answered
+        finally:
+            transport.close()
+    heard = "; ".join(a[:40] for a in answers if a) or "nothing"
+    raise ValidationError(
+        "instrument",
+        f"{port}: no EmStat or Rodeostat answered (heard: {heard}); name the driver with "
+        "--driver or serial://PORT?driver=NAME",
+    )
+
+
+def _identity_text(line: str) -> str:
+    """What a probe reply says about the instrument: the variant of a Rodeostat's JSON."""
+    if line.startswith("{"):
+        import json
+
+        try:
+            return str(json.loads(line).get("response", {}).get("variant", ""))
+        except (ValueError, AttributeError):
+            return ""
+    return line

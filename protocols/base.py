@@ -184,6 +184,7 @@ def _load() -> None:
         iv_hysteresis,
         plasticity,
         pulse_train,
+        reservoir,
         retention,
         write_verify,
     )

@@ -7,7 +7,11 @@ told otherwise.
 
 ``start_tcp_server(...)`` runs it in a background thread for tests and returns
 ``(server, port)``; ``serve_tcp(...)`` serves in the calling thread until shut down; ``main``
-is what ``labctl sim serve keithley2450 --port 5025`` runs.
+is what ``labctl sim serve keithley2450 --port 5025`` runs. Serial instruments (EmStat,
+Rodeostat) are served on a pseudo-terminal instead: ``labctl sim serve emstat --pty`` prints
+the device path (``/dev/pts/N``) and serves until SIGTERM (``make_pty_server``; see
+:mod:`labctl.sim.pty`). While ``main`` serves, the emulator is announced for
+``labctl resources`` (:mod:`labctl.discovery`).
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ import socketserver
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labctl.clock import Clock, RealClock
 from labctl.errors import LabctlError, ValidationError
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.registry import EMULATORS, Emulator, make_emulator
 
+if TYPE_CHECKING:
+    from labctl.sim.pty import PtyServer
+
 __all__ = [
     "EmulatorServer",
     "main",
+    "make_pty_server",
     "make_tcp_server",
     "resource_string",
     "serve_tcp",
@@ -218,6 +228,25 @@ def start_tcp_server(
     return server, server.port
 
 
+def make_pty_server(
+    model: str,
+    *,
+    device: str = "resistor",
+    seed: int | None = None,
+    clock: Clock | None = None,
+    device_params: Mapping[str, object] | None = None,
+    emulator_opts: Mapping[str, object] | None = None,
+) -> PtyServer:
+    """The emulator of ``model`` on a new pseudo-terminal (not yet serving; ``.path`` is the
+    device to open, ``.start()`` serves in a thread)."""
+    from labctl.sim.pty import PtyServer
+
+    clock = clock if clock is not None else RealClock()
+    dev = make_device(device, seed=seed, **dict(device_params or {}))
+    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
+    return PtyServer(emulator, clock=clock)
+
+
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
@@ -238,13 +267,20 @@ def _default_device() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``labctl sim serve <model> --port 5025 [--device NAME] [--seed N] [--param k=v ...]``."""
+    """``labctl sim serve <model> [--port 5025 | --pty] [--device NAME] [--seed N]
+    [--param k=v ...]``."""
     parser = argparse.ArgumentParser(
         prog="labctl sim serve",
-        description="Serve an instrument emulator as a raw SCPI socket on TCP.",
+        description="Serve an instrument emulator as a raw SCPI socket on TCP, or on a "
+        "pseudo-terminal (--pty) like a serial port.",
     )
     parser.add_argument("model", help=f"instrument model: {', '.join(sorted(EMULATORS))}")
     parser.add_argument("--port", type=int, default=5025, help="TCP port (0 picks a free one)")
+    parser.add_argument(
+        "--pty",
+        action="store_true",
+        help="serve on a pseudo-terminal instead of TCP; prints its device path",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: loopback only)"
     )
@@ -254,6 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--param", action="append", default=[], metavar="NAME=VALUE", help="device parameter"
     )
     args = parser.parse_args(argv)
+    if args.pty:
+        return _serve_pty(args)
+    from labctl.sim.pty import is_streaming
+
+    if is_streaming(EMULATORS.get(args.model.strip().lower())):
+        print(
+            f"{args.model} is a serial instrument: serve it on a pseudo-terminal with --pty",
+            file=sys.stderr,
+        )
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"--port: {args.port} is outside 0..65535", file=sys.stderr)
         return 2
@@ -279,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, stop)
+    announced = _announce(server.resource, args.model)  # before the line a caller waits for
     print(server.resource, flush=True)
     try:
         server.serve_forever()
@@ -287,6 +334,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server._serving = False
         server.close()
+        _withdraw(announced)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _announce(resource: str, model: str) -> Path | None:
+    """Tell ``labctl resources`` about this emulator (never fatal)."""
+    from labctl.discovery import register_emulator
+
+    try:
+        return register_emulator(resource, model)
+    except OSError as exc:
+        log.warning("cannot announce %s for discovery: %s", resource, exc)
+        return None
+
+
+def _withdraw(path: Path | None) -> None:
+    if path is not None:
+        from labctl.discovery import unregister_emulator
+
+        unregister_emulator(path)
+
+
+def _serve_pty(args: argparse.Namespace) -> int:
+    try:
+        server = make_pty_server(
+            args.model,
+            device=args.device or _default_device(),
+            seed=args.seed,
+            device_params=_parse_params(args.param),
+        )
+    except LabctlError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot open a pseudo-terminal: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: object) -> None:
+        server.stop()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+    announced = _announce(server.path, args.model)
+    print(server.path, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        _withdraw(announced)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0

@@ -9,7 +9,12 @@ from typing import Protocol, runtime_checkable
 from labctl.clock import Clock
 from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
+from labctl.sim.instruments.emstat import EmStatEmulator
+from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
+from labctl.sim.instruments.keithley2600 import Keithley2600Emulator
+from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
+from labctl.sim.instruments.rodeostat import RodeostatEmulator
 
 __all__ = ["EMULATORS", "Emulator", "channels_of", "make_emulator"]
 
@@ -29,6 +34,11 @@ class Emulator(Protocol):
 # EmStat, Rodeostat).
 EMULATORS: dict[str, Callable[..., Emulator]] = {
     "keithley2450": Keithley2450Emulator,
+    "keithley2636b": Keithley2600Emulator,
+    "rodeostat": RodeostatEmulator,
+    "emstat": EmStatEmulator,
+    "keithley2400": Keithley2400Emulator,
+    "keysightb2900": KeysightB2900Emulator,
 }
 
 

@@ -1,0 +1,207 @@
+"""What instruments this computer can reach: VISA resources, serial ports, running emulators.
+
+``list_resources()`` returns one dict per resource: ``resource`` (what ``labctl.connect``
+takes), ``kind`` (``"visa"``, ``"serial"`` or ``"emulator"``) and ``description``;
+``format_resources(...)`` makes the table ``labctl resources`` prints.
+
+It stays quick and local. VISA resources come from pyvisa-py's USB and GPIB listings only:
+its TCPIP listing would broadcast on the network (VXI-11, mDNS) and its serial listing
+repeats the serial ports, which come from ``serial.tools.list_ports``. With another VISA
+library (``LABCTL_VISA_LIBRARY``) its own ``list_resources()`` is used. Every part that fails
+is skipped.
+
+Running emulators (``labctl sim serve``, on TCP or a pseudo-terminal) announce themselves
+with a small JSON file (resource, model, pid) in ``<runtime dir>/emulators`` while they run,
+where the runtime dir is ``$LABCTL_RUNTIME_DIR`` or ``platformdirs.user_runtime_dir("labctl")``;
+files of processes that are gone, or of pseudo-terminals that no longer exist, are removed
+when listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "ENV_RUNTIME_DIR",
+    "emulator_dir",
+    "format_resources",
+    "list_resources",
+    "list_serial",
+    "list_visa",
+    "register_emulator",
+    "registered_emulator",
+    "running_emulators",
+    "unregister_emulator",
+]
+
+ENV_RUNTIME_DIR = "LABCTL_RUNTIME_DIR"
+
+
+def emulator_dir() -> Path:
+    """Where running emulators leave their JSON files."""
+    base = os.environ.get(ENV_RUNTIME_DIR)
+    if not base:
+        import platformdirs
+
+        with warnings.catch_warnings():  # no XDG_RUNTIME_DIR: platformdirs warns, then copes
+            warnings.simplefilter("ignore")
+            base = platformdirs.user_runtime_dir("labctl")
+    return Path(base) / "emulators"
+
+
+def register_emulator(resource: str, model: str, *, pid: int | None = None) -> Path:
+    """Announce a running emulator; returns its file (remove it with
+    :func:`unregister_emulator`)."""
+    pid = os.getpid() if pid is None else int(pid)
+    folder = emulator_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(resource.encode()).hexdigest()[:12]
+    path = folder / f"{pid}-{digest}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"resource": resource, "model": model, "pid": pid}))
+    os.replace(tmp, path)
+    return path
+
+
+def unregister_emulator(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+
+
+@contextlib.contextmanager
+def registered_emulator(resource: str, model: str) -> Iterator[Path]:
+    """Announce an emulator for the duration of a ``with`` block."""
+    path = register_emulator(resource, model)
+    try:
+        yield path
+    finally:
+        unregister_emulator(path)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def running_emulators() -> list[dict[str, str]]:
+    """Emulators that announced themselves and still run; stale files are removed."""
+    folder = emulator_dir()
+    if not folder.is_dir():
+        return []
+    out: list[dict[str, str]] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            info = json.loads(path.read_text())
+            resource, model, pid = str(info["resource"]), str(info["model"]), int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            unregister_emulator(path)
+            continue
+        gone = not _alive(pid) or (resource.startswith("/dev/") and not os.path.exists(resource))
+        if gone:
+            unregister_emulator(path)
+            continue
+        out.append(
+            {"resource": resource, "kind": "emulator", "description": f"{model} (pid {pid})"}
+        )
+    return out
+
+
+def list_serial() -> list[dict[str, str]]:
+    """Serial ports (USB CDC/FTDI adapters, RS-232) as pyserial sees them."""
+    try:
+        from serial.tools import list_ports
+
+        ports = list_ports.comports()
+    except Exception:
+        return []
+    out = []
+    for p in sorted(ports, key=lambda p: p.device):
+        parts = [x for x in (p.description, p.hwid) if x and x != "n/a"]
+        out.append(
+            {
+                "resource": p.device,
+                "kind": "serial",
+                "description": " ".join(parts) or "serial port",
+            }
+        )
+    return out
+
+
+def list_visa() -> list[dict[str, str]]:
+    """VISA resources that can be listed without probing the network (see the module doc)."""
+    from labctl.transport import default_visa_library
+
+    library = default_visa_library()
+    names: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if library == "@py":
+            names = _pyvisa_py_local()
+        else:
+            try:
+                import pyvisa
+
+                names = list(pyvisa.ResourceManager(library).list_resources())
+            except Exception:
+                names = []
+    return [{"resource": n, "kind": "visa", "description": "VISA resource"} for n in sorted(names)]
+
+
+def _pyvisa_py_local() -> list[str]:
+    try:
+        import pyvisa_py.highlevel  # noqa: F401  (registers the session classes)
+        from pyvisa import constants
+        from pyvisa_py.sessions import Session
+    except Exception:
+        return []
+    local = {constants.InterfaceType.usb, constants.InterfaceType.gpib}
+    names: list[str] = []
+    for (interface, _kind), cls in Session.iter_valid_session_classes():
+        if interface not in local:
+            continue
+        try:
+            names += list(cls.list_resources())
+        except Exception:
+            continue
+    return names
+
+
+def list_resources(
+    *, visa: bool = True, serial: bool = True, emulators: bool = True
+) -> list[dict[str, str]]:
+    """Every resource found: running emulators first, then serial ports, then VISA."""
+    out: list[dict[str, str]] = []
+    if emulators:
+        out += running_emulators()
+    if serial:
+        out += list_serial()
+    if visa:
+        out += list_visa()
+    return out
+
+
+def format_resources(resources: Iterable[dict[str, str]]) -> str:
+    """A plain table (resource, kind, description) for the terminal; one line if empty."""
+    rows = [(r["resource"], r["kind"], r.get("description", "")) for r in resources]
+    if not rows:
+        return "no instruments found (start an emulator with: labctl sim serve MODEL)"
+    header = ("RESOURCE", "KIND", "DESCRIPTION")
+    w0 = max(len(header[0]), *(len(r[0]) for r in rows))
+    w1 = max(len(header[1]), *(len(r[1]) for r in rows))
+    lines = [f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in [header, *rows]]
+    return "\n".join(lines)

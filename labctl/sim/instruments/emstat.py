@@ -1,0 +1,999 @@
+"""PalmSens EmStat Pico / EmStat4 emulator: the online commands and a MethodSCRIPT interpreter.
+
+``EmStatEmulator(device=..., clock=...)`` speaks the serial line protocol of instruments.md §5
+and §8, one ``\\n``-terminated line at a time:
+
+- online commands ``t`` (two lines: ``t<firmware id> <version>`` and a build line ending
+  ``*``), ``v`` (``v<version>``), ``i`` (``i<serial>``), ``Z`` (abort: ``Z``, then the output of
+  ``on_finished:`` and the empty line that ends every script; ``Z!0006`` when none runs), and
+  ``e`` (echoed at once; the script lines follow, an empty line ends the upload and starts it);
+- the script subset: ``var``, ``store_var``, ``copy_var``, ``add_var``, ``sub_var``,
+  ``mul_var``, ``div_var``, ``set_pgstat_chan``, ``set_pgstat_mode``, ``set_max_bandwidth``,
+  ``set_range_minmax``, ``set_range``, ``set_cr``, ``set_autoranging``, ``set_e``,
+  ``cell_on``, ``cell_off``, ``timer_start``, ``timer_get``, ``wait``, ``send_string``,
+  ``pck_start``, ``pck_add``, ``pck_end``, ``loop``/``breakloop``/``endloop``,
+  ``meas_loop_ca``, ``meas_loop_lsv``, ``meas_loop_cv`` (``nscans(n)``), ``meas_loop_pad``,
+  and the ``on_finished:`` label; ``#`` comments and indentation;
+- output: ``e``, ``M0000`` at each measurement loop, ``P`` data packages (``;``-separated
+  values: type, 7 hex digits offset by 2^27, SI prefix, ``,1X`` status and ``,2XX`` current
+  range on currents), ``*`` at a loop's end, ``C<scan>``/``-`` around each CV scan when
+  ``nscans`` is given, ``L``/``+`` around ``loop`` blocks, ``T<text>``, ``!XXXX: ...``
+  errors, and an empty line when the script is over.
+
+Time. The script runs on ``clock``: commands take no time, ``wait`` and the measurement loops
+do. Every message (and :meth:`poll`) first brings the script up to ``clock.now()``; the
+points of a measurement loop whose time has passed go through the device in one vectorised
+``device.step`` call. :meth:`next_event` tells a serial link when more output is due.
+
+Chosen semantics where the manual text we have is silent (re-check against hardware):
+
+- ``meas_loop_ca E I E_dc t_int t_run``: round(t_run / t_int) points, point k measured at
+  the end of its interval k * t_int after the loop starts, the cell at E_dc throughout.
+- ``meas_loop_lsv E I E_beg E_end E_step rate``: the levels E_beg .. E_end inclusive in
+  round(|E_end - E_beg| / E_step) steps (evenly spaced, exact end points), each held
+  E_step / rate and measured at its end.
+- ``meas_loop_cv E I E_beg E_vtx1 E_vtx2 E_step rate [nscans(n)]``: one scan is the levels
+  E_beg, .., E_vtx1, .., E_vtx2, .. up to one step short of E_beg (the next scan starts there),
+  each held E_step / rate and measured at its end.
+- ``meas_loop_pad E I E_dc E_pulse t_pulse t_int t_run mode``: per interval E_dc for
+  t_int - t_pulse then (modes 2, 3) E_pulse for t_pulse; mode 1 reads the current at the end
+  of the interval, mode 2 at the pulse end, mode 3 the pulse-end current minus the current
+  just before the pulse.
+- Current ranges autorange instantly within the ``set_autoranging`` bounds; a reading beyond
+  the full scale of the top allowed range is clipped to it and flagged overload (status 2);
+  one below 0.1 % of the lowest allowed range is flagged underload (status 4).
+- With the cell off the device sees 0 V; readings are still taken.
+- The cell, potential, mode and ranges persist after a script; variables do not.
+- Script errors are ``!4001`` unknown command, ``!4002`` argument count, ``!4003`` bad
+  value, ``!4004`` undeclared variable, ``!4005`` unmatched loop, ``!4006`` not allowed in a
+  measurement loop, ``!4007`` out of range, ``!4008`` cell on with the potentiostat off,
+  ``!4009`` division by zero; ``!0001`` an unknown online command, ``!0005`` busy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labctl.clock import Clock
+from labctl.sim.devices.base import DeviceModel
+
+__all__ = ["MODELS", "EmStatEmulator", "encode_value", "parse_literal"]
+
+# --- packages ----------------------------------------------------------------------------------
+
+SI_PREFIX = {
+    "a": 1e-18,
+    "f": 1e-15,
+    "p": 1e-12,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    " ": 1.0,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+}
+_PREFIX_ORDER = tuple(SI_PREFIX.items())
+OFFSET = 1 << 27  # the 7 hex digits of a value are offset by 0x8000000
+
+
+def encode_value(vtype: str, value: float, meta: str = "", *, integer: bool = False) -> str:
+    """One package value: ``vtype`` + 7 hex digits + SI prefix (finest that fits) + meta."""
+    if integer:
+        return f"{vtype}{int(value) + OFFSET:07X}i{meta}"
+    if not math.isfinite(value):
+        return f"{vtype}     nan{meta}"
+    for ch, scale in _PREFIX_ORDER:
+        m = round(value / scale)
+        if abs(m) < OFFSET:
+            return f"{vtype}{m + OFFSET:07X}{ch}{meta}"
+    raise ValueError(f"{value!r} is too large for a package")
+
+
+_SCALES = np.array([scale for _, scale in _PREFIX_ORDER])
+_CHARS = np.array([ch for ch, _ in _PREFIX_ORDER])
+
+
+def _encode_column(vtype: str, values: np.ndarray) -> list[str]:
+    """``encode_value`` over an array (same output)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) <= 4:
+        return [encode_value(vtype, x) for x in v.tolist()]
+    finite = np.isfinite(v)
+    a = np.where(finite, np.abs(v), 0.0)
+    idx = np.minimum(np.searchsorted(_SCALES, a / (OFFSET - 1), side="left"), len(_SCALES) - 1)
+    m = np.round(v / _SCALES[idx])
+    bump = finite & (np.abs(m) >= OFFSET) & (idx < len(_SCALES) - 1)
+    idx = np.where(bump, idx + 1, idx)
+    m = np.where(finite, np.round(v / _SCALES[idx]), 0.0).astype(np.int64) + OFFSET
+    out = [f"{vtype}{x:07X}{c}" for x, c in zip(m.tolist(), _CHARS[idx].tolist(), strict=True)]
+    for k in np.flatnonzero(~finite).tolist():
+        out[k] = f"{vtype}     nan"
+    return out
+
+
+_LITERAL = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([afpnumkMGTPEi]?)$")
+
+
+def parse_literal(token: str) -> tuple[float, bool]:
+    """A script number: ``100m``, ``-1.5``, ``2k``, ``10i`` (integer), ``0x1F``, ``0b101``.
+
+    Returns (value, is_integer); raises ValueError for anything else.
+    """
+    t = token.strip()
+    low = t.lower()
+    body = low[:-1] if low.endswith("i") and low[:2] in ("0x", "0b") else low
+    if body.startswith(("0x", "0b")):
+        return float(int(body, 16 if body[1] == "x" else 2)), True
+    m = _LITERAL.match(t)
+    if not m:
+        raise ValueError(token)
+    number, prefix = m.groups()
+    if prefix == "i":
+        value = float(number)
+        if value != int(value):
+            raise ValueError(token)
+        return value, True
+    return float(number) * SI_PREFIX.get(prefix or " ", 1.0), False
+
+
+# --- instrument models -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Model:
+    """What differs between the instruments of the family."""
+
+    firmware_id: str
+    name: str
+    e_min: float
+    e_max: float
+    ranges: tuple[tuple[int, float], ...]  # (index, full scale in A), low-speed mode
+    hs_ranges: tuple[tuple[int, float], ...] = ()  # high-speed mode, if different
+
+
+_PICO_LS = tuple(
+    enumerate((100e-9, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 63e-6, 125e-6, 250e-6, 500e-6, 1e-3, 5e-3))
+)
+_PICO_HS = tuple(
+    zip(
+        range(128, 138),
+        (100e-9, 1e-6, 6.25e-6, 12.5e-6, 25e-6, 50e-6, 100e-6, 200e-6, 1e-3, 5e-3),
+        strict=True,
+    )
+)
+_ES4 = tuple(zip(range(3, 30, 3), (10.0**e for e in range(-9, 0)), strict=True))
+
+# Potential windows and the EmStat4 ranges per model are [I] (instruments.md §5).
+MODELS: dict[str, Model] = {
+    "espico": Model("espico", "EmStat Pico", -1.7, 2.0, _PICO_LS, _PICO_HS),
+    "es4_lr": Model("es4_lr", "EmStat4 LR", -3.0, 3.0, _ES4[:-1]),
+    "es4_hr": Model("es4_hr", "EmStat4 HR", -6.0, 6.0, _ES4),
+}
+
+# --- script structure --------------------------------------------------------------------------
+
+
+class _ScriptError(Exception):
+    def __init__(self, code: int, line: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.line = line
+        self.text = text
+
+    def output(self) -> str:
+        return f"!{self.code:04X}: line {self.line}: {self.text}"
+
+
+class _Break(Exception):
+    pass
+
+
+@dataclass
+class _Stmt:
+    cmd: str
+    args: list[str]
+    line: int
+
+
+@dataclass
+class _Loop:
+    args: list[str]
+    line: int
+    body: list = field(default_factory=list)
+
+
+@dataclass
+class _Meas:
+    kind: str
+    args: list[str]
+    line: int
+    nscans: int | None = None
+    body: list = field(default_factory=list)
+
+
+# command -> (min args, max args); commands that take time are handled apart
+_SIMPLE: dict[str, tuple[int, int]] = {
+    "var": (1, 1),
+    "store_var": (3, 3),
+    "copy_var": (2, 2),
+    "add_var": (2, 2),
+    "sub_var": (2, 2),
+    "mul_var": (2, 2),
+    "div_var": (2, 2),
+    "set_pgstat_chan": (1, 1),
+    "set_pgstat_mode": (1, 1),
+    "set_max_bandwidth": (1, 1),
+    "set_range_minmax": (3, 3),
+    "set_range": (2, 2),
+    "set_cr": (1, 1),
+    "set_autoranging": (3, 3),
+    "set_e": (1, 1),
+    "cell_on": (0, 0),
+    "cell_off": (0, 0),
+    "timer_start": (0, 0),
+    "timer_get": (1, 1),
+    "pck_start": (0, 2),
+    "pck_add": (1, 1),
+    "pck_end": (0, 0),
+    "send_string": (1, 99),
+    "breakloop": (0, 0),
+    "wait": (1, 1),
+}
+_MEAS_ARGS = {"meas_loop_ca": 5, "meas_loop_lsv": 6, "meas_loop_cv": 7, "meas_loop_pad": 8}
+_NOT_IN_MEAS = {"wait", "breakloop"}
+_NSCANS = re.compile(r"^nscans\((\d+)\)$")
+_VAR_NAME = re.compile(r"^[a-z][a-z0-9]?$")
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def _parse_script(lines: list[str]) -> tuple[list, list]:
+    """(main block, on_finished block), or raise _ScriptError."""
+    main: list = []
+    finish: list = []
+    stack: list[list] = [main]
+    openers: list[_Loop | _Meas] = []
+    in_finish = False
+    for n, raw in enumerate(lines, start=1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if text == "on_finished:":
+            if openers or in_finish:
+                raise _ScriptError(0x4005, n, "on_finished: inside a loop or twice")
+            in_finish = True
+            stack = [finish]
+            continue
+        words = text.split()
+        cmd, args = words[0], words[1:]
+        if cmd == "endloop":
+            if not openers:
+                raise _ScriptError(0x4005, n, "endloop without a loop")
+            openers.pop()
+            stack.pop()
+            continue
+        if (
+            openers
+            and isinstance(openers[-1], _Meas)
+            and (cmd in _MEAS_ARGS or cmd == "loop" or cmd in _NOT_IN_MEAS)
+        ):
+            raise _ScriptError(0x4006, n, f"{cmd} is not allowed in a measurement loop")
+        if cmd == "loop":
+            if len(args) != 3 or args[1] not in _COMPARE:
+                raise _ScriptError(0x4002, n, "loop takes: VALUE OPERATOR VALUE")
+            node: _Loop | _Meas = _Loop(args, n)
+        elif cmd in _MEAS_ARGS:
+            nscans = None
+            if cmd == "meas_loop_cv" and args and _NSCANS.match(args[-1]):
+                nscans = int(_NSCANS.match(args[-1]).group(1))  # type: ignore[union-attr]
+                args = args[:-1]
+            if len(args) != _MEAS_ARGS[cmd]:
+                raise _ScriptError(0x4002, n, f"{cmd} takes {_MEAS_ARGS[cmd]} arguments")
+            node = _Meas(cmd, args, n, nscans)
+        elif cmd in _SIMPLE:
+            lo, hi = _SIMPLE[cmd]
+            if cmd == "send_string":
+                args = [text[len(cmd) :].strip().strip('"')]
+            if not lo <= len(args) <= hi:
+                raise _ScriptError(0x4002, n, f"{cmd} takes {lo}..{hi} arguments")
+            stack[-1].append(_Stmt(cmd, args, n))
+            continue
+        else:
+            raise _ScriptError(0x4001, n, f"unknown command {cmd!r}")
+        stack[-1].append(node)
+        stack.append(node.body)
+        openers.append(node)
+    if openers:
+        raise _ScriptError(0x4005, openers[-1].line, "loop without endloop")
+    return main, finish
+
+
+@dataclass
+class _Var:
+    value: float = 0.0
+    vtype: str = "ja"
+    integer: bool = False
+    meta: str = ""
+
+
+_BATCH = 1 << 16  # points per device.step call at most
+_MIN_BATCH = 4096  # points a batched wake-up may cover (see next_event)
+
+
+class EmStatEmulator:
+    """An EmStat Pico (or EmStat4) running MethodSCRIPT against a simulated ``device``."""
+
+    empty_lines = True  # an empty line ends a script upload: serial links must pass it on
+
+    def __init__(
+        self,
+        *,
+        device: DeviceModel,
+        clock: Clock,
+        model: str = "espico",
+        serial: str = "ES1D20A0001",
+        firmware: str = "1.3.0",
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}")
+        self.device = device
+        self.clock = clock
+        self.model = MODELS[model]
+        self.serial = serial
+        self.firmware = firmware
+        self._lock = threading.RLock()
+        self._out: deque[str] = deque()
+        self._upload: list[str] | None = None
+        self._job: Iterator[float] | None = None
+        self._finish_block: list = []
+        self._wake = math.inf
+        self._loop_end: float | None = None
+        self._period = 0.0  # of the running measurement loop
+        self._now = clock.now()
+        self._t_dev = clock.now()
+        self._ts = clock.now()  # script time
+        self.cell_on = False
+        self.e = 0.0
+        self.pgstat_mode = 0
+        self.bandwidth_hz = 40.0
+        self._range_index = self._ranges()[0][0]
+        self._autorange: tuple[float, float] | None = None
+        self._vars: dict[str, _Var] = {}
+        self._pck: list[str] | None = None
+        self._timer0 = 0.0
+
+    # --- the serial link ---------------------------------------------------------------------
+
+    def handle(self, message: str) -> str | None:
+        """Take one line (no terminator); returns every output line now due, joined by
+        ``\\n`` (the last may be the empty end-of-script line), or None when there is none."""
+        with self._lock:
+            self._advance(self.clock.now())
+            self._command(message.rstrip("\r"))
+            return self._drain()
+
+    def poll(self) -> str | None:
+        """Output that became due since the last call (as :meth:`handle` returns it)."""
+        with self._lock:
+            self._advance(self.clock.now())
+            return self._drain()
+
+    def next_event(self, batch_s: float = 0.0) -> float | None:
+        """When the running script next needs the clock (None: no script runs).
+
+        With ``batch_s`` > 0 the time may move on by up to that much (or 4096 points) as long
+        as the same measurement loop keeps producing points, so that one wake-up collects
+        them together.
+        """
+        with self._lock:
+            if self._job is None:
+                return None
+            t = self._wake
+            if batch_s > 0 and self._loop_end is not None:
+                reach = max(batch_s, _MIN_BATCH * self._period)
+                t = max(t, min(t + reach, self._loop_end))
+            return t
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def inject_error(self, code: int, message: str) -> None:
+        """Fault injection: the instrument reports an error now (``!XXXX: message``, the
+        code's low 16 bits in hex and the code itself in the text); a running script stops
+        as after a script error: ``on_finished:`` runs and the empty line ends it."""
+        with self._lock:
+            self._advance(self.clock.now())
+            line = f"!{code & 0xFFFF:04X}: {message} (code {code})"
+            if self._job is None:
+                self._emit(line)
+                return
+            self._job.close()
+            self._loop_end = None
+            self._ts = max(self._ts, self._now)
+            self._hold_until(self._ts)
+            self._emit(line)
+            self._job = self._finish(self._finish_block)
+            self._wake = self._now
+            self._advance(self._now)
+
+    def _drain(self) -> str | None:
+        if not self._out:
+            return None
+        text = "\n".join(self._out)
+        self._out.clear()
+        return text
+
+    def _emit(self, line: str) -> None:
+        self._out.append(line)
+
+    # --- online commands ---------------------------------------------------------------------
+
+    def _command(self, msg: str) -> None:
+        if self._upload is not None:
+            if msg.strip():
+                self._upload.append(msg)
+            else:
+                lines, self._upload = self._upload, None
+                self._start(lines)
+            return
+        cmd = msg.strip()
+        if not cmd:
+            return
+        c = cmd[0]
+        if c == "t":
+            self._emit(f"t{self.model.firmware_id} {self.firmware}")
+            self._emit(f"#{self.model.name} (labctl emulator)*")
+        elif c == "v":
+            self._emit(f"v{self.firmware}")
+        elif c == "i":
+            self._emit(f"i{self.serial}")
+        elif c == "Z":
+            if self._job is None:
+                self._emit("Z!0006")
+            else:
+                self._abort()
+        elif c == "e":
+            if self._job is not None:
+                self._emit("e!0005")
+            else:
+                self._emit("e")
+                self._upload = []
+        else:
+            self._emit(f"{c}!0001")
+
+    def _start(self, lines: list[str]) -> None:
+        try:
+            main, finish = _parse_script(lines)
+        except _ScriptError as err:
+            self._emit(err.output())
+            self._emit("")
+            return
+        self._vars = {}
+        self._pck = None
+        self._finish_block = finish
+        self._ts = self._now
+        self._job = self._script(main, finish)
+        self._wake = self._now
+        self._advance(self._now)
+
+    def _abort(self) -> None:
+        if self._job is not None:
+            self._job.close()
+        self._loop_end = None
+        self._ts = max(self._ts, self._now)
+        self._hold_until(self._ts)
+        self._emit("Z")
+        self._job = self._finish(self._finish_block)
+        self._wake = self._now
+        self._advance(self._now)
+
+    def _advance(self, now: float) -> None:
+        self._now = now
+        while self._job is not None and self._wake <= now:
+            try:
+                self._wake = next(self._job)
+            except StopIteration:
+                self._job = None
+                self._wake = math.inf
+                self._loop_end = None
+
+    # --- running a script --------------------------------------------------------------------
+
+    def _script(self, main: list, finish: list) -> Iterator[float]:
+        try:
+            yield from self._block(main)
+        except _ScriptError as err:
+            self._emit(err.output())
+        except _Break:
+            pass
+        yield from self._finish(finish)
+
+    def _finish(self, finish: list) -> Iterator[float]:
+        try:
+            yield from self._block(finish)
+        except (_ScriptError, _Break) as err:
+            if isinstance(err, _ScriptError):
+                self._emit(err.output())
+        self._hold_until(self._ts)
+        self._emit("")
+
+    def _block(self, nodes: list) -> Iterator[float]:
+        for node in nodes:
+            if isinstance(node, _Meas):
+                yield from self._meas(node)
+            elif isinstance(node, _Loop):
+                yield from self._loop(node)
+            elif node.cmd == "wait":
+                dt = self._num(node.args[0], node.line)
+                if dt < 0:
+                    raise _ScriptError(0x4007, node.line, "wait needs a time >= 0")
+                yield from self._sleep(dt)
+            elif node.cmd == "breakloop":
+                raise _Break
+            else:
+                self._simple(node)
+
+    def _sleep(self, dt: float) -> Iterator[float]:
+        end = self._ts + dt
+        while self._now < end:
+            yield end
+        self._ts = end
+
+    def _loop(self, node: _Loop) -> Iterator[float]:
+        a, op, b = node.args
+        self._emit("L")
+        try:
+            while _COMPARE[op](self._num(a, node.line), self._num(b, node.line)):
+                yield from self._block(node.body)
+        except _Break:
+            pass
+        self._emit("+")
+
+    # --- values and variables ----------------------------------------------------------------
+
+    def _var(self, name: str, line: int) -> _Var:
+        try:
+            return self._vars[name]
+        except KeyError:
+            raise _ScriptError(0x4004, line, f"variable {name!r} is not declared") from None
+
+    def _num(self, token: str, line: int) -> float:
+        if _VAR_NAME.match(token):
+            return self._var(token, line).value
+        try:
+            return parse_literal(token)[0]
+        except ValueError:
+            raise _ScriptError(0x4003, line, f"{token!r} is not a value") from None
+
+    def _simple(self, st: _Stmt) -> None:
+        cmd, args, line = st.cmd, st.args, st.line
+        if cmd == "pck_add":
+            if self._pck is None:
+                raise _ScriptError(0x4003, line, "pck_add outside pck_start/pck_end")
+            v = self._var(args[0], line)
+            self._pck.append(encode_value(v.vtype, v.value, v.meta, integer=v.integer))
+        elif cmd == "pck_start":
+            self._pck = []
+        elif cmd == "pck_end":
+            if self._pck is None:
+                raise _ScriptError(0x4003, line, "pck_end without pck_start")
+            self._emit("P" + ";".join(self._pck))
+            self._pck = None
+        elif cmd == "timer_get":
+            v = self._var(args[0], line)
+            v.value, v.vtype, v.integer, v.meta = self._ts - self._timer0, "eb", False, ""
+        elif cmd == "var":
+            if not _VAR_NAME.match(args[0]):
+                raise _ScriptError(0x4003, line, f"{args[0]!r} is not a variable name")
+            self._vars[args[0]] = _Var()
+        elif cmd == "store_var":
+            v = self._var(args[0], line)
+            try:
+                value, integer = parse_literal(args[1])
+            except ValueError:
+                value, integer = self._num(args[1], line), False
+            if len(args[2]) != 2:
+                raise _ScriptError(0x4003, line, f"{args[2]!r} is not a variable type")
+            v.value, v.integer, v.vtype, v.meta = value, integer, args[2], ""
+        elif cmd in ("copy_var", "add_var", "sub_var", "mul_var", "div_var"):
+            self._arith(cmd, args, line)
+        elif cmd == "set_e":
+            self._set_e(self._num(args[0], line), line)
+        elif cmd == "cell_on":
+            if self.pgstat_mode == 0:
+                raise _ScriptError(0x4008, line, "cell_on with set_pgstat_mode 0")
+            self._hold_until(self._ts)
+            self.cell_on = True
+        elif cmd == "cell_off":
+            self._hold_until(self._ts)
+            self.cell_on = False
+        elif cmd == "set_pgstat_mode":
+            mode = int(self._num(args[0], line))
+            if mode not in (0, 1, 2, 3):
+                raise _ScriptError(0x4007, line, f"mode {mode} is not 0..3")
+            self._hold_until(self._ts)
+            self.pgstat_mode = mode
+            if mode == 0:
+                self.cell_on = False
+            self._range_index = self._pick(self._full_scale(), True)[0]
+        elif cmd == "set_pgstat_chan":
+            if int(self._num(args[0], line)) != 0:
+                raise _ScriptError(0x4007, line, "only channel 0 exists")
+        elif cmd == "set_max_bandwidth":
+            self.bandwidth_hz = self._num(args[0], line)
+        elif cmd == "set_range_minmax":
+            lo, hi = self._num(args[1], line), self._num(args[2], line)
+            if args[0] == "da" and (lo < self.model.e_min - 1e-9 or hi > self.model.e_max + 1e-9):
+                raise _ScriptError(0x4007, line, "potential range beyond the instrument's")
+        elif cmd in ("set_range", "set_cr"):
+            value = self._num(args[-1], line)
+            if cmd == "set_cr" or args[0] == "ba":
+                self._range_index = self._pick(value, False, line)[0]
+        elif cmd == "set_autoranging":
+            if args[0] == "ba":
+                lo, hi = self._num(args[1], line), self._num(args[2], line)
+                lo_fs = self._pick(lo, False, line)[1]
+                hi_fs = self._pick(hi, False, line)[1]
+                self._autorange = None if lo_fs >= hi_fs else (lo_fs, hi_fs)
+                if self._autorange is None:
+                    self._range_index = self._pick(hi, False, line)[0]
+        elif cmd == "timer_start":
+            self._timer0 = self._ts
+        elif cmd == "send_string":
+            self._emit("T" + args[0])
+
+    def _arith(self, cmd: str, args: list[str], line: int) -> None:
+        v = self._var(args[0], line)
+        if _VAR_NAME.match(args[1]):
+            src = self._var(args[1], line)
+            other, integer = src.value, src.integer
+        else:
+            try:
+                other, integer = parse_literal(args[1])
+            except ValueError:
+                raise _ScriptError(0x4003, line, f"{args[1]!r} is not a value") from None
+        if cmd == "copy_var":
+            v.value, v.integer = other, integer
+            if _VAR_NAME.match(args[1]):
+                v.vtype = self._vars[args[1]].vtype
+        elif cmd == "add_var":
+            v.value += other
+        elif cmd == "sub_var":
+            v.value -= other
+        elif cmd == "mul_var":
+            v.value *= other
+        else:
+            if other == 0:
+                raise _ScriptError(0x4009, line, "division by zero")
+            v.value = v.value / other if not v.integer else float(int(v.value // other))
+
+    # --- the cell and the device -------------------------------------------------------------
+
+    def _applied(self) -> float:
+        return self.e if self.cell_on else 0.0
+
+    def _hold_until(self, t: float) -> None:
+        """Keep the device at the applied potential up to script time ``t``."""
+        if t > self._t_dev:
+            self.device.step(np.array([self._applied()]), np.array([t - self._t_dev]))
+            self._t_dev = t
+
+    def _check_e(self, e: float, line: int) -> None:
+        if not self.model.e_min - 1e-9 <= e <= self.model.e_max + 1e-9:
+            raise _ScriptError(
+                0x4007,
+                line,
+                f"{e:g} V is outside {self.model.e_min:g} .. {self.model.e_max:g} V",
+            )
+
+    def _set_e(self, e: float, line: int) -> None:
+        self._check_e(e, line)
+        self._hold_until(self._ts)
+        self.e = e
+
+    def _ranges(self) -> tuple[tuple[int, float], ...]:
+        if self.pgstat_mode == 3 and self.model.hs_ranges:
+            return self.model.hs_ranges
+        return self.model.ranges
+
+    def _full_scale(self) -> float:
+        for idx, fs in self.model.ranges + self.model.hs_ranges:
+            if idx == self._range_index:
+                return fs
+        return self._ranges()[0][1]
+
+    def _pick(self, current: float, clamp: bool, line: int = 0) -> tuple[int, float]:
+        """The smallest range of the present mode whose full scale holds ``current``."""
+        ranges = self._ranges()
+        for idx, fs in ranges:
+            if abs(current) <= fs * (1 + 1e-9):
+                return idx, fs
+        if clamp:
+            return ranges[-1]
+        raise _ScriptError(0x4007, line, f"{current:g} A is above the largest current range")
+
+    def _measure(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Readings with their status and current-range index (per point)."""
+        idx, fs = _range_table(self._ranges())
+        if self._autorange is None:
+            pos = min(int(np.searchsorted(idx, self._range_index)), len(fs) - 1)
+            k = np.full(raw.shape, pos)
+            floor = fs[pos]
+        else:
+            lo = int(np.searchsorted(fs, self._autorange[0] * (1 - 1e-9)))
+            hi = min(int(np.searchsorted(fs, self._autorange[1] * (1 - 1e-9))), len(fs) - 1)
+            k = np.clip(np.searchsorted(fs, np.abs(raw) * (1 - 1e-9)), lo, hi)
+            self._range_index = int(idx[k[-1]]) if len(k) else self._range_index
+            floor = fs[lo]
+        full = fs[k]
+        a = np.abs(raw)
+        over = ~(a <= full * (1 + 1e-9))  # NaN counts as overload
+        status = (over * 2) | ((~over & (a < 1e-3 * floor)) * 4)
+        reading = np.where(over, np.copysign(full, np.where(np.isnan(raw), 1.0, raw)), raw)
+        return reading, status, idx[k]
+
+    # --- measurement loops -------------------------------------------------------------------
+
+    def _meas(self, node: _Meas) -> Iterator[float]:
+        line = node.line
+        args = node.args
+        for name in args[:2]:
+            self._var(name, line)
+        vals = [self._num(a, line) for a in args[2:]]
+        kind = node.kind
+        markers: Callable[[int], tuple[str | None, str | None]] | None = None
+        if kind == "meas_loop_ca":
+            e_dc, t_int, t_run = vals
+            self._check_e(e_dc, line)
+            if t_int <= 0 or t_run < 0:
+                raise _ScriptError(0x4007, line, "t_interval must be > 0 and t_run >= 0")
+            n = round(t_run / t_int)
+
+            def levels(k: np.ndarray) -> np.ndarray:
+                return np.full((len(k), 1), e_dc)
+
+            subs = (t_int,)
+            report = levels
+        elif kind == "meas_loop_lsv":
+            e_beg, e_end, e_step, rate = vals
+            self._check_e(e_beg, line)
+            self._check_e(e_end, line)
+            if e_step <= 0 or rate <= 0:
+                raise _ScriptError(0x4007, line, "E_step and the scan rate must be > 0")
+            steps = max(round(abs(e_end - e_beg) / e_step), 1 if e_end != e_beg else 0)
+            n = steps + 1
+
+            def levels(k: np.ndarray) -> np.ndarray:
+                frac = k / steps if steps else np.zeros(len(k))
+                return (e_beg + (e_end - e_beg) * frac)[:, None]
+
+            subs = (e_step / rate,)
+            report = levels
+        elif kind == "meas_loop_cv":
+            e_beg, v1, v2, e_step, rate = vals
+            for e in (e_beg, v1, v2):
+                self._check_e(e, line)
+            if e_step <= 0 or rate <= 0:
+                raise _ScriptError(0x4007, line, "E_step and the scan rate must be > 0")
+            scan = _cv_scan(e_beg, v1, v2, e_step)
+            if not len(scan):
+                raise _ScriptError(0x4007, line, "the scan has no steps")
+            scans = node.nscans or 1
+            n = len(scan) * scans
+
+            def levels(k: np.ndarray) -> np.ndarray:
+                return scan[k % len(scan)][:, None]
+
+            subs = (e_step / rate,)
+            report = levels
+            if node.nscans is not None:
+                per = len(scan)
+
+                def markers(k: int) -> tuple[str | None, str | None]:
+                    s, j = divmod(k, per)
+                    return (f"C{s:04X}" if j == 0 else None, "-" if j == per - 1 else None)
+
+        else:  # meas_loop_pad
+            e_dc, e_pulse, t_pulse, t_int, t_run, mode = vals
+            self._check_e(e_dc, line)
+            self._check_e(e_pulse, line)
+            if not 0 < t_pulse < t_int or t_run < 0 or int(mode) not in (1, 2, 3):
+                raise _ScriptError(0x4007, line, "needs 0 < t_pulse < t_int and mode 1..3")
+            mode = int(mode)
+            n = round(t_run / t_int)
+            pulse_level = e_dc if mode == 1 else e_pulse
+
+            def levels(k: np.ndarray) -> np.ndarray:
+                out = np.empty((len(k), 2))
+                out[:, 0], out[:, 1] = e_dc, pulse_level
+                return out
+
+            subs = (t_int - t_pulse, t_pulse)
+
+            def report(k: np.ndarray) -> np.ndarray:
+                return np.full((len(k), 1), e_dc)
+
+        read: Callable[[np.ndarray], np.ndarray]
+        if kind == "meas_loop_pad" and mode == 3:
+
+            def read(i: np.ndarray) -> np.ndarray:
+                return i[:, 1] - i[:, 0]
+
+        else:
+
+            def read(i: np.ndarray) -> np.ndarray:
+                return i[:, -1]
+
+        yield from self._points(node, n, subs, levels, report, read, markers)
+
+    def _points(
+        self,
+        node: _Meas,
+        n: int,
+        subs: tuple[float, ...],
+        levels: Callable[[np.ndarray], np.ndarray],
+        report: Callable[[np.ndarray], np.ndarray],
+        read: Callable[[np.ndarray], np.ndarray],
+        markers: Callable[[int], tuple[str | None, str | None]] | None,
+    ) -> Iterator[float]:
+        e_var, i_var = self._vars[node.args[0]], self._vars[node.args[1]]
+        period = float(sum(subs))
+        sub_dt = np.asarray(subs, dtype=np.float64)
+        t0 = self._ts
+        self._hold_until(t0)
+        self._emit("M0000")
+        if n > 0:
+            first = levels(np.arange(1))
+            self.e = float(first[0, 0])
+        done = 0
+        self._loop_end = t0 + n * period
+        self._period = period
+        while done < n:
+            ready = min(n, math.floor((self._now - t0) / period + 1e-9))
+            if ready <= done:
+                yield t0 + (done + 1) * period
+                continue
+            for a in range(done, ready, _BATCH):
+                b = min(ready, a + _BATCH)
+                k = np.arange(a, b)
+                lv = levels(k)
+                applied = lv if self.cell_on else np.zeros_like(lv)
+                i_all = np.asarray(
+                    self.device.step(applied.ravel(), np.tile(sub_dt, len(k))), dtype=np.float64
+                ).reshape(lv.shape)
+                self._t_dev = t0 + b * period
+                reading, status, rng = self._measure(read(i_all))
+                e_rep = report(k)[:, 0]
+                t_end = t0 + (k + 1) * period
+                lines = self._fast_lines(node, e_rep, reading, status, rng, t_end)
+                if lines is not None and markers is None:
+                    self._out.extend(lines)
+                    self._ts = float(t_end[-1])
+                j_last = len(k) - 1
+                for j in range(len(k)) if lines is None or markers is not None else ():
+                    point = a + j
+                    self._ts = float(t_end[j])
+                    before, after = markers(point) if markers else (None, None)
+                    if before:
+                        self._emit(before)
+                    if lines is not None:
+                        self._emit(lines[j])
+                    else:
+                        self._point_vars(e_var, i_var, e_rep[j], reading[j], status[j], rng[j])
+                        for st in node.body:
+                            self._simple(st)
+                    if after:
+                        self._emit(after)
+                if lines is not None:  # the variables hold the last point, as after a slow pass
+                    self._point_vars(
+                        e_var, i_var, e_rep[j_last], reading[j_last], status[j_last], rng[j_last]
+                    )
+                    for st in node.body:
+                        if st.cmd == "timer_get":
+                            self._simple(st)
+                self.e = float(lv[-1, 0])
+            done = ready
+            if done < n:
+                self.e = float(levels(np.array([done]))[0, 0])
+        self._ts = t0 + n * period
+        self._loop_end = None
+        self._emit("*")
+
+    @staticmethod
+    def _point_vars(e_var: _Var, i_var: _Var, e: float, i: float, status: int, rng: int) -> None:
+        e_var.value, e_var.vtype, e_var.integer, e_var.meta = float(e), "da", False, ""
+        i_var.value, i_var.vtype, i_var.integer = float(i), "ba", False
+        i_var.meta = f",1{int(status):X},2{int(rng):02X}"
+
+    def _fast_lines(
+        self,
+        node: _Meas,
+        e: np.ndarray,
+        i: np.ndarray,
+        status: np.ndarray,
+        rng: np.ndarray,
+        t_end: np.ndarray,
+    ) -> list[str] | None:
+        """The packages of a batch of points at once, when the loop body is only
+        ``timer_get``, ``pck_start``, ``pck_add``, ``pck_end`` (else None: run it per point)."""
+        body = node.body
+        if not body or any(
+            st.cmd not in ("timer_get", "pck_start", "pck_add", "pck_end") for st in body
+        ):
+            return None
+        e_name, i_name = node.args[0], node.args[1]
+        timers = {st.args[0] for st in body if st.cmd == "timer_get"}
+        columns: list[list[str]] = []
+        packages: list[list[list[str]]] = []
+        open_pck = False
+        for st in body:
+            if st.cmd == "timer_get":
+                if open_pck or st.args[0] in (e_name, i_name):
+                    return None
+                self._var(st.args[0], st.line)
+            elif st.cmd == "pck_start":
+                if open_pck:
+                    return None
+                open_pck, columns = True, []
+            elif st.cmd == "pck_end":
+                if not open_pck:
+                    raise _ScriptError(0x4003, st.line, "pck_end without pck_start")
+                packages.append(columns)
+                open_pck = False
+            else:
+                if not open_pck:
+                    raise _ScriptError(0x4003, st.line, "pck_add outside pck_start/pck_end")
+                name = st.args[0]
+                if name == e_name:
+                    columns.append(_encode_column("da", e))
+                elif name == i_name:
+                    meta = [
+                        f",1{a:X},2{b:02X}"
+                        for a, b in zip(status.tolist(), rng.tolist(), strict=True)
+                    ]
+                    columns.append(
+                        [v + m for v, m in zip(_encode_column("ba", i), meta, strict=True)]
+                    )
+                elif name in timers:
+                    columns.append(_encode_column("eb", t_end - self._timer0))
+                else:
+                    v = self._var(name, st.line)
+                    one = encode_value(v.vtype, v.value, v.meta, integer=v.integer)
+                    columns.append([one] * len(e))
+        if open_pck or len(packages) != 1:
+            return None
+        return ["P" + ";".join(parts) for parts in zip(*packages[0], strict=True)]
+
+
+@functools.cache
+def _range_table(ranges: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
+
+
+def _leg(a: float, b: float, step: float) -> np.ndarray:
+    """Levels from ``a`` (included) towards ``b`` (excluded) in steps of about ``step``."""
+    m = round(abs(b - a) / step)
+    return a + (b - a) * np.arange(m) / m if m else np.empty(0)
+
+
+def _cv_scan(e_beg: float, v1: float, v2: float, step: float) -> np.ndarray:
+    return np.concatenate([_leg(e_beg, v1, step), _leg(v1, v2, step), _leg(v2, e_beg, step)])

@@ -1,0 +1,1218 @@
+"""Keysight (Agilent) B2901A/B2902A precision source/measure unit emulator, SCPI
+(instruments.md §0, §4, §8).
+
+``KeysightB2900Emulator(device=..., device2=..., clock=...).handle(message)`` answers one
+message the way the instrument does: long and short headers, numeric suffixes naming the
+channel (``:SOUR2:VOLT``, ``OUTP1``, ``:TRAC2:DATA?``) and channel lists as parameters
+(``(@1)``, ``(@1,2)``, ``(@1:2)``), the error queue (a failing query gives no reply), source
+settings (DC or pulse shape; FIXed, SWEep or LIST mode; immediate and triggered levels),
+sense settings with compliance and its trip flag, the timer/automatic trigger system of both
+channels started together by one ``:INIT (@1,2)``, spot measurements (``:MEAS?``), the result
+buffer (``:FETC:ARR?``, ``:READ:ARR?``), the trace buffer (``:TRAC``, read by offset and size
+while it fills), and ASCII or binary (``:FORM REAL,64``) output.
+
+Each channel drives its own device (``device`` on channel 1, ``device2`` on channel 2: by
+default a copy of ``device``, as when served on TCP) and has its own settings and timeline; both
+follow the same clock. Chosen semantics where the manual
+is unclear (all [I]):
+
+- Trigger k of a run comes at ``t0 + k * T``: T is ``:TRIG:TIM`` with the TIMer source; with
+  AINT (and BUS, INT, EXT: not emulated, taken as AINT) the next trigger comes as soon as the
+  previous one is done. The transient action (the source changes to level k) happens
+  ``:TRIG:TRAN:DEL`` after the trigger; the acquisition integrates over the aperture starting
+  ``:TRIG:ACQ:DEL`` after the trigger, and the reading is the device current at its end. With
+  the PULSe shape the output sits at the base (the immediate level) and goes to level k for
+  ``:SOUR:PULS:WIDT`` starting ``:SOUR:PULS:DEL`` after the transient delay. A timer interval
+  shorter than what one trigger needs is error -221 at ``:INIT``. The transient and acquire
+  layers must have the same source, timer and count (the emulator runs them as one).
+- ``:INIT`` (any of ``:INIT[:IMM][:ALL|:ACQ|:TRAN]``) turns the output on (``:OUTP:ON:AUTO``,
+  on by default) and starts ARM:COUN x TRIG:COUN triggers on each listed channel at the same
+  instant. After a run the output stays at the last level sourced (the base with pulses).
+  The triggered level follows the immediate level until it is set.
+- The time stamp (TIME) counts from the last INIT (``:SYST:TIME:TIM:COUN:RES:AUTO ON``, the
+  default) or ``:SYST:TIME:TIM:COUN:RES``, and marks the start of the aperture.
+- ``:MEAS?`` is a spot measurement: one aperture at the present output, both channels of the
+  list at once; it does not go to the trace buffer. ``:FETC:ARR?``/``:READ:ARR?`` wait for the
+  run to end; for several channels they give channel 1's readings, then channel 2's.
+- Readings: a function not measured reads +9.91E37 (``:SENS:FUNC:OFF``); RES = V/I; SOUR is
+  the level sourced; STAT sets bit 3 in compliance and bit 0 over range; 6.5 digits
+  resolution (100 fA on the 100 nA range, 1 uV on 2 V); over range +9.9E37.
+- Limits: list 2500 levels, trace buffer 100000 readings, trigger count 100000, timer
+  20 us-100 ks, trigger delays 0-100 s, pulse width 50 us-100 ks, aperture 8 us-2 s.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from labctl.clock import Clock
+from labctl.sim.devices.base import DeviceModel
+from labctl.sim.instruments.keithley2400 import (
+    BASE,
+    LEVEL,
+    NAN_READING,
+    OVERRANGE,
+    PREV,
+    Pattern,
+    Readings,
+    Timeline,
+    TriggerRun,
+    number_list,
+    quantize,
+    range_at_least,
+    range_for_level,
+)
+from labctl.sim.scpi import (
+    Call,
+    CommandTree,
+    Dispatcher,
+    ErrorQueue,
+    ScpiError,
+    StatusRegisters,
+    ieee_block,
+    join_fields,
+    match_mnemonic,
+    sci_field,
+    unquote,
+)
+
+__all__ = ["KeysightB2900Emulator"]
+
+VARIANTS = {"B2901A": 1, "B2902A": 2}
+V_RANGES = np.array([0.2, 2.0, 20.0, 200.0])
+I_RANGES = np.array([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1.5, 3.0])
+R_RANGES = np.array([2.0, 20.0, 200.0, 2e3, 20e3, 200e3, 2e6, 20e6, 200e6])
+V_MAX = 210.0
+I_MAX = 3.03
+DIGITS = 6.5
+MAX_LIST = 2500
+MAX_TRACE = 100_000
+MAX_COUNT = 100_000
+MIN_TIMER = 2e-5
+MAX_TIMER = 1e5
+MAX_DELAY = 100.0
+MIN_APERTURE = 8e-6
+MAX_APERTURE = 2.0
+
+# STATus element bits [I]
+ST_OVERRANGE = 1 << 0
+ST_COMPLIANCE = 1 << 3
+
+_ELEMENTS = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus", "SOURce")
+_ELEMENT_KEYS = ("VOLT", "CURR", "RES", "TIME", "STAT", "SOUR")
+_FUNCS = {"VOLT": "VOLTage", "CURR": "CURRent", "RES": "RESistance"}
+_LAYERS = ("TRAN", "ACQ")
+
+
+def _key(word: str) -> str:
+    return "".join(ch for ch in word if ch.isupper() or ch.isdigit()) or word.upper()
+
+
+def _sci(x: float) -> str:
+    return f"{x:+.6E}"
+
+
+def _onoff(flag: bool) -> str:
+    return "1" if flag else "0"
+
+
+@dataclass
+class _Source:
+    ranges: np.ndarray
+    maximum: float
+    range: float
+    level: float = 0.0  # immediate level (the pulse base)
+    trig_level: float | None = None  # triggered level; None: follows the immediate level
+    auto: bool = True
+    mode: str = "FIXed"
+    start: float = 0.0
+    stop: float = 0.0
+    points: int = 1
+    values: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Sense:
+    ranges: np.ndarray
+    range: float
+    protection: float
+    auto: bool = True
+
+
+@dataclass
+class _Layer:
+    source: str = "AINT"
+    timer: float = MIN_TIMER
+    count: int = 1
+    delay: float = 0.0
+
+
+@dataclass
+class _Trace:
+    capacity: int = MAX_TRACE
+    feed: str = "SENSe"
+    control: str = "NEVer"
+    tst: str = "ABSolute"
+    blocks: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+
+    def data(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.empty((0, 6))
+
+
+class _Channel:
+    """One source-measure channel: settings, its device's timeline and its buffers."""
+
+    def __init__(self, number: int, device: DeviceModel, t0: float) -> None:
+        self.number = number
+        self.timeline = Timeline(device, t0)
+        self.reset()
+
+    def reset(self) -> None:
+        self.func = "VOLT"
+        self.shape = "DC"
+        self.source = {
+            "VOLT": _Source(V_RANGES, V_MAX, 2.0),
+            "CURR": _Source(I_RANGES, I_MAX, 1e-7),
+        }
+        self.sense = {
+            "VOLT": _Sense(V_RANGES, 2.0, protection=2.0),
+            "CURR": _Sense(I_RANGES, 1e-4, protection=1e-4),
+            "RES": _Sense(R_RANGES, 2e5, protection=0.0),
+        }
+        self.funcs = ["VOLT", "CURR"]
+        self.nplc = 1.0
+        self.remote_sense = False
+        self.sweep_direction = "UP"
+        self.sweep_spacing = "LINear"
+        self.sweep_stair = "SINGle"
+        self.sweep_ranging = "BEST"
+        self.pulse_width = 1e-4
+        self.pulse_delay = 0.0
+        self.output = False
+        self.off_mode = "NORMal"
+        self.auto_on = True
+        self.auto_off = False
+        self.held: float | None = None  # level on after a run, until the level is set
+        self.layers = {"TRAN": _Layer(), "ACQ": _Layer()}
+        self.arm = {"TRAN": _Layer(count=1), "ACQ": _Layer(count=1)}
+        self.trace = _Trace()
+        self.result = np.empty((0, 6))  # readings of the last run
+        self.block: list[np.ndarray] = []  # readings of the run in progress
+        self.t_stamp0 = self.timeline.t
+
+    def limit(self) -> float:
+        other = "CURR" if self.func == "VOLT" else "VOLT"
+        return self.sense[other].protection
+
+    def level_now(self) -> float:
+        return self.source[self.func].level if self.held is None else self.held
+
+
+class KeysightB2900Emulator:
+    """A Keysight B2902A (or B2901A: ``variant="B2901A"``) driving ``device`` on channel 1
+    and ``device2`` on channel 2."""
+
+    channels = 2
+
+    def __init__(
+        self,
+        *,
+        device: DeviceModel,
+        clock: Clock,
+        device2: DeviceModel | None = None,
+        variant: str = "B2902A",
+        vendor: str = "Keysight Technologies",
+        serial: str = "MY51140101",
+        firmware: str = "3.4.2011.5100",
+        line_frequency: float = 50.0,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
+        if line_frequency not in (50.0, 60.0):
+            raise ValueError("line_frequency must be 50 or 60 Hz")
+        self.variant = variant
+        self.n_channels = VARIANTS[variant]
+        if self.n_channels == 2 and device2 is None:
+            device2 = copy.deepcopy(device)  # the same preset, in its own state
+        self.vendor = vendor
+        self.serial = serial
+        self.firmware = firmware
+        self.clock = clock
+        self.line_frequency = float(line_frequency)
+        self.errors = ErrorQueue(capacity=30)
+        self.status = StatusRegisters()
+        self._lock = threading.RLock()
+        devices = [device, device2][: self.n_channels]
+        self.chans = [_Channel(k + 1, dev, clock.now()) for k, dev in enumerate(devices)]
+        self._opc_pending = False
+        self._tree = self._build_tree()
+        self._dispatcher = Dispatcher(
+            self._tree, on_error=self._queue_error, before_each=self._advance
+        )
+        self._reset()
+
+    # --- public interface ---------------------------------------------------------------------
+
+    def handle(self, message: str) -> str | bytes | None:
+        """Answer one message (no terminator); None when it produces no reply."""
+        with self._lock:
+            return self._dispatcher.execute(message)
+
+    def inject_error(self, code: int, message: str) -> None:
+        """Queue an instrument error, as if the instrument had raised it (fault injection)."""
+        with self._lock:
+            self._queue_error(ScpiError(code, message))
+
+    @property
+    def output_on(self) -> bool:
+        """True while any channel's output is on."""
+        return any(ch.output for ch in self.chans)
+
+    def channel_output_on(self, channel: int) -> bool:
+        return self.chans[channel - 1].output
+
+    # --- state and time -----------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._advance()
+        for ch in self.chans:
+            ch.timeline.run = None
+            ch.reset()
+        self.data_format = "ASCii"
+        self.byte_order = "NORMal"
+        self.elements = list(_ELEMENT_KEYS)
+        self.stamp_auto_reset = True
+
+    def _queue_error(self, err: ScpiError) -> None:
+        self.errors.push(err.code, err.message, self.clock.now())
+        self.status.record_error(err.code)
+
+    def _aperture(self, ch: _Channel) -> float:
+        return ch.nplc / self.line_frequency
+
+    def _advance(self, target: float | None = None) -> None:
+        t = self.clock.now() if target is None else target
+        for ch in self.chans:
+            self._advance_channel(ch, t)
+
+    def _advance_channel(self, ch: _Channel, t: float) -> None:
+        def idle() -> tuple[str, float, float, bool]:
+            ch.timeline.core.aperture_s = self._aperture(ch)
+            return ch.func, ch.level_now(), ch.limit(), ch.output
+
+        ch.timeline.advance(t, idle, partial(self._on_readings, ch), partial(self._on_end, ch))
+
+    def _on_readings(self, ch: _Channel, run: TriggerRun, r: Readings) -> None:
+        rows = self._rows(ch, run, r)
+        if run.info.get("spot"):
+            run.info["rows"] = rows
+            return
+        ch.block.append(rows)
+        tr = ch.trace
+        if tr.control == "NEXT":
+            take = rows[: tr.capacity - tr.count]
+            if len(take):
+                tr.blocks.append(take)
+                tr.count += len(take)
+            if tr.count >= tr.capacity:
+                tr.control = "NEVer"
+
+    def _on_end(self, ch: _Channel, run: TriggerRun) -> None:
+        if run.info.get("spot"):
+            return
+        ch.result = np.concatenate(ch.block) if ch.block else np.empty((0, 6))
+        ch.block = []
+        ch.held = run.end_level
+        if ch.auto_off:
+            ch.output = False
+        if self._opc_pending and all(c.timeline.run is None for c in self.chans):
+            self.status.esr |= StatusRegisters.OPC
+            self._opc_pending = False
+
+    def _wait(self, chans: list[_Channel] | None = None) -> None:
+        """Hold until the runs of ``chans`` (default all) end (``*WAI``, ``*OPC?``, FETC)."""
+        ends = [ch.timeline.run.t_end for ch in chans or self.chans if ch.timeline.run]
+        if not ends:
+            return
+        end = max(ends)
+        self._advance(max(end, self.clock.now()))
+        self.clock.sleep_until(end)
+
+    # --- readings -----------------------------------------------------------------------------
+
+    def _rows(self, ch: _Channel, run: TriggerRun, r: Readings) -> np.ndarray:
+        """(n, 6) rows VOLT, CURR, RES, TIME, STAT, SOUR."""
+        n = len(r)
+        funcs = run.info["funcs"]
+        over = np.zeros(n, bool)
+
+        def measured(f: str, raw: np.ndarray) -> np.ndarray:
+            nonlocal over
+            s = ch.sense[f]
+            values, o = quantize(raw, s.ranges, None if s.auto else s.range, DIGITS)
+            over |= o
+            return values
+
+        v = measured("VOLT", r.v) if "VOLT" in funcs else np.full(n, NAN_READING)
+        i = measured("CURR", r.i) if "CURR" in funcs else np.full(n, NAN_READING)
+        if "RES" in funcs:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                res = measured("RES", r.v / r.i)
+        else:
+            res = np.full(n, NAN_READING)
+        stat = np.where(r.trip, ST_COMPLIANCE, 0) | np.where(over, ST_OVERRANGE, 0)
+        t = r.t - ch.t_stamp0
+        return np.column_stack([v, i, res, t, stat.astype(np.float64), r.level])
+
+    def _format_rows(self, data: np.ndarray, keys: list[str] | None = None) -> str | bytes:
+        keys = keys or self.elements
+        cols = [_ELEMENT_KEYS.index(k) for k in _ELEMENT_KEYS if k in keys]
+        values = data[:, cols]
+        if self.data_format != "ASCii":
+            order = ">" if self.byte_order == "NORMal" else "<"
+            size = "f8" if self.data_format == "REAL64" else "f4"
+            return ieee_block(values.astype(order + size).tobytes())
+        if values.size == 0:
+            return ""
+        if values.size <= 64:  # a few readings: Python's own formatting is quicker
+            return ",".join(map(_sci, values.ravel().tolist()))
+        fields = [sci_field(values[:, j], 6, plus=True) for j in range(values.shape[1])]
+        return join_fields(fields).decode("ascii")
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def _levels(self, ch: _Channel) -> np.ndarray:
+        src = ch.source[ch.func]
+        if src.mode == "LIST":
+            if not src.values:
+                raise ScpiError(-221, "Settings conflict, the source list is empty")
+            levels = np.array(src.values, dtype=np.float64)
+        elif src.mode == "SWEep":
+            n = src.points
+            if ch.sweep_spacing == "LOGarithmic":
+                if src.start == 0 or src.stop == 0 or (src.start > 0) != (src.stop > 0):
+                    raise ScpiError(-221, "Settings conflict, log sweep through 0")
+                levels = math.copysign(1.0, src.start) * np.geomspace(
+                    abs(src.start), abs(src.stop), n
+                )
+            else:
+                levels = np.linspace(src.start, src.stop, n)
+            if ch.sweep_direction == "DOWN":
+                levels = levels[::-1].copy()
+            if ch.sweep_stair == "DOUBle":
+                levels = np.concatenate([levels, levels[::-1]])
+        else:
+            levels = np.array([src.level if src.trig_level is None else src.trig_level])
+        return levels
+
+    def _start(self, chans: list[_Channel]) -> None:
+        """INITiate the listed channels at the same instant."""
+        for ch in chans:
+            if ch.timeline.run is not None:
+                raise ScpiError(-213)
+        runs = [self._make_run(ch) for ch in chans]  # check every channel before starting
+        for ch, run in zip(chans, runs, strict=True):
+            if ch.auto_on:
+                ch.output = True
+            run.output_on = ch.output
+            ch.timeline.run = run
+            ch.block = []
+            if self.stamp_auto_reset:
+                ch.t_stamp0 = run.t0
+
+    def _make_run(self, ch: _Channel) -> TriggerRun:
+        tran, acq = ch.layers["TRAN"], ch.layers["ACQ"]
+        if (tran.source, tran.count) != (acq.source, acq.count) or (
+            tran.source == "TIMer" and not math.isclose(tran.timer, acq.timer, rel_tol=1e-12)
+        ):
+            raise ScpiError(
+                -221, "Settings conflict, transient and acquire triggers differ (not emulated)"
+            )
+        total = tran.count * ch.arm["TRAN"].count
+        if total > MAX_COUNT:
+            raise ScpiError(-221, "Settings conflict, more than 100000 triggers")
+        levels = self._levels(ch)
+        src = ch.source[ch.func]
+        if np.any(np.abs(levels) > src.maximum * (1 + 1e-12)):
+            raise ScpiError(-222)
+        aperture = self._aperture(ch)
+        read_end = acq.delay + aperture
+        if ch.shape == "PULSe":
+            start = tran.delay + ch.pulse_delay
+            changes = [(0.0, BASE), (start, LEVEL), (start + ch.pulse_width, BASE)]
+        elif tran.delay > 0:
+            changes = [(0.0, PREV), (tran.delay, LEVEL)]
+        else:
+            changes = [(0.0, LEVEL)]
+        pattern = Pattern.build(changes, read_end)
+        if tran.source == "TIMer":
+            period = tran.timer
+            if pattern.span > period * (1 + 1e-9):
+                raise ScpiError(
+                    -221, "Settings conflict, trigger timer shorter than delay + aperture"
+                )
+            if pattern.span > period:  # a rounding error: keep the reading inside the period
+                pattern = Pattern.build([(min(t, period), k) for t, k in changes], period)
+        else:
+            period = pattern.span
+        t0 = ch.timeline.t
+        return TriggerRun(
+            pattern=pattern,
+            levels=levels,
+            func=ch.func,
+            limit=ch.limit(),
+            t0=t0,
+            period=period,
+            total=total,
+            aperture=aperture,
+            base=src.level,
+            before=ch.level_now() if ch.output else 0.0,
+            info={"funcs": tuple(ch.funcs)},
+        )
+
+    def _spot(self, chans: list[_Channel], also: str | None = None) -> list[np.ndarray]:
+        """One reading on each channel, at the present output, all at once (function
+        ``also`` measured too)."""
+        for ch in chans:
+            if ch.timeline.run is not None:
+                raise ScpiError(-221, "Settings conflict, a trigger run is in progress")
+        runs = []
+        for ch in chans:
+            if ch.auto_on:
+                ch.output = True
+            level = ch.level_now() if ch.output else 0.0
+            aperture = self._aperture(ch)
+            run = TriggerRun(
+                pattern=Pattern.build([(0.0, LEVEL)], aperture),
+                levels=np.array([ch.level_now()]),
+                func=ch.func,
+                limit=ch.limit(),
+                t0=ch.timeline.t,
+                period=aperture,
+                total=1,
+                aperture=aperture,
+                before=level,
+                output_on=ch.output,
+                info={"funcs": (*ch.funcs, also), "spot": True},
+            )
+            ch.timeline.run = run
+            runs.append(run)
+        end = max(run.t_end for run in runs)
+        self._advance(max(end, self.clock.now()))
+        self.clock.sleep_until(end)
+        return [run.info.get("rows", np.empty((0, 6))) for run in runs]
+
+    # --- channel lists and suffixes -------------------------------------------------------------
+
+    def _chan(self, call: Call, index: int = 0) -> _Channel:
+        """The channel a header suffix names (``SOUR2``)."""
+        n = call.suffixes[index] if len(call.suffixes) > index else 1
+        if n > self.n_channels:
+            raise ScpiError(-114)
+        return self.chans[n - 1]
+
+    def _chanlist(self, call: Call, position: int | None = None) -> list[_Channel]:
+        """The channels of a ``(@1,2)`` parameter (default: channel 1)."""
+        tokens = call.args if position is None else call.args[position : position + 1]
+        token = next((t for t in tokens if t.strip().startswith("(")), None)
+        if token is None:
+            return [self.chans[0]]
+        text = token.strip()
+        if not (text.startswith("(@") and text.endswith(")")):
+            raise ScpiError(-104, "Data type error, expected a channel list (@n)")
+        out: list[_Channel] = []
+        for part in text[2:-1].split(","):
+            lo, _, hi = part.strip().partition(":")
+            try:
+                a, b = int(lo), int(hi or lo)
+            except ValueError:
+                raise ScpiError(-104, "Data type error, bad channel list") from None
+            for n in range(min(a, b), max(a, b) + 1):
+                if not 1 <= n <= self.n_channels:
+                    raise ScpiError(-222, "Parameter data out of range, no such channel")
+                if self.chans[n - 1] not in out:
+                    out.append(self.chans[n - 1])
+        return out
+
+    @staticmethod
+    def _plain(call: Call) -> list[str]:
+        """The parameters that are not channel lists."""
+        return [a for a in call.args if not a.strip().startswith("(")]
+
+    # --- command tree -------------------------------------------------------------------------
+
+    def _build_tree(self) -> CommandTree:
+        t = CommandTree(max_suffix=2)
+        add = t.add
+        add("*IDN?", self._idn)
+        add("*RST", self._rst)
+        add("*CLS", self._cls)
+        add("*OPC", self._opc)
+        add("*OPC?", lambda c: self._noargs(c) or self._wait() or "1")
+        add("*WAI", lambda c: self._noargs(c) or self._wait())
+        add("*STB?", self._stb)
+        add("*ESR?", lambda c: self._noargs(c) or str(self.status.read_esr()))
+        add("*ESE", partial(self._set_register, "ese"))
+        add("*ESE?", lambda c: self._noargs(c) or str(self.status.ese))
+        add("*SRE", partial(self._set_register, "sre"))
+        add("*SRE?", lambda c: self._noargs(c) or str(self.status.sre))
+        add("*TRG", self._noargs)
+        add("*TST?", lambda c: self._noargs(c) or "0")
+        # system
+        add(":SYSTem:ERRor[:NEXT]?", self._error_next)
+        add(":SYSTem:ERRor:ALL?", self._error_all)
+        add(":SYSTem:ERRor:COUNt?", lambda c: self._noargs(c) or str(len(self.errors)))
+        add(":SYSTem:ERRor:CODE[:NEXT]?", self._error_code)
+        add(":SYSTem:LFRequency?", lambda c: self._noargs(c) or f"{self.line_frequency:.0f}")
+        add(":SYSTem:LFRequency", self._set_lfr)
+        add(":SYSTem:PRESet", self._rst)
+        add(":SYSTem:VERSion?", lambda c: self._noargs(c) or "1999.0")
+        add(":SYSTem:BEEPer[:IMMediate]", lambda c: c.expect(2, 2))
+        add(":SYSTem:BEEPer:STATe", _accept_boolean)
+        add(":SYSTem:TIME:TIMer:COUNt?", self._timer_count)
+        add(":SYSTem:TIME:TIMer:COUNt:RESet", self._timer_reset)
+        add(":SYSTem:TIME:TIMer:COUNt:RESet:AUTO", self._set_stamp_auto)
+        add(":SYSTem:TIME:TIMer:COUNt:RESet:AUTO?", lambda c: _onoff(self.stamp_auto_reset))
+        add(":STATus:PRESet", lambda c: self._noargs(c))
+        for reg in ("OPERation", "QUEStionable"):
+            add(f":STATus:{reg}[:EVENt]?", lambda c: self._noargs(c) or "0")
+            add(f":STATus:{reg}:CONDition?", lambda c: self._noargs(c) or "0")
+            add(f":STATus:{reg}:ENABle", _accept_integer)
+        # format
+        add(":FORMat[:DATA]", self._set_format)
+        add(":FORMat[:DATA]?", self._get_format)
+        add(":FORMat:BORDer", self._set_border)
+        add(":FORMat:BORDer?", lambda c: self._noargs(c) or _key(self.byte_order))
+        add(":FORMat:ELEMents:SENSe#", self._set_elements)
+        add(":FORMat:ELEMents:SENSe#?", lambda c: self._noargs(c) or ",".join(self.elements))
+        # output
+        add(":OUTPut#[:STATe]", self._set_output)
+        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or _onoff(self._chan(c).output))
+        add(":OUTPut#:OFF:MODE", self._set_off_mode)
+        add(":OUTPut#:OFF:MODE?", lambda c: self._noargs(c) or _key(self._chan(c).off_mode))
+        add(":OUTPut#:ON:AUTO", partial(self._set_flag, "auto_on"))
+        add(":OUTPut#:ON:AUTO?", partial(self._get_flag, "auto_on"))
+        add(":OUTPut#:OFF:AUTO", partial(self._set_flag, "auto_off"))
+        add(":OUTPut#:OFF:AUTO?", partial(self._get_flag, "auto_off"))
+        add(":OUTPut#:PROTection[:STATe]", _accept_boolean)
+        add(":OUTPut#:LOW", _accept_any)
+        # source
+        add(":SOURce#:FUNCtion:MODE", self._set_source_function)
+        add(":SOURce#:FUNCtion:MODE?", lambda c: self._noargs(c) or self._chan(c).func)
+        add(":SOURce#:FUNCtion:SHAPe", self._set_shape)
+        add(":SOURce#:FUNCtion:SHAPe?", lambda c: self._noargs(c) or _key(self._chan(c).shape))
+        add(":SOURce#:FUNCtion:TRIGgered:CONTinuous", _accept_boolean)
+        add(":SOURce#:PULSe:WIDTh", partial(self._set_pulse, "pulse_width", 5e-5, 1e5))
+        add(":SOURce#:PULSe:WIDTh?", lambda c: self._noargs(c) or _sci(self._chan(c).pulse_width))
+        add(":SOURce#:PULSe:DELay", partial(self._set_pulse, "pulse_delay", 0.0, 99999.9))
+        add(":SOURce#:PULSe:DELay?", lambda c: self._noargs(c) or _sci(self._chan(c).pulse_delay))
+        add(
+            ":SOURce#:SWEep:DIRection", partial(self._set_choice, "sweep_direction", ("UP", "DOWN"))
+        )
+        add(":SOURce#:SWEep:DIRection?", lambda c: self._noargs(c) or self._chan(c).sweep_direction)
+        add(
+            ":SOURce#:SWEep:SPACing",
+            partial(self._set_choice, "sweep_spacing", ("LINear", "LOGarithmic")),
+        )
+        add(":SOURce#:SWEep:SPACing?", lambda c: _key(self._chan(c).sweep_spacing))
+        add(":SOURce#:SWEep:STAir", partial(self._set_choice, "sweep_stair", ("SINGle", "DOUBle")))
+        add(":SOURce#:SWEep:STAir?", lambda c: _key(self._chan(c).sweep_stair))
+        add(
+            ":SOURce#:SWEep:RANGing",
+            partial(self._set_choice, "sweep_ranging", ("BEST", "AUTO", "FIXed")),
+        )
+        add(":SOURce#:SWEep:POINts", partial(self._set_points, None))
+        add(
+            ":SOURce#:SWEep:POINts?", lambda c: str(self._chan(c).source[self._chan(c).func].points)
+        )
+        for f, word in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
+            s = f":SOURce#:{word}"
+            add(f"{s}[:LEVel][:IMMediate][:AMPLitude]", partial(self._set_level, f))
+            add(f"{s}[:LEVel][:IMMediate][:AMPLitude]?", partial(self._get_level, f, False))
+            add(f"{s}[:LEVel]:TRIGgered[:AMPLitude]", partial(self._set_trig_level, f))
+            add(f"{s}[:LEVel]:TRIGgered[:AMPLitude]?", partial(self._get_level, f, True))
+            add(f"{s}:RANGe", partial(self._set_source_range, f))
+            add(f"{s}:RANGe?", lambda c, f=f: _sci(self._chan(c).source[f].range))
+            add(f"{s}:RANGe:AUTO", partial(self._set_source_auto, f))
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: _onoff(self._chan(c).source[f].auto))
+            add(f"{s}:MODE", partial(self._set_source_mode, f))
+            add(f"{s}:MODE?", lambda c, f=f: _key(self._chan(c).source[f].mode))
+            for attr, node in (("start", "STARt"), ("stop", "STOP")):
+                add(f"{s}:{node}", partial(self._set_sweep_end, f, attr))
+                add(
+                    f"{s}:{node}?", lambda c, f=f, a=attr: _sci(getattr(self._chan(c).source[f], a))
+                )
+            add(f"{s}:POINts", partial(self._set_points, f))
+            add(f"{s}:POINts?", lambda c, f=f: str(self._chan(c).source[f].points))
+            add(f"{s}:STEP", partial(self._set_step, f))
+            add(f"{s}:STEP?", partial(self._get_step, f))
+            add(f":SOURce#:LIST:{word}[:DATA]", partial(self._set_list, f, False))
+            add(f":SOURce#:LIST:{word}:APPend", partial(self._set_list, f, True))
+            add(f":SOURce#:LIST:{word}[:DATA]?", partial(self._get_list, f))
+            add(
+                f":SOURce#:LIST:{word}:POINts?",
+                lambda c, f=f: str(len(self._chan(c).source[f].values)),
+            )
+        # sense
+        add("[:SENSe#]:FUNCtion[:ON]", partial(self._func, True))
+        add("[:SENSe#]:FUNCtion:OFF", partial(self._func, False))
+        add("[:SENSe#]:FUNCtion[:ON]:ALL", self._func_all)
+        add("[:SENSe#]:FUNCtion:OFF:ALL", self._func_off_all)
+        add("[:SENSe#]:FUNCtion[:ON]?", self._get_funcs)
+        add("[:SENSe#]:FUNCtion:OFF?", self._get_funcs_off)
+        add("[:SENSe#]:FUNCtion[:ON]:COUNt?", lambda c: str(len(self._chan(c).funcs)))
+        add("[:SENSe#]:REMote", self._set_remote)
+        add("[:SENSe#]:REMote?", lambda c: _onoff(self._chan(c).remote_sense))
+        for f, word in _FUNCS.items():
+            s = f"[:SENSe#]:{word}" + ("" if f == "RES" else "[:DC]")
+            add(f"{s}:RANGe[:UPPer]", partial(self._set_sense_range, f))
+            add(f"{s}:RANGe[:UPPer]?", lambda c, f=f: _sci(self._chan(c).sense[f].range))
+            add(f"{s}:RANGe:AUTO", partial(self._set_sense_auto, f))
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: _onoff(self._chan(c).sense[f].auto))
+            add(f"{s}:NPLCycles", self._set_nplc)
+            add(f"{s}:NPLCycles?", lambda c: _sci(self._chan(c).nplc))
+            add(f"{s}:NPLCycles:AUTO", _accept_boolean)
+            add(f"{s}:APERture", self._set_aperture)
+            add(f"{s}:APERture?", lambda c: _sci(self._aperture(self._chan(c))))
+            add(f"{s}:APERture:AUTO", _accept_boolean)
+            if f != "RES":
+                add(f"{s}:PROTection[:LEVel][:BOTH]", partial(self._set_protection, f))
+                add(
+                    f"{s}:PROTection[:LEVel][:BOTH]?",
+                    lambda c, f=f: _sci(self._chan(c).sense[f].protection),
+                )
+                add(f"{s}:PROTection:TRIPped?", partial(self._tripped, f))
+            add(
+                f":MEASure:{word}" + ("" if f == "RES" else "[:DC]") + "?",
+                partial(self._measure, f),
+            )
+        add(":MEASure?", partial(self._measure, None))
+        for f, word in (
+            *_FUNCS.items(),
+            ("TIME", "TIME"),
+            ("SOUR", "SOURce"),
+            ("STAT", "STATus"),
+            (None, ""),
+        ):
+            node = f":{word}?" if word else "?"
+            add(f":FETCh:ARRay{node}", partial(self._fetch, "ARRay", f))
+            add(f":FETCh[:SCALar]{node}", partial(self._fetch, "SCALar", f))
+            add(f":READ:ARRay{node}", partial(self._read, "ARRay", f))
+            add(f":READ[:SCALar]{node}", partial(self._read, "SCALar", f))
+        # trigger system
+        add(":INITiate[:IMMediate][:ALL]", self._init)
+        add(":INITiate[:IMMediate]:ACQuire", self._init)
+        add(":INITiate[:IMMediate]:TRANsient", self._init)
+        add(":ABORt[:ALL]", self._abort)
+        add(":ABORt:ACQuire", self._abort)
+        add(":ABORt:TRANsient", self._abort)
+        add(":IDLE[:ALL]?", self._idle_query)
+        for layer_node, layers in (
+            ("[:ALL]", _LAYERS),
+            (":TRANsient", ("TRAN",)),
+            (":ACQuire", ("ACQ",)),
+        ):
+            for root, table in ((":TRIGger#", "layers"), (":ARM#", "arm")):
+                p = root + layer_node
+                add(f"{p}:SOURce[:SIGNal]", partial(self._set_layer, table, layers, "source"))
+                add(f"{p}:SOURce[:SIGNal]?", partial(self._get_layer, table, layers, "source"))
+                add(f"{p}:TIMer", partial(self._set_layer, table, layers, "timer"))
+                add(f"{p}:TIMer?", partial(self._get_layer, table, layers, "timer"))
+                add(f"{p}:COUNt", partial(self._set_layer, table, layers, "count"))
+                add(f"{p}:COUNt?", partial(self._get_layer, table, layers, "count"))
+                add(f"{p}[:SEQuence]:DELay", partial(self._set_layer, table, layers, "delay"))
+                add(f"{p}[:SEQuence]:DELay?", partial(self._get_layer, table, layers, "delay"))
+        # trace buffer
+        add(":TRACe#:FEED", self._trace_feed)
+        add(":TRACe#:FEED?", lambda c: _key(self._chan(c).trace.feed))
+        add(":TRACe#:FEED:CONTrol", self._trace_control)
+        add(":TRACe#:FEED:CONTrol?", lambda c: _key(self._chan(c).trace.control))
+        add(":TRACe#:POINts", self._trace_points)
+        add(":TRACe#:POINts?", lambda c: str(self._chan(c).trace.capacity))
+        add(":TRACe#:POINts:ACTual?", lambda c: str(self._chan(c).trace.count))
+        add(":TRACe#:CLEar", self._trace_clear)
+        add(":TRACe#:TSTamp:FORMat", self._trace_tst)
+        add(":TRACe#:TSTamp:FORMat?", lambda c: _key(self._chan(c).trace.tst))
+        add(":TRACe#:DATA?", self._trace_data)
+        return t
+
+    # --- common commands ----------------------------------------------------------------------
+
+    @staticmethod
+    def _noargs(call: Call) -> None:
+        call.expect(0, 0)
+
+    def _idn(self, call: Call) -> str:
+        call.expect(0, 0)
+        return f"{self.vendor},{self.variant},{self.serial},{self.firmware}"
+
+    def _rst(self, call: Call) -> None:
+        call.expect(0, 0)
+        self._reset()
+
+    def _cls(self, call: Call) -> None:
+        call.expect(0, 0)
+        self.errors.clear()
+        self.status.clear()
+
+    def _opc(self, call: Call) -> None:
+        call.expect(0, 0)
+        if all(ch.timeline.run is None for ch in self.chans):
+            self.status.esr |= StatusRegisters.OPC
+        else:
+            self._opc_pending = True
+
+    def _stb(self, call: Call) -> str:
+        call.expect(0, 0)
+        return str(self.status.status_byte(error_available=len(self.errors) > 0))
+
+    def _set_register(self, name: str, call: Call) -> None:
+        call.expect(1, 1)
+        setattr(self.status, name, call.integer(0, minimum=0, maximum=255))
+
+    # --- system -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _error_text(code: int, message: str) -> str:
+        return f'{code:+d},"{message}"'
+
+    def _error_next(self, call: Call) -> str:
+        call.expect(0, 0)
+        entry = self.errors.pop()
+        return '+0,"No error"' if entry is None else self._error_text(entry.code, entry.message)
+
+    def _error_all(self, call: Call) -> str:
+        call.expect(0, 0)
+        out = []
+        while (entry := self.errors.pop()) is not None:
+            out.append(self._error_text(entry.code, entry.message))
+        return ",".join(out) or '+0,"No error"'
+
+    def _error_code(self, call: Call) -> str:
+        call.expect(0, 0)
+        entry = self.errors.pop()
+        return "+0" if entry is None else f"{entry.code:+d}"
+
+    def _set_lfr(self, call: Call) -> None:
+        call.expect(1, 1)
+        value = call.number(0)
+        if value not in (50.0, 60.0):
+            raise ScpiError(-224)
+        self.line_frequency = value
+
+    def _timer_count(self, call: Call) -> str:
+        call.expect(0, 0)
+        return _sci(self.clock.now() - self.chans[0].t_stamp0)
+
+    def _timer_reset(self, call: Call) -> None:
+        call.expect(0, 0)
+        for ch in self.chans:
+            ch.t_stamp0 = self.clock.now()
+
+    def _set_stamp_auto(self, call: Call) -> None:
+        call.expect(1, 1)
+        self.stamp_auto_reset = call.boolean(0)
+
+    def _set_format(self, call: Call) -> None:
+        call.expect(1, 2)
+        kind = call.choice(0, ("ASCii", "REAL"))
+        if kind == "REAL":
+            bits = call.integer(1) if call.has(1) else 64
+            if bits not in (32, 64):
+                raise ScpiError(-224)
+            self.data_format = f"REAL{bits}"
+        else:
+            if call.has(1):
+                raise ScpiError(-108)
+            self.data_format = "ASCii"
+
+    def _get_format(self, call: Call) -> str:
+        call.expect(0, 0)
+        return {"ASCii": "ASC", "REAL32": "REAL,32", "REAL64": "REAL,64"}[self.data_format]
+
+    def _set_border(self, call: Call) -> None:
+        call.expect(1, 1)
+        self.byte_order = call.choice(0, ("NORMal", "SWAPped"))
+
+    def _set_elements(self, call: Call) -> None:
+        call.expect(1, 6)
+        chosen = {_key(call.choice(k, _ELEMENTS)) for k in range(len(call.args))}
+        self.elements = [e for e in _ELEMENT_KEYS if e in chosen]
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _set_output(self, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._chan(call)
+        on = call.boolean(0)
+        if not on:
+            self._abort_channel(ch)
+            ch.held = None  # the output comes back at the immediate level
+        ch.output = on
+
+    def _set_off_mode(self, call: Call) -> None:
+        call.expect(1, 1)
+        self._chan(call).off_mode = call.choice(0, ("ZERO", "HIZ", "NORMal"))
+
+    def _set_flag(self, attr: str, call: Call) -> None:
+        call.expect(1, 1)
+        setattr(self._chan(call), attr, call.boolean(0))
+
+    def _get_flag(self, attr: str, call: Call) -> str:
+        call.expect(0, 0)
+        return _onoff(getattr(self._chan(call), attr))
+
+    # --- source -------------------------------------------------------------------------------
+
+    def _idle_channel(self, call: Call) -> _Channel:
+        ch = self._chan(call)
+        if ch.timeline.run is not None:
+            raise ScpiError(-221, "Settings conflict, a trigger run is in progress")
+        return ch
+
+    def _set_source_function(self, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._idle_channel(call)
+        ch.func = _key(call.choice(0, ("VOLTage", "CURRent")))
+        ch.held = None
+
+    def _set_shape(self, call: Call) -> None:
+        call.expect(1, 1)
+        self._idle_channel(call).shape = call.choice(0, ("DC", "PULSe"))
+
+    def _set_pulse(self, attr: str, lo: float, hi: float, call: Call) -> None:
+        call.expect(1, 1)
+        value = call.number(0, minimum=lo, maximum=hi, default=lo)
+        setattr(self._chan(call), attr, value)
+
+    def _set_choice(self, attr: str, options: tuple[str, ...], call: Call) -> None:
+        call.expect(1, 1)
+        setattr(self._chan(call), attr, call.choice(0, options))
+
+    def _set_level(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._chan(call)
+        src = ch.source[f]
+        level = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=0.0)
+        if not src.auto and abs(level) > src.range * OVERRANGE * (1 + 1e-12):
+            raise ScpiError(-222)
+        src.level = level
+        if src.auto:
+            src.range = range_for_level(src.ranges, level)
+        if f == ch.func:
+            ch.held = None
+
+    def _set_trig_level(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        src = self._chan(call).source[f]
+        src.trig_level = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=0.0)
+
+    def _get_level(self, f: str, triggered: bool, call: Call) -> str:
+        call.expect(0, 0)
+        src = self._chan(call).source[f]
+        if triggered and src.trig_level is not None:
+            return _sci(src.trig_level)
+        return _sci(src.level)
+
+    def _set_source_range(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        src = self._chan(call).source[f]
+        value = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=src.ranges[-1])
+        src.range = range_at_least(src.ranges, min(abs(value), src.ranges[-1]))
+        src.auto = False
+
+    def _set_source_auto(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        src = self._chan(call).source[f]
+        src.auto = call.boolean(0)
+        if src.auto:
+            src.range = range_for_level(src.ranges, src.level)
+
+    def _set_source_mode(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        self._idle_channel(call).source[f].mode = call.choice(0, ("FIXed", "SWEep", "LIST"))
+
+    def _set_sweep_end(self, f: str, attr: str, call: Call) -> None:
+        call.expect(1, 1)
+        src = self._chan(call).source[f]
+        setattr(src, attr, call.number(0, minimum=-src.maximum, maximum=src.maximum, default=0.0))
+
+    def _set_points(self, f: str | None, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._chan(call)
+        ch.source[f or ch.func].points = call.integer(0, minimum=1, maximum=MAX_LIST, default=1)
+
+    def _set_step(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        src = self._chan(call).source[f]
+        step = call.number(0, minimum=-2 * src.maximum, maximum=2 * src.maximum)
+        if step == 0 or (src.stop - src.start) * step < 0:
+            raise ScpiError(-221, "Settings conflict, step does not lead from start to stop")
+        n = math.floor(abs((src.stop - src.start) / step) * (1 + 1e-12)) + 1
+        if not 1 <= n <= MAX_LIST:
+            raise ScpiError(-222)
+        src.points = n
+
+    def _get_step(self, f: str, call: Call) -> str:
+        call.expect(0, 0)
+        src = self._chan(call).source[f]
+        return _sci(0.0 if src.points < 2 else (src.stop - src.start) / (src.points - 1))
+
+    def _set_list(self, f: str, append: bool, call: Call) -> None:
+        call.expect(1)
+        src = self._idle_channel(call).source[f]
+        m = src.maximum
+        values = number_list(call, m)
+        new = (src.values if append else []) + values
+        if len(new) > MAX_LIST:
+            raise ScpiError(-223, "Too much data, a list holds at most 2500 levels")
+        src.values = new
+
+    def _get_list(self, f: str, call: Call) -> str:
+        call.expect(0, 0)
+        values = self._chan(call).source[f].values
+        if not values:
+            raise ScpiError(-230, "Data corrupt or stale, the list is empty")
+        return ",".join(_sci(v) for v in values)
+
+    # --- sense --------------------------------------------------------------------------------
+
+    def _parse_funcs(self, call: Call) -> list[str]:
+        out = []
+        for token in call.args:
+            text = unquote(token)
+            head, _, tail = text.partition(":")
+            for f, word in _FUNCS.items():
+                if match_mnemonic(head, word) and (
+                    not tail or (f != "RES" and tail.upper() == "DC")
+                ):
+                    out.append(f)
+                    break
+            else:
+                raise ScpiError(-224, f"Illegal parameter value, {text!r}")
+        return out
+
+    def _func(self, on: bool, call: Call) -> None:
+        call.expect(1, 3)
+        ch = self._idle_channel(call)
+        for f in self._parse_funcs(call):
+            if on and f not in ch.funcs:
+                ch.funcs.append(f)
+            elif not on and f in ch.funcs:
+                ch.funcs.remove(f)
+
+    def _func_all(self, call: Call) -> None:
+        call.expect(0, 0)
+        self._idle_channel(call).funcs = ["VOLT", "CURR", "RES"]
+
+    def _func_off_all(self, call: Call) -> None:
+        call.expect(0, 0)
+        self._idle_channel(call).funcs = []
+
+    def _get_funcs(self, call: Call) -> str:
+        call.expect(0, 0)
+        ch = self._chan(call)
+        return ",".join(f'"{f}"' for f in _FUNCS if f in ch.funcs) or '""'
+
+    def _get_funcs_off(self, call: Call) -> str:
+        call.expect(0, 0)
+        ch = self._chan(call)
+        return ",".join(f'"{f}"' for f in _FUNCS if f not in ch.funcs) or '""'
+
+    def _set_remote(self, call: Call) -> None:
+        call.expect(1, 1)
+        self._chan(call).remote_sense = call.boolean(0)
+
+    def _set_sense_range(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        s = self._chan(call).sense[f]
+        top = s.ranges[-1]
+        value = call.number(0, minimum=-top * OVERRANGE, maximum=top * OVERRANGE, default=top)
+        s.range = range_at_least(s.ranges, min(abs(value), top))
+        s.auto = False
+
+    def _set_sense_auto(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        self._chan(call).sense[f].auto = call.boolean(0)
+
+    def _set_nplc(self, call: Call) -> None:
+        call.expect(1, 1)
+        lo, hi = MIN_APERTURE * self.line_frequency, MAX_APERTURE * self.line_frequency
+        self._chan(call).nplc = call.number(0, minimum=lo, maximum=hi, default=1.0)
+
+    def _set_aperture(self, call: Call) -> None:
+        call.expect(1, 1)
+        aperture = call.number(0, minimum=MIN_APERTURE, maximum=MAX_APERTURE, default=0.1)
+        self._chan(call).nplc = aperture * self.line_frequency
+
+    def _set_protection(self, f: str, call: Call) -> None:
+        call.expect(1, 1)
+        top = I_MAX if f == "CURR" else V_MAX
+        value = abs(call.number(0, minimum=-top, maximum=top))
+        if value == 0:
+            raise ScpiError(-222)
+        self._chan(call).sense[f].protection = value
+
+    def _tripped(self, f: str, call: Call) -> str:
+        call.expect(0, 0)
+        ch = self._chan(call)
+        if not ch.output or ch.func == f:
+            return "0"
+        run = ch.timeline.run
+        level = run.level(run.done) if run is not None else ch.level_now()
+        return _onoff(ch.timeline.core.in_limit(ch.func, level, ch.limit()))
+
+    # --- measurements -------------------------------------------------------------------------
+
+    def _measure(self, f: str | None, call: Call) -> str | bytes:
+        call.expect(0, 1)
+        rows = self._spot(self._chanlist(call), also=f)
+        return self._format_rows(np.concatenate(rows), [f] if f is not None else None)
+
+    def _fetch_rows(self, kind: str, chans: list[_Channel]) -> np.ndarray:
+        self._wait(chans)
+        parts = []
+        for ch in chans:
+            data = ch.result
+            if len(data) == 0:
+                raise ScpiError(-230, "Data corrupt or stale, no readings")
+            parts.append(data if kind == "ARRay" else data[-1:])
+        return np.concatenate(parts)
+
+    def _fetch(self, kind: str, f: str | None, call: Call) -> str | bytes:
+        call.expect(0, 1)
+        rows = self._fetch_rows(kind, self._chanlist(call))
+        return self._format_rows(rows, [f] if f is not None else None)
+
+    def _read(self, kind: str, f: str | None, call: Call) -> str | bytes:
+        call.expect(0, 1)
+        chans = self._chanlist(call)
+        self._start(chans)
+        rows = self._fetch_rows(kind, chans)
+        return self._format_rows(rows, [f] if f is not None else None)
+
+    # --- trigger system -----------------------------------------------------------------------
+
+    def _init(self, call: Call) -> None:
+        call.expect(0, 1)
+        self._start(self._chanlist(call))
+
+    def _abort_channel(self, ch: _Channel) -> None:
+        run = ch.timeline.run
+        if run is None:
+            return
+        self._advance_channel(ch, self.clock.now())
+        if ch.timeline.run is run:
+            ch.timeline.run = None
+            self._on_end(ch, run)
+            k = run.index_at(self.clock.now())
+            ch.held = run.base if ch.shape == "PULSe" else run.level(k)
+
+    def _abort(self, call: Call) -> None:
+        call.expect(0, 1)
+        for ch in self._chanlist(call):
+            self._abort_channel(ch)
+
+    def _idle_query(self, call: Call) -> str:
+        call.expect(0, 1)
+        self._wait(self._chanlist(call))
+        return "1"
+
+    def _set_layer(self, table: str, layers: tuple[str, ...], attr: str, call: Call) -> None:
+        call.expect(1, 2)
+        ch = self._chan(call)
+        if attr == "source":
+            value: object = call.choice(
+                0, ("AINT", "BUS", "TIMer", "INT1", "INT2", "LAN", "EXT1", "EXT2", "EXTernal")
+            )
+        elif attr == "timer":
+            value = call.number(0, minimum=MIN_TIMER, maximum=MAX_TIMER, default=MIN_TIMER)
+        elif attr == "count":
+            value = call.integer(
+                0, minimum=1, maximum=MAX_COUNT, default=1, named={"INFinity": MAX_COUNT}
+            )
+        else:
+            value = call.number(0, minimum=0.0, maximum=MAX_DELAY, default=0.0)
+        if ch.timeline.run is not None:
+            raise ScpiError(-221, "Settings conflict, a trigger run is in progress")
+        for layer in layers:
+            setattr(getattr(ch, table)[layer], attr, value)
+
+    def _get_layer(self, table: str, layers: tuple[str, ...], attr: str, call: Call) -> str:
+        call.expect(0, 1)
+        value = getattr(getattr(self._chan(call), table)[layers[0]], attr)
+        if attr == "source":
+            return _key(value)
+        if attr == "count":
+            return str(value)
+        return _sci(value)
+
+    # --- trace buffer -------------------------------------------------------------------------
+
+    def _trace_feed(self, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._chan(call)
+        if ch.trace.control == "NEXT":
+            raise ScpiError(-221, "Settings conflict, the trace buffer is being written")
+        ch.trace.feed = call.choice(0, ("SENSe", "MATH", "LIMit"))
+
+    def _trace_control(self, call: Call) -> None:
+        call.expect(1, 1)
+        self._chan(call).trace.control = call.choice(0, ("NEVer", "NEXT"))
+
+    def _trace_points(self, call: Call) -> None:
+        call.expect(1, 1)
+        ch = self._chan(call)
+        n = call.integer(0, minimum=1, maximum=MAX_TRACE, default=MAX_TRACE)
+        if ch.trace.control == "NEXT":
+            raise ScpiError(-221, "Settings conflict, the trace buffer is being written")
+        ch.trace.capacity = n
+
+    def _trace_clear(self, call: Call) -> None:
+        call.expect(0, 0)
+        tr = self._chan(call).trace
+        if tr.control == "NEXT":
+            raise ScpiError(-221, "Settings conflict, the trace buffer is being written")
+        tr.blocks.clear()
+        tr.count = 0
+
+    def _trace_tst(self, call: Call) -> None:
+        call.expect(1, 1)
+        self._chan(call).trace.tst = call.choice(0, ("ABSolute", "DELTa"))
+
+    def _trace_data(self, call: Call) -> str | bytes:
+        call.expect(0, 2)
+        tr = self._chan(call).trace
+        offset = call.integer(0, minimum=0, maximum=MAX_TRACE) if call.has(0) else 0
+        size = call.integer(1, minimum=1, maximum=MAX_TRACE) if call.has(1) else None
+        if offset > tr.count or (size is not None and offset + size > tr.count):
+            raise ScpiError(-222, "Parameter data out of range, beyond the stored readings")
+        data = tr.data()
+        stop = tr.count if size is None else offset + size
+        rows = data[offset:stop].copy()
+        if tr.tst == "DELTa" and len(rows):
+            t = data[:stop, 3]
+            rows[:, 3] = np.diff(t, prepend=t[0])[offset:stop]
+        return self._format_rows(rows)
+
+
+def _accept_boolean(call: Call) -> None:
+    """A setting the emulator checks but does not model."""
+    call.expect(1, 1)
+    call.boolean(0)
+
+
+def _accept_integer(call: Call) -> None:
+    call.expect(1, 1)
+    call.integer(0)
+
+
+def _accept_any(call: Call) -> None:
+    call.expect(1)

@@ -1,0 +1,186 @@
+"""The B2900 driver against its emulator and device models (behaviour level)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import labctl
+from drivers.base import Limits
+from drivers.keysight_b2900 import KeysightB2900
+from labctl.clock import VirtualClock
+from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
+from labctl.errors import Aborted, InstrumentError
+from labctl.program import hold, pulse, ramp, staircase, triangle
+from labctl.sim.devices import make_device
+from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
+from labctl.transport import LoopbackTransport
+
+
+def connect(device="resistor", **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    d = labctl.connect(f"sim://keysight_b2900?device={device}&seed=1&{query}")
+    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+    return d
+
+
+def run(d, program, abort=None):
+    return Chunk.concat(list(d.execute(program, abort)))
+
+
+def on(data, channel):
+    return data.channel == channel
+
+
+def test_connect_finds_the_driver_and_identifies():
+    d = connect()
+    assert isinstance(d, KeysightB2900)
+    assert d.identity.startswith("Keysight Technologies,B2902A,")
+    assert d.capabilities.channels == ("1", "2")
+
+
+def test_hardware_triangle_on_both_channels_at_once():
+    d = connect(R=1e6, noise=0, **{"ch2.R": 2e6})
+    d.configure(compliance_a=1e-3, nplc=0.01, channels=[0, 1])
+    p = triangle(1.0, 2.0, cycles=3, points_per_cycle=400)
+    data = run(d, p)
+    assert len(data) == 2 * len(p)
+    for channel, r_ohm in ((0, 1e6), (1, 2e6)):
+        c = on(data, channel)
+        np.testing.assert_allclose(data.t[c], p.step_ends(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(data.v[c], p.level, atol=1e-6)  # measured, 1 uV steps
+        np.testing.assert_allclose(data.i[c], p.level / r_ohm, rtol=0, atol=1e-12)
+    assert not np.any(data.flags & SOFTWARE_TIMED)
+    assert d.clock.now() == pytest.approx(p.total_duration)
+
+
+def test_one_channel_only_leaves_the_other_alone():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01, channels=[1])
+    data = run(d, staircase([0.1, 0.2], 0.01))
+    assert list(data.channel) == [1, 1]
+    emulator = d.transport.emulator
+    assert emulator.channel_output_on(2) and not emulator.channel_output_on(1)
+
+
+def test_long_programs_and_long_steps():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.1)
+    p = ramp(0.0, 1.0, 60.0, points=6000) + hold(0.5, 250.0) + staircase([0.2, 0.3], 0.05)
+    data = run(d, p)
+    assert len(data) == 6003
+    # each sweep may end a rounding error (< 1e-12 relative) after the driver's sum
+    np.testing.assert_allclose(data.t, p.step_ends(), rtol=1e-9)
+    np.testing.assert_allclose(data.i, p.level / 1e6, atol=1e-12)
+
+
+def test_unsampled_steps_and_pulses():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.1)
+    p = pulse(1.0, 0.05, before=0.2, after=0.3, sample_pulse=True) + staircase([0.1, 0.2], 0.1)
+    data = run(d, p)
+    assert len(data) == 3
+    np.testing.assert_allclose(data.t, p.step_ends()[p.sample], rtol=1e-12)
+    np.testing.assert_allclose(data.i, [1e-6, 1e-7, 2e-7], atol=1e-12)
+
+
+def test_software_and_hardware_timing_agree_on_the_conductance():
+    results = {}
+    for timing in ("software", "hardware"):
+        d = connect("slit_unipolar", tau=0.05, noise=0)
+        d.configure(compliance_a=1e-3, nplc=0.01, timing=timing, channels=[0, 1])
+        data = run(d, staircase(np.linspace(0.1, 1.0, 10), 0.02))
+        assert bool(np.all(data.flags & SOFTWARE_TIMED)) == (timing == "software")
+        results[timing] = data.i / data.v
+        # both channels drive the same preset (noise off): they agree
+        np.testing.assert_allclose(results[timing][on(data, 0)], results[timing][on(data, 1)])
+    np.testing.assert_allclose(results["software"], results["hardware"], rtol=2e-3)
+
+
+def test_compliance_is_flagged_and_the_current_clamped():
+    d = connect(R=1e3, noise=0)
+    d.configure(compliance_a=1e-4, nplc=0.01)
+    data = run(d, staircase([0.05, 0.5], 0.01))
+    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
+    assert abs(data.i[1]) == pytest.approx(1e-4, rel=1e-5)
+
+
+def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_both_off():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01, channels=[0, 1])
+    abort = threading.Event()
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(ramp(0.0, 1.0, 20.0, points=2000), abort):
+            got.append(chunk)
+            abort.set()
+    data = Chunk.concat(got)
+    assert 0 < len(data) < 4000
+    d.safe_state()
+    assert d.transport.query(":OUTP1?;:OUTP2?") == "0;0"
+    assert not d.transport.emulator.output_on
+    d.safe_state()  # idempotent
+
+
+def test_an_instrument_error_during_a_run_is_reported():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    d.transport.emulator.inject_error(-350, "Queue overflow")
+    with pytest.raises(InstrumentError, match="-350"):
+        run(d, staircase([0.1, 0.2], 0.01))
+
+
+def test_safe_state_works_after_a_failed_sweep():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    emulator = d.transport.emulator
+    gen = d.execute(ramp(0.0, 1.0, 10.0, points=1000))
+    next(gen)
+    emulator.handle(":ABOR (@1)")  # stopped at the front panel
+    with pytest.raises(InstrumentError, match="ended short"):
+        list(gen)
+    d.safe_state()
+    assert not emulator.output_on
+
+
+def test_a_b2901a_runs_one_channel():
+    clock = VirtualClock()
+    emulator = KeysightB2900Emulator(
+        device=make_device("resistor", R=1e6), clock=clock, variant="B2901A"
+    )
+    d = KeysightB2900(LoopbackTransport(emulator, "sim-b2901a"), clock=clock)
+    d.identify()
+    assert d.capabilities.channels == ("1",)
+    d.configure(compliance_a=1e-4, nplc=0.01)
+    data = run(d, staircase([0.5, 1.0], 0.01))
+    np.testing.assert_allclose(data.i, [5e-7, 1e-6], atol=1e-12)
+    d.safe_state()
+    assert not emulator.output_on
+
+
+def test_both_channels_over_tcp_with_the_real_clock():
+    pytest.importorskip("pyvisa_py")
+    from labctl.sim.serve import start_tcp_server
+
+    server, port = start_tcp_server(
+        "keysight_b2900", port=0, device="resistor", device_params={"R": 1e6, "noise": 0}
+    )
+    try:
+        d = labctl.connect(f"TCPIP::127.0.0.1::{port}::SOCKET", timeout_s=5)
+        try:
+            assert isinstance(d, KeysightB2900)  # found by its *IDN?
+            d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+            d.configure(compliance_a=1e-3, nplc=0.01, channels=[0, 1])
+            p = staircase(np.linspace(0.0, 1.0, 50), 0.002)
+            data = run(d, p)
+            assert len(data) == 100 and not np.any(data.flags & SOFTWARE_TIMED)
+            for channel in (0, 1):  # channel 2 drives a copy of the same resistor
+                c = on(data, channel)
+                np.testing.assert_allclose(data.i[c], p.level / 1e6, atol=1e-12)
+                np.testing.assert_allclose(data.t[c], data.t[on(data, 0)])
+            d.safe_state()
+            assert not server.emulator.output_on
+        finally:
+            d.close()
+    finally:
+        server.close()

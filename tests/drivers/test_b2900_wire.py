@@ -1,0 +1,368 @@
+"""The B2901A/B2902A driver against a scripted transport: every byte it sends is pinned here."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from drivers.base import Limits
+from drivers.keysight_b2900 import KeysightB2900
+from labctl.clock import VirtualClock
+from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
+from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.program import Program, hold, ramp, staircase
+from labctl.testing import ScriptedTransport, block
+
+IDN = "Keysight Technologies,B2902A,MY51140101,3.4.2011.5100"
+IDN_B2901 = "Agilent Technologies,B2901A,MY52350123,3.0.1508.5105"
+NO_ERROR = (":SYST:ERR?", '+0,"No error"')
+TAIL = ";:FORM ASC;:FORM:BORD SWAP;:FORM:ELEM:SENS VOLT,CURR,TIME;:SYST:TIME:TIM:COUN:RES:AUTO ON"
+
+
+def channel_setup(c, *, compliance="1e-06", i_range=":SENS{c}:CURR:RANG:AUTO ON", nplc="0.1"):
+    return (
+        f":SOUR{c}:FUNC:MODE VOLT;:SOUR{c}:FUNC:SHAP DC;:SOUR{c}:VOLT:MODE FIX;"
+        f':SOUR{c}:VOLT:RANG:AUTO ON;:SENS{c}:FUNC "VOLT","CURR";:SENS{c}:FUNC:OFF "RES";'
+        f":SENS{c}:CURR:PROT {compliance};{i_range.format(c=c)};:SENS{c}:CURR:NPLC {nplc};"
+        f":TRIG{c}:TRAN:DEL 0;:ARM{c}:COUN 1"
+    )
+
+
+def sweep_setup(c, *, n, period, acq):
+    return (
+        f":SOUR{c}:VOLT:MODE LIST;:TRIG{c}:SOUR TIM;:TRIG{c}:TIM {period};:TRIG{c}:COUN {n};"
+        f":TRIG{c}:ACQ:DEL {acq};:TRAC{c}:FEED:CONT NEV;:TRAC{c}:CLE;:TRAC{c}:POIN {n};"
+        f":TRAC{c}:FEED SENS;:TRAC{c}:FEED:CONT NEXT"
+    )
+
+
+def make(script, channels=(0,)):
+    t = ScriptedTransport(script)
+    d = KeysightB2900(t, clock=VirtualClock())
+    d.line_frequency_hz = 50.0
+    d.channels = list(channels)
+    return d, t
+
+
+def test_identify_reads_the_model_and_line_frequency():
+    d, t = make([("*IDN?", IDN), (":SYST:LFR?", "60")])
+    assert d.identify() == IDN
+    assert d.model == "B2902A" and d.capabilities.channels == ("1", "2")
+    assert d.line_frequency_hz == 60.0
+    t.assert_done()
+
+
+def test_a_b2901a_has_one_channel():
+    d, _ = make([("*IDN?", IDN_B2901), (":SYST:LFR?", "50")], channels=(0, 1))
+    d.identify()
+    assert d.capabilities.channels == ("1",)
+    assert d.channels == [0]
+    assert KeysightB2900.capabilities.channels == ("1", "2")
+    with pytest.raises(ValidationError, match="channels"):
+        d.configure(channels=[1])
+
+
+def test_identify_refuses_another_instrument():
+    d, _ = make([("*IDN?", "KEITHLEY INSTRUMENTS,MODEL 2450,04488850,1.7.3c")])
+    with pytest.raises(InstrumentError, match="not a Keysight B2901A/B2902A"):
+        d.identify()
+
+
+def test_configure_one_channel_in_one_compound():
+    d, t = make(
+        [
+            (
+                channel_setup(1, i_range=":SENS{c}:CURR:RANG 1e-06") + TAIL,
+                None,
+            ),
+            NO_ERROR,
+        ]
+    )
+    d.configure(compliance_a=1e-6, nplc=0.1, current_range_a=5e-7)
+    t.assert_done()
+
+
+def test_configure_both_channels():
+    d, t = make([(channel_setup(1) + ";" + channel_setup(2) + TAIL, None), NO_ERROR])
+    d.configure(compliance_a=1e-6, nplc=0.1, channels=[1, 0])
+    assert d.channels == [0, 1]
+    t.assert_done()
+
+
+def test_configure_reports_every_queued_error():
+    d, _ = make(
+        [
+            (channel_setup(1, compliance="0.0001", nplc="1") + TAIL, None),
+            (":SYST:ERR?", '-222,"Data out of range"'),
+            (":SYST:ERR?", '-113,"Undefined header"'),
+            NO_ERROR,
+        ]
+    )
+    with pytest.raises(InstrumentError, match=r"-222.*\| -113"):
+        d.configure()
+
+
+def test_configure_refuses_bad_values_before_sending_anything():
+    d, t = make([])
+    with pytest.raises(ValidationError, match="channels"):
+        d.configure(channels=[2])
+    with pytest.raises(ValidationError, match="nplc"):
+        d.configure(nplc=500)
+    with pytest.raises(ValidationError, match="current_range_a"):
+        d.configure(current_range_a=5.0)
+    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
+    with pytest.raises(LimitError, match="max_i"):
+        d.configure(compliance_a=1e-3)
+    assert t.sent == []
+
+
+def test_software_timed_steps_on_one_channel():
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0.5;:OUTP1 ON", None),
+            (":MEAS? (@1)", "+5.000000E-01,+1.000000E-07,+8.000000E-02"),
+            (":SOUR1:VOLT -0.25", None),
+            (":MEAS? (@1)", "-2.500000E-01,-5.000000E-08,+1.800000E-01"),
+            NO_ERROR,
+        ]
+    )
+    d.timing = "software"
+    data = Chunk.concat(list(d.execute(staircase([0.5, -0.25], 0.1))))
+    t.assert_done()
+    np.testing.assert_allclose(data.v, [0.5, -0.25])
+    np.testing.assert_allclose(data.i, [1e-7, -5e-8])
+    np.testing.assert_allclose(data.t, [0.1, 0.2], atol=1e-9)
+    assert np.all(data.flags & SOFTWARE_TIMED)
+    assert list(data.channel) == [0, 0]
+
+
+def test_software_timed_steps_on_both_channels_measure_both_at_once():
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0.5;:OUTP1 ON;:SOUR2:VOLT 0.5;:OUTP2 ON", None),
+            (
+                ":MEAS? (@1,2)",
+                "+5.000000E-01,+1.000000E-07,+8.000000E-02,+5.000000E-01,+2.000000E-07,+8.000000E-02",
+            ),
+            NO_ERROR,
+        ],
+        channels=(0, 1),
+    )
+    d.timing = "software"
+    d.compliance_a = 1.5e-7
+    data = Chunk.concat(list(d.execute(hold(0.5, 0.1))))
+    t.assert_done()
+    assert list(data.channel) == [0, 1]
+    np.testing.assert_allclose(data.i, [1e-7, 2e-7])
+    np.testing.assert_allclose(data.t, [0.1, 0.1])
+    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
+    assert np.all(data.flags & SOFTWARE_TIMED)
+
+
+def test_list_sweep_with_the_timer_trigger_and_binary_trace_readback():
+    readings = [0.1, 1e-8, 0.008, 0.2, 2e-8, 0.018, 0.3, 1e-6, 0.028]  # VOLT,CURR,TIME
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0.1;:OUTP1 ON", None),
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 0.1,0.2,0.3", None),
+            (sweep_setup(1, n=3, period="0.01", acq="0.008") + ";:INIT (@1)", None),
+            (":TRAC1:POIN:ACT?", "3"),
+            (":TRAC1:DATA? 0,3", block(readings)),
+            (":FORM ASC", None),
+            NO_ERROR,
+        ]
+    )
+    d.nplc = 0.1  # 2 ms aperture at 50 Hz: the reading takes the last 2 ms of each 10 ms step
+    d.compliance_a = 1e-6
+    data = Chunk.concat(list(d.execute(staircase([0.1, 0.2, 0.3], 0.01))))
+    t.assert_done()
+    np.testing.assert_allclose(data.t, [0.01, 0.02, 0.03])
+    np.testing.assert_allclose(data.i, [1e-8, 2e-8, 1e-6])
+    assert list(data.flags & COMPLIANCE) == [0, 0, COMPLIANCE]
+    assert not np.any(data.flags & SOFTWARE_TIMED)
+
+
+def test_both_channels_start_on_one_init_and_read_separately():
+    one = [0.1, 1e-7, 0.008, 0.2, 2e-7, 0.018]
+    two = [0.1, 5e-8, 0.008, 0.2, 1e-7, 0.018]
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0.1;:OUTP1 ON;:SOUR2:VOLT 0.1;:OUTP2 ON", None),
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 0.1,0.2", None),
+            (":SOUR2:LIST:VOLT 0.1,0.2", None),
+            (
+                sweep_setup(1, n=2, period="0.01", acq="0.008")
+                + ";"
+                + sweep_setup(2, n=2, period="0.01", acq="0.008")
+                + ";:INIT (@1,2)",
+                None,
+            ),
+            (":TRAC1:POIN:ACT?;:TRAC2:POIN:ACT?", "2;1"),
+            (":TRAC1:DATA? 0,2", block(one)),
+            (":TRAC2:DATA? 0,1", block(two[:3])),
+            (":TRAC1:POIN:ACT?;:TRAC2:POIN:ACT?", "2;2"),  # once more, a rounding error later
+            (":TRAC2:DATA? 1,1", block(two[3:])),
+            (":FORM ASC", None),
+            NO_ERROR,
+        ],
+        channels=(0, 1),
+    )
+    d.nplc = 0.1
+    chunks = list(d.execute(staircase([0.1, 0.2], 0.01)))
+    t.assert_done()
+    data = Chunk.concat(chunks)
+    assert sorted(zip(data.channel, data.i, strict=True)) == [
+        (0, 1e-7),
+        (0, 2e-7),
+        (1, 5e-8),
+        (1, 1e-7),
+    ]
+    np.testing.assert_allclose(data.t[data.channel == 1], [0.01, 0.02])
+
+
+def test_compile_splits_at_period_changes_2500_levels_and_long_steps():
+    d, _ = make([])
+    d.nplc = 0.1  # 2 ms
+    prog = ramp(0, 1, 60.0, points=6000) + hold(0.5, 250.0) + hold(0.1, 0.06, points=3)
+    sweeps = d.compile(prog)
+    assert [s.n for s in sweeps] == [2500, 2500, 1000, 3, 3]
+    np.testing.assert_allclose([s.period_s for s in sweeps], [0.01] * 3 + [250.0 / 3, 0.02])
+    np.testing.assert_allclose(
+        [s.acq_delay_s for s in sweeps], [0.008] * 3 + [250.0 / 3 - 0.002, 0.018]
+    )
+    long = sweeps[3]  # a 250 s step: three triggers of the same level, the last one read
+    assert list(long.rows) == [6000] * 3 and list(long.keep) == [False, False, True]
+    assert sum(s.n for s in sweeps) == len(prog) + 2
+
+
+def test_a_pulse_train_runs_on_one_common_tick():
+    d, _ = make([])
+    d.nplc = 0.1
+    one = hold(0.0, 0.2, sample=False) + hold(1.0, 0.05) + hold(0.0, 0.3, sample=False)
+    prog = Program.concat([one] * 100)
+    (sweep,) = d.compile(prog)  # 300 steps of 0.2, 0.05 and 0.3 s: 1100 points of 50 ms
+    assert sweep.n == 1100 and sweep.period_s == 0.05
+    assert sweep.keep.sum() == 100
+    np.testing.assert_allclose(sweep.levels[sweep.keep], 1.0)
+
+
+def test_unsampled_steps_are_triggered_but_not_kept():
+    d, _ = make([])
+    d.nplc = 0.1
+    prog = hold(0.0, 0.01, sample=False) + hold(0.5, 0.01)
+    (sweep,) = d.compile(prog)
+    assert list(sweep.keep) == [False, True]
+
+
+def test_steps_shorter_than_the_aperture_fall_back_to_software():
+    d, _ = make([])
+    d.nplc = 1.0
+    assert d.compile(hold(0.1, 0.005)) is None
+    d.timing = "hardware"
+    with pytest.raises(ValidationError, match="shorter than the measurement time"):
+        list(d.execute(hold(0.1, 0.005)))
+
+
+def test_abort_stops_every_channel_and_keeps_the_readings_taken():
+    abort = threading.Event()
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0;:OUTP1 ON", None),
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 0,0.1", None),
+            (sweep_setup(1, n=2, period="10", acq="9.98") + ";:INIT (@1)", None),
+            (":TRAC1:POIN:ACT?", "1"),
+            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 9.98])),
+            (":ABOR (@1)", None),
+            (":TRAC1:POIN:ACT?", "1"),
+        ]
+    )
+    d.nplc = 1.0
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(staircase([0.0, 0.1], 10.0), abort):
+            got.append(chunk)
+            abort.set()
+    t.assert_done()
+    assert len(Chunk.concat(got)) == 1
+
+
+def test_a_sweep_that_stops_short_is_an_instrument_error():
+    d, _ = make(
+        [
+            (":SOUR1:VOLT 0;:OUTP1 ON", None),
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 0,0.1", None),
+            (sweep_setup(1, n=2, period="0.1", acq="0.08") + ";:INIT (@1)", None),
+            (":TRAC1:POIN:ACT?", "1"),
+            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 0.08])),
+            (":TRAC1:POIN:ACT?", "1"),
+        ]
+    )
+    with pytest.raises(InstrumentError, match="channel 1: 1"):
+        list(d.execute(staircase([0.0, 0.1], 0.1)))
+
+
+def test_a_program_compliance_goes_to_every_channel():
+    d, t = make(
+        [
+            (":SENS1:CURR:PROT 1e-05;:SENS2:CURR:PROT 1e-05", None),
+            (":SOUR1:VOLT 0.2;:OUTP1 ON;:SOUR2:VOLT 0.2;:OUTP2 ON", None),
+            (":MEAS? (@1,2)", "+2E-01,+1E-08,+1E-02,+2E-01,+1E-08,+1E-02"),
+            NO_ERROR,
+        ],
+        channels=(0, 1),
+    )
+    d.timing = "software"
+    list(d.execute(hold(0.2, 0.05).with_compliance(1e-5)))
+    t.assert_done()
+
+
+def test_safe_state_turns_every_channel_off_and_confirms():
+    d, t = make(
+        [
+            (
+                ":ABOR (@1,2);:SOUR1:VOLT:MODE FIX;:SOUR1:VOLT 0;:OUTP1 OFF;"
+                ":SOUR2:VOLT:MODE FIX;:SOUR2:VOLT 0;:OUTP2 OFF",
+                None,
+            ),
+            (":OUTP1?;:OUTP2?", "0;0"),
+        ]
+    )
+    d.safe_state()
+    t.assert_done()
+
+
+def test_safe_state_raises_if_an_output_stays_on():
+    d, _ = make(
+        [
+            (
+                ":ABOR (@1,2);:SOUR1:VOLT:MODE FIX;:SOUR1:VOLT 0;:OUTP1 OFF;"
+                ":SOUR2:VOLT:MODE FIX;:SOUR2:VOLT 0;:OUTP2 OFF",
+                None,
+            ),
+            (":OUTP1?;:OUTP2?", "0;1"),
+        ]
+    )
+    with pytest.raises(InstrumentError, match=r"channel \[2\]"):
+        d.safe_state()
+
+
+def test_driver_refuses_levels_beyond_the_sample_limit_before_sending_anything():
+    d, t = make([])
+    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
+    with pytest.raises(LimitError, match="max_v = 1 V"):
+        list(d.execute(hold(1.2, 1.0)))
+    with pytest.raises(ValidationError, match="voltage only"):
+        list(d.execute(hold(1e-7, 1.0, mode="I")))
+    assert t.sent == []
+
+
+def test_close_closes_the_transport():
+    closed = []
+    d, t = make([])
+    t.close = lambda: closed.append(True)
+    d.close()
+    assert closed == [True]
