@@ -75,13 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE")
     _db_arg(p)
 
+    p = sub.add_parser("resources", help="instruments found: running emulators, serial, VISA")
+    p.add_argument("--no-visa", action="store_true", help="skip the VISA scan")
+
+    p = sub.add_parser("gui", help="open the desktop app (labctl gui --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("protocols", help="list protocols, or show one protocol's parameters")
     p.add_argument("name", nargs="?")
 
     p = sub.add_parser("sim", help="the simulated backend")
     simsub = p.add_subparsers(dest="sim_command", metavar="SIMCOMMAND")
     s = simsub.add_parser(
-        "serve", help="serve an emulator on 127.0.0.1 (raw SCPI socket)", add_help=False
+        "serve",
+        help="serve an emulator on 127.0.0.1 TCP or a pseudo-terminal (--pty)",
+        add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
     simsub.add_parser(
@@ -105,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `sim serve` has its own parser (labctl.sim.serve) so its help is complete there.
     if len(argv) >= 2 and argv[0] == "sim" and argv[1] == "serve":
         return _guard(lambda: _sim_serve(argv[2:]))
+    if argv and argv[0] == "gui":  # the desktop app parses its own options
+        return _guard(lambda: _gui(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -117,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show": cmd_show,
         "export": cmd_export,
         "protocols": cmd_protocols,
+        "resources": cmd_resources,
         "sim": cmd_sim,
     }[args.command]
     return _guard(lambda: handler(args))
@@ -154,6 +165,12 @@ def _sim_serve(rest: list[str]) -> int:
     from labctl.sim.serve import main as serve_main
 
     return int(serve_main(rest) or 0)
+
+
+def _gui(rest: list[str]) -> int:
+    from gui.app import main as gui_main
+
+    return int(gui_main(rest) or 0)
 
 
 def _open_store(args):
@@ -357,6 +374,13 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     export_run_csv(store, args.run, out)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_resources(args) -> int:
+    from labctl.discovery import format_resources, list_resources
+
+    print(format_resources(list_resources(visa=not args.no_visa)))
     return 0
 
 

@@ -1,0 +1,399 @@
+"""Instrument panel: pick a resource (discovered VISA or simulated), connect, see who
+answered and whether its output is on."""
+
+from __future__ import annotations
+
+import warnings
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from PyQt5.QtCore import pyqtSignal
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.tasks import TaskRunner, describe_error
+from gui.units import fmt_si
+
+
+def sim_models() -> dict[str, str]:
+    """Instrument models that have both a driver and an in-process emulator."""
+    from drivers import DRIVERS
+    from labctl.sim.instruments.registry import EMULATORS
+
+    out = {}
+    for name in DRIVERS:
+        if name.lower().replace("-", "").replace("_", "") in EMULATORS:
+            out[name] = f"simulated {name} (in-process emulator)"
+    return out
+
+
+def list_instruments() -> list[tuple[str, str]]:
+    """(resource, description) of what this computer can reach: running emulators, serial
+    ports, VISA resources. May take seconds: call it off the GUI thread."""
+    try:
+        from labctl.discovery import list_resources
+    except ImportError:  # an older labctl: ask pyvisa-py directly
+        import pyvisa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyvisa-py warns about optional packages
+            rm = pyvisa.ResourceManager("@py")
+            try:
+                return [(r, "VISA resource") for r in rm.list_resources()]
+            finally:
+                rm.close()
+    return [(r["resource"], f"{r['kind']}: {r.get('description', '')}") for r in list_resources()]
+
+
+def sim_presets() -> dict[str, str]:
+    """Device preset name -> description, for the simulated instruments."""
+    import labctl.sim.devices.presets  # noqa: F401  (importing it registers the presets)
+    from labctl.sim.devices import PRESETS
+
+    return {name: p.description for name, p in sorted(PRESETS.items())}
+
+
+def connect_instrument(resource: str):
+    """Connect, identify and put the instrument in its safe state (0 V, output off)."""
+    from labctl.connect import connect
+
+    driver = connect(resource)
+    try:
+        driver.safe_state()
+    except Exception:
+        driver.close()
+        raise
+    return driver
+
+
+def disconnect_instrument(driver) -> None:
+    try:
+        driver.safe_state()
+    finally:
+        driver.close()
+
+
+def with_query(resource: str, **changes: str | None) -> str:
+    """``resource`` with its query keys set (None: removed), other keys kept in order."""
+    parts = urlsplit(resource)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    text = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{text}?{urlencode(query, safe='/:')}" if query else text
+
+
+class InstrumentPanel(QWidget):
+    """Emits ``connected(driver)``, ``disconnected()`` and ``output_changed(state)``."""
+
+    connected = pyqtSignal(object)
+    disconnected = pyqtSignal()
+    output_changed = pyqtSignal(str)  # "off", "on", "unknown"
+    message = pyqtSignal(str, str)  # level, text
+
+    def __init__(self, instrument_tasks: TaskRunner, scan_tasks: TaskRunner, parent=None) -> None:
+        super().__init__(parent)
+        self.tasks = instrument_tasks
+        self.scan_tasks = scan_tasks
+        self.driver = None
+        self.resource_in_use: str | None = None
+        self.output_state = "unknown"
+        self.lost_reason = ""  # set when the connection failed in use: the output is unknown
+        self._busy = False
+
+        self.resource = QComboBox()
+        self.resource.setEditable(True)
+        self.resource.setObjectName("resource")
+        self.resource.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.resource.setMinimumContentsLength(16)
+        self.resource.setToolTip(
+            "sim://MODEL?device=PRESET&seed=N for a simulated instrument, or a VISA resource "
+            "such as TCPIP::192.168.0.10::5025::SOCKET"
+        )
+        self.scan_btn = QPushButton("Scan")
+        self.scan_btn.setToolTip(
+            "List the instruments this computer can reach: USB and GPIB (VISA), serial "
+            "ports, and emulators started with 'labctl sim serve'"
+        )
+        self.scan_btn.clicked.connect(self.scan)
+        self.scan_status = QLabel("")
+        self.scan_status.setStyleSheet("color: #666;")
+
+        self.preset = QComboBox()
+        self.preset.setObjectName("preset")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.real_time = QCheckBox("real time")
+        self.real_time.setObjectName("real_time")
+        self.real_time.setChecked(True)
+        self.real_time.setToolTip(
+            "Ticked: a run takes as long as it would on the bench, so you can watch it. "
+            "Unticked: the simulator runs on a virtual clock and a run finishes at once."
+        )
+        presets = sim_presets()
+        for name, desc in presets.items():
+            self.preset.addItem(name)
+            self.preset.setItemData(self.preset.count() - 1, desc, 3)  # Qt.ToolTipRole
+        if "slit_unipolar" in presets:
+            self.preset.setCurrentText("slit_unipolar")
+        self.sim_box = QGroupBox("Simulated instrument")
+        sim_form = QFormLayout(self.sim_box)
+        sim_form.addRow("device preset", self.preset)
+        sim_form.addRow("seed", self.seed)
+        sim_form.addRow(self.real_time)
+        self.preset_desc = QLabel("")
+        self.preset_desc.setWordWrap(True)
+        self.preset_desc.setStyleSheet("color: #666; font-size: 8pt;")
+        sim_form.addRow(self.preset_desc)
+
+        self.connect_btn = QPushButton("Connect")
+        self.connect_btn.setObjectName("connect")
+        self.connect_btn.clicked.connect(self.toggle_connection)
+        self.identity = QLabel("not connected")
+        self.identity.setObjectName("identity")
+        self.identity.setWordWrap(True)
+        self.caps = QLabel("")
+        self.caps.setWordWrap(True)
+        self.caps.setStyleSheet("color: #444;")
+        self.output_label = QLabel()
+        self.output_label.setObjectName("output_state")
+        self.output_label.setMinimumHeight(44)
+        self.set_output_state("unknown")
+        note = QLabel("Connecting puts the instrument in its safe state: source 0 V, output off.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #666; font-size: 8pt;")
+
+        res_row = QHBoxLayout()
+        res_row.addWidget(self.resource, 1)
+        res_row.addWidget(self.scan_btn)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Resource"))
+        lay.addLayout(res_row)
+        lay.addWidget(self.scan_status)
+        lay.addWidget(self.sim_box)
+        lay.addWidget(self.connect_btn)
+        lay.addWidget(note)
+        lay.addWidget(self.output_label)
+        lay.addWidget(QLabel("Identity"))
+        lay.addWidget(self.identity)
+        lay.addWidget(self.caps)
+        lay.addStretch(1)
+
+        for model, desc in sim_models().items():
+            self.resource.addItem(self._sim_resource(model), desc)
+            self.resource.setItemData(self.resource.count() - 1, desc, 3)
+        self.resource.currentTextChanged.connect(self._resource_changed)
+        self.preset.currentTextChanged.connect(self._sim_options_changed)
+        self.seed.valueChanged.connect(self._sim_options_changed)
+        self.real_time.toggled.connect(self._sim_options_changed)
+        self._resource_changed(self.resource.currentText())
+        self._sim_options_changed()
+
+    # --- resource text <-> simulator options ---
+
+    def _sim_resource(self, model: str) -> str:
+        return with_query(
+            f"sim://{model}",
+            device=self.preset.currentText() or "slit_unipolar",
+            seed=str(self.seed.value()),
+            clock="real" if self.real_time.isChecked() else None,
+        )
+
+    def _resource_changed(self, text: str) -> None:
+        is_sim = text.strip().startswith("sim://")
+        self.sim_box.setEnabled(is_sim)
+        if not is_sim:
+            return
+        query = dict(parse_qsl(urlsplit(text.strip()).query))
+        for widget in (self.preset, self.seed, self.real_time):
+            widget.blockSignals(True)
+        if query.get("device") and self.preset.findText(query["device"]) >= 0:
+            self.preset.setCurrentText(query["device"])
+        if query.get("seed", "").isdigit():
+            self.seed.setValue(int(query["seed"]))
+        self.real_time.setChecked(query.get("clock") == "real")
+        for widget in (self.preset, self.seed, self.real_time):
+            widget.blockSignals(False)
+        self.preset_desc.setText(self.preset.currentData(3) or "")
+
+    def _sim_options_changed(self, *_args) -> None:
+        text = self.resource.currentText().strip()
+        if not text.startswith("sim://"):
+            return
+        new = with_query(
+            text,
+            device=self.preset.currentText(),
+            seed=str(self.seed.value()),
+            clock="real" if self.real_time.isChecked() else None,
+        )
+        self.preset_desc.setText(self.preset.currentData(3) or "")
+        if new != text:
+            self.resource.blockSignals(True)
+            self.resource.setEditText(new)
+            self.resource.blockSignals(False)
+
+    def set_resource(self, resource: str) -> None:
+        """Put a resource (e.g. from a recipe) in the field, keeping the real-time choice."""
+        if resource.startswith("sim://"):
+            resource = with_query(resource, clock="real" if self.real_time.isChecked() else None)
+        self.resource.setEditText(resource)
+        self._resource_changed(resource)
+
+    def current_resource(self) -> str:
+        return self.resource.currentText().strip()
+
+    # --- discovery ---
+
+    def scan(self) -> None:
+        self.scan_btn.setEnabled(False)
+        self.scan_status.setText("looking for instruments…")
+        self.scan_tasks.submit(
+            list_instruments, on_done=self._scanned, on_error=self._scan_failed, key="scan"
+        )
+
+    def _scanned(self, found: list[tuple[str, str]]) -> None:
+        self.scan_btn.setEnabled(True)
+        known = {self.resource.itemText(k) for k in range(self.resource.count())}
+        for resource, desc in found:
+            if resource not in known:
+                self.resource.addItem(resource, desc)
+                self.resource.setItemData(self.resource.count() - 1, desc, 3)
+        self.scan_status.setText(
+            f"{len(found)} instrument(s) found (see the list)"
+            if found
+            else "no instruments found; simulated ones are in the list"
+        )
+
+    def _scan_failed(self, exc: BaseException) -> None:
+        self.scan_btn.setEnabled(True)
+        self.scan_status.setText(f"scan failed: {describe_error(exc)}")
+
+    # --- connection ---
+
+    @property
+    def is_connected(self) -> bool:
+        return self.driver is not None
+
+    def set_run_active(self, active: bool) -> None:
+        """During a run the instrument cannot be changed or disconnected."""
+        self.connect_btn.setEnabled(not active and not self._busy)
+        self.resource.setEnabled(not active and self.driver is None)
+        self.sim_box.setEnabled(
+            not active and self.driver is None and self.current_resource().startswith("sim://")
+        )
+
+    def toggle_connection(self) -> None:
+        if self._busy:
+            return
+        if self.driver is None:
+            resource = self.current_resource()
+            if not resource:
+                self.message.emit("error", "Give a resource to connect to")
+                return
+            self._set_busy(True, f"connecting to {resource}…")
+            self.tasks.submit(
+                connect_instrument,
+                resource,
+                on_done=lambda drv: self._connected(drv, resource),
+                on_error=self._connect_failed,
+            )
+        else:
+            driver = self.driver
+            self._set_busy(True, "disconnecting…")
+            self.tasks.submit(
+                disconnect_instrument,
+                driver,
+                on_done=lambda _r: self._disconnected(None),
+                on_error=self._disconnected,
+            )
+
+    def _set_busy(self, busy: bool, text: str = "") -> None:
+        self._busy = busy
+        self.connect_btn.setEnabled(not busy)
+        if text:
+            self.identity.setText(text)
+
+    def _connected(self, driver, resource: str) -> None:
+        self._set_busy(False)
+        self.driver = driver
+        self.resource_in_use = resource
+        self.lost_reason = ""
+        self.connect_btn.setText("Disconnect")
+        self.resource.setEnabled(False)
+        self.sim_box.setEnabled(False)
+        self.identity.setText(driver.identity or driver.name)
+        c = driver.capabilities
+        timing = "hardware-timed lists" if c.hardware_timing else "software timing"
+        self.caps.setText(
+            f"{c.kind.upper()}: ±{fmt_si(c.v_max, 'V')}, ±{fmt_si(c.i_max, 'A')}, {timing}"
+        )
+        self.set_output_state("off")
+        self.message.emit("info", f"Connected to {driver.identity or resource}")
+        self.connected.emit(driver)
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self._set_busy(False)
+        self.identity.setText("not connected")
+        self.message.emit("error", f"Cannot connect: {describe_error(exc)}")
+
+    def _disconnected(self, exc: BaseException | None) -> None:
+        self._set_busy(False)
+        self.driver = None
+        self.resource_in_use = None
+        self.connect_btn.setText("Connect")
+        self.resource.setEnabled(True)
+        self._resource_changed(self.current_resource())
+        self.identity.setText("not connected")
+        self.caps.setText("")
+        if exc is not None:
+            self.set_output_state("unknown")
+            self.message.emit(
+                "error",
+                f"Disconnected, but the safe state was not confirmed: {describe_error(exc)}. "
+                "Check the instrument's output.",
+            )
+        else:
+            self.set_output_state("unknown")
+            self.message.emit("info", "Disconnected (output was switched off first)")
+        self.disconnected.emit()
+
+    def lost(self, reason: str) -> None:
+        """The connection failed during use: forget the driver, state unknown."""
+        driver = self.driver
+        if driver is not None:
+            self.tasks.submit(driver.close, on_error=lambda _e: None)
+        self.lost_reason = reason or "connection lost"
+        self.driver = None
+        self.resource_in_use = None
+        self.connect_btn.setText("Connect")
+        self.resource.setEnabled(True)
+        self._resource_changed(self.current_resource())
+        self.identity.setText(f"connection lost: {reason}")
+        self.set_output_state("unknown")
+        self.disconnected.emit()
+
+    def set_output_state(self, state: str) -> None:
+        self.output_state = state
+        text, style = {
+            "off": ("OUTPUT OFF", "background: #2e7d32; color: white;"),
+            "on": ("OUTPUT ON", "background: #c62828; color: white;"),
+        }.get(state, ("OUTPUT: UNKNOWN", "background: #f9a825; color: black;"))
+        if state == "unknown" and self.driver is None and not self.lost_reason:
+            text, style = "NOT CONNECTED", "background: #9e9e9e; color: white;"
+        self.output_label.setText(text)
+        self.output_label.setStyleSheet(
+            style + "font-size: 16pt; font-weight: bold; padding: 6px; border-radius: 4px;"
+        )
+        self.output_changed.emit(state)

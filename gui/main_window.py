@@ -1,0 +1,847 @@
+"""The main window: instrument, sample and protocol on the left; live plots and history on
+the right; the output state and the OUTPUT OFF / ABORT button always in view at the top."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from PyQt5.QtCore import QElapsedTimer, Qt, QTimer
+from PyQt5.QtGui import QKeySequence
+from PyQt5.QtWidgets import (
+    QAction,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.history_panel import HistoryPanel
+from gui.instrument_panel import InstrumentPanel
+from gui.live import DEFAULT_CAPACITY, EngineBridge, GuiListener, Inbox, LiveModel
+from gui.plots import LivePlots
+from gui.protocol_panel import ProtocolPanel
+from gui.sample_panel import SamplePanel
+from gui.tasks import TaskRunner, describe_error
+from gui.units import fmt_duration
+from gui.watcher import RunWatcher
+from labctl.errors import ConnectionLost, TransportError
+
+log = logging.getLogger("labctl.gui")
+FRAME_MS = 6  # each tick redraws one of the five plots in turn: each ~30 frames/s
+SATURATED_MS = 25  # a tick this late: the event loop is saturated, skip a redraw
+PAUSE_TIP = (
+    "Pause is not supported by this protocol: the run engine cannot pause a run yet. "
+    "Abort stops the run safely and keeps every point taken."
+)
+
+
+def run_on_instrument(engine, protocol, driver, sample_name: str, store, **kwargs):
+    """The run, on the instrument thread: fresh sample limits, a check of every program
+    against them before anything is sent, then the engine."""
+    from drivers.base import check_program
+    from labctl.engine import sample_limits
+    from labctl.errors import ValidationError
+
+    sample = store.get_sample(sample_name)
+    if sample is None:
+        raise ValidationError("sample", f"no sample {sample_name!r} in the database")
+    limits = sample_limits(sample)
+    if protocol.closed_loop:  # its programs depend on the data: check the largest it may send
+        envelope = getattr(protocol, "envelope", lambda: None)()
+        ahead = [envelope] if envelope is not None else []
+    else:
+        ahead = protocol.programs()
+    for program in ahead:
+        check_program(program, limits, driver.capabilities, "refused before output on")
+    return engine.run(protocol, driver, sample, handle_signals=False, **kwargs)
+
+
+def final_metrics(store, run_id: int):
+    return store.metrics(run_id)
+
+
+class MainWindow(QMainWindow):
+    def __init__(
+        self,
+        db_url: str | None = None,
+        *,
+        store=None,
+        scan_visa: bool = True,
+        capacity: int = DEFAULT_CAPACITY,
+        watch_interval_ms: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.setWindowTitle("labctl — memristor lab control")
+        self.resize(1500, 950)
+        self.store = None
+        self.db_url = db_url
+        self.engine = None
+        self.run_id: int | None = None
+        self.run_active = False
+        self.run_total_s: float | None = None
+        self.last_result = None
+        self._aborting = False
+        self._close_after_run = False
+        self._closing = False
+        self._closed_clean = False
+        self._wall0: float | None = None
+        self._t_first: float | None = None
+        self._live = False  # a run (ours or watched) is going on: progress is updated
+        self._progress_at = 0.0
+
+        self.instrument_tasks = TaskRunner("instrument", 1, self)
+        self.db_tasks = TaskRunner("db", 2, self)
+        self.calc_tasks = TaskRunner("calc", 1, self)
+        self.scan_tasks = TaskRunner("visa-scan", 1, self)
+        for runner in (self.instrument_tasks, self.db_tasks, self.calc_tasks, self.scan_tasks):
+            runner.failed.connect(lambda text: self.show_message("error", text))
+
+        self.inbox = Inbox(max_pending_points=2 * capacity)
+        self.model = LiveModel(capacity)
+        self.bridge = EngineBridge(self)
+        self.bridge.started.connect(self._run_started)
+        self.bridge.finished.connect(self._run_finished)
+
+        # panels
+        self.instrument = InstrumentPanel(self.instrument_tasks, self.scan_tasks)
+        self.samples = SamplePanel(self.db_tasks)
+        self.protocol = ProtocolPanel(self.calc_tasks)
+        self.plots = LivePlots(self.model)
+        self.history = HistoryPanel(self.db_tasks)
+        self.watcher = RunWatcher(self.db_tasks, self.inbox, list_interval_ms=watch_interval_ms)
+        for panel in (self.instrument, self.samples, self.protocol, self.history, self.watcher):
+            panel.message.connect(self.show_message)
+        self.instrument.output_changed.connect(self._output_changed)
+        self.instrument.connected.connect(lambda _d: self._update_controls())
+        self.instrument.disconnected.connect(self._update_controls)
+        self.samples.selected.connect(lambda _s: self._update_controls())
+        self.samples.listed.connect(self._samples_listed)
+        self.protocol.recipe_loaded.connect(self._recipe_loaded)
+        self.protocol.estimate_changed.connect(self._estimate_changed)
+        self.history.watch_requested.connect(self.watch_run)
+        self.watcher.running_changed.connect(self._running_elsewhere)
+        self.watcher.watch_started.connect(self._watch_started)
+        self.watcher.watch_finished.connect(self._watch_finished)
+
+        self._build_layout()
+        self._build_menu()
+
+        self._frame_clock = QElapsedTimer()
+        self._frame_clock.start()
+        self._last_frame_ms = 0
+        self._skipped = 0
+        self.frame_timer = QTimer(self)
+        self.frame_timer.setInterval(FRAME_MS)
+        self.frame_timer.timeout.connect(self._frame)
+        self.frame_timer.start()
+
+        self._owns_store = store is None
+        if store is not None:
+            self._store_opened(store)
+        else:
+            self._open_store(db_url)
+        if scan_visa:
+            self.instrument.scan()
+        self._update_controls()
+
+    # --- layout ---
+
+    def _build_layout(self) -> None:
+        # the safety bar: always visible whatever tab is shown
+        self.output_badge = QLabel()
+        self.output_badge.setObjectName("output_badge")
+        self.output_badge.setMinimumWidth(170)
+        self.output_badge.setAlignment(Qt.AlignCenter)
+        self.stop_btn = QPushButton("OUTPUT OFF / ABORT")
+        self.stop_btn.setObjectName("stop")
+        self.stop_btn.setMinimumHeight(48)
+        self.stop_btn.setMinimumWidth(220)
+        self.stop_btn.setStyleSheet(
+            "QPushButton { background: #c62828; color: white; font-size: 14pt; "
+            "font-weight: bold; border-radius: 6px; padding: 6px; }"
+            "QPushButton:pressed { background: #8e0000; }"
+        )
+        self.stop_btn.setToolTip(
+            "During a run: abort it (the instrument goes to 0 V, output off; the points taken "
+            "are kept). Otherwise: put the connected instrument in its safe state. (Ctrl+.)"
+        )
+        self.stop_btn.clicked.connect(self.stop_pressed)
+        self.start_btn = QPushButton("Start run")
+        self.start_btn.setObjectName("start")
+        self.start_btn.setMinimumHeight(48)
+        self.start_btn.setStyleSheet(
+            "QPushButton { background: #2e7d32; color: white; font-size: 13pt; "
+            "font-weight: bold; border-radius: 6px; padding: 6px 14px; }"
+            "QPushButton:disabled { background: #9e9e9e; }"
+        )
+        self.start_btn.clicked.connect(self.start_run)
+        self.pause_btn = QPushButton("Pause")
+        self.pause_btn.setObjectName("pause")
+        self.pause_btn.setMinimumHeight(48)
+        self.pause_btn.setEnabled(False)
+        self.pause_btn.setToolTip(PAUSE_TIP)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progress")
+        self.progress.setRange(0, 1000)
+        self.progress.setFormat("%p%")
+        self.progress.setMinimumWidth(260)
+        self.eta = QLabel("")
+        self.eta.setObjectName("eta")
+        self.run_status = QLabel("idle")
+        self.run_status.setObjectName("run_status")
+        self.run_status.setStyleSheet("font-weight: bold;")
+        # long texts (a database path, an error) must never squeeze the safety controls
+        self.run_status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.why_not = QLabel("")
+        self.why_not.setStyleSheet("color: #666;")
+        self.why_not.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        status_col = QVBoxLayout()
+        status_col.addWidget(self.run_status)
+        prog_row = QHBoxLayout()
+        prog_row.addWidget(self.progress, 1)
+        prog_row.addWidget(self.eta)
+        status_col.addLayout(prog_row)
+        status_col.addWidget(self.why_not)
+        for w in (self.output_badge, self.stop_btn, self.start_btn, self.pause_btn):
+            w.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Fixed)
+        self.output_badge.setFixedWidth(230)
+        self.stop_btn.setFixedWidth(250)
+        bar = QHBoxLayout()
+        bar.addWidget(self.output_badge)
+        bar.addWidget(self.stop_btn)
+        bar.addSpacing(12)
+        bar.addWidget(self.start_btn)
+        bar.addWidget(self.pause_btn)
+        bar.addSpacing(12)
+        bar.addLayout(status_col, 1)
+        safety = QFrame()
+        safety.setObjectName("safety_bar")
+        safety.setFrameShape(QFrame.StyledPanel)
+        safety.setLayout(bar)
+
+        self.banner = QLabel("")
+        self.banner.setObjectName("banner")
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(False)
+        self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.banner.setStyleSheet(
+            "background: #fdecea; color: #8e0000; border: 1px solid #c62828; padding: 6px;"
+        )
+        self.banner_close = QPushButton("Dismiss")
+        self.banner_close.setVisible(False)
+        self.banner_close.clicked.connect(self.clear_banner)
+        banner_row = QHBoxLayout()
+        banner_row.addWidget(self.banner, 1)
+        banner_row.addWidget(self.banner_close)
+
+        self.left = QTabWidget()
+        self.left.setObjectName("setup_tabs")
+        self.left.addTab(self.instrument, "1 Instrument")
+        self.left.addTab(self.samples, "2 Sample")
+        self.left.addTab(self.protocol, "3 Protocol")
+        self.left.setMinimumWidth(400)
+
+        # live tab: what is shown, and runs of other processes one can watch
+        self.live_title = QLabel("No run yet")
+        self.live_title.setObjectName("live_title")
+        self.live_title.setStyleSheet("font-weight: bold;")
+        self.live_title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.elsewhere = QComboBox()
+        self.elsewhere.setObjectName("running_elsewhere")
+        self.elsewhere.setMinimumWidth(260)
+        self.elsewhere.setToolTip("Runs started from a script or the CLI on this database")
+        self.watch_btn = QPushButton("Watch")
+        self.watch_btn.setObjectName("watch")
+        self.watch_btn.clicked.connect(self._watch_selected)
+        self.unwatch_btn = QPushButton("Stop watching")
+        self.unwatch_btn.clicked.connect(self.stop_watching)
+        self.unwatch_btn.setEnabled(False)
+        head = QHBoxLayout()
+        head.addWidget(self.live_title, 1)
+        head.addWidget(QLabel("running elsewhere:"))
+        head.addWidget(self.elsewhere)
+        head.addWidget(self.watch_btn)
+        head.addWidget(self.unwatch_btn)
+        live = QWidget()
+        live_lay = QVBoxLayout(live)
+        live_lay.setContentsMargins(0, 0, 0, 0)
+        live_lay.addLayout(head)
+        live_lay.addWidget(self.plots, 1)
+
+        self.right = QTabWidget()
+        self.right.setObjectName("view_tabs")
+        self.right.addTab(live, "Live")
+        self.right.addTab(self.history, "History")
+        self.right.currentChanged.connect(lambda _i: self.plots.refresh())
+
+        self.log_list = QListWidget()
+        self.log_list.setObjectName("messages")
+        self.log_list.setMaximumHeight(80)
+
+        split = QSplitter(Qt.Horizontal)
+        split.addWidget(self.left)
+        split.addWidget(self.right)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setSizes([430, 1070])
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(safety)
+        lay.addLayout(banner_row)
+        lay.addWidget(split, 1)
+        lay.addWidget(self.log_list)
+        self.setCentralWidget(central)
+        self._output_changed(self.instrument.output_state)
+
+    def _build_menu(self) -> None:
+        menu = self.menuBar()
+        file = menu.addMenu("&File")
+        file.addAction("Load recipe…", lambda: self.protocol.load_recipe())
+        file.addAction("Save recipe…", lambda: self.protocol.save_recipe())
+        file.addSeparator()
+        file.addAction("Export live plots as PNG…", self.export_live_png)
+        file.addSeparator()
+        file.addAction("Quit", self.close, QKeySequence.Quit)
+        run = menu.addMenu("&Run")
+        run.addAction("Start", self.start_run, QKeySequence("Ctrl+R"))
+        stop = QAction("Output off / abort", self)
+        stop.setShortcut(QKeySequence("Ctrl+."))
+        stop.setShortcutContext(Qt.ApplicationShortcut)
+        stop.triggered.connect(self.stop_pressed)
+        run.addAction(stop)
+        self.addAction(stop)
+        view = menu.addMenu("&View")
+        view.addAction("Autoscale plots", self.plots.autoscale, QKeySequence("Ctrl+A"))
+        view.addAction("Refresh history", self.history.refresh, QKeySequence("F5"))
+
+    # --- database ---
+
+    def _open_store(self, url: str | None) -> None:
+        from labctl.store import Store
+
+        self.run_status.setText("opening the database…")
+        self.db_tasks.submit(
+            Store.open,
+            url,
+            on_done=self._store_opened,
+            on_error=lambda e: (
+                self.show_message("error", f"Cannot open the database: {describe_error(e)}"),
+                self.run_status.setText("no database: runs cannot be recorded"),
+            ),
+        )
+
+    def _store_opened(self, store) -> None:
+        self.store = store
+        self.run_status.setText(f"idle — database {store.where}")
+        self.run_status.setToolTip(store.where)
+        self.setWindowTitle(f"labctl — {store.where}")
+        self.samples.set_store(store)
+        self.history.set_store(store, list(self.protocol.protocols))
+        self.watcher.set_store(store)
+        self._update_controls()
+
+    def _samples_listed(self, names: list[str]) -> None:
+        self.history.set_sample_names(names)
+
+    # --- messages ---
+
+    def show_message(self, level: str, text: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        item = QListWidgetItem(f"{stamp}  {text}")
+        if level == "error":
+            item.setForeground(Qt.red)
+            self.banner.setText(text)
+            self.banner.setVisible(True)
+            self.banner_close.setVisible(True)
+            log.warning(text)
+        self.log_list.addItem(item)
+        while self.log_list.count() > 500:
+            self.log_list.takeItem(0)
+        self.log_list.scrollToBottom()
+        self.statusBar().showMessage(text, 10_000)
+
+    def clear_banner(self) -> None:
+        self.banner.setText("")
+        self.banner.setVisible(False)
+        self.banner_close.setVisible(False)
+
+    # --- controls ---
+
+    def _update_controls(self) -> None:
+        busy = self.run_active or self.watcher.watching
+        reasons = []
+        if self.store is None:
+            reasons.append("the database is not open")
+        if not self.instrument.is_connected:
+            reasons.append("connect an instrument")
+        if self.samples.sample is None:
+            reasons.append("choose a sample")
+        self.start_btn.setEnabled(not busy)
+        self.why_not.setText(("To start: " + ", ".join(reasons)) if reasons and not busy else "")
+        self.instrument.set_run_active(self.run_active)
+        self.samples.save_btn.setEnabled(not self.run_active)
+        self.protocol.setEnabled(not self.run_active)
+        self.watch_btn.setEnabled(not busy and self.elsewhere.count() > 0)
+        self.unwatch_btn.setEnabled(self.watcher.watching)
+
+    def _output_changed(self, state: str) -> None:
+        text, style = {
+            "off": ("OUTPUT OFF", "background: #2e7d32; color: white;"),
+            "on": ("OUTPUT ON", "background: #c62828; color: white;"),
+        }.get(state, ("OUTPUT ?", "background: #f9a825; color: black;"))
+        if (
+            state == "unknown"
+            and not self.instrument.is_connected
+            and not self.instrument.lost_reason
+        ):
+            text, style = "NO INSTRUMENT", "background: #9e9e9e; color: white;"
+        self.output_badge.setText(text)
+        self.output_badge.setStyleSheet(
+            style + "font-size: 14pt; font-weight: bold; padding: 8px; border-radius: 6px;"
+        )
+
+    def _estimate_changed(self, total: float | None) -> None:
+        if not self.run_active and not self.watcher.watching:
+            self.eta.setText(f"planned: {fmt_duration(total)}" if total else "")
+
+    def _recipe_loaded(self, recipe) -> None:
+        if recipe.sample:
+            self.samples.fill_form(recipe.sample)
+            name = recipe.sample.get("name")
+            if name and name in self.samples.names() and self.store is not None:
+                self.samples.refresh(select=name)
+            elif name:
+                self.show_message(
+                    "info",
+                    f"Recipe sample {name!r} is in the Sample form: check it and press "
+                    "'Save sample and use it'",
+                )
+        resource = recipe.instrument.get("resource")
+        if resource and not self.instrument.is_connected:
+            self.instrument.set_resource(resource)
+
+    def recipe_context(self) -> tuple[dict | None, str | None]:
+        """Sample table and instrument resource for a saved recipe."""
+        sample = None
+        try:
+            sample = self.samples.form_values()
+        except ValueError:
+            s = self.samples.sample
+            if s is not None:
+                sample = {"name": s.name, "max_v": s.max_v, "max_i": s.max_i}
+        resource = self.instrument.resource_in_use or self.instrument.current_resource()
+        return sample, resource or None
+
+    # --- running ---
+
+    def start_run(self) -> bool:
+        """Start the protocol in the form on the connected instrument; False if refused."""
+        if self.run_active or self.watcher.watching:
+            self.show_message("error", "A run is already shown live; stop it first")
+            return False
+        protocol = self.protocol.build()
+        problems = []
+        if protocol is None:
+            problems.append("fix the marked protocol parameters (Protocol tab)")
+        if self.store is None:
+            problems.append("the database is not open")
+        if not self.instrument.is_connected:
+            problems.append("connect an instrument (Instrument tab)")
+        if self.samples.sample is None:
+            problems.append("choose or save a sample (Sample tab)")
+        if problems:
+            self.show_message("error", "Cannot start: " + "; ".join(problems))
+            if protocol is None:
+                self.left.setCurrentWidget(self.protocol)
+            return False
+        self.clear_banner()
+        sample = self.samples.sample
+        driver = self.instrument.driver
+        resource = self.instrument.resource_in_use
+        recipe_text = self.protocol.recipe_text or self.protocol.recipe_toml(
+            {"name": sample.name, "max_v": sample.max_v, "max_i": sample.max_i}, resource
+        )
+        from labctl.engine import RunEngine
+
+        self.inbox.clear()
+        self.plots.clear()
+        self.plots.choose_metric_for(protocol.name)
+        self.engine = RunEngine(self.store, [GuiListener(self.bridge, self.inbox)])
+        self.run_active = True
+        self._aborting = False
+        self.run_id = None
+        self.run_total_s = None
+        self._wall0 = None
+        self._t_first = None
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.eta.setText("")
+        self._live = True
+        self.run_status.setText(f"starting {protocol.name} on {sample.name}…")
+        self.live_title.setText(f"{protocol.name} on {sample.name}")
+        self.right.setCurrentIndex(0)
+        self._update_controls()
+        try:
+            operator = getpass.getuser()
+        except Exception:
+            operator = None
+        self.instrument_tasks.submit(
+            run_on_instrument,
+            self.engine,
+            protocol,
+            driver,
+            sample.name,
+            self.store,
+            recipe_text=recipe_text,
+            resource=resource,
+            operator=operator,
+            on_done=self._run_done,
+            on_error=self._run_crashed,
+        )
+        return True
+
+    def _run_started(self, run_id: int, total_s) -> None:
+        self.run_id = run_id
+        self.watcher.own_runs.add(run_id)
+        self.run_total_s = total_s
+        self._wall0 = time.monotonic()
+        self.instrument.set_output_state("on")
+        self.run_status.setText(f"run {run_id}: running")
+        self.live_title.setText(f"run {run_id}: {self.live_title.text()}")
+
+    def _run_finished(self, result) -> None:
+        """The engine's on_finish (the run is final in the store)."""
+        self.last_result = result
+        self._frame()
+        self._live = False
+        self.model.finish()
+        self.plots.refresh(force=True)
+        text = f"run {result.run_id} {result.status}: {result.n_points:,} points"
+        if result.error:
+            text += f" — {result.error}"
+        self.run_status.setText(text)
+        if result.status == "completed":
+            self.progress.setValue(1000)
+            self.show_message("info", text)
+        else:
+            self.show_message("error" if result.status == "failed" else "info", text)
+        self.eta.setText(f"took {fmt_duration(result.duration_s)} instrument time")
+        error = result.error or ""
+        if "safe_state failed" in error:
+            self.instrument.set_output_state("unknown")
+        elif "ConnectionLost" in error or "TransportError" in error:
+            self.instrument.lost(error)
+        else:
+            self.instrument.set_output_state("off")
+        if result.n_points:
+            self.db_tasks.submit(
+                final_metrics,
+                self.store,
+                result.run_id,
+                on_done=self.plots.set_final_metrics,
+                on_error=lambda _e: None,
+            )
+        self.history.refresh()
+        self.samples.refresh()
+
+    def _run_done(self, _result) -> None:
+        """The instrument thread is free again."""
+        self.run_active = False
+        self.engine = None
+        self._update_controls()
+        if self._close_after_run:
+            self.close()
+
+    def _run_crashed(self, exc: BaseException) -> None:
+        """The run could not start (refused, store error) or the engine itself failed."""
+        self.run_active = False
+        self._live = False
+        self.engine = None
+        msg = describe_error(exc)
+        self.run_status.setText("not started" if self.run_id is None else "run ended with an error")
+        prefix = "Run refused" if self.run_id is None else "Run error"
+        self.show_message("error", f"{prefix}: {msg}")
+        driver = self.instrument.driver
+        if isinstance(exc, ConnectionLost | TransportError):
+            self.instrument.lost(msg)
+        elif driver is not None and self.run_id is not None:
+            # the engine did not finish normally: make sure the output is off
+            self.instrument_tasks.submit(
+                driver.safe_state,
+                on_done=lambda _r: self.instrument.set_output_state("off"),
+                on_error=lambda e: (
+                    self.instrument.set_output_state("unknown"),
+                    self.show_message("error", f"Safe state not confirmed: {describe_error(e)}"),
+                ),
+            )
+        self._update_controls()
+        if self._close_after_run:
+            self.close()
+
+    def stop_pressed(self) -> None:
+        """OUTPUT OFF / ABORT: abort our run, or switch the idle instrument's output off."""
+        if self.run_active and self.engine is not None:
+            self._aborting = True
+            self.engine.abort()
+            self.run_status.setText(
+                f"run {self.run_id or ''}: aborting — going to 0 V, output off…"
+            )
+            self.show_message("info", "Abort requested")
+            return
+        if self.watcher.watching:
+            self.show_message(
+                "error",
+                f"Run {self.watcher.run_id} belongs to another program; stop it there "
+                "(Ctrl-C in its terminal). This window only watches it.",
+            )
+            return
+        driver = self.instrument.driver
+        if driver is None:
+            self.show_message("info", "No instrument connected: nothing to switch off")
+            return
+        self.instrument_tasks.submit(
+            driver.safe_state,
+            on_done=lambda _r: (
+                self.instrument.set_output_state("off"),
+                self.show_message("info", "Output off (source 0 V)"),
+            ),
+            on_error=self._safe_state_failed,
+        )
+
+    def _safe_state_failed(self, exc: BaseException) -> None:
+        msg = describe_error(exc)
+        self.instrument.set_output_state("unknown")
+        self.show_message("error", f"Could not switch the output off: {msg}. Check the instrument!")
+        if isinstance(exc, ConnectionLost | TransportError):
+            self.instrument.lost(msg)
+
+    # --- the frame: live data to the plots, progress ---
+
+    def _frame(self) -> None:
+        """Every FRAME_MS: new points into the model, then (half of) the plots redrawn.
+
+        If the event loop is saturated (the machine is busy, the timer comes far too late)
+        the redraw is skipped now and then, so clicks and the abort button are still
+        served at once; the data are never skipped.
+        """
+        now_ms = self._frame_clock.elapsed()
+        late = now_ms - self._last_frame_ms - FRAME_MS
+        self._last_frame_ms = now_ms
+        items = self.inbox.drain()
+        self.model.ingest(items)  # also finishes loop areas left from earlier frames
+        if items and self._t_first is None:
+            self._t_first = float(items[0]["t"][0])
+            self._wall0 = time.monotonic()
+        if late > SATURATED_MS and self._skipped < 2:
+            self._skipped += 1
+        else:
+            self._skipped = 0
+            self.plots.refresh()
+        if self._live and not self.run_active and not self.watcher.watching:
+            self._live = False  # watching stopped on an error
+            self._update_controls()
+        now = time.monotonic()
+        if self._live and self._wall0 is not None and now - self._progress_at > 0.25:
+            # texts a person reads: 4 times a second is plenty, and each change repaints
+            self._progress_at = now
+            self._update_progress()
+
+    def _update_progress(self) -> None:
+        t = self.inbox.last_t
+        total = self.run_total_s
+        n = self.model.total
+        state = "aborting" if self._aborting else "running"
+        rid = self.run_id if self.run_active else self.watcher.run_id
+        self.run_status.setText(f"run {rid}: {state} — {n:,} points")
+        if not total:
+            self.progress.setRange(0, 0)  # busy indicator: no planned duration
+            self.eta.setText(f"{fmt_duration(t)} elapsed")
+            return
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(int(1000 * min(max(t / total, 0.0), 1.0)))
+        wall = time.monotonic() - (self._wall0 or time.monotonic())
+        speed = (t - (self._t_first or 0.0)) / wall if wall > 0.5 else 0.0
+        if speed > 0:
+            left = max(total - t, 0.0) / speed
+            end = datetime.fromtimestamp(time.time() + left).strftime("%H:%M:%S")
+            self.eta.setText(f"ETA {fmt_duration(left)} (ends ~{end})")
+        else:
+            self.eta.setText(f"planned {fmt_duration(total)}")
+
+    # --- watching runs of other processes ---
+
+    def _running_elsewhere(self, rows: list[dict[str, Any]]) -> None:
+        current = self.elsewhere.currentData()
+        self.elsewhere.blockSignals(True)
+        self.elsewhere.clear()
+        for r in rows:
+            self.elsewhere.addItem(
+                f"run {r['id']}: {r['protocol']} on {r.get('sample') or '?'}", int(r["id"])
+            )
+        k = self.elsewhere.findData(current)
+        if k >= 0:
+            self.elsewhere.setCurrentIndex(k)
+        self.elsewhere.blockSignals(False)
+        self._update_controls()
+
+    def _watch_selected(self) -> None:
+        run_id = self.elsewhere.currentData()
+        if run_id is not None:
+            self.watch_run(int(run_id))
+
+    def watch_run(self, run_id: int) -> None:
+        if self.run_active:
+            self.show_message("error", "A run of this window is going on; watch after it ends")
+            return
+        self.watcher.stop()
+        self.inbox.clear()
+        self.plots.clear()
+        self.run_total_s = None
+        self._wall0 = None
+        self._t_first = None
+        self.live_title.setText(f"watching run {run_id}…")
+        self.right.setCurrentIndex(0)
+        self.watcher.watch(run_id)
+        self._live = True
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self._update_controls()
+
+    def _watch_started(self, run: dict[str, Any], total) -> None:
+        self.run_total_s = total
+        self.plots.choose_metric_for(run["protocol"])
+        self.live_title.setText(
+            f"watching run {run['id']}: {run['protocol']} on {run.get('sample') or '?'} "
+            f"(pid {run.get('pid')} on {run.get('host')})"
+        )
+        self._update_controls()
+
+    def _watch_finished(self, run: dict[str, Any]) -> None:
+        self._frame()
+        self._live = False
+        self.model.finish()
+        self.plots.refresh(force=True)
+        text = f"run {run['id']} {run['status']}: {int(run.get('n_points') or 0):,} points"
+        if run.get("error"):
+            text += f" — {run['error']}"
+        self.run_status.setText(text)
+        self.live_title.setText(f"run {run['id']} (watched): {run['status']}")
+        if run["status"] == "completed":
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(1000)
+        self.show_message("info", text)
+        self.db_tasks.submit(
+            final_metrics,
+            self.store,
+            int(run["id"]),
+            on_done=self.plots.set_final_metrics,
+            on_error=lambda _e: None,
+        )
+        self.history.refresh()
+        self._update_controls()
+
+    def stop_watching(self) -> None:
+        self.watcher.stop()
+        self._live = False
+        self.live_title.setText("stopped watching")
+        self._update_controls()
+
+    # --- export ---
+
+    def export_live_png(self, path: str | None = None):
+        from pathlib import Path
+
+        from PyQt5.QtWidgets import QFileDialog
+
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export live plots", str(Path.cwd() / "live.png"), "PNG (*.png)"
+            )
+            if not path:
+                return None
+        if not self.plots.grab().save(str(path), "PNG"):
+            self.show_message("error", f"Cannot write {path}")
+            return None
+        self.show_message("info", f"Saved {path}")
+        return Path(path)
+
+    # --- closing ---
+
+    def confirm_abort_on_close(self) -> bool:
+        """Asked when the window is closed during a run (tests replace it)."""
+        answer = QMessageBox.question(
+            self,
+            "A run is in progress",
+            "A run is in progress. Abort it (0 V, output off, points kept) and close?",
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
+        return answer == QMessageBox.Yes
+
+    def closeEvent(self, event) -> None:
+        if self._closed_clean:
+            event.accept()
+            return
+        if self.run_active:
+            if not self._close_after_run:
+                if not self.confirm_abort_on_close():
+                    event.ignore()
+                    return
+                self._close_after_run = True
+                if self.engine is not None:
+                    self._aborting = True
+                    self.engine.abort()
+                self.run_status.setText("aborting the run, then closing…")
+            event.ignore()
+            return
+        if not self._closing:
+            self._closing = True
+            self.watcher.stop_all()
+            driver = self.instrument.driver
+            if driver is not None:
+                from gui.instrument_panel import disconnect_instrument
+
+                self.run_status.setText("switching the output off and disconnecting…")
+                self.instrument_tasks.submit(
+                    disconnect_instrument,
+                    driver,
+                    on_done=lambda _r: self._finish_close(),
+                    on_error=lambda _e: self._finish_close(),
+                )
+                QTimer.singleShot(10_000, self._finish_close)  # never hang on a dead instrument
+                event.ignore()
+                return
+        self._finish_close(close_window=False)
+        event.accept()
+
+    def _finish_close(self, close_window: bool = True) -> None:
+        if self._closed_clean:
+            return
+        self._closed_clean = True
+        self.frame_timer.stop()
+        self.watcher.stop_all()
+        for runner in (self.instrument_tasks, self.db_tasks, self.calc_tasks, self.scan_tasks):
+            runner.shutdown(wait=False)
+        if self._owns_store and self.store is not None:
+            try:
+                self.store.close()
+            except Exception as exc:  # closing never fails the exit
+                log.warning("closing the store: %s", exc)
+        if close_window:
+            self.close()

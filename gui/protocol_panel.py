@@ -1,0 +1,242 @@
+"""Protocol panel: pick a protocol, fill its generated form, load or save a recipe, and see
+how long the run will take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PyQt5.QtCore import QTimer, pyqtSignal
+from PyQt5.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.forms import ParamForm
+from gui.recipe_io import dump_recipe
+from gui.tasks import TaskRunner, describe_error
+from gui.units import fmt_duration
+from labctl.errors import LabctlError
+from protocols.base import Protocol, all_protocols
+from protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
+
+
+def estimate(protocol: Protocol) -> tuple[float | None, int | None]:
+    """(duration in s, number of points) of an open-loop protocol; (None, None) if closed."""
+    if protocol.closed_loop:
+        return None, None
+    programs = protocol.programs()
+    total = float(sum(p.total_duration for p in programs))
+    points = int(sum(int(np.count_nonzero(p.sample)) for p in programs))
+    return total, points
+
+
+class ProtocolPanel(QWidget):
+    """Emits ``recipe_loaded(recipe)`` so the window can fill the sample and instrument."""
+
+    recipe_loaded = pyqtSignal(object)
+    estimate_changed = pyqtSignal(object)  # duration in s or None
+    message = pyqtSignal(str, str)
+
+    def __init__(self, calc_tasks: TaskRunner, parent=None) -> None:
+        super().__init__(parent)
+        self.tasks = calc_tasks
+        self.protocols = all_protocols()
+        self.recipe_source = ""
+        self.recipe_text: str | None = None  # text of the loaded recipe, if unchanged since
+        self.estimated_s: float | None = None
+
+        self.picker = QComboBox()
+        self.picker.setObjectName("protocol")
+        for name, cls in self.protocols.items():
+            self.picker.addItem(name)
+            self.picker.setItemData(self.picker.count() - 1, cls.title, 3)
+        self.title = QLabel("")
+        self.title.setWordWrap(True)
+        self.title.setStyleSheet("color: #333; font-style: italic;")
+        self.load_btn = QPushButton("Load recipe…")
+        self.load_btn.clicked.connect(lambda: self.load_recipe())
+        self.builtin_btn = QToolButton()
+        self.builtin_btn.setText("Built-in recipes")
+        self.builtin_btn.setPopupMode(QToolButton.InstantPopup)
+        menu = QMenu(self.builtin_btn)
+        for name in builtin_recipes():
+            menu.addAction(name, lambda n=name: self.load_recipe(n))
+        self.builtin_btn.setMenu(menu)
+        self.save_btn = QPushButton("Save recipe…")
+        self.save_btn.clicked.connect(lambda: self.save_recipe())
+        self.form = ParamForm()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setObjectName("estimate")
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setStyleSheet("font-weight: bold;")
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_btn)
+        buttons.addWidget(self.builtin_btn)
+        buttons.addWidget(self.save_btn)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.picker)
+        lay.addWidget(self.title)
+        lay.addLayout(buttons)
+        lay.addWidget(scroll, 1)
+        lay.addWidget(self.estimate_label)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self._revalidate)
+        self.form.changed.connect(self._edited)
+        self.picker.currentTextChanged.connect(self._picked)
+        default = "iv_hysteresis" if "iv_hysteresis" in self.protocols else self.picker.itemText(0)
+        self.picker.setCurrentText(default)
+        self._picked(default)
+
+    @property
+    def protocol_name(self) -> str:
+        return self.picker.currentText()
+
+    def _picked(self, name: str) -> None:
+        cls = self.protocols.get(name)
+        if cls is None:
+            return
+        self.title.setText(cls.title)
+        self.form.set_protocol(cls)
+        self._edited()
+
+    def _edited(self) -> None:
+        self.recipe_text = None
+        self._debounce.start()
+
+    def _revalidate(self) -> None:
+        protocol = self.form.validate()
+        if protocol is None:
+            self.estimated_s = None
+            self.estimate_label.setText("Fix the marked fields to see the estimated duration")
+            self.estimate_changed.emit(None)
+            return
+        self.estimate_label.setText("estimating…")
+        self.tasks.submit(
+            estimate, protocol, on_done=self._estimated, on_error=self._estimate_failed, key="est"
+        )
+
+    def _estimated(self, result) -> None:
+        total, points = result
+        self.estimated_s = total
+        if total is None:
+            self.estimate_label.setText(
+                "Duration depends on the device (closed-loop protocol): no estimate"
+            )
+        else:
+            self.estimate_label.setText(
+                f"Estimated duration: {fmt_duration(total)} ({points:,} points)"
+            )
+        self.estimate_changed.emit(total)
+
+    def _estimate_failed(self, exc: BaseException) -> None:
+        self.estimated_s = None
+        self.estimate_label.setText(describe_error(exc))
+        self.estimate_changed.emit(None)
+
+    def build(self) -> Protocol | None:
+        """The protocol from the form, or None with the messages shown beside the fields."""
+        return self.form.validate()
+
+    # --- recipes ---
+
+    def load_recipe(self, ref: str | None = None) -> Recipe | None:
+        """Load a recipe file or builtin name (asks for a file when ``ref`` is None)."""
+        if ref is None:
+            ref, _ = QFileDialog.getOpenFileName(
+                self, "Load recipe", str(Path.cwd()), "Recipes (*.toml);;All files (*)"
+            )
+            if not ref:
+                return None
+        try:
+            text, source = read_recipe_text(ref)
+            recipe = parse_recipe(text, source)
+            if getattr(recipe, "steps", None):
+                # the window runs one protocol at a time: take the first step, say so
+                first = recipe.steps[0]
+                self.message.emit(
+                    "info",
+                    f"{source} is a sequence of {len(recipe.steps)} steps; loaded step 1 "
+                    f"({first.protocol}). Run the whole sequence with: labctl run {ref}",
+                )
+                first.sample = first.sample or recipe.sample
+                first.instrument = first.instrument or recipe.instrument
+                text = None  # the text describes the sequence, not this one run
+                recipe = first
+            if recipe.protocol not in self.protocols:
+                raise LabctlError(
+                    f"recipe.protocol: unknown protocol {recipe.protocol!r}; "
+                    f"available: {', '.join(self.protocols)}"
+                )
+        except LabctlError as exc:
+            self.message.emit("error", f"Cannot load recipe {ref}: {exc}")
+            return None
+        self.picker.setCurrentText(recipe.protocol)
+        unknown = self.form.set_values(recipe.parameters)
+        if unknown:
+            self.message.emit(
+                "error",
+                f"Recipe {source}: unknown parameter(s) {', '.join(unknown)} for "
+                f"{recipe.protocol} were ignored",
+            )
+        self.recipe_source = source
+        self._revalidate()
+        self.recipe_text = text  # recorded with the run while the form is left unchanged
+        self.message.emit("info", f"Loaded recipe {source}")
+        self.recipe_loaded.emit(recipe)
+        return recipe
+
+    def recipe_toml(self, sample: dict | None = None, resource: str | None = None) -> str:
+        instrument = {"resource": resource} if resource else None
+        return dump_recipe(
+            self.protocol_name,
+            self.form.raw_values(),
+            sample=sample,
+            instrument=instrument,
+        )
+
+    def save_recipe(
+        self, path: str | None = None, sample: dict | None = None, resource: str | None = None
+    ) -> Path | None:
+        if sample is None and resource is None:
+            window = self.window()
+            if hasattr(window, "recipe_context"):
+                sample, resource = window.recipe_context()
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self,
+                "Save recipe",
+                str(Path.cwd() / f"{self.protocol_name}.toml"),
+                "Recipes (*.toml)",
+            )
+            if not path:
+                return None
+        text = self.recipe_toml(sample, resource)
+        try:
+            parse_recipe(text).build()  # never write a recipe that would not load
+        except LabctlError as exc:
+            self.message.emit("error", f"Not saved: {exc}")
+            return None
+        out = Path(path)
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.message.emit("error", f"Cannot write {out}: {exc.strerror or exc}")
+            return None
+        self.message.emit("info", f"Saved recipe {out}")
+        return out

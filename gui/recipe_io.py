@@ -1,0 +1,69 @@
+"""Writing recipe TOML (reading is protocols.recipe's job).
+
+A recipe holds only simple values (text, numbers, booleans, lists of them, and small
+tables of those for metadata), so a small writer is enough; what it writes reads back with
+``tomllib`` to the same values (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = [f"{_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{" + ", ".join(items) + "}"
+    if hasattr(value, "item"):  # numpy scalar
+        return toml_value(value.item())
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_recipe(
+    protocol: str,
+    parameters: dict[str, Any],
+    *,
+    description: str = "",
+    sample: dict[str, Any] | None = None,
+    instrument: dict[str, Any] | None = None,
+) -> str:
+    """The TOML text of a recipe (keys in the order protocols.recipe documents them)."""
+    lines = [f"protocol = {toml_value(protocol)}"]
+    if description:
+        lines.append(f"description = {toml_value(description)}")
+    for table, values in (
+        ("sample", sample or {}),
+        ("instrument", instrument or {}),
+        ("parameters", parameters),
+    ):
+        values = {k: v for k, v in values.items() if v is not None and v != ""}
+        if not values and table != "parameters":
+            continue
+        lines.append("")
+        lines.append(f"[{table}]")
+        lines.extend(f"{_key(k)} = {toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""Store reads and writes the window needs beyond the Store's public methods.
+
+All of these are called on worker threads (gui.tasks), never on the GUI thread.
+Asked of the store's owner: ``Store.set_notes(run_id, text)``; until it exists,
+:func:`set_run_notes` writes the column through the Store's SQLAlchemy engine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sqlalchemy import update
+
+PLOT_COLUMNS = ("t", "v_set", "v", "i", "cycle", "pulse", "phase")
+READ_BLOCK = 250_000
+
+
+def records(df) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts with None for missing values (NaN, NaT, NA)."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def set_run_notes(store, run_id: int, text: str) -> None:
+    """Replace the run's notes."""
+    setter = getattr(store, "set_notes", None)
+    if callable(setter):
+        setter(run_id, text)
+        return
+    from labctl.store import schema
+
+    store.run(run_id)  # raises StoreError naming the run if it does not exist
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(notes=text))
+
+
+def load_points_for_display(
+    store, run_id: int, max_points: int = 1_000_000, n_points: int | None = None
+) -> dict[str, np.ndarray]:
+    """The run's points for plotting, thinned to at most ``max_points`` (every k-th point),
+    read in blocks so memory stays bounded however long the run.
+
+    k has no factor 2, 3 or 5: cycle lengths are usually made of those, and a k sharing
+    them with the cycle would keep only a few phases of every loop (k = 200 on 200-point
+    cycles keeps one); a coprime k walks through all phases, so the loops keep their shape.
+    """
+    if n_points is None:
+        n_points = int(store.run(run_id).get("n_points") or 0)
+    if n_points <= max_points:
+        return store.points_arrays(run_id, PLOT_COLUMNS)
+    step = coprime_step(math.ceil(n_points / max_points))
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in PLOT_COLUMNS}
+    start = 0
+    while True:
+        block = store.points_arrays(run_id, PLOT_COLUMNS, start=start, stop=start + READ_BLOCK)
+        n = len(block["t"])
+        if n == 0:
+            break
+        first = (-start) % step
+        for c in PLOT_COLUMNS:
+            parts[c].append(block[c][first::step].copy())
+        start += READ_BLOCK
+        if n < READ_BLOCK:
+            break
+    return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
+
+
+def coprime_step(k: int) -> int:
+    """The smallest step >= k with no factor 2, 3 or 5 (1 stays 1)."""
+    while k > 1 and math.gcd(k, 30) != 1:
+        k += 1
+    return k
+
+
+def run_summary(store, run_id: int) -> dict[str, Any]:
+    """The run record, its metrics and events, for the history details pane."""
+    run = store.run(run_id)
+    return {"run": run, "metrics": store.metrics(run_id), "events": store.events(run_id)}
