@@ -45,9 +45,10 @@ log = logging.getLogger("labctl.gui")
 FRAME_MS = 6  # each tick redraws one of the five plots in turn: each ~30 frames/s
 SATURATED_MS = 25  # a tick this late: the event loop is saturated, skip a redraw
 PAUSE_TIP = (
-    "Pause is not supported by this protocol: the run engine cannot pause a run yet. "
+    "Pause is not supported by this protocol: waiting would change what it measures. "
     "Abort stops the run safely and keeps every point taken."
 )
+PAUSE_OK_TIP = "Pause before the next sweep; the instrument waits with its output off."
 
 
 def run_on_instrument(engine, protocol, driver, sample_name: str, store, **kwargs):
@@ -195,6 +196,8 @@ class MainWindow(QMainWindow):
         self.pause_btn.setMinimumHeight(48)
         self.pause_btn.setEnabled(False)
         self.pause_btn.setToolTip(PAUSE_TIP)
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self._pausable = False
         self.progress = QProgressBar()
         self.progress.setObjectName("progress")
         self.progress.setRange(0, 1000)
@@ -393,6 +396,11 @@ class MainWindow(QMainWindow):
         if self.samples.sample is None:
             reasons.append("choose a sample")
         self.start_btn.setEnabled(not busy)
+        can_pause = self.run_active and self._pausable and self.engine is not None
+        self.pause_btn.setEnabled(can_pause)
+        self.pause_btn.setToolTip(PAUSE_OK_TIP if self._pausable else PAUSE_TIP)
+        if not self.run_active:
+            self.pause_btn.setText("Pause")
         self.why_not.setText(("To start: " + ", ".join(reasons)) if reasons and not busy else "")
         self.instrument.set_run_active(self.run_active)
         self.samples.save_btn.setEnabled(not self.run_active)
@@ -483,6 +491,7 @@ class MainWindow(QMainWindow):
         self.plots.clear()
         self.plots.choose_metric_for(protocol.name)
         self.engine = RunEngine(self.store, [GuiListener(self.bridge, self.inbox)])
+        self._pausable = bool(getattr(type(protocol), "pausable", False))
         self.run_active = True
         self._aborting = False
         self.run_id = None
@@ -524,6 +533,19 @@ class MainWindow(QMainWindow):
         self.instrument.set_output_state("on")
         self.run_status.setText(f"run {run_id}: running")
         self.live_title.setText(f"run {run_id}: {self.live_title.text()}")
+
+    def toggle_pause(self) -> None:
+        """Pause before the next Program, or resume (protocols that allow it)."""
+        if self.engine is None or not self._pausable:
+            return
+        if self.engine.paused:
+            self.engine.resume()
+            self.pause_btn.setText("Pause")
+            self.run_status.setText(f"run {self.run_id}: running")
+        else:
+            self.engine.pause()
+            self.pause_btn.setText("Resume")
+            self.run_status.setText(f"run {self.run_id}: pausing after this sweep…")
 
     def _run_finished(self, result) -> None:
         """The engine's on_finish (the run is final in the store)."""

@@ -3,6 +3,13 @@
 One engine owns what every run needs: limits checked before the output is enabled, points
 streamed to the store as they arrive, abort by flag or by SIGINT/SIGTERM, ``safe_state()``
 on every exit path, and a final status with the error text.
+
+When ``safe_state()`` cannot reach the instrument because the link failed (a lost
+connection, a timeout), the engine's :class:`ReconnectPolicy` reopens the transport and tries
+again, a few times with a growing pause; the outcome is an event and ends the run's error
+text ("...; safe state confirmed after reconnect (attempt 1 of 3)" or "...; safe state could
+not be confirmed after 3 reconnect attempts: ..."). Points already taken are in the store
+whatever happens.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import Limits, check_program
+from drivers.base import Limits, check_program, raise_if_aborted
 from labctl.analysis.timing import lateness_metrics
 from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, LabctlError, ValidationError
+from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
 from labctl.program import Program
 from protocols.base import Protocol
 
@@ -33,6 +40,8 @@ class Listener:
     def on_program(self, index: int, program: Program, t_start: float) -> None: ...
 
     def on_chunk(self, chunk: Chunk) -> None: ...
+
+    def on_pause(self, paused: bool) -> None: ...
 
     def on_finish(self, result: RunResult) -> None: ...
 
@@ -51,6 +60,37 @@ class RunResult:
         return self.status == "completed"
 
 
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How often the engine reopens a failed link to put the instrument in safe state.
+
+    Used only when ``safe_state()`` fails with a :class:`~labctl.errors.TransportError` (the
+    link, not the instrument, failed) and the transport has ``reopen()``. Attempt k waits
+    ``backoff_s * 2**(k-1)`` (at most ``max_backoff_s``) on the driver's clock, reopens the
+    transport and calls ``safe_state()`` again. The default, 3 attempts after 0.5, 1 and 2 s,
+    rides out a replugged cable or a restarted server without holding a broken run for long;
+    ``ReconnectPolicy(attempts=0)`` never reconnects.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0:
+            raise ValidationError("reconnect.attempts", f"{self.attempts} must be >= 0")
+        if not 0 <= self.backoff_s <= self.max_backoff_s:
+            raise ValidationError(
+                "reconnect.backoff_s",
+                f"{self.backoff_s:g} s must be within [0, max_backoff_s = "
+                f"{self.max_backoff_s:g} s]",
+            )
+
+    def delay_s(self, attempt: int) -> float:
+        """The pause before attempt ``attempt`` (from 1)."""
+        return min(self.backoff_s * 2.0 ** (attempt - 1), self.max_backoff_s)
+
+
 def sample_limits(sample: Any) -> Limits:
     """The sample's limits; a sample without a voltage and a current limit is refused."""
     for key, unit in (("max_v", "V"), ("max_i", "A")):
@@ -64,14 +104,38 @@ def sample_limits(sample: Any) -> Limits:
 
 
 class RunEngine:
-    def __init__(self, store: Any, listeners: Iterable[Listener] = ()) -> None:
+    def __init__(
+        self,
+        store: Any,
+        listeners: Iterable[Listener] = (),
+        *,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
         self.store = store
         self.listeners = list(listeners)
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
         self.abort_event = threading.Event()
+        self._pause = threading.Event()
+        self._resume = threading.Event()
 
     def abort(self) -> None:
         """Ask the running protocol to stop; the run ends in safe state as 'aborted'."""
         self.abort_event.set()
+        self._resume.set()
+
+    def pause(self) -> None:
+        """Pause before the next Program (protocols with ``pausable``); the instrument waits in
+        its safe state. Refused for other protocols by the caller (see ``Protocol.pausable``)."""
+        self._resume.clear()
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+        self._resume.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
 
     def run(
         self,
@@ -88,6 +152,7 @@ class RunEngine:
     ) -> RunResult:
         """Run ``protocol`` on ``driver`` for ``sample``; always returns a final status."""
         self.abort_event.clear()
+        self.resume()
         instrument_id = self.store.ensure_instrument(
             driver.identity or driver.name,
             resource=resource or driver.transport.resource,
@@ -103,6 +168,7 @@ class RunEngine:
             operator=operator,
             group_id=group_id,
         )
+        self._run_id = run_id
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None
@@ -142,14 +208,12 @@ class RunEngine:
             finally:
                 # unconditional: even a refused run leaves the instrument safe, whatever
                 # state an earlier session left it in
-                try:
-                    driver.safe_state()
-                    self._event(run_id, "safe_state", "source 0, output off")
-                except Exception as exc:
-                    msg = f"safe_state failed: {type(exc).__name__}: {exc}"
-                    self._event(run_id, "error", msg)
-                    if status == "completed":
-                        status, error = "failed", msg
+                safe, note = self._make_safe(run_id, driver, clock)
+                if note is not None:
+                    if status == "completed" and not safe:
+                        status, error = "failed", note
+                    elif status != "completed":
+                        error = f"{error}; {note}"
                 if writer is not None:
                     try:
                         writer.close()
@@ -174,6 +238,59 @@ class RunEngine:
         self._notify("on_finish", result)
         return result
 
+    def _make_safe(self, run_id: int, driver: Any, clock: Any) -> tuple[bool, str | None]:
+        """``safe_state()``, then reconnect attempts if the link failed; (confirmed, note for
+        the run's error text, None when the first attempt worked)."""
+        try:
+            driver.safe_state()
+            self._event(run_id, "safe_state", "source 0, output off")
+            return True, None
+        except Exception as exc:
+            first = f"safe_state failed: {type(exc).__name__}: {exc}"
+            self._event(run_id, "error", first)
+            last: Exception = exc
+        policy = self.reconnect
+        transport = getattr(driver, "transport", None)
+        reopen = getattr(transport, "reopen", None)
+        if not isinstance(last, TransportError) or policy.attempts <= 0 or not callable(reopen):
+            return False, first
+        resource = getattr(transport, "resource", "the instrument")
+        n = policy.attempts
+        for attempt in range(1, n + 1):
+            try:
+                clock.sleep(policy.delay_s(attempt))
+                reopen()
+                driver.safe_state()
+            except KeyboardInterrupt:  # the operator gives up waiting
+                msg = f"reconnect to {resource} interrupted; safe state not confirmed"
+                self._event(run_id, "error", msg)
+                return False, msg
+            except Exception as exc:
+                last = exc
+                self._event(
+                    run_id,
+                    "reconnect",
+                    f"attempt {attempt} of {n} failed: {type(exc).__name__}: {exc}",
+                    {"attempt": attempt, "attempts": n, "confirmed": False},
+                )
+                if not isinstance(exc, TransportError):
+                    break  # the link works but the instrument does not obey: stop trying
+                continue
+            self._event(
+                run_id,
+                "reconnect",
+                f"attempt {attempt} of {n}: {resource} reopened",
+                {"attempt": attempt, "attempts": n, "confirmed": True},
+            )
+            self._event(run_id, "safe_state", f"source 0, output off (after reconnect {attempt})")
+            return True, f"safe state confirmed after reconnect (attempt {attempt} of {n})"
+        msg = (
+            f"safe state could not be confirmed after {attempt} reconnect attempt"
+            f"{'s' if attempt > 1 else ''}: {type(last).__name__}: {last}"
+        )
+        self._event(run_id, "error", msg)
+        return False, msg
+
     def _execute(self, protocol, driver, programs, limits, clock, t0) -> Iterator[Chunk]:
         if programs is not None:
             for k, program in enumerate(programs):
@@ -196,7 +313,21 @@ class RunEngine:
         except StopIteration:
             return
 
+    def _wait_if_paused(self, driver) -> None:
+        if not self._pause.is_set() or self.abort_event.is_set():
+            return
+        driver.safe_state()
+        self._event(self._run_id, "paused", "source 0, output off until resumed")
+        self._notify("on_pause", True)
+        while not self._resume.wait(0.1):
+            pass
+        self._event(self._run_id, "resumed", "")
+        self._notify("on_pause", False)
+
     def _one(self, k: int, program: Program, driver, clock, t0) -> Iterator[Chunk]:
+        if k:
+            self._wait_if_paused(driver)
+        raise_if_aborted(self.abort_event)
         t_start = clock.now() - t0
         self._executed.append(program)
         self._notify("on_program", k, program, t_start)
@@ -209,9 +340,12 @@ class RunEngine:
         for listener in self.listeners:
             getattr(listener, method)(*args)
 
-    def _event(self, run_id: int, kind: str, message: str) -> None:
+    def _event(self, run_id: int, kind: str, message: str, data: dict | None = None) -> None:
         with contextlib.suppress(Exception):
-            self.store.add_event(run_id, kind, message)
+            if data is None:
+                self.store.add_event(run_id, kind, message)
+            else:
+                self.store.add_event(run_id, kind, message, data=data)
 
     @contextlib.contextmanager
     def _signals(self, enabled: bool):

@@ -118,6 +118,8 @@ class Protocol:
     title: ClassVar[str] = ""
     Params: ClassVar[type[Params]]
     closed_loop: ClassVar[bool] = False  # True if plan() needs the data of earlier programs
+    # True if waiting between Programs (output off) leaves the experiment valid
+    pausable: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
         if isinstance(params, Params):

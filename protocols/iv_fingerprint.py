@@ -94,6 +94,7 @@ def frequencies(p: IVFingerprintParams) -> list[float]:
 @register
 class IVFingerprint(Protocol):
     name = "iv_fingerprint"
+    pausable = True  # each frequency starts afresh; a pause between them is harmless
     title = "I-V fingerprint: loop area vs frequency, memory time, unipolar/bipolar"
     Params = IVFingerprintParams
 

@@ -55,6 +55,7 @@ class IVHysteresisParams(Params):
 @register
 class IVHysteresis(Protocol):
     name = "iv_hysteresis"
+    pausable = True  # each frequency starts afresh; a pause between them is harmless
     title = "I-V hysteresis loops (triangle or sine sweeps)"
     Params = IVHysteresisParams
 
