@@ -1,0 +1,90 @@
+"""Speed of each driver on its emulator, in-process (virtual clock). Prints ``name: value unit``.
+
+Run: .venv/bin/python bench/bench_drivers.py [driver ...]
+
+For every driver registered in ``drivers.DRIVERS`` whose emulator is in
+``labctl.sim.instruments.registry.EMULATORS`` (or the ones named):
+
+- ``<driver>_software_timed``: points/s of host-timed steps (set the level, one reading per
+  step; NPLC 0.01), the per-point round trip through driver, transport and emulator;
+- ``<driver>_hardware_timed``: points/s of a hardware-timed staircase of 100,000 1 ms steps,
+  compiled, run and read back in bulk while it runs;
+- ``<driver>_hardware_over_software``: the two side by side.
+
+Wall time only: the virtual clock makes the instruments' own timing free, so these figures
+are what the host side costs. Each figure is the best of three runs on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+import drivers
+import labctl
+from drivers.base import Limits
+from labctl.data import SOFTWARE_TIMED
+from labctl.program import staircase
+from labctl.sim.instruments.registry import EMULATORS
+
+SOFTWARE_POINTS = 2_000
+HARDWARE_POINTS = 100_000
+STEP_S = 1e-3
+
+
+def report(name: str, value: float, unit: str) -> None:
+    print(f"{name}: {value:.4g} {unit}", flush=True)
+
+
+def connect(name: str):
+    d = labctl.connect(f"sim://{name}?device=resistor&seed=1&R=1e6&noise=0")
+    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+    return d
+
+
+def points_per_s(name: str, timing: str, n: int) -> tuple[float, bool]:
+    """Best points/s of an n-step staircase; and whether every point had that timing."""
+    levels = np.linspace(-1.0, 1.0, n)
+    best, as_asked = math.inf, True
+    for _ in range(3):
+        d = connect(name)
+        d.configure(compliance_a=1e-3, nplc=0.01, timing=timing)
+        program = staircase(levels, STEP_S).with_compliance(1e-3)
+        t0 = time.perf_counter()
+        count = 0
+        for chunk in d.execute(program):
+            count += len(chunk)
+            software = chunk.flags & SOFTWARE_TIMED
+            as_asked &= bool(np.all(software) if timing == "software" else not np.any(software))
+        best = min(best, time.perf_counter() - t0)
+        d.safe_state()
+        d.close()
+        if count < n:
+            raise RuntimeError(f"{name}: {count} of {n} points")
+    return count / best, as_asked
+
+
+def main(names: list[str]) -> int:
+    for name in names or sorted(drivers.DRIVERS):
+        if name.replace("_", "").replace("-", "") not in EMULATORS:
+            print(f"# {name}: no emulator registered, skipped")
+            continue
+        try:
+            soft, ok_soft = points_per_s(name, "software", SOFTWARE_POINTS)
+            report(f"{name}_software_timed", soft, "points/s")
+            hard, ok_hard = points_per_s(name, "auto", HARDWARE_POINTS)
+            label = "hardware_timed" if ok_hard else "auto_timed_(host_fallback)"
+            report(f"{name}_{label}", hard, "points/s")
+            report(f"{name}_hardware_over_software", hard / soft, "x")
+            if not ok_soft:
+                print(f"# {name}: some software-timed points were not flagged SOFTWARE_TIMED")
+        except Exception as exc:  # one driver's failure does not hide the others' figures
+            print(f"# {name}: {type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
