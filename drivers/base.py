@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from labctl.clock import Clock
+from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, LimitError
+from labctl.errors import Aborted, LimitError, ValidationError
 from labctl.program import Program
 
 
@@ -201,3 +201,69 @@ def run_host_timed(
             rows, ts, vs, is_, late = [], [], [], [], []
             flush_at = clock.now() + FLUSH_S
     clock.sleep_until(t_start + ends[-1])
+
+
+class DriverBase:
+    """The skeleton every driver shares: the transport and clock it runs on, the sample's
+    limits, closing, and a context manager that always ends in safe state."""
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, transport, clock: Clock | None = None) -> None:
+        self.transport = transport
+        self.clock = clock or RealClock()
+        self.limits = Limits()
+        self.identity = ""
+        self.timing = "auto"  # "auto" | "hardware" | "software"
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def safe_state(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()
+
+
+class SourceMeterBase(DriverBase):
+    """Adds what source-measure units share: integration time in power-line cycles, the
+    current limit checked against the instrument and the sample, and the poll interval."""
+
+    min_compliance_a: ClassVar[float] = 0.0  # smallest current limit the instrument takes
+
+    def __init__(self, transport, clock: Clock | None = None) -> None:
+        super().__init__(transport, clock)
+        self.nplc = 1.0
+        self.line_frequency_hz = 50.0
+        self.compliance_a = 105e-6
+        self.poll_s = 0.1
+
+    @property
+    def aperture_s(self) -> float:
+        return self.nplc / self.line_frequency_hz
+
+    def _checked_compliance(self, compliance_a: float) -> float:
+        lo = self.min_compliance_a
+        i_max = self.capabilities.i_max
+        if not (lo <= compliance_a if lo else compliance_a > 0) or compliance_a > i_max:
+            low = f"[{lo:g}" if lo else "(0"
+            raise ValidationError(
+                "compliance_a", f"{compliance_a:g} A is outside {low}, {i_max:g}] A"
+            )
+        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
+            raise LimitError(
+                f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
+                f"max_i = {self.limits.max_i:g} A"
+            )
+        return float(compliance_a)

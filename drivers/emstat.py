@@ -36,13 +36,13 @@ from drivers.base import (
     FLUSH_S,
     OVERRANGE_VALUE,
     Capabilities,
-    Limits,
+    DriverBase,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
 )
-from labctl.clock import Clock, RealClock
+from labctl.clock import Clock
 from labctl.data import LATE, Chunk
 from labctl.errors import (
     Aborted,
@@ -297,20 +297,16 @@ class _Script:
     duration_s: float
 
 
-class EmStat:
+class EmStat(DriverBase):
     """Driver for a PalmSens EmStat Pico or EmStat4 over a serial :class:`Transport`."""
 
     name = "emstat"
     capabilities = _capabilities(_PICO)
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
-        self.transport = transport
-        self.clock = clock or RealClock()
-        self.limits = Limits()
+        super().__init__(transport, clock)
         self.family = _PICO
-        self.identity = ""
         self.firmware = ""
-        self.timing = "auto"  # "auto" | "hardware" | "software"
         self.aperture_s = 20e-3  # a host-timed reading's measurement interval
         self.current_range_a: float | None = None  # None: autoranging
         self.compliance_a: float | None = None  # top of the autoranging
@@ -366,9 +362,6 @@ class EmStat:
         self.firmware = first.rstrip("*").strip()
         self.identity = f"PalmSens {self.family.name},{serial},{self.firmware}"
         return self.identity
-
-    def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
 
     def configure(
         self,
@@ -664,18 +657,6 @@ class EmStat:
         self._write("")
         self._stop_script(None)
         self._run_script(["set_pgstat_chan 0", "set_e 0", "cell_off"])
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> EmStat:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.safe_state()
-        finally:
-            self.close()
 
 
 def _range_at_least(ranges: tuple[float, ...], value: float) -> float:

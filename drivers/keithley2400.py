@@ -30,15 +30,15 @@ import numpy as np
 
 from drivers.base import (
     Capabilities,
-    Limits,
+    SourceMeterBase,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
 )
-from labctl.clock import Clock, RealClock
+from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -71,7 +71,7 @@ class _Sweep:
         return len(self.levels)
 
 
-class Keithley2400:
+class Keithley2400(SourceMeterBase):
     """Driver for the Keithley 2400 and 2401 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2400"
@@ -95,16 +95,8 @@ class Keithley2400:
     )
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
-        self.transport = transport
-        self.clock = clock or RealClock()
-        self.limits = Limits()
+        super().__init__(transport, clock)
         self.model = "2400"
-        self.nplc = 1.0
-        self.line_frequency_hz = 50.0
-        self.compliance_a = 105e-6
-        self.timing = "auto"  # "auto" | "hardware" | "software"
-        self.poll_s = 0.1
-        self.identity = ""
         self._output_on: bool | None = None
         self._last_level: float | None = None
         self._fixed_mode = False  # source in FIXed mode with one trigger (host timing)
@@ -128,13 +120,6 @@ class Keithley2400:
         self.line_frequency_hz = float(self.transport.query(":SYST:LFR?"))
         self.identity = idn
         return idn
-
-    @property
-    def aperture_s(self) -> float:
-        return self.nplc / self.line_frequency_hz
-
-    def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
 
     def configure(
         self,
@@ -179,18 +164,6 @@ class Keithley2400:
         )
         self._fixed_mode = True
         self.check_errors()
-
-    def _checked_compliance(self, compliance_a: float) -> float:
-        if not 0 < compliance_a <= self.capabilities.i_max:
-            raise ValidationError(
-                "compliance_a", f"{compliance_a:g} A is outside (0, {self.capabilities.i_max:g}] A"
-            )
-        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
-            raise LimitError(
-                f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
-                f"max_i = {self.limits.max_i:g} A"
-            )
-        return float(compliance_a)
 
     def check_errors(self) -> None:
         """Raise InstrumentError with every queued error, oldest first."""
@@ -373,18 +346,6 @@ class Keithley2400:
             raise InstrumentError(
                 f"{self.transport.resource}: output still reads {state!r} after OFF"
             )
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> Keithley2400:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.safe_state()
-        finally:
-            self.close()
 
 
 TICK_DIVISORS = 8  # a common tick may be the shortest step divided by up to this

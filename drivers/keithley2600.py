@@ -43,15 +43,15 @@ import numpy as np
 
 from drivers.base import (
     Capabilities,
-    Limits,
+    SourceMeterBase,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
 )
-from labctl.clock import Clock, RealClock
+from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -95,10 +95,11 @@ class _Sweep:
         return len(self.levels)
 
 
-class Keithley2600:
+class Keithley2600(SourceMeterBase):
     """Driver for the Keithley 2600B series (2636B) over any :class:`Transport`."""
 
     name = "keithley2636b"
+    min_compliance_a = 100e-12
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
@@ -113,16 +114,9 @@ class Keithley2600:
     )
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
-        self.transport = transport
-        self.clock = clock or RealClock()
-        self.limits = Limits()
-        self.nplc = 1.0
+        super().__init__(transport, clock)
         self.line_frequency_hz = 60.0
-        self.compliance_a = 105e-6
-        self.timing = "auto"  # "auto" | "hardware" | "software"
         self.channels: tuple[int, ...] = (0,)
-        self.poll_s = 0.1
-        self.identity = ""
         self.model = ""
         self.n_channels = 2
         self._configured = False
@@ -153,13 +147,6 @@ class Keithley2600:
         self.capabilities = dataclasses.replace(caps, channels=SMU[: self.n_channels])
         self.identity = idn
         return idn
-
-    @property
-    def aperture_s(self) -> float:
-        return self.nplc / self.line_frequency_hz
-
-    def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
 
     def configure(
         self,
@@ -265,19 +252,6 @@ class Keithley2600:
             allowed = ", ".join(f"{k} ({SMU[k]})" for k in range(self.n_channels))
             raise ValidationError("channels", f"{list(channels)!r}; allowed: {allowed}")
         return chosen
-
-    def _checked_compliance(self, compliance_a: float) -> float:
-        if not 100e-12 <= compliance_a <= self.capabilities.i_max:
-            raise ValidationError(
-                "compliance_a",
-                f"{compliance_a:g} A is outside [1e-10, {self.capabilities.i_max:g}] A",
-            )
-        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
-            raise LimitError(
-                f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
-                f"max_i = {self.limits.max_i:g} A"
-            )
-        return float(compliance_a)
 
     def check_errors(self) -> None:
         """Raise InstrumentError with every queued error, oldest first."""
@@ -598,18 +572,6 @@ class Keithley2600:
             raise InstrumentError(
                 f"{self.transport.resource}: outputs read {reply.strip()!r} after OUTPUT_OFF"
             )
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> Keithley2600:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.safe_state()
-        finally:
-            self.close()
 
 
 def _split(level: np.ndarray, a: int, b: int) -> Iterator[tuple[int, np.ndarray, bool]]:

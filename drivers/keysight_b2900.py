@@ -30,16 +30,16 @@ import numpy as np
 
 from drivers.base import (
     Capabilities,
-    Limits,
+    SourceMeterBase,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
 )
 from drivers.keithley2400 import plan_points, runs_of_equal
-from labctl.clock import Clock, RealClock
+from labctl.clock import Clock
 from labctl.data import LATE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport, block_to_array
 
@@ -77,7 +77,7 @@ class _Sweep:
         return len(self.levels)
 
 
-class KeysightB2900:
+class KeysightB2900(SourceMeterBase):
     """Driver for the Keysight B2901A/B2902A over any :class:`~labctl.transport.Transport`."""
 
     name = "keysight_b2900"
@@ -101,17 +101,10 @@ class KeysightB2900:
     )
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
-        self.transport = transport
-        self.clock = clock or RealClock()
-        self.limits = Limits()
+        super().__init__(transport, clock)
         self.model = "B2902A"
         self.channels: list[int] = [0]  # 0-based channels a program runs on
-        self.nplc = 1.0
-        self.line_frequency_hz = 50.0
         self.compliance_a = 1e-4
-        self.timing = "auto"  # "auto" | "hardware" | "software"
-        self.poll_s = 0.1
-        self.identity = ""
         self._output_on: set[int] = set()
         self._last_level: float | None = None
         self._binary = False  # the data format is REAL,64 (during a hardware run)
@@ -135,13 +128,6 @@ class KeysightB2900:
         self.line_frequency_hz = float(self.transport.query(":SYST:LFR?"))
         self.identity = idn
         return idn
-
-    @property
-    def aperture_s(self) -> float:
-        return self.nplc / self.line_frequency_hz
-
-    def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
 
     def configure(
         self,
@@ -202,18 +188,6 @@ class KeysightB2900:
         )
         self._binary = False
         self.check_errors()
-
-    def _checked_compliance(self, compliance_a: float) -> float:
-        if not 0 < compliance_a <= self.capabilities.i_max:
-            raise ValidationError(
-                "compliance_a", f"{compliance_a:g} A is outside (0, {self.capabilities.i_max:g}] A"
-            )
-        if self.limits.max_i is not None and compliance_a > self.limits.max_i * (1 + 1e-12):
-            raise LimitError(
-                f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
-                f"max_i = {self.limits.max_i:g} A"
-            )
-        return float(compliance_a)
 
     def check_errors(self) -> None:
         """Raise InstrumentError with every queued error, oldest first."""
@@ -454,18 +428,6 @@ class KeysightB2900:
                 f"{self.transport.resource}: output of channel {on or chans} still reads on "
                 f"after OFF ({';'.join(states)!r})"
             )
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> KeysightB2900:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.safe_state()
-        finally:
-            self.close()
 
 
 def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:

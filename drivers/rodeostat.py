@@ -25,13 +25,13 @@ from drivers.base import (
     FLUSH_S,
     OVERRANGE_VALUE,
     Capabilities,
-    Limits,
+    DriverBase,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
 )
-from labctl.clock import Clock, RealClock
+from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import (
     Aborted,
@@ -93,19 +93,15 @@ class _Test:
     duration_s: float
 
 
-class Rodeostat:
+class Rodeostat(DriverBase):
     """Driver for an IO Rodeo Rodeostat over a serial :class:`Transport`."""
 
     name = "rodeostat"
     capabilities = _capabilities(DEFAULT_VARIANT)
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
-        self.transport = transport
-        self.clock = clock or RealClock()
-        self.limits = Limits()
-        self.identity = ""
+        super().__init__(transport, clock)
         self.variant = DEFAULT_VARIANT
-        self.timing = "auto"
         self.volt_range: str | None = None  # as last set (None: not yet)
         self.fixed_volt_range: str | None = None
         self.curr_range: str | None = None
@@ -193,9 +189,6 @@ class Rodeostat:
         self.capabilities = _capabilities(variant)
         self.identity = f"IO Rodeo Rodeostat {variant},{hardware},{firmware}"
         return self.identity
-
-    def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
 
     def configure(
         self,
@@ -451,18 +444,6 @@ class Rodeostat:
         span = dict(VOLT_RANGES).get(self.volt_range or "10V", 10.0)
         if abs(v) > 2 * span / 4095 * 1.01:
             raise InstrumentError(f"{self.transport.resource}: output reads {v:g} V after 0 V")
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> Rodeostat:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.safe_state()
-        finally:
-            self.close()
 
 
 def _pick(field: str, value: float, ranges: tuple[tuple[str, float], ...]) -> str:
