@@ -69,10 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int)
     _db_arg(p)
 
-    p = sub.add_parser("export", help="export a run's points with their metadata")
-    p.add_argument("run", type=int)
-    p.add_argument("--format", choices=["csv"], default="csv")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p = sub.add_parser(
+        "export",
+        help="export a run, or every run of a sample, with its metadata (CSV, Parquet, NetCDF)",
+        description="Write a run's points with its metadata (parameters, sample, instrument, "
+        "software version, units) to CSV, Parquet or NetCDF; with --sample, every run of the "
+        "sample into the folder --out, one file per run plus index.csv listing them.",
+    )
+    p.add_argument("run", type=int, nargs="?", help="run id (see labctl runs)")
+    p.add_argument("--sample", metavar="NAME", help="export every run of this sample instead")
+    p.add_argument(
+        "--format",
+        choices=["csv", "parquet", "netcdf"],
+        help="default: from the suffix of --out (.csv, .parquet, .nc), else csv",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="FILE|DIR", help="the file; with --sample, a folder"
+    )
     _db_arg(p)
 
     p = sub.add_parser("resources", help="instruments found: running emulators, serial, VISA")
@@ -368,12 +381,22 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from labctl.store.export import export_run_csv
+    from labctl.errors import ValidationError
+    from labctl.store.export import export_run, export_sample
 
+    if (args.run is None) == (args.sample is None):
+        raise ValidationError("export", "give a RUN id or --sample NAME, not both, not neither")
     store = _open_store(args)
-    out = Path(args.out)
-    export_run_csv(store, args.run, out)
-    print(f"wrote {out}")
+    try:
+        if args.sample is not None:
+            index, files = export_sample(store, args.sample, Path(args.out), args.format or "csv")
+            print(f"wrote {len(files)} runs of sample {args.sample} to {index.parent}")
+            print(f"index: {index}")
+        else:
+            path = export_run(store, args.run, Path(args.out), args.format)
+            print(f"wrote {path}")
+    finally:
+        store.close()
     return 0
 
 

@@ -11,21 +11,28 @@ URL either way::
             writer.put(chunk)
     store.finish_run(run_id, "completed")
     df = store.points(run_id)
+    export_run(store, run_id, "run.nc")       # or .csv, .parquet; with the run's metadata
+
+The schema is versioned with Alembic (labctl.store.migrate): an older store is upgraded when
+opened (a SQLite file is copied first), a newer one is refused.
 """
 
 from labctl.store.db import default_db_url
-from labctl.store.export import export_run_csv
-from labctl.store.schema import FINAL_STATUSES, SCHEMA_VERSION, STATUSES
+from labctl.store.export import export_run, export_run_csv, export_sample
+from labctl.store.schema import FINAL_STATUSES, HEAD_REVISION, SCHEMA_VERSION, STATUSES
 from labctl.store.store import Sample, Store
 from labctl.store.writer import RunWriter
 
 __all__ = [
     "FINAL_STATUSES",
+    "HEAD_REVISION",
     "SCHEMA_VERSION",
     "STATUSES",
     "RunWriter",
     "Sample",
     "Store",
     "default_db_url",
+    "export_run",
     "export_run_csv",
+    "export_sample",
 ]

@@ -1,4 +1,4 @@
-"""Where the store lives: URLs, engines with the right connection settings, schema creation."""
+"""Where the store lives: URLs, engines with the right connection settings, JSON."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from datetime import date, datetime
 from pathlib import Path, PurePath
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from labctl import __version__
 from labctl.errors import StoreError
-from labctl.store import schema
 
 ENV_VAR = "LABCTL_DB"
 BUSY_TIMEOUT_S = 30.0
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def default_db_url() -> str:
@@ -82,17 +81,45 @@ def dumps(obj) -> str:
     return json.dumps(obj, default=_json_default, allow_nan=True)
 
 
+# Execution option of connections that write. On SQLite their transactions start with
+# BEGIN IMMEDIATE: the write lock is taken (waiting up to the busy timeout) before the first
+# read, so a transaction that reads then writes cannot fail with "database is locked" when
+# another process committed in between (a deferred transaction cannot upgrade its stale read
+# snapshot, and SQLite then fails at once instead of waiting). Reads keep a plain BEGIN and
+# never wait for writers (WAL).
+WRITE_OPTION = "labctl_write"
+
+
+def writing(engine: Engine) -> Engine:
+    """The engine whose transactions take the write lock first (SQLite; same on others)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
 def _on_sqlite_connect(dbapi_conn, _record) -> None:
+    # Transactions are begun by _on_sqlite_begin, not by the sqlite3 module, which would
+    # only begin them before DML (leaving DDL outside) and always as deferred.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     try:
+        # The busy timeout first: switching a new file to WAL takes a lock too.
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         # WAL: readers (GUI, exports) never block the writer and a crash cannot corrupt the
         # file; NORMAL: a commit is durable against a process crash without an fsync each.
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
+        # After a checkpoint the WAL file shrinks back to this size (it would otherwise keep
+        # the largest size it ever reached, however long the station runs).
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     finally:
         cur.close()
+
+
+def _on_sqlite_begin(conn) -> None:
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -122,51 +149,12 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ImportError) as exc:
         raise StoreError(
             f"no database driver for {display_url(url)}: {exc}. Install the driver "
-            "(e.g. pip install 'psycopg[binary]' for postgresql+psycopg://)"
+            "(e.g. pip install 'labctl[postgresql]' for postgresql+psycopg://)"
         ) from None
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
     return engine
-
-
-def _already_exists(exc: SQLAlchemyError) -> bool:
-    return "already exists" in str(exc).lower()
-
-
-def ensure_schema(engine: Engine, where: str) -> None:
-    """Create missing tables; refuse a database written by another schema version."""
-    try:
-        try:
-            schema.metadata.create_all(engine, checkfirst=True)
-        except DBAPIError as exc:
-            # Another process created the tables between our check and our CREATE.
-            if not _already_exists(exc):
-                raise
-            schema.metadata.create_all(engine, checkfirst=True)
-        with engine.begin() as conn:
-            found = conn.execute(select(schema.schema_version.c.version)).scalars().all()
-            if not found:
-                conn.execute(
-                    schema.schema_version.insert().values(
-                        version=schema.SCHEMA_VERSION,
-                        labctl_version=__version__,
-                        applied_at=schema.utcnow(),
-                    )
-                )
-                return
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot open the run store {where}: {reason(exc)}") from None
-    version = max(found)
-    if version > schema.SCHEMA_VERSION:
-        raise StoreError(
-            f"the run store {where} has schema version {version}, newer than this labctl "
-            f"{__version__} understands ({schema.SCHEMA_VERSION}); upgrade labctl"
-        )
-    if version < schema.SCHEMA_VERSION:
-        raise StoreError(
-            f"the run store {where} has schema version {version}, this labctl needs "
-            f"{schema.SCHEMA_VERSION}; migrate it first"
-        )
 
 
 def reason(exc: BaseException) -> str:

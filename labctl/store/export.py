@@ -1,18 +1,49 @@
-"""Exporting a run to files other programs read (CSV with a commented header)."""
+"""Exporting runs to files other programs read, each with the run's metadata in the format's
+own place for it:
+
+- CSV: ``# key: value`` lines before the header row (``pandas.read_csv(path, comment="#")``);
+- Parquet (pyarrow): the schema's key-value metadata (``labctl.run``, JSON) and per column
+  ``unit`` and ``description`` field metadata; ``phase`` is dictionary-encoded (a pandas
+  categorical);
+- NetCDF-4 (h5netcdf): global attributes, and per variable ``units``, ``long_name`` and the
+  CF ``flag_values``/``flag_masks``/``flag_meanings`` of phase and flags; ``point`` (the
+  point's idx) is the dimension and coordinate (``xarray.open_dataset(path)``).
+
+CSV and Parquet name columns with their unit (t_s, v_V, i_A, ...), so both give the same
+DataFrame; NetCDF uses plain names (t, v, i, ...) with a ``units`` attribute, as the field's
+tools expect. The metadata is the same everywhere: run id, protocol, parameters, recipe,
+status, times, sample with limits and metadata, instrument identity, software version, host,
+operator, the run's own metadata and the unit of every column.
+
+Points are read and written in blocks of :data:`BLOCK_ROWS`, so memory stays bounded however
+long the run. A file is written under a temporary name and renamed at the end: a reader
+never sees half a file. ``export_sample`` writes one file per run of a sample and an
+``index.csv`` listing them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from labctl import __version__
-from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED
+from labctl.data import COLUMNS, COMPLIANCE, DTYPES, LATE, OVERRANGE, SOFTWARE_TIMED
+from labctl.errors import StoreError, ValidationError
+from labctl.program import PHASES
 from labctl.store.db import dumps
 from labctl.store.schema import utcnow
 
-# Point columns as written to files: the name says the unit.
+BLOCK_ROWS = 1_000_000
+FORMATS: dict[str, str] = {"csv": ".csv", "parquet": ".parquet", "netcdf": ".nc"}
+_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".nc": "netcdf"}
+
+# Point columns as written to CSV and Parquet: the name says the unit.
 CSV_COLUMNS: dict[str, str] = {
     "t": "t_s",
     "v_set": "v_set_V",
@@ -25,40 +56,60 @@ CSV_COLUMNS: dict[str, str] = {
     "flags": "flags",
     "channel": "channel",
 }
-_DESCRIPTIONS = {
-    "t_s": "time since the run started",
-    "v_set_V": "programmed source level (A when the run sourced current)",
-    "v_V": "measured voltage",
-    "i_A": "measured current",
+# Units (UDUNITS spelling; "1": a count) and descriptions of the point columns.
+UNITS: dict[str, str] = {
+    "t": "s",
+    "v_set": "V",
+    "v": "V",
+    "i": "A",
+    "segment": "1",
+    "cycle": "1",
+    "pulse": "1",
+    "phase": "",
+    "flags": "",
+    "channel": "1",
+}
+FLAG_BITS: dict[str, int] = {
+    "compliance": COMPLIANCE,
+    "overrange": OVERRANGE,
+    "software_timed": SOFTWARE_TIMED,
+    "late": LATE,
+}
+DESCRIPTIONS: dict[str, str] = {
+    "t": "time since the run started",
+    "v_set": "programmed source level (A when the run sourced current)",
+    "v": "measured voltage",
+    "i": "measured current",
     "segment": "program segment",
     "cycle": "cycle number",
     "pulse": "pulse number",
     "phase": "phase name",
-    "flags": (
-        f"bit field: {COMPLIANCE}=compliance {OVERRANGE}=overrange "
-        f"{SOFTWARE_TIMED}=software_timed {LATE}=late"
-    ),
+    "flags": "bit field: " + " ".join(f"{bit}={name}" for name, bit in FLAG_BITS.items()),
     "channel": "source channel (0 = first)",
 }
+_missing = [c for c in COLUMNS if c not in UNITS or c not in CSV_COLUMNS]
+if _missing:
+    raise RuntimeError(f"labctl.store.export: no unit or file name for point column(s) {_missing}")
 
 
-def _value(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict | list):
-        return dumps(value)
-    text = str(value)
-    if "\n" in text or "\r" in text:
-        return json.dumps(text)  # one line; json.loads gives the text back
-    return text
+def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The export format: ``fmt`` if given, else from the file's suffix, else csv."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValidationError("--format", f"{fmt!r}; allowed: {', '.join(FORMATS)}")
+        return fmt
+    return _SUFFIXES.get(Path(path).suffix.lower(), "csv")
 
 
-def run_header(store, run_id: int) -> list[tuple[str, object]]:
-    """The (key, value) pairs that describe a run in exported files."""
+# --- the run's metadata ----------------------------------------------------------------------
+
+
+def run_header(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> list[tuple[str, object]]:
+    """The (key, value) pairs that describe a run in exported files; ``units`` maps the
+    file's column ``names`` to their units."""
     run = store.run(run_id)
     sample = store.get_sample(run["sample"]) if run["sample"] else None
+    units = {names[c]: UNITS[c] for c in COLUMNS if UNITS[c]}
     return [
         ("run_id", run["id"]),
         ("protocol", run["protocol"]),
@@ -80,9 +131,87 @@ def run_header(store, run_id: int) -> list[tuple[str, object]]:
         ("notes", run["notes"]),
         ("parameters", run["parameters"]),
         ("recipe_text", run["recipe_text"]),
+        ("run_metadata", run.get("metadata") or {}),
+        ("units", units),
         ("exported_by", f"labctl {__version__}"),
         ("exported_at", utcnow()),
     ]
+
+
+def _plain(value):
+    """JSON-compatible value (datetimes as ISO text)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def run_metadata(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> dict[str, object]:
+    """The run's export metadata as a JSON-compatible dict (what every format carries)."""
+    return {key: _plain(value) for key, value in run_header(store, run_id, names)}
+
+
+def _blocks(store, run_id: int) -> Iterator[dict[str, np.ndarray]]:
+    """The run's points in blocks of BLOCK_ROWS, in idx order; at least one (maybe empty)."""
+    start = 0
+    while True:
+        block = store.points_arrays(run_id, start=start, stop=start + BLOCK_ROWS)
+        n = len(block["t"])
+        if n or start == 0:
+            yield block
+        if n < BLOCK_ROWS:
+            return
+        start += n
+
+
+def _phase_names(codes: np.ndarray) -> np.ndarray:
+    names = np.array(PHASES, dtype=object)
+    out = np.empty(len(codes), dtype=object)
+    known = (codes >= 0) & (codes < len(PHASES))
+    out[known] = names[codes[known].astype(np.intp)]
+    for code in np.unique(codes[~known]):
+        out[codes == code] = f"phase{int(code)}"
+    return out
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary name to write to; renamed to ``path`` only when the writing succeeded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def _need(module: str, fmt: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise StoreError(
+            f"{fmt} export needs the Python package {module.split('.')[0]}: "
+            "pip install 'labctl[export]'"
+        ) from None
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+
+def _csv_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return dumps(value)
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        return json.dumps(text)  # one line; json.loads gives the text back
+    return text
 
 
 def export_run_csv(store, run_id: int, path: str | os.PathLike) -> Path:
@@ -94,16 +223,170 @@ def export_run_csv(store, run_id: int, path: str | os.PathLike) -> Path:
     v_set_V, v_V, i_A, ...); phase is written as its name. Read it back with
     ``pandas.read_csv(path, comment="#")``.
     """
+    from labctl.data import frame_from_columns
+
     path = Path(path)
     header = run_header(store, run_id)
-    df = store.points(run_id).rename(columns=CSV_COLUMNS)
     lines = ["# labctl run export"]
-    lines += [f"# {key}: {_value(value)}" for key, value in header]
-    lines += [f"# column {name}: {_DESCRIPTIONS.get(name, name)}" for name in df.columns]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    lines += [f"# {key}: {_csv_value(value)}" for key, value in header]
+    lines += [f"# column {CSV_COLUMNS[c]}: {DESCRIPTIONS[c]}" for c in COLUMNS]
+    with _replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-        df.to_csv(f, index=False, lineterminator="\n")
-    os.replace(tmp, path)  # a reader never sees half a file
+        for k, block in enumerate(_blocks(store, run_id)):
+            df = frame_from_columns(block).rename(columns=CSV_COLUMNS)
+            df.to_csv(f, index=False, header=k == 0, lineterminator="\n")
     return path
+
+
+# --- Parquet ---------------------------------------------------------------------------------
+
+
+def export_run_parquet(store, run_id: int, path: str | os.PathLike) -> Path:
+    """Write the run's points to a Parquet file; returns its path.
+
+    Columns as in CSV (t_s, v_V, ...; phase dictionary-encoded). The run's metadata is JSON
+    under the schema metadata key ``labctl.run``; each field has ``unit`` and
+    ``description`` metadata. ``pandas.read_parquet(path)`` gives the same frame as the CSV;
+    ``pyarrow.parquet.read_schema(path).metadata`` gives the metadata.
+    """
+    pa = _need("pyarrow", "Parquet")
+    pq = _need("pyarrow.parquet", "Parquet")
+    path = Path(path)
+    meta = run_metadata(store, run_id)
+    fields = []
+    for c in COLUMNS:
+        if c == "phase":
+            typ = pa.dictionary(pa.int8(), pa.string())
+        else:
+            typ = pa.from_numpy_dtype(np.dtype(DTYPES[c]))
+        field_meta = {"description": DESCRIPTIONS[c]}
+        if UNITS[c]:
+            field_meta["unit"] = UNITS[c]
+        fields.append(pa.field(CSV_COLUMNS[c], typ, metadata=field_meta))
+    schema = pa.schema(fields, metadata={"labctl.run": dumps(meta)})
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for block in _blocks(store, run_id):
+            arrays = [
+                _phase_array(pa, block[c]) if c == "phase" else pa.array(block[c]) for c in COLUMNS
+            ]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    return path
+
+
+def _phase_array(pa, codes: np.ndarray):
+    """Phase names dictionary-encoded on the codes themselves (every block, one dictionary)."""
+    if len(codes) and (codes.min() < 0 or codes.max() >= len(PHASES)):
+        names = pa.array(_phase_names(codes), pa.string()).dictionary_encode()
+        return names.cast(pa.dictionary(pa.int8(), pa.string()))
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(PHASES))
+
+
+# --- NetCDF ----------------------------------------------------------------------------------
+
+
+def _attr(value):
+    """A NetCDF attribute value: numbers and text as they are, the rest as JSON text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str):
+        return value
+    return dumps(value)
+
+
+def export_run_netcdf(store, run_id: int, path: str | os.PathLike) -> Path:
+    """Write the run's points to a NetCDF-4 file; returns its path.
+
+    One dimension ``point`` (its coordinate is the point's idx) and a variable per point
+    column with ``units`` and ``long_name``; phase and flags carry the CF ``flag_values`` /
+    ``flag_masks`` and ``flag_meanings``. The run's metadata is in the global attributes
+    (parameters, sample metadata, run metadata and units as JSON text). Read it with
+    ``xarray.open_dataset(path)``.
+    """
+    h5netcdf = _need("h5netcdf", "NetCDF")
+    path = Path(path)
+    meta = run_metadata(store, run_id, {c: c for c in COLUMNS})
+    with _replacing(path) as tmp, h5netcdf.File(tmp, "w") as f:
+        f.attrs["Conventions"] = "CF-1.10"
+        f.attrs["title"] = f"labctl run {run_id}: {meta['protocol']} on {meta['sample']}"
+        f.attrs["source"] = f"labctl {meta['software_version']}"
+        f.attrs["history"] = f"{meta['exported_at']}: exported by labctl {__version__}"
+        for key, value in meta.items():
+            if value is not None:
+                f.attrs[key] = _attr(value)
+        f.dimensions = {"point": None}  # unlimited: grows block by block
+        opts = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+        idx = f.create_variable("point", ("point",), "i8", chunks=(65_536,), **opts)
+        idx.attrs["long_name"] = "index of the point in the run (0, 1, 2, ...)"
+        variables = {}
+        for c in COLUMNS:
+            var = f.create_variable(c, ("point",), DTYPES[c], chunks=(65_536,), **opts)
+            var.attrs["long_name"] = DESCRIPTIONS[c]
+            if UNITS[c]:
+                var.attrs["units"] = UNITS[c]
+            variables[c] = var
+        phase = variables["phase"]
+        phase.attrs["flag_values"] = np.arange(len(PHASES), dtype=DTYPES["phase"])
+        phase.attrs["flag_meanings"] = " ".join(p or "none" for p in PHASES)
+        flags = variables["flags"]
+        flags.attrs["flag_masks"] = np.array(list(FLAG_BITS.values()), dtype=DTYPES["flags"])
+        flags.attrs["flag_meanings"] = " ".join(FLAG_BITS)
+        n = 0
+        for block in _blocks(store, run_id):
+            m = len(block["t"])
+            if not m:
+                continue
+            f.resize_dimension("point", n + m)
+            idx[n : n + m] = np.arange(n, n + m)
+            for c in COLUMNS:
+                variables[c][n : n + m] = block[c]
+            n += m
+    return path
+
+
+# --- any format, whole samples -----------------------------------------------------------------
+
+WRITERS = {"csv": export_run_csv, "parquet": export_run_parquet, "netcdf": export_run_netcdf}
+
+
+def export_run(store, run_id: int, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write one run to ``path`` as csv, parquet or netcdf (default: from the suffix)."""
+    return WRITERS[format_of(path, fmt)](store, run_id, path)
+
+
+def export_sample(
+    store, sample: str, folder: str | os.PathLike, fmt: str = "csv"
+) -> tuple[Path, list[Path]]:
+    """Every run of ``sample`` into ``folder``: one file per run (``run<id>_<protocol>.<ext>``)
+    and ``index.csv`` listing them (id, protocol, status, times, points, file) under a
+    commented header with the sample's limits and metadata. Returns (index, files)."""
+    fmt = format_of("", fmt)
+    found = store.get_sample(sample)
+    if found is None:
+        names = ", ".join(store.samples()["name"]) or "none yet"
+        raise ValidationError(
+            "--sample", f"no sample {sample!r} in {store.where}; samples: {names}"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = store.runs(sample=sample).sort_values("id")
+    files = []
+    for run_id, protocol in zip(runs["id"], runs["protocol"], strict=True):
+        name = f"run{int(run_id)}_{protocol}{FORMATS[fmt]}"
+        files.append(export_run(store, int(run_id), folder / name, fmt))
+    index = runs[["id", "protocol", "status", "started_at", "ended_at", "n_points", "error"]]
+    index = index.assign(file=[p.name for p in files])
+    lines = [
+        "# labctl sample export",
+        f"# sample: {found.name}",
+        f"# sample_max_v_V: {_csv_value(found.max_v)}",
+        f"# sample_max_i_A: {_csv_value(found.max_i)}",
+        f"# sample_metadata: {dumps(found.metadata)}",
+        f"# format: {fmt}",
+        f"# exported_by: labctl {__version__}",
+        f"# exported_at: {utcnow().isoformat()}",
+    ]
+    path = folder / "index.csv"
+    with _replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        index.to_csv(f, index=False, lineterminator="\n")
+    return path, files

@@ -16,7 +16,11 @@ Decisions that are not obvious from the table definitions:
 - Datetimes are timezone-aware UTC in Python (:class:`UTCDateTime`); SQLite keeps them as
   UTC text, PostgreSQL as ``timestamptz``.
 - JSON columns are JSONB on PostgreSQL.
-- ``schema_version`` holds one row; :data:`SCHEMA_VERSION` changes with every migration.
+- The schema changes only through the Alembic migrations in ``labctl/store/migrations``
+  (see labctl.store.migrate); these tables are the head revision :data:`HEAD_REVISION`.
+  ``schema_version`` holds one row, :data:`SCHEMA_VERSION` (the head revision as a number),
+  which is what labctl 0.1.0 checked before Alembic: it refuses a newer store instead of
+  writing to tables it does not know.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 from labctl.data import COLUMNS
 
-SCHEMA_VERSION = 1
+# The newest Alembic revision; a test checks it is the head of the migration scripts.
+HEAD_REVISION = "0002"
+SCHEMA_VERSION = int(HEAD_REVISION)
 
 # Run status values. 'running' is the only live one; 'interrupted' is set by the store when
 # it finds a run whose process is gone.
@@ -152,9 +159,13 @@ runs = Table(
     Column("error", Text),
     Column("n_points", BigInteger, nullable=False, default=0),
     Column("notes", Text),
+    # Anything else worth keeping with the run (instrument settings, source mode, units of
+    # parameters, ...), shown in exports. Added in revision 0002.
+    Column("metadata", JSONType, nullable=False, default=dict, server_default=text("'{}'")),
     Index(None, "status"),
     Index(None, "sample_id"),
     Index(None, "group_id"),
+    Index(None, "protocol"),  # revision 0002
 )
 
 # SQL type of each point column of labctl.data.COLUMNS. A column added there needs a line

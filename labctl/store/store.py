@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
 from labctl.errors import StoreError, ValidationError
-from labctl.store import db, recovery, schema
+from labctl.store import db, migrate, recovery, schema
 from labctl.store.readers import read_point_columns
 from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
 from labctl.store.writer import RunWriter
@@ -80,6 +80,15 @@ def _text(name: str, value: object, max_len: int, *, required: bool = True) -> s
     return value
 
 
+def _metadata(value: object) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("metadata", f"must be a dict, got {type(value).__name__}")
+    _json_safe("metadata", value)
+    return dict(value)
+
+
 def _json_safe(name: str, value: object) -> None:
     try:
         db.dumps(value)
@@ -97,6 +106,8 @@ class Store:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        # Transactions that write: on SQLite they take the write lock before their first read.
+        self._writes = db.writing(engine)
         self.path: Path | None = db.sqlite_path(url)
         self._writers: dict[int, RunWriter] = {}
         self._writers_lock = threading.Lock()
@@ -110,17 +121,21 @@ class Store:
         *,
         recover: bool = True,
         stale_after_s: float = recovery.DEFAULT_STALE_AFTER_S,
+        upgrade: bool = True,
     ) -> Store:
         """Open (and create if needed) the store at ``url``: a SQLAlchemy URL or a SQLite path.
 
-        Without ``url``, :func:`default_db_url`. Runs left 'running' by a process that is gone
-        are marked 'interrupted' (see :meth:`recover_stale_runs`); their points are kept.
+        Without ``url``, :func:`default_db_url`. A store of an older schema is upgraded (a
+        SQLite file is copied first), or with ``upgrade=False`` refused with the command that
+        upgrades it; a newer one is refused (labctl.store.migrate). Runs left 'running' by a
+        process that is gone are marked 'interrupted' (see :meth:`recover_stale_runs`); their
+        points are kept.
         """
         url = db.normalize_url(url) if url is not None else db.default_db_url()
         engine = db.make_engine(url)
         store = cls(engine, url)
         try:
-            db.ensure_schema(engine, store.where)
+            migrate.ensure_schema(engine, store.where, upgrade=upgrade)
         except BaseException:
             engine.dispose()
             raise
@@ -208,7 +223,7 @@ class Store:
         now = utcnow()
         for _attempt in range(2):
             try:
-                with self.engine.begin() as conn:
+                with self._writes.begin() as conn:
                     row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
                     if row is None:
                         new_id = conn.execute(
@@ -287,7 +302,7 @@ class Store:
         now = utcnow()
         for _attempt in range(2):
             try:
-                with self.engine.begin() as conn:
+                with self._writes.begin() as conn:
                     row = (
                         conn.execute(select(ins).where(ins.c.identity == identity))
                         .mappings()
@@ -343,12 +358,18 @@ class Store:
         operator: str | None = None,
         group_id: str | None = None,
         notes: str | None = None,
+        metadata: dict | None = None,
     ) -> int:
-        """Record a new run with status 'running' and return its id."""
+        """Record a new run with status 'running' and return its id.
+
+        ``metadata``: anything else worth keeping with the run and its exports (instrument
+        settings, source mode, units of parameters, ...), JSON-serialisable.
+        """
         protocol = _text("protocol", protocol, 100)
         if not isinstance(parameters, dict):
             raise ValidationError("parameters", f"must be a dict, got {type(parameters).__name__}")
         _json_safe("parameters", parameters)
+        metadata = _metadata(metadata)
         now = utcnow()
         values = dict(
             protocol=protocol,
@@ -368,9 +389,10 @@ class Store:
             heartbeat_at=now,
             n_points=0,
             notes=notes,
+            metadata=metadata,
         )
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 for column, table, value in (
                     ("sample_id", schema.samples, sample_id),
                     ("instrument_id", schema.instruments, instrument_id),
@@ -416,6 +438,20 @@ class Store:
         """Replace the run's notes (any status)."""
         self._update_run(run_id, "set the notes of", notes=notes)
 
+    def update_run_metadata(self, run_id: int, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into the run's metadata (any status); returns the result."""
+        values = _metadata(values)
+        r = schema.runs
+        try:
+            with self._writes.begin() as conn:
+                self._require_run(conn, run_id)
+                old = conn.execute(select(r.c.metadata).where(r.c.id == run_id)).scalar()
+                merged = {**(old or {}), **values}
+                conn.execute(update(r).where(r.c.id == run_id).values(metadata=merged))
+        except SQLAlchemyError as exc:
+            raise self._fail(f"update the metadata of run {run_id}", exc) from None
+        return merged
+
     def heartbeat(self, run_id: int) -> None:
         """Mark the run as alive now (the writer does this by itself while it is open)."""
         self._update_run(run_id, "heartbeat", heartbeat_at=utcnow())
@@ -432,7 +468,7 @@ class Store:
         kind = _text("kind", kind, 50)
         _json_safe("data", data)
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 self._require_run(conn, run_id)
                 conn.execute(
                     schema.events.insert().values(
@@ -491,7 +527,7 @@ class Store:
         if not values:
             return 0
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 self._require_run(conn, run_id)
                 conn.execute(schema.metrics.insert(), values)
         except SQLAlchemyError as exc:
@@ -517,15 +553,15 @@ class Store:
                 error = f"{error}; {exc}" if error else str(exc)
                 if status == "completed":
                     status = "failed"  # points are missing: the run did not complete
-        r, p = schema.runs, schema.points
+        r = schema.runs
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 current = self._require_run(conn, run_id)
                 if current not in (RUNNING, "interrupted"):
                     raise StoreError(
                         f"run {run_id} is already {current}; it cannot become {status}"
                     )
-                n = conn.execute(select(func.count()).where(p.c.run_id == run_id)).scalar_one()
+                n = _point_count(conn, run_id)
                 now = utcnow()
                 conn.execute(
                     update(r)
@@ -550,7 +586,7 @@ class Store:
         if status == RUNNING:
             raise StoreError(f"run {run_id} is running; finish it before deleting it")
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 for table in (schema.points, schema.metrics, schema.events):
                     conn.execute(delete(table).where(table.c.run_id == run_id))
                 conn.execute(delete(schema.runs).where(schema.runs.c.id == run_id))
@@ -595,10 +631,8 @@ class Store:
             if why is None:
                 continue
             try:
-                with self.engine.begin() as conn:
-                    n = conn.execute(
-                        select(func.count()).where(schema.points.c.run_id == row["id"])
-                    ).scalar_one()
+                with self._writes.begin() as conn:
+                    n = _point_count(conn, row["id"])
                     # Only if still running: two stores opening at once mark a run once.
                     done = conn.execute(
                         update(r)
@@ -784,11 +818,19 @@ class Store:
     def _update_run(self, run_id: int, action: str, **values) -> None:
         r = schema.runs
         try:
-            with self.engine.begin() as conn:
+            with self._writes.begin() as conn:
                 self._require_run(conn, run_id)
                 conn.execute(update(r).where(r.c.id == run_id).values(**values))
         except SQLAlchemyError as exc:
             raise self._fail(f"{action} run {run_id}", exc) from None
+
+
+def _point_count(conn, run_id: int) -> int:
+    # idx runs 0, 1, 2, ... without gaps (the writers number points so), so the count is one
+    # index lookup; count(*) would scan a long run while holding the write lock.
+    p = schema.points
+    stmt = select(func.coalesce(func.max(p.c.idx) + 1, 0)).where(p.c.run_id == run_id)
+    return int(conn.execute(stmt).scalar_one())
 
 
 def _frame(pd, rows: Sequence, columns: list[str], times: Sequence[str] = ()):

@@ -6,7 +6,9 @@ Core: binding each row through SQLAlchemy costs 3-4x) and commits, together with
 ``n_points`` and ``heartbeat_at``. A transaction is closed after ``commit_interval_s / 2.5``
 even if more data keeps coming, and chunks are cut into slices of :data:`SLICE_ROWS`, so
 commits follow each other well within the interval while data is pending: a process killed
-with SIGKILL loses at most the last interval.
+with SIGKILL loses at most the last interval. On SQLite each transaction begins IMMEDIATE
+(labctl.store.db.writing): writers of other processes take turns at the busy timeout
+instead of failing with "database is locked".
 
 Insert paths, fastest first (chosen by dialect and driver):
 
@@ -36,7 +38,7 @@ from sqlalchemy.engine import Dialect
 from labctl.data import COLUMNS, DTYPES, Chunk
 from labctl.errors import StoreError
 from labctl.store import pgcopy, schema
-from labctl.store.db import reason
+from labctl.store.db import reason, writing
 
 SLICE_ROWS = 16_384  # rows per queue item: bounds the time between commit checks
 POINT_COLUMNS = pgcopy.POINT_COLUMNS  # run_id, idx, *COLUMNS
@@ -177,7 +179,7 @@ class RunWriter:
         self._on_close = on_close
         self._insert = make_inserter(engine.dialect, fast=fast)
         try:
-            self._conn = engine.connect()
+            self._conn = writing(engine).connect()  # SQLite: BEGIN IMMEDIATE
         except Exception as exc:
             raise StoreError(f"cannot start writing run {run_id}{where}: {reason(exc)}") from None
         try:

@@ -1,46 +1,88 @@
-"""Fixtures for the run store tests: a store in a temporary SQLite file, chunks of points."""
+"""Fixtures of the run store tests. Every test that takes ``store`` (or ``db_url``) runs on
+SQLite and on PostgreSQL: a server of its own is started once per session from the installed
+binaries (labctl.store.pgserver), and each test gets a new database on it. Those tests are
+skipped only where no PostgreSQL server binaries are installed (.ci/run installs them)."""
 
 from __future__ import annotations
 
-import numpy as np
+import itertools
+import os
+
 import pytest
 
-from labctl.data import Chunk
 from labctl.store import Store
+from labctl.store.db import sqlite_url
+from labctl.store.pgserver import PostgresUnavailable, TempPostgres
+from tests.store.storetest import chunk_of
+
+BACKENDS = ("sqlite", "postgresql")
+_names = itertools.count()
 
 
-def chunk_of(n: int, start: int = 0, seed: int = 0) -> Chunk:
-    """n points whose values tell their position: t = (start + k) ms, cycle = k // 10, ..."""
-    rng = np.random.default_rng(seed)
-    k = np.arange(start, start + n)
-    return Chunk(
-        t=k * 1e-3,
-        v_set=np.sin(k * 0.01),
-        v=np.sin(k * 0.01) + rng.normal(0, 1e-3, n),
-        i=rng.normal(1e-6, 1e-7, n),
-        segment=k // 1000,
-        cycle=k // 10,
-        pulse=k % 10,
-        phase=k % 4 + 1,
-        flags=(k % 7 == 0) * 5,
-    )
+TEMPLATE = "labctl_store"  # a database holding the store's tables, copied for each test
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    try:
+        server = TempPostgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL not installed here: {exc}")
+    server.start()
+    # Copying a database with the tables made is faster than making them in each test.
+    Store.open(server.create_database(TEMPLATE)).close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def new_db_url(backend, request, tmp_path):
+    """Makes URLs of new databases of the test's backend: empty, or (``tables=True``,
+    PostgreSQL) with the store's tables already made, which Store.open then just checks."""
+    made: list[str] = []
+
+    def make(name: str = "runs", tables: bool = False) -> str:
+        if backend == "sqlite":
+            return sqlite_url(tmp_path / f"{name}.db")
+        server = request.getfixturevalue("pg_server")
+        db_name = f"t{os.getpid()}_{next(_names)}_{name}"
+        made.append(db_name)
+        return server.create_database(db_name, template=TEMPLATE if tables else "template0")
+
+    yield make
+    if made:
+        server = request.getfixturevalue("pg_server")
+        for db_name in made:
+            server.drop_database(db_name)
+
+
+@pytest.fixture
+def db_url(new_db_url) -> str:
+    """A new database; on PostgreSQL with the store's tables already made."""
+    return new_db_url(tables=True)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    """A SQLite file, for the tests of SQLite's own behaviour."""
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store.open(db_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture
 def make_chunk():
     return chunk_of
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "runs.db"
-
-
-@pytest.fixture
-def store(db_path):
-    s = Store.open(db_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture

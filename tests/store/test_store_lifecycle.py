@@ -13,6 +13,7 @@ import pytest
 from labctl import __version__
 from labctl.errors import StoreError, ValidationError
 from labctl.store import Sample
+from labctl.store.db import display_url, sqlite_path
 
 
 def test_ensure_sample_creates_then_returns_the_same(store):
@@ -241,6 +242,32 @@ def test_notes_can_be_set_after_the_run(store, run_id):
         store.set_notes(999, "x")
 
 
-def test_describe_and_data_dir_point_at_the_file(store, db_path):
-    assert store.describe() == str(db_path)
-    assert store.data_dir() == db_path.parent
+def test_describe_and_data_dir_point_at_the_data(store, db_url, monkeypatch, tmp_path):
+    path = sqlite_path(db_url)
+    if path is not None:
+        assert store.describe() == str(path)
+        assert store.data_dir() == path.parent
+    else:
+        assert store.describe() == display_url(db_url)
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+        assert store.data_dir().is_dir()
+
+
+def test_run_metadata_is_kept_and_merged(store):
+    sample = store.ensure_sample("chip7")
+    run_id = store.create_run(
+        protocol="iv",
+        parameters={},
+        sample_id=sample.id,
+        metadata={"source_mode": "V", "settings": {"nplc": np.float64(0.1)}},
+    )
+    assert store.run(run_id)["metadata"] == {"source_mode": "V", "settings": {"nplc": 0.1}}
+    merged = store.update_run_metadata(run_id, operator_note="ok", source_mode="I")
+    assert merged == {"source_mode": "I", "settings": {"nplc": 0.1}, "operator_note": "ok"}
+    assert store.run(run_id)["metadata"] == merged
+    plain = store.create_run(protocol="iv", parameters={}, sample_id=None)
+    assert store.run(plain)["metadata"] == {}
+    with pytest.raises(ValidationError, match="metadata"):
+        store.create_run(protocol="iv", parameters={}, sample_id=None, metadata={"x": object()})
+    with pytest.raises(StoreError, match="no run 999"):
+        store.update_run_metadata(999, a=1)

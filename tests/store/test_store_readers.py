@@ -9,6 +9,7 @@ import pytest
 from labctl.data import COLUMNS, DTYPES
 from labctl.errors import ValidationError
 from labctl.program import PHASES
+from tests.store.storetest import sql
 
 
 @pytest.fixture
@@ -68,3 +69,12 @@ def test_points_of_other_runs_are_not_mixed_in(store, make_chunk):
         wb.put(make_chunk(20, start=500))
     np.testing.assert_array_equal(store.points_arrays(b)["t"], make_chunk(20, start=500).t)
     assert len(store.points(a)) == 10
+
+
+def test_a_null_written_by_another_program_reads_as_nan(store, run_id, written, db_url):
+    # PostgreSQL: binary COPY cannot hold the NULL in its fixed layout; the cursor path does.
+    sql(db_url, "UPDATE points SET v = NULL WHERE run_id = :r AND idx = 5", r=run_id)
+    got = store.points_arrays(run_id)
+    assert np.isnan(got["v"][5])
+    np.testing.assert_array_equal(got["v"][6:], written.v[6:])
+    np.testing.assert_array_equal(got["i"], written.i)

@@ -1,4 +1,5 @@
-"""Opening a store: tables, connection settings, versions, and clear errors for bad places."""
+"""Opening a store: tables, connection settings, versions, and clear errors for bad places.
+(Upgrades from older schemas: test_store_migrations.py.)"""
 
 from __future__ import annotations
 
@@ -6,22 +7,28 @@ import re
 import sqlite3
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, inspect, text
 
 from labctl.data import COLUMNS
 from labctl.errors import StoreError
 from labctl.store import SCHEMA_VERSION, Store, default_db_url
 from labctl.store import schema as store_schema
+from tests.store.storetest import chunk_of, sql
 
 TABLES = {"schema_version", "samples", "instruments", "runs", "points", "metrics", "events"}
 
 
-def test_open_creates_every_table_and_the_version(db_path):
+def test_open_creates_every_table_and_the_versions(new_db_url):
+    db_url = new_db_url()
+    with Store.open(db_url) as s:
+        assert set(inspect(s.engine).get_table_names()) == TABLES | {"alembic_version"}
+    assert sql(db_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert sql(db_url, "SELECT version_num FROM alembic_version") == [(store_schema.HEAD_REVISION,)]
+
+
+def test_sqlite_file_settings(db_path):
     Store.open(db_path).close()
     con = sqlite3.connect(db_path)
-    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert names >= TABLES
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     points_sql = con.execute("SELECT sql FROM sqlite_master WHERE name='points'").fetchone()[0]
     assert "WITHOUT ROWID" in points_sql
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -32,22 +39,54 @@ def test_points_table_follows_the_chunk_columns():
     assert tuple(store_schema.points.columns.keys()) == ("run_id", "idx", *COLUMNS)
 
 
-def test_connections_use_wal_busy_timeout_and_foreign_keys(store):
-    with store.engine.connect() as conn:
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(db_path):
+    with Store.open(db_path) as store, store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 10_000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA journal_size_limit")).scalar() > 0
 
 
-def test_reopen_keeps_data_and_version_row(db_path):
-    with Store.open(db_path) as s:
+def test_sqlite_writes_take_the_lock_first_and_reads_never(db_path):
+    # A transaction that reads and then writes must hold the write lock from its start:
+    # otherwise a commit by another process in between makes SQLite fail it at once with
+    # "database is locked", whatever the busy timeout. Reads must not wait for writers.
+    with Store.open(db_path) as store:
+        begins: list[str] = []
+
+        @event.listens_for(store.engine, "before_cursor_execute")
+        def seen(conn, cursor, statement, *args):
+            if statement.startswith("BEGIN"):
+                begins.append(statement)
+
+        def begins_of(action) -> set[str]:
+            begins.clear()
+            action()
+            return set(begins)
+
+        sample = store.ensure_sample("chip1")
+        run_id = store.create_run(protocol="iv", parameters={}, sample_id=sample.id)
+        immediate = {"BEGIN IMMEDIATE"}
+        assert begins_of(lambda: store.ensure_sample("chip2")) == immediate
+        assert begins_of(lambda: store.add_event(run_id, "note", "x")) == immediate
+        assert begins_of(lambda: store.add_metrics(run_id, [{"name": "a", "value": 1}])) == (
+            immediate
+        )
+        writer = store.writer(run_id)
+        assert begins_of(lambda: (writer.put(chunk_of(10)), writer.flush())) == immediate
+        writer.close()
+        assert begins_of(lambda: store.finish_run(run_id, "completed")) == immediate
+        for read in (store.runs, lambda: store.points(run_id), lambda: store.run(run_id)):
+            assert begins_of(read) <= {"BEGIN"}
+
+
+def test_reopen_keeps_data_and_version_row(db_url):
+    with Store.open(db_url) as s:
         s.ensure_sample("chip1", max_v=2.0)
-    with Store.open(db_path) as s:
+    with Store.open(db_url) as s:
         assert s.get_sample("chip1").max_v == 2.0
-    con = sqlite3.connect(db_path)
-    assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
-    con.close()
+    assert sql(db_url, "SELECT count(*) FROM schema_version") == [(1,)]
 
 
 def test_store_knows_its_file(db_path):
@@ -59,14 +98,18 @@ def test_store_knows_its_file(db_path):
         assert s2.path == db_path
 
 
-def test_a_newer_schema_is_refused(db_path):
-    Store.open(db_path).close()
-    con = sqlite3.connect(db_path)
-    con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    con.commit()
-    con.close()
-    with pytest.raises(StoreError, match="newer"):
-        Store.open(db_path)
+def test_a_newer_schema_is_refused(db_url):
+    Store.open(db_url).close()
+    sql(db_url, "UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreError, match=r"revision 9999, newer than this labctl.*upgrade labctl"):
+        Store.open(db_url)
+
+
+def test_foreign_tables_without_a_version_are_not_taken_for_a_store(new_db_url):
+    db_url = new_db_url()
+    sql(db_url, "CREATE TABLE runs (id INTEGER PRIMARY KEY, what TEXT)")
+    with pytest.raises(StoreError, match="not a labctl run store"):
+        Store.open(db_url)
 
 
 def test_in_memory_sqlite_is_refused_with_advice():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -11,24 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from labctl.data import COLUMNS, DTYPES, Chunk
+from labctl.data import COLUMNS, Chunk
 from labctl.errors import StoreError
 from labctl.store import Store
 from labctl.store.writer import SLICE_ROWS
-
-
-def _count(db_path, run_id) -> int:
-    con = sqlite3.connect(db_path)
-    try:
-        return con.execute("SELECT count(*) FROM points WHERE run_id = ?", (run_id,)).fetchone()[0]
-    finally:
-        con.close()
-
-
-def assert_same_points(got: dict, want: Chunk) -> None:
-    for name in COLUMNS:
-        assert got[name].dtype == DTYPES[name], name
-        np.testing.assert_array_equal(got[name], getattr(want, name), err_msg=name)
+from tests.store.storetest import assert_same_points, break_points_table, count_points, sql
 
 
 def test_every_point_is_kept_in_order_with_its_dtype(store, run_id, make_chunk):
@@ -48,16 +34,12 @@ def test_every_point_is_kept_in_order_with_its_dtype(store, run_id, make_chunk):
     assert store.run(run_id)["n_points"] == start
 
 
-def test_idx_is_consecutive_from_zero(store, run_id, make_chunk, db_path):
+def test_idx_is_consecutive_from_zero(store, run_id, make_chunk, db_url):
     with store.writer(run_id) as w:
         w.put(make_chunk(300))
         w.put(make_chunk(200, start=300))
-    con = sqlite3.connect(db_path)
-    idx = [
-        r[0] for r in con.execute("SELECT idx FROM points WHERE run_id=? ORDER BY idx", (run_id,))
-    ]
-    con.close()
-    assert idx == list(range(500))
+    idx = sql(db_url, "SELECT idx FROM points WHERE run_id = :r ORDER BY idx", r=run_id)
+    assert [r[0] for r in idx] == list(range(500))
 
 
 def test_nan_and_inf_survive(store, run_id, make_chunk):
@@ -102,24 +84,24 @@ def test_put_accepts_a_mapping_of_columns(store, run_id, make_chunk):
     assert_same_points(store.points_arrays(run_id), c)
 
 
-def test_after_flush_another_connection_sees_every_point(store, run_id, make_chunk, db_path):
+def test_after_flush_another_connection_sees_every_point(store, run_id, make_chunk, db_url):
     w = store.writer(run_id)
     w.put(make_chunk(5000))
     w.flush()
-    assert _count(db_path, run_id) == 5000
+    assert count_points(db_url, run_id) == 5000
     assert w.points_written == 5000 and w.backlog == 0
     w.put(make_chunk(10, start=5000))
     w.flush()
-    assert _count(db_path, run_id) == 5010
+    assert count_points(db_url, run_id) == 5010
     w.close()
 
 
-def test_points_are_committed_within_the_interval_without_flush(store, run_id, make_chunk, db_path):
+def test_points_are_committed_within_the_interval_without_flush(store, run_id, make_chunk, db_url):
     w = store.writer(run_id, commit_interval_s=0.25)
     t0 = time.monotonic()
     w.put(make_chunk(2000))
     deadline = t0 + 2.0  # generous for a loaded CI machine; typically well under 0.25 s
-    while _count(db_path, run_id) < 2000:
+    while count_points(db_url, run_id) < 2000:
         assert time.monotonic() < deadline, "points not committed"
     seen_after = time.monotonic() - t0
     w.close()
@@ -221,24 +203,13 @@ def test_generic_insert_path_gives_the_same_rows(store, run_id, make_chunk):
     assert_same_points(store.points_arrays(run_id), c)
 
 
-def _break_points_table(db_path) -> None:
-    # From another connection, as a full disk or a broken file would: every insert fails.
-    con = sqlite3.connect(db_path)
-    con.execute(
-        "CREATE TRIGGER no_more_points BEFORE INSERT ON points "
-        "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"
-    )
-    con.commit()
-    con.close()
-
-
 def test_a_write_error_surfaces_and_the_run_can_still_be_finished(
-    store, run_id, make_chunk, db_path
+    store, run_id, make_chunk, db_url
 ):
     w = store.writer(run_id)
     w.put(make_chunk(100))
     w.flush()
-    _break_points_table(db_path)
+    break_points_table(db_url)
     w.put(make_chunk(100, start=100))
     with pytest.raises(StoreError, match="simulated disk failure") as info:
         w.flush()
@@ -254,18 +225,18 @@ def test_a_write_error_surfaces_and_the_run_can_still_be_finished(
     assert len(store.points(run_id)) == 100
 
 
-def test_an_unreported_write_error_is_raised_by_close(store, run_id, make_chunk, db_path):
+def test_an_unreported_write_error_is_raised_by_close(store, run_id, make_chunk, db_url):
     w = store.writer(run_id)
-    _break_points_table(db_path)
+    break_points_table(db_url)
     w.put(make_chunk(10))
     with pytest.raises(StoreError, match="simulated disk failure"):
         w.close()
     w.close()
 
 
-def test_finish_run_reports_a_failed_open_writer(store, run_id, make_chunk, db_path):
+def test_finish_run_reports_a_failed_open_writer(store, run_id, make_chunk, db_url):
     w = store.writer(run_id)
-    _break_points_table(db_path)
+    break_points_table(db_url)
     w.put(make_chunk(10))
     store.finish_run(run_id, "completed")
     assert w.closed
@@ -282,7 +253,7 @@ def test_writer_for_unknown_run_names_it(store):
 WRITER_PROCESS = r"""
 import sys
 import numpy as np
-from labctl.data import Chunk
+from labctl.data import COLUMNS, Chunk
 from labctl.store import Store
 
 store = Store.open(sys.argv[1])
@@ -298,11 +269,11 @@ print(run_id)
 """
 
 
-def test_two_processes_write_one_file_at_once(db_path):
-    Store.open(db_path).close()
+def test_two_processes_write_one_store_at_once(db_url):
+    Store.open(db_url).close()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER_PROCESS, str(db_path)],
+            [sys.executable, "-c", WRITER_PROCESS, db_url],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -311,7 +282,7 @@ def test_two_processes_write_one_file_at_once(db_path):
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    with Store.open(db_path) as store:
+    with Store.open(db_url) as store:
         for out, _ in outs:
             run_id = int(out)
             assert store.run(run_id)["status"] == "completed"

@@ -1,0 +1,1 @@
+"""Alembic migrations of the run store; applied by labctl.store.migrate, one file per revision."""
