@@ -565,10 +565,10 @@ class MainWindow(QMainWindow):
             self.show_message("error" if result.status == "failed" else "info", text)
         self.eta.setText(f"took {fmt_duration(result.duration_s)} instrument time")
         error = result.error or ""
-        if "safe_state failed" in error:
+        if "ConnectionLost" in error or "TransportError" in error:
+            self.instrument.lost(error)  # the link is gone: output state unknown as well
+        elif "safe_state failed" in error:
             self.instrument.set_output_state("unknown")
-        elif "ConnectionLost" in error or "TransportError" in error:
-            self.instrument.lost(error)
         else:
             self.instrument.set_output_state("off")
         if result.n_points:
