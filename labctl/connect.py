@@ -3,7 +3,9 @@
 - ``sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02`` runs the emulator in-process
   on a VirtualClock (``clock=real`` for wall time); other query keys are device parameters.
   Two-channel instruments get a second device: ``device2=PRESET`` and ``ch2.KEY=VALUE``
-  (by default the same preset and parameters, noise seeded apart).
+  (by default the same preset and parameters, noise seeded apart). ``fault=SPEC`` puts the
+  emulator behind injected faults (``fault=drop_after:200,late:0.5@50``; the grammar is in
+  :mod:`labctl.sim.faults`).
 - VISA resources (``TCPIP::127.0.0.1::5025::SOCKET``, ``USB0::...``, ``GPIB0::...``) open
   through pyvisa (pyvisa-py by default) and the driver is picked from ``*IDN?`` unless named.
 - Serial ports (``/dev/ttyACM0``, ``/dev/pts/5``, ``COM3``, or
@@ -23,7 +25,7 @@ from labctl.clock import Clock, RealClock, VirtualClock
 from labctl.errors import ValidationError
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
-SIM_KEYS = ("device", "seed", "clock")
+SIM_KEYS = ("device", "seed", "clock", "fault")
 SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
 SERIAL_BAUD = {"emstat": 230400, "rodeostat": 115200}
 # (driver, baud, probe message), tried in this order on an unnamed serial port
@@ -46,6 +48,7 @@ class SimSpec:
     params: dict[str, str] = field(default_factory=dict)
     device2: str | None = None
     params2: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None  # a fault spec (labctl.sim.faults)
 
     def second_device(self) -> tuple[str, dict[str, str]]:
         """Preset and parameters of the second channel's device."""
@@ -79,6 +82,11 @@ def parse_sim(resource: str) -> SimSpec:
             spec.device2 = value
         elif key.startswith("ch2."):
             spec.params2[key[4:]] = value
+        elif key == "fault":
+            from labctl.sim.faults import parse_faults
+
+            parse_faults(value, "instrument.fault")  # refused here, before anything opens
+            spec.fault = value
         elif key == "clock":
             if value not in ("virtual", "real"):
                 raise ValidationError("instrument.clock", f"{value!r}; allowed: virtual, real")
@@ -109,19 +117,41 @@ def connect(
         spec = parse_sim(resource)
         if clock is None:
             clock = VirtualClock() if spec.clock == "virtual" else RealClock()
+        faults = None
+        if spec.fault:
+            from labctl.sim.faults import parse_faults
+
+            faults = parse_faults(spec.fault, "instrument.fault")
         device = make_device(spec.device, seed=spec.seed, **spec.params)
+        if faults:  # compliance is a device fault: the emulator must drive the leaky device
+            device = faults.wrap_device(device)
         extra = {}
         if channels_of(spec.model) > 1:
             preset2, params2 = spec.second_device()
             seed2 = None if spec.seed is None else spec.seed + 1
             extra["device2"] = make_device(preset2, seed=seed2, **params2)
+            if faults:
+                extra["device2"] = faults.wrap_device(extra["device2"])
         elif spec.device2 or spec.params2:
             raise ValidationError("instrument.device2", f"{spec.model} has one channel")
         emulator = make_emulator(spec.model, device=device, clock=clock, **extra)
+        if faults:
+            from labctl.sim.faults import wrap_emulator
+
+            emulator = wrap_emulator(
+                emulator,
+                faults,
+                clock=clock,
+                resource=resource,
+                devices=[device, *extra.values()],
+                seed=spec.seed,
+            )
         if is_streaming(emulator):  # serial instruments whose output streams with time
             transport = StreamLoopback(emulator, resource, clock=clock, timeout_s=timeout_s)
         else:
             transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
+        if faults:
+            emulator.attach(transport)  # its timeout bounds late replies, its name the errors
         drv = driver_class(driver or spec.model)(transport, clock=clock)
     elif resource.upper().startswith(VISA_PREFIXES):
         from labctl.transport import VisaTransport

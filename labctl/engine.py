@@ -104,6 +104,9 @@ def sample_limits(sample: Any) -> Limits:
 
 
 class RunEngine:
+    """Runs protocols on drivers into ``store``; ``reconnect`` says how hard to try to reach
+    an instrument whose link failed, to put it in safe state (default: ReconnectPolicy())."""
+
     def __init__(
         self,
         store: Any,

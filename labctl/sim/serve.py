@@ -12,6 +12,12 @@ Rodeostat) are served on a pseudo-terminal instead: ``labctl sim serve emstat --
 the device path (``/dev/pts/N``) and serves until SIGTERM (``make_pty_server``; see
 :mod:`labctl.sim.pty`). While ``main`` serves, the emulator is announced for
 ``labctl resources`` (:mod:`labctl.discovery`).
+
+``--fault SPEC`` (``fault=`` of the functions) serves the emulator behind injected faults
+(:mod:`labctl.sim.faults`): a dropped link closes the TCP connection that sent the message
+one too many (a new connection works again, unless the fault is ``dead_after``, which closes
+every new one at once), or closes the pseudo-terminal; late replies sleep on the server's
+clock; junk replies and instrument errors go out as any reply.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labctl.clock import Clock, RealClock
-from labctl.errors import LabctlError, ValidationError
+from labctl.errors import ConnectionLost, LabctlError, ValidationError
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.registry import EMULATORS, Emulator, make_emulator
 
@@ -70,6 +76,8 @@ class _Connection(socketserver.StreamRequestHandler):
             super().finish()
 
     def handle(self) -> None:
+        if not self.server.link_up():
+            return  # a link injected dead refuses the connection: it closes at once
         while True:
             try:
                 line = self.rfile.readline(MAX_LINE_BYTES + 1)
@@ -80,7 +88,10 @@ class _Connection(socketserver.StreamRequestHandler):
             message = line.rstrip(b"\n").rstrip(b"\r").decode("latin-1")
             if not message.strip():
                 continue
-            reply = self.server.dispatch(message)
+            try:
+                reply = self.server.dispatch(message)
+            except ConnectionLost:  # an injected drop: this connection closes
+                return
             if reply is None:
                 continue
             data = reply if isinstance(reply, bytes) else reply.encode("latin-1")
@@ -113,12 +124,27 @@ class EmulatorServer(socketserver.ThreadingTCPServer):
         return resource_string(str(self.server_address[0]), self.port)
 
     def dispatch(self, message: str) -> str | bytes | None:
+        """The emulator's reply; raises ConnectionLost when an injected fault drops the link."""
         with self.lock:
             try:
                 return self.emulator.handle(message)
+            except ConnectionLost:
+                raise
             except Exception:  # an emulator bug must not take the server down
                 log.exception("emulator failed on %r", message)
                 return None
+
+    def link_up(self) -> bool:
+        """A new connection: False when an injected fault keeps the link dead."""
+        hook = getattr(self.emulator, "on_reopen", None)
+        if not callable(hook):
+            return True
+        with self.lock:
+            try:
+                hook()
+            except ConnectionLost:
+                return False
+        return True
 
     def track(self, sock: socket.socket, alive: bool) -> None:
         with self._clients_lock:
@@ -146,6 +172,34 @@ class EmulatorServer(socketserver.ThreadingTCPServer):
         self.server_close()
 
 
+def _build_emulator(
+    model: str,
+    *,
+    device: str,
+    seed: int | None,
+    clock: Clock,
+    device_params: Mapping[str, object] | None,
+    emulator_opts: Mapping[str, object] | None,
+    fault: str | None,
+    resource: str,
+) -> Emulator:
+    """The emulator of ``model`` on a new ``device``, behind ``fault`` if given."""
+    faults = None
+    if fault:
+        from labctl.sim.faults import parse_faults
+
+        faults = parse_faults(fault, "--fault")
+    dev = make_device(device, seed=seed, **dict(device_params or {}))
+    if faults:
+        dev = faults.wrap_device(dev)
+    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
+    if not faults:
+        return emulator
+    from labctl.sim.faults import wrap_emulator
+
+    return wrap_emulator(emulator, faults, clock=clock, resource=resource, devices=[dev], seed=seed)
+
+
 def make_tcp_server(
     model: str,
     *,
@@ -156,12 +210,24 @@ def make_tcp_server(
     clock: Clock | None = None,
     device_params: Mapping[str, object] | None = None,
     emulator_opts: Mapping[str, object] | None = None,
+    fault: str | None = None,
 ) -> EmulatorServer:
     """Build (and bind) the server for ``model`` driving preset ``device``; not yet serving."""
     clock = clock if clock is not None else RealClock()
-    dev = make_device(device, seed=seed, **dict(device_params or {}))
-    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
-    return EmulatorServer((host, port), emulator)
+    emulator = _build_emulator(
+        model,
+        device=device,
+        seed=seed,
+        clock=clock,
+        device_params=device_params,
+        emulator_opts=emulator_opts,
+        fault=fault,
+        resource=f"{model} on {host}:{port}",
+    )
+    server = EmulatorServer((host, port), emulator)
+    if fault:  # the port is known once bound (port 0 picks one)
+        emulator.resource = server.resource  # type: ignore[attr-defined]
+    return server
 
 
 def serve_tcp(
@@ -175,6 +241,7 @@ def serve_tcp(
     device_params: Mapping[str, object] | None = None,
     emulator_opts: Mapping[str, object] | None = None,
     ready: Callable[[EmulatorServer], None] | None = None,
+    fault: str | None = None,
 ) -> None:
     """Serve ``model`` on ``host:port`` in this thread until the server is shut down."""
     server = make_tcp_server(
@@ -186,6 +253,7 @@ def serve_tcp(
         clock=clock,
         device_params=device_params,
         emulator_opts=emulator_opts,
+        fault=fault,
     )
     try:
         if ready is not None:
@@ -205,6 +273,7 @@ def start_tcp_server(
     clock: Clock | None = None,
     device_params: Mapping[str, object] | None = None,
     emulator_opts: Mapping[str, object] | None = None,
+    fault: str | None = None,
 ) -> tuple[EmulatorServer, int]:
     """Start a server in a daemon thread (port 0 picks a free one); returns (server, port).
 
@@ -219,6 +288,7 @@ def start_tcp_server(
         clock=clock,
         device_params=device_params,
         emulator_opts=emulator_opts,
+        fault=fault,
     )
     thread = threading.Thread(
         target=server.serve_forever, name=f"labctl-sim-{model}-{server.port}", daemon=True
@@ -236,15 +306,29 @@ def make_pty_server(
     clock: Clock | None = None,
     device_params: Mapping[str, object] | None = None,
     emulator_opts: Mapping[str, object] | None = None,
+    fault: str | None = None,
 ) -> PtyServer:
     """The emulator of ``model`` on a new pseudo-terminal (not yet serving; ``.path`` is the
-    device to open, ``.start()`` serves in a thread)."""
+    device to open, ``.start()`` serves in a thread). An injected drop closes the terminal."""
     from labctl.sim.pty import PtyServer
 
     clock = clock if clock is not None else RealClock()
-    dev = make_device(device, seed=seed, **dict(device_params or {}))
-    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
-    return PtyServer(emulator, clock=clock)
+    emulator = _build_emulator(
+        model,
+        device=device,
+        seed=seed,
+        clock=clock,
+        device_params=device_params,
+        emulator_opts=emulator_opts,
+        fault=fault,
+        resource=f"{model} on a pseudo-terminal",
+    )
+    server = PtyServer(emulator, clock=clock)
+    if fault:
+        # the bridge stops at its next turn and releases the terminal: the client's next
+        # read or write fails as on a pulled cable
+        emulator.on_drop = server.stop  # type: ignore[attr-defined]
+    return server
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
@@ -268,7 +352,7 @@ def _default_device() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``labctl sim serve <model> [--port 5025 | --pty] [--device NAME] [--seed N]
-    [--param k=v ...]``."""
+    [--param k=v ...] [--fault SPEC]``."""
     parser = argparse.ArgumentParser(
         prog="labctl sim serve",
         description="Serve an instrument emulator as a raw SCPI socket on TCP, or on a "
@@ -288,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="noise seed")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="device parameter"
+    )
+    parser.add_argument(
+        "--fault",
+        default=None,
+        metavar="SPEC",
+        help="inject faults, e.g. drop_after:200,late:0.5@50 (see labctl.sim.faults)",
     )
     args = parser.parse_args(argv)
     if args.pty:
@@ -311,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device or _default_device(),
             seed=args.seed,
             device_params=_parse_params(args.param),
+            fault=args.fault,
         )
     except LabctlError as exc:
         print(exc, file=sys.stderr)
@@ -365,6 +456,7 @@ def _serve_pty(args: argparse.Namespace) -> int:
             device=args.device or _default_device(),
             seed=args.seed,
             device_params=_parse_params(args.param),
+            fault=args.fault,
         )
     except LabctlError as exc:
         print(exc, file=sys.stderr)

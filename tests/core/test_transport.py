@@ -66,3 +66,17 @@ def test_serial_keeps_a_partial_line_across_a_timeout():
     t._port.write(b"4\n")
     assert t.read() == "12,34"
     t.close()
+
+
+def test_visa_tcp_sessions_turn_off_nagle():
+    """A command-then-query pair must not wait on delayed ACKs (VISA's default)."""
+    import socket
+
+    server, port = start_tcp_server("keithley2450", port=0, device="resistor")
+    try:
+        t = VisaTransport(f"TCPIP::127.0.0.1::{port}::SOCKET", timeout_s=1.0)
+        sock = t._res.visalib.sessions[t._res.session].interface
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        t.close()
+    finally:
+        server.close()
