@@ -24,6 +24,7 @@ There is no current compliance on a potentiostat: ``compliance_a`` caps the auto
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -295,6 +296,11 @@ class _Script:
     lines: list[str]
     rows: np.ndarray
     duration_s: float
+
+
+# lines a running script sends besides packages, errors and the final empty line:
+# the echo "e", loop markers "*", "+", "-", and M/C/L/T lines with a hex or empty argument
+_CONTROL_LINE = re.compile(r"^(?:e|\*|\+|-|[MCLT][0-9A-Fa-f]*)$")
 
 
 class EmStat(DriverBase):
@@ -578,6 +584,16 @@ class EmStat(DriverBase):
                 error = error or line
             elif line == "":
                 break
+            elif not _CONTROL_LINE.match(line):
+                # a corrupted line may have been a package: every later package would land on
+                # the wrong program row, so keep what is aligned and stop here
+                if pending:
+                    yield chunk(pending)
+                self._stop_script(None)
+                raise InstrumentError(
+                    f"{self.transport.resource}: unreadable line {line[:40]!r} after {got} of "
+                    f"{n} points; the rest of the script is not stored"
+                )
             if pending and (self.clock.now() >= flush_at or len(pending) >= 50_000):
                 yield chunk(pending)
                 pending = []

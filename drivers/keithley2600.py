@@ -296,10 +296,16 @@ class Keithley2600(SourceMeterBase):
                 f"or a step longer than {MAX_STEP_S:g} s; change the program, lower nplc or "
                 "use software timing",
             )
-        if sweeps is None:
-            yield from self._run_software(program, abort)
-        else:
-            yield from self._run_hardware(program, sweeps, abort)
+        try:
+            if sweeps is None:
+                yield from self._run_software(program, abort)
+            else:
+                yield from self._run_hardware(program, sweeps, abort)
+        except ValueError as exc:  # a reply that is not the numbers asked for
+            raise InstrumentError(
+                f"{self.transport.resource}: unreadable reply ({exc}); "
+                "the points before it are kept"
+            ) from exc
         self.check_errors()
 
     def compile(self, program: Program) -> list[_Sweep] | None:

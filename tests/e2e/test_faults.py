@@ -185,12 +185,7 @@ def output_is_off(emulator) -> bool:
 
 # Driver gaps the faults found (drivers are not ours to change here): junk in a reply that
 # the driver parses with float() escapes as a bare ValueError, without the resource.
-UNNAMED = {("keithley2636b", "garbage")}
-DRIVER_BUGS = {
-    ("emstat", "garbage"): "drivers/emstat.py numbers data packages by their order: after a "
-    "junk line every later reading is stored one program row early (v_set and tags of the "
-    "previous step); the run fails at the end, but the shifted points are in the store",
-}
+DRIVER_BUGS: dict[tuple[str, str], str] = {}  # (model, fault) -> reason, while a bug is open
 
 EXPECTED_STATUS = {
     "drop": "failed",
@@ -226,10 +221,7 @@ def test_a_fault_ends_the_run_clearly_and_keeps_every_point_before_it(model, kin
         assert np.any(got.points["flags"] & flag), f"{model}: no point flagged at the limit"
         assert outcome == "confirmed"
         return
-    if (model, kind) in UNNAMED:
-        assert "traceback" in [k for k, _ in got.events]
-    else:
-        assert resource in got.error, got.error
+    assert resource in got.error, got.error
     assert len(got.points.get("t", ())) < N_POINTS or kind == "error"
     assert_kept_before_the_fault(got.points, ref.outcome.points, gaps=1 if kind == "garbage" else 0)
     if kind == "drop":

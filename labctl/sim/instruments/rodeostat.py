@@ -203,7 +203,7 @@ class RodeostatEmulator:
 
     def _test_name(self, msg: dict) -> str:
         name = msg.get("test")
-        if name not in self.params:
+        if not isinstance(name, str) or name not in self.params:
             raise _Refused(f"unknown test {name}")
         return name
 
