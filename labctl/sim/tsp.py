@@ -371,7 +371,7 @@ class Interpreter:
         globals_: dict[str, Any],
         *,
         before_statement: Callable[[], None] | None = None,
-        max_loop_iterations: int = 10_000_000,
+        max_loop_iterations: int = 100_000,  # a script loop longer than this is refused
     ) -> None:
         self.globals = globals_
         self.protected = frozenset(globals_)  # instrument names a chunk may not rebind
