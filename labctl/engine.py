@@ -183,6 +183,10 @@ class RunEngine:
             try:
                 limits = sample_limits(sample)
                 settings = {**protocol.instrument_settings(), **(settings or {})}
+                # what the instrument was asked for, so exports and later readers know it
+                self.store.update_run_metadata(
+                    run_id, instrument_settings=settings, driver=driver.name
+                )
                 programs = None
                 if protocol.closed_loop:
                     envelope = protocol.envelope()

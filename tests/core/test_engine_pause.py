@@ -55,3 +55,15 @@ def test_abort_while_paused_ends_aborted(tmp_path):
     engine = RunEngine(store, [PauseThenAbort()])
     result = engine.run(proto, driver, sample, handle_signals=False)
     assert result.status == "aborted" and result.n_points == 40
+
+
+def test_a_run_records_the_instrument_settings_it_used(tmp_path):
+    store = labctl.open_store(f"sqlite:///{tmp_path / 'm.db'}")
+    sample = store.ensure_sample("s", max_v=1.5, max_i=1e-6)
+    driver = labctl.connect("sim://keithley2450?device=resistor&R=1e7")
+    proto = IVHysteresis({"frequencies_hz": [4], "cycles": 1, "points_per_cycle": 40})
+    result = RunEngine(store).run(proto, driver, sample, handle_signals=False)
+    meta = store.run(result.run_id)["metadata"]
+    assert meta["driver"] == "keithley2450"
+    assert meta["instrument_settings"]["compliance_a"] == 1e-6
+    assert 0.01 <= meta["instrument_settings"]["nplc"] <= 1
