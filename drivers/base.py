@@ -253,6 +253,24 @@ class SourceMeterBase(DriverBase):
     def aperture_s(self) -> float:
         return self.nplc / self.line_frequency_hz
 
+    nplc_range: ClassVar[tuple[float, float]] = (0.01, 10.0)
+
+    def _apply_settings(
+        self, *, nplc: float | None, compliance_a: float | None, timing: str | None
+    ) -> None:
+        """Check and keep the settings every SMU shares (None leaves one as it is)."""
+        if nplc is not None:
+            lo, hi = self.nplc_range
+            if not lo <= nplc <= hi:
+                raise ValidationError("nplc", f"{nplc:g} is outside {lo:g} to {hi:g} PLC")
+            self.nplc = float(nplc)
+        if compliance_a is not None:
+            self.compliance_a = self._checked_compliance(compliance_a)
+        if timing is not None:
+            if timing not in ("auto", "hardware", "software"):
+                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
+            self.timing = timing
+
     def _checked_compliance(self, compliance_a: float) -> float:
         lo = self.min_compliance_a
         i_max = self.capabilities.i_max

@@ -132,16 +132,7 @@ class Keithley2400(SourceMeterBase):
         **_ignored: object,
     ) -> None:
         """Source V, measure I; compliance, ranges (None: auto) and integration time."""
-        if nplc is not None:
-            if not 0.01 <= nplc <= 10:
-                raise ValidationError("nplc", f"{nplc:g} is outside 0.01 to 10 PLC")
-            self.nplc = float(nplc)
-        if compliance_a is not None:
-            self.compliance_a = self._checked_compliance(compliance_a)
-        if timing is not None:
-            if timing not in ("auto", "hardware", "software"):
-                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
-            self.timing = timing
+        self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
         v_ranges = self.capabilities.v_ranges
         if voltage_range_v is None:
             v_range = ":SOUR:VOLT:RANG:AUTO ON"

@@ -80,6 +80,8 @@ class _Sweep:
 class KeysightB2900(SourceMeterBase):
     """Driver for the Keysight B2901A/B2902A over any :class:`~labctl.transport.Transport`."""
 
+    nplc_range = (NPLC_MIN, NPLC_MAX)
+
     name = "keysight_b2900"
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
     visa_io: ClassVar[dict[str, object]] = {
@@ -150,16 +152,7 @@ class KeysightB2900(SourceMeterBase):
                     "channels", f"{list(channels)!r}; allowed: 0-based channels below {n}"
                 )
             self.channels = chosen
-        if nplc is not None:
-            if not NPLC_MIN <= nplc <= NPLC_MAX:
-                raise ValidationError("nplc", f"{nplc:g} is outside {NPLC_MIN:g} to 100 PLC")
-            self.nplc = float(nplc)
-        if compliance_a is not None:
-            self.compliance_a = self._checked_compliance(compliance_a)
-        if timing is not None:
-            if timing not in ("auto", "hardware", "software"):
-                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
-            self.timing = timing
+        self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
         if voltage_range_v is None:
             v_range = ":SOUR{c}:VOLT:RANG:AUTO ON"
         else:
