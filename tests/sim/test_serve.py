@@ -103,6 +103,7 @@ def test_binary_block_over_tcp_and_shared_emulator(server):
     a, b = Client(port), Client(port)
     try:
         a.write(":SENS:CURR:NPLC 0.01;:SOUR:SWE:VOLT:LIN 0,1,21,0,1,BEST,OFF;:INIT;*WAI")
+        assert a.query("*OPC?") == "1"  # the sweep is done before the other connection reads
         b.write(":FORM REAL;:FORM:BORD SWAP")  # the second connection sees the same instrument
         b.write(':TRAC:DATA? 1,21,"defbuffer1",SOUR,READ')
         data = np.frombuffer(b.read_block(), "<f8").reshape(-1, 2)
