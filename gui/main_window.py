@@ -42,7 +42,7 @@ from gui.watcher import RunWatcher
 from labctl.errors import ConnectionLost, TransportError
 
 log = logging.getLogger("labctl.gui")
-FRAME_MS = 6  # each tick redraws one of the five plots in turn: each ~30 frames/s
+FRAME_MS = 3  # each tick redraws the next stale plot of five (gui.plots.LivePlots.refresh)
 SATURATED_MS = 25  # a tick this late: the event loop is saturated, skip a redraw
 PAUSE_TIP = (
     "Pause is not supported by this protocol: waiting would change what it measures. "
@@ -656,7 +656,7 @@ class MainWindow(QMainWindow):
     # --- the frame: live data to the plots, progress ---
 
     def _frame(self) -> None:
-        """Every FRAME_MS: new points into the model, then (half of) the plots redrawn.
+        """Every FRAME_MS: new points into the model, then the next stale plot redrawn.
 
         If the event loop is saturated (the machine is busy, the timer comes far too late)
         the redraw is skipped now and then, so clicks and the abort button are still
