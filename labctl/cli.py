@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the desktop app (labctl gui --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
+    p = sub.add_parser(
+        "db", help="the run store's schema: db current|upgrade|history [--db URL]", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("protocols", help="list protocols, or show one protocol's parameters")
     p.add_argument("name", nargs="?")
 
@@ -128,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guard(lambda: _sim_serve(argv[2:]))
     if argv and argv[0] == "gui":  # the desktop app parses its own options
         return _guard(lambda: _gui(argv[1:]))
+    if argv and argv[0] == "db":  # labctl.store.migrate parses its own options
+        return _guard(lambda: _db(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -184,6 +191,12 @@ def _gui(rest: list[str]) -> int:
     from gui.app import main as gui_main
 
     return int(gui_main(rest) or 0)
+
+
+def _db(rest: list[str]) -> int:
+    from labctl.store.migrate import main as migrate_main
+
+    return int(migrate_main(rest, prog="labctl db") or 0)
 
 
 def _open_store(args):

@@ -19,9 +19,11 @@ labctl refuses the upgraded store with "newer than this labctl understands".
 
 Command line (an administrator upgrading a shared server by hand)::
 
-    python -m labctl.store.migrate current [URL]   # the store's revision
-    python -m labctl.store.migrate upgrade [URL]   # upgrade to the newest revision
-    python -m labctl.store.migrate history         # the revisions this labctl knows
+    labctl db current [--db URL]   # the store's revision
+    labctl db upgrade [--db URL]   # upgrade to the newest revision
+    labctl db history              # the revisions this labctl knows
+
+(``python -m labctl.store.migrate`` takes the same arguments.)
 
 A new revision: copy the newest file in ``migrations/versions``, set ``revision`` and
 ``down_revision``, write its operations, change labctl.store.schema to match and set
@@ -67,7 +69,7 @@ VERSIONS = MIGRATIONS / "versions"
 LEGACY_REVISIONS = {1: "0001"}
 # pg_advisory_xact_lock key: any constant of our own ("labctl" in ASCII).
 PG_LOCK_KEY = 0x6C6162636C74
-UPGRADE_COMMAND = "python -m labctl.store.migrate upgrade"
+UPGRADE_COMMAND = "labctl db upgrade --db"
 
 # Alembic's own version table, created when a store is made at the newest revision.
 alembic_version = Table(
@@ -289,13 +291,15 @@ def _quote(engine: Engine) -> str:
     return f"'{url.render_as_string(hide_password=True)}'"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m labctl.store.migrate", description="Schema revisions of a run store."
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m labctl.store.migrate") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Schema revisions of a run store.")
     ap.add_argument("command", choices=["current", "upgrade", "history"])
     ap.add_argument("url", nargs="?", help="database URL or SQLite file (default: $LABCTL_DB)")
+    ap.add_argument("--db", metavar="URL", help="the same as URL")
     args = ap.parse_args(argv)
+    if args.url and args.db and args.url != args.db:
+        ap.error("give the database once: URL or --db URL")
+    args.url = args.url or args.db
     if args.command == "history":
         for rev in known_revisions():
             print(rev + (" (head)" if rev == schema.HEAD_REVISION else ""))

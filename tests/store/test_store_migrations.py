@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from labctl import __version__
+from labctl import __version__, cli
 from labctl.errors import StoreError
 from labctl.store import Store, db, migrate, schema
 from labctl.store.writer import RunWriter
@@ -206,12 +206,12 @@ def test_a_store_of_the_first_schema_is_upgraded_on_open_and_keeps_its_data(db_u
 def test_upgrade_false_refuses_with_the_command_to_run(db_url, capsys):
     make_first_schema_store(db_url)
     with pytest.raises(
-        StoreError, match=r"revision 0001.*needs 0002.*labctl\.store\.migrate upgrade"
+        StoreError, match=r"revision 0001.*needs 0002.*labctl db upgrade --db"
     ):
         Store.open(db_url, upgrade=False)
-    assert migrate.main(["current", db_url]) == 0
+    assert cli.main(["db", "current", "--db", db_url]) == 0
     assert ": 0001 " in capsys.readouterr().out
-    assert migrate.main(["upgrade", db_url]) == 0
+    assert cli.main(["db", "upgrade", "--db", db_url]) == 0
     assert migrate.main(["current", db_url]) == 0
     assert f": {schema.HEAD_REVISION} " in capsys.readouterr().out
     Store.open(db_url, upgrade=False).close()
