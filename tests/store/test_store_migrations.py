@@ -205,9 +205,7 @@ def test_a_store_of_the_first_schema_is_upgraded_on_open_and_keeps_its_data(db_u
 
 def test_upgrade_false_refuses_with_the_command_to_run(db_url, capsys):
     make_first_schema_store(db_url)
-    with pytest.raises(
-        StoreError, match=r"revision 0001.*needs 0002.*labctl db upgrade --db"
-    ):
+    with pytest.raises(StoreError, match=r"revision 0001.*needs 0002.*labctl db upgrade --db"):
         Store.open(db_url, upgrade=False)
     assert cli.main(["db", "current", "--db", db_url]) == 0
     assert ": 0001 " in capsys.readouterr().out
