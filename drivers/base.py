@@ -29,6 +29,7 @@ class Capabilities:
     i_ranges: tuple[float, ...] = ()
     channels: tuple[str, ...] = ("1",)
     source_modes: tuple[str, ...] = ("V", "I")
+    pulse_widths_s: tuple[float, float] | None = None  # a pulse mode's shortest, longest pulse
 
 
 @dataclass

@@ -1,22 +1,44 @@
 """Keysight (Agilent) B2901A/B2902A precision source/measure unit, SCPI (instruments.md §4).
 
-Hardware-timed execution compiles a Program into list sweeps (at most 2500 levels) run by
-the timer trigger: trigger k comes at k * T after ``:INIT``, the source changes to level k at
-once (``:TRIG:TRAN:DEL 0``) and the reading integrates over the last aperture of the point
-(``:TRIG:ACQ:DEL`` = T - aperture), so every step ends with its reading, as on the other
-SMUs. The points are planned as for the 2400 (``drivers.keithley2400.plan_points``): on one
-common tick when every step is a whole number of it (a pulse train is then one sweep),
-else one sweep per run of steps of equal duration, a step longer than the longest trigger
-delay (100 s) as several triggers of its level; only a step's last reading is kept.
-Readings go to each channel's trace buffer and are read by offset while the sweep runs
-(``:TRAC<c>:POIN:ACT?``, ``:TRAC<c>:DATA? offset,size`` as IEEE 754 doubles), so a long sweep
-streams. The B2902A runs the same program on both channels at once (``configure(channels=
-[0, 1])``): both are set up alike and started by one ``:INIT (@1,2)``, so they share the
-trigger instants; the chunks carry channel 0 and 1. Steps shorter than the aperture (or than
-the 20 us timer minimum) fall back to host timing (``:MEAS? (@1,2)`` per step).
+Hardware-timed execution runs a Program as timer-triggered runs (trigger k comes k * T after
+``:INIT``; the source changes at once, ``:TRIG:TRAN:DEL 0``; the measurement starts
+``:TRIG:ACQ:DEL`` after the trigger and integrates over the aperture), in one of two shapes,
+whichever needs fewer runs (then fewer triggers):
 
-Pulse mode (``:SOUR:FUNC:SHAP PULS``, which the emulator has) is not used: a pulse is a
-point of the list sweep, its width a whole number of ticks.
+- **List sweeps** (DC shape): at most 2500 levels, the reading over the last aperture of each
+  point (``:TRIG:ACQ:DEL`` = T - aperture), so every step ends with its reading, as on the
+  other SMUs. The points are planned as for the 2400 (``drivers.keithley2400.plan_points``):
+  on one common tick when every step is a whole number of it, else one sweep per run of steps
+  of equal duration; only a step's last reading is kept. Every step must hold the aperture
+  and the 20 us timer minimum.
+- **Pulse mode** (``:SOUR:FUNC:SHAP PULS``) for pulse trains: the Program's most-held level is
+  the base (``:SOUR:VOLT``), every other stretch of one level is a pulse, and all pulses have
+  one width (50 us to 100 ks, whole microseconds) and start a whole number of one period T
+  apart, as do the samples. Trigger k then holds the base, goes to its peak (``:SOUR:VOLT:TRIG``
+  when every trigger has the same peak, else the list value, the base for a trigger without a
+  pulse) ``:SOUR:PULS:DEL`` after it for ``:SOUR:PULS:WIDT``, and reads over the aperture
+  that ends where the Program samples (at the pulse top, or at the base before or after the
+  pulse). A train of short pulses far apart so needs one trigger per pulse instead of a tick
+  of the pulse width, its pulses may be shorter than the aperture when they are not read, and
+  a run holds up to 100000 triggers with one peak (2500 with a list).
+
+Readings go to each channel's trace buffer and are read by offset while the run goes
+(``:TRAC<c>:POIN:ACT?``, ``:TRAC<c>:DATA? offset,size`` as IEEE 754 doubles), so a long run
+streams; a reading's time is its trigger's TIME stamp plus the acquire delay and the aperture.
+Runs follow each other with the host in between, never earlier than the Program says. The
+B2902A runs the same program on both channels at once (``configure(channels=[0, 1])``): both
+are set up alike and started by one ``:INIT (@1,2)``, so they share the trigger instants; the
+chunks carry channel 0 and 1. Programs that fit neither shape (a sampled step shorter than the
+aperture, a step shorter than the timer minimum outside a pulse) fall back to host timing
+(``:MEAS? (@1,2)`` per step); ``configure(pulse_mode=False)`` keeps to list sweeps.
+
+On the bench: the measurement wait time (``:SENS:WAIT``, on by default) keeps a measurement
+from starting right after a pulse's trailing edge, so a reading at the base that starts
+within it is late; the driver leaves the wait times as the instrument has them.
+
+Facts marked [V ...]: B29-UG, Keysight B2900 User's Guide (Ed. 5 §6 "Pulse Output", "Trace
+Buffer"; Ed. 2 p. 2-20); B29-DS, B2900A data sheet ("Timer and triggering specification");
+B29-REF, Agilent B2900 SCPI Command Reference Ed. 2.
 """
 
 from __future__ import annotations
@@ -44,9 +66,17 @@ from labctl.program import Program
 from labctl.transport import Transport, block_to_array
 
 LIST_MAX = 2500
-MIN_PERIOD_S = 2e-5  # the trigger timer's minimum
-MAX_DELAY_S = 100.0  # the longest trigger delay: longer steps are split
-MAX_TRACE = 100_000
+MIN_PERIOD_S = 2e-5  # the trigger timer's minimum (B2901A/B2902A) [V B29-DS]
+MAX_PERIOD_S = 1e5  # ... and maximum [V B29-DS]
+MAX_DELAY_S = 1e5  # the longest trigger delay [V B29-DS]: longer steps are split
+MAX_COUNT = 100_000  # triggers per run [V B29-DS]
+MAX_TRACE = 100_000  # readings per trace buffer [V B29-UG]
+MIN_PULSE_S = 5e-5  # pulse width 50 us to 100 ks in 1 us steps [V B29-UG]
+MAX_PULSE_S = 1e5
+PULSE_RESOLUTION_S = 1e-6
+MAX_PULSE_DELAY_S = 99999.9  # [I]
+PERIOD_DIVISORS = 64  # a pulse period may be the shortest spacing divided by up to this
+PULSE_CELL_EXPANSION = 8  # ... as long as the triggers stay within this many per step (+ 64)
 FETCH_MAX = 100_000
 ELEMENTS = "VOLT,CURR,TIME"
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
@@ -60,21 +90,50 @@ def _num(x: float) -> str:
     return f"{x:.9g}"
 
 
+def _sent(x: float) -> float:
+    """``x`` as the instrument receives it."""
+    return float(_num(x))
+
+
+@dataclass(frozen=True)
+class _Pulse:
+    """The pulse shape of a run: the output sits at ``base`` and goes to each trigger's level
+    from ``delay_s`` to ``delay_s + width_s`` after the trigger."""
+
+    base: float
+    delay_s: float
+    width_s: float
+
+
 @dataclass(frozen=True)
 class _Sweep:
-    """One timer-triggered list sweep: trigger k sources ``levels[k]`` for ``period_s`` and
-    reads at its end; it is a step (or the last part of a step) of program row ``rows[k]``,
-    kept if ``keep[k]``."""
+    """One timer-triggered run: trigger k comes ``k * period_s`` after INIT and sources
+    ``levels[k]`` (for the whole period, or as the peak of ``pulse``); its reading starts
+    ``acq_delay_s`` after the trigger and is a sample of program row ``rows[k]`` if
+    ``keep[k]``."""
 
     rows: np.ndarray
     levels: np.ndarray
     keep: np.ndarray
     period_s: float
     acq_delay_s: float
+    pulse: _Pulse | None = None
 
     @property
     def n(self) -> int:
         return len(self.levels)
+
+    @property
+    def one_peak(self) -> bool:
+        """A pulse run whose triggers all have the same peak (no list needed)."""
+        return self.pulse is not None and bool(np.all(self.levels == self.levels[0]))
+
+    def duration_s(self, aperture_s: float) -> float:
+        """From INIT to the end of the last trigger's pulse and reading."""
+        if self.pulse is None:
+            return self.n * self.period_s
+        span = max(self.acq_delay_s + aperture_s, self.pulse.delay_s + self.pulse.width_s)
+        return (self.n - 1) * self.period_s + min(span, self.period_s)
 
 
 class KeysightB2900(SourceMeterBase):
@@ -100,6 +159,7 @@ class KeysightB2900(SourceMeterBase):
         i_ranges=I_RANGES,
         channels=("1", "2"),
         source_modes=("V",),
+        pulse_widths_s=(MIN_PULSE_S, MAX_PULSE_S),
     )
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
@@ -110,6 +170,8 @@ class KeysightB2900(SourceMeterBase):
         self._output_on: set[int] = set()
         self._last_level: float | None = None
         self._binary = False  # the data format is REAL,64 (during a hardware run)
+        self._pulse_shape = False  # the channels are in pulse shape (after a pulse run)
+        self.pulse_mode = True  # pulse trains may run in the instrument's pulse mode
 
     # -- identity and settings ------------------------------------------------------------
     def identify(self) -> str:
@@ -140,10 +202,13 @@ class KeysightB2900(SourceMeterBase):
         voltage_range_v: float | None = None,
         timing: str | None = None,
         channels: list[int] | tuple[int, ...] | None = None,
+        pulse_mode: bool | None = None,
         **_ignored: object,
     ) -> None:
         """Source V, measure V and I on the selected ``channels`` (0-based; a program runs
-        on all of them at once); compliance, ranges (None: auto), integration time."""
+        on all of them at once); compliance, ranges (None: auto), integration time, and
+        whether pulse trains may run in the pulse mode (default: yes, where it is the better
+        plan)."""
         if channels is not None:
             chosen = sorted({int(c) for c in channels})
             n = len(self.capabilities.channels)
@@ -153,6 +218,8 @@ class KeysightB2900(SourceMeterBase):
                 )
             self.channels = chosen
         self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
+        if pulse_mode is not None:
+            self.pulse_mode = bool(pulse_mode)
         if voltage_range_v is None:
             v_range = ":SOUR{c}:VOLT:RANG:AUTO ON"
         else:
@@ -180,6 +247,7 @@ class KeysightB2900(SourceMeterBase):
             ":SYST:TIME:TIM:COUN:RES:AUTO ON"
         )
         self._binary = False
+        self._pulse_shape = False
         self.check_errors()
 
     def check_errors(self) -> None:
@@ -207,19 +275,30 @@ class KeysightB2900(SourceMeterBase):
             self.transport.write(
                 ";".join(f":SENS{c + 1}:CURR:PROT {_num(self.compliance_a)}" for c in self.channels)
             )
-        sweeps = None if self.timing == "software" else self.compile(program)
-        if sweeps is None and self.timing == "hardware":
+        runs = None if self.timing == "software" else self.plan(program)
+        if runs is None and self.timing == "hardware":
             raise ValidationError(
                 "timing",
                 f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
-                f"NPLC {self.nplc:g}) or the 20 us trigger timer; lower nplc or use software "
-                "timing",
+                f"NPLC {self.nplc:g}) or the 20 us trigger timer, and the program is no pulse "
+                "train the pulse mode can time; lower nplc or use software timing",
             )
-        if sweeps is None:
+        if runs is None:
             yield from self._run_software(program, abort)
         else:
-            yield from self._run_hardware(program, sweeps, abort)
+            yield from self._run_hardware(program, runs, abort)
         self.check_errors()
+
+    def plan(self, program: Program) -> list[_Sweep] | None:
+        """The hardware-timed runs for ``program``: list sweeps or pulse mode, whichever
+        needs fewer runs (then fewer triggers); None if neither can time it."""
+        sweeps = self.compile(program)
+        pulses = self.compile_pulses(program) if self.pulse_mode else None
+        if pulses is None or sweeps is None:
+            return pulses or sweeps
+        cost_pulses = (len(pulses), sum(r.n for r in pulses))
+        cost_sweeps = (len(sweeps), sum(r.n for r in sweeps))
+        return pulses if cost_pulses < cost_sweeps else sweeps
 
     def compile(self, program: Program) -> list[_Sweep] | None:
         """The timer-triggered list sweeps for ``program``, or None if a step is too short
@@ -228,7 +307,7 @@ class KeysightB2900(SourceMeterBase):
         plan = plan_points(
             program,
             min_step_s=max(aperture, MIN_PERIOD_S),
-            max_step_s=MAX_DELAY_S + aperture,
+            max_step_s=min(MAX_PERIOD_S, MAX_DELAY_S + aperture),
         )
         if plan is None:
             return None
@@ -237,10 +316,15 @@ class KeysightB2900(SourceMeterBase):
         for a, b in runs_of_equal(period, LIST_MAX):
             # the timer and delay as sent, so that the driver times the sweep as the
             # instrument does
-            t = float(_num(float(period[a])))
-            acq = float(_num(max(t - aperture, 0.0)))
+            t = _sent(float(period[a]))
+            acq = _sent(max(t - aperture, 0.0))
             sweeps.append(_Sweep(rows[a:b], program.level[rows[a:b]], keep[a:b], t, acq))
         return sweeps
+
+    def compile_pulses(self, program: Program) -> list[_Sweep] | None:
+        """The pulse-mode runs for ``program``, or None if it is no pulse train the pulse
+        mode can time (see the module docstring)."""
+        return plan_pulses(program, aperture_s=self.aperture_s)
 
     def _outputs_on_at(self, level: float) -> None:
         off = [c for c in self.channels if c not in self._output_on]
@@ -256,33 +340,62 @@ class KeysightB2900(SourceMeterBase):
             self.transport.write(":FORM REAL,64" if binary else ":FORM ASC")
             self._binary = binary
 
+    def _set_shape(self, pulse: bool) -> str:
+        """The commands that put every channel in pulse or DC shape ('' if they are)."""
+        if pulse == self._pulse_shape:
+            return ""
+        self._pulse_shape = pulse
+        shape = "PULS" if pulse else "DC"
+        return "".join(f":SOUR{c + 1}:FUNC:SHAP {shape};" for c in self.channels)
+
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
         t_start = self.clock.now()
-        self._outputs_on_at(float(program.level[0]))
+        first = sweeps[0].pulse
+        self._outputs_on_at(float(program.level[0]) if first is None else first.base)
         self._set_format(True)
         virtual = getattr(self.clock, "is_virtual", False)
         chans = [c + 1 for c in self.channels]
         chanlist = "(@" + ",".join(str(c) for c in chans) + ")"
         aperture = self.aperture_s
+        due = 0.0  # the earliest start of the next run: the end of the last one's triggers
+        ideal = 0.0  # where the next run starts in the program
+        lag = 0.0  # how much later than that the last run started
         for sw in sweeps:
             raise_if_aborted(abort)
-            levels = ",".join(_num(x) for x in sw.levels)
+            pulse = sw.pulse
+            if not sw.one_peak:
+                levels = ",".join(_num(x) for x in sw.levels)
+                for c in chans:
+                    self.transport.write(f":SOUR{c}:LIST:VOLT {levels}")
+            setup = []
             for c in chans:
-                self.transport.write(f":SOUR{c}:LIST:VOLT {levels}")
-            setup = [
-                f":SOUR{c}:VOLT:MODE LIST;:TRIG{c}:SOUR TIM;:TRIG{c}:TIM {_num(sw.period_s)};"
-                f":TRIG{c}:COUN {sw.n};:TRIG{c}:ACQ:DEL {_num(sw.acq_delay_s)};"
-                f":TRAC{c}:FEED:CONT NEV;:TRAC{c}:CLE;:TRAC{c}:POIN {sw.n};:TRAC{c}:FEED SENS;"
-                f":TRAC{c}:FEED:CONT NEXT"
-                for c in chans
-            ]
+                if pulse is None:
+                    source = f":SOUR{c}:VOLT:MODE LIST"
+                else:
+                    peak = f":SOUR{c}:VOLT:TRIG {_num(sw.levels[0])};" if sw.one_peak else ""
+                    mode = "FIX" if sw.one_peak else "LIST"
+                    source = (
+                        f":SOUR{c}:VOLT {_num(pulse.base)};{peak}:SOUR{c}:PULS:DEL "
+                        f"{_num(pulse.delay_s)};:SOUR{c}:PULS:WIDT {_num(pulse.width_s)};"
+                        f":SOUR{c}:VOLT:MODE {mode}"
+                    )
+                setup.append(
+                    f"{source};:TRIG{c}:SOUR TIM;:TRIG{c}:TIM {_num(sw.period_s)};"
+                    f":TRIG{c}:COUN {sw.n};:TRIG{c}:ACQ:DEL {_num(sw.acq_delay_s)};"
+                    f":TRAC{c}:FEED:CONT NEV;:TRAC{c}:CLE;:TRAC{c}:POIN {sw.n};"
+                    f":TRAC{c}:FEED SENS;:TRAC{c}:FEED:CONT NEXT"
+                )
+            shape = self._set_shape(pulse is not None)
+            self.clock.sleep_until(t_start + due)  # never earlier than the program says
             t_init = self.clock.now() - t_start
-            self.transport.write(";".join(setup) + f";:INIT {chanlist}")
-            # TIME counts from INIT and marks the start of the aperture
-            t0 = t_init + aperture
-            expected = sw.n * sw.period_s
+            lag = t_init - ideal
+            self.transport.write(shape + ";".join(setup) + f";:INIT {chanlist}")
+            # TIME counts from INIT and marks the trigger; the reading ends an acquire delay
+            # and an aperture later
+            t0 = t_init + sw.acq_delay_s + aperture
+            expected = sw.duration_s(aperture)
             end = t_start + t_init + expected
             slack = 1e-12 * max(1.0, abs(end))
             grace = max(2.0, 0.05 * expected) if not virtual else slack
@@ -309,7 +422,11 @@ class KeysightB2900(SourceMeterBase):
                     raise InstrumentError(
                         f"{self.transport.resource}: sweep of {sw.n} points ended short ({got})"
                     )
-            self._last_level = float(sw.levels[-1])
+            self._last_level = float(sw.levels[-1]) if pulse is None else pulse.base
+            due = t_init + sw.n * sw.period_s
+            ideal += sw.n * sw.period_s
+        # a pulse train may end at its base after its last trigger
+        self.clock.sleep_until(t_start + lag + program.total_duration)
         self._set_format(False)
 
     def _fetch(
@@ -349,6 +466,9 @@ class KeysightB2900(SourceMeterBase):
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         self._set_format(False)
+        shape = self._set_shape(False)
+        if shape:
+            self.transport.write(shape.rstrip(";"))
         chans = [c + 1 for c in self.channels]
         query = ":MEAS? (@" + ",".join(str(c) for c in chans) + ")"
         others: list[list[tuple[float, float]]] = [[] for _ in chans[1:]]
@@ -421,6 +541,116 @@ class KeysightB2900(SourceMeterBase):
                 f"{self.transport.resource}: output of channel {on or chans} still reads on "
                 f"after OFF ({';'.join(states)!r})"
             )
+
+
+def plan_pulses(program: Program, *, aperture_s: float) -> list[_Sweep] | None:
+    """The pulse-mode runs for ``program``, or None if it is no pulse train the pulse mode
+    can time.
+
+    The most-held level is the base; every other stretch of one level is a pulse. The pulses
+    must all have one width (a whole number of microseconds, 50 us to 100 ks) and no two may
+    touch. The program is then cut into triggers of one period T, the longest that puts
+    every pulse at the same delay d after its trigger and every sample at the same time e
+    after its trigger, with the pulse inside the period (d + width <= T) and the reading's
+    aperture too (aperture <= e <= T); a trigger without a pulse pulses to the base.
+    """
+    n = len(program)
+    level = program.level
+    ends = program.step_ends()
+    starts = ends - program.duration
+    total = float(ends[-1])
+    tol = 1e-10 * max(total, 1.0)  # sums of step durations agree to this
+    values, inverse = np.unique(level, return_inverse=True)
+    base = float(values[np.argmax(np.bincount(inverse, weights=program.duration))])
+    cut = np.flatnonzero(level[1:] != level[:-1]) + 1
+    first = np.concatenate([[0], cut])
+    last = np.concatenate([cut, [n]]) - 1
+    is_pulse = level[first] != base
+    if not is_pulse.any() or np.any(is_pulse[1:] & is_pulse[:-1]):
+        return None
+    pulse_start = starts[first[is_pulse]]
+    peaks = level[first[is_pulse]]
+    widths = ends[last[is_pulse]] - pulse_start
+    width = round(float(widths[0]) / PULSE_RESOLUTION_S) / (1 / PULSE_RESOLUTION_S)
+    if not MIN_PULSE_S <= width <= MAX_PULSE_S or np.any(np.abs(widths - width) > tol):
+        return None
+    read_rows = np.flatnonzero(program.sample)
+    if np.any(program.duration[read_rows] < aperture_s * (1 - 1e-9)):
+        return None  # a reading must lie within its step
+    read_end = ends[read_rows]
+    spacing = np.concatenate([np.diff(pulse_start), np.diff(read_end)])
+    if len(spacing):
+        periods = [float(spacing.min()) / m for m in range(1, PERIOD_DIVISORS + 1)]
+    else:  # one pulse, at most one reading: one trigger
+        periods = [max(pulse_start[0] + width, read_end[0] if len(read_end) else 0.0)]
+    for period in periods:
+        fit = _fit_period(pulse_start, read_end, period, width, aperture_s, tol)
+        if fit is None:
+            continue
+        t, delay, acq, pulse_cells, read_cells = fit
+        cells = 1 + max(pulse_cells[-1], read_cells[-1] if len(read_cells) else 0)
+        span = max(delay + width, acq + aperture_s)
+        if cells > PULSE_CELL_EXPANSION * n + 64 or (cells - 1) * period + span > total + tol:
+            continue
+        levels = np.full(cells, base)
+        levels[pulse_cells] = peaks
+        rows = np.zeros(cells, np.int64)
+        keep = np.zeros(cells, bool)
+        rows[read_cells] = read_rows
+        keep[read_cells] = True
+        shape = _Pulse(base, delay, width)
+        runs = []
+        a = 0
+        while a < cells:
+            other = np.flatnonzero(levels[a:] != levels[a])
+            same = int(other[0]) if len(other) else cells - a
+            b = a + (min(same, MAX_COUNT) if same > LIST_MAX else min(LIST_MAX, cells - a))
+            runs.append(_Sweep(rows[a:b], levels[a:b], keep[a:b], t, acq, shape))
+            a = b
+        return runs
+    return None
+
+
+def _fit_period(
+    pulse_start: np.ndarray,
+    read_end: np.ndarray,
+    period: float,
+    width: float,
+    aperture_s: float,
+    tol: float,
+) -> tuple[float, float, float, np.ndarray, np.ndarray] | None:
+    """(period, pulse delay, acquire delay as sent; the trigger of each pulse and of each
+    reading) if every pulse and every reading sits at one time within its trigger's period,
+    else None."""
+    if not MIN_PERIOD_S <= period <= MAX_PERIOD_S or width > period + tol:
+        return None
+    delay = max(0.0, float(pulse_start[0] - np.floor((pulse_start[0] + tol) / period) * period))
+    pulse_cells = np.rint((pulse_start - delay) / period).astype(np.int64)
+    if np.any(np.abs(pulse_start - delay - pulse_cells * period) > tol):
+        return None
+    if len(read_end):
+        k = np.ceil((read_end[0] - tol) / period) - 1
+        at = float(read_end[0] - max(k, 0.0) * period)  # in (0, period]
+        read_cells = np.rint((read_end - at) / period).astype(np.int64)
+        if np.any(np.abs(read_end - at - read_cells * period) > tol):
+            return None
+    else:  # nothing read: the readings end with each period, and are dropped
+        at, read_cells = period, np.empty(0, np.int64)
+    if np.any(np.diff(pulse_cells) <= 0) or np.any(np.diff(read_cells) <= 0):
+        return None
+    # as sent: the pulse and the reading must stay inside the period
+    t, d = _sent(period), _sent(delay)
+    acq = _sent(max(at - aperture_s, 0.0))
+    inside = t * (1 + 1e-10)
+    if (
+        d > MAX_PULSE_DELAY_S
+        or acq > MAX_DELAY_S
+        or at < aperture_s * (1 - 1e-9)
+        or d + width > inside
+        or acq + aperture_s > inside
+    ):
+        return None
+    return t, d, acq, pulse_cells, read_cells
 
 
 def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:

@@ -11,7 +11,7 @@ from drivers.keysight_b2900 import KeysightB2900
 from labctl.clock import VirtualClock
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError
-from labctl.program import hold, pulse, ramp, staircase, triangle
+from labctl.program import Program, hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
 from labctl.transport import LoopbackTransport
@@ -26,6 +26,9 @@ def connect(device="resistor", **params):
 
 def run(d, program, abort=None):
     return Chunk.concat(list(d.execute(program, abort)))
+
+
+run_program = run
 
 
 def on(data, channel):
@@ -184,3 +187,78 @@ def test_both_channels_over_tcp_with_the_real_clock():
             d.close()
     finally:
         server.close()
+
+
+# --- pulse mode ------------------------------------------------------------------------------
+
+
+def pulse_train(n, *, width, period, peaks=(1.0,), base=0.0, read="top"):
+    """``n`` pulses of ``width`` every ``period`` from ``base``, cycling through ``peaks``,
+    each read at its top or at the base just before the next pulse."""
+    parts = []
+    for k in range(n):
+        top = read == "top"
+        parts.append(hold(peaks[k % len(peaks)], width, sample=top, phase="write", pulse=k))
+        parts.append(hold(base, period - width, sample=not top, phase="read", pulse=k))
+    return Program.concat(parts, renumber_segments=False)
+
+
+def test_short_pulses_far_apart_read_at_their_top():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.001)  # 20 us: inside the 100 us pulses
+    p = pulse_train(200, width=1e-4, period=0.01)
+    (run,) = d.plan(p)
+    assert run.pulse is not None and run.one_peak and run.n == 200
+    data = run_program(d, p)
+    assert len(data) == 200 and not np.any(data.flags & SOFTWARE_TIMED)
+    np.testing.assert_allclose(data.t, p.step_ends()[p.sample], rtol=1e-9)
+    np.testing.assert_allclose(data.i, 1e-6, atol=1e-12)
+    np.testing.assert_allclose(data.v, 1.0, atol=1e-6)
+    assert d.clock.now() == pytest.approx(p.total_duration)
+
+
+@pytest.mark.parametrize("read", ["top", "base"])
+def test_pulse_mode_and_list_sweeps_give_the_same_memristor_currents(read):
+    p = pulse_train(60, width=1e-3, period=5e-3, peaks=(1.0, 1.0, -1.0), base=0.1, read=read)
+    results = {}
+    for pulse_mode in (True, False):
+        d = connect("slit_unipolar", tau=0.02, noise=0)
+        d.configure(compliance_a=1e-3, nplc=0.01, channels=[0, 1], pulse_mode=pulse_mode)
+        runs = d.plan(p)
+        assert (runs[0].pulse is not None) == pulse_mode
+        data = run_program(d, p)
+        assert len(data) == 2 * 60
+        for channel in (0, 1):
+            np.testing.assert_allclose(data.t[on(data, channel)], p.step_ends()[p.sample])
+        results[pulse_mode] = data
+    np.testing.assert_allclose(results[True].i, results[False].i, rtol=1e-9, atol=1e-15)
+    assert np.ptp(results[True].i[results[True].pulse > 40]) > 0  # the state moved
+
+
+def test_a_long_train_of_several_peaks_runs_as_lists_of_2500():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    p = pulse_train(3000, width=1e-3, period=2e-3, peaks=(1.0, -1.0), read="base")
+    runs = d.plan(p)
+    assert [r.n for r in runs] == [2500, 500] and not any(r.one_peak for r in runs)
+    data = run_program(d, p)
+    assert len(data) == 3000
+    np.testing.assert_allclose(data.t, p.step_ends()[p.sample], rtol=1e-9)
+    np.testing.assert_allclose(data.i, 0.0, atol=1e-12)  # read at the 0 V base
+
+
+def test_abort_in_pulse_mode_keeps_the_readings_and_safe_state_turns_off():
+    d = connect(R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.001)
+    abort = threading.Event()
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(pulse_train(5000, width=1e-4, period=0.01), abort):
+            got.append(chunk)
+            abort.set()
+    assert 0 < len(Chunk.concat(got)) < 5000
+    d.safe_state()
+    assert not d.transport.emulator.output_on
+    # and the next program runs in DC shape
+    data = run_program(d, staircase([0.2, 0.4], 0.01))
+    np.testing.assert_allclose(data.i, [2e-7, 4e-7], atol=1e-12)

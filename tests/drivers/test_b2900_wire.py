@@ -160,7 +160,7 @@ def test_software_timed_steps_on_both_channels_measure_both_at_once():
 
 
 def test_list_sweep_with_the_timer_trigger_and_binary_trace_readback():
-    readings = [0.1, 1e-8, 0.008, 0.2, 2e-8, 0.018, 0.3, 1e-6, 0.028]  # VOLT,CURR,TIME
+    readings = [0.1, 1e-8, 0.0, 0.2, 2e-8, 0.01, 0.3, 1e-6, 0.02]  # VOLT,CURR,TIME (trigger)
     d, t = make(
         [
             (":SOUR1:VOLT 0.1;:OUTP1 ON", None),
@@ -173,7 +173,9 @@ def test_list_sweep_with_the_timer_trigger_and_binary_trace_readback():
             NO_ERROR,
         ]
     )
-    d.nplc = 0.1  # 2 ms aperture at 50 Hz: the reading takes the last 2 ms of each 10 ms step
+    # 2 ms aperture at 50 Hz: the reading takes the last 2 ms of each 10 ms step, so it ends
+    # 8 ms (the acquire delay) + 2 ms after its trigger
+    d.nplc = 0.1
     d.compliance_a = 1e-6
     data = Chunk.concat(list(d.execute(staircase([0.1, 0.2, 0.3], 0.01))))
     t.assert_done()
@@ -184,8 +186,8 @@ def test_list_sweep_with_the_timer_trigger_and_binary_trace_readback():
 
 
 def test_both_channels_start_on_one_init_and_read_separately():
-    one = [0.1, 1e-7, 0.008, 0.2, 2e-7, 0.018]
-    two = [0.1, 5e-8, 0.008, 0.2, 1e-7, 0.018]
+    one = [0.1, 1e-7, 0.0, 0.2, 2e-7, 0.01]
+    two = [0.1, 5e-8, 0.0, 0.2, 1e-7, 0.01]
     d, t = make(
         [
             (":SOUR1:VOLT 0.1;:OUTP1 ON;:SOUR2:VOLT 0.1;:OUTP2 ON", None),
@@ -225,14 +227,15 @@ def test_both_channels_start_on_one_init_and_read_separately():
 def test_compile_splits_at_period_changes_2500_levels_and_long_steps():
     d, _ = make([])
     d.nplc = 0.1  # 2 ms
-    prog = ramp(0, 1, 60.0, points=6000) + hold(0.5, 250.0) + hold(0.1, 0.06, points=3)
+    prog = ramp(0, 1, 60.0, points=6000) + hold(0.5, 2.5e5) + hold(0.1, 0.06, points=3)
     sweeps = d.compile(prog)
     assert [s.n for s in sweeps] == [2500, 2500, 1000, 3, 3]
-    np.testing.assert_allclose([s.period_s for s in sweeps], [0.01] * 3 + [250.0 / 3, 0.02])
+    np.testing.assert_allclose([s.period_s for s in sweeps], [0.01] * 3 + [2.5e5 / 3, 0.02])
     np.testing.assert_allclose(
-        [s.acq_delay_s for s in sweeps], [0.008] * 3 + [250.0 / 3 - 0.002, 0.018]
+        [s.acq_delay_s for s in sweeps], [0.008] * 3 + [2.5e5 / 3 - 0.002, 0.018]
     )
-    long = sweeps[3]  # a 250 s step: three triggers of the same level, the last one read
+    # a step longer than the 100 ks timer: three triggers of its level, the last one read
+    long = sweeps[3]
     assert list(long.rows) == [6000] * 3 and list(long.keep) == [False, False, True]
     assert sum(s.n for s in sweeps) == len(prog) + 2
 
@@ -246,6 +249,194 @@ def test_a_pulse_train_runs_on_one_common_tick():
     assert sweep.n == 1100 and sweep.period_s == 0.05
     assert sweep.keep.sum() == 100
     np.testing.assert_allclose(sweep.levels[sweep.keep], 1.0)
+
+
+def pulse_setup(c, *, base, source, delay, width, n, period, acq, shape=True):
+    """A pulse run's setup: ``source`` is the peak's part (FIX with a triggered level, or a
+    list)."""
+    return (
+        (f":SOUR{c}:FUNC:SHAP PULS;" if shape else "")
+        + f":SOUR{c}:VOLT {base};{source}:SOUR{c}:PULS:DEL {delay};:SOUR{c}:PULS:WIDT {width};"
+        + f":SOUR{c}:VOLT:MODE {'LIST' if not source else 'FIX'};:TRIG{c}:SOUR TIM;"
+        + f":TRIG{c}:TIM {period};:TRIG{c}:COUN {n};:TRIG{c}:ACQ:DEL {acq};"
+        + f":TRAC{c}:FEED:CONT NEV;:TRAC{c}:CLE;:TRAC{c}:POIN {n};:TRAC{c}:FEED SENS;"
+        + f":TRAC{c}:FEED:CONT NEXT"
+    )
+
+
+def short_pulses(n):
+    """``n`` 100 us pulses every 10 ms from 0 V, each read at its top."""
+    return Program.concat([hold(0.0, 0.0099, sample=False), hold(1.0, 1e-4)] * n)
+
+
+def short_pulses_start(n):
+    """What the driver sends to start ``short_pulses(n)`` with a 20 us aperture."""
+    setup = pulse_setup(
+        1,
+        base="0",
+        source=":SOUR1:VOLT:TRIG 1;",  # one peak: no list, up to 100000 pulses
+        delay="0.0099",
+        width="0.0001",
+        n=n,
+        period="0.01",
+        acq="0.00998",  # the 20 us aperture ends with the pulse
+    )
+    return [
+        (":SOUR1:VOLT 0;:OUTP1 ON", None),  # the base
+        (":FORM REAL,64", None),
+        (setup + ";:INIT (@1)", None),
+    ]
+
+
+def test_short_pulses_far_apart_run_in_pulse_mode_read_at_the_top():
+    # 100 us pulses every 10 ms: the list would need a 100 us tick (100 points a pulse)
+    prog = short_pulses(3)
+    top = [1.0, 1e-6, 0.0, 1.0, 1.1e-6, 0.01, 1.0, 1.2e-6, 0.02]  # VOLT, CURR, TIME
+    d, t = make(
+        [
+            *short_pulses_start(3),
+            (":TRAC1:POIN:ACT?", "3"),
+            (":TRAC1:DATA? 0,3", block(top)),
+            (":FORM ASC", None),
+            NO_ERROR,
+        ]
+    )
+    d.nplc = 0.001  # 20 us at 50 Hz
+    (run,) = d.plan(prog)
+    assert run.pulse is not None and run.one_peak
+    data = Chunk.concat(list(d.execute(prog)))
+    t.assert_done()
+    np.testing.assert_allclose(data.t, prog.step_ends()[prog.sample])
+    np.testing.assert_allclose(data.i, [1e-6, 1.1e-6, 1.2e-6])
+    np.testing.assert_allclose(data.v_set, 1.0)
+    assert not np.any(data.flags & SOFTWARE_TIMED)
+    assert d.clock.now() == pytest.approx(prog.total_duration)
+
+
+def test_pulses_of_several_peaks_use_a_list_and_read_at_the_base():
+    # write +1 V, erase -1 V, 1 ms each from a 0.1 V base, read at the base before the next
+    # period; the third period has no pulse (its trigger pulses to the base)
+    prog = (
+        hold(1.0, 1e-3, sample=False)
+        + hold(0.1, 9e-3)
+        + hold(-1.0, 1e-3, sample=False)
+        + hold(0.1, 9e-3)
+        + hold(0.1, 1e-2)
+    )
+    d, t = make(
+        [
+            (":SOUR1:VOLT 0.1;:OUTP1 ON", None),
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 1,-1,0.1", None),
+            (
+                pulse_setup(
+                    1,
+                    base="0.1",
+                    source="",
+                    delay="0",
+                    width="0.001",
+                    n=3,
+                    period="0.01",
+                    acq="0.008",
+                )
+                + ";:INIT (@1)",
+                None,
+            ),
+            (":TRAC1:POIN:ACT?", "3"),
+            (":TRAC1:DATA? 0,3", block([0.1, 2e-7, 0.0, 0.1, 1e-7, 0.01, 0.1, 1e-7, 0.02])),
+            (":FORM ASC", None),
+            NO_ERROR,
+            # the next program in DC shape again: a list sweep
+            (":FORM REAL,64", None),
+            (":SOUR1:LIST:VOLT 0.2,0.3", None),
+            (
+                ":SOUR1:FUNC:SHAP DC;"
+                + sweep_setup(1, n=2, period="0.01", acq="0.008")
+                + ";:INIT (@1)",
+                None,
+            ),
+            (":TRAC1:POIN:ACT?", "2"),
+            (":TRAC1:DATA? 0,2", block([0.2, 2e-7, 0.0, 0.3, 3e-7, 0.01])),
+            (":FORM ASC", None),
+            NO_ERROR,
+        ]
+    )
+    d.nplc = 0.1  # 2 ms: longer than the pulses, which a list sweep would have to read
+    assert d.compile(prog) is None
+    data = Chunk.concat(list(d.execute(prog)))
+    np.testing.assert_allclose(data.t, [0.01, 0.02, 0.03])
+    np.testing.assert_allclose(data.v_set, 0.1)
+    again = Chunk.concat(list(d.execute(staircase([0.2, 0.3], 0.01))))
+    t.assert_done()
+    np.testing.assert_allclose(again.t, [0.01, 0.02])
+
+
+def test_host_timing_after_a_pulse_run_returns_to_dc_shape():
+    d, t = make(
+        [
+            *short_pulses_start(2),
+            (":TRAC1:POIN:ACT?", "2"),
+            (":TRAC1:DATA? 0,2", block([1.0, 1e-6, 0.0, 1.0, 1e-6, 0.01])),
+            (":FORM ASC", None),
+            NO_ERROR,
+            (":SOUR1:FUNC:SHAP DC", None),
+            (":SOUR1:VOLT 0.2", None),
+            (":MEAS? (@1)", "+2.000000E-01,+2.000000E-07,+1.000000E+00"),
+            NO_ERROR,
+        ]
+    )
+    d.nplc = 0.001
+    list(d.execute(short_pulses(2)))
+    d.timing = "software"
+    list(d.execute(hold(0.2, 0.05)))
+    t.assert_done()
+
+
+def test_the_plan_with_fewer_runs_then_fewer_triggers_wins():
+    d, _ = make([])
+    d.nplc = 0.1
+    one = hold(0.0, 0.2, sample=False) + hold(1.0, 0.05) + hold(0.0, 0.3, sample=False)
+    prog = Program.concat([one] * 100)
+    (run,) = d.plan(prog)  # one trigger per pulse, not 11 points of the 50 ms tick
+    assert run.pulse is not None and run.n == 100 and run.period_s == 0.55
+    assert run.pulse.delay_s == 0.2 and run.pulse.width_s == 0.05 and run.acq_delay_s == 0.248
+    d.pulse_mode = False
+    (sweep,) = d.plan(prog)
+    assert sweep.pulse is None and sweep.n == 1100
+    # a staircase: the list sweep (a pulse plan would need as many triggers)
+    d.pulse_mode = True
+    (sweep,) = d.plan(staircase([0.2, 0.3, 0.2], 0.01))
+    assert sweep.pulse is None
+
+
+def test_pulses_shorter_than_the_aperture_run_in_pulse_mode_when_not_read():
+    d, _ = make([])
+    d.nplc = 1.0  # 20 ms: longer than the 100 us pulses, shorter than the base reads
+    prog = Program.concat([hold(1.0, 1e-4, sample=False), hold(0.0, 0.0999)] * 5)
+    assert d.compile(prog) is None
+    (run,) = d.plan(prog)
+    assert run.n == 5 and run.pulse.delay_s == 0.0 and run.acq_delay_s == pytest.approx(0.08)
+    assert list(run.keep) == [True] * 5 and list(run.rows) == [1, 3, 5, 7, 9]
+
+
+@pytest.mark.parametrize(
+    "prog",
+    [
+        # a pulse of 30 us: below the 50 us minimum width
+        Program.concat([hold(0.0, 0.01, sample=False), hold(1.0, 3e-5, sample=False)] * 3)
+        + hold(0.0, 0.01),
+        # pulses of two widths
+        hold(0.0, 0.01) + hold(1.0, 1e-3, sample=False) + hold(0.0, 0.01) + hold(1.0, 2e-3),
+        # two pulse levels back to back
+        hold(0.0, 0.05) + hold(1.0, 1e-3, sample=False) + hold(-1.0, 1e-3) + hold(0.0, 0.05),
+        # a sample in the middle of a step's aperture of the next period: irregular spacing
+        hold(0.0, 0.0101) + hold(1.0, 1e-3) + hold(0.0, 0.0233) + hold(1.0, 1e-3),
+    ],
+)
+def test_programs_the_pulse_mode_cannot_time(prog):
+    d, _ = make([])
+    d.nplc = 0.01
+    assert d.compile_pulses(prog) is None
 
 
 def test_unsampled_steps_are_triggered_but_not_kept():
@@ -274,7 +465,7 @@ def test_abort_stops_every_channel_and_keeps_the_readings_taken():
             (":SOUR1:LIST:VOLT 0,0.1", None),
             (sweep_setup(1, n=2, period="10", acq="9.98") + ";:INIT (@1)", None),
             (":TRAC1:POIN:ACT?", "1"),
-            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 9.98])),
+            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 0.0])),
             (":ABOR (@1)", None),
             (":TRAC1:POIN:ACT?", "1"),
         ]
@@ -297,7 +488,7 @@ def test_a_sweep_that_stops_short_is_an_instrument_error():
             (":SOUR1:LIST:VOLT 0,0.1", None),
             (sweep_setup(1, n=2, period="0.1", acq="0.08") + ";:INIT (@1)", None),
             (":TRAC1:POIN:ACT?", "1"),
-            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 0.08])),
+            (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 0.0])),
             (":TRAC1:POIN:ACT?", "1"),
         ]
     )

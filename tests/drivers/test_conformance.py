@@ -47,6 +47,29 @@ PULSE_TRAIN = {  # write/erase pulses with two reads after each, all short
     "compliance_a": 1e-6,
 }
 
+# Pulse trains the instruments with a pulse mode run in it: 5 ms pulses from 0 V, read at
+# their top (one peak), or followed by a 5 ms read at 0.1 V (a list of two peaks)
+PULSE_MODE = {
+    "paired_pulse": {
+        "amplitude_v": 1.0,
+        "width_s": 0.005,
+        "intervals_s": [0.02, 0.045],
+        "recovery_s": 0.1,
+        "compliance_a": 1e-6,
+    },
+    "potentiation_depression": {
+        "n_pulses": 3,
+        "write_v": 1.0,
+        "erase_v": -1.0,
+        "width_s": 0.005,
+        "relax_s": 0.02,
+        "read_v": 0.1,
+        "read_s": 0.005,
+        "baseline_reads": 1,
+        "compliance_a": 1e-6,
+    },
+}
+
 # Current resolution as a fraction of the decade of the range in use (6.5 digits: 1e-6,
 # i.e. 1 pA on the 1 uA range). Drivers not listed are held to 4.5 digits.
 CURRENT_RESOLUTION = {
@@ -284,6 +307,54 @@ def test_pulse_train_gives_the_reference_conductance(name, store, recipe, refere
     got = run(name, "pulse_train", PULSE_TRAIN, recipe, store)
     assert got.status == "completed", got.error
     assert len(got.points["t"]) == 1 + 4 * 3  # baseline read; each pulse's end and two reads
+    assert_same_conductance(name, got, ref, ref.driver)
+
+
+class RecordingTransport:
+    """Passes every message on and keeps what was written."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.written: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def write(self, message: str) -> None:
+        self.written.append(message)
+        self.inner.write(message)
+
+    def query(self, message: str) -> str:
+        self.written.append(message)
+        return self.inner.query(message)
+
+    def query_block(self, message: str) -> bytes:
+        self.written.append(message)
+        return self.inner.query_block(message)
+
+
+def _with_pulse_mode() -> list:
+    from drivers import driver_class
+
+    return [p for p in DRIVER_NAMES if driver_class(p.values[0]).capabilities.pulse_widths_s]
+
+
+@pytest.mark.parametrize("protocol", sorted(PULSE_MODE))
+@pytest.mark.parametrize("name", _with_pulse_mode())
+def test_a_pulse_train_in_the_pulse_mode_gives_the_reference_conductance(
+    name, protocol, store, recipe, reference
+):
+    params = PULSE_MODE[protocol]
+    ref = reference(protocol, params)
+    holder: dict = {}
+
+    def prepare(driver):
+        holder["link"] = driver.transport = RecordingTransport(driver.transport)
+
+    got = run(name, protocol, params, recipe, store, prepare=prepare)
+    assert got.status == "completed", got.error
+    assert any(":FUNC:SHAP PULS" in m for m in holder["link"].written), "no pulse mode used"
+    assert len(got.points["t"]) == len(ref.points["t"]) > 0
     assert_same_conductance(name, got, ref, ref.driver)
 
 

@@ -155,7 +155,7 @@ def test_compliance_clamps_the_current_and_trips():
     values = floats(emu.handle(":MEAS? (@1)"))
     assert values[1] == pytest.approx(1e-4, rel=1e-6)
     assert values[0] == pytest.approx(0.1, rel=1e-4)  # the voltage the limit leaves
-    assert int(values[4]) & 8
+    assert int(values[4]) & 0b110  # STAT bits 1-2: the compliance condition
     assert emu.handle(":SENS1:CURR:PROT:TRIP?") == "1"
     assert emu.handle(":SENS2:CURR:PROT:TRIP?") == "0"
 
@@ -173,7 +173,7 @@ def test_list_sweep_on_the_timer_reads_at_the_end_of_each_step():
     rec.reset()
     values = floats(emu.handle(":READ:ARR? (@1)"))
     np.testing.assert_allclose(values[0::2], [1e-7, 2e-7, 3e-7])
-    np.testing.assert_allclose(values[1::2], [0.008, 0.018, 0.028])  # aperture starts
+    np.testing.assert_allclose(values[1::2], [0.0, 0.01, 0.02])  # the triggers
     assert rec.drive() == [(0.1, 0.01), (0.2, 0.01), (0.3, 0.01)]
     assert clock.now() == pytest.approx(0.03)
     assert float(emu.handle(":MEAS:VOLT? (@1)")) == pytest.approx(0.3)  # stays at the last level
@@ -211,6 +211,41 @@ def test_a_pulse_without_delay_starts_at_the_trigger():
     rec.reset()
     assert floats(emu.handle(":READ:ARR:CURR? (@1)")) == [pytest.approx(2e-6)]
     assert rec.drive() == [(2.0, 0.05)]
+
+
+def test_pulse_width_keeps_its_1_us_resolution_and_50_us_minimum():
+    emu, _ = make()
+    emu.handle(":SOUR1:PULS:WIDT 7.34e-5")
+    assert float(emu.handle(":SOUR1:PULS:WIDT?")) == pytest.approx(7.3e-5, abs=1e-12)
+    emu.handle(":SOUR1:PULS:WIDT 4e-5")
+    assert codes(emu) == [-222]
+    emu.handle(":SOUR1:PULS:WIDT 1e5;:TRIG1:ACQ:DEL 1e5")  # delays up to 100 ks, too
+    assert codes(emu) == []
+    emu.handle(":TRIG1:TRAN:DEL 1.1e5")
+    assert codes(emu) == [-222]
+
+
+def test_a_reading_that_ends_with_the_pulse_reads_its_top_and_is_stamped_at_its_trigger():
+    rec = Recorder()
+    emu, _ = make(device=rec)
+    emu.handle(":SOUR1:FUNC:SHAP PULS;:SOUR1:VOLT 0;:SOUR1:VOLT:TRIG 1;:SENS1:CURR:NPLC 0.001")
+    emu.handle(":SOUR1:PULS:DEL 0.0099;:SOUR1:PULS:WIDT 1e-4;:FORM:ELEM:SENS CURR,TIME")
+    # the 20 us aperture ends with the pulse (to rounding: 0.00998 + 2e-5)
+    emu.handle(":TRIG1:SOUR TIM;:TRIG1:TIM 0.01;:TRIG1:COUN 3;:TRIG1:ACQ:DEL 0.00998")
+    rec.reset()
+    values = floats(emu.handle(":READ:ARR? (@1)"))
+    np.testing.assert_allclose(values[0::2], 1e-6)
+    np.testing.assert_allclose(values[1::2], [0.0, 0.01, 0.02])  # the triggers, not the reads
+    assert rec.drive() == [(0.0, 0.0099), (1.0, 0.0001)] * 3
+
+
+def test_status_bits_follow_the_command_reference():
+    emu, _ = make(r1=1e3)
+    emu.handle(":SENS1:CURR:RANG 1e-6;:SOUR1:VOLT 1")  # 1 mA on the 1 uA range
+    values = floats(emu.handle(":MEAS? (@1)"))
+    assert values[1] == 9.9e37 and int(values[4]) & (1 << 13)  # range overflow
+    emu.handle(":SOUR1:FUNC:MODE CURR;:SOUR1:CURR 1e-6;:SENS1:CURR:RANG:AUTO ON")
+    assert int(floats(emu.handle(":MEAS? (@1)"))[4]) == 1  # bit 0: sourcing current
 
 
 def test_channel_2_drives_a_copy_of_the_device_when_none_is_given():
@@ -271,7 +306,7 @@ def test_trace_buffer_fills_while_running_and_reads_by_offset_and_size():
     emu.handle(":TRAC1:FEED SENS;:TRAC1:POIN 3;:TRAC1:FEED:CONT NEXT;:INIT (@1)")
     clock.advance(0.25)
     assert emu.handle(":TRAC1:POIN:ACT?") == "2"
-    np.testing.assert_allclose(floats(emu.handle(":TRAC1:DATA? 1,1")), [2e-6, 0.15])
+    np.testing.assert_allclose(floats(emu.handle(":TRAC1:DATA? 1,1")), [2e-6, 0.1])
     emu.handle(":TRAC1:CLE")
     assert codes(emu) == [-221]  # not while it is being written
     clock.advance(1)

@@ -13,32 +13,49 @@ while it fills), and ASCII or binary (``:FORM REAL,64``) output.
 
 Each channel drives its own device (``device`` on channel 1, ``device2`` on channel 2: by
 default a copy of ``device``, as when served on TCP) and has its own settings and timeline; both
-follow the same clock. Chosen semantics where the manual
-is unclear (all [I]):
+follow the same clock.
+
+Checked against the manuals (B29-UG: Keysight B2900 User's Guide, Ed. 5 §6 "Pulse Output" and
+"Trace Buffer", Ed. 2 p. 2-20 "Pulse Source Supplemental Characteristics"; B29-REF: Agilent
+B2900 SCPI Command Reference Ed. 2, Table 1-2; B29-DS: B2900A data sheet, "Timer and
+triggering specification"):
+
+- The transient action (the source changes to level k) happens ``:TRIG:TRAN:DEL`` after
+  trigger k, and the measurement starts ``:TRIG:ACQ:DEL`` after it [V B29-UG: source delay and
+  measure delay both count from the trigger]; the reading integrates over the aperture and is
+  the device current at its end. With the PULSe shape the output sits at the base (the
+  immediate level, ``:SOUR:VOLT``) and goes to the peak (level k: the list value, or
+  ``:SOUR:VOLT:TRIG`` in FIXed mode) for ``:SOUR:PULS:WIDT`` starting ``:SOUR:PULS:DEL`` after
+  the source output starts [V B29-UG: pulse delay counts from the start of the source output];
+  the width is kept to its 1 us programming resolution [V B29-UG Ed. 2 p. 2-20].
+- The time stamp (TIME) is the instant of the trigger that starts the measurement, not the
+  start of the aperture [V B29-UG "Trace Buffer": timestamp of the measurement start trigger;
+  B29-DS: the timer value is saved when each measurement is triggered]; it counts from the
+  last INIT (``:SYST:TIME:TIM:COUN:RES:AUTO ON``, the default) or ``:SYST:TIME:TIM:COUN:RES``.
+- STAT [V B29-REF Table 1-2]: bit 0 set when sourcing current, bits 1-2 the compliance
+  condition (nonzero: in compliance; the emulator sets bit 1), bit 13 measurement range
+  overflow.
+- Limits: trigger count 1-100000, timer (trigger interval) 20 us-100 ks, trigger delays
+  0-100 ks [V B29-DS]; pulse width 50 us-100 ks [V B29-UG]; trace buffer 100000 readings
+  [V B29-UG "Trace Buffer"]; list 2500 levels, aperture 8 us-2 s, pulse delay 0-99999.9 s [I].
+
+Chosen semantics where the manuals are unclear (all [I]):
 
 - Trigger k of a run comes at ``t0 + k * T``: T is ``:TRIG:TIM`` with the TIMer source; with
   AINT (and BUS, INT, EXT: not emulated, taken as AINT) the next trigger comes as soon as the
-  previous one is done. The transient action (the source changes to level k) happens
-  ``:TRIG:TRAN:DEL`` after the trigger; the acquisition integrates over the aperture starting
-  ``:TRIG:ACQ:DEL`` after the trigger, and the reading is the device current at its end. With
-  the PULSe shape the output sits at the base (the immediate level) and goes to level k for
-  ``:SOUR:PULS:WIDT`` starting ``:SOUR:PULS:DEL`` after the transient delay. A timer interval
-  shorter than what one trigger needs is error -221 at ``:INIT``. The transient and acquire
-  layers must have the same source, timer and count (the emulator runs them as one).
+  previous one is done. A timer interval shorter than what one trigger needs (delays, pulse
+  and aperture) is error -221 at ``:INIT``. The transient and acquire layers must have the
+  same source, timer and count (the emulator runs them as one).
 - ``:INIT`` (any of ``:INIT[:IMM][:ALL|:ACQ|:TRAN]``) turns the output on (``:OUTP:ON:AUTO``,
   on by default) and starts ARM:COUN x TRIG:COUN triggers on each listed channel at the same
   instant. After a run the output stays at the last level sourced (the base with pulses).
   The triggered level follows the immediate level until it is set.
-- The time stamp (TIME) counts from the last INIT (``:SYST:TIME:TIM:COUN:RES:AUTO ON``, the
-  default) or ``:SYST:TIME:TIM:COUN:RES``, and marks the start of the aperture.
 - ``:MEAS?`` is a spot measurement: one aperture at the present output, both channels of the
   list at once; it does not go to the trace buffer. ``:FETC:ARR?``/``:READ:ARR?`` wait for the
   run to end; for several channels they give channel 1's readings, then channel 2's.
 - Readings: a function not measured reads +9.91E37 (``:SENS:FUNC:OFF``); RES = V/I; SOUR is
-  the level sourced; STAT sets bit 3 in compliance and bit 0 over range; 6.5 digits
-  resolution (100 fA on the 100 nA range, 1 uV on 2 V); over range +9.9E37.
-- Limits: list 2500 levels, trace buffer 100000 readings, trigger count 100000, timer
-  20 us-100 ks, trigger delays 0-100 s, pulse width 50 us-100 ks, aperture 8 us-2 s.
+  the level sourced; 6.5 digits resolution (100 fA on the 100 nA range, 1 uV on 2 V); over
+  range +9.9E37.
 """
 
 from __future__ import annotations
@@ -96,13 +113,17 @@ MAX_TRACE = 100_000
 MAX_COUNT = 100_000
 MIN_TIMER = 2e-5
 MAX_TIMER = 1e5
-MAX_DELAY = 100.0
+MAX_DELAY = 1e5
+MIN_PULSE = 5e-5
+MAX_PULSE = 1e5
+PULSE_RESOLUTION = 1e-6
 MIN_APERTURE = 8e-6
 MAX_APERTURE = 2.0
 
-# STATus element bits [I]
-ST_OVERRANGE = 1 << 0
-ST_COMPLIANCE = 1 << 3
+# STATus element bits [V B29-REF Table 1-2]
+ST_CURRENT_SOURCE = 1 << 0
+ST_COMPLIANCE = 1 << 1  # bits 1-2: the compliance condition, nonzero in compliance
+ST_OVERRANGE = 1 << 13
 
 _ELEMENTS = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus", "SOURce")
 _ELEMENT_KEYS = ("VOLT", "CURR", "RES", "TIME", "STAT", "SOUR")
@@ -368,7 +389,9 @@ class KeysightB2900Emulator:
         else:
             res = np.full(n, NAN_READING)
         stat = np.where(r.trip, ST_COMPLIANCE, 0) | np.where(over, ST_OVERRANGE, 0)
-        t = r.t - ch.t_stamp0
+        if run.func == "CURR":
+            stat |= ST_CURRENT_SOURCE
+        t = run.times(r.k) - ch.t_stamp0  # the trigger that started each reading
         return np.column_stack([v, i, res, t, stat.astype(np.float64), r.level])
 
     def _format_rows(self, data: np.ndarray, keys: list[str] | None = None) -> str | bytes:
@@ -451,6 +474,9 @@ class KeysightB2900Emulator:
             changes = [(0.0, PREV), (tran.delay, LEVEL)]
         else:
             changes = [(0.0, LEVEL)]
+        for t, _ in changes:  # a reading that ends with an edge (to rounding) ends before it
+            if abs(read_end - t) <= 1e-9 * read_end:
+                read_end = t
         pattern = Pattern.build(changes, read_end)
         if tran.source == "TIMer":
             period = tran.timer
@@ -609,7 +635,12 @@ class KeysightB2900Emulator:
         add(":SOURce#:FUNCtion:SHAPe", self._set_shape)
         add(":SOURce#:FUNCtion:SHAPe?", lambda c: self._noargs(c) or _key(self._chan(c).shape))
         add(":SOURce#:FUNCtion:TRIGgered:CONTinuous", _accept_boolean)
-        add(":SOURce#:PULSe:WIDTh", partial(self._set_pulse, "pulse_width", 5e-5, 1e5))
+        add(
+            ":SOURce#:PULSe:WIDTh",
+            partial(
+                self._set_pulse, "pulse_width", MIN_PULSE, MAX_PULSE, resolution=PULSE_RESOLUTION
+            ),
+        )
         add(":SOURce#:PULSe:WIDTh?", lambda c: self._noargs(c) or _sci(self._chan(c).pulse_width))
         add(":SOURce#:PULSe:DELay", partial(self._set_pulse, "pulse_delay", 0.0, 99999.9))
         add(":SOURce#:PULSe:DELay?", lambda c: self._noargs(c) or _sci(self._chan(c).pulse_delay))
@@ -887,9 +918,13 @@ class KeysightB2900Emulator:
         call.expect(1, 1)
         self._idle_channel(call).shape = call.choice(0, ("DC", "PULSe"))
 
-    def _set_pulse(self, attr: str, lo: float, hi: float, call: Call) -> None:
+    def _set_pulse(
+        self, attr: str, lo: float, hi: float, call: Call, resolution: float | None = None
+    ) -> None:
         call.expect(1, 1)
         value = call.number(0, minimum=lo, maximum=hi, default=lo)
+        if resolution is not None:  # kept to the programming resolution
+            value = min(max(round(value / resolution) * resolution, lo), hi)
         setattr(self._chan(call), attr, value)
 
     def _set_choice(self, attr: str, options: tuple[str, ...], call: Call) -> None:
