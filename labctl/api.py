@@ -83,10 +83,9 @@ def run_recipe(
     """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it.
 
     A sequence runs its steps in order on one connection as one group of runs, and stops at
-    the first step that does not complete. Returns one result per run made.
+    the first step that does not complete (:meth:`RunEngine.run_sequence`, which the
+    desktop app uses too). Returns one result per run made.
     """
-    import uuid
-
     from labctl.connect import connect
     from labctl.errors import ValidationError
 
@@ -108,24 +107,16 @@ def run_recipe(
         {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
     )
     engine = engine or RunEngine(store, listeners)
-    group_id = uuid.uuid4().hex[:12] if recipe.steps else None
-    results: list[RunResult] = []
     driver = connect(resource, driver=recipe.instrument.get("driver"))
     try:
-        for proto in protocols:
-            result = engine.run(
-                proto,
-                driver,
-                smp,
-                recipe_text=recipe.text,
-                operator=operator,
-                resource=resource,
-                group_id=group_id,
-                settings=settings,
-            )
-            results.append(result)
-            if not result.ok:
-                break
+        return engine.run_sequence(
+            protocols,
+            driver,
+            smp,
+            recipe_text=recipe.text,
+            operator=operator,
+            resource=resource,
+            settings=settings,
+        )
     finally:
         driver.close()
-    return results

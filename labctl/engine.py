@@ -18,7 +18,7 @@ import contextlib
 import signal
 import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,10 @@ class Listener:
     def on_chunk(self, chunk: Chunk) -> None: ...
 
     def on_pause(self, paused: bool) -> None: ...
+
+    def on_step(self, index: int, count: int, protocol: Protocol) -> None:
+        """A sequence (``RunEngine.run_sequence``) starts step ``index`` (from 0) of
+        ``count``; its run's ``on_start`` follows."""
 
     def on_finish(self, result: RunResult) -> None: ...
 
@@ -103,6 +107,68 @@ def sample_limits(sample: Any) -> Limits:
     return Limits(max_v=float(sample.max_v), max_i=float(sample.max_i))
 
 
+def channel_name(driver: Any, channel: int) -> str:
+    """The instrument's name of 0-based source ``channel`` (smua, smub; 1, 2)."""
+    names = getattr(getattr(driver, "capabilities", None), "channels", ()) or ()
+    return str(names[channel]) if 0 <= channel < len(names) else str(channel)
+
+
+def channel_samples_of(
+    driver: Any, sample: Any, channel_samples: Mapping[int, Any] | None
+) -> dict[int, Any]:
+    """The sample on each selected channel, checked against the instrument's channels;
+    {} when the caller chose no channels (the driver's default)."""
+    if not channel_samples:
+        return {}
+    names = getattr(driver.capabilities, "channels", ("1",))
+    allowed = ", ".join(f"{k} ({name})" for k, name in enumerate(names))
+    out: dict[int, Any] = {}
+    for channel, smp in sorted(channel_samples.items()):
+        if isinstance(channel, bool) or not isinstance(channel, int | np.integer):
+            raise ValidationError("channels", f"{channel!r} is not a channel; allowed: {allowed}")
+        if not 0 <= channel < len(names):
+            raise ValidationError("channels", f"{channel} is not a channel; allowed: {allowed}")
+        out[int(channel)] = smp if smp is not None else sample
+    return out
+
+
+def check_protocol(
+    protocol: Any,
+    driver: Any,
+    sample: Any,
+    channel_samples: Mapping[int, Any] | None = None,
+    who: str = "refused before output on",
+) -> tuple[list[Program] | None, Limits]:
+    """Check every Program an open-loop protocol will send (a closed-loop protocol: the
+    envelope of what it may send) against the limits of the sample on every channel and
+    the instrument's ranges; raise the first refusal naming the sample and channel.
+
+    Returns the open-loop Programs (None for closed-loop) and the limits the driver
+    enforces: the tightest of the samples' (every channel plays the same Program).
+    """
+    per_channel = channel_samples_of(driver, sample, channel_samples)
+    named = {
+        f"sample {s.name!r} on channel {channel_name(driver, c)}": s for c, s in per_channel.items()
+    }
+    if len({s.name for s in named.values()}) <= 1:
+        named = {"": next(iter(named.values()), sample)}
+    limits = {label: sample_limits(s) for label, s in named.items()}
+    programs = None
+    if protocol.closed_loop:
+        envelope = protocol.envelope()
+        ahead = [envelope] if envelope is not None else []
+    else:
+        programs = ahead = protocol.programs()
+    for label, lim in limits.items():
+        for program in ahead:
+            check_program(program, lim, driver.capabilities, f"{who} ({label})" if label else who)
+    tightest = Limits(
+        max_v=min(lim.max_v for lim in limits.values()),
+        max_i=min(lim.max_i for lim in limits.values()),
+    )
+    return programs, tightest
+
+
 class RunEngine:
     """Runs protocols on drivers into ``store``; ``reconnect`` says how hard to try to reach
     an instrument whose link failed, to put it in safe state (default: ReconnectPolicy())."""
@@ -127,8 +193,9 @@ class RunEngine:
         self._resume.set()
 
     def pause(self) -> None:
-        """Pause before the next Program (protocols with ``pausable``); the instrument waits in
-        its safe state. Refused for other protocols by the caller (see ``Protocol.pausable``)."""
+        """Pause before the next Program of a protocol with ``pausable``; the instrument
+        waits in its safe state. Other protocols are never paused inside a run: in a
+        sequence the pause takes effect after the current step, else not at all."""
         self._resume.clear()
         self._pause.set()
 
@@ -152,10 +219,97 @@ class RunEngine:
         handle_signals: bool = True,
         group_id: str | None = None,
         settings: dict[str, Any] | None = None,
+        channel_samples: Mapping[int, Any] | None = None,
     ) -> RunResult:
-        """Run ``protocol`` on ``driver`` for ``sample``; always returns a final status."""
+        """Run ``protocol`` on ``driver`` for ``sample``; always returns a final status.
+
+        ``channel_samples`` (two-channel instruments): the sample on each 0-based channel
+        to drive, e.g. ``{0: chip_a, 1: chip_b}``. The Program is checked against every
+        one's limits before the output is enabled; the run is filed under ``sample`` with
+        its points' ``channel`` column telling the devices apart, and the run's metadata
+        lists each channel with its sample and limits.
+        """
+        return self.run_sequence(
+            [protocol],
+            driver,
+            sample,
+            handle_signals=handle_signals,
+            group_id=group_id,
+            recipe_text=recipe_text,
+            operator=operator,
+            resource=resource,
+            settings=settings,
+            channel_samples=channel_samples,
+        )[0]
+
+    def run_sequence(
+        self,
+        protocols: Sequence[Any],
+        driver: Any,
+        sample: Any,
+        *,
+        handle_signals: bool = True,
+        group_id: str | None = None,
+        **options: Any,
+    ) -> list[RunResult]:
+        """Run ``protocols`` in order on one connected instrument, one run each, as one
+        group (``group_id``; a new one for two steps or more); returns one result per run
+        made. ``options`` are those of :meth:`run` (recipe_text, operator, resource,
+        settings, channel_samples), the same for every step. A single run is a sequence
+        of one step.
+
+        The sequence stops at the first step that does not complete (refused, failed,
+        aborted): the later steps are not started. ``abort()`` stops the current step in
+        safe state and skips the rest. ``pause()`` waits before the next Program of a step
+        whose protocol allows it, and otherwise after the step: between steps the output
+        is off and the step's run is final, so waiting there is always allowed. Listeners
+        get ``on_step`` before each step.
+        """
+        import uuid
+
+        protocols = list(protocols)
+        if group_id is None and len(protocols) > 1:
+            group_id = uuid.uuid4().hex[:12]
         self.abort_event.clear()
         self.resume()
+        results: list[RunResult] = []
+        with self._signals(handle_signals):
+            for k, protocol in enumerate(protocols):
+                if k:
+                    self._hold_between_steps(results[-1].run_id, k, len(protocols))
+                    if self.abort_event.is_set():
+                        break
+                self._notify("on_step", k, len(protocols), protocol)
+                result = self._run(protocol, driver, sample, group_id=group_id, **options)
+                results.append(result)
+                if not result.ok:
+                    break
+        return results
+
+    def _hold_between_steps(self, run_id: int, next_step: int, count: int) -> None:
+        """A pause asked for during the last step takes effect here (output already off)."""
+        if not self._pause.is_set() or self.abort_event.is_set():
+            return
+        self._event(run_id, "paused", f"before step {next_step + 1} of {count}; output off")
+        self._notify("on_pause", True)
+        while not self._resume.wait(0.1):
+            pass
+        self._event(run_id, "resumed", f"step {next_step + 1} of {count} starts")
+        self._notify("on_pause", False)
+
+    def _run(
+        self,
+        protocol: Any,
+        driver: Any,
+        sample: Any,
+        *,
+        recipe_text: str | None = None,
+        operator: str | None = None,
+        resource: str | None = None,
+        group_id: str | None = None,
+        settings: dict[str, Any] | None = None,
+        channel_samples: Mapping[int, Any] | None = None,
+    ) -> RunResult:
         instrument_id = self.store.ensure_instrument(
             driver.identity or driver.name,
             resource=resource or driver.transport.resource,
@@ -179,55 +333,51 @@ class RunEngine:
         n_points = 0
         n_host_timed = 0
         self._executed: list[Program] = []
-        with self._signals(handle_signals):
-            try:
-                limits = sample_limits(sample)
-                settings = {**protocol.instrument_settings(), **(settings or {})}
-                # what the instrument was asked for, so exports and later readers know it
-                self.store.update_run_metadata(
-                    run_id, instrument_settings=settings, driver=driver.name
-                )
-                programs = None
-                if protocol.closed_loop:
-                    envelope = protocol.envelope()
-                    ahead = [envelope] if envelope is not None else []
-                else:
-                    programs = ahead = protocol.programs()
-                for program in ahead:
-                    check_program(program, limits, driver.capabilities, "refused before output on")
-                total = sum(p.total_duration for p in programs) if programs is not None else None
-                self._notify("on_start", run_id, total)
-                driver.set_limits(limits)
-                driver.configure(**settings)
-                writer = self.store.writer(run_id)
-                for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
-                    writer.put(chunk)
-                    n_points += len(chunk)
-                    n_host_timed += int(np.count_nonzero(chunk.flags & SOFTWARE_TIMED))
-                    self._notify("on_chunk", chunk)
-            except (Aborted, KeyboardInterrupt):
-                status, error = "aborted", "aborted by the operator"
-            except LabctlError as exc:
-                status, error = "failed", f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # a bug or an unexpected library error: keep the trace
-                status, error = "failed", f"{type(exc).__name__}: {exc}"
-                self._event(run_id, "traceback", traceback.format_exc())
-            finally:
-                # unconditional: even a refused run leaves the instrument safe, whatever
-                # state an earlier session left it in
-                safe, note = self._make_safe(run_id, driver, clock)
-                if note is not None:
-                    if status == "completed" and not safe:
-                        status, error = "failed", note
-                    elif status != "completed":
-                        error = f"{error}; {note}"
-                if writer is not None:
-                    try:
-                        writer.close()
-                    except Exception as exc:
-                        self._event(run_id, "error", f"store writer: {exc}")
-                        if status == "completed":
-                            status, error = "failed", f"store writer: {exc}"
+        self._pausable = bool(getattr(type(protocol), "pausable", False))
+        try:
+            settings = {**protocol.instrument_settings(), **(settings or {})}
+            per_channel = self._channels(driver, sample, settings, channel_samples)
+            # what the instrument was asked for, so exports and later readers know it
+            self.store.update_run_metadata(
+                run_id,
+                instrument_settings=settings,
+                driver=driver.name,
+                **({"channels": per_channel} if per_channel else {}),
+            )
+            programs, limits = check_protocol(protocol, driver, sample, channel_samples)
+            total = sum(p.total_duration for p in programs) if programs is not None else None
+            self._notify("on_start", run_id, total)
+            driver.set_limits(limits)
+            driver.configure(**settings)
+            writer = self.store.writer(run_id)
+            for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
+                writer.put(chunk)
+                n_points += len(chunk)
+                n_host_timed += int(np.count_nonzero(chunk.flags & SOFTWARE_TIMED))
+                self._notify("on_chunk", chunk)
+        except (Aborted, KeyboardInterrupt):
+            status, error = "aborted", "aborted by the operator"
+        except LabctlError as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug or an unexpected library error: keep the trace
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            self._event(run_id, "traceback", traceback.format_exc())
+        finally:
+            # unconditional: even a refused run leaves the instrument safe, whatever
+            # state an earlier session left it in
+            safe, note = self._make_safe(run_id, driver, clock)
+            if note is not None:
+                if status == "completed" and not safe:
+                    status, error = "failed", note
+                elif status != "completed":
+                    error = f"{error}; {note}"
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception as exc:
+                    self._event(run_id, "error", f"store writer: {exc}")
+                    if status == "completed":
+                        status, error = "failed", f"store writer: {exc}"
         metrics: list[dict[str, Any]] = []
         has_analysis = type(protocol).analyze is not Protocol.analyze
         if n_points and (has_analysis or n_host_timed) and status in ("completed", "aborted"):
@@ -320,8 +470,38 @@ class RunEngine:
         except StopIteration:
             return
 
+    def _channels(
+        self,
+        driver: Any,
+        sample: Any,
+        settings: dict[str, Any],
+        channel_samples: Mapping[int, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """Each selected channel with its sample and limits, for the run's metadata ([]
+        when the driver's default channel is used); ``channel_samples`` set the channels."""
+        per = channel_samples_of(driver, sample, channel_samples)
+        if per:
+            settings["channels"] = sorted(per)
+        elif settings.get("channels"):
+            try:
+                per = {int(c): sample for c in settings["channels"]}
+            except (TypeError, ValueError):
+                return []  # driver.configure names the bad value
+        return [
+            {
+                "channel": c,
+                "name": channel_name(driver, c),
+                "sample": s.name,
+                "max_v": s.max_v,
+                "max_i": s.max_i,
+            }
+            for c, s in sorted(per.items())
+        ]
+
     def _wait_if_paused(self, driver) -> None:
-        if not self._pause.is_set() or self.abort_event.is_set():
+        # a protocol that does not allow waiting between Programs pauses after its run
+        # (between the steps of a sequence), never inside it
+        if not self._pause.is_set() or self.abort_event.is_set() or not self._pausable:
             return
         driver.safe_state()
         self._event(self._run_id, "paused", "source 0, output off until resumed")
@@ -345,7 +525,9 @@ class RunEngine:
 
     def _notify(self, method: str, *args: Any) -> None:
         for listener in self.listeners:
-            getattr(listener, method)(*args)
+            hook = getattr(listener, method, None)  # duck-typed listeners may lack a hook
+            if hook is not None:
+                hook(*args)
 
     def _event(self, run_id: int, kind: str, message: str, data: dict | None = None) -> None:
         with contextlib.suppress(Exception):

@@ -1,0 +1,128 @@
+"""RunEngine.run_sequence (the one sequence runner of the CLI and the window) and runs on two
+channels with a sample each."""
+
+import threading
+
+import pytest
+
+import labctl
+from labctl.engine import Listener, RunEngine, check_protocol
+from labctl.errors import LimitError, ValidationError
+from protocols.iv_hysteresis import IVHysteresis
+from protocols.pulse_train import PulseTrain
+
+IV = {"frequencies_hz": [4, 8], "cycles": 1, "points_per_cycle": 40}
+PULSES = {"pattern": "write", "write_v": 0.8, "width_s": 0.05, "count": 3, "interval_s": 0.05}
+PULSES |= {"read_s": 0.02, "compliance_a": 1e-6}
+TWO = "sim://keithley2636b?device=resistor&R=1e7&noise=0&device2=resistor&ch2.R=2e6"
+
+
+@pytest.fixture
+def store(tmp_path):
+    return labctl.open_store(f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_abort_stops_the_step_running_and_skips_the_rest(store):
+    sample = store.ensure_sample("s", max_v=1.5, max_i=1e-6)
+    driver = labctl.connect("sim://keithley2450?device=resistor&R=1e7")
+
+    class AbortInSecondSweep(Listener):
+        def on_program(self, index, program, t_start):
+            if index == 1:
+                engine.abort()
+
+    engine = RunEngine(store, [AbortInSecondSweep()])
+    results = engine.run_sequence(
+        [IVHysteresis(IV), IVHysteresis(IV)], driver, sample, handle_signals=False
+    )
+    assert [r.status for r in results] == ["aborted"]
+    assert results[0].n_points == 40
+    assert len(store.runs()) == 1
+
+
+def test_pause_in_a_step_that_cannot_wait_holds_after_it(store):
+    sample = store.ensure_sample("s", max_v=1.5, max_i=1e-6)
+    driver = labctl.connect("sim://keithley2450?device=resistor&R=1e7")
+    seen = []
+
+    class PauseEarly(Listener):
+        def on_step(self, index, count, protocol):
+            seen.append(("step", index, count, protocol.name))
+
+        def on_program(self, index, program, t_start):
+            if index == 0 and not engine.paused and len(seen) == 1:
+                engine.pause()
+
+        def on_pause(self, paused):
+            seen.append(("pause", paused))
+            if paused:  # between the steps: step 1 is final, its output off
+                seen.append(("runs", len(store.runs()), driver.transport.query(":OUTP?")))
+                threading.Timer(0.02, engine.resume).start()
+
+    engine = RunEngine(store, [PauseEarly()])
+    results = engine.run_sequence(
+        [PulseTrain(PULSES), IVHysteresis(IV)], driver, sample, handle_signals=False
+    )
+    assert [r.status for r in results] == ["completed", "completed"]
+    assert results[0].n_points == 7  # the pulse train was never interrupted
+    assert seen == [
+        ("step", 0, 2, "pulse_train"),
+        ("pause", True),
+        ("runs", 1, "0"),
+        ("pause", False),
+        ("step", 1, 2, "iv_hysteresis"),
+    ]
+    kinds = list(store.events(results[0].run_id)["kind"])
+    assert kinds.index("safe_state") < kinds.index("paused") < kinds.index("resumed")
+    groups = {store.run(r.run_id)["group_id"] for r in results}
+    assert len(groups) == 1 and None not in groups
+
+
+def test_abort_while_waiting_between_steps_starts_no_more(store):
+    sample = store.ensure_sample("s", max_v=1.5, max_i=1e-6)
+    driver = labctl.connect("sim://keithley2450?device=resistor&R=1e7")
+
+    class PauseThenAbort(Listener):
+        def on_finish(self, result):
+            engine.pause()
+
+        def on_pause(self, paused):
+            if paused:
+                engine.abort()
+
+    engine = RunEngine(store, [PauseThenAbort()])
+    results = engine.run_sequence(
+        [PulseTrain(PULSES), IVHysteresis(IV)], driver, sample, handle_signals=False
+    )
+    assert [r.status for r in results] == ["completed"]
+    assert len(store.runs()) == 1
+
+
+def test_two_channels_check_each_sample_and_record_both(store):
+    chip_a = store.ensure_sample("chipA", max_v=1.5, max_i=1e-6)
+    chip_b = store.ensure_sample("chipB", max_v=0.5, max_i=1e-6)
+    driver = labctl.connect(TWO)
+    proto = IVHysteresis({**IV, "amplitude_v": 0.8})
+    with pytest.raises(LimitError, match=r"sample 'chipB' on channel smub.*max_v = 0.5 V"):
+        check_protocol(proto, driver, chip_a, {0: chip_a, 1: chip_b})
+    with pytest.raises(ValidationError, match=r"channels: 2 is not a channel; allowed: 0 \(smua\)"):
+        check_protocol(proto, driver, chip_a, {0: chip_a, 2: chip_b})
+    refused = RunEngine(store).run(
+        proto, driver, chip_a, channel_samples={0: chip_a, 1: chip_b}, handle_signals=False
+    )
+    assert refused.status == "failed" and "chipB" in refused.error and refused.n_points == 0
+
+    chip_b = store.ensure_sample("chipB", max_v=1.0, max_i=1e-6)
+    result = RunEngine(store).run(
+        proto, driver, chip_a, channel_samples={0: chip_a, 1: chip_b}, handle_signals=False
+    )
+    assert result.status == "completed", result.error
+    run = store.run(result.run_id)
+    assert run["sample"] == "chipA"
+    assert [(c["channel"], c["name"], c["sample"]) for c in run["metadata"]["channels"]] == [
+        (0, "smua", "chipA"),
+        (1, "smub", "chipB"),
+    ]
+    pts = store.points(result.run_id)
+    peak = pts.groupby("channel")["i"].max()
+    assert peak[1] == pytest.approx(5 * peak[0], rel=1e-3)  # 2 MOhm against 10 MOhm
