@@ -1,5 +1,6 @@
 """Instrument panel: pick a resource (discovered VISA or simulated), connect, see who
-answered and whether its output is on."""
+answered and whether its output is on; on a two-channel instrument, choose the channel(s)
+a run drives."""
 
 from __future__ import annotations
 
@@ -62,6 +63,22 @@ def sim_presets() -> dict[str, str]:
     return {name: p.description for name, p in sorted(PRESETS.items())}
 
 
+def sim_channels(resource: str) -> int:
+    """How many devices the simulated instrument of a ``sim://`` resource drives (0: not a
+    simulated instrument we know)."""
+    from labctl.sim.instruments.registry import EMULATORS, channels_of
+
+    model = urlsplit(resource.strip()).netloc.lower().replace("-", "").replace("_", "")
+    return channels_of(model) if model in EMULATORS else 0
+
+
+def channel_label(name: str) -> str:
+    """How a technician calls a channel: 'A (smua)' on a 2600, 'channel 1' on a B2900."""
+    if name.lower().startswith("smu") and len(name) == 4:
+        return f"{name[3].upper()} ({name})"
+    return f"channel {name}"
+
+
 def connect_instrument(resource: str):
     """Connect, identify and put the instrument in its safe state (0 V, output off)."""
     from labctl.connect import connect
@@ -95,12 +112,16 @@ def with_query(resource: str, **changes: str | None) -> str:
     return f"{text}?{urlencode(query, safe='/:')}" if query else text
 
 
+SAME_DEVICE = "(same as channel 1)"
+
+
 class InstrumentPanel(QWidget):
     """Emits ``connected(driver)``, ``disconnected()`` and ``output_changed(state)``."""
 
     connected = pyqtSignal(object)
     disconnected = pyqtSignal()
     output_changed = pyqtSignal(str)  # "off", "on", "unknown"
+    channels_changed = pyqtSignal(list)  # labels of the channels a run drives ([]: one)
     message = pyqtSignal(str, str)  # level, text
 
     def __init__(self, instrument_tasks: TaskRunner, scan_tasks: TaskRunner, parent=None) -> None:
@@ -142,15 +163,22 @@ class InstrumentPanel(QWidget):
             "Ticked: a run takes as long as it would on the bench, so you can watch it. "
             "Unticked: the simulator runs on a virtual clock and a run finishes at once."
         )
+        self.preset2 = QComboBox()
+        self.preset2.setObjectName("preset2")
+        self.preset2.setToolTip("The device on the second channel of a two-channel instrument")
+        self.preset2.addItem(SAME_DEVICE)
         presets = sim_presets()
         for name, desc in presets.items():
-            self.preset.addItem(name)
-            self.preset.setItemData(self.preset.count() - 1, desc, 3)  # Qt.ToolTipRole
+            for combo in (self.preset, self.preset2):
+                combo.addItem(name)
+                combo.setItemData(combo.count() - 1, desc, 3)  # Qt.ToolTipRole
         if "slit_unipolar" in presets:
             self.preset.setCurrentText("slit_unipolar")
         self.sim_box = QGroupBox("Simulated instrument")
         sim_form = QFormLayout(self.sim_box)
         sim_form.addRow("device preset", self.preset)
+        self.preset2_label = QLabel("device on channel 2")
+        sim_form.addRow(self.preset2_label, self.preset2)
         sim_form.addRow("seed", self.seed)
         sim_form.addRow(self.real_time)
         self.preset_desc = QLabel("")
@@ -167,6 +195,19 @@ class InstrumentPanel(QWidget):
         self.caps = QLabel("")
         self.caps.setWordWrap(True)
         self.caps.setStyleSheet("color: #444;")
+        # two-channel instruments: which channel(s) a run drives
+        self.channel_pick = QComboBox()
+        self.channel_pick.setObjectName("channels")
+        self.channel_pick.setToolTip(
+            "Both: the same program runs on both channels at once, on two devices; choose "
+            "the sample on each in the Sample tab (each one's limits are checked)"
+        )
+        self.channel_pick.currentIndexChanged.connect(self._channels_picked)
+        self.channel_box = QGroupBox("Channels")
+        self.channel_box.setObjectName("channel_box")
+        channel_form = QFormLayout(self.channel_box)
+        channel_form.addRow("run on", self.channel_pick)
+        self.channel_box.setVisible(False)
         self.output_label = QLabel()
         self.output_label.setObjectName("output_state")
         self.output_label.setMinimumHeight(44)
@@ -189,6 +230,7 @@ class InstrumentPanel(QWidget):
         lay.addWidget(QLabel("Identity"))
         lay.addWidget(self.identity)
         lay.addWidget(self.caps)
+        lay.addWidget(self.channel_box)
         lay.addStretch(1)
 
         for model, desc in sim_models().items():
@@ -196,6 +238,7 @@ class InstrumentPanel(QWidget):
             self.resource.setItemData(self.resource.count() - 1, desc, 3)
         self.resource.currentTextChanged.connect(self._resource_changed)
         self.preset.currentTextChanged.connect(self._sim_options_changed)
+        self.preset2.currentTextChanged.connect(self._sim_options_changed)
         self.seed.valueChanged.connect(self._sim_options_changed)
         self.real_time.toggled.connect(self._sim_options_changed)
         self._resource_changed(self.resource.currentText())
@@ -217,14 +260,21 @@ class InstrumentPanel(QWidget):
         if not is_sim:
             return
         query = dict(parse_qsl(urlsplit(text.strip()).query))
-        for widget in (self.preset, self.seed, self.real_time):
+        two = sim_channels(text) > 1
+        self.preset2.setVisible(two)
+        self.preset2_label.setVisible(two)
+        for widget in (self.preset, self.preset2, self.seed, self.real_time):
             widget.blockSignals(True)
         if query.get("device") and self.preset.findText(query["device"]) >= 0:
             self.preset.setCurrentText(query["device"])
+        device2 = query.get("device2")
+        self.preset2.setCurrentText(
+            device2 if device2 and self.preset2.findText(device2) > 0 else SAME_DEVICE
+        )
         if query.get("seed", "").isdigit():
             self.seed.setValue(int(query["seed"]))
         self.real_time.setChecked(query.get("clock") == "real")
-        for widget in (self.preset, self.seed, self.real_time):
+        for widget in (self.preset, self.preset2, self.seed, self.real_time):
             widget.blockSignals(False)
         self.preset_desc.setText(self.preset.currentData(3) or "")
 
@@ -232,9 +282,11 @@ class InstrumentPanel(QWidget):
         text = self.resource.currentText().strip()
         if not text.startswith("sim://"):
             return
+        device2 = self.preset2.currentText()
         new = with_query(
             text,
             device=self.preset.currentText(),
+            device2=device2 if sim_channels(text) > 1 and device2 != SAME_DEVICE else None,
             seed=str(self.seed.value()),
             clock="real" if self.real_time.isChecked() else None,
         )
@@ -286,9 +338,52 @@ class InstrumentPanel(QWidget):
     def is_connected(self) -> bool:
         return self.driver is not None
 
+    # --- channels ---
+
+    def _fill_channels(self, driver) -> None:
+        """Offer each channel alone and all together; hidden for one-channel instruments."""
+        names = tuple(getattr(driver.capabilities, "channels", ())) if driver else ()
+        self.channel_pick.blockSignals(True)
+        self.channel_pick.clear()
+        if len(names) > 1:
+            labels = [channel_label(n) for n in names]
+            for k, label in enumerate(labels):
+                self.channel_pick.addItem(f"{label} only", (k,))
+            self.channel_pick.addItem(
+                f"both: {' and '.join(labels)} (two devices)", tuple(range(len(names)))
+            )
+        self.channel_pick.blockSignals(False)
+        self.channel_box.setVisible(len(names) > 1)
+        self._channels_picked()
+
+    def _channels_picked(self, *_args) -> None:
+        self.channels_changed.emit(self.channel_labels())
+
+    def selected_channels(self) -> tuple[int, ...]:
+        """The 0-based channels a run drives; () on a one-channel instrument (its only one)."""
+        if self.channel_pick.count() == 0:
+            return ()
+        return tuple(self.channel_pick.currentData() or ())
+
+    def channel_labels(self) -> list[str]:
+        """'A (smua)', 'B (smub)' ... of the selected channels ([] on a one-channel one)."""
+        if self.driver is None:
+            return []
+        names = self.driver.capabilities.channels
+        return [channel_label(names[c]) for c in self.selected_channels()]
+
+    def select_channels(self, channels: tuple[int, ...]) -> bool:
+        """Choose the channel(s) (e.g. from a recipe's ``channels``); False if not offered."""
+        for k in range(self.channel_pick.count()):
+            if tuple(self.channel_pick.itemData(k)) == tuple(sorted(channels)):
+                self.channel_pick.setCurrentIndex(k)
+                return True
+        return False
+
     def set_run_active(self, active: bool) -> None:
         """During a run the instrument cannot be changed or disconnected."""
         self.connect_btn.setEnabled(not active and not self._busy)
+        self.channel_pick.setEnabled(not active)
         self.resource.setEnabled(not active and self.driver is None)
         self.sim_box.setEnabled(
             not active and self.driver is None and self.current_resource().startswith("sim://")
@@ -341,6 +436,7 @@ class InstrumentPanel(QWidget):
         )
         self.set_output_state("off")
         self.message.emit("info", f"Connected to {driver.identity or resource}")
+        self._fill_channels(driver)
         self.connected.emit(driver)
 
     def _connect_failed(self, exc: BaseException) -> None:
@@ -357,6 +453,7 @@ class InstrumentPanel(QWidget):
         self._resource_changed(self.current_resource())
         self.identity.setText("not connected")
         self.caps.setText("")
+        self._fill_channels(None)
         if exc is not None:
             self.set_output_state("unknown")
             self.message.emit(
@@ -381,6 +478,7 @@ class InstrumentPanel(QWidget):
         self.resource.setEnabled(True)
         self._resource_changed(self.current_resource())
         self.identity.setText(f"connection lost: {reason}")
+        self._fill_channels(None)
         self.set_output_state("unknown")
         self.disconnected.emit()
 

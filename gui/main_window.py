@@ -30,16 +30,18 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+from gui.channel_views import ChannelViews
 from gui.history_panel import HistoryPanel
 from gui.instrument_panel import InstrumentPanel
-from gui.live import DEFAULT_CAPACITY, EngineBridge, GuiListener, Inbox, LiveModel
+from gui.live import DEFAULT_CAPACITY, EngineBridge, Inbox, LiveModel
 from gui.plots import LivePlots
 from gui.protocol_panel import ProtocolPanel
 from gui.sample_panel import SamplePanel
+from gui.sequence_view import SequenceProgress, StepBridge, WindowListener
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration
 from gui.watcher import RunWatcher
-from labctl.errors import ConnectionLost, TransportError
+from labctl.errors import ConnectionLost, LabctlError, LimitError, TransportError
 
 log = logging.getLogger("labctl.gui")
 FRAME_MS = 3  # each tick redraws the next stale plot of five (gui.plots.LivePlots.refresh)
@@ -49,27 +51,57 @@ PAUSE_TIP = (
     "Abort stops the run safely and keeps every point taken."
 )
 PAUSE_OK_TIP = "Pause before the next sweep; the instrument waits with its output off."
+PAUSE_SEQ_TIP = (
+    "Pause before the next sweep where the step's protocol allows it, else after the "
+    "step; the instrument waits with its output off."
+)
 
 
-def run_on_instrument(engine, protocol, driver, sample_name: str, store, **kwargs):
-    """The run, on the instrument thread: fresh sample limits, a check of every program
-    against them before anything is sent, then the engine."""
-    from drivers.base import check_program
-    from labctl.engine import sample_limits
+def stored_sample(store, name: str):
+    """The sample as the database has it now (its limits may have changed)."""
     from labctl.errors import ValidationError
 
-    sample = store.get_sample(sample_name)
+    sample = store.get_sample(name)
     if sample is None:
-        raise ValidationError("sample", f"no sample {sample_name!r} in the database")
-    limits = sample_limits(sample)
-    if protocol.closed_loop:  # its programs depend on the data: check the largest it may send
-        envelope = getattr(protocol, "envelope", lambda: None)()
-        ahead = [envelope] if envelope is not None else []
-    else:
-        ahead = protocol.programs()
-    for program in ahead:
-        check_program(program, limits, driver.capabilities, "refused before output on")
-    return engine.run(protocol, driver, sample, handle_signals=False, **kwargs)
+        raise ValidationError("sample", f"no sample {name!r} in the database")
+    return sample
+
+
+def run_on_instrument(
+    engine,
+    protocols,
+    driver,
+    sample_name: str,
+    store,
+    *,
+    channel_samples: dict[int, str] | None = None,
+    sequence: bool = False,
+    **kwargs,
+):
+    """The run(s), on the instrument thread: fresh sample limits, every Program of every
+    step checked against the limits of the sample on each channel before anything is
+    sent, then the engine: one run, or the steps of a sequence through labctl's own
+    sequence runner (``RunEngine.run_sequence``, which ``labctl run`` uses too)."""
+    from labctl.engine import check_protocol
+
+    protocols = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
+    sample = stored_sample(store, sample_name)
+    per_channel = (
+        {c: stored_sample(store, name) for c, name in channel_samples.items()}
+        if channel_samples
+        else None
+    )
+    for k, protocol in enumerate(protocols):
+        try:
+            check_protocol(protocol, driver, sample, per_channel)
+        except LimitError as exc:
+            if not sequence:
+                raise
+            raise LimitError(f"step {k + 1} of {len(protocols)} ({protocol.name}): {exc}") from None
+    common = dict(handle_signals=False, channel_samples=per_channel, **kwargs)
+    if sequence:
+        return engine.run_sequence(protocols, driver, sample, **common)
+    return engine.run(protocols[0], driver, sample, **common)
 
 
 def final_metrics(store, run_id: int):
@@ -104,6 +136,11 @@ class MainWindow(QMainWindow):
         self._t_first: float | None = None
         self._live = False  # a run (ours or watched) is going on: progress is updated
         self._progress_at = 0.0
+        self._live_what = ""  # what the live view shows: protocol, sample(s)
+        self._live_on = ""  # the sample(s) of the run, and their channels
+        self._recipe_channels = None  # a loaded recipe's [instrument] channels
+        self._paused_now = False  # the engine reported that it waits
+        self.sequence: SequenceProgress | None = None  # the sequence running, if any
 
         self.instrument_tasks = TaskRunner("instrument", 1, self)
         self.db_tasks = TaskRunner("db", 2, self)
@@ -117,20 +154,26 @@ class MainWindow(QMainWindow):
         self.bridge = EngineBridge(self)
         self.bridge.started.connect(self._run_started)
         self.bridge.finished.connect(self._run_finished)
+        self.step_bridge = StepBridge(self)
+        self.step_bridge.step.connect(self._step_started)
+        self.step_bridge.paused.connect(self._paused_changed)
 
         # panels
         self.instrument = InstrumentPanel(self.instrument_tasks, self.scan_tasks)
         self.samples = SamplePanel(self.db_tasks)
         self.protocol = ProtocolPanel(self.calc_tasks)
         self.plots = LivePlots(self.model)
+        self.live = ChannelViews(self.model, self.plots, capacity)  # one view per channel
         self.history = HistoryPanel(self.db_tasks)
         self.watcher = RunWatcher(self.db_tasks, self.inbox, list_interval_ms=watch_interval_ms)
         for panel in (self.instrument, self.samples, self.protocol, self.history, self.watcher):
             panel.message.connect(self.show_message)
         self.instrument.output_changed.connect(self._output_changed)
-        self.instrument.connected.connect(lambda _d: self._update_controls())
+        self.instrument.connected.connect(self._instrument_connected)
         self.instrument.disconnected.connect(self._update_controls)
+        self.instrument.channels_changed.connect(self._channels_changed)
         self.samples.selected.connect(lambda _s: self._update_controls())
+        self.samples.second_chosen.connect(lambda _n: self._update_controls())
         self.samples.listed.connect(self._samples_listed)
         self.protocol.recipe_loaded.connect(self._recipe_loaded)
         self.protocol.estimate_changed.connect(self._estimate_changed)
@@ -276,6 +319,8 @@ class MainWindow(QMainWindow):
         self.unwatch_btn.setEnabled(False)
         head = QHBoxLayout()
         head.addWidget(self.live_title, 1)
+        head.addWidget(self.live.picker_label)
+        head.addWidget(self.live.picker)
         head.addWidget(QLabel("running elsewhere:"))
         head.addWidget(self.elsewhere)
         head.addWidget(self.watch_btn)
@@ -284,13 +329,13 @@ class MainWindow(QMainWindow):
         live_lay = QVBoxLayout(live)
         live_lay.setContentsMargins(0, 0, 0, 0)
         live_lay.addLayout(head)
-        live_lay.addWidget(self.plots, 1)
+        live_lay.addWidget(self.live, 1)
 
         self.right = QTabWidget()
         self.right.setObjectName("view_tabs")
         self.right.addTab(live, "Live")
         self.right.addTab(self.history, "History")
-        self.right.currentChanged.connect(lambda _i: self.plots.refresh())
+        self.right.currentChanged.connect(lambda _i: self.live.refresh())
 
         self.log_list = QListWidget()
         self.log_list.setObjectName("messages")
@@ -330,7 +375,7 @@ class MainWindow(QMainWindow):
         run.addAction(stop)
         self.addAction(stop)
         view = menu.addMenu("&View")
-        view.addAction("Autoscale plots", self.plots.autoscale, QKeySequence("Ctrl+A"))
+        view.addAction("Autoscale plots", self.live.autoscale, QKeySequence("Ctrl+A"))
         view.addAction("Refresh history", self.history.refresh, QKeySequence("F5"))
 
     # --- database ---
@@ -395,16 +440,21 @@ class MainWindow(QMainWindow):
             reasons.append("connect an instrument")
         if self.samples.sample is None:
             reasons.append("choose a sample")
+        labels = self.instrument.channel_labels()
+        if len(labels) > 1 and self.samples.second_sample_name() is None:
+            reasons.append(f"choose the sample on {labels[1]}")
         self.start_btn.setEnabled(not busy)
         can_pause = self.run_active and self._pausable and self.engine is not None
         self.pause_btn.setEnabled(can_pause)
-        self.pause_btn.setToolTip(PAUSE_OK_TIP if self._pausable else PAUSE_TIP)
+        tip = PAUSE_SEQ_TIP if self.sequence is not None else PAUSE_OK_TIP
+        self.pause_btn.setToolTip(tip if self._pausable else PAUSE_TIP)
         if not self.run_active:
             self.pause_btn.setText("Pause")
         self.why_not.setText(("To start: " + ", ".join(reasons)) if reasons and not busy else "")
         self.instrument.set_run_active(self.run_active)
         self.samples.save_btn.setEnabled(not self.run_active)
-        self.protocol.setEnabled(not self.run_active)
+        self.samples.second.setEnabled(not self.run_active)
+        self.protocol.set_run_active(self.run_active)
         self.watch_btn.setEnabled(not busy and self.elsewhere.count() > 0)
         self.unwatch_btn.setEnabled(self.watcher.watching)
 
@@ -443,6 +493,32 @@ class MainWindow(QMainWindow):
         resource = recipe.instrument.get("resource")
         if resource and not self.instrument.is_connected:
             self.instrument.set_resource(resource)
+        self._recipe_channels = recipe.instrument.get("channels")
+        self._apply_recipe_channels()
+
+    def _apply_recipe_channels(self) -> None:
+        """A recipe's ``[instrument] channels`` choose the channels once an instrument that
+        has them is connected."""
+        wanted = self._recipe_channels
+        if wanted and self.instrument.is_connected:
+            try:
+                chosen = tuple(int(c) for c in wanted)
+            except (TypeError, ValueError):
+                chosen = ()
+            if not self.instrument.select_channels(chosen):
+                self.show_message(
+                    "error",
+                    f"instrument.channels: {list(wanted)!r} is not offered by "
+                    f"{self.instrument.driver.name}; choose the channels in the Instrument tab",
+                )
+
+    def _instrument_connected(self, _driver) -> None:
+        self._apply_recipe_channels()
+        self._update_controls()
+
+    def _channels_changed(self, labels: list[str]) -> None:
+        self.samples.set_channels(labels)
+        self._update_controls()
 
     def recipe_context(self) -> tuple[dict | None, str | None]:
         """Sample table and instrument resource for a saved recipe."""
@@ -459,41 +535,81 @@ class MainWindow(QMainWindow):
     # --- running ---
 
     def start_run(self) -> bool:
-        """Start the protocol in the form on the connected instrument; False if refused."""
+        """Start the protocol in the form, or every step of the loaded sequence, on the
+        connected instrument (its chosen channels); False if refused."""
         if self.run_active or self.watcher.watching:
             self.show_message("error", "A run is already shown live; stop it first")
             return False
-        protocol = self.protocol.build()
+        sequence = self.protocol.is_sequence
+        protocols = None
         problems = []
-        if protocol is None:
-            problems.append("fix the marked protocol parameters (Protocol tab)")
+        if sequence:
+            try:
+                protocols = self.protocol.build_sequence()
+            except LabctlError as exc:
+                problems.append(f"the sequence has a bad step: {exc} (edit the recipe file)")
+        else:
+            protocol = self.protocol.build()
+            if protocol is None:
+                problems.append("fix the marked protocol parameters (Protocol tab)")
+            else:
+                protocols = [protocol]
         if self.store is None:
             problems.append("the database is not open")
         if not self.instrument.is_connected:
             problems.append("connect an instrument (Instrument tab)")
         if self.samples.sample is None:
             problems.append("choose or save a sample (Sample tab)")
+        channels = self.instrument.selected_channels()
+        labels = self.instrument.channel_labels()
+        channel_samples = None
+        if channels and self.samples.sample is not None:
+            channel_samples = {channels[0]: self.samples.sample.name}
+            if len(channels) > 1:
+                second = self.samples.second_sample_name()
+                if second is None:
+                    problems.append(f"choose the sample on {labels[1]} (Sample tab)")
+                else:
+                    channel_samples[channels[1]] = second
         if problems:
             self.show_message("error", "Cannot start: " + "; ".join(problems))
-            if protocol is None:
+            if protocols is None:
                 self.left.setCurrentWidget(self.protocol)
             return False
         self.clear_banner()
         sample = self.samples.sample
         driver = self.instrument.driver
         resource = self.instrument.resource_in_use
-        recipe_text = self.protocol.recipe_text or self.protocol.recipe_toml(
-            {"name": sample.name, "max_v": sample.max_v, "max_i": sample.max_i}, resource
-        )
+        if sequence:
+            recipe_text = self.protocol.recipe_text
+        else:
+            recipe_text = self.protocol.recipe_text or self.protocol.recipe_toml(
+                {"name": sample.name, "max_v": sample.max_v, "max_i": sample.max_i}, resource
+            )
         from labctl.engine import RunEngine
 
+        first = protocols[0]
+        # channel label -> its sample (a two-channel instrument)
+        placed = dict(zip(labels, (channel_samples or {}).values(), strict=True))
+        on = ", ".join(f"{n} on {label}" for label, n in placed.items()) or sample.name
         self.inbox.clear()
-        self.plots.clear()
-        self.plots.choose_metric_for(protocol.name)
-        self.engine = RunEngine(self.store, [GuiListener(self.bridge, self.inbox)])
-        self._pausable = bool(getattr(type(protocol), "pausable", False))
+        self.live.start(channels, [f"{label}: {n}" for label, n in placed.items()])
+        self.live.choose_metric_for(first.name)
+        listener = WindowListener(self.bridge, self.inbox, self.step_bridge)
+        self.engine = RunEngine(self.store, [listener])
+        pausable = [bool(getattr(type(p), "pausable", False)) for p in protocols]
+        self.sequence = None
+        if sequence:
+            estimates = [t for t, _n in self.protocol.step_estimates] or [None] * len(protocols)
+            self.sequence = SequenceProgress([p.name for p in protocols], estimates, pausable)
+            self.protocol.steps.clear_status()
+            for k in range(len(protocols)):
+                self.protocol.steps.set_status(k, "waiting")
+        # a sequence can always wait between its steps (each run is over, output off)
+        self._pausable = sequence or pausable[0]
         self.run_active = True
         self._aborting = False
+        self._paused_now = False
         self.run_id = None
         self.run_total_s = None
         self._wall0 = None
@@ -502,8 +618,11 @@ class MainWindow(QMainWindow):
         self.progress.setValue(0)
         self.eta.setText("")
         self._live = True
-        self.run_status.setText(f"starting {protocol.name} on {sample.name}…")
-        self.live_title.setText(f"{protocol.name} on {sample.name}")
+        what = f"sequence of {len(protocols)} steps" if sequence else first.name
+        self._live_on = on
+        self._live_what = f"{what} on {on}"
+        self.run_status.setText(f"starting {self._live_what}…")
+        self.live_title.setText(self._live_what)
         self.right.setCurrentIndex(0)
         self._update_controls()
         try:
@@ -513,10 +632,12 @@ class MainWindow(QMainWindow):
         self.instrument_tasks.submit(
             run_on_instrument,
             self.engine,
-            protocol,
+            protocols,
             driver,
             sample.name,
             self.store,
+            channel_samples=channel_samples,
+            sequence=sequence,
             recipe_text=recipe_text,
             resource=resource,
             operator=operator,
@@ -532,38 +653,82 @@ class MainWindow(QMainWindow):
         self._wall0 = time.monotonic()
         self.instrument.set_output_state("on")
         self.run_status.setText(f"run {run_id}: running")
-        self.live_title.setText(f"run {run_id}: {self.live_title.text()}")
+        self.live_title.setText(f"run {run_id}: {self._live_what}")
+
+    def _step_started(self, index: int, count: int, name: str) -> None:
+        """A sequence's step begins (its run starts next)."""
+        seq = self.sequence
+        if seq is None:
+            return
+        seq.index = index
+        self.protocol.steps.set_status(index, "running")
+        self.live.choose_metric_for(name)
+        self._live_what = f"{seq.label()} on {self._live_on}"
+        self.live_title.setText(self._live_what)
+        self.run_status.setText(f"{seq.label()}: starting…")
+        self._update_controls()
+
+    def _paused_changed(self, paused: bool) -> None:
+        """The engine waits (output off) or goes on."""
+        self._paused_now = paused
+        seq = self.sequence
+        where = ""
+        finished = False
+        if seq is not None:
+            finished = seq.index >= 0 and len(seq.results) > seq.index
+            where = f" before {seq.label(seq.index + 1)}" if finished else f" in {seq.label()}"
+        if paused:
+            self.pause_btn.setText("Resume")
+            self.run_status.setText(f"paused{where} — output off; press Resume to go on")
+            if seq is not None and not finished:
+                self.protocol.steps.set_status(seq.index, "paused")
+        else:
+            self.pause_btn.setText("Pause")
+            self.run_status.setText(f"running{where}")
+            if seq is not None and not finished:
+                self.protocol.steps.set_status(seq.index, "running")
 
     def toggle_pause(self) -> None:
-        """Pause before the next Program, or resume (protocols that allow it)."""
+        """Pause (before the next Program where the protocol allows it, else after the
+        sequence's current step), or resume."""
         if self.engine is None or not self._pausable:
             return
         if self.engine.paused:
             self.engine.resume()
             self.pause_btn.setText("Pause")
             self.run_status.setText(f"run {self.run_id}: running")
+            return
+        self.engine.pause()
+        self.pause_btn.setText("Resume")
+        seq = self.sequence
+        if seq is not None and not seq.step_pausable():
+            self.run_status.setText(f"{seq.label()}: pausing after this step…")
         else:
-            self.engine.pause()
-            self.pause_btn.setText("Resume")
             self.run_status.setText(f"run {self.run_id}: pausing after this sweep…")
 
     def _run_finished(self, result) -> None:
         """The engine's on_finish (the run is final in the store)."""
         self.last_result = result
         self._frame()
-        self._live = False
-        self.model.finish()
-        self.plots.refresh(force=True)
+        seq = self.sequence
+        self._live = seq is not None  # a sequence goes on until its last step
+        self.live.finish()
         text = f"run {result.run_id} {result.status}: {result.n_points:,} points"
         if result.error:
             text += f" — {result.error}"
+        if seq is not None:
+            seq.finished(result)
+            self.protocol.steps.set_status(seq.index, f"{result.status} (run {result.run_id})")
+            text = f"{seq.label()}: {text}"
         self.run_status.setText(text)
         if result.status == "completed":
-            self.progress.setValue(1000)
+            if seq is None or len(seq.results) == seq.count:
+                self.progress.setValue(1000)
             self.show_message("info", text)
         else:
             self.show_message("error" if result.status == "failed" else "info", text)
-        self.eta.setText(f"took {fmt_duration(result.duration_s)} instrument time")
+        what = "the step took" if seq is not None else "took"
+        self.eta.setText(f"{what} {fmt_duration(result.duration_s)} instrument time")
         error = result.error or ""
         if "ConnectionLost" in error or "TransportError" in error:
             self.instrument.lost(error)  # the link is gone: output state unknown as well
@@ -576,19 +741,53 @@ class MainWindow(QMainWindow):
                 final_metrics,
                 self.store,
                 result.run_id,
-                on_done=self.plots.set_final_metrics,
+                on_done=self.live.set_final_metrics,
                 on_error=lambda _e: None,
             )
         self.history.refresh()
         self.samples.refresh()
 
-    def _run_done(self, _result) -> None:
-        """The instrument thread is free again."""
+    def _run_done(self, result) -> None:
+        """The instrument thread is free again (after one run, or a whole sequence)."""
         self.run_active = False
         self.engine = None
+        if self.sequence is not None:
+            self._sequence_done(list(result))
         self._update_controls()
         if self._close_after_run:
             self.close()
+
+    def _sequence_done(self, results) -> None:
+        """Say how the sequence ended: every step completed, or where and why it stopped."""
+        seq, self.sequence = self.sequence, None
+        self._live = False
+        n = seq.count
+        for k in range(len(results), n):
+            self.protocol.steps.set_status(k, "not started")
+        runs = ", ".join(str(r.run_id) for r in results)
+        if len(results) == n and all(r.ok for r in results):
+            text = f"Sequence completed: {n} steps (runs {runs})"
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(1000)
+            level = "info"
+        else:
+            last = results[-1] if results else None
+            if last is None or last.ok:  # aborted while waiting between two steps
+                text = f"Sequence aborted after step {len(results)} of {n}"
+                level = "info"
+            else:
+                text = f"Sequence stopped at {seq.label(len(results) - 1)}: run {last.run_id} "
+                text += last.status
+                if last.error and last.status != "aborted":
+                    text += f" — {last.error}"
+                level = "error" if last.status == "failed" else "info"
+            rest = n - len(results)
+            if rest:
+                text += f"; {rest} later step{'s' if rest > 1 else ''} not started"
+        self.run_status.setText(text)
+        took = sum(r.duration_s for r in results)
+        self.eta.setText(f"the steps took {fmt_duration(took)} instrument time")
+        self.show_message(level, text)
 
     def _run_crashed(self, exc: BaseException) -> None:
         """The run could not start (refused, store error) or the engine itself failed."""
@@ -596,6 +795,10 @@ class MainWindow(QMainWindow):
         self._live = False
         self.engine = None
         msg = describe_error(exc)
+        if self.sequence is not None:
+            seq, self.sequence = self.sequence, None
+            for k in range(len(seq.results), seq.count):
+                self.protocol.steps.set_status(k, "not started")
         self.run_status.setText("not started" if self.run_id is None else "run ended with an error")
         prefix = "Run refused" if self.run_id is None else "Run error"
         self.show_message("error", f"{prefix}: {msg}")
@@ -666,7 +869,7 @@ class MainWindow(QMainWindow):
         late = now_ms - self._last_frame_ms - FRAME_MS
         self._last_frame_ms = now_ms
         items = self.inbox.drain()
-        self.model.ingest(items)  # also finishes loop areas left from earlier frames
+        self.live.ingest(items)  # by channel; also finishes loop areas of earlier frames
         if items and self._t_first is None:
             self._t_first = float(items[0]["t"][0])
             self._wall0 = time.monotonic()
@@ -674,7 +877,7 @@ class MainWindow(QMainWindow):
             self._skipped += 1
         else:
             self._skipped = 0
-            self.plots.refresh()
+            self.live.refresh()
         if self._live and not self.run_active and not self.watcher.watching:
             self._live = False  # watching stopped on an error
             self._update_controls()
@@ -687,9 +890,12 @@ class MainWindow(QMainWindow):
     def _update_progress(self) -> None:
         t = self.inbox.last_t
         total = self.run_total_s
-        n = self.model.total
+        n = self.live.total
         state = "aborting" if self._aborting else "running"
         rid = self.run_id if self.run_active else self.watcher.run_id
+        if self.sequence is not None:
+            self._update_sequence_progress(state, n)
+            return
         self.run_status.setText(f"run {rid}: {state} — {n:,} points")
         if not total:
             self.progress.setRange(0, 0)  # busy indicator: no planned duration
@@ -705,6 +911,23 @@ class MainWindow(QMainWindow):
             self.eta.setText(f"ETA {fmt_duration(left)} (ends ~{end})")
         else:
             self.eta.setText(f"planned {fmt_duration(total)}")
+
+    def _update_sequence_progress(self, state: str, n_points: int) -> None:
+        """Which step runs, and the whole sequence's progress and time left."""
+        seq = self.sequence
+        if seq.index >= 0 and not self._paused_now:  # the paused text stays until Resume
+            self.run_status.setText(
+                f"{seq.label()} — run {self.run_id or '…'}: {state} — {n_points:,} points"
+            )
+        fraction, left, unknown = seq.progress(self.live.last_t)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(int(1000 * min(max(fraction, 0.0), 1.0)))
+        more = " + closed-loop steps" if unknown else ""
+        if left is not None:
+            end = datetime.fromtimestamp(time.time() + left).strftime("%H:%M:%S")
+            self.eta.setText(f"ETA {fmt_duration(left)}{more} (ends ~{end})")
+        else:
+            self.eta.setText(f"step {seq.index + 1} of {seq.count}{more}")
 
     # --- watching runs of other processes ---
 
@@ -733,7 +956,7 @@ class MainWindow(QMainWindow):
             return
         self.watcher.stop()
         self.inbox.clear()
-        self.plots.clear()
+        self.live.start()
         self.run_total_s = None
         self._wall0 = None
         self._t_first = None
@@ -747,7 +970,7 @@ class MainWindow(QMainWindow):
 
     def _watch_started(self, run: dict[str, Any], total) -> None:
         self.run_total_s = total
-        self.plots.choose_metric_for(run["protocol"])
+        self.live.choose_metric_for(run["protocol"])
         self.live_title.setText(
             f"watching run {run['id']}: {run['protocol']} on {run.get('sample') or '?'} "
             f"(pid {run.get('pid')} on {run.get('host')})"
@@ -757,8 +980,7 @@ class MainWindow(QMainWindow):
     def _watch_finished(self, run: dict[str, Any]) -> None:
         self._frame()
         self._live = False
-        self.model.finish()
-        self.plots.refresh(force=True)
+        self.live.finish()
         text = f"run {run['id']} {run['status']}: {int(run.get('n_points') or 0):,} points"
         if run.get("error"):
             text += f" — {run['error']}"
@@ -772,7 +994,7 @@ class MainWindow(QMainWindow):
             final_metrics,
             self.store,
             int(run["id"]),
-            on_done=self.plots.set_final_metrics,
+            on_done=self.live.set_final_metrics,
             on_error=lambda _e: None,
         )
         self.history.refresh()
@@ -797,7 +1019,7 @@ class MainWindow(QMainWindow):
             )
             if not path:
                 return None
-        if not self.plots.grab().save(str(path), "PNG"):
+        if not self.live.current.grab().save(str(path), "PNG"):
             self.show_message("error", f"Cannot write {path}")
             return None
         self.show_message("info", f"Saved {path}")

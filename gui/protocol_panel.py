@@ -1,5 +1,6 @@
 """Protocol panel: pick a protocol, fill its generated form, load or save a recipe, and see
-how long the run will take."""
+how long the run will take. A sequence recipe (``[[steps]]``) shows its steps instead of
+the form; the window runs them all, in order."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from PyQt5.QtWidgets import (
 
 from gui.forms import ParamForm
 from gui.recipe_io import dump_recipe
+from gui.sequence_view import StepsTable
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration
-from labctl.errors import LabctlError
+from labctl.errors import LabctlError, ValidationError
 from protocols.base import Protocol, all_protocols
 from protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
 
@@ -37,6 +39,11 @@ def estimate(protocol: Protocol) -> tuple[float | None, int | None]:
     total = float(sum(p.total_duration for p in programs))
     points = int(sum(int(np.count_nonzero(p.sample)) for p in programs))
     return total, points
+
+
+def estimate_steps(protocols: list[Protocol]) -> list[tuple[float | None, int | None]]:
+    """(duration in s, number of points) of each step; (None, None) for closed-loop ones."""
+    return [estimate(p) for p in protocols]
 
 
 class ProtocolPanel(QWidget):
@@ -53,6 +60,8 @@ class ProtocolPanel(QWidget):
         self.recipe_source = ""
         self.recipe_text: str | None = None  # text of the loaded recipe, if unchanged since
         self.estimated_s: float | None = None
+        self.sequence: Recipe | None = None  # a loaded sequence recipe: run instead of the form
+        self.step_estimates: list[tuple[float | None, int | None]] = []
 
         self.picker = QComboBox()
         self.picker.setObjectName("protocol")
@@ -77,6 +86,28 @@ class ProtocolPanel(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form)
+        self.form_scroll = scroll
+
+        # a sequence: its steps instead of the form
+        self.sequence_title = QLabel("")
+        self.sequence_title.setObjectName("sequence_title")
+        self.sequence_title.setWordWrap(True)
+        self.sequence_title.setStyleSheet("font-weight: bold;")
+        self.steps = StepsTable()
+        self.single_btn = QPushButton("Back to a single protocol")
+        self.single_btn.setObjectName("leave_sequence")
+        self.single_btn.setToolTip(
+            "Forget the sequence and run the protocol of the form instead. To change a "
+            "step's parameters, edit the recipe file and load it again."
+        )
+        self.single_btn.clicked.connect(self.leave_sequence)
+        self.sequence_box = QWidget()
+        seq_lay = QVBoxLayout(self.sequence_box)
+        seq_lay.setContentsMargins(0, 0, 0, 0)
+        seq_lay.addWidget(self.sequence_title)
+        seq_lay.addWidget(self.steps, 1)
+        seq_lay.addWidget(self.single_btn)
+        self.sequence_box.setVisible(False)
         self.estimate_label = QLabel("")
         self.estimate_label.setObjectName("estimate")
         self.estimate_label.setWordWrap(True)
@@ -90,6 +121,7 @@ class ProtocolPanel(QWidget):
         lay.addWidget(self.picker)
         lay.addWidget(self.title)
         lay.addLayout(buttons)
+        lay.addWidget(self.sequence_box, 1)  # one of the two is shown
         lay.addWidget(scroll, 1)
         lay.addWidget(self.estimate_label)
 
@@ -116,10 +148,15 @@ class ProtocolPanel(QWidget):
         self._edited()
 
     def _edited(self) -> None:
+        if self.sequence is not None:
+            return  # the form is not what runs (and is not shown)
         self.recipe_text = None
         self._debounce.start()
 
     def _revalidate(self) -> None:
+        if self.sequence is not None:
+            self._estimate_sequence()
+            return
         protocol = self.form.validate()
         if protocol is None:
             self.estimated_s = None
@@ -153,6 +190,95 @@ class ProtocolPanel(QWidget):
         """The protocol from the form, or None with the messages shown beside the fields."""
         return self.form.validate()
 
+    def set_run_active(self, active: bool) -> None:
+        """During a run nothing here can change; a sequence's steps stay readable (their
+        status is how the run goes)."""
+        for widget in (
+            self.picker,
+            self.load_btn,
+            self.builtin_btn,
+            self.save_btn,
+            self.form,
+            self.single_btn,
+        ):
+            widget.setEnabled(not active)
+        if not active and self.sequence is not None:
+            self.picker.setEnabled(False)  # a sequence does not use the form
+
+    # --- sequences ---
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.sequence is not None
+
+    def build_sequence(self) -> list[Protocol]:
+        """Every step's protocol; raises ValidationError naming the step and field."""
+        if self.sequence is None:
+            raise ValidationError("recipe.steps", "no sequence is loaded")
+        self.sequence.build()  # names the step of a bad value: steps.2.parameters.cycles
+        return [step.build() for step in self.sequence.steps]
+
+    def set_sequence(self, recipe: Recipe) -> None:
+        """Show a sequence's steps in place of the form; Start runs them all."""
+        self.sequence = recipe
+        n = len(recipe.steps)
+        title = f"Sequence of {n} steps"
+        if recipe.description:
+            title += f": {recipe.description}"
+        self.sequence_title.setText(title)
+        self.steps.set_steps(recipe.steps, recipe.description)
+        self.sequence_box.setVisible(True)
+        self.form_scroll.setVisible(False)
+        self.picker.setEnabled(False)
+        self.title.setText(
+            "Start runs every step in order on the sample and instrument chosen, one run "
+            "each, as 'labctl run' does; the sequence stops at a step that does not complete."
+        )
+        self._estimate_sequence()
+
+    def leave_sequence(self) -> None:
+        """Back to the form (a single protocol)."""
+        if self.sequence is None:
+            return
+        self.sequence = None
+        self.step_estimates = []
+        self.sequence_box.setVisible(False)
+        self.form_scroll.setVisible(True)
+        self.picker.setEnabled(True)
+        self._picked(self.protocol_name)
+
+    def _estimate_sequence(self) -> None:
+        try:
+            protocols = self.build_sequence()
+        except LabctlError as exc:
+            self.estimated_s = None
+            self.estimate_label.setText(str(exc))
+            self.estimate_changed.emit(None)
+            return
+        self.estimate_label.setText("estimating…")
+        self.tasks.submit(
+            estimate_steps,
+            protocols,
+            on_done=self._sequence_estimated,
+            on_error=self._estimate_failed,
+            key="est",
+        )
+
+    def _sequence_estimated(self, estimates: list[tuple[float | None, int | None]]) -> None:
+        self.step_estimates = estimates
+        self.steps.set_estimates(estimates)
+        known = [t for t, _n in estimates if t is not None]
+        points = sum(n for _t, n in estimates if n is not None)
+        total = float(sum(known))
+        closed = len(known) < len(estimates)
+        self.estimated_s = total if not closed else None
+        text = f"Estimated duration of the {len(estimates)} steps: {fmt_duration(total)}"
+        text += f" ({points:,} points)"
+        if closed:
+            text += ", plus the closed-loop steps (they depend on the device)"
+        self.estimate_label.setText(text)
+        self.estimate_changed.emit(total if known else None)
+
     # --- recipes ---
 
     def load_recipe(self, ref: str | None = None) -> Recipe | None:
@@ -166,19 +292,9 @@ class ProtocolPanel(QWidget):
         try:
             text, source = read_recipe_text(ref)
             recipe = parse_recipe(text, source)
-            if getattr(recipe, "steps", None):
-                # the window runs one protocol at a time: take the first step, say so
-                first = recipe.steps[0]
-                self.message.emit(
-                    "info",
-                    f"{source} is a sequence of {len(recipe.steps)} steps; loaded step 1 "
-                    f"({first.protocol}). Run the whole sequence with: labctl run {ref}",
-                )
-                first.sample = first.sample or recipe.sample
-                first.instrument = first.instrument or recipe.instrument
-                text = None  # the text describes the sequence, not this one run
-                recipe = first
-            if recipe.protocol not in self.protocols:
+            if recipe.is_sequence:
+                recipe.build()  # every step valid, else the message names step and field
+            elif recipe.protocol not in self.protocols:
                 raise LabctlError(
                     f"recipe.protocol: unknown protocol {recipe.protocol!r}; "
                     f"available: {', '.join(self.protocols)}"
@@ -186,6 +302,16 @@ class ProtocolPanel(QWidget):
         except LabctlError as exc:
             self.message.emit("error", f"Cannot load recipe {ref}: {exc}")
             return None
+        if recipe.is_sequence:
+            self.recipe_source = source
+            self.set_sequence(recipe)
+            self.recipe_text = text  # recorded with each step's run
+            self.message.emit(
+                "info", f"Loaded sequence {source}: {len(recipe.steps)} steps, run in order"
+            )
+            self.recipe_loaded.emit(recipe)
+            return recipe
+        self.leave_sequence()
         self.picker.setCurrentText(recipe.protocol)
         unknown = self.form.set_values(recipe.parameters)
         if unknown:
@@ -226,7 +352,10 @@ class ProtocolPanel(QWidget):
             )
             if not path:
                 return None
-        text = self.recipe_toml(sample, resource)
+        if self.sequence is not None:
+            text = self.sequence.text  # steps are edited in the file, so it is unchanged
+        else:
+            text = self.recipe_toml(sample, resource)
         try:
             parse_recipe(text).build()  # never write a recipe that would not load
         except LabctlError as exc:

@@ -1,5 +1,6 @@
 """Sample panel: the samples in the store, and a form to create one or change its limits
-and metadata. The selected sample is the one a run is made on."""
+and metadata. The selected sample is the one a run is made on; when a two-channel
+instrument drives both channels, a second sample is chosen for the second channel."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PyQt5.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -49,6 +51,7 @@ class SamplePanel(QWidget):
     """Emits ``selected(sample)`` (a labctl.store.Sample, or None)."""
 
     selected = pyqtSignal(object)
+    second_chosen = pyqtSignal(str)  # the sample on the second channel ("" for none)
     listed = pyqtSignal(list)  # sample names, after each refresh
     message = pyqtSignal(str, str)
 
@@ -100,6 +103,25 @@ class SamplePanel(QWidget):
         self.current.setObjectName("current_sample")
         self.current.setWordWrap(True)
         self.current.setStyleSheet("font-weight: bold;")
+        self.channel_labels: list[str] = []  # of the channels a run drives ([]: one)
+        # both channels of a two-channel instrument: the device on the second one
+        self.second = QComboBox()
+        self.second.setObjectName("second_sample")
+        self.second.currentIndexChanged.connect(self._second_changed)
+        self.second_limits = QLabel("")
+        self.second_limits.setObjectName("second_limits")
+        self.second_limits.setWordWrap(True)
+        self.second_box = QGroupBox("Sample on the second channel")
+        self.second_box.setObjectName("second_box")
+        self.second_box.setToolTip(
+            "Both channels run the same program at once; it must stay within this "
+            "sample's limits too. Save the sample above first if it is new."
+        )
+        second_lay = QHBoxLayout(self.second_box)
+        second_lay.setContentsMargins(6, 2, 6, 2)
+        second_lay.addWidget(self.second, 1)
+        second_lay.addWidget(self.second_limits, 1)
+        self.second_box.setVisible(False)
 
         form = QFormLayout()
         form.addRow("name", self.name)
@@ -128,6 +150,7 @@ class SamplePanel(QWidget):
         lay.addWidget(self.error)
         lay.addWidget(self.save_btn)
         lay.addWidget(self.current)
+        lay.addWidget(self.second_box)
 
     def set_store(self, store) -> None:
         self.store = store
@@ -162,6 +185,7 @@ class SamplePanel(QWidget):
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(r, c, item)
         self.table.blockSignals(False)
+        self._fill_second()
         self.listed.emit(self.names())
         want = select or (self.sample.name if self.sample is not None else None)
         for r, row in enumerate(rows):
@@ -171,6 +195,56 @@ class SamplePanel(QWidget):
 
     def names(self) -> list[str]:
         return [r["name"] for r in self._rows]
+
+    # --- the second channel ---
+
+    def set_channels(self, labels: list[str]) -> None:
+        """The channels a run drives (labels such as 'A (smua)'); with two, ask for the
+        sample on the second."""
+        self.channel_labels = list(labels)
+        two = len(labels) > 1
+        self.second_box.setVisible(two)
+        if two:
+            self.second_box.setTitle(f"Sample on {labels[1]}")
+        self._use(self.sample, announce=False)
+
+    def _fill_second(self) -> None:
+        current = self.second.currentText()
+        self.second.blockSignals(True)
+        self.second.clear()
+        self.second.addItem("")  # none chosen yet
+        self.second.addItems(self.names())
+        if current and self.second.findText(current) > 0:
+            self.second.setCurrentText(current)
+        self.second.blockSignals(False)
+        self._second_changed()
+
+    def _second_changed(self, *_args) -> None:
+        row = self._row(self.second.currentText())
+        if row is None:
+            self.second_limits.setText("choose the sample on the second channel")
+        else:
+            self.second_limits.setText(
+                f"|V| ≤ {fmt_si(row.get('max_v'), 'V')}, |I| ≤ {fmt_si(row.get('max_i'), 'A')}"
+            )
+        self.second_chosen.emit(self.second.currentText())
+
+    def _row(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self._rows if r["name"] == name), None) if name else None
+
+    def choose_second(self, name: str) -> bool:
+        """Put sample ``name`` (in the database) on the second channel; False if unknown."""
+        k = self.second.findText(name)
+        if k <= 0:
+            return False
+        self.second.setCurrentIndex(k)
+        return True
+
+    def second_sample_name(self) -> str | None:
+        """The sample chosen for the second channel (None: none, or one channel in use)."""
+        if len(self.channel_labels) < 2:
+            return None
+        return self.second.currentText() or None
 
     def _row_selected(self) -> None:
         rows = self.table.selectionModel().selectedRows()
@@ -256,16 +330,18 @@ class SamplePanel(QWidget):
         self.save_btn.setEnabled(True)
         self.error.setText(describe_error(exc))
 
-    def _use(self, sample) -> None:
+    def _use(self, sample, announce: bool = True) -> None:
         self.sample = sample
+        where = f" on {self.channel_labels[0]}" if self.channel_labels else ""
         if sample is None:
             self.current.setText("No sample selected")
         else:
             self.current.setText(
-                f"Using sample {sample.name}: |V| ≤ {fmt_si(sample.max_v, 'V')}, "
+                f"Using sample {sample.name}{where}: |V| ≤ {fmt_si(sample.max_v, 'V')}, "
                 f"|I| ≤ {fmt_si(sample.max_i, 'A')}"
             )
-        self.selected.emit(sample)
+        if announce:
+            self.selected.emit(sample)
 
 
 class _SampleView:

@@ -9,11 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
 from PyQt5.QtCore import Qt
 
 from gui.main_window import MainWindow
 from labctl.store import Store
+from tests.gui.windows import make_window
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = Path(
@@ -21,30 +21,6 @@ SCREENSHOT_DIR = Path(
 )
 VIRTUAL = "sim://keithley2450?device=slit_unipolar&seed=1"
 SMALL_IV = {"cycles": "2", "frequencies_hz": "2, 8", "points_per_cycle": "40"}
-
-
-def make_window(qtbot, db_url, **kwargs) -> MainWindow:
-    w = MainWindow(db_url, scan_visa=False, **kwargs)
-    # never a modal question in a test: closing during a run aborts it
-    w.confirm_abort_on_close = lambda: True
-
-    def shut_down(w: MainWindow) -> None:
-        # pytest-qt closes and deletes the window after each test, failed ones too: first
-        # let a run still going abort and the instrument go to its safe state
-        if not w._closed_clean:
-            w.close()
-            qtbot.waitUntil(lambda: w._closed_clean, timeout=15_000)
-
-    qtbot.addWidget(w, before_close_func=shut_down)
-    return w
-
-
-@pytest.fixture
-def window(qtbot, db_url):
-    w = make_window(qtbot, db_url, watch_interval_ms=150)
-    w.show()
-    qtbot.waitUntil(lambda: w.store is not None, timeout=10_000)
-    return w
 
 
 def connect(qtbot, w: MainWindow, resource: str = VIRTUAL) -> None:

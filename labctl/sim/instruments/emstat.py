@@ -175,11 +175,14 @@ _PICO_HS = tuple(
 )
 _ES4 = tuple(zip(range(3, 30, 3), (10.0**e for e in range(-9, 0)), strict=True))
 
-# Potential windows and the EmStat4 ranges per model are [I] (instruments.md §5).
+# Current ranges and their indices [V PS mscript.py, MSCRIPT_CURRENT_RANGES_*]: Pico 100 nA-5 mA
+# (0..11, high speed 128..137), EmStat4 LR 1 nA-10 mA (3..24), EmStat4 HR 100 nA-100 mA
+# (9..27). Potential windows: EmStat4 LR +-3 V, HR +-6 V [V hardpotato's EmStat limits, a
+# secondary source]; the Pico's is [I].
 MODELS: dict[str, Model] = {
     "espico": Model("espico", "EmStat Pico", -1.7, 2.0, _PICO_LS, _PICO_HS),
     "es4_lr": Model("es4_lr", "EmStat4 LR", -3.0, 3.0, _ES4[:-1]),
-    "es4_hr": Model("es4_hr", "EmStat4 HR", -6.0, 6.0, _ES4),
+    "es4_hr": Model("es4_hr", "EmStat4 HR", -6.0, 6.0, _ES4[2:]),
 }
 
 # --- script structure --------------------------------------------------------------------------
