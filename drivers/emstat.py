@@ -259,15 +259,21 @@ _PICO = _Family(
     2.0,
     (100e-9, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 63e-6, 125e-6, 250e-6, 500e-6, 1e-3, 5e-3),
 )
+# Current ranges [V PS mscript.py, MSCRIPT_CURRENT_RANGES_*]: EmStat4 LR 1 nA-10 mA, EmStat4 HR
+# 100 nA-100 mA, Nexus 100 pA-1 A (potentiostat ranges). Windows: EmStat4 LR +-3 V and HR +-6 V
+# [V hardpotato's EmStat limits, a secondary source]; the Pico's and the Nexus' are [I], as
+# is the MultiEmStat4 HR having the EmStat4 HR's ranges.
 _ES4_RANGES = tuple(10.0**e for e in range(-9, 0))
-# firmware id (the start of the ``t`` reply) -> family; windows of the EmStat4s are [I]
+_ES4_HR_RANGES = _ES4_RANGES[2:]
+_NEXUS_RANGES = tuple(10.0**e for e in range(-10, 1))
+# firmware id (the start of the ``t`` reply) -> family
 FIRMWARE_IDS: dict[str, _Family] = {
     "espico": _PICO,
     "senswb": replace(_PICO, name="Sensit Wearable"),
     "es4_lr": _Family("EmStat4 LR", -3.0, 3.0, _ES4_RANGES[:-1]),
-    "es4_hr": _Family("EmStat4 HR", -6.0, 6.0, _ES4_RANGES),
-    "mes4hr": _Family("MultiEmStat4 HR", -6.0, 6.0, _ES4_RANGES),
-    "nexus1": _Family("Nexus", -6.0, 6.0, _ES4_RANGES),
+    "es4_hr": _Family("EmStat4 HR", -6.0, 6.0, _ES4_HR_RANGES),
+    "mes4hr": _Family("MultiEmStat4 HR", -6.0, 6.0, _ES4_HR_RANGES),
+    "nexus1": _Family("Nexus", -6.0, 6.0, _NEXUS_RANGES),
 }
 
 

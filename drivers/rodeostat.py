@@ -48,15 +48,16 @@ MAX_STEPS = 50
 PERIOD_MIN_MS, PERIOD_MAX_MS = 1, 1000
 LINE_LIMIT = 100_000  # lines skipped while waiting for a reply (samples of a test in flight)
 VOLT_RANGES: tuple[tuple[str, float], ...] = (("1V", 1.0), ("2V", 2.0), ("5V", 5.0), ("10V", 10.0))
-# variant -> current ranges (label, A); the nanoAmp and milliAmp labels are [I]
+# variant -> current ranges (label, full scale in A) [V IOR firmware ps_constants.cpp: the
+# milliAmp ranges clip at 12024 and 24048 uA]
 VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
     "10V_microAmpV0.2": (("1uA", 1e-6), ("10uA", 1e-5), ("100uA", 1e-4), ("1000uA", 1e-3)),
     "10V_nanoAmpV0.2": (("60nA", 60e-9), ("100nA", 100e-9), ("1uA", 1e-6), ("10uA", 1e-5)),
     "10V_milliAmpV0.2": (
         ("100uA", 1e-4),
         ("1000uA", 1e-3),
-        ("10000uA", 1e-2),
-        ("24000uA", 2.4e-2),
+        ("12000uA", 12.024e-3),
+        ("24000uA", 24.048e-3),
     ),
 }
 DEFAULT_VARIANT = "10V_microAmpV0.2"

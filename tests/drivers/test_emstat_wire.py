@@ -115,7 +115,7 @@ def test_identify_reads_firmware_and_serial():
 def test_identify_skips_stale_lines_and_picks_emstat4_ranges():
     d, t = make([("t", "P12\n*\n\ntes4_hr 1.3.2\nR*"), ("i", "iES4HR0042")])
     assert d.identify() == "PalmSens EmStat4 HR,ES4HR0042,es4_hr 1.3.2"
-    assert d.capabilities.v_max == 6.0 and d.capabilities.i_ranges[0] == 1e-9
+    assert d.capabilities.v_max == 6.0 and d.capabilities.i_ranges[0] == 1e-7  # 100 nA-100 mA
     t.assert_done()
 
 

@@ -116,7 +116,8 @@ def test_suffixes_and_channel_lists_name_the_channel():
     assert emu.handle(":MEAS:CURR? (@2)") == "+5.000000E-07"
     assert floats(emu.handle(":MEAS:CURR? (@1:2)")) == [5e-7, 5e-7]
     assert floats(emu.handle(":MEAS:CURR? (@2,1)")) == [5e-7, 5e-7]
-    assert clock.now() == pytest.approx(3 * APERTURE_1PLC)  # each spot measurement: one aperture
+    # each spot measurement: one aperture, 0.1 PLC after reset
+    assert clock.now() == pytest.approx(3 * 0.1 * APERTURE_1PLC)
 
 
 # --- spot measurements ------------------------------------------------------------------------
@@ -211,6 +212,14 @@ def test_a_pulse_without_delay_starts_at_the_trigger():
     rec.reset()
     assert floats(emu.handle(":READ:ARR:CURR? (@1)")) == [pytest.approx(2e-6)]
     assert rec.drive() == [(2.0, 0.05)]
+
+
+def test_an_aperture_beyond_its_limits_is_set_to_the_limit():
+    emu, _ = make()
+    emu.handle(":SENS1:CURR:APER 5;:SENS2:CURR:NPLC 1e-5")
+    assert float(emu.handle(":SENS1:CURR:APER?")) == pytest.approx(2.0)
+    assert float(emu.handle(":SENS2:CURR:APER?")) == pytest.approx(8e-6)
+    assert codes(emu) == []
 
 
 def test_pulse_width_keeps_its_1_us_resolution_and_50_us_minimum():

@@ -175,3 +175,10 @@ def test_unknown_variant_is_refused():
         make(variant="10V_picoAmp")
     em, _ = make(variant="10V_nanoAmpV0.2")
     assert response(em, "getCurrRange")["currRange"] == "10uA"
+
+
+def test_the_milliamp_variant_has_the_firmware_ranges():
+    em, _ = make(variant="10V_milliAmpV0.2")
+    assert response(em, "getCurrRange")["currRange"] == "24000uA"
+    assert response(em, "setCurrRange", currRange="12000uA")["currRange"] == "12000uA"
+    failure(em, "setCurrRange", currRange="10000uA")  # no such range

@@ -418,7 +418,8 @@ MAX_POINTS = 2500  # sweep points, list levels, trigger x arm count, stored read
 MAX_LIST_PER_COMMAND = 100
 DEFAULT_TRACE_POINTS = 100
 
-# auto source delay by current range (s) [I]
+# auto source delay by current range (s): 1, 2 or 3 ms by range and source function [V 2400
+# Series Quick Results Guide, "Source delay"]; which range gets which is [I] (the 2450's table)
 _AUTO_DELAY = {1e-6: 3e-3, 1e-5: 2e-3, 1e-4: 1e-3, 1e-3: 1e-3, 1e-2: 1e-3, 1e-1: 1e-3, 1.0: 1e-3}
 
 # STATus word bits (K2400-UM §18)

@@ -110,7 +110,7 @@ LIMIT_I = (100e-12, 1.515)
 LIMIT_V = (0.02, 202.0)
 NPLC = (0.001, 25.0)
 OVERFLOW = 9.91e37
-BUFFER_CAPACITY = 60_000  # [I]
+BUFFER_CAPACITY = 60_000  # [I] (SPEC-2600S for the non-B 2600s: > 50,000 with timestamps)
 INFINITE_COUNT = 100_000  # what trigger.count = 0 runs in the emulator
 MAX_STREAM = 2_000_000  # events per stream the emulator computes
 ERROR_QUEUE = 100
@@ -120,13 +120,16 @@ SYNTAX = -285
 OUT_OF_RANGE = -222
 CONFLICT = -221
 
-# reading status bits (bufferVar.statuses) [I]
+# reading status bits (bufferVar.statuses) [V K2600-RM 2600BS-901-01 Rev. C 7-34, "Buffer status
+# bits"]
 ST_AUTORANGE_MEASURE = 0x04
 ST_AUTORANGE_SOURCE = 0x08
 ST_REMOTE_SENSE = 0x10
 ST_COMPLIANCE = 0x40
 
-# event IDs [I]: smua 1..7, smub 11..17, timers 21..28, *TRG 30, front-panel TRIG key 31
+# event IDs: the seven SMU events are the manual's [V K2600-RM Rev. F 9-267, "Trigger event
+# IDs"]; their numbers are not published (the manual asks for the names), so these are [I]:
+# smua 1..7, smub 11..17, timers 21..28, *TRG 30, front-panel TRIG key 31
 SMU_EVENTS = (
     "SWEEPING",
     "ARMED",
@@ -843,7 +846,8 @@ _SMU_CONSTANTS = {
 
 
 def _defaults() -> dict[str, float]:
-    """An SMU's settings after ``smuX.reset()`` [I where the manual was not at hand]."""
+    """An SMU's settings after ``smuX.reset()``: levels 0, limiti 100 mA, limitv 20 V for the
+    2636B [V K2600-RM Rev. F 9-244]; the rest [I]."""
     return {
         "source.func": 1,
         "source.output": 0,
@@ -2020,6 +2024,8 @@ class Keithley2600Emulator:
         n = len(s)
         c = plan.meas_count if plan.meas_action else 0
         k = np.arange(n)
+        # more triggers than source values restart the list, fewer leave the rest unused
+        # [V K2600-RM Rev. B 7-249, smuX.trigger.source.listY()]
         level = (
             plan.levels[k % len(plan.levels)] if plan.src_action else np.full(n, plan.idle_level)
         )

@@ -37,7 +37,9 @@ triggering specification"):
   overflow.
 - Limits: trigger count 1-100000, timer (trigger interval) 20 us-100 ks, trigger delays
   0-100 ks [V B29-DS]; pulse width 50 us-100 ks [V B29-UG]; trace buffer 100000 readings
-  [V B29-UG "Trace Buffer"]; list 2500 levels, aperture 8 us-2 s, pulse delay 0-99999.9 s [I].
+  [V B29-UG "Trace Buffer"]; list 2500 levels [V B29-REF 4-105]; aperture 8 us-2 s, 0.1 PLC
+  after reset, a value beyond the limits set to the limit [V B29-REF 4-73]; pulse delay
+  0-99999.9 s [I].
 
 Chosen semantics where the manuals are unclear (all [I]):
 
@@ -208,7 +210,7 @@ class _Channel:
             "RES": _Sense(R_RANGES, 2e5, protection=0.0),
         }
         self.funcs = ["VOLT", "CURR"]
-        self.nplc = 1.0
+        self.nplc = 0.1
         self.remote_sense = False
         self.sweep_direction = "UP"
         self.sweep_spacing = "LINear"
@@ -1080,12 +1082,16 @@ class KeysightB2900Emulator:
     def _set_nplc(self, call: Call) -> None:
         call.expect(1, 1)
         lo, hi = MIN_APERTURE * self.line_frequency, MAX_APERTURE * self.line_frequency
-        self._chan(call).nplc = call.number(0, minimum=lo, maximum=hi, default=1.0)
+        nplc = call.number(0, default=0.1, named={"MINimum": lo, "MAXimum": hi})
+        self._chan(call).nplc = min(max(nplc, lo), hi)  # beyond the limits: set to them
 
     def _set_aperture(self, call: Call) -> None:
         call.expect(1, 1)
-        aperture = call.number(0, minimum=MIN_APERTURE, maximum=MAX_APERTURE, default=0.1)
-        self._chan(call).nplc = aperture * self.line_frequency
+        lo, hi = MIN_APERTURE, MAX_APERTURE
+        aperture = call.number(
+            0, default=0.1 / self.line_frequency, named={"MINimum": lo, "MAXimum": hi}
+        )
+        self._chan(call).nplc = min(max(aperture, lo), hi) * self.line_frequency
 
     def _set_protection(self, f: str, call: Call) -> None:
         call.expect(1, 1)

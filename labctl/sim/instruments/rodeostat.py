@@ -26,7 +26,7 @@ Chosen semantics where the sources are silent (re-check against hardware):
 - After a test ends (or ``stopTest``) the output stays at the test's last value; ``stopTest``
   ends the stream with ``{}`` before its reply. Commands that change the output or the
   settings fail while a test runs.
-- Current ranges of the nanoAmp and milliAmp variants are [I].
+- Current ranges of every variant as IO Rodeo's firmware has them [V IOR ps_constants.cpp].
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ from labctl.sim.devices.base import DeviceModel
 
 __all__ = ["VARIANTS", "RodeostatEmulator"]
 
-# variant -> current ranges (label, A)
+# variant -> current ranges (label, full scale in A) [V IOR firmware ps_constants.cpp: the
+# milliAmp ranges clip at 12024 and 24048 uA]
 VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
     "10V_microAmpV0.2": (("1uA", 1e-6), ("10uA", 1e-5), ("100uA", 1e-4), ("1000uA", 1e-3)),
     "10V_nanoAmpV0.2": (("60nA", 60e-9), ("100nA", 100e-9), ("1uA", 1e-6), ("10uA", 1e-5)),
     "10V_milliAmpV0.2": (
         ("100uA", 1e-4),
         ("1000uA", 1e-3),
-        ("10000uA", 1e-2),
-        ("24000uA", 2.4e-2),
+        ("12000uA", 12.024e-3),
+        ("24000uA", 24.048e-3),
     ),
 }
 VOLT_RANGES = (("1V", 1.0), ("2V", 2.0), ("5V", 5.0), ("10V", 10.0))
