@@ -71,14 +71,18 @@ def test_encode_value_picks_the_finest_prefix_and_offsets_by_2_27():
 
 def test_parse_literal():
     assert parse_literal("100m") == (pytest.approx(0.1), False)
-    assert parse_literal("-1.5") == (-1.5, False)
+    assert parse_literal("-1500m") == (-1.5, False)
     assert parse_literal("2k") == (2000.0, False)
     assert parse_literal("10i") == (10.0, True)
+    assert parse_literal("-3i") == (-3.0, True)
     assert parse_literal("0x1F") == (31.0, True)
+    assert parse_literal("0x1fi") == (31.0, True)
+    assert parse_literal("-0x10") == (-16.0, True)
     assert parse_literal("0b101") == (5.0, True)
     assert parse_literal("500n")[0] == pytest.approx(5e-7)
     assert parse_literal("3M")[0] == 3e6
-    for bad in ("abc", "1.5i", "m", "1q"):
+    # PalmSens' grammar has no decimal point, exponent or plus sign, nor an upper-case 0X
+    for bad in ("abc", "1.5i", "m", "1q", "-1.5", "0.5m", "1e3", "+5", "0X1F", "0b102"):
         with pytest.raises(ValueError):
             parse_literal(bad)
 
@@ -92,7 +96,7 @@ def test_online_commands():
     assert em.handle("v") == "v1.3.0"
     assert em.handle("i") == "iES1D20A0001"
     assert em.handle("Z") == "Z!0006"
-    assert em.handle("q") == "q!0001"
+    assert em.handle("q") == "q!0003"
     assert em.handle("") is None
     em4, _ = make(model="es4_hr", serial="ES4HR0042")
     assert lines(em4.handle("t"))[0] == "tes4_hr 1.3.0"
@@ -166,6 +170,48 @@ endloop
     assert out.count("-") == 2 and "C0000" in out and "C0001" in out
     assert out[-1] == "" and out[-2] == "*"
     assert clock.now() == 100 and not em.running
+
+
+def test_long_variable_names_and_the_second_channel_as_pstrace_writes_them():
+    """PalmSens' current example scripts name variables in full; PSTrace's scripts switch
+    the second channel off first; max range mode (4) uses the low-speed ranges."""
+    em, clock = make(R=10e3)
+    script = """
+var potential
+var current
+var dc_potential
+var time_interval
+var t_1
+store_var dc_potential 100m ja
+store_var time_interval 100m ja
+set_pgstat_chan 1
+set_pgstat_mode 0
+set_pgstat_chan 0
+set_pgstat_mode 4
+set_range_minmax da dc_potential dc_potential
+set_autoranging ba 50n 2m
+set_e dc_potential
+cell_on
+timer_start
+meas_loop_ca potential current dc_potential time_interval 1
+    timer_get t_1
+    pck_start
+    pck_add t_1
+    pck_add potential
+    pck_add current
+    pck_end
+endloop
+on_finished:
+cell_off
+"""
+    out = send_script(em, script)
+    clock.advance(2)
+    out += lines(em.poll())
+    rows = packets(out)
+    assert len(rows) == 10 and out[-1] == "" and not [x for x in out if x.startswith("!")]
+    np.testing.assert_allclose([r[0].value for r in rows], np.arange(1, 11) * 0.1)
+    np.testing.assert_allclose([r[2].value for r in rows], 10e-6, rtol=1e-3)
+    assert {r[2].current_range for r in rows} == {4}  # 16 uA, a low-speed range
 
 
 def test_pad_modes():
@@ -318,7 +364,7 @@ def test_abort_runs_on_finished_and_ends_the_script():
 def test_busy_while_a_script_runs():
     em, _ = make()
     send_script(em, CA)
-    assert em.handle("e") == "e!0005"
+    assert em.handle("e") == "e!0006"
     assert lines(em.handle("t"))[0].startswith("t")  # online queries still answer
 
 
@@ -326,15 +372,29 @@ def test_busy_while_a_script_runs():
     ("script", "code"),
     [
         ("set_e 100m\nfoo 1", "4001"),
-        ("set_e", "4002"),
-        ("set_e abc", "4003"),
-        ("pck_start\npck_add q\npck_end", "4004"),
-        ("loop 1 < 2", "4005"),
-        ("endloop", "4005"),
-        ("var p\nvar c\nmeas_loop_ca p c 0 1 1\nwait 1\nendloop", "4006"),
-        ("set_e 3", "4007"),
-        ("cell_on", "4008"),
-        ("var a\nstore_var a 1 ja\ndiv_var a 0", "4009"),
+        ("set_e", "0007"),
+        ("set_e 1 2", "420A"),
+        ("set_e 1.5", "4039"),
+        ("set_e abc", "420B"),
+        ("pck_start\npck_add q\npck_end", "420B"),
+        ("pck_add q", "400C"),
+        ("var a\nvar a", "4026"),
+        ("var A", "402B"),
+        ("var a\nstore_var a 1 jaa", "0002"),
+        ("loop 1 < 2", "400E"),
+        ("endloop", "400E"),
+        ("var p\nvar c\nmeas_loop_ca p c 0 1 1\nwait 1\nendloop", "401A"),
+        ("var p\nvar c\nmeas_loop_ca p c 0 1 1\nmeas_loop_ca p c 0 1 1\nendloop\nendloop", "400B"),
+        ("set_e 3", "000F"),
+        ("var p\nvar c\nmeas_loop_ca p c 0 0 1\nendloop", "4204"),
+        ("wait -1", "4200"),
+        ("set_range ba 1", "4205"),
+        ("var p\nvar c\nmeas_loop_pad p c 0 0 10m 50m 1 4\nendloop", "0025"),
+        ("cell_on", "0023"),
+        ("set_pgstat_mode 6", "0021"),
+        ("set_pgstat_chan 2", "002F"),
+        ("set_pgstat_chan 1\nset_e 0", "001B"),
+        ("var a\nstore_var a 1 ja\ndiv_var a 0", "0028"),
     ],
 )
 def test_script_errors(script, code):
@@ -350,7 +410,7 @@ def test_script_errors(script, code):
 def test_a_runtime_error_still_runs_on_finished():
     em, _ = make()
     out = send_script(em, "set_pgstat_mode 2\ncell_on\nset_e 5\non_finished:\ncell_off")
-    assert out[0].startswith("!4007") and out[-1] == ""
+    assert out[0].startswith("!000F") and out[-1] == ""
     assert not em.cell_on
 
 

@@ -44,10 +44,32 @@ Chosen semantics where the manual text we have is silent (re-check against hardw
   one below 0.1 % of the lowest allowed range is flagged underload (status 4).
 - With the cell off the device sees 0 V; readings are still taken.
 - The cell, potential, mode and ranges persist after a script; variables do not.
-- Script errors are ``!4001`` unknown command, ``!4002`` argument count, ``!4003`` bad
-  value, ``!4004`` undeclared variable, ``!4005`` unmatched loop, ``!4006`` not allowed in a
-  measurement loop, ``!4007`` out of range, ``!4008`` cell on with the potentiostat off,
-  ``!4009`` division by zero; ``!0001`` an unknown online command, ``!0005`` busy.
+- ``set_pgstat_mode``: 0 off, 2 low speed, 3 high speed (the high-speed ranges of the Pico),
+  4 max range (the low-speed ranges here [I]); other modes (5 poly WE, 6 galvanostat) are
+  refused with ``!0021``. ``set_pgstat_chan 1`` selects the second channel, which the
+  emulator only switches off (``set_pgstat_mode 0``, as PSTrace's generated scripts do);
+  other settings there are refused with ``!001B``; measurement loops always run channel 0.
+- The channel selection persists after a script like the rest of the instrument state.
+
+Syntax, as PalmSens' own MethodSCRIPT grammar has it (the lexer shipped in PyPalmSens 2.2):
+variable names are ``[a-z][a-z0-9_]*`` of any length (``var dc_potential``); numbers are
+integers with an optional SI prefix (``-500m``, ``100n``, ``2``), ``i``-suffixed integers
+(``10i``) and ``0x``/``0b`` integers (``0x1F``, ``-0b101``); a decimal point, an exponent or
+a ``+`` sign is not a number (``1.5`` must be written ``1500m``).
+
+Errors use the codes of PalmSens' error table (listed in PyPalmSens 2.2); which code a given
+fault draws where the table leaves a choice is ours: ``!4001`` unknown script command,
+``!420A`` an argument too many, ``!0007`` an argument missing or malformed, ``!4039`` a
+malformed number, ``!420B`` an undeclared variable, ``!4026`` a variable declared twice,
+``!402B`` a bad variable name, ``!0002`` a bad variable type, ``!400E`` unmatched loops,
+``!400B`` a measurement loop inside another, ``!401A`` a command not allowed in a
+measurement loop, ``!400C`` ``pck_add``/``pck_end`` outside a package, ``!000F`` a
+potential outside the instrument's window, ``!4200``/``!4204``/``!4205`` an argument
+negative, not positive or out of bounds, ``!0021`` an unsupported PGStat mode, ``!0023``
+``cell_on`` with the potentiostat off, ``!0025`` an unknown PAD mode, ``!0028`` division
+by zero, ``!002F`` a channel that does not exist, ``!001B`` a feature the emulator lacks.
+Online: ``!0003`` an unknown command, ``!0006`` a command in the wrong mode (``Z`` with no
+script running, ``e`` while one runs).
 """
 
 from __future__ import annotations
@@ -123,29 +145,27 @@ def _encode_column(vtype: str, values: np.ndarray) -> list[str]:
     return out
 
 
-_LITERAL = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([afpnumkMGTPEi]?)$")
+_NUMBER = re.compile(r"^-?\d+[afpnumkMGTPE]?$")  # 100m, -2, 5k: an SI-prefixed integer
+_INTEGER = re.compile(r"^(-?)(?:(\d+)i|0x([0-9a-fA-F]+)i?|0b([01]+)i?)$")  # 10i, 0x1F, -0b101
 
 
 def parse_literal(token: str) -> tuple[float, bool]:
-    """A script number: ``100m``, ``-1.5``, ``2k``, ``10i`` (integer), ``0x1F``, ``0b101``.
+    """A script number: ``100m``, ``-500m``, ``2k``, ``10i`` (integer), ``0x1F``, ``0b101``.
 
-    Returns (value, is_integer); raises ValueError for anything else.
+    Returns (value, is_integer); raises ValueError for anything else, ``1.5`` and ``1e3``
+    included (the instrument's grammar has no decimal point or exponent).
     """
     t = token.strip()
-    low = t.lower()
-    body = low[:-1] if low.endswith("i") and low[:2] in ("0x", "0b") else low
-    if body.startswith(("0x", "0b")):
-        return float(int(body, 16 if body[1] == "x" else 2)), True
-    m = _LITERAL.match(t)
-    if not m:
+    m = _INTEGER.match(t)
+    if m:
+        sign, dec, hexa, binary = m.groups()
+        value = int(dec) if dec is not None else int(hexa or binary, 16 if hexa else 2)
+        return float(-value if sign else value), True
+    if not _NUMBER.match(t):
         raise ValueError(token)
-    number, prefix = m.groups()
-    if prefix == "i":
-        value = float(number)
-        if value != int(value):
-            raise ValueError(token)
-        return value, True
-    return float(number) * SI_PREFIX.get(prefix or " ", 1.0), False
+    prefix = t[-1] if t[-1] in SI_PREFIX else " "
+    digits = t[:-1] if prefix != " " else t
+    return int(digits) * SI_PREFIX[prefix], False
 
 
 # --- instrument models -------------------------------------------------------------------------
@@ -203,6 +223,39 @@ class _Break(Exception):
     pass
 
 
+# Error codes (PalmSens' table, see the module doc)
+E_VARTYPE = 0x0002  # an invalid variable type
+E_UNKNOWN_ONLINE = 0x0003  # an online command that is not recognised
+E_COMM_MODE = 0x0006  # an online command in the wrong communication mode
+E_ARGUMENT = 0x0007  # an argument with an unexpected value (here: missing or malformed)
+E_POTENTIAL = 0x000F  # a potential the instrument cannot apply
+E_UNSUPPORTED = 0x001B  # not supported by this device (here: not emulated)
+E_PGSTAT_MODE = 0x0021  # a PGStat mode the instrument does not have
+E_WRONG_MODE = 0x0023  # a command that the present PGStat mode does not allow
+E_PAD_MODE = 0x0025  # an unknown meas_loop_pad mode
+E_DIV_ZERO = 0x0028  # division by zero
+E_CHANNEL = 0x002F  # a channel the instrument does not have
+E_UNKNOWN_CMD = 0x4001  # an unknown script command
+E_NESTED_MEAS = 0x400B  # a measurement loop inside another
+E_SITUATION = 0x400C  # a command out of place (pck_add outside pck_start/pck_end)
+E_SCOPE = 0x400E  # loops that do not match up
+E_IN_MEAS = 0x401A  # a command not allowed inside a measurement loop
+E_REDECLARED = 0x4026  # a variable declared twice
+E_VAR_NAME = 0x402B  # a variable name that is not [a-z][a-z0-9_]*
+E_LITERAL = 0x4039  # a malformed number
+E_NEGATIVE = 0x4200  # an argument that cannot be negative
+E_NOT_POSITIVE = 0x4204  # an argument that must be > 0
+E_BOUNDS = 0x4205  # an argument outside its bounds
+E_EXTRA_ARG = 0x420A  # an argument too many
+E_UNDECLARED = 0x420B  # an undeclared variable
+
+
+def _count_error(cmd: str, line: int, lo: int, hi: int, got: int) -> _ScriptError:
+    takes = f"{lo}" if lo == hi else f"{lo}..{hi}"
+    code = E_EXTRA_ARG if got > hi else E_ARGUMENT
+    return _ScriptError(code, line, f"{cmd} takes {takes} arguments, not {got}")
+
+
 @dataclass
 class _Stmt:
     cmd: str
@@ -255,9 +308,22 @@ _SIMPLE: dict[str, tuple[int, int]] = {
     "wait": (1, 1),
 }
 _MEAS_ARGS = {"meas_loop_ca": 5, "meas_loop_lsv": 6, "meas_loop_cv": 7, "meas_loop_pad": 8}
-_NOT_IN_MEAS = {"wait", "breakloop"}
+_NOT_IN_MEAS = {"wait", "breakloop", "loop"}
+PGSTAT_MODES = (0, 2, 3, 4)  # off, low speed, high speed, max range
+# settings of the selected channel (the second channel only turns off, see the module doc)
+_CHANNEL_CMDS = {
+    "set_e",
+    "cell_on",
+    "cell_off",
+    "set_pgstat_mode",
+    "set_max_bandwidth",
+    "set_range_minmax",
+    "set_range",
+    "set_cr",
+    "set_autoranging",
+}
 _NSCANS = re.compile(r"^nscans\((\d+)\)$")
-_VAR_NAME = re.compile(r"^[a-z][a-z0-9]?$")
+_VAR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -281,7 +347,7 @@ def _parse_script(lines: list[str]) -> tuple[list, list]:
             continue
         if text == "on_finished:":
             if openers or in_finish:
-                raise _ScriptError(0x4005, n, "on_finished: inside a loop or twice")
+                raise _ScriptError(E_SCOPE, n, "on_finished: inside a loop or twice")
             in_finish = True
             stack = [finish]
             continue
@@ -289,19 +355,18 @@ def _parse_script(lines: list[str]) -> tuple[list, list]:
         cmd, args = words[0], words[1:]
         if cmd == "endloop":
             if not openers:
-                raise _ScriptError(0x4005, n, "endloop without a loop")
+                raise _ScriptError(E_SCOPE, n, "endloop without a loop")
             openers.pop()
             stack.pop()
             continue
-        if (
-            openers
-            and isinstance(openers[-1], _Meas)
-            and (cmd in _MEAS_ARGS or cmd == "loop" or cmd in _NOT_IN_MEAS)
-        ):
-            raise _ScriptError(0x4006, n, f"{cmd} is not allowed in a measurement loop")
+        if openers and isinstance(openers[-1], _Meas):
+            if cmd in _MEAS_ARGS:
+                raise _ScriptError(E_NESTED_MEAS, n, f"{cmd} inside a measurement loop")
+            if cmd in _NOT_IN_MEAS:
+                raise _ScriptError(E_IN_MEAS, n, f"{cmd} is not allowed in a measurement loop")
         if cmd == "loop":
             if len(args) != 3 or args[1] not in _COMPARE:
-                raise _ScriptError(0x4002, n, "loop takes: VALUE OPERATOR VALUE")
+                raise _ScriptError(E_ARGUMENT, n, "loop takes: VALUE OPERATOR VALUE")
             node: _Loop | _Meas = _Loop(args, n)
         elif cmd in _MEAS_ARGS:
             nscans = None
@@ -309,23 +374,23 @@ def _parse_script(lines: list[str]) -> tuple[list, list]:
                 nscans = int(_NSCANS.match(args[-1]).group(1))  # type: ignore[union-attr]
                 args = args[:-1]
             if len(args) != _MEAS_ARGS[cmd]:
-                raise _ScriptError(0x4002, n, f"{cmd} takes {_MEAS_ARGS[cmd]} arguments")
+                raise _count_error(cmd, n, _MEAS_ARGS[cmd], _MEAS_ARGS[cmd], len(args))
             node = _Meas(cmd, args, n, nscans)
         elif cmd in _SIMPLE:
             lo, hi = _SIMPLE[cmd]
             if cmd == "send_string":
                 args = [text[len(cmd) :].strip().strip('"')]
             if not lo <= len(args) <= hi:
-                raise _ScriptError(0x4002, n, f"{cmd} takes {lo}..{hi} arguments")
+                raise _count_error(cmd, n, lo, hi, len(args))
             stack[-1].append(_Stmt(cmd, args, n))
             continue
         else:
-            raise _ScriptError(0x4001, n, f"unknown command {cmd!r}")
+            raise _ScriptError(E_UNKNOWN_CMD, n, f"unknown command {cmd!r}")
         stack[-1].append(node)
         stack.append(node.body)
         openers.append(node)
     if openers:
-        raise _ScriptError(0x4005, openers[-1].line, "loop without endloop")
+        raise _ScriptError(E_SCOPE, openers[-1].line, "loop without endloop")
     return main, finish
 
 
@@ -376,6 +441,7 @@ class EmStatEmulator:
         self.cell_on = False
         self.e = 0.0
         self.pgstat_mode = 0
+        self._chan = 0  # set_pgstat_chan
         self.bandwidth_hz = 40.0
         self._range_index = self._ranges()[0][0]
         self._autorange: tuple[float, float] | None = None
@@ -471,17 +537,17 @@ class EmStatEmulator:
             self._emit(f"i{self.serial}")
         elif c == "Z":
             if self._job is None:
-                self._emit("Z!0006")
+                self._emit(f"Z!{E_COMM_MODE:04X}")
             else:
                 self._abort()
         elif c == "e":
             if self._job is not None:
-                self._emit("e!0005")
+                self._emit(f"e!{E_COMM_MODE:04X}")
             else:
                 self._emit("e")
                 self._upload = []
         else:
-            self._emit(f"{c}!0001")
+            self._emit(f"{c}!{E_UNKNOWN_ONLINE:04X}")
 
     def _start(self, lines: list[str]) -> None:
         try:
@@ -548,7 +614,7 @@ class EmStatEmulator:
             elif node.cmd == "wait":
                 dt = self._num(node.args[0], node.line)
                 if dt < 0:
-                    raise _ScriptError(0x4007, node.line, "wait needs a time >= 0")
+                    raise _ScriptError(E_NEGATIVE, node.line, "wait needs a time >= 0")
                 yield from self._sleep(dt)
             elif node.cmd == "breakloop":
                 raise _Break
@@ -577,7 +643,7 @@ class EmStatEmulator:
         try:
             return self._vars[name]
         except KeyError:
-            raise _ScriptError(0x4004, line, f"variable {name!r} is not declared") from None
+            raise _ScriptError(E_UNDECLARED, line, f"variable {name!r} is not declared") from None
 
     def _num(self, token: str, line: int) -> float:
         if _VAR_NAME.match(token):
@@ -585,20 +651,26 @@ class EmStatEmulator:
         try:
             return parse_literal(token)[0]
         except ValueError:
-            raise _ScriptError(0x4003, line, f"{token!r} is not a value") from None
+            raise _ScriptError(E_LITERAL, line, f"{token!r} is not a number") from None
 
     def _simple(self, st: _Stmt) -> None:
         cmd, args, line = st.cmd, st.args, st.line
+        if self._chan != 0 and cmd in _CHANNEL_CMDS:
+            if cmd == "cell_off" or (cmd == "set_pgstat_mode" and self._num(args[0], line) == 0):
+                return  # the second channel is off and stays off
+            raise _ScriptError(
+                E_UNSUPPORTED, line, f"{cmd} on channel {self._chan} is not emulated"
+            )
         if cmd == "pck_add":
             if self._pck is None:
-                raise _ScriptError(0x4003, line, "pck_add outside pck_start/pck_end")
+                raise _ScriptError(E_SITUATION, line, "pck_add outside pck_start/pck_end")
             v = self._var(args[0], line)
             self._pck.append(encode_value(v.vtype, v.value, v.meta, integer=v.integer))
         elif cmd == "pck_start":
             self._pck = []
         elif cmd == "pck_end":
             if self._pck is None:
-                raise _ScriptError(0x4003, line, "pck_end without pck_start")
+                raise _ScriptError(E_SITUATION, line, "pck_end without pck_start")
             self._emit("P" + ";".join(self._pck))
             self._pck = None
         elif cmd == "timer_get":
@@ -606,7 +678,9 @@ class EmStatEmulator:
             v.value, v.vtype, v.integer, v.meta = self._ts - self._timer0, "eb", False, ""
         elif cmd == "var":
             if not _VAR_NAME.match(args[0]):
-                raise _ScriptError(0x4003, line, f"{args[0]!r} is not a variable name")
+                raise _ScriptError(E_VAR_NAME, line, f"{args[0]!r} is not a variable name")
+            if args[0] in self._vars:
+                raise _ScriptError(E_REDECLARED, line, f"variable {args[0]!r} already exists")
             self._vars[args[0]] = _Var()
         elif cmd == "store_var":
             v = self._var(args[0], line)
@@ -615,7 +689,7 @@ class EmStatEmulator:
             except ValueError:
                 value, integer = self._num(args[1], line), False
             if len(args[2]) != 2:
-                raise _ScriptError(0x4003, line, f"{args[2]!r} is not a variable type")
+                raise _ScriptError(E_VARTYPE, line, f"{args[2]!r} is not a variable type")
             v.value, v.integer, v.vtype, v.meta = value, integer, args[2], ""
         elif cmd in ("copy_var", "add_var", "sub_var", "mul_var", "div_var"):
             self._arith(cmd, args, line)
@@ -623,7 +697,7 @@ class EmStatEmulator:
             self._set_e(self._num(args[0], line), line)
         elif cmd == "cell_on":
             if self.pgstat_mode == 0:
-                raise _ScriptError(0x4008, line, "cell_on with set_pgstat_mode 0")
+                raise _ScriptError(E_WRONG_MODE, line, "cell_on with set_pgstat_mode 0")
             self._hold_until(self._ts)
             self.cell_on = True
         elif cmd == "cell_off":
@@ -631,22 +705,24 @@ class EmStatEmulator:
             self.cell_on = False
         elif cmd == "set_pgstat_mode":
             mode = int(self._num(args[0], line))
-            if mode not in (0, 1, 2, 3):
-                raise _ScriptError(0x4007, line, f"mode {mode} is not 0..3")
+            if mode not in PGSTAT_MODES:
+                raise _ScriptError(E_PGSTAT_MODE, line, f"mode {mode} is not one of 0, 2, 3, 4")
             self._hold_until(self._ts)
             self.pgstat_mode = mode
             if mode == 0:
                 self.cell_on = False
             self._range_index = self._pick(self._full_scale(), True)[0]
         elif cmd == "set_pgstat_chan":
-            if int(self._num(args[0], line)) != 0:
-                raise _ScriptError(0x4007, line, "only channel 0 exists")
+            chan = int(self._num(args[0], line))
+            if chan not in (0, 1):
+                raise _ScriptError(E_CHANNEL, line, f"channel {chan} does not exist")
+            self._chan = chan
         elif cmd == "set_max_bandwidth":
             self.bandwidth_hz = self._num(args[0], line)
         elif cmd == "set_range_minmax":
             lo, hi = self._num(args[1], line), self._num(args[2], line)
             if args[0] == "da" and (lo < self.model.e_min - 1e-9 or hi > self.model.e_max + 1e-9):
-                raise _ScriptError(0x4007, line, "potential range beyond the instrument's")
+                raise _ScriptError(E_POTENTIAL, line, "potential range beyond the instrument's")
         elif cmd in ("set_range", "set_cr"):
             value = self._num(args[-1], line)
             if cmd == "set_cr" or args[0] == "ba":
@@ -673,7 +749,7 @@ class EmStatEmulator:
             try:
                 other, integer = parse_literal(args[1])
             except ValueError:
-                raise _ScriptError(0x4003, line, f"{args[1]!r} is not a value") from None
+                raise _ScriptError(E_LITERAL, line, f"{args[1]!r} is not a number") from None
         if cmd == "copy_var":
             v.value, v.integer = other, integer
             if _VAR_NAME.match(args[1]):
@@ -686,7 +762,7 @@ class EmStatEmulator:
             v.value *= other
         else:
             if other == 0:
-                raise _ScriptError(0x4009, line, "division by zero")
+                raise _ScriptError(E_DIV_ZERO, line, "division by zero")
             v.value = v.value / other if not v.integer else float(int(v.value // other))
 
     # --- the cell and the device -------------------------------------------------------------
@@ -703,7 +779,7 @@ class EmStatEmulator:
     def _check_e(self, e: float, line: int) -> None:
         if not self.model.e_min - 1e-9 <= e <= self.model.e_max + 1e-9:
             raise _ScriptError(
-                0x4007,
+                E_POTENTIAL,
                 line,
                 f"{e:g} V is outside {self.model.e_min:g} .. {self.model.e_max:g} V",
             )
@@ -732,7 +808,7 @@ class EmStatEmulator:
                 return idx, fs
         if clamp:
             return ranges[-1]
-        raise _ScriptError(0x4007, line, f"{current:g} A is above the largest current range")
+        raise _ScriptError(E_BOUNDS, line, f"{current:g} A is above the largest current range")
 
     def _measure(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Readings with their status and current-range index (per point)."""
@@ -768,7 +844,7 @@ class EmStatEmulator:
             e_dc, t_int, t_run = vals
             self._check_e(e_dc, line)
             if t_int <= 0 or t_run < 0:
-                raise _ScriptError(0x4007, line, "t_interval must be > 0 and t_run >= 0")
+                raise _ScriptError(E_NOT_POSITIVE, line, "t_interval must be > 0, t_run >= 0")
             n = round(t_run / t_int)
 
             def levels(k: np.ndarray) -> np.ndarray:
@@ -781,7 +857,7 @@ class EmStatEmulator:
             self._check_e(e_beg, line)
             self._check_e(e_end, line)
             if e_step <= 0 or rate <= 0:
-                raise _ScriptError(0x4007, line, "E_step and the scan rate must be > 0")
+                raise _ScriptError(E_NOT_POSITIVE, line, "E_step and the scan rate must be > 0")
             steps = max(round(abs(e_end - e_beg) / e_step), 1 if e_end != e_beg else 0)
             n = steps + 1
 
@@ -796,10 +872,10 @@ class EmStatEmulator:
             for e in (e_beg, v1, v2):
                 self._check_e(e, line)
             if e_step <= 0 or rate <= 0:
-                raise _ScriptError(0x4007, line, "E_step and the scan rate must be > 0")
+                raise _ScriptError(E_NOT_POSITIVE, line, "E_step and the scan rate must be > 0")
             scan = _cv_scan(e_beg, v1, v2, e_step)
             if not len(scan):
-                raise _ScriptError(0x4007, line, "the scan has no steps")
+                raise _ScriptError(E_BOUNDS, line, "the scan has no steps")
             scans = node.nscans or 1
             n = len(scan) * scans
 
@@ -819,8 +895,10 @@ class EmStatEmulator:
             e_dc, e_pulse, t_pulse, t_int, t_run, mode = vals
             self._check_e(e_dc, line)
             self._check_e(e_pulse, line)
-            if not 0 < t_pulse < t_int or t_run < 0 or int(mode) not in (1, 2, 3):
-                raise _ScriptError(0x4007, line, "needs 0 < t_pulse < t_int and mode 1..3")
+            if int(mode) not in (1, 2, 3):
+                raise _ScriptError(E_PAD_MODE, line, f"PAD mode {int(mode)} is not 1, 2 or 3")
+            if not 0 < t_pulse < t_int or t_run < 0:
+                raise _ScriptError(E_BOUNDS, line, "needs 0 < t_pulse < t_int and t_run >= 0")
             mode = int(mode)
             n = round(t_run / t_int)
             pulse_level = e_dc if mode == 1 else e_pulse
@@ -959,12 +1037,12 @@ class EmStatEmulator:
                 open_pck, columns = True, []
             elif st.cmd == "pck_end":
                 if not open_pck:
-                    raise _ScriptError(0x4003, st.line, "pck_end without pck_start")
+                    raise _ScriptError(E_SITUATION, st.line, "pck_end without pck_start")
                 packages.append(columns)
                 open_pck = False
             else:
                 if not open_pck:
-                    raise _ScriptError(0x4003, st.line, "pck_add outside pck_start/pck_end")
+                    raise _ScriptError(E_SITUATION, st.line, "pck_add outside pck_start/pck_end")
                 name = st.args[0]
                 if name == e_name:
                     columns.append(_encode_column("da", e))
