@@ -317,10 +317,11 @@ class MainWindow(QMainWindow):
         self.unwatch_btn = QPushButton("Stop watching")
         self.unwatch_btn.clicked.connect(self.stop_watching)
         self.unwatch_btn.setEnabled(False)
+        # the title on a line of its own: beside the pickers it was cut to "run 1: iv"
         head = QHBoxLayout()
-        head.addWidget(self.live_title, 1)
         head.addWidget(self.live.picker_label)
         head.addWidget(self.live.picker)
+        head.addStretch(1)
         head.addWidget(QLabel("running elsewhere:"))
         head.addWidget(self.elsewhere)
         head.addWidget(self.watch_btn)
@@ -328,6 +329,7 @@ class MainWindow(QMainWindow):
         live = QWidget()
         live_lay = QVBoxLayout(live)
         live_lay.setContentsMargins(0, 0, 0, 0)
+        live_lay.addWidget(self.live_title)
         live_lay.addLayout(head)
         live_lay.addWidget(self.live, 1)
 
