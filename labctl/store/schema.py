@@ -16,6 +16,9 @@ Decisions that are not obvious from the table definitions:
 - Datetimes are timezone-aware UTC in Python (:class:`UTCDateTime`); SQLite keeps them as
   UTC text, PostgreSQL as ``timestamptz``.
 - JSON columns are JSONB on PostgreSQL.
+- Two-channel runs (a device on each SMU of a 2636B or B2902) are first-class: ``run_samples``
+  names the sample on every channel a run drove and ``metrics.channel`` the channel a metric
+  describes. ``runs.sample_id`` is kept (the first channel's sample) for older readers.
 - The schema changes only through the Alembic migrations in ``labctl/store/migrations``
   (see labctl.store.migrate); these tables are the head revision :data:`HEAD_REVISION`.
   ``schema_version`` holds one row, :data:`SCHEMA_VERSION` (the head revision as a number),
@@ -50,7 +53,7 @@ from sqlalchemy.types import TypeDecorator
 from labctl.data import COLUMNS
 
 # The newest Alembic revision; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 SCHEMA_VERSION = int(HEAD_REVISION)
 
 # Run status values. 'running' is the only live one; 'interrupted' is set by the store when
@@ -168,6 +171,19 @@ runs = Table(
     Index(None, "protocol"),  # revision 0002
 )
 
+# The sample on each source channel of a run (revision 0003): one row per channel the run
+# drove, so a two-channel run (a device on smua and one on smub) is found under either
+# sample. ``runs.sample_id`` stays the sample of the run's first channel, as before.
+run_samples = Table(
+    "run_samples",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", Integer, nullable=False),  # 0-based, as points.channel
+    Column("sample_id", Integer, ForeignKey("samples.id"), nullable=False),
+    PrimaryKeyConstraint("run_id", "channel"),
+    Index(None, "sample_id"),
+)
+
 # SQL type of each point column of labctl.data.COLUMNS. A column added there needs a line
 # here (and, once stores exist in the field, a schema migration). NaN-able floats are
 # nullable because SQLite stores NaN as NULL.
@@ -208,6 +224,9 @@ metrics = Table(
     Column("name", String(100), nullable=False),
     Column("value", Double),
     Column("unit", String(20)),
+    # The source channel whose points the row describes (0-based, as points.channel); a
+    # two-channel run is analysed channel by channel. Revision 0003.
+    Column("channel", Integer, nullable=False, default=0, server_default=text("0")),
     Index(None, "run_id"),
 )
 

@@ -7,13 +7,13 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
@@ -29,6 +29,7 @@ RUN_LIST_COLUMNS: tuple[str, ...] = (
     "id",
     "protocol",
     "sample",
+    "samples",
     "status",
     "started_at",
     "ended_at",
@@ -42,8 +43,8 @@ RUN_LIST_COLUMNS: tuple[str, ...] = (
     "software_version",
     "notes",
 )
-METRIC_ORDER: tuple[str, ...] = ("scope", "index", "name", "value", "unit")
-METRIC_KEYS = frozenset({"name", "value", "unit", "scope", "index"})
+METRIC_ORDER: tuple[str, ...] = ("channel", "scope", "index", "name", "value", "unit")
+METRIC_KEYS = frozenset({"name", "value", "unit", "scope", "index", "channel"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,17 @@ def _text(name: str, value: object, max_len: int, *, required: bool = True) -> s
     if len(value) > max_len:
         raise ValidationError(name, f"must be at most {max_len} characters long")
     return value
+
+
+def _whole(name: str, value: object, minimum: int | None = None) -> int:
+    """An integer (a float with no fraction allowed), at least ``minimum``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        raise ValidationError(name, f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValidationError(name, f"must be at least {minimum}, got {value!r}")
+    return int(value)
 
 
 def _metadata(value: object) -> dict:
@@ -275,13 +287,14 @@ class Store:
         return Sample(row["id"], row["name"], row["max_v"], row["max_i"], row["metadata"] or {})
 
     def samples(self):
-        """All samples with their limits and number of runs, as a DataFrame."""
+        """All samples with their limits and number of runs (on any channel), as a
+        DataFrame."""
         import pandas as pd
 
         s, r = schema.samples, schema.runs
-        n_runs = (
-            select(func.count(r.c.id)).where(r.c.sample_id == s.c.id).scalar_subquery()
-        ).label("n_runs")
+        n_runs = (select(func.count(r.c.id)).where(_on_sample(s.c.id)).scalar_subquery()).label(
+            "n_runs"
+        )
         stmt = select(
             s.c.id, s.c.name, s.c.max_v, s.c.max_i, s.c.metadata, s.c.created_at, n_runs
         ).order_by(s.c.name)
@@ -359,13 +372,22 @@ class Store:
         group_id: str | None = None,
         notes: str | None = None,
         metadata: dict | None = None,
+        channel_samples: Mapping[int, int] | None = None,
     ) -> int:
         """Record a new run with status 'running' and return its id.
 
         ``metadata``: anything else worth keeping with the run and its exports (instrument
         settings, source mode, units of parameters, ...), JSON-serialisable.
+        ``channel_samples``: the id of the sample on each 0-based source channel the run
+        drives (``{0: a.id, 1: b.id}`` for a device on each SMU); by default ``sample_id``
+        on channel 0. The run is then found under each of them (:meth:`runs`,
+        :meth:`run_samples`); ``sample_id`` stays the run's own (by default its first
+        channel's).
         """
         protocol = _text("protocol", protocol, 100)
+        on_channels = _channel_samples(channel_samples, sample_id)
+        if sample_id is None and on_channels:
+            sample_id = on_channels[min(on_channels)]
         if not isinstance(parameters, dict):
             raise ValidationError("parameters", f"must be a dict, got {type(parameters).__name__}")
         _json_safe("parameters", parameters)
@@ -396,6 +418,7 @@ class Store:
                 for column, table, value in (
                     ("sample_id", schema.samples, sample_id),
                     ("instrument_id", schema.instruments, instrument_id),
+                    *((f"channel_samples[{c}]", schema.samples, v) for c, v in on_channels.items()),
                 ):
                     if (
                         value is not None
@@ -403,7 +426,16 @@ class Store:
                         is None
                     ):
                         raise ValidationError(column, f"no {table.name[:-1]} with id {value}")
-                return conn.execute(schema.runs.insert().values(**values)).inserted_primary_key[0]
+                run_id = conn.execute(schema.runs.insert().values(**values)).inserted_primary_key[0]
+                if on_channels:
+                    conn.execute(
+                        schema.run_samples.insert(),
+                        [
+                            {"run_id": run_id, "channel": c, "sample_id": v}
+                            for c, v in on_channels.items()
+                        ],
+                    )
+                return run_id
         except SQLAlchemyError as exc:
             raise self._fail(f"create a {protocol} run", exc) from None
 
@@ -484,10 +516,12 @@ class Store:
             raise self._fail(f"add an event to run {run_id}", exc) from None
 
     def add_metrics(self, run_id: int, rows: Iterable[dict]) -> int:
-        """Store analysis results; each row has name, value and optionally unit, scope, index.
+        """Store analysis results; each row has name, value and optionally unit, scope,
+        index, channel.
 
         ``scope`` is 'run' (the default), 'cycle', 'pulse', 'frequency', ...; ``index`` says
-        which cycle, pulse, ... Returns the number of rows stored.
+        which cycle, pulse, ...; ``channel`` which source channel's points (0-based, as the
+        points' ``channel``; default 0). Returns the number of rows stored.
         """
         values = []
         for k, row in enumerate(rows):
@@ -507,18 +541,12 @@ class Store:
                     f"metrics[{k}].value", f"must be a number, got {value!r}"
                 ) from None
             index = row.get("index")
-            if index is not None:
-                if isinstance(index, float) and index.is_integer():
-                    index = int(index)
-                if not isinstance(index, int | np.integer) or isinstance(index, bool):
-                    raise ValidationError(
-                        f"metrics[{k}].index", f"must be an integer, got {index!r}"
-                    )
             values.append(
                 dict(
                     run_id=run_id,
+                    channel=_whole(f"metrics[{k}].channel", row.get("channel", 0), minimum=0),
                     scope=_text(f"metrics[{k}].scope", row.get("scope", "run"), 20),
-                    idx=None if index is None else int(index),
+                    idx=None if index is None else _whole(f"metrics[{k}].index", index),
                     name=name,
                     value=value,
                     unit=_text(f"metrics[{k}].unit", row.get("unit") or None, 20, required=False),
@@ -587,7 +615,7 @@ class Store:
             raise StoreError(f"run {run_id} is running; finish it before deleting it")
         try:
             with self._writes.begin() as conn:
-                for table in (schema.points, schema.metrics, schema.events):
+                for table in (schema.points, schema.metrics, schema.events, schema.run_samples):
                     conn.execute(delete(table).where(table.c.run_id == run_id))
                 conn.execute(delete(schema.runs).where(schema.runs.c.id == run_id))
         except SQLAlchemyError as exc:
@@ -668,7 +696,8 @@ class Store:
     # --- reading runs ---
 
     def run(self, run_id: int) -> dict[str, Any]:
-        """Every column of the run, with ``parameters`` as a dict and the sample's name."""
+        """Every column of the run, with ``parameters`` as a dict, the sample's name, and
+        ``samples``: the name of the sample on each channel ({0: "chipA", 1: "chipB"})."""
         r, s = schema.runs, schema.samples
         stmt = (
             select(r, s.c.name.label("sample"))
@@ -678,7 +707,31 @@ class Store:
         rows = self._rows(stmt, f"read run {run_id}")
         if not rows:
             raise StoreError(f"no run {run_id} in the run store {self.where}")
-        return dict(rows[0])
+        out = dict(rows[0])
+        out["samples"] = {row["channel"]: row["name"] for row in self.run_samples(run_id)}
+        return out
+
+    def run_samples(self, run_id: int) -> list[dict[str, Any]]:
+        """The sample on each channel of the run, by channel: dicts with channel, sample_id,
+        name, max_v, max_i, metadata ([] for a run without a sample)."""
+        rs, s = schema.run_samples, schema.samples
+        stmt = (
+            select(
+                rs.c.channel,
+                rs.c.sample_id,
+                s.c.name,
+                s.c.max_v,
+                s.c.max_i,
+                s.c.metadata,
+            )
+            .select_from(rs.join(s, rs.c.sample_id == s.c.id))
+            .where(rs.c.run_id == run_id)
+            .order_by(rs.c.channel)
+        )
+        return [
+            {**row, "metadata": row["metadata"] or {}}
+            for row in self._rows(stmt, f"read the samples of run {run_id}")
+        ]
 
     def runs(
         self,
@@ -687,7 +740,13 @@ class Store:
         sample: str | None = None,
         protocol: str | None = None,
     ):
-        """Runs, newest first, as a DataFrame (columns: RUN_LIST_COLUMNS)."""
+        """Runs, newest first, as a DataFrame (columns: RUN_LIST_COLUMNS).
+
+        ``sample`` finds the runs with that sample on any channel (a two-channel run is
+        listed under both its samples). Column ``sample`` is the run's own sample (its first
+        channel's), ``samples`` the samples of all its channels in channel order
+        ("chipA, chipB").
+        """
         import pandas as pd
 
         r, s = schema.runs, schema.samples
@@ -714,15 +773,18 @@ class Store:
         if status is not None:
             stmt = stmt.where(r.c.status.in_([status] if isinstance(status, str) else status))
         if sample is not None:
-            stmt = stmt.where(s.c.name == sample)
+            wanted = select(s.c.id).where(s.c.name == sample).correlate(None).scalar_subquery()
+            stmt = stmt.where(_on_sample(wanted))
         if protocol is not None:
             stmt = stmt.where(r.c.protocol == protocol)
         if limit is not None:
             stmt = stmt.limit(int(limit))
         rows = [dict(row) for row in self._rows(stmt, "list runs")]
+        names = self._channel_names([row["id"] for row in rows])
         for row in rows:
             end = row["ended_at"]
             row["duration_s"] = (end - row["started_at"]).total_seconds() if end else None
+            row["samples"] = ", ".join(names.get(row["id"], [])) or row["sample"]
         df = _frame(pd, rows, list(RUN_LIST_COLUMNS), times=["started_at", "ended_at"])
         df["duration_s"] = df["duration_s"].astype("float64")
         return df
@@ -759,18 +821,25 @@ class Store:
 
         return frame_from_columns(self.points_arrays(run_id, columns, start=start, stop=stop))
 
-    def metrics(self, run_id: int):
-        """The run's metrics as a DataFrame: scope, index, name, value, unit."""
+    def metrics(self, run_id: int, channel: int | None = None):
+        """The run's metrics as a DataFrame: channel, scope, index, name, value, unit.
+
+        A run on two channels has each channel's own rows (``channel`` as in the points);
+        ``channel`` keeps one channel's only.
+        """
         import pandas as pd
 
         m = schema.metrics
         self._run_row(run_id, "id")
         stmt = (
-            select(m.c.scope, m.c.idx.label("index"), m.c.name, m.c.value, m.c.unit)
+            select(m.c.channel, m.c.scope, m.c.idx.label("index"), m.c.name, m.c.value, m.c.unit)
             .where(m.c.run_id == run_id)
             .order_by(m.c.id)
         )
+        if channel is not None:
+            stmt = stmt.where(m.c.channel == int(channel))
         df = _frame(pd, self._rows(stmt, f"read metrics of run {run_id}"), list(METRIC_ORDER))
+        df["channel"] = df["channel"].astype("int64")
         df["value"] = df["value"].astype("float64")
         df["index"] = df["index"].astype("Int64")
         return df
@@ -800,6 +869,23 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._fail(action, exc) from None
 
+    def _channel_names(self, run_ids: Sequence[int]) -> dict[int, list[str]]:
+        """Run id -> the names of its channels' samples in channel order, for ``run_ids``
+        (read as one range of ids: no list of ids in the statement, however many)."""
+        if not run_ids:
+            return {}
+        rs, s = schema.run_samples, schema.samples
+        stmt = (
+            select(rs.c.run_id, s.c.name)
+            .select_from(rs.join(s, rs.c.sample_id == s.c.id))
+            .where(rs.c.run_id.between(min(run_ids), max(run_ids)))
+            .order_by(rs.c.run_id, rs.c.channel)
+        )
+        out: dict[int, list[str]] = {}
+        for row in self._rows(stmt, "list the samples of runs"):
+            out.setdefault(row["run_id"], []).append(row["name"])
+        return out
+
     def _run_row(self, run_id: int, *columns: str):
         r = schema.runs
         stmt = select(*(r.c[c] for c in columns)).where(r.c.id == run_id)
@@ -823,6 +909,30 @@ class Store:
                 conn.execute(update(r).where(r.c.id == run_id).values(**values))
         except SQLAlchemyError as exc:
             raise self._fail(f"{action} run {run_id}", exc) from None
+
+
+def _on_sample(sample_id):
+    """Where-clause of the runs with sample ``sample_id`` (a value or a column) on any
+    channel, or filed under it."""
+    r, rs = schema.runs, schema.run_samples
+    # correlate_except: ``sample_id`` may be a column of a query two levels out (samples())
+    on_channel = select(rs.c.run_id).where(rs.c.sample_id == sample_id).correlate_except(rs)
+    return or_(r.c.sample_id == sample_id, r.c.id.in_(on_channel))
+
+
+def _channel_samples(channel_samples: Mapping[int, int] | None, sample_id: int | None):
+    """The run_samples rows of a new run: channel -> sample id, checked."""
+    if channel_samples is None:
+        return {} if sample_id is None else {0: sample_id}
+    if not isinstance(channel_samples, Mapping):
+        raise ValidationError(
+            "channel_samples",
+            f"must map channels to sample ids, got {type(channel_samples).__name__}",
+        )
+    return {
+        _whole("channel_samples", channel, minimum=0): _whole(f"channel_samples[{channel}]", value)
+        for channel, value in sorted(channel_samples.items())
+    }
 
 
 def _point_count(conn, run_id: int) -> int:

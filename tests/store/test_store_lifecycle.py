@@ -200,7 +200,8 @@ def test_metrics_round_trip(store, run_id):
     ]
     assert store.add_metrics(run_id, rows) == 4
     m = store.metrics(run_id)
-    assert list(m.columns) == ["scope", "index", "name", "value", "unit"]
+    assert list(m.columns) == ["channel", "scope", "index", "name", "value", "unit"]
+    assert list(m["channel"]) == [0, 0, 0, 0]  # the default: the first channel
     assert list(m["scope"]) == ["run", "cycle", "cycle", "cycle"]
     assert m["index"].tolist()[1:] == [0, 1, 2]
     assert pd.isna(m["index"].iloc[0])

@@ -30,9 +30,12 @@ def db_url(new_db_url) -> str:
     return new_db_url()
 
 
-# runs as revision 0001 has it (schema.runs is the newest revision).
+# runs and metrics as revisions 0001 and 0002 have them (schema.py is the newest revision).
 RUNS_0001 = sa.table(
     "runs", *(sa.column(c.name, c.type) for c in schema.runs.c if c.name != "metadata")
+)
+METRICS_0002 = sa.table(
+    "metrics", *(sa.column(c.name, c.type) for c in schema.metrics.c if c.name != "channel")
 )
 
 
@@ -152,7 +155,7 @@ def make_first_schema_store(url: str) -> dict:
         writer.put(points)
     with engine.begin() as conn:
         conn.execute(
-            schema.metrics.insert().values(
+            METRICS_0002.insert().values(
                 run_id=done, scope="run", name="loop_area", value=2.5, unit="W"
             )
         )
@@ -180,6 +183,8 @@ def test_a_store_of_the_first_schema_is_upgraded_on_open_and_keeps_its_data(db_u
         assert run["sample"] == "chip7"
         assert_same_points(store.points_arrays(old["done"]), old["points"])
         assert store.metrics(old["done"]).loc[0, "value"] == 2.5
+        assert store.metrics(old["done"]).loc[0, "channel"] == 0
+        assert store.run(old["done"])["samples"] == {0: "chip7"}  # run_samples backfilled
         assert store.events(old["done"]).loc[0, "data"] == {"a": 1}
         assert store.get_sample("chip7").metadata == {"material": "MoS2"}
         assert len(store.instruments()) == 1
@@ -193,7 +198,9 @@ def test_a_store_of_the_first_schema_is_upgraded_on_open_and_keeps_its_data(db_u
         assert list(store.runs(protocol="retention")["id"]) == [old["live"]]
     assert sql(db_url, "SELECT version_num FROM alembic_version") == [(schema.HEAD_REVISION,)]
     # labctl 0.1.0 reads schema_version and refuses a store newer than 1
-    assert sql(db_url, "SELECT version, labctl_version FROM schema_version") == [(2, __version__)]
+    assert sql(db_url, "SELECT version, labctl_version FROM schema_version") == [
+        (schema.SCHEMA_VERSION, __version__)
+    ]
     assert "upgraded the run store" in caplog.text
     path = db.sqlite_path(db_url)
     if path is not None:  # the file as it was is kept beside it
@@ -205,7 +212,8 @@ def test_a_store_of_the_first_schema_is_upgraded_on_open_and_keeps_its_data(db_u
 
 def test_upgrade_false_refuses_with_the_command_to_run(db_url, capsys):
     make_first_schema_store(db_url)
-    with pytest.raises(StoreError, match=r"revision 0001.*needs 0002.*labctl db upgrade --db"):
+    needs = rf"revision 0001.*needs {schema.HEAD_REVISION}.*labctl db upgrade --db"
+    with pytest.raises(StoreError, match=needs):
         Store.open(db_url, upgrade=False)
     assert cli.main(["db", "current", "--db", db_url]) == 0
     assert ": 0001 " in capsys.readouterr().out
@@ -239,12 +247,143 @@ def test_the_upgrade_can_be_undone(db_url):
                 ctx.run_migrations()
         cols = {c["name"] for c in sa.inspect(engine).get_columns("runs")}
         assert "metadata" not in cols
+        assert "channel" not in {c["name"] for c in sa.inspect(engine).get_columns("metrics")}
+        assert "run_samples" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
     assert sql(db_url, "SELECT version FROM schema_version") == [(1,)]
     assert sql(db_url, "SELECT count(*) FROM points") == [(3000,)]
     with Store.open(db_url) as store:  # and up again
         assert store.run(1)["metadata"] == {}
+
+
+def make_0002_store(url: str) -> dict:
+    """A store of revision 0002 (labctl before two-channel runs were first-class): samples
+    chipA and chipB, and runs as that labctl left them, with points, metrics and events:
+    one-channel on chipA; two-channel (chipA on smua, chipB on smub, named only in the
+    metadata); on smub alone; two-channel with a second sample not in the store; none."""
+    engine = db.make_engine(url)
+    migrate.migrate_to(engine, "0002")
+    now = schema.utcnow()
+
+    def channels(*pairs):
+        return {
+            "channels": [
+                {"channel": c, "name": ["smua", "smub"][c], "sample": name, "max_v": 1.5}
+                for c, name in pairs
+            ]
+        }
+
+    with engine.begin() as conn:
+        ids = {}
+        for name in ("chipA", "chipB"):
+            ids[name] = conn.execute(
+                schema.samples.insert().values(
+                    name=name, max_v=1.5, max_i=1e-6, metadata={}, created_at=now, updated_at=now
+                )
+            ).inserted_primary_key[0]
+        runs = {}
+        for key, sample, meta in (
+            ("one", "chipA", {"driver": "keithley2600"}),
+            ("two", "chipA", channels((0, "chipA"), (1, "chipB"))),
+            ("smub", "chipB", channels((1, "chipB"))),
+            ("lost", "chipA", channels((0, "chipA"), (1, "chip-gone"))),
+            ("none", None, {}),
+        ):
+            runs[key] = conn.execute(
+                schema.runs.insert().values(
+                    protocol="iv_hysteresis",
+                    parameters={"amplitude_v": 1.0},
+                    sample_id=ids.get(sample),
+                    software_version="0.1.0",
+                    host="bench-pc",
+                    pid=1,
+                    status="completed",
+                    started_at=now,
+                    ended_at=now,
+                    heartbeat_at=now,
+                    n_points=0,
+                    metadata=meta,
+                )
+            ).inserted_primary_key[0]
+        for key, run_id in runs.items():
+            conn.execute(
+                METRICS_0002.insert(),
+                [
+                    {"run_id": run_id, "scope": "run", "idx": 0, "name": "g", "value": v}
+                    for v in (1.25e-9, float(len(key)))
+                ],
+            )
+            conn.execute(
+                schema.events.insert().values(run_id=run_id, at=now, kind="note", message=key)
+            )
+    points = chunk_of(400)
+    points.channel[200:] = 1  # a two-channel run's points: smua's, then smub's
+    with RunWriter(engine, runs["two"]) as writer:
+        writer.put(points)
+    engine.dispose()
+    return {"runs": runs, "samples": ids, "points": points}
+
+
+OLD_TABLES = {
+    "samples": "id",
+    "instruments": "id",
+    "runs": "id",
+    "points": "run_id, idx",
+    "metrics": "id",
+    "events": "id",
+}
+
+
+def table_rows(url: str, table: str) -> list[tuple]:
+    """Every row of a table of revision 0002, its columns in that revision's order."""
+    columns = schema.metadata.tables[table].c
+    names = [c.name for c in columns if (table, c.name) != ("metrics", "channel")]
+    return sql(url, f"SELECT {', '.join(names)} FROM {table} ORDER BY {OLD_TABLES[table]}")
+
+
+def test_an_0002_store_gets_run_samples_and_metric_channels_and_keeps_its_data(db_url):
+    old = make_0002_store(db_url)
+    runs, ids = old["runs"], old["samples"]
+    before = {table: table_rows(db_url, table) for table in OLD_TABLES}
+    with Store.open(db_url) as store:
+        after = {table: table_rows(db_url, table) for table in OLD_TABLES}
+        assert after == before  # bit for bit: every value of every old table
+        assert_same_points(store.points_arrays(runs["two"]), old["points"])
+        got = sql(db_url, "SELECT run_id, channel, sample_id FROM run_samples ORDER BY 1, 2")
+        assert got == [
+            (runs["one"], 0, ids["chipA"]),
+            (runs["two"], 0, ids["chipA"]),
+            (runs["two"], 1, ids["chipB"]),  # from the metadata
+            (runs["smub"], 1, ids["chipB"]),  # on smub alone
+            (runs["lost"], 0, ids["chipA"]),  # chip-gone is no sample of the store
+        ]
+        # metrics: channel 0, but a run on smub alone described smub's device
+        channel_of = dict(sql(db_url, "SELECT DISTINCT run_id, channel FROM metrics"))
+        assert channel_of == {run_id: int(key == "smub") for key, run_id in runs.items()}
+        assert list(store.metrics(runs["two"])["channel"]) == [0, 0]
+        assert store.run(runs["two"])["samples"] == {0: "chipA", 1: "chipB"}
+        assert store.run(runs["none"])["samples"] == {}
+        # found under either sample, the runs' own sample column unchanged
+        by_b = store.runs(sample="chipB")
+        assert list(by_b["id"]) == [runs["smub"], runs["two"]]
+        assert list(by_b["sample"]) == ["chipB", "chipA"]
+        assert list(by_b["samples"]) == ["chipB", "chipA, chipB"]
+        assert sorted(store.runs(sample="chipA")["id"]) == [runs["one"], runs["two"], runs["lost"]]
+        counts = dict(zip(store.samples()["name"], store.samples()["n_runs"], strict=True))
+        assert counts == {"chipA": 3, "chipB": 2}
+        # a new run of the upgraded store records its channels itself
+        new = store.create_run(
+            protocol="iv",
+            parameters={},
+            sample_id=ids["chipB"],
+            channel_samples={0: ids["chipB"], 1: ids["chipA"]},
+        )
+        assert store.run(new)["samples"] == {0: "chipB", 1: "chipA"}
+        store.delete_run(runs["two"])
+        assert store.run_samples(runs["two"]) == []
+    assert sql(db_url, "SELECT version_num FROM alembic_version") == [(schema.HEAD_REVISION,)]
+    assert sql(db_url, "SELECT version FROM schema_version") == [(schema.SCHEMA_VERSION,)]
 
 
 OPENER = r"""

@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from labctl import __version__
-from labctl.store.schema import UTCDateTime, utcnow
+from labctl.store.migrations import set_schema_version
 
 revision = "0002"
 down_revision = "0001"
@@ -39,17 +38,3 @@ def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:  # SQLite drops a column by rebuilding
         batch.drop_column("metadata")
     set_schema_version(1)
-
-
-def set_schema_version(version: int) -> None:
-    """The one row of schema_version, which labctl 0.1.0 reads to refuse newer stores."""
-    table = sa.table(
-        "schema_version",
-        sa.column("version", sa.Integer),
-        sa.column("labctl_version", sa.String),
-        sa.column("applied_at", UTCDateTime),
-    )
-    op.execute(table.delete())
-    op.execute(
-        table.insert().values(version=version, labctl_version=__version__, applied_at=utcnow())
-    )
