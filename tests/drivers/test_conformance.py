@@ -22,6 +22,7 @@ import pytest
 import drivers
 import labctl
 from labctl.connect import parse_sim
+from labctl.data import COMPLIANCE
 from labctl.engine import Listener, RunEngine
 from labctl.errors import ConnectionLost
 from labctl.sim.instruments.registry import EMULATORS
@@ -195,12 +196,13 @@ def recipe():
     return parse_recipe(RECIPE.read_text(encoding="utf-8"), str(RECIPE))
 
 
-def resource_for(name: str, recipe) -> str:
-    """The recipe's simulated device on instrument ``name``, noise off."""
+def resource_for(name: str, recipe, *, seed: int | None = None, noise: float = 0) -> str:
+    """The recipe's simulated device on instrument ``name``, noise off unless asked."""
     spec = parse_sim(recipe.instrument["resource"])
-    params = {**spec.params, "noise": "0"}
+    params = {**spec.params, "noise": f"{noise:g}"}
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"sim://{name}?device={spec.device}&seed={spec.seed}&{query}"
+    seed = spec.seed if seed is None else seed
+    return f"sim://{name}?device={spec.device}&seed={seed}&{query}"
 
 
 def build(protocol: str, params: dict):
@@ -208,8 +210,21 @@ def build(protocol: str, params: dict):
     return cls(validate_params(cls.Params, params))
 
 
-def run(name, protocol, params, recipe, store, *, listeners=(), prepare=None, channel=0) -> Outcome:
-    driver = labctl.connect(resource_for(name, recipe))
+def run(
+    name,
+    protocol,
+    params,
+    recipe,
+    store,
+    *,
+    listeners=(),
+    prepare=None,
+    channel: int | None = 0,
+    seed: int | None = None,
+    noise: float = 0,
+) -> Outcome:
+    """One run on instrument ``name``; ``points`` are those of ``channel`` (None: all)."""
+    driver = labctl.connect(resource_for(name, recipe, seed=seed, noise=noise))
     if prepare is not None:
         prepare(driver)
     sample = store.ensure_sample(
@@ -221,7 +236,7 @@ def run(name, protocol, params, recipe, store, *, listeners=(), prepare=None, ch
         build(protocol, params), driver, sample, handle_signals=False
     )
     points = store.points_arrays(result.run_id) if result.n_points else {}
-    if points:
+    if points and channel is not None:
         mine = points["channel"] == channel
         points = {k: v[mine] for k, v in points.items()}
     return Outcome(result.status, result.error, points, driver, store.events(result.run_id))
@@ -381,6 +396,68 @@ def test_every_channel_of_a_multichannel_instrument_gives_the_reference_conducta
         )
         assert got.status == "completed", got.error
         assert_same_conductance(name, got, ref, ref.driver, label=f"{name} channel {channel}")
+
+
+# Seeds of the noisy runs (each gave the 2636B emulator's hardware-timed runs µA-scale outliers
+# before its device noise took the readings' aperture as its band)
+NOISY_SEEDS = (1, 2, 3)
+
+
+@pytest.mark.parametrize("name", DRIVER_NAMES)
+def test_noise_leaves_every_reading_near_the_noise_free_one(name, store, recipe):
+    """A device well within the compliance (< 0.2 µA, limit 1 µA), noise on, on every channel:
+    no reading is flagged in compliance, none goes beyond half the limit, and each is within
+    many standard deviations of the noise model (2 pA, 1e-4 |I|, Johnson noise over the
+    reading's band) plus the resolution of the same run without noise.
+
+    The 2636B emulator used to give the Johnson noise of a sliver of a step (a host poll
+    landing a rounding error before a reading's end splits it) the sliver's own Nyquist band:
+    about 1 µA rms, read at the half-cycle point and often clamped to the limit."""
+    from drivers import driver_class
+
+    n = max(1, len(driver_class(name).capabilities.channels))
+    params = {**recipe.parameters, **IV_OVERRIDES}
+    limit = params["compliance_a"]
+
+    def prepare(driver):
+        if n > 1:
+            driver.configure(channels=list(range(n)))
+
+    for seed in NOISY_SEEDS:
+        got, ref = (
+            run(
+                name,
+                "iv_hysteresis",
+                params,
+                recipe,
+                store,
+                prepare=prepare,
+                channel=None,
+                seed=seed,
+                noise=noise,
+            )
+            for noise in (1, 0)
+        )
+        assert got.status == ref.status == "completed", (got.error, ref.error)
+        a, b = got.points, ref.points
+        assert len(a["i"]) == len(b["i"]) == n * 2 * 2 * 40
+        np.testing.assert_array_equal(a["channel"], b["channel"])
+        where = [
+            f"seed {seed} channel {a['channel'][k]} t = {a['t'][k]:.6g} s, V = "
+            f"{a['v_set'][k]:+.3g} V: I = {a['i'][k]:.4g} A (noise-free {b['i'][k]:.4g} A)"
+            for k in range(len(a["i"]))
+        ]
+        assert not (b["flags"] & COMPLIANCE).any(), "the device is meant to stay within limits"
+        flagged = np.flatnonzero(a["flags"] & COMPLIANCE)
+        assert not len(flagged), f"{name}: in compliance at {where[flagged[0]]}"
+        beyond = np.flatnonzero(np.abs(a["i"]) > 0.5 * limit)
+        assert not len(beyond), f"{name}: beyond half the limit at {where[beyond[0]]}"
+        tol = 1e-9 + 1e-3 * np.abs(b["i"]) + 2 * current_resolution(name, got.driver, b["i"])
+        off = np.flatnonzero(np.abs(a["i"] - b["i"]) > tol)
+        assert not len(off), (
+            f"{name}: {len(off)} of {len(a['i'])} readings far from the "
+            f"noise-free ones; first at {where[off[0]]}"
+        )
 
 
 def output_is_off(emulator) -> bool:

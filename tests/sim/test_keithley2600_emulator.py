@@ -1012,6 +1012,41 @@ def test_compliance_on_a_memristor_holds_the_device_at_the_limit():
     assert abs(device.current(v)) == pytest.approx(limit, rel=1e-5)
 
 
+def test_a_poll_just_before_a_reading_ends_leaves_the_noise_at_the_readings_band():
+    """A message a rounding error before a reading's end cuts that step in two; the sliver is
+    no sample: the device noise stays that of a reading over its aperture (it used to take the
+    sliver's own Nyquist band, about 1 µA rms, and the reading went to the limit)."""
+    levels = np.concatenate(
+        [np.linspace(0, 1, 11), np.linspace(0.9, -1, 20), np.linspace(-0.9, 0, 10)]
+    )
+    n = len(levels)
+
+    def sweep(noise: float, poll: bool) -> tuple[np.ndarray, np.ndarray]:
+        device = make_device("slit_unipolar", seed=4, noise=noise, tau=0.02)
+        emu, clock = make(device=device)
+        emu.handle(sweep_setup(nplc=0.06, limit=1e-6) + " format.asciiprecision = 12")
+        emu.handle(
+            "smua.trigger.source.listv({" + ", ".join(f"{v:g}" for v in levels) + "}) "
+            f"smua.trigger.count = {n}"
+        )
+        t0 = clock.now()
+        emu.handle("smua.trigger.initiate()")
+        for k in range(n if poll else 0):  # reading k ends at t0 + (k + 1) ms
+            clock.sleep_until(t0 + (k + 1) * 1e-3 - 1e-15)
+            emu.handle("print(smua.nvbuffer1.n)")
+        emu.handle("waitcomplete()")
+        i = numbers(emu.handle(f"printbuffer(1, {n}, smua.nvbuffer1.readings)"))
+        status = numbers(emu.handle(f"printbuffer(1, {n}, smua.nvbuffer1.statuses)"))
+        return np.array(i), np.array(status).astype(int)
+
+    quiet, _ = sweep(0, poll=False)
+    assert np.abs(quiet).max() < 0.1e-6  # well within the 1 µA limit
+    for poll in (False, True):
+        i, status = sweep(1, poll=poll)
+        assert not np.any(status & 0x40), f"in compliance at {np.flatnonzero(status & 0x40)}"
+        np.testing.assert_allclose(i, quiet, rtol=1e-3, atol=1e-10)
+
+
 def test_lua_helpers_and_the_type_of_things():
     emu, _ = make()
     assert emu.handle(

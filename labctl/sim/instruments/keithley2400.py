@@ -8,10 +8,10 @@ function that is not measured reads +9.91E37), the 2500-reading data store (``:T
 CALC3 statistics, and the measurement event register behind ``*STB?`` bit 0 (PyMeasure's
 buffer flow: ``:STAT:MEAS:ENAB 512``, ``*SRE 1``, poll ``*STB?`` for 65).
 
-The module also holds the source-measure core that the B2900 emulator shares:
-:class:`SmuCore` (what a device sees and gives under a voltage or current source with a
-compliance limit; the solving and the vectorised stepping are those of the 2450 emulator) and
-:class:`Timeline` (a channel's device advanced lazily through idle holds and trigger runs).
+The module also holds what the B2900 emulator shares: :class:`Timeline` (a channel's device
+advanced lazily through idle holds and trigger runs, driven by a
+:class:`labctl.sim.smu.SmuCore`: what a device sees and gives under a voltage or current source
+with a compliance limit, the same solving and stepping as every SMU emulator's).
 
 Time. Every message first brings the device up to ``clock.now()``. Chosen semantics where the
 manual is unclear (all [I] unless marked):
@@ -54,7 +54,6 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
-from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
 from labctl.sim.scpi import (
     Call,
     CommandTree,
@@ -67,6 +66,7 @@ from labctl.sim.scpi import (
     sci_field,
     unquote,
 )
+from labctl.sim.smu import SmuCore
 
 __all__ = [
     "BASE",
@@ -75,7 +75,6 @@ __all__ = [
     "Keithley2400Emulator",
     "Pattern",
     "Readings",
-    "SmuCore",
     "Timeline",
     "TriggerRun",
     "number_list",
@@ -90,57 +89,7 @@ OVERRANGE = 1.05  # readings and levels reach 105 % of the range
 
 
 # =============================================================================================
-# The source-measure core shared with the B2900 emulator
-
-
-class SmuCore:
-    """One source channel and its device: the voltage the device sees under a source level and
-    a compliance limit, stepped through time.
-
-    The solving (false position for the limited voltage, the current source's operating
-    point, sub-stepped regulation while the device state moves) and the vectorised stepping
-    are the 2450 emulator's, so every emulator drives a device the same way.
-    """
-
-    def __init__(self, device: DeviceModel) -> None:
-        self.device = device
-        self.aperture_s: float | None = None  # integration time of the readings (noise band)
-
-    _cur = Keithley2450Emulator._cur
-    _limit_voltage = Keithley2450Emulator._limit_voltage
-    _voltage_for_current = Keithley2450Emulator._voltage_for_current
-    _solve = Keithley2450Emulator._solve
-    _hold = Keithley2450Emulator._hold
-    _tracked_point = Keithley2450Emulator._tracked_point
-    _drive = Keithley2450Emulator._drive
-    _drive_voltage = Keithley2450Emulator._drive_voltage
-    _drive_current = Keithley2450Emulator._drive_current
-
-    def _aperture(self) -> float | None:
-        return self.aperture_s
-
-    def _step(self, v: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        if self.aperture_s is not None and hasattr(self.device, "aperture_s"):
-            self.device.aperture_s = self.aperture_s  # noise band of a reading
-        return np.asarray(self.device.step(v, dt), dtype=np.float64)
-
-    def hold(self, func: str, level: float, limit: float, output_on: bool, dt: float) -> None:
-        """Keep the device at a source level (0 V with the output off) for ``dt`` seconds."""
-        if dt > 0:
-            self._hold(func, level, limit, output_on, dt)
-
-    def drive(
-        self, levels: np.ndarray, dts: np.ndarray, *, func: str, limit: float, output_on: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Step through the segments: (device voltage, current, in limit) at each end."""
-        d = self._drive(
-            levels, dts, func=func, limit=limit, output_on=output_on, stop_on_trip=False
-        )
-        return d.v, d.i, d.trip
-
-    def in_limit(self, func: str, level: float, limit: float) -> bool:
-        """True if the source, held at ``level`` now, would be in compliance."""
-        return bool(self._solve(func, level, limit)[1])
+# Trigger runs on a channel's timeline (shared with the B2900 emulator)
 
 
 PREV, LEVEL, BASE = 0, 1, 2  # what a segment of a trigger holds: the level before, its own, base

@@ -48,12 +48,16 @@ Chosen semantics where the manual is silent or unclear:
   ``smuX.abort()``, turning the output off or ``reset()`` stop a run where it is. After a
   run (``endsweep.action = SOURCE_HOLD``) or an abort, ``source.levelv``/``leveli`` reads
   the level left on the output.
-- Compliance (sourcing V with ``limiti``): the device sees the voltage at which its noise-free
-  current equals the limit (false position on ``device.current``); a point in limit is solved
-  again at 4 sub-steps so it follows a device whose state moves, and reads the limit plus the
-  device noise. Blocks whose extreme levels draw less than 90 % of the limit go in one
+- Compliance (sourcing V with ``limiti``) and sourcing current (each point solves I_dev(V) =
+  I_set within ±``limitv``) are the source-measure core's that every SMU emulator shares
+  (:mod:`labctl.sim.smu`): the device sees the voltage at which its noise-free current equals
+  the limit (false position on ``device.current``); a point in limit is solved again at 4
+  sub-steps so it follows a device whose state moves, and reads the limit plus the device
+  noise. Blocks whose extreme levels draw less than 90 % of the limit go in one
   ``device.step`` call; a point that crosses the limit inside such a block is clamped
-  afterwards. Sourcing current, each point solves I_dev(V) = I_set within ±``limitv``.
+  afterwards. The device's Johnson noise is taken over the readings' band (the aperture,
+  latched with a run), not a step's: a message cuts the step in progress, and a sliver of a
+  step is no sample.
   ``status.measurement.instrument.smuX.condition`` has bit 0 (voltage limit) or bit 1
   (current limit) set while the source is in limit; ``smuX.source.compliance`` is true then.
 - ``print`` writes numbers with ``format.asciiprecision`` significant digits (``%e`` style,
@@ -72,6 +76,7 @@ Chosen semantics where the manual is silent or unclear:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import struct
 import threading
@@ -84,6 +89,7 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
+from labctl.sim.smu import SmuCore
 from labctl.sim.tsp import (
     HostTable,
     Interpreter,
@@ -628,186 +634,49 @@ class _Timeline:
     source_level: np.ndarray  # per segment: the sweep level (source value) of its iteration
 
 
-_FREE_FRACTION = 0.9
-_SUBSTEPS = 4
-
-
 class _Channel:
-    """The device behind one SMU and the instrument time it has reached."""
+    """The device behind one SMU, the shared source-measure core that drives it
+    (:class:`labctl.sim.smu.SmuCore`), and the instrument time it has reached."""
 
     def __init__(self, device: DeviceModel, t0: float) -> None:
-        self.device = device
+        self.core = SmuCore(device)
         self.t_dev = t0
         self.timeline: _Timeline | None = None
         self.in_limit = False
 
-    # -- the device ------------------------------------------------------------------------------
-    def _cur(self, v: float) -> float:
-        return float(self.device.current(float(v)))
-
-    def _step(self, v: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        return np.asarray(self.device.step(v, dt), dtype=np.float64)
-
-    def limited_voltage(self, level: float, ilim: float) -> tuple[float, bool]:
-        """Voltage the device sees when ``level`` V is sourced with current limit ``ilim``."""
-        i_v = self._cur(level)
-        if abs(i_v) <= ilim:
-            return level, False
-        i_0 = self._cur(0.0)
-        if abs(i_0) >= ilim:
-            return 0.0, True
-        x = _false_position(
-            lambda x: abs(self._cur(x)) - ilim,
-            0.0,
-            level,
-            abs(i_0) - ilim,
-            abs(i_v) - ilim,
-            xtol=1e-12 * abs(level),
-            ftol=1e-9 * ilim,
-        )
-        return x, True
-
-    def voltage_for_current(self, i_set: float, vlim: float) -> tuple[float, bool]:
-        """Voltage at which the device carries ``i_set`` within ±``vlim``."""
-        f_hi = self._cur(vlim) - i_set
-        if f_hi < 0:
-            return vlim, True
-        f_lo = self._cur(-vlim) - i_set
-        if f_lo > 0:
-            return -vlim, True
-        f_0 = self._cur(0.0) - i_set
-        if f_0 == 0:
-            return 0.0, False
-        lo, hi, fa, fb = (0.0, vlim, f_0, f_hi) if f_0 < 0 else (-vlim, 0.0, f_lo, f_0)
-        x = _false_position(
-            lambda x: self._cur(x) - i_set,
-            lo,
-            hi,
-            fa,
-            fb,
-            xtol=1e-12 * vlim,
-            ftol=max(1e-9 * abs(i_set), 1e-18),
-        )
-        return x, False
+    def would_limit(self, func_v: bool, level: float, limit: float) -> bool:
+        """Whether ``level`` sourced now (with the output on) would be in its limit."""
+        return self.core.in_limit("VOLT" if func_v else "CURR", level, limit)
 
     def drive(
-        self, levels: np.ndarray, dts: np.ndarray, limits: np.ndarray, func_v: bool, on: bool
+        self,
+        levels: np.ndarray,
+        dts: np.ndarray,
+        limits: np.ndarray,
+        func_v: bool,
+        on: bool,
+        aperture: float,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Step the device through the segments: (device voltage, current, in limit)."""
+        """Step the device through the segments, each with its own limit, the readings
+        integrating over ``aperture`` s (the noise band): (device voltage, current, in
+        limit)."""
         n = len(levels)
         if n == 0:
             return _EMPTY, _EMPTY, np.zeros(0, bool)
-        if not on:
-            v = np.zeros(n)
-            return v, self._step(v, dts), np.zeros(n, bool)
-        if not func_v:
-            return self._drive_current(levels, dts, limits)
-        v_out = np.asarray(levels, dtype=np.float64).copy()
-        i_out = np.empty(n)
-        trip = np.zeros(n, bool)
-        k = 0
-        block = 256
-        while k < n:
-            hi = min(n, k + block)
-            seg = levels[k:hi]
-            lim = float(limits[k:hi].min())
-            peak = max(abs(self._cur(seg.max())), abs(self._cur(seg.min())))
-            if peak < _FREE_FRACTION * lim:
-                i = self._step(seg, dts[k:hi])
-                over = np.abs(i) > limits[k:hi]
-                if over.any():  # crossed the limit inside the block: clamp afterwards
-                    v_out[k:hi][over] *= limits[k:hi][over] / np.abs(i[over])
-                    i = np.clip(i, -limits[k:hi], limits[k:hi])
-                    trip[k:hi] = over
-                i_out[k:hi] = i
-                k = hi
-                block = min(2 * block, 1 << 20)
-                continue
-            if hi - k > 8:
-                block = max(8, (hi - k) // 8)
-                continue
-            block = 8
-            v_out[k], i_out[k], trip[k] = self._point_voltage(
-                float(levels[k]), float(dts[k]), float(limits[k])
-            )
-            k += 1
-        return v_out, i_out, trip
-
-    def _point_voltage(self, level: float, dt: float, ilim: float) -> tuple[float, float, bool]:
-        v, limited = self.limited_voltage(level, ilim)
-        if not limited:
-            i = float(self._step(np.array([v]), np.array([dt]))[0])
-            if abs(i) <= ilim:
-                return v, i, False
-            return v * ilim / abs(i), math.copysign(ilim, i), True
-        sub = np.array([dt / _SUBSTEPS])
-        i = 0.0
-        for j in range(_SUBSTEPS):
-            if j:
-                v = self.limited_voltage(level, ilim)[0]
-            i = float(self._step(np.array([v]), sub)[0])
-        noise = i - self._cur(v)
-        v_end, still = self.limited_voltage(level, ilim)
-        if not still:
-            return v_end, self._cur(v_end) + noise, False
-        return v_end, math.copysign(ilim, level) + noise, True
-
-    def _drive_current(
-        self, levels: np.ndarray, dts: np.ndarray, limits: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = len(levels)
-        v_out = np.empty(n)
-        i_out = np.empty(n)
-        trip = np.zeros(n, bool)
-        for k in range(n):
-            level, vlim = float(levels[k]), float(limits[k])
-            sub = np.array([float(dts[k]) / _SUBSTEPS])
-            v, limited = self.voltage_for_current(level, vlim)
-            i = 0.0
-            for j in range(_SUBSTEPS):
-                if j:
-                    v, limited = self.voltage_for_current(level, vlim)
-                i = float(self._step(np.array([v]), sub)[0])
-            noise = i - self._cur(v)
-            v, limited = self.voltage_for_current(level, vlim)
-            v_out[k] = v
-            i_out[k] = (self._cur(v) if limited else level) + noise
-            trip[k] = limited
-        return v_out, i_out, trip
-
-
-def _false_position(
-    f: Callable[[float], float],
-    a: float,
-    b: float,
-    fa: float,
-    fb: float,
-    *,
-    xtol: float,
-    ftol: float,
-) -> float:
-    """A root of ``f`` between ``a`` and ``b`` (``fa``, ``fb`` of opposite signs), by false
-    position with the Illinois modification (a few evaluations for a smooth I-V curve)."""
-    x = a
-    last = 0
-    for _ in range(200):
-        x = (a * fb - b * fa) / (fb - fa) if fb != fa else 0.5 * (a + b)
-        if not min(a, b) < x < max(a, b):
-            x = 0.5 * (a + b)
-        fx = f(x)
-        if abs(fx) <= ftol or abs(b - a) <= xtol:
-            return x
-        if (fx > 0) == (fb > 0):
-            b, fb = x, fx
-            if last == -1:
-                fa *= 0.5
-            last = -1
-        else:
-            a, fa = x, fx
-            if last == 1:
-                fb *= 0.5
-            last = 1
-    return x
+        self.core.aperture_s = aperture
+        func = "VOLT" if func_v else "CURR"
+        limits = np.asarray(limits, dtype=np.float64)
+        # runs of segments under one limit (a run's sweep and idle limits may differ)
+        cuts = np.flatnonzero(limits[1:] != limits[:-1]) + 1
+        bounds = np.concatenate([[0], cuts, [n]])
+        parts = [
+            self.core.drive(levels[i:j], dts[i:j], func=func, limit=float(limits[i]), output_on=on)
+            for i, j in itertools.pairwise(bounds.tolist())
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        v, i, trip = (np.concatenate(x) for x in zip(*parts, strict=True))
+        return v, i, trip
 
 
 # --- an SMU ----------------------------------------------------------------------------------
@@ -1174,11 +1043,7 @@ class _Smu(_Node):
         if self.plan is not None and self.plan.active:
             return self.channel.in_limit
         on, func_v, level, limit = self.steady()
-        if not on:
-            return False
-        if func_v:
-            return self.channel.limited_voltage(level, limit)[1]
-        return self.channel.voltage_for_current(level, limit)[1]
+        return on and self.channel.would_limit(func_v, level, limit)
 
     # -- sweeps ---------------------------------------------------------------------------------
     def _check_levels(self, q: str, levels: np.ndarray) -> np.ndarray:
@@ -1237,7 +1102,7 @@ class _Smu(_Node):
         dts[0] = delay + ap
         t0 = ch.t_dev
         ends = t0 + np.cumsum(dts)
-        v, i, trip = ch.drive(np.full(count, level), dts, np.full(count, limit), func_v, on)
+        v, i, trip = ch.drive(np.full(count, level), dts, np.full(count, limit), func_v, on, ap)
         ch.t_dev = float(ends[-1])
         ch.in_limit = bool(trip[-1])
         sources = np.full(count, level)
@@ -1758,7 +1623,7 @@ class Keithley2600Emulator:
             return
         on, func_v, level, limit = smu.steady()
         _v, _i, trip = smu.channel.drive(
-            np.array([level]), np.array([dt]), np.array([limit]), func_v, on
+            np.array([level]), np.array([dt]), np.array([limit]), func_v, on, smu.aperture()
         )
         smu.channel.in_limit = bool(trip[-1])
 
@@ -1776,7 +1641,9 @@ class Keithley2600Emulator:
         dts = np.maximum(ends - starts, 0.0)
         complete = T[idx + 1] <= t_to
         plan = tl.plan
-        v, i, trip = ch.drive(tl.level[idx], dts, tl.limit[idx], plan.func_v, plan.output_on)
+        v, i, trip = ch.drive(
+            tl.level[idx], dts, tl.limit[idx], plan.func_v, plan.output_on, plan.aperture
+        )
         ch.t_dev = t_to
         if len(trip):
             ch.in_limit = bool(trip[-1])
