@@ -295,21 +295,32 @@ def _duration(seconds: float) -> str:
 
 
 def _print_metrics(metrics) -> None:
+    """The headline metrics of a run; a two-channel run's channel by channel."""
     if not metrics:
         return
+    channels = sorted({int(m.get("channel", 0)) for m in metrics})
+    if len(channels) > 1:
+        for channel in channels:
+            print(f"  channel {channel}:")
+            _print_metrics_of([m for m in metrics if m.get("channel", 0) == channel], "    ")
+        return
+    _print_metrics_of(metrics, "  ")
+
+
+def _print_metrics_of(metrics, indent: str) -> None:
     run_level = [m for m in metrics if m.get("scope") == "run"]
     freq = [m for m in metrics if m.get("scope") == "frequency"]
     if freq:
         by_index: dict[int, dict[str, float]] = {}
         for m in freq:
             by_index.setdefault(m["index"], {})[m["name"]] = m["value"]
-        print("  frequency (Hz)   loop area (V*A)")
+        print(f"{indent}frequency (Hz)   loop area (V*A)")
         for _k, row in sorted(by_index.items()):
             f_hz = row.get("frequency", float("nan"))
-            print(f"  {f_hz:>14.4g}   {row.get('loop_area', float('nan')):.4g}")
+            print(f"{indent}{f_hz:>14.4g}   {row.get('loop_area', float('nan')):.4g}")
     for m in run_level:
         unit = f" {m['unit']}" if m.get("unit") else ""
-        print(f"  {m['name']} = {m['value']:.4g}{unit}")
+        print(f"{indent}{m['name']} = {m['value']:.4g}{unit}")
 
 
 def cmd_demo(args) -> int:
@@ -381,16 +392,37 @@ def cmd_show(args) -> int:
     ):
         if key in run and run[key] is not None:
             print(f"{key:>20}: {run[key]}")
+    samples = run.get("samples") or {}
+    names = _channel_names(run)
+    if len(samples) > 1 or any(c != 0 for c in samples):
+        on = "; ".join(f"{names.get(c, c)}: {name}" for c, name in sorted(samples.items()))
+        print(f"{'samples':>20}: {on}")
     print(f"{'parameters':>20}: {json.dumps(run.get('parameters'), sort_keys=True)}")
     metrics = store.metrics(args.run)
-    if len(metrics):
+    channels = sorted(set(metrics["channel"]) | set(samples)) if len(metrics) else []
+    if len(channels) > 1:  # a device per channel: each one's metrics apart
+        for channel in channels:
+            part = metrics[metrics["channel"] == channel].drop(columns="channel")
+            where = f"{names.get(channel, channel)}, {samples.get(channel, '?')}"
+            print(f"metrics of channel {channel} ({where}):")
+            print(part.to_string(index=False, max_rows=60) if len(part) else "  none")
+    elif len(metrics):
         print("metrics:")
-        print(metrics.to_string(index=False, max_rows=60))
+        print(metrics.drop(columns="channel").to_string(index=False, max_rows=60))
     events = store.events(args.run)
     if len(events):
         print("events:")
         print(events.to_string(index=False, max_rows=30))
     return 0
+
+
+def _channel_names(run) -> dict[int, str]:
+    """Channel -> the instrument's name for it (smua, ...), from the run's metadata."""
+    out = {}
+    for entry in (run.get("metadata") or {}).get("channels") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("channel"), int):
+            out[entry["channel"]] = str(entry.get("name", entry["channel"]))
+    return out
 
 
 def cmd_export(args) -> int:

@@ -132,6 +132,33 @@ def channel_samples_of(
     return out
 
 
+def channel_records(driver: Any, per_channel: Mapping[int, Any]) -> list[dict[str, Any]]:
+    """Each channel with its sample and limits, for the run's metadata."""
+    return [
+        {
+            "channel": c,
+            "name": channel_name(driver, c),
+            "sample": s.name,
+            "max_v": s.max_v,
+            "max_i": s.max_i,
+        }
+        for c, s in sorted(per_channel.items())
+    ]
+
+
+def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
+    """Channel -> sample id for the store's run_samples (None: the store's default, the
+    run's sample on channel 0)."""
+    ids = {c: getattr(s, "id", None) for c, s in per_channel.items()}
+    ids = {c: i for c, i in ids.items() if i is not None}
+    return ids or None
+
+
+def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
+    """Metric rows tagged with the channel whose points they describe."""
+    return [{**row, "channel": channel} for row in rows]
+
+
 def check_protocol(
     protocol: Any,
     driver: Any,
@@ -225,9 +252,11 @@ class RunEngine:
 
         ``channel_samples`` (two-channel instruments): the sample on each 0-based channel
         to drive, e.g. ``{0: chip_a, 1: chip_b}``. The Program is checked against every
-        one's limits before the output is enabled; the run is filed under ``sample`` with
-        its points' ``channel`` column telling the devices apart, and the run's metadata
-        lists each channel with its sample and limits.
+        one's limits before the output is enabled. The run is filed under ``sample``
+        (``runs.sample_id``) and under the sample of each channel (``run_samples``: found
+        by either sample); its points' ``channel`` column tells the devices apart, the
+        protocol's analysis runs on each channel's points alone (metrics carry their
+        ``channel``), and the run's metadata lists each channel with its sample and limits.
         """
         return self.run_sequence(
             [protocol],
@@ -315,6 +344,15 @@ class RunEngine:
             resource=resource or driver.transport.resource,
             driver=driver.name,
         )
+        # the channels and their samples are known before the run is made (run_samples);
+        # a bad choice fails the run below, in the same place as before
+        setup_error: Exception | None = None
+        on_channels: dict[int, Any] = {}
+        try:
+            settings = {**protocol.instrument_settings(), **(settings or {})}
+            on_channels = self._channel_map(driver, sample, settings, channel_samples)
+        except Exception as exc:
+            setup_error = exc
         run_id = self.store.create_run(
             protocol=protocol.name,
             parameters=protocol.params.model_dump(mode="json"),
@@ -324,6 +362,7 @@ class RunEngine:
             instrument_identity=driver.identity or None,
             operator=operator,
             group_id=group_id,
+            channel_samples=_sample_ids(on_channels),
         )
         self._run_id = run_id
         clock = driver.clock
@@ -335,8 +374,9 @@ class RunEngine:
         self._executed: list[Program] = []
         self._pausable = bool(getattr(type(protocol), "pausable", False))
         try:
-            settings = {**protocol.instrument_settings(), **(settings or {})}
-            per_channel = self._channels(driver, sample, settings, channel_samples)
+            if setup_error is not None:
+                raise setup_error
+            per_channel = channel_records(driver, on_channels)
             # what the instrument was asked for, so exports and later readers know it
             self.store.update_run_metadata(
                 run_id,
@@ -379,21 +419,41 @@ class RunEngine:
                     if status == "completed":
                         status, error = "failed", f"store writer: {exc}"
         metrics: list[dict[str, Any]] = []
-        has_analysis = type(protocol).analyze is not Protocol.analyze
-        if n_points and (has_analysis or n_host_timed) and status in ("completed", "aborted"):
-            try:
-                points = self.store.points(run_id)
-                if has_analysis:
-                    metrics = protocol.analyze(points)
-                if n_host_timed:  # requested against achieved timing of host-timed steps
-                    metrics = [*metrics, *lateness_metrics(points, self._executed)]
-                self.store.add_metrics(run_id, metrics)
-            except Exception as exc:  # analysis never costs the data
-                self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
+        if n_points and status in ("completed", "aborted"):
+            metrics = self._analyze(run_id, protocol, n_host_timed)
         self.store.finish_run(run_id, status, error)
         result = RunResult(run_id, status, error, n_points, clock.now() - t0, metrics)
         self._notify("on_finish", result)
         return result
+
+    def _analyze(self, run_id: int, protocol: Any, n_host_timed: int) -> list[dict[str, Any]]:
+        """The protocol's analysis of each channel's points alone (a device per channel),
+        or of all of them together for a protocol with ``analyze_channels_together``
+        (stored as the first channel's), plus the timing of host-timed steps per channel;
+        stored with their channel. Never raises: analysis never costs the data."""
+        has_analysis = type(protocol).analyze is not Protocol.analyze
+        if not (has_analysis or n_host_timed):
+            return []
+        metrics: list[dict[str, Any]] = []
+        try:
+            points = self.store.points(run_id)
+            channels = sorted(int(c) for c in points["channel"].unique())
+            if len(channels) == 1:
+                parts = {channels[0]: points}  # the usual one-channel run: no copy
+            else:
+                parts = {c: points[points["channel"] == c].reset_index(drop=True) for c in channels}
+            together = bool(getattr(type(protocol), "analyze_channels_together", False))
+            if has_analysis and together:
+                metrics += _on_channel(protocol.analyze(points), channels[0])
+            for channel, part in parts.items():
+                if has_analysis and not together:
+                    metrics += _on_channel(protocol.analyze(part), channel)
+                if n_host_timed:  # requested against achieved timing of host-timed steps
+                    metrics += _on_channel(lateness_metrics(part, self._executed), channel)
+            self.store.add_metrics(run_id, metrics)
+        except Exception as exc:  # analysis never costs the data
+            self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
+        return metrics
 
     def _make_safe(self, run_id: int, driver: Any, clock: Any) -> tuple[bool, str | None]:
         """``safe_state()``, then reconnect attempts if the link failed; (confirmed, note for
@@ -470,15 +530,16 @@ class RunEngine:
         except StopIteration:
             return
 
-    def _channels(
+    def _channel_map(
         self,
         driver: Any,
         sample: Any,
         settings: dict[str, Any],
         channel_samples: Mapping[int, Any] | None,
-    ) -> list[dict[str, Any]]:
-        """Each selected channel with its sample and limits, for the run's metadata ([]
-        when the driver's default channel is used); ``channel_samples`` set the channels."""
+    ) -> dict[int, Any]:
+        """The sample on each selected channel ({} when the driver's default channel is
+        used); ``channel_samples`` set the channels (written to ``settings``), else the
+        settings' ``channels`` (a recipe's) carry ``sample``."""
         per = channel_samples_of(driver, sample, channel_samples)
         if per:
             settings["channels"] = sorted(per)
@@ -486,17 +547,8 @@ class RunEngine:
             try:
                 per = {int(c): sample for c in settings["channels"]}
             except (TypeError, ValueError):
-                return []  # driver.configure names the bad value
-        return [
-            {
-                "channel": c,
-                "name": channel_name(driver, c),
-                "sample": s.name,
-                "max_v": s.max_v,
-                "max_i": s.max_i,
-            }
-            for c, s in sorted(per.items())
-        ]
+                return {}  # driver.configure names the bad value
+        return per
 
     def _wait_if_paused(self, driver) -> None:
         # a protocol that does not allow waiting between Programs pauses after its run

@@ -120,6 +120,11 @@ class Protocol:
     closed_loop: ClassVar[bool] = False  # True if plan() needs the data of earlier programs
     # True if waiting between Programs (output off) leaves the experiment valid
     pausable: ClassVar[bool] = False
+    # A run on two channels drives a device on each: the engine calls analyze() with each
+    # channel's points alone and stores the metrics with their channel. True: one call with
+    # every channel's points (the protocol tells them apart by their ``channel`` column),
+    # stored as the first channel's metrics.
+    analyze_channels_together: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
         if isinstance(params, Params):

@@ -334,6 +334,8 @@ class Reservoir(Protocol):
     name = "reservoir"
     title = "Reservoir computing: pulse-stream inputs, conductance states, ridge readout"
     Params = ReservoirParams
+    # the reads of both channels' devices are columns of one reservoir's states
+    analyze_channels_together = True
 
     @property
     def p(self) -> ReservoirParams:

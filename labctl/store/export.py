@@ -12,19 +12,22 @@ own place for it:
 CSV and Parquet name columns with their unit (t_s, v_V, i_A, ...), so both give the same
 DataFrame; NetCDF uses plain names (t, v, i, ...) with a ``units`` attribute, as the field's
 tools expect. The metadata is the same everywhere: run id, protocol, parameters, recipe,
-status, times, sample with limits and metadata, instrument identity, software version, host,
-operator, the run's own metadata and the unit of every column.
+status, times, sample with limits and metadata, the sample on each channel (``samples``: a
+two-channel run drives a device on each), instrument identity, software version, host,
+operator, the run's own metadata, its metrics with their channel (``metrics``) and the unit
+of every column.
 
 Points are read and written in blocks of :data:`BLOCK_ROWS`, so memory stays bounded however
 long the run. A file is written under a temporary name and renamed at the end: a reader
 never sees half a file. ``export_sample`` writes one file per run of a sample and an
-``index.csv`` listing them.
+``index.csv`` listing them; a two-channel run is in the export of either of its samples.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -132,10 +135,47 @@ def run_header(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> list[
         ("parameters", run["parameters"]),
         ("recipe_text", run["recipe_text"]),
         ("run_metadata", run.get("metadata") or {}),
+        ("samples", channel_samples(store, run_id)),
+        ("metrics", metric_rows(store, run_id)),
         ("units", units),
         ("exported_by", f"labctl {__version__}"),
         ("exported_at", utcnow()),
     ]
+
+
+def channel_samples(store, run_id: int) -> list[dict[str, object]]:
+    """The sample on each channel of the run, with its limits and metadata."""
+    return [
+        {
+            "channel": row["channel"],
+            "sample": row["name"],
+            "max_v_V": row["max_v"],
+            "max_i_A": row["max_i"],
+            "metadata": row["metadata"],
+        }
+        for row in store.run_samples(run_id)
+    ]
+
+
+def metric_rows(store, run_id: int) -> list[dict[str, object]]:
+    """The run's metrics, each with its channel (``pandas.DataFrame(rows)`` gives them back);
+    missing values and indexes are None."""
+    import pandas as pd
+
+    out = []
+    for m in store.metrics(run_id).to_dict("records"):
+        value, index = m["value"], m["index"]
+        out.append(
+            {
+                "channel": int(m["channel"]),
+                "scope": m["scope"],
+                "index": None if pd.isna(index) else int(index),
+                "name": m["name"],
+                "value": float(value) if math.isfinite(value) else None,
+                "unit": m["unit"] if isinstance(m["unit"], str) else None,
+            }
+        )
+    return out
 
 
 def _plain(value):
@@ -356,9 +396,10 @@ def export_run(store, run_id: int, path: str | os.PathLike, fmt: str | None = No
 def export_sample(
     store, sample: str, folder: str | os.PathLike, fmt: str = "csv"
 ) -> tuple[Path, list[Path]]:
-    """Every run of ``sample`` into ``folder``: one file per run (``run<id>_<protocol>.<ext>``)
-    and ``index.csv`` listing them (id, protocol, status, times, points, file) under a
-    commented header with the sample's limits and metadata. Returns (index, files)."""
+    """Every run of ``sample`` (on any channel) into ``folder``: one file per run
+    (``run<id>_<protocol>.<ext>``) and ``index.csv`` listing them (id, protocol, the samples
+    of its channels, status, times, points, file) under a commented header with the sample's
+    limits and metadata. Returns (index, files)."""
     fmt = format_of("", fmt)
     found = store.get_sample(sample)
     if found is None:
@@ -373,7 +414,9 @@ def export_sample(
     for run_id, protocol in zip(runs["id"], runs["protocol"], strict=True):
         name = f"run{int(run_id)}_{protocol}{FORMATS[fmt]}"
         files.append(export_run(store, int(run_id), folder / name, fmt))
-    index = runs[["id", "protocol", "status", "started_at", "ended_at", "n_points", "error"]]
+    index = runs[
+        ["id", "protocol", "samples", "status", "started_at", "ended_at", "n_points", "error"]
+    ]
     index = index.assign(file=[p.name for p in files])
     lines = [
         "# labctl sample export",

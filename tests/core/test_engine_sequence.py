@@ -126,3 +126,11 @@ def test_two_channels_check_each_sample_and_record_both(store):
     pts = store.points(result.run_id)
     peak = pts.groupby("channel")["i"].max()
     assert peak[1] == pytest.approx(5 * peak[0], rel=1e-3)  # 2 MOhm against 10 MOhm
+    # filed under both samples; each channel's device analysed on its own points
+    assert run["samples"] == {0: "chipA", 1: "chipB"}
+    assert result.run_id in set(store.runs(sample="chipB")["id"])
+    m = store.metrics(result.run_id)
+    g = m[(m["scope"] == "cycle") & (m["name"] == "g_pos")].groupby("channel")["value"]
+    assert g.size().to_dict() == {0: 2, 1: 2}  # two cycles per device
+    assert g.mean()[0] == pytest.approx(1e-7, rel=0.02)
+    assert g.mean()[1] == pytest.approx(5e-7, rel=0.02)

@@ -334,6 +334,8 @@ def test_two_channels_play_the_same_streams_and_double_the_states(store):
     m = {(r["scope"], r["name"]): r["value"] for r in result.metrics}
     assert m[("run", "channels")] == 2
     assert m[("run", "n_features")] == 40
+    # one readout of both devices' states: analysed together, stored as the first channel's
+    assert set(store.metrics(result.run_id)["channel"]) == {0}
     assert m[("run", "accuracy")] >= 0.7
 
 
