@@ -169,10 +169,15 @@ class ChannelViews(QWidget):
             plots.choose_metric_for(protocol_name)
 
     def set_final_metrics(self, metrics) -> None:
-        """The stored analysis of a one-channel run (a two-channel run's analysis is of
-        both devices' points together, so it is not drawn over either)."""
+        """The stored analysis of the run (a DataFrame or metric dicts): on two channels,
+        each channel's plots get the metrics of their own channel's device."""
         if not self.several:
             self.current.set_final_metrics(metrics)
+            return
+        rows = metrics.to_dict("records") if hasattr(metrics, "to_dict") else list(metrics or [])
+        for channel, k in self._view_of.items():
+            mine = [m for m in rows if int(m.get("channel") or 0) == channel]
+            self.views[k][1].set_final_metrics(mine)
 
     def autoscale(self) -> None:
         self.current.autoscale()

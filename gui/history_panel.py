@@ -263,7 +263,7 @@ class HistoryPanel(QWidget):
                 str(row["id"]),
                 _local(row.get("started_at")),
                 row.get("protocol") or "",
-                row.get("sample") or "",
+                row.get("samples") or row.get("sample") or "",
                 row.get("status") or "",
                 f"{int(row.get('n_points') or 0):,}",
                 fmt_duration(row.get("duration_s"))
@@ -337,10 +337,17 @@ class HistoryPanel(QWidget):
             f"points: {int(run.get('n_points') or 0):,}   operator: {run.get('operator') or '—'}",
             "parameters: " + json.dumps(run.get("parameters"), sort_keys=True),
         ]
+        samples = run.get("samples") or {}
+        if len(samples) > 1:
+            lines.append(
+                "samples: " + "; ".join(f"channel {c}: {n}" for c, n in sorted(samples.items()))
+            )
         metrics = summary["metrics"]
         run_level = metrics[metrics["scope"] == "run"] if len(metrics) else metrics
+        several = len(samples) > 1 or (len(run_level) and run_level["channel"].nunique() > 1)
         for _, m in run_level.iterrows():
-            lines.append(f"  {m['name']} = {fmt_si(m['value'], m['unit'] or '')}")
+            on = f"channel {m['channel']} ({samples.get(m['channel'], '?')}): " if several else ""
+            lines.append(f"  {on}{m['name']} = {fmt_si(m['value'], m['unit'] or '')}")
         events = summary["events"]
         for _, e in events.tail(8).iterrows():
             lines.append(f"event {e['kind']}: {e['message']}")

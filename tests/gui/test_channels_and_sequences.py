@@ -136,6 +136,31 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
     assert np.nanmedian(np.abs(w.live.current.i_curve.yData)) > 10 * shown_a
     qtbot.waitUntil(lambda: result.run_id in w.history.run_ids())
 
+    # the final metrics drawn over each channel's plots are that channel's device's
+    loops = {}
+    for channel in (0, 1):
+        m = store.metrics(result.run_id, channel=channel)
+        loops[channel] = m[(m["scope"] == "frequency") & (m["name"] == "loop_area")]
+    assert loops[0]["value"].max() > 100 * loops[1]["value"].abs().max()  # slit, resistor
+    qtbot.waitUntil(lambda: "loop" in w.live.views[1][1]._final_metrics)
+    for channel in (0, 1):
+        drawn = w.live.views[w.live._view_of[channel]][1]._final_metrics["loop"][1]
+        np.testing.assert_allclose(drawn, loops[channel]["value"].to_numpy())
+
+    # History: the run is listed under either sample (chipB is on smub only)
+    store.ensure_sample("idle", max_v=1, max_i=1e-6)
+    w.samples.refresh()
+    qtbot.waitUntil(lambda: w.history.sample.findText("idle") > 0)
+    for name in ("idle", "chipB", "idle", "chipA"):
+        w.history.sample.setCurrentText(name)
+        assert w.history.filters()["sample"] == name
+        want = [] if name == "idle" else [result.run_id]
+        qtbot.waitUntil(lambda want=want: w.history.run_ids() == want)
+        if not want:
+            continue
+        column = [w.history.table.item(r, 3).text() for r in range(w.history.table.rowCount())]
+        assert column == ["chipA, chipB"]
+
 
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):
     w = window
