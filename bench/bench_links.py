@@ -50,12 +50,14 @@ def raw_tcp_rate(port: int, n: int) -> float:
     return rate
 
 
-def raw_pty_rate(path: str, n: int) -> float:
+def raw_pty_rate(path: str, n: int, lines: list[bytes]) -> float:
+    """Points/s of raw pyserial exchanging ``lines`` (one reply each) per point."""
     with serial.Serial(path, 115200, timeout=2) as port:
         t0 = time.perf_counter()
-        for _ in range(n):
-            port.write(b'{"command":"getCurr"}\n')
-            port.readline()
+        for k in range(n):
+            for line in lines:
+                port.write(line % (0.1 + 0.1 * (k % 2)) if b"%" in line else line)
+                port.readline()
         return n / (time.perf_counter() - t0)
 
 
@@ -76,13 +78,19 @@ def main() -> None:
 
     pty = make_pty_server("rodeostat", device="resistor").start()
     try:
-        raw = raw_pty_rate(pty.path, n)
+        raw = raw_pty_rate(pty.path, n, [b'{"command":"getCurr"}\n'])
+        # what the driver must exchange per host-timed point: set the level, read the current
+        raw2 = raw_pty_rate(
+            pty.path, n, [b'{"command":"setVolt","v":%.1f}\n', b'{"command":"getCurr"}\n']
+        )
         drv = driver_rate(pty.path, n)
     finally:
         pty.close()
     print(f"pty_raw_pyserial_floor: {raw:,.0f} points/s")
+    print(f"pty_raw_pyserial_floor_setvolt_getcurr: {raw2:,.0f} points/s")
     print(f"pty_rodeostat_host_timed: {drv:,.0f} points/s")
     print(f"pty_driver_over_raw: {drv / raw:.2f} ratio")
+    print(f"pty_driver_over_raw_same_exchanges: {drv / raw2:.2f} ratio")
 
 
 if __name__ == "__main__":
