@@ -358,13 +358,14 @@ def cmd_runs(args) -> int:
     from rich.table import Table
 
     table = Table(title=f"runs in {store.describe()}")
+    # "samples": every channel's sample (a two-channel run is listed under either)
     cols = [
         c
-        for c in ("id", "protocol", "sample", "status", "started_at", "n_points", "error")
+        for c in ("id", "protocol", "samples", "status", "started_at", "n_points", "error")
         if c in df
     ]
     for c in cols:
-        table.add_column(c)
+        table.add_column("sample" if c == "samples" else c)
     for _, row in df.iterrows():
         table.add_row(*("" if v is None or v != v else str(v)[:60] for v in (row[c] for c in cols)))
     Console().print(table)

@@ -784,7 +784,8 @@ class Store:
         for row in rows:
             end = row["ended_at"]
             row["duration_s"] = (end - row["started_at"]).total_seconds() if end else None
-            row["samples"] = ", ".join(names.get(row["id"], [])) or row["sample"]
+            # the same sample on two channels (a recipe's channels = [0, 1]) is named once
+            row["samples"] = ", ".join(dict.fromkeys(names.get(row["id"], []))) or row["sample"]
         df = _frame(pd, rows, list(RUN_LIST_COLUMNS), times=["started_at", "ended_at"])
         df["duration_s"] = df["duration_s"].astype("float64")
         return df

@@ -160,6 +160,11 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
             continue
         column = [w.history.table.item(r, 3).text() for r in range(w.history.table.rowCount())]
         assert column == ["chipA, chipB"]
+    w.history.select_run(result.run_id)
+    qtbot.waitUntil(lambda: "f_peak" in w.history.details.toPlainText())
+    details = w.history.details.toPlainText()
+    assert "samples: channel 0: chipA; channel 1: chipB" in details
+    assert "channel 0 (chipA): f_peak" in details and "channel 1 (chipB): f_peak" in details
 
 
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):

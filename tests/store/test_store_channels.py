@@ -3,6 +3,8 @@ any channel's sample, metrics with their channel."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from labctl.errors import ValidationError
@@ -176,7 +178,8 @@ def test_the_run_is_found_under_either_sample(store, two_channel_run, capsys):
     capsys.readouterr()
     assert cli.main(["runs", "--sample", "chipB", "--db", store.url]) == 0
     out = capsys.readouterr().out
-    assert "iv_hysteresis" in out and "retention" in out
+    listed = re.findall(r"^│ (\d+) +│", out, re.M)  # the id column of the table's rows
+    assert listed == [str(other), str(result.run_id)]
     assert cli.main(["show", str(result.run_id), "--db", store.url]) == 0
     out = capsys.readouterr().out
     assert "samples: smua: chipA; smub: chipB" in out
@@ -227,3 +230,13 @@ def test_exports_carry_each_channel_sample_and_metrics(store, two_channel_run, t
     assert (folder / f"run{result.run_id}_iv_hysteresis{FORMATS[fmt]}").exists()
     index = pd.read_csv(folder / "index.csv", comment="#")
     assert list(index["samples"]) == ["chipA, chipB"]
+
+
+def test_the_plot_of_a_two_channel_run_draws_each_device_apart(store, two_channel_run, tmp_path):
+    from labctl.report import _channel_labels, plot_run
+
+    result, _a, _b = two_channel_run
+    run = store.run(result.run_id)
+    assert _channel_labels(run) == {0: "smua chipA", 1: "smub chipB"}
+    path = plot_run(store, result.run_id, tmp_path / "run.png")
+    assert path.stat().st_size > 10_000
