@@ -705,6 +705,9 @@ def sci_field(values: np.ndarray, precision: int = 6, *, plus: bool = False) -> 
     safe = pos & (np.abs(e) < 280) & (p < 15)
     e_safe = np.where(safe, e, 0)
     s = np.where(safe, a, 0.0) * _POW10[p - e_safe + _POW10_OFFSET]
+    # A value that scales to a rounding tie (to float error) is Python's to decide, also when
+    # the tie is the boundary the exponent correction below tests (0.95 at precision 0).
+    tie = safe & (np.abs(s - np.floor(s) - 0.5) < _tie_tolerance(s))
     # log10 can be off by one next to powers of ten: correct the exponent, then rescale.
     low = safe & (s < 10.0**p - 0.5)
     high = safe & (s >= 10.0 ** (p + 1) - 0.5)
@@ -712,8 +715,7 @@ def sci_field(values: np.ndarray, precision: int = 6, *, plus: bool = False) -> 
         e = e - low + high
         e_safe = np.where(safe, e, 0)
         s = np.where(safe, a, 0.0) * _POW10[p - e_safe + _POW10_OFFSET]
-    frac = s - np.floor(s)
-    tie = safe & (np.abs(frac - 0.5) < _tie_tolerance(s))
+    tie |= safe & (np.abs(s - np.floor(s) - 0.5) < _tie_tolerance(s))
     m = np.rint(s).astype(np.int64)
     carry = m >= 10 ** (p + 1)
     if carry.any():
