@@ -39,15 +39,22 @@ __all__ = [
     "Field",
     "ScpiError",
     "StatusRegisters",
+    "accept_any",
+    "accept_boolean",
+    "accept_choice",
+    "accept_integer",
     "fixed_field",
     "ieee_block",
     "int_field",
     "join_fields",
     "match_mnemonic",
+    "number_list",
+    "on_off",
     "parse_boolean",
     "parse_ieee_block",
     "parse_number",
     "sci_field",
+    "short_form",
     "split_params",
     "split_units",
     "text_field",
@@ -251,6 +258,11 @@ def match_mnemonic(token: str, pattern_word: str) -> bool:
     return t in (long, short)
 
 
+def short_form(word: str) -> str:
+    """The short form of a manual mnemonic, as queries answer it: ``READing`` -> ``READ``."""
+    return "".join(ch for ch in word if ch.isupper() or ch.isdigit()) or word.upper()
+
+
 def unquote(token: str) -> str:
     """The text of a string parameter: quotes (single or double, doubled inside) removed."""
     t = token.strip()
@@ -378,6 +390,51 @@ class Call:
 
     def string(self, i: int) -> str:
         return unquote(self._arg(i))
+
+
+_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-. ,]*")
+
+
+def number_list(call: Call, bound: float) -> list[float]:
+    """All parameters as numbers within +-``bound`` (-222 beyond, -104 for a non-number);
+    plain decimal lists, the usual case, convert in one go."""
+    if _PLAIN_NUMBERS.fullmatch(",".join(call.args)):
+        try:
+            values = [float(a) for a in call.args]
+        except ValueError:
+            values = None
+        if values is not None:
+            if any(not abs(v) <= bound for v in values):
+                raise ScpiError(-222)
+            return values
+    return [call.number(k, minimum=-bound, maximum=bound) for k in range(len(call.args))]
+
+
+def on_off(flag: bool) -> str:
+    """A boolean as queries answer it: ``1`` or ``0``."""
+    return "1" if flag else "0"
+
+
+# Handlers of settings an emulator checks but does not model.
+
+
+def accept_boolean(call: Call) -> None:
+    call.expect(1, 1)
+    call.boolean(0)
+
+
+def accept_integer(call: Call) -> None:
+    call.expect(1, 1)
+    call.integer(0)
+
+
+def accept_choice(options: tuple[str, ...], call: Call) -> None:
+    call.expect(1, 1)
+    call.choice(0, options)
+
+
+def accept_any(call: Call) -> None:
+    call.expect(1)
 
 
 @dataclass(frozen=True)

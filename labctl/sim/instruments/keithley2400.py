@@ -8,10 +8,10 @@ function that is not measured reads +9.91E37), the 2500-reading data store (``:T
 CALC3 statistics, and the measurement event register behind ``*STB?`` bit 0 (PyMeasure's
 buffer flow: ``:STAT:MEAS:ENAB 512``, ``*SRE 1``, poll ``*STB?`` for 65).
 
-The module also holds what the B2900 emulator shares: :class:`Timeline` (a channel's device
-advanced lazily through idle holds and trigger runs, driven by a
-:class:`labctl.sim.smu.SmuCore`: what a device sees and gives under a voltage or current source
-with a compliance limit, the same solving and stepping as every SMU emulator's).
+The device is advanced on a :class:`labctl.sim.timeline.Timeline` (idle holds and trigger
+runs, the solving and stepping of every SMU emulator), as on the B2900; what the SCPI SMU
+emulators do alike (common commands, error queue, source and sense settings) is
+:mod:`labctl.sim.instruments.scpi_smu`'s.
 
 Time. Every message first brings the device up to ``clock.now()``. Chosen semantics where the
 manual is unclear (all [I] unless marked):
@@ -44,9 +44,6 @@ manual is unclear (all [I] unless marked):
 from __future__ import annotations
 
 import math
-import re
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -54,308 +51,28 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
+from labctl.sim.instruments.scpi_smu import (
+    FUNCTIONS,
+    SenseSettings,
+    SourceSettings,
+    TriggeredSmuEmulator,
+)
 from labctl.sim.scpi import (
     Call,
     CommandTree,
-    Dispatcher,
-    ErrorQueue,
+    ErrorEntry,
     ScpiError,
-    StatusRegisters,
-    join_fields,
-    match_mnemonic,
-    sci_field,
+    accept_any,
+    accept_boolean,
+    accept_choice,
+    accept_integer,
+    on_off,
+    short_form,
     unquote,
 )
-from labctl.sim.smu import SmuCore
+from labctl.sim.timeline import LEVEL, PREV, Pattern, Readings, Timeline, TriggerRun
 
-__all__ = [
-    "BASE",
-    "LEVEL",
-    "PREV",
-    "Keithley2400Emulator",
-    "Pattern",
-    "Readings",
-    "Timeline",
-    "TriggerRun",
-    "number_list",
-    "quantize",
-    "range_at_least",
-    "range_for_level",
-]
-
-NAN_READING = 9.91e37  # a function that was not measured
-OVERFLOW = 9.9e37  # over-range reading
-OVERRANGE = 1.05  # readings and levels reach 105 % of the range
-
-
-# =============================================================================================
-# Trigger runs on a channel's timeline (shared with the B2900 emulator)
-
-
-PREV, LEVEL, BASE = 0, 1, 2  # what a segment of a trigger holds: the level before, its own, base
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """What one trigger does, relative to its instant: constant-level segments starting at
-    ``offsets`` (the first at 0) and holding ``kinds`` (PREV, LEVEL or BASE), a reading whose
-    aperture ends at ``read_end``, and the end ``span`` of the pattern; from ``span`` to the
-    next trigger the level of kind ``after`` stays."""
-
-    offsets: np.ndarray
-    kinds: np.ndarray
-    read_end: float
-    span: float
-    after: int  # the kind held from ``span`` to the next trigger
-
-    @classmethod
-    def build(cls, changes: list[tuple[float, int]], read_end: float) -> Pattern:
-        """From ``(time, kind from then on)`` pairs (the first at 0) and the reading's end."""
-        changes = sorted(changes, key=lambda c: c[0])  # stable: the later of a tie wins
-        span = max(read_end, max(t for t, _ in changes))
-        times = sorted({0.0, read_end, *(t for t, _ in changes)})
-        times = [t for t in times if t < span] or [0.0]
-
-        def kind_at(t: float) -> int:
-            kind = changes[0][1]
-            for tc, kc in changes:
-                if tc <= t:
-                    kind = kc
-            return kind
-
-        kinds = [kind_at(t) for t in times]
-        return cls(np.array(times), np.array(kinds), float(read_end), float(span), kind_at(span))
-
-    @property
-    def read_segment(self) -> int:
-        """Index of the segment (``len(offsets)`` = the gap) at whose end the reading falls."""
-        ends = np.append(self.offsets[1:], self.span)
-        return int(np.argmin(np.abs(ends - self.read_end)))
-
-
-@dataclass
-class TriggerRun:
-    """A run of ``total`` triggers: trigger k at ``t0 + (k // per_cycle) * cycle +
-    (k % per_cycle) * period`` sources ``levels[k % len(levels)]`` through ``pattern``."""
-
-    pattern: Pattern
-    levels: np.ndarray
-    func: str
-    limit: float
-    t0: float
-    period: float
-    total: int
-    per_cycle: int = 0  # 0: one cycle of all triggers
-    cycle: float = 0.0
-    aperture: float = 0.0  # the reading integrates over [read end - aperture, read end]
-    base: float = 0.0
-    before: float = 0.0  # level on before the first trigger
-    output_on: bool = True  # False: the device sees 0 V (readings of the off state)
-    done: int = 0  # readings delivered
-    info: dict = field(default_factory=dict)  # what the emulator needs to store the readings
-
-    def __post_init__(self) -> None:
-        if self.per_cycle <= 0:
-            self.per_cycle = self.total
-            self.cycle = self.total * self.period
-        self.cycle = max(self.cycle, self.per_cycle * self.period)
-
-    def times(self, ks: np.ndarray) -> np.ndarray:
-        a, j = np.divmod(np.asarray(ks, dtype=np.int64), self.per_cycle)
-        return self.t0 + a * self.cycle + j * self.period
-
-    def index_at(self, t: float) -> int:
-        """The trigger in progress at time ``t`` (0 before the first, the last after it)."""
-        x = (t - self.t0) * (1 + 1e-12) + 1e-12
-        a = max(0, math.floor(x / self.cycle)) if self.cycle > 0 else 0
-        rest = x - a * self.cycle
-        j = min(
-            max(0, math.floor(rest / self.period)) if self.period > 0 else 0, self.per_cycle - 1
-        )
-        return int(min(a * self.per_cycle + j, self.total - 1))
-
-    @property
-    def t_end(self) -> float:
-        return float(self.times(np.array([self.total - 1]))[0]) + self.pattern.span
-
-    def read_time(self, k: int) -> float:
-        """Instrument time at which reading k is complete."""
-        return float(self.times(np.array([k]))[0]) + self.pattern.read_end
-
-    def level(self, k: int) -> float:
-        return float(self.levels[k % len(self.levels)])
-
-    @property
-    def end_level(self) -> float:
-        """Level on after the last trigger."""
-        last = self.pattern.after
-        if last == BASE:
-            return self.base
-        if last == PREV:
-            return self.level(self.total - 2) if self.total > 1 else self.before
-        return self.level(self.total - 1)
-
-
-@dataclass
-class Readings:
-    """Readings of a run, one row per trigger: index, aperture start, device V and I at the
-    reading's end, in limit, and the level sourced."""
-
-    k: np.ndarray
-    t: np.ndarray
-    v: np.ndarray
-    i: np.ndarray
-    trip: np.ndarray
-    level: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.k)
-
-
-_TRIGGERS_PER_BLOCK = 1 << 16
-
-IdleState = tuple[str, float, float, bool]  # (function, level, limit, output on)
-
-
-class Timeline:
-    """A channel's device brought lazily up to a time through idle holds and trigger runs."""
-
-    def __init__(self, device: DeviceModel, t0: float) -> None:
-        self.core = SmuCore(device)
-        self.t = t0
-        self.run: TriggerRun | None = None
-
-    def advance(
-        self,
-        t: float,
-        idle: Callable[[], IdleState],
-        on_readings: Callable[[TriggerRun, Readings], None],
-        on_end: Callable[[TriggerRun], None],
-    ) -> None:
-        """Bring the device to ``t``: run triggers (readings to ``on_readings``, the end to
-        ``on_end``), then hold the idle state that ``idle()`` gives for the rest."""
-        run = self.run
-        if run is not None:
-            stop = min(t, run.t_end)
-            self._advance_run(run, stop, on_readings)
-            if t >= run.t_end:
-                self.run = None
-                on_end(run)
-        if t > self.t:
-            func, level, limit, output_on = idle()
-            self.core.hold(func, level, limit, output_on, t - self.t)
-            self.t = t
-
-    def _advance_run(
-        self, run: TriggerRun, t_stop: float, on_readings: Callable[[TriggerRun, Readings], None]
-    ) -> None:
-        t_from = self.t
-        if t_stop <= t_from:
-            return
-        pat = run.pattern
-        self.core.aperture_s = run.aperture or self.core.aperture_s
-        # from the first unread trigger: its reading may end a rounding error after t_from
-        k_a = min(run.index_at(t_from), run.done)
-        k_b = run.index_at(t_stop)
-        rel_starts = np.append(pat.offsets, pat.span)
-        rel_ends = np.append(pat.offsets[1:], pat.span)
-        kinds = np.append(pat.kinds, pat.after)
-        r = pat.read_segment
-        nseg = len(rel_starts)
-        for k0 in range(k_a, k_b + 1, _TRIGGERS_PER_BLOCK):
-            k1 = min(k_b + 1, k0 + _TRIGGERS_PER_BLOCK)
-            ks = np.arange(k0, k1)
-            tk = run.times(ks)
-            nxt = np.where(ks + 1 < run.total, run.times(ks + 1), tk + pat.span)
-            starts = tk[:, None] + rel_starts[None, :]
-            ends = np.concatenate([tk[:, None] + rel_ends[None, :], nxt[:, None]], axis=1)
-            own = run.levels[ks % len(run.levels)]
-            prev = np.where(ks > 0, run.levels[(ks - 1) % len(run.levels)], run.before)
-            table = np.stack([prev, own, np.full(len(ks), run.base)], axis=1)
-            levels = table[np.arange(len(ks))[:, None], kinds[None, :]]
-            s = np.maximum(starts, t_from)
-            e = np.minimum(ends, t_stop)
-            keep = (e > s).ravel()
-            read_at = ends[:, r]
-            reading = (read_at <= t_stop) & (read_at > t_from) & (ks >= run.done)
-            flat_index = np.cumsum(keep) - 1  # position of each kept segment
-            v, i, trip = self.core.drive(
-                levels.ravel()[keep],
-                (e - s).ravel()[keep],
-                func=run.func,
-                limit=run.limit,
-                output_on=run.output_on,
-            )
-            self.t = float(e.ravel()[keep][-1]) if keep.any() else self.t
-            if reading.any():
-                rows = np.flatnonzero(reading)
-                pos = flat_index[rows * nseg + r]
-                readings = Readings(
-                    k=ks[rows],
-                    t=read_at[rows] - run.aperture,
-                    v=v[pos],
-                    i=i[pos],
-                    trip=trip[pos],
-                    level=own[rows],
-                )
-                run.done = int(ks[rows[-1]]) + 1
-                on_readings(run, readings)
-        self.t = max(self.t, t_stop)
-
-
-_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-. ,]*")
-
-
-def number_list(call: Call, bound: float) -> list[float]:
-    """All parameters as numbers within +-``bound`` (-222 beyond, -104 for a non-number);
-    plain decimal lists, the usual case, convert in one go."""
-    if _PLAIN_NUMBERS.fullmatch(",".join(call.args)):
-        try:
-            values = [float(a) for a in call.args]
-        except ValueError:
-            values = None
-        if values is not None:
-            if any(not abs(v) <= bound for v in values):
-                raise ScpiError(-222)
-            return values
-    return [call.number(k, minimum=-bound, maximum=bound) for k in range(len(call.args))]
-
-
-def range_at_least(ranges: np.ndarray, value: float) -> float:
-    """The smallest range >= |value| (how a range setting picks its range); else -222."""
-    idx = int(np.searchsorted(ranges, abs(value) * (1 - 1e-9), side="left"))
-    if idx >= len(ranges):
-        raise ScpiError(-222)
-    return float(ranges[idx])
-
-
-def range_for_level(ranges: np.ndarray, level: float) -> float:
-    """The smallest range whose 105 % holds |level| (source autorange)."""
-    idx = int(np.searchsorted(ranges * OVERRANGE, abs(level) * (1 - 1e-12), side="left"))
-    return float(ranges[min(idx, len(ranges) - 1)])
-
-
-def quantize(
-    raw: np.ndarray, ranges: np.ndarray, fixed: float | None, digits: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Readings on their range with a resolution of ``digits`` (5.5: 10 pA on 1 uA):
-    (values, over-range mask); over range reads +-9.9E37."""
-    raw = np.asarray(raw, dtype=np.float64)
-    a = np.abs(raw)
-    if fixed is None:
-        idx = np.searchsorted(ranges * OVERRANGE, a, side="left")
-        r = ranges[np.minimum(idx, len(ranges) - 1)]
-    else:
-        r = np.full(raw.shape, fixed)
-    over = ~(a <= r * OVERRANGE)  # NaN counts as over range
-    q = 10.0 ** (np.floor(np.log10(r) + 1e-9) - math.floor(digits))
-    values = np.round(np.where(over, 0.0, raw) / q) * q
-    values[over] = np.copysign(OVERFLOW, np.nan_to_num(raw[over], nan=1.0))
-    return values, over
-
-
-# =============================================================================================
-# The Keithley 2400/2401
+__all__ = ["Keithley2400Emulator"]
 
 MODELS = {"2400": 210.0, "2401": 21.0}  # model -> largest |V|
 V_RANGES = np.array([0.2, 2.0, 20.0, 200.0])
@@ -397,20 +114,7 @@ ERROR_TEXT = {
     810: "Output blocked by over temperature",
 }
 
-_ELEMENTS = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus")
 _ELEMENT_KEYS = ("VOLT", "CURR", "RES", "TIME", "STAT")
-_FUNCS = {"VOLT": "VOLTage", "CURR": "CURRent", "RES": "RESistance"}
-
-
-def _accept_boolean(call: Call) -> None:
-    """A setting the emulator accepts and checks but does not model."""
-    call.expect(1, 1)
-    call.boolean(0)
-
-
-def _accept_integer(call: Call) -> None:
-    call.expect(1, 1)
-    call.integer(0)
 
 
 def _accept_line(call: Call) -> None:
@@ -418,41 +122,8 @@ def _accept_line(call: Call) -> None:
     call.integer(0, minimum=1, maximum=4)
 
 
-def _accept_choice(options: tuple[str, ...], call: Call) -> None:
-    call.expect(1, 1)
-    call.choice(0, options)
-
-
-def _accept_any(call: Call) -> None:
-    call.expect(1)
-
-
-def _key(word: str) -> str:
-    return "".join(ch for ch in word if ch.isupper() or ch.isdigit()) or word.upper()
-
-
 def _sci(x: float) -> str:
     return f"{x:+.6E}"
-
-
-@dataclass
-class _Source:
-    ranges: np.ndarray
-    maximum: float
-    range: float
-    level: float = 0.0  # the amplitude (FIXed level, the bias of sweeps)
-    auto: bool = True
-    mode: str = "FIXed"
-    start: float = 0.0
-    stop: float = 0.0
-
-
-@dataclass
-class _Sense:
-    ranges: np.ndarray
-    range: float
-    protection: float = 0.0  # compliance when the other function is sourced
-    auto: bool = True
 
 
 @dataclass
@@ -480,8 +151,13 @@ class _Store:
         return np.concatenate(self.rows) if self.rows else np.empty((0, 5))
 
 
-class Keithley2400Emulator:
+class Keithley2400Emulator(TriggeredSmuEmulator):
     """A Keithley 2400 (or 2401: ``variant="2401"``) driving a simulated ``device`` on ``clock``."""
+
+    error_capacity = 10
+    version = "1996.0"
+    element_names = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus")
+    element_keys = _ELEMENT_KEYS
 
     def __init__(
         self,
@@ -496,19 +172,13 @@ class Keithley2400Emulator:
         model = str(variant)
         if model not in MODELS:
             raise ValueError(f"variant must be one of {', '.join(MODELS)}")
-        if line_frequency not in (50.0, 60.0):
-            raise ValueError("line_frequency must be 50 or 60 Hz")
+        super().__init__(
+            clock=clock, serial=serial, firmware=firmware, line_frequency=line_frequency
+        )
         self.model = model
         self.v_max = MODELS[model]
         self.v_ranges = V_RANGES[: np.searchsorted(V_RANGES, self.v_max)]
         self.device = device
-        self.clock = clock
-        self.serial = serial
-        self.firmware = firmware
-        self.line_frequency = float(line_frequency)
-        self.errors = ErrorQueue(capacity=10)
-        self.status = StatusRegisters()
-        self._lock = threading.RLock()
         self.timeline = Timeline(device, clock.now())
         self._t_stamp0 = clock.now()  # timestamp reset
         self.store = _Store()
@@ -516,24 +186,7 @@ class Keithley2400Emulator:
         self._run_block: list[np.ndarray] = []
         self.meas_event = 0
         self.meas_enable = 0
-        self._opc_pending = False
-        self._tree = self._build_tree()
-        self._dispatcher = Dispatcher(
-            self._tree, on_error=self._queue_error, before_each=self._advance
-        )
-        self._reset()
-
-    # --- public interface ---------------------------------------------------------------------
-
-    def handle(self, message: str) -> str | bytes | None:
-        """Answer one message (no terminator); None when it produces no reply."""
-        with self._lock:
-            return self._dispatcher.execute(message)
-
-    def inject_error(self, code: int, message: str) -> None:
-        """Queue an instrument error, as if the instrument had raised it (fault injection)."""
-        with self._lock:
-            self._queue_error(ScpiError(code, message))
+        self._power_on()
 
     @property
     def output_on(self) -> bool:
@@ -547,13 +200,13 @@ class Keithley2400Emulator:
             self.timeline.run = None
         self.src_func = "VOLT"
         self.source = {
-            "VOLT": _Source(self.v_ranges, self.v_max, 0.2),
-            "CURR": _Source(I_RANGES, I_MAX, 1e-6),
+            "VOLT": SourceSettings(self.v_ranges, self.v_max, 0.2),
+            "CURR": SourceSettings(I_RANGES, I_MAX, 1e-6),
         }
         self.sense = {
-            "VOLT": _Sense(self.v_ranges, 20.0, protection=21.0),
-            "CURR": _Sense(I_RANGES, 1e-4, protection=105e-6),
-            "RES": _Sense(R_RANGES, 2e5),
+            "VOLT": SenseSettings(self.v_ranges, 20.0, protection=21.0),
+            "CURR": SenseSettings(I_RANGES, 1e-4, protection=105e-6),
+            "RES": SenseSettings(R_RANGES, 2e5),
         }
         self.res_mode_auto = True
         self.sense_funcs: list[str] = ["CURR"]
@@ -590,10 +243,6 @@ class Keithley2400Emulator:
         self.store.control = "NEVer"
         self.store.capacity = DEFAULT_TRACE_POINTS
         self.trace_tst = "ABSolute"
-
-    def _queue_error(self, err: ScpiError) -> None:
-        self.errors.push(err.code, err.message, self.clock.now())
-        self.status.record_error(err.code)
 
     def _aperture(self) -> float:
         base = self.nplc / self.line_frequency
@@ -647,24 +296,15 @@ class Keithley2400Emulator:
         self._run_block = []
         if self.clear_auto:
             self.output = False
-        if self._opc_pending:
-            self.status.esr |= StatusRegisters.OPC
-            self._opc_pending = False
+        self._operation_complete()
 
-    def _wait_complete(self) -> None:
-        """Hold until the running acquisition ends (``*WAI``, ``*OPC?``, ``FETCh?``)."""
-        run = self.timeline.run
-        if run is None:
-            return
-        end = run.t_end
-        self._advance(max(end, self.clock.now()))
-        self.clock.sleep_until(end)
+    def _timelines(self) -> list[Timeline]:
+        return [self.timeline]
 
     # --- readings -----------------------------------------------------------------------------
 
     def _reading_rows(self, run: TriggerRun, r: Readings) -> np.ndarray:
         """(n, 5) rows V, I, R, TIME, STAT of readings ``r``."""
-        n = len(r)
         func = run.func
         funcs = run.info["funcs"]
         status = ST_FRONT if self.terminals == "FRONt" else 0
@@ -673,36 +313,11 @@ class Keithley2400Emulator:
             status |= ST_AUTO_OHMS
         if self.remote_sense:
             status |= ST_REMOTE_SENSE
-        over = np.zeros(n, bool)
-
-        def measured(f: str, raw: np.ndarray) -> np.ndarray:
-            nonlocal over
-            s = self.sense[f]
-            values, o = quantize(raw, s.ranges, None if s.auto else s.range, DIGITS)
-            over |= o
-            return values
-
-        if "VOLT" in funcs:
-            v = measured("VOLT", r.v)
-            status |= ST_V_MEAS
-        elif func == "VOLT":
-            v = r.level.astype(np.float64)
-        else:
-            v = np.full(n, NAN_READING)
-        if "CURR" in funcs:
-            i = measured("CURR", r.i)
-            status |= ST_I_MEAS
-        elif func == "CURR":
-            i = r.level.astype(np.float64)
-        else:
-            i = np.full(n, NAN_READING)
-        if "RES" in funcs:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                res = measured("RES", r.v / r.i)
-            status |= ST_R_MEAS
-        else:
-            res = np.full(n, NAN_READING)
-        stat = np.full(n, status, np.int64)
+        for f, bit in (("VOLT", ST_V_MEAS), ("CURR", ST_I_MEAS), ("RES", ST_R_MEAS)):
+            if f in funcs:
+                status |= bit
+        v, i, res, over = self._measured_columns(self.sense, funcs, r, DIGITS, programmed=func)
+        stat = np.full(len(r), status, np.int64)
         stat[r.trip] |= ST_COMPLIANCE
         stat[over] |= ST_OVERRANGE
         t = r.t - self._t_stamp0
@@ -718,10 +333,7 @@ class Keithley2400Emulator:
         if self.data_format != "ASCii":
             order = ">" if self.byte_order == "NORMal" else "<"
             return b"#0" + data.astype(order + "f4").tobytes()
-        if data.size <= 64:  # a few readings: Python's own formatting is quicker
-            return ",".join(map(_sci, data.ravel().tolist()))
-        fields = [sci_field(data[:, j], 6, plus=True) for j in range(data.shape[1])]
-        return join_fields(fields).decode("ascii")
+        return self._readings_text(data)
 
     # --- acquisitions -------------------------------------------------------------------------
 
@@ -733,16 +345,7 @@ class Keithley2400Emulator:
                 raise ScpiError(-221, "Settings conflict, the source list is empty")
             return np.array(self.lists[f], dtype=np.float64)
         if src.mode == "SWEep":
-            n = self.sweep_points
-            if self.sweep_spacing == "LOGarithmic":
-                if src.start == 0 or src.stop == 0 or (src.start > 0) != (src.stop > 0):
-                    raise ScpiError(-221, "Settings conflict, log sweep through 0")
-                levels = math.copysign(1.0, src.start) * np.geomspace(
-                    abs(src.start), abs(src.stop), n
-                )
-            else:
-                levels = np.linspace(src.start, src.stop, n)
-            return levels[::-1].copy() if self.sweep_direction == "DOWN" else levels
+            return src.sweep(self.sweep_points, self.sweep_spacing, self.sweep_direction)
         return np.array([src.level])
 
     def _start(self) -> None:
@@ -786,48 +389,27 @@ class Keithley2400Emulator:
     # --- command tree -------------------------------------------------------------------------
 
     def _build_tree(self) -> CommandTree:
-        t = CommandTree(max_suffix=1)
+        t = self._common_tree()
         add = t.add
-        # IEEE 488.2 common commands
-        add("*IDN?", self._idn)
-        add("*RST", self._rst)
-        add("*CLS", self._cls)
-        add("*OPC", self._opc)
-        add("*OPC?", self._opc_query)
-        add("*WAI", lambda c: self._noargs(c) or self._wait_complete())
-        add("*STB?", self._stb)
-        add("*ESR?", lambda c: self._noargs(c) or str(self.status.read_esr()))
-        add("*ESE", partial(self._set_register, "ese"))
-        add("*ESE?", lambda c: self._noargs(c) or str(self.status.ese))
-        add("*SRE", partial(self._set_register, "sre"))
-        add("*SRE?", lambda c: self._noargs(c) or str(self.status.sre))
-        add("*TRG", self._noargs)
-        add("*TST?", lambda c: self._noargs(c) or "0")
         # system
-        add(":SYSTem:ERRor[:NEXT]?", self._error_next)
         add(":SYSTem:ERRor:ALL?", self._error_all)
-        add(":SYSTem:ERRor:COUNt?", lambda c: self._noargs(c) or str(len(self.errors)))
-        add(":SYSTem:ERRor:CODE[:NEXT]?", self._error_code)
         add(":SYSTem:ERRor:CLEar", lambda c: self._noargs(c) or self.errors.clear())
         add(":SYSTem:PRESet", self._rst)
-        add(":SYSTem:VERSion?", lambda c: self._noargs(c) or "1996.0")
         add(":SYSTem:LFRequency", self._set_lfr)
-        add(":SYSTem:LFRequency?", lambda c: self._noargs(c) or f"{self.line_frequency:.0f}")
-        add(":SYSTem:LFRequency:AUTO", _accept_boolean)
+        add(":SYSTem:LFRequency:AUTO", accept_boolean)
         add(":SYSTem:LFRequency:AUTO?", lambda c: self._noargs(c) or "0")
         add(":SYSTem:AZERo[:STATe]", self._set_autozero)
         add(":SYSTem:AZERo[:STATe]?", lambda c: self._noargs(c) or self.autozero)
         add(":SYSTem:RSENse", self._set_rsense)
-        add(":SYSTem:RSENse?", lambda c: self._noargs(c) or ("1" if self.remote_sense else "0"))
+        add(":SYSTem:RSENse?", lambda c: self._noargs(c) or on_off(self.remote_sense))
         add(":SYSTem:TIME?", lambda c: self._noargs(c) or _sci(self.clock.now() - self._t_stamp0))
         add(":SYSTem:TIME:RESet", self._time_reset)
-        add(":SYSTem:BEEPer[:IMMediate]", lambda c: c.expect(2, 2))
         add(":SYSTem:BEEPer:STATe", lambda c: c.expect(1, 1))
         add(":SYSTem:LOCal", self._noargs)
         add(":SYSTem:REMote", self._noargs)
         add(":SYSTem:RWLock", lambda c: c.expect(0, 1))
         add(":DISPlay:ENABle", self._set_display)
-        add(":DISPlay:ENABle?", lambda c: self._noargs(c) or ("1" if self.display else "0"))
+        add(":DISPlay:ENABle?", lambda c: self._noargs(c) or on_off(self.display))
         # status
         add(":STATus:PRESet", self._status_preset)
         add(":STATus:QUEue[:NEXT]?", self._error_next)
@@ -839,56 +421,51 @@ class Keithley2400Emulator:
         for reg in ("OPERation", "QUEStionable"):
             add(f":STATus:{reg}[:EVENt]?", lambda c: self._noargs(c) or "0")
             add(f":STATus:{reg}:CONDition?", lambda c: self._noargs(c) or "0")
-            add(f":STATus:{reg}:ENABle", _accept_integer)
+            add(f":STATus:{reg}:ENABle", accept_integer)
             add(f":STATus:{reg}:ENABle?", lambda c: self._noargs(c) or "0")
         # format
         add(":FORMat:ELEMents[:SENSe#]", self._set_elements)
         add(":FORMat:ELEMents[:SENSe#]?", lambda c: self._noargs(c) or ",".join(self.elements))
         add(":FORMat[:DATA]", self._set_format)
         add(":FORMat[:DATA]?", self._get_format)
-        add(":FORMat:BORDer", self._set_border)
-        add(":FORMat:BORDer?", lambda c: self._noargs(c) or _key(self.byte_order))
         add(
             ":FORMat:SREGister",
-            partial(_accept_choice, ("ASCii", "HEXadecimal", "OCTal", "BINary")),
+            partial(accept_choice, ("ASCii", "HEXadecimal", "OCTal", "BINary")),
         )
         # output and routing
         add(":OUTPut#[:STATe]", self._set_output)
-        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or ("1" if self.output else "0"))
+        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or on_off(self.output))
         add(":OUTPut#:SMODe", self._set_off_mode)
-        add(":OUTPut#:SMODe?", lambda c: self._noargs(c) or _key(self.off_mode))
+        add(":OUTPut#:SMODe?", lambda c: self._noargs(c) or short_form(self.off_mode))
         add(":ROUTe:TERMinals", self._set_terminals)
-        add(":ROUTe:TERMinals?", lambda c: self._noargs(c) or _key(self.terminals))
+        add(":ROUTe:TERMinals?", lambda c: self._noargs(c) or short_form(self.terminals))
         # source
         add(":SOURce#:FUNCtion[:MODE]", self._set_source_function)
         add(":SOURce#:FUNCtion[:MODE]?", lambda c: self._noargs(c) or self.src_func)
         add(":SOURce#:DELay", self._set_source_delay)
         add(":SOURce#:DELay?", lambda c: self._noargs(c) or _sci(self.src_delay))
         add(":SOURce#:DELay:AUTO", self._set_source_delay_auto)
-        add(
-            ":SOURce#:DELay:AUTO?",
-            lambda c: self._noargs(c) or ("1" if self.src_delay_auto else "0"),
-        )
+        add(":SOURce#:DELay:AUTO?", lambda c: self._noargs(c) or on_off(self.src_delay_auto))
         add(":SOURce#:CLEar[:IMMediate]", self._source_clear)
         add(":SOURce#:CLEar:AUTO", self._set_clear_auto)
-        add(":SOURce#:CLEar:AUTO?", lambda c: self._noargs(c) or ("1" if self.clear_auto else "0"))
+        add(":SOURce#:CLEar:AUTO?", lambda c: self._noargs(c) or on_off(self.clear_auto))
         add(":SOURce#:SWEep:POINts", self._set_sweep_points)
         add(":SOURce#:SWEep:POINts?", lambda c: self._noargs(c) or str(self.sweep_points))
         add(
             ":SOURce#:SWEep:SPACing",
             partial(self._set_choice, "sweep_spacing", ("LINear", "LOGarithmic")),
         )
-        add(":SOURce#:SWEep:SPACing?", lambda c: self._noargs(c) or _key(self.sweep_spacing))
+        add(":SOURce#:SWEep:SPACing?", lambda c: self._noargs(c) or short_form(self.sweep_spacing))
         add(
             ":SOURce#:SWEep:RANGing",
             partial(self._set_choice, "sweep_ranging", ("BEST", "AUTO", "FIXed")),
         )
-        add(":SOURce#:SWEep:RANGing?", lambda c: self._noargs(c) or _key(self.sweep_ranging))
+        add(":SOURce#:SWEep:RANGing?", lambda c: self._noargs(c) or short_form(self.sweep_ranging))
         add(
             ":SOURce#:SWEep:DIRection", partial(self._set_choice, "sweep_direction", ("UP", "DOWN"))
         )
         add(":SOURce#:SWEep:DIRection?", lambda c: self._noargs(c) or self.sweep_direction)
-        add(":SOURce#:SWEep:CABort", partial(_accept_choice, ("NEVer", "EARLy", "LATE")))
+        add(":SOURce#:SWEep:CABort", partial(accept_choice, ("NEVer", "EARLy", "LATE")))
         for f, word in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
             s = f":SOURce#:{word}"
             add(f"{s}[:LEVel][:IMMediate][:AMPLitude]", partial(self._set_level, f))
@@ -898,12 +475,9 @@ class Keithley2400Emulator:
             add(f"{s}:RANGe", partial(self._set_source_range, f))
             add(f"{s}:RANGe?", lambda c, f=f: self._noargs(c) or _sci(self.source[f].range))
             add(f"{s}:RANGe:AUTO", partial(self._set_source_auto, f))
-            add(
-                f"{s}:RANGe:AUTO?",
-                lambda c, f=f: self._noargs(c) or ("1" if self.source[f].auto else "0"),
-            )
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: self._noargs(c) or on_off(self.source[f].auto))
             add(f"{s}:MODE", partial(self._set_source_mode, f))
-            add(f"{s}:MODE?", lambda c, f=f: self._noargs(c) or _key(self.source[f].mode))
+            add(f"{s}:MODE?", lambda c, f=f: self._noargs(c) or short_form(self.source[f].mode))
             for attr, word2 in (("start", "STARt"), ("stop", "STOP")):
                 add(f"{s}:{word2}", partial(self._set_sweep_end, f, attr))
                 add(
@@ -923,10 +497,7 @@ class Keithley2400Emulator:
             )
         # sense
         add("[:SENSe#]:FUNCtion:CONCurrent", self._set_concurrent)
-        add(
-            "[:SENSe#]:FUNCtion:CONCurrent?",
-            lambda c: self._noargs(c) or ("1" if self.concurrent else "0"),
-        )
+        add("[:SENSe#]:FUNCtion:CONCurrent?", lambda c: self._noargs(c) or on_off(self.concurrent))
         add("[:SENSe#]:FUNCtion[:ON]", self._func_on)
         add("[:SENSe#]:FUNCtion[:ON]?", self._get_funcs)
         add("[:SENSe#]:FUNCtion[:ON]:ALL", self._func_all)
@@ -938,15 +509,12 @@ class Keithley2400Emulator:
         add("[:SENSe#]:FUNCtion:OFF:ALL", lambda c: self._noargs(c) or self.sense_funcs.clear())
         add("[:SENSe#]:FUNCtion:STATe?", self._func_state)
         add("[:SENSe#]:AVERage[:STATe]", self._set_aver)
-        add(
-            "[:SENSe#]:AVERage[:STATe]?",
-            lambda c: self._noargs(c) or ("1" if self.aver_on else "0"),
-        )
+        add("[:SENSe#]:AVERage[:STATe]?", lambda c: self._noargs(c) or on_off(self.aver_on))
         add(
             "[:SENSe#]:AVERage:TCONtrol",
             partial(self._set_choice, "aver_tcon", ("REPeat", "MOVing")),
         )
-        add("[:SENSe#]:AVERage:TCONtrol?", lambda c: self._noargs(c) or _key(self.aver_tcon))
+        add("[:SENSe#]:AVERage:TCONtrol?", lambda c: self._noargs(c) or short_form(self.aver_tcon))
         add("[:SENSe#]:AVERage:COUNt", self._set_aver_count)
         add("[:SENSe#]:AVERage:COUNt?", lambda c: self._noargs(c) or str(self.aver_count))
         add("[:SENSe#]:RESistance:MODE", self._set_res_mode)
@@ -954,16 +522,13 @@ class Keithley2400Emulator:
             "[:SENSe#]:RESistance:MODE?",
             lambda c: self._noargs(c) or ("AUTO" if self.res_mode_auto else "MAN"),
         )
-        add("[:SENSe#]:RESistance:OCOMpensated", _accept_boolean)
-        for f, word in _FUNCS.items():
+        add("[:SENSe#]:RESistance:OCOMpensated", accept_boolean)
+        for f, word in FUNCTIONS.items():
             s = f"[:SENSe#]:{word}" + ("" if f == "RES" else "[:DC]")
             add(f"{s}:RANGe[:UPPer]", partial(self._set_sense_range, f))
             add(f"{s}:RANGe[:UPPer]?", lambda c, f=f: self._noargs(c) or _sci(self.sense[f].range))
             add(f"{s}:RANGe:AUTO", partial(self._set_sense_auto, f))
-            add(
-                f"{s}:RANGe:AUTO?",
-                lambda c, f=f: self._noargs(c) or ("1" if self.sense[f].auto else "0"),
-            )
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: self._noargs(c) or on_off(self.sense[f].auto))
             add(f"{s}:NPLCycles", self._set_nplc)
             add(f"{s}:NPLCycles?", lambda c: self._noargs(c) or _sci(self.nplc))
             if f != "RES":
@@ -995,13 +560,16 @@ class Keithley2400Emulator:
             ":TRIGger[:SEQuence#]:SOURce",
             partial(self._set_choice, "trig_source", ("IMMediate", "TLINk")),
         )
-        add(":TRIGger[:SEQuence#]:SOURce?", lambda c: self._noargs(c) or _key(self.trig_source))
+        add(
+            ":TRIGger[:SEQuence#]:SOURce?",
+            lambda c: self._noargs(c) or short_form(self.trig_source),
+        )
         add(":TRIGger:CLEar", self._noargs)
         for node in ("ILINe", "OLINe"):
             add(f":TRIGger[:SEQuence#]:{node}", _accept_line)
             add(f":ARM[:SEQuence#][:LAYer#]:{node}", _accept_line)
-        add(":TRIGger[:SEQuence#]:OUTPut", _accept_any)
-        add(":ARM[:SEQuence#][:LAYer#]:OUTPut", _accept_any)
+        add(":TRIGger[:SEQuence#]:OUTPut", accept_any)
+        add(":ARM[:SEQuence#][:LAYer#]:OUTPut", accept_any)
         add(":ARM[:SEQuence#][:LAYer#]:COUNt", self._set_arm_count)
         add(":ARM[:SEQuence#][:LAYer#]:COUNt?", lambda c: self._noargs(c) or str(self.arm_count))
         add(
@@ -1012,7 +580,10 @@ class Keithley2400Emulator:
                 ("IMMediate", "TIMer", "MANual", "BUS", "TLINk", "NSTest", "PSTest", "BSTest"),
             ),
         )
-        add(":ARM[:SEQuence#][:LAYer#]:SOURce?", lambda c: self._noargs(c) or _key(self.arm_source))
+        add(
+            ":ARM[:SEQuence#][:LAYer#]:SOURce?",
+            lambda c: self._noargs(c) or short_form(self.arm_source),
+        )
         add(":ARM[:SEQuence#][:LAYer#]:TIMer", self._set_arm_timer)
         add(":ARM[:SEQuence#][:LAYer#]:TIMer?", lambda c: self._noargs(c) or _sci(self.arm_timer))
         # data store
@@ -1022,11 +593,11 @@ class Keithley2400Emulator:
         add(":TRACe:POINts:ACTual?", lambda c: self._noargs(c) or str(self.store.count))
         add(":TRACe:FREE?", self._trace_free)
         add(":TRACe:FEED", self._trace_feed)
-        add(":TRACe:FEED?", lambda c: self._noargs(c) or _key(self.store.feed))
+        add(":TRACe:FEED?", lambda c: self._noargs(c) or short_form(self.store.feed))
         add(":TRACe:FEED:CONTrol", self._trace_control)
-        add(":TRACe:FEED:CONTrol?", lambda c: self._noargs(c) or _key(self.store.control))
+        add(":TRACe:FEED:CONTrol?", lambda c: self._noargs(c) or short_form(self.store.control))
         add(":TRACe:TSTamp:FORMat", partial(self._set_choice, "trace_tst", ("ABSolute", "DELTa")))
-        add(":TRACe:TSTamp:FORMat?", lambda c: self._noargs(c) or _key(self.trace_tst))
+        add(":TRACe:TSTamp:FORMat?", lambda c: self._noargs(c) or short_form(self.trace_tst))
         add(":TRACe:DATA?", self._trace_data)
         add(
             ":CALCulate3:FORMat",
@@ -1036,81 +607,28 @@ class Keithley2400Emulator:
                 ("MEAN", "SDEViation", "MAXimum", "MINimum", "PKPK"),
             ),
         )
-        add(":CALCulate3:FORMat?", lambda c: self._noargs(c) or _key(self.calc3_format))
+        add(":CALCulate3:FORMat?", lambda c: self._noargs(c) or short_form(self.calc3_format))
         add(":CALCulate3:DATA?", self._calc3_data)
         return t
 
-    # --- common commands ----------------------------------------------------------------------
+    # --- common commands, system and status ---------------------------------------------------
 
-    @staticmethod
-    def _noargs(call: Call) -> None:
-        call.expect(0, 0)
-
-    def _idn(self, call: Call) -> str:
-        call.expect(0, 0)
+    def _identity(self) -> str:
         return f"KEITHLEY INSTRUMENTS INC.,MODEL {self.model},{self.serial},{self.firmware}"
 
-    def _rst(self, call: Call) -> None:
-        call.expect(0, 0)
-        self._reset()
-
     def _cls(self, call: Call) -> None:
-        call.expect(0, 0)
-        self.errors.clear()
-        self.status.clear()
+        super()._cls(call)
         self.meas_event = 0
 
-    def _opc(self, call: Call) -> None:
-        call.expect(0, 0)
-        if self.timeline.run is None:
-            self.status.esr |= StatusRegisters.OPC
-        else:
-            self._opc_pending = True
+    def _summary_bits(self) -> int:
+        return 1 if self.meas_event & self.meas_enable else 0
 
-    def _opc_query(self, call: Call) -> str:
-        call.expect(0, 0)
-        self._wait_complete()
-        return "1"
-
-    def _stb(self, call: Call) -> str:
-        call.expect(0, 0)
-        msb = 1 if self.meas_event & self.meas_enable else 0
-        return str(self.status.status_byte(error_available=len(self.errors) > 0, extra=msb))
-
-    def _set_register(self, name: str, call: Call) -> None:
-        call.expect(1, 1)
-        setattr(self.status, name, call.integer(0, minimum=0, maximum=255))
-
-    # --- system and status --------------------------------------------------------------------
-
-    def _error_text(self, code: int, message: str) -> str:
-        if code in ERROR_TEXT and message.startswith(ERROR_TEXT[code]):
-            message = ERROR_TEXT[code]
-        return f'{code},"{message}"'
-
-    def _error_next(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
-        return '0,"No error"' if entry is None else self._error_text(entry.code, entry.message)
-
-    def _error_all(self, call: Call) -> str:
-        call.expect(0, 0)
-        out = []
-        while (entry := self.errors.pop()) is not None:
-            out.append(self._error_text(entry.code, entry.message))
-        return ",".join(out) or '0,"No error"'
-
-    def _error_code(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
-        return "0" if entry is None else str(entry.code)
-
-    def _set_lfr(self, call: Call) -> None:
-        call.expect(1, 1)
-        value = call.number(0)
-        if value not in (50.0, 60.0):
-            raise ScpiError(-224)
-        self.line_frequency = value
+    def _error_text(self, entry: ErrorEntry | None) -> str:
+        if entry is not None and entry.code in ERROR_TEXT:
+            text = ERROR_TEXT[entry.code]
+            if entry.message.startswith(text):
+                entry = ErrorEntry(entry.code, text, entry.time)
+        return super()._error_text(entry)
 
     def _set_autozero(self, call: Call) -> None:
         call.expect(1, 1)
@@ -1153,11 +671,6 @@ class Keithley2400Emulator:
         call.expect(1, 1)
         self.meas_enable = call.integer(0, minimum=0, maximum=65535)
 
-    def _set_elements(self, call: Call) -> None:
-        call.expect(1, 5)
-        chosen = {_key(call.choice(k, _ELEMENTS)) for k in range(len(call.args))}
-        self.elements = [e for e in _ELEMENT_KEYS if e in chosen]  # fixed order
-
     def _set_format(self, call: Call) -> None:
         call.expect(1, 2)
         kind = call.choice(0, ("ASCii", "REAL", "SREal"))
@@ -1171,10 +684,6 @@ class Keithley2400Emulator:
     def _get_format(self, call: Call) -> str:
         call.expect(0, 0)
         return {"ASCii": "ASC", "REAL": "REAL,32", "SREal": "SRE"}[self.data_format]
-
-    def _set_border(self, call: Call) -> None:
-        call.expect(1, 1)
-        self.byte_order = call.choice(0, ("NORMal", "SWAPped"))
 
     def _set_choice(self, attr: str, options: tuple[str, ...], call: Call) -> None:
         call.expect(1, 1)
@@ -1206,20 +715,14 @@ class Keithley2400Emulator:
     def _set_source_function(self, call: Call) -> None:
         call.expect(1, 1)
         self._require_idle()
-        self.src_func = _key(call.choice(0, ("VOLTage", "CURRent", "MEMory")))
+        self.src_func = short_form(call.choice(0, ("VOLTage", "CURRent", "MEMory")))
         if self.src_func == "MEM":
             self.src_func = "VOLT"
             raise ScpiError(-224, "Illegal parameter value, memory sweeps are not emulated")
 
     def _set_level(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self.source[f]
-        level = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=0.0)
-        if not src.auto and abs(level) > src.range * OVERRANGE * (1 + 1e-12):
-            raise ScpiError(-222)
-        src.level = level
-        if src.auto:
-            src.range = range_for_level(src.ranges, level)
+        self.source[f].set_level(call)
 
     def _get_level(self, f: str, call: Call) -> str:
         call.expect(0, 0)
@@ -1227,17 +730,11 @@ class Keithley2400Emulator:
 
     def _set_source_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self.source[f]
-        value = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=src.ranges[-1])
-        src.range = range_at_least(src.ranges, min(abs(value), src.ranges[-1]))
-        src.auto = False
+        self.source[f].set_range(call)
 
     def _set_source_auto(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self.source[f]
-        src.auto = call.boolean(0)
-        if src.auto:
-            src.range = range_for_level(src.ranges, src.level)
+        self.source[f].set_auto(call)
 
     def _set_source_mode(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1251,19 +748,11 @@ class Keithley2400Emulator:
 
     def _set_sweep_step(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self.source[f]
-        step = call.number(0, minimum=-2 * src.maximum, maximum=2 * src.maximum)
-        if step == 0 or (src.stop - src.start) * step < 0:
-            raise ScpiError(-221, "Settings conflict, step does not lead from start to stop")
-        n = math.floor(abs((src.stop - src.start) / step) * (1 + 1e-12)) + 1
-        if not 2 <= n <= MAX_POINTS:
-            raise ScpiError(-222)
-        self.sweep_points = n
+        self.sweep_points = self.source[f].points_for_step(call, 2, MAX_POINTS)
 
     def _get_sweep_step(self, f: str, call: Call) -> str:
         call.expect(0, 0)
-        src = self.source[f]
-        return _sci((src.stop - src.start) / (self.sweep_points - 1))
+        return _sci(self.source[f].step(self.sweep_points))
 
     def _set_center_span(self, f: str, which: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1287,18 +776,14 @@ class Keithley2400Emulator:
         call.expect(1)
         if len(call.args) > MAX_LIST_PER_COMMAND:
             raise ScpiError(-108, "Parameter not allowed, at most 100 values per command")
-        m = self.source[f].maximum
-        values = number_list(call, m)
-        new = (self.lists[f] if append else []) + values
-        if len(new) > MAX_POINTS:
-            raise ScpiError(-223, "Too much data, a list holds at most 2500 levels")
-        self.lists[f] = new
+        bound = self.source[f].maximum
+        self.lists[f] = self._list_levels(
+            self.lists[f], call, bound, append=append, maximum=MAX_POINTS
+        )
 
     def _get_list(self, f: str, call: Call) -> str:
         call.expect(0, 0)
-        if not self.lists[f]:
-            raise ScpiError(-230, "Data corrupt or stale, the source list is empty")
-        return ",".join(_sci(v) for v in self.lists[f])
+        return self._list_text(self.lists[f], "the source list is empty")
 
     def _set_source_delay(self, call: Call) -> None:
         call.expect(1, 1)
@@ -1321,21 +806,6 @@ class Keithley2400Emulator:
 
     # --- sense --------------------------------------------------------------------------------
 
-    def _parse_funcs(self, call: Call) -> list[str]:
-        out = []
-        for token in call.args:
-            text = unquote(token)
-            head, _, tail = text.partition(":")
-            for f, word in _FUNCS.items():
-                if match_mnemonic(head, word) and (
-                    not tail or (f != "RES" and tail.upper() == "DC")
-                ):
-                    out.append(f)
-                    break
-            else:
-                raise ScpiError(-224, f"Illegal parameter value, {text!r}")
-        return out
-
     def _set_concurrent(self, call: Call) -> None:
         call.expect(1, 1)
         self.concurrent = call.boolean(0)
@@ -1345,7 +815,7 @@ class Keithley2400Emulator:
     def _func_on(self, call: Call) -> None:
         call.expect(1, 3)
         self._require_idle()
-        funcs = self._parse_funcs(call)
+        funcs = self._parse_functions(call)
         if self.concurrent:
             for f in funcs:
                 if f not in self.sense_funcs:
@@ -1355,7 +825,7 @@ class Keithley2400Emulator:
 
     def _func_off(self, call: Call) -> None:
         call.expect(1, 3)
-        for f in self._parse_funcs(call):
+        for f in self._parse_functions(call):
             if f in self.sense_funcs:
                 self.sense_funcs.remove(f)
 
@@ -1368,11 +838,11 @@ class Keithley2400Emulator:
     def _get_funcs(self, call: Call) -> str:
         call.expect(0, 0)
         names = {"VOLT": '"VOLT:DC"', "CURR": '"CURR:DC"', "RES": '"RES"'}
-        return ",".join(names[f] for f in _FUNCS if f in self.sense_funcs) or '""'
+        return ",".join(names[f] for f in FUNCTIONS if f in self.sense_funcs) or '""'
 
     def _func_state(self, call: Call) -> str:
         call.expect(1, 1)
-        (f,) = self._parse_funcs(call)
+        (f,) = self._parse_functions(call)
         return "1" if f in self.sense_funcs else "0"
 
     def _set_aver(self, call: Call) -> None:
@@ -1389,15 +859,7 @@ class Keithley2400Emulator:
 
     def _set_sense_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        s = self.sense[f]
-        value = call.number(
-            0,
-            minimum=-s.ranges[-1] * OVERRANGE,
-            maximum=s.ranges[-1] * OVERRANGE,
-            default=s.ranges[-1],
-        )
-        s.range = range_at_least(s.ranges, min(abs(value), s.ranges[-1]))
-        s.auto = False
+        self.sense[f].set_range(call)
 
     def _set_sense_auto(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1423,9 +885,8 @@ class Keithley2400Emulator:
         call.expect(0, 0)
         if not self.output or self.src_func == f:
             return "0"
-        run = self.timeline.run
-        level = run.level(run.done) if run is not None else self.source[self.src_func].level
-        return "1" if self.timeline.core.in_limit(self.src_func, level, self._limit()) else "0"
+        level = self.source[self.src_func].level
+        return on_off(self.timeline.in_limit(self.src_func, level, self._limit()))
 
     def _configure(self, f: str, call: Call) -> None:
         call.expect(0, 0)
@@ -1557,6 +1018,6 @@ class Keithley2400Emulator:
             "MAX": np.max,
             "MIN": np.min,
             "PKPK": np.ptp,
-        }[_key(self.calc3_format)]
+        }[short_form(self.calc3_format)]
         cols = [j for j, e in enumerate(_ELEMENT_KEYS[:3]) if e in self.elements]
         return ",".join(_sci(float(fn(data[:, j]))) for j in cols)

@@ -48,7 +48,6 @@ one vectorised ``device.step`` call. Chosen semantics where the manual is silent
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -58,20 +57,27 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
+from labctl.sim.instruments.scpi_smu import (
+    OVERFLOW,
+    OVERRANGE,
+    ScpiSmuEmulator,
+    range_at_least,
+    range_for_level,
+)
 from labctl.sim.scpi import (
     Call,
     CommandTree,
-    Dispatcher,
-    ErrorQueue,
+    ErrorEntry,
     Field,
     ScpiError,
-    StatusRegisters,
     fixed_field,
     ieee_block,
     int_field,
     join_fields,
     match_mnemonic,
+    on_off,
     sci_field,
+    short_form,
     text_field,
     unquote,
 )
@@ -83,10 +89,8 @@ __all__ = ["Keithley2450Emulator"]
 V_RANGES = np.array([0.02, 0.2, 2.0, 20.0, 200.0])
 I_RANGES = np.array([1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 R_RANGES = np.array([20.0, 200.0, 2e3, 20e3, 200e3, 2e6, 20e6, 200e6])
-OVERRANGE = 1.05  # readings and levels reach 105 % of the range
 V_MAX = 210.0
 I_MAX = 1.05
-OVERFLOW = 9.9e37
 MAX_SWEEP_POINTS = 1_000_000
 MAX_LIST_PER_COMMAND = 100
 MAX_BUFFER_POINTS = 10_000_000
@@ -137,32 +141,24 @@ _ELEMENTS = (
 _BINARY_ELEMENTS = {"READ", "SOUR", "REL"}
 
 
-def _key(word: str) -> str:
-    """Short form of a manual mnemonic: ``READing`` -> ``READ``."""
-    return "".join(ch for ch in word if ch.isupper() or ch.isdigit()) or word.upper()
-
-
 def _sci(x: float) -> str:
     return f"{x:.6E}"
+
+
+def _setting_text(value: bool | str | int | float) -> str:
+    """A setting as its query answers it: 1/0, a short-form word, an integer or ``%.6E``."""
+    if isinstance(value, bool):
+        return on_off(value)
+    if isinstance(value, str):
+        return short_form(value)
+    if isinstance(value, int):
+        return str(value)
+    return _sci(value)
 
 
 def _quantum(r: np.ndarray | float) -> np.ndarray | float:
     """Resolution of a range at 6.5 digits: 10 fA on 10 nA, 10 uV on 20 V."""
     return 10.0 ** np.floor(np.log10(r) + 1e-9) * 1e-6
-
-
-def _range_at_least(ranges: np.ndarray, value: float) -> float:
-    """The smallest range that is >= |value| (how a range setting picks its range)."""
-    idx = int(np.searchsorted(ranges, abs(value) * (1 - 1e-9), side="left"))
-    if idx >= len(ranges):
-        raise ScpiError(-222)
-    return float(ranges[idx])
-
-
-def _range_for_level(ranges: np.ndarray, level: float) -> float:
-    """The smallest range whose 105 % holds |level| (source autorange)."""
-    idx = int(np.searchsorted(ranges * OVERRANGE, abs(level) * (1 - 1e-12), side="left"))
-    return float(ranges[min(idx, len(ranges) - 1)])
 
 
 def _quantize(
@@ -376,7 +372,7 @@ class _Run:
 _RUN_CHUNK = 1 << 20
 
 
-class Keithley2450Emulator(SourceSolver):
+class Keithley2450Emulator(ScpiSmuEmulator, SourceSolver):
     """A Keithley 2450 in SCPI mode driving a simulated ``device`` on ``clock``.
 
     The solving and stepping of the source (compliance, current source, noise band) are
@@ -395,15 +391,12 @@ class Keithley2450Emulator(SourceSolver):
         binary_header: str = "definite",
         max_buffer_points: int = MAX_BUFFER_POINTS,
     ) -> None:
-        if line_frequency not in (50.0, 60.0):
-            raise ValueError("line_frequency must be 50 or 60 Hz")
+        super().__init__(
+            clock=clock, serial=serial, firmware=firmware, line_frequency=line_frequency
+        )
         if binary_header not in ("definite", "indefinite"):
             raise ValueError("binary_header must be 'definite' or 'indefinite'")
         self.device = device
-        self.clock = clock
-        self.serial = serial
-        self.firmware = firmware
-        self.line_frequency = float(line_frequency)
         self.binary_header = binary_header
         self.max_buffer_points = int(max_buffer_points)
         if epoch is None:
@@ -413,31 +406,9 @@ class Keithley2450Emulator(SourceSolver):
         self.epoch = float(epoch)
         self._epoch_s = math.floor(self.epoch)
         self._epoch_frac = self.epoch - self._epoch_s
-        self.errors = ErrorQueue(capacity=100)
-        self.status = StatusRegisters()
-        self._lock = threading.RLock()
         self._t_dev = clock.now()
         self._run: _Run | None = None
-        self._tree = self._build_tree()
-        self._dispatcher = Dispatcher(
-            self._tree, on_error=self._queue_error, before_each=self._advance
-        )
-        self._reset()
-
-    # --- public interface ---------------------------------------------------------------------
-
-    def handle(self, message: str) -> str | bytes | None:
-        """Answer one message (no terminator); None when it produces no reply.
-
-        Thread-safe: messages from several threads are answered one at a time.
-        """
-        with self._lock:
-            return self._dispatcher.execute(message)
-
-    def inject_error(self, code: int, message: str) -> None:
-        """Queue an instrument error, as if the instrument had raised it (fault injection)."""
-        with self._lock:
-            self._queue_error(ScpiError(code, message))
+        self._power_on()
 
     @property
     def output_on(self) -> bool:
@@ -471,10 +442,6 @@ class Keithley2450Emulator(SourceSolver):
         self._settled: tuple | None = None  # (output, func, level) of the last measurement
         self._opc_pending = False
 
-    def _queue_error(self, err: ScpiError) -> None:
-        self.errors.push(err.code, err.message, self.clock.now())
-        self.status.record_error(err.code)
-
     def _aperture(self) -> float:
         return self.sense[self.sense_func].nplc / self.line_frequency
 
@@ -484,7 +451,7 @@ class Keithley2450Emulator(SourceSolver):
         elif self.sense_func == "CURR":
             r = self.sense["CURR"].range
         else:
-            r = _range_at_least(I_RANGES, min(self.source["VOLT"].limit, 1.0))
+            r = range_at_least(I_RANGES, min(self.source["VOLT"].limit, 1.0))
         r = min(_AUTO_DELAY, key=lambda x: abs(math.log10(x) - math.log10(r)))
         return _AUTO_DELAY[r][0 if func == "VOLT" else 1]
 
@@ -627,14 +594,12 @@ class Keithley2450Emulator(SourceSolver):
             src = self.source[run.func]
             src.level = run.level(sourced)
             if src.auto:
-                src.range = _range_for_level(src.ranges, src.level)
+                src.range = range_for_level(src.ranges, src.level)
             self.src_func = run.func
         self.trig_state = state
         self.trig_block = run.model.blocks if state == "IDLE" else run.model.measure_block
         self._settled = (self.output, self.src_func, self.source[self.src_func].level)
-        if self._opc_pending:
-            self.status.esr |= StatusRegisters.OPC
-            self._opc_pending = False
+        self._operation_complete()
 
     def _wait_complete(self) -> None:
         """Hold until a finite run ends (``*WAI``, ``*OPC?``)."""
@@ -690,7 +655,7 @@ class Keithley2450Emulator(SourceSolver):
             word = unquote(token)
             for name in _ELEMENTS:
                 if match_mnemonic(word, name):
-                    keys.append(_key(name))
+                    keys.append(short_form(name))
                     break
             else:
                 raise ScpiError(
@@ -753,46 +718,23 @@ class Keithley2450Emulator(SourceSolver):
     # --- command tree -------------------------------------------------------------------------
 
     def _build_tree(self) -> CommandTree:
-        t = CommandTree(max_suffix=1)
+        t = self._common_tree()
         add = t.add
-        # IEEE 488.2 common commands
-        add("*IDN?", self._idn)
-        add("*RST", self._rst)
-        add("*CLS", self._cls)
-        add("*OPC", self._opc)
-        add("*OPC?", self._opc_query)
-        add("*WAI", self._wai)
-        add("*STB?", self._stb)
-        add("*ESR?", lambda c: self._noargs(c) or str(self.status.read_esr()))
-        add("*ESE", partial(self._set_register, "ese"))
-        add("*ESE?", lambda c: self._noargs(c) or str(self.status.ese))
-        add("*SRE", partial(self._set_register, "sre"))
-        add("*SRE?", lambda c: self._noargs(c) or str(self.status.sre))
-        add("*TRG", self._noargs)
-        add("*TST?", lambda c: self._noargs(c) or "0")
         add("*LANG", self._lang)
         add("*LANG?", lambda c: self._noargs(c) or self.language)
         # system and status
-        add(":SYSTem:ERRor[:NEXT]?", self._error_next)
-        add(":SYSTem:ERRor:CODE[:NEXT]?", self._error_code)
-        add(":SYSTem:ERRor:COUNt?", lambda c: self._noargs(c) or str(len(self.errors)))
         add(":SYSTem:CLEar", self._system_clear)
-        add(":SYSTem:LFRequency?", lambda c: self._noargs(c) or f"{self.line_frequency:.0f}")
-        add(":SYSTem:VERSion?", lambda c: self._noargs(c) or "1999.0")
-        add(":SYSTem:BEEPer[:IMMediate]", lambda c: c.expect(2, 2))
         add(":STATus:PRESet", self._status_preset)
         add(":STATus:CLEar", self._status_clear)
         add(":STATus:OPERation[:EVENt]?", lambda c: self._noargs(c) or "0")
         add(":STATus:QUEStionable[:EVENt]?", lambda c: self._noargs(c) or "0")
         add(":FORMat[:DATA]", self._set_format)
-        add(":FORMat[:DATA]?", lambda c: self._noargs(c) or _key(self.format))
-        add(":FORMat:BORDer", self._set_border)
-        add(":FORMat:BORDer?", lambda c: self._noargs(c) or _key(self.byte_order))
+        add(":FORMat[:DATA]?", lambda c: self._noargs(c) or short_form(self.format))
         add(":ROUTe:TERMinals", self._set_terminals)
-        add(":ROUTe:TERMinals?", lambda c: self._noargs(c) or _key(self.terminals))
+        add(":ROUTe:TERMinals?", lambda c: self._noargs(c) or short_form(self.terminals))
         # output
         add(":OUTPut#[:STATe]", self._set_output)
-        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or ("1" if self.output else "0"))
+        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or on_off(self.output))
         # source
         add(":SOURce#:FUNCtion[:MODE]", self._set_source_function)
         add(":SOURce#:FUNCtion[:MODE]?", lambda c: self._noargs(c) or self.src_func)
@@ -887,71 +829,27 @@ class Keithley2450Emulator(SourceSolver):
 
     # --- common commands ----------------------------------------------------------------------
 
-    @staticmethod
-    def _noargs(call: Call) -> None:
-        call.expect(0, 0)
-
-    def _idn(self, call: Call) -> str:
-        call.expect(0, 0)
+    def _identity(self) -> str:
         return f"KEITHLEY INSTRUMENTS,MODEL 2450,{self.serial},{self.firmware}"
 
-    def _rst(self, call: Call) -> None:
-        call.expect(0, 0)
-        self._reset()
-
-    def _cls(self, call: Call) -> None:
-        call.expect(0, 0)
-        self.errors.clear()
-        self.status.clear()
-
-    def _opc(self, call: Call) -> None:
-        call.expect(0, 0)
-        if self._run is None or self._run.total is None:
-            self.status.esr |= StatusRegisters.OPC
-        else:
-            self._opc_pending = True
-
-    def _opc_query(self, call: Call) -> str:
-        call.expect(0, 0)
-        self._wait_complete()
-        return "1"
-
-    def _wai(self, call: Call) -> None:
-        call.expect(0, 0)
-        self._wait_complete()
-
-    def _stb(self, call: Call) -> str:
-        call.expect(0, 0)
-        return str(self.status.status_byte(error_available=len(self.errors) > 0))
-
-    def _set_register(self, name: str, call: Call) -> None:
-        call.expect(1, 1)
-        setattr(self.status, name, call.integer(0, minimum=0, maximum=255))
+    def _busy(self) -> bool:
+        """A finite run is going (with ``count 0``, until ABORt, ``*OPC`` does not wait)."""
+        return self._run is not None and self._run.total is not None
 
     def _lang(self, call: Call) -> None:
         call.expect(1, 1)
         # Takes effect after a power cycle; the emulator keeps speaking SCPI.
-        self.pending_language = _key(call.choice(0, ("SCPI2400", "SCPI", "TSP")))
+        self.pending_language = short_form(call.choice(0, ("SCPI2400", "SCPI", "TSP")))
 
     # --- system -------------------------------------------------------------------------------
 
-    def _error_text(self, code: int, message: str, t: float) -> str:
-        us = int(self._wall_us(np.array([t]))[0])
-        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.gmtime(us // 1_000_000))
-        ms = (us % 1_000_000) // 1000
-        return f'{code},"{message};1;{stamp}.{ms:03d}"'
-
-    def _error_next(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
+    def _error_text(self, entry: ErrorEntry | None) -> str:
         if entry is None:
             return '0,"No error;0;0 0"'
-        return self._error_text(entry.code, entry.message, entry.time)
-
-    def _error_code(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
-        return "0" if entry is None else str(entry.code)
+        us = int(self._wall_us(np.array([entry.time]))[0])
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.gmtime(us // 1_000_000))
+        ms = (us % 1_000_000) // 1000
+        return f'{entry.code},"{entry.message};1;{stamp}.{ms:03d}"'
 
     def _system_clear(self, call: Call) -> None:
         call.expect(0, 0)
@@ -970,10 +868,6 @@ class Keithley2450Emulator(SourceSolver):
         call.expect(1, 1)
         self.format = call.choice(0, ("ASCii", "REAL", "SREal"))
 
-    def _set_border(self, call: Call) -> None:
-        call.expect(1, 1)
-        self.byte_order = call.choice(0, ("NORMal", "SWAPped"))
-
     def _set_terminals(self, call: Call) -> None:
         call.expect(1, 1)
         self.terminals = call.choice(0, ("FRONt", "REAR"))
@@ -990,7 +884,7 @@ class Keithley2450Emulator(SourceSolver):
     def _set_source_function(self, call: Call) -> None:
         call.expect(1, 1)
         self._require_idle()
-        self.src_func = _key(call.choice(0, ("VOLTage", "CURRent")))
+        self.src_func = short_form(call.choice(0, ("VOLTage", "CURRent")))
 
     def _require_idle(self) -> None:
         if self._run is not None:
@@ -1009,7 +903,7 @@ class Keithley2450Emulator(SourceSolver):
         self._check_level(f, level)
         src.level = level
         if src.auto:
-            src.range = _range_for_level(src.ranges, level)
+            src.range = range_for_level(src.ranges, level)
 
     def _get_level(self, f: str, call: Call) -> str:
         call.expect(0, 0)
@@ -1020,18 +914,13 @@ class Keithley2450Emulator(SourceSolver):
 
     def _get_source(self, f: str, attr: str, call: Call) -> str:
         call.expect(0, 0)
-        value = getattr(self.source[f], attr)
-        if isinstance(value, bool):
-            return "1" if value else "0"
-        if isinstance(value, str):
-            return _key(value)
-        return _sci(value)
+        return _setting_text(getattr(self.source[f], attr))
 
     def _set_source_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
         src = self.source[f]
         value = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=src.ranges[-1])
-        r = _range_at_least(src.ranges, min(abs(value), src.ranges[-1]))
+        r = range_at_least(src.ranges, min(abs(value), src.ranges[-1]))
         if abs(src.level) > r * OVERRANGE:
             raise ScpiError(-221, "Settings conflict, source level exceeds the range")
         src.range = r
@@ -1043,7 +932,7 @@ class Keithley2450Emulator(SourceSolver):
         value = call.boolean(0)
         setattr(src, attr, value)
         if attr == "auto" and value:
-            src.range = _range_for_level(src.ranges, src.level)
+            src.range = range_for_level(src.ranges, src.level)
 
     def _set_source_delay(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1066,9 +955,7 @@ class Keithley2450Emulator(SourceSolver):
         src = self.source[f]
         level = run.level(run.done) if run is not None else src.level
         limit = run.limit if run is not None else src.limit
-        if f == "VOLT":
-            return "1" if self._limit_voltage(level, limit)[1] else "0"
-        return "1" if self._voltage_for_current(level, limit)[1] else "0"
+        return on_off(self._solve(f, level, limit)[1])
 
     def _set_off_mode(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1097,20 +984,13 @@ class Keithley2450Emulator(SourceSolver):
 
     def _get_sense(self, f: str, attr: str, call: Call) -> str:
         call.expect(0, 0)
-        value = getattr(self.sense[f], attr)
-        if isinstance(value, bool):
-            return "1" if value else "0"
-        if isinstance(value, str):
-            return _key(value)
-        if isinstance(value, int):
-            return str(value)
-        return _sci(value)
+        return _setting_text(getattr(self.sense[f], attr))
 
     def _set_sense_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
         s = self.sense[f]
         value = call.number(0, minimum=0.0, maximum=s.ranges[-1], default=s.ranges[-1])
-        s.range = _range_at_least(s.ranges, value)
+        s.range = range_at_least(s.ranges, value)
         s.auto = False
 
     def _set_sense_flag(self, f: str, attr: str, call: Call) -> None:
@@ -1120,7 +1000,7 @@ class Keithley2450Emulator(SourceSolver):
     def _set_sense_autolimit(self, f: str, attr: str, call: Call) -> None:
         call.expect(1, 1)
         s = self.sense[f]
-        value = _range_at_least(s.ranges, call.number(0, minimum=0.0, maximum=s.ranges[-1]))
+        value = range_at_least(s.ranges, call.number(0, minimum=0.0, maximum=s.ranges[-1]))
         if (attr == "llim" and value > s.ulim) or (attr == "ulim" and value < s.llim):
             raise ScpiError(-221, "Settings conflict, lower autorange limit above upper")
         setattr(s, attr, value)
@@ -1229,7 +1109,7 @@ class Keithley2450Emulator(SourceSolver):
 
     def _trace_fill_query(self, call: Call) -> str:
         call.expect(0, 1)
-        return _key(self._buffer(call.string(0) if call.has(0) else None).fill)
+        return short_form(self._buffer(call.string(0) if call.has(0) else None).fill)
 
     def _trace_stat(self, fn: Callable[[np.ndarray], float], call: Call) -> str:
         call.expect(0, 1)
@@ -1278,7 +1158,7 @@ class Keithley2450Emulator(SourceSolver):
         k += 1
         if with_range:
             if call.has(k):
-                out["range_mode"] = _key(call.choice(k, ("AUTO", "BEST", "FIXed")))
+                out["range_mode"] = short_form(call.choice(k, ("AUTO", "BEST", "FIXed")))
             k += 1
         if call.has(k):
             out["fail_abort"] = call.boolean(k)
@@ -1417,9 +1297,9 @@ class Keithley2450Emulator(SourceSolver):
             src = self.source[func]
             self.output = True
             if model.range_mode == "AUTO":
-                src_ranges = np.array([_range_for_level(src.ranges, v) for v in levels])
+                src_ranges = np.array([range_for_level(src.ranges, v) for v in levels])
             elif model.range_mode == "BEST":
-                best = _range_for_level(src.ranges, float(np.max(np.abs(levels))))
+                best = range_for_level(src.ranges, float(np.max(np.abs(levels))))
                 src_ranges = np.full(len(levels), best)
             else:
                 src_ranges = np.full(len(levels), src.range)

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -72,34 +71,24 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
-from labctl.sim.instruments.keithley2400 import (
-    BASE,
-    LEVEL,
-    NAN_READING,
-    OVERRANGE,
-    PREV,
-    Pattern,
-    Readings,
-    Timeline,
-    TriggerRun,
-    number_list,
-    quantize,
-    range_at_least,
-    range_for_level,
+from labctl.sim.instruments.scpi_smu import (
+    FUNCTIONS,
+    SenseSettings,
+    SourceSettings,
+    TriggeredSmuEmulator,
 )
 from labctl.sim.scpi import (
     Call,
     CommandTree,
-    Dispatcher,
-    ErrorQueue,
     ScpiError,
-    StatusRegisters,
+    accept_any,
+    accept_boolean,
+    accept_integer,
     ieee_block,
-    join_fields,
-    match_mnemonic,
-    sci_field,
-    unquote,
+    on_off,
+    short_form,
 )
+from labctl.sim.timeline import BASE, LEVEL, PREV, Pattern, Readings, Timeline, TriggerRun
 
 __all__ = ["KeysightB2900Emulator"]
 
@@ -127,45 +116,21 @@ ST_CURRENT_SOURCE = 1 << 0
 ST_COMPLIANCE = 1 << 1  # bits 1-2: the compliance condition, nonzero in compliance
 ST_OVERRANGE = 1 << 13
 
-_ELEMENTS = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus", "SOURce")
 _ELEMENT_KEYS = ("VOLT", "CURR", "RES", "TIME", "STAT", "SOUR")
-_FUNCS = {"VOLT": "VOLTage", "CURR": "CURRent", "RES": "RESistance"}
 _LAYERS = ("TRAN", "ACQ")
-
-
-def _key(word: str) -> str:
-    return "".join(ch for ch in word if ch.isupper() or ch.isdigit()) or word.upper()
 
 
 def _sci(x: float) -> str:
     return f"{x:+.6E}"
 
 
-def _onoff(flag: bool) -> str:
-    return "1" if flag else "0"
-
-
 @dataclass
-class _Source:
-    ranges: np.ndarray
-    maximum: float
-    range: float
-    level: float = 0.0  # immediate level (the pulse base)
+class _Source(SourceSettings):
+    """A source function; ``level`` is the immediate level (the pulse base)."""
+
     trig_level: float | None = None  # triggered level; None: follows the immediate level
-    auto: bool = True
-    mode: str = "FIXed"
-    start: float = 0.0
-    stop: float = 0.0
     points: int = 1
     values: list[float] = field(default_factory=list)
-
-
-@dataclass
-class _Sense:
-    ranges: np.ndarray
-    range: float
-    protection: float
-    auto: bool = True
 
 
 @dataclass
@@ -205,9 +170,9 @@ class _Channel:
             "CURR": _Source(I_RANGES, I_MAX, 1e-7),
         }
         self.sense = {
-            "VOLT": _Sense(V_RANGES, 2.0, protection=2.0),
-            "CURR": _Sense(I_RANGES, 1e-4, protection=1e-4),
-            "RES": _Sense(R_RANGES, 2e5, protection=0.0),
+            "VOLT": SenseSettings(V_RANGES, 2.0, protection=2.0),
+            "CURR": SenseSettings(I_RANGES, 1e-4, protection=1e-4),
+            "RES": SenseSettings(R_RANGES, 2e5, protection=0.0),
         }
         self.funcs = ["VOLT", "CURR"]
         self.nplc = 0.1
@@ -238,11 +203,16 @@ class _Channel:
         return self.source[self.func].level if self.held is None else self.held
 
 
-class KeysightB2900Emulator:
+class KeysightB2900Emulator(TriggeredSmuEmulator):
     """A Keysight B2902A (or B2901A: ``variant="B2901A"``) driving ``device`` on channel 1
     and ``device2`` on channel 2."""
 
     channels = 2
+    error_capacity = 30
+    max_suffix = 2
+    signed_codes = True
+    element_names = ("VOLTage", "CURRent", "RESistance", "TIME", "STATus", "SOURce")
+    element_keys = _ELEMENT_KEYS
 
     def __init__(
         self,
@@ -258,40 +228,17 @@ class KeysightB2900Emulator:
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
-        if line_frequency not in (50.0, 60.0):
-            raise ValueError("line_frequency must be 50 or 60 Hz")
+        super().__init__(
+            clock=clock, serial=serial, firmware=firmware, line_frequency=line_frequency
+        )
         self.variant = variant
         self.n_channels = VARIANTS[variant]
         if self.n_channels == 2 and device2 is None:
             device2 = copy.deepcopy(device)  # the same preset, in its own state
         self.vendor = vendor
-        self.serial = serial
-        self.firmware = firmware
-        self.clock = clock
-        self.line_frequency = float(line_frequency)
-        self.errors = ErrorQueue(capacity=30)
-        self.status = StatusRegisters()
-        self._lock = threading.RLock()
         devices = [device, device2][: self.n_channels]
         self.chans = [_Channel(k + 1, dev, clock.now()) for k, dev in enumerate(devices)]
-        self._opc_pending = False
-        self._tree = self._build_tree()
-        self._dispatcher = Dispatcher(
-            self._tree, on_error=self._queue_error, before_each=self._advance
-        )
-        self._reset()
-
-    # --- public interface ---------------------------------------------------------------------
-
-    def handle(self, message: str) -> str | bytes | None:
-        """Answer one message (no terminator); None when it produces no reply."""
-        with self._lock:
-            return self._dispatcher.execute(message)
-
-    def inject_error(self, code: int, message: str) -> None:
-        """Queue an instrument error, as if the instrument had raised it (fault injection)."""
-        with self._lock:
-            self._queue_error(ScpiError(code, message))
+        self._power_on()
 
     @property
     def output_on(self) -> bool:
@@ -312,10 +259,6 @@ class KeysightB2900Emulator:
         self.byte_order = "NORMal"
         self.elements = list(_ELEMENT_KEYS)
         self.stamp_auto_reset = True
-
-    def _queue_error(self, err: ScpiError) -> None:
-        self.errors.push(err.code, err.message, self.clock.now())
-        self.status.record_error(err.code)
 
     def _aperture(self, ch: _Channel) -> float:
         return ch.nplc / self.line_frequency
@@ -355,41 +298,17 @@ class KeysightB2900Emulator:
         ch.held = run.end_level
         if ch.auto_off:
             ch.output = False
-        if self._opc_pending and all(c.timeline.run is None for c in self.chans):
-            self.status.esr |= StatusRegisters.OPC
-            self._opc_pending = False
+        if not self._busy():
+            self._operation_complete()
 
-    def _wait(self, chans: list[_Channel] | None = None) -> None:
-        """Hold until the runs of ``chans`` (default all) end (``*WAI``, ``*OPC?``, FETC)."""
-        ends = [ch.timeline.run.t_end for ch in chans or self.chans if ch.timeline.run]
-        if not ends:
-            return
-        end = max(ends)
-        self._advance(max(end, self.clock.now()))
-        self.clock.sleep_until(end)
+    def _timelines(self) -> list[Timeline]:
+        return [ch.timeline for ch in self.chans]
 
     # --- readings -----------------------------------------------------------------------------
 
     def _rows(self, ch: _Channel, run: TriggerRun, r: Readings) -> np.ndarray:
         """(n, 6) rows VOLT, CURR, RES, TIME, STAT, SOUR."""
-        n = len(r)
-        funcs = run.info["funcs"]
-        over = np.zeros(n, bool)
-
-        def measured(f: str, raw: np.ndarray) -> np.ndarray:
-            nonlocal over
-            s = ch.sense[f]
-            values, o = quantize(raw, s.ranges, None if s.auto else s.range, DIGITS)
-            over |= o
-            return values
-
-        v = measured("VOLT", r.v) if "VOLT" in funcs else np.full(n, NAN_READING)
-        i = measured("CURR", r.i) if "CURR" in funcs else np.full(n, NAN_READING)
-        if "RES" in funcs:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                res = measured("RES", r.v / r.i)
-        else:
-            res = np.full(n, NAN_READING)
+        v, i, res, over = self._measured_columns(ch.sense, run.info["funcs"], r, DIGITS)
         stat = np.where(r.trip, ST_COMPLIANCE, 0) | np.where(over, ST_OVERRANGE, 0)
         if run.func == "CURR":
             stat |= ST_CURRENT_SOURCE
@@ -406,10 +325,7 @@ class KeysightB2900Emulator:
             return ieee_block(values.astype(order + size).tobytes())
         if values.size == 0:
             return ""
-        if values.size <= 64:  # a few readings: Python's own formatting is quicker
-            return ",".join(map(_sci, values.ravel().tolist()))
-        fields = [sci_field(values[:, j], 6, plus=True) for j in range(values.shape[1])]
-        return join_fields(fields).decode("ascii")
+        return self._readings_text(values)
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -420,17 +336,7 @@ class KeysightB2900Emulator:
                 raise ScpiError(-221, "Settings conflict, the source list is empty")
             levels = np.array(src.values, dtype=np.float64)
         elif src.mode == "SWEep":
-            n = src.points
-            if ch.sweep_spacing == "LOGarithmic":
-                if src.start == 0 or src.stop == 0 or (src.start > 0) != (src.stop > 0):
-                    raise ScpiError(-221, "Settings conflict, log sweep through 0")
-                levels = math.copysign(1.0, src.start) * np.geomspace(
-                    abs(src.start), abs(src.stop), n
-                )
-            else:
-                levels = np.linspace(src.start, src.stop, n)
-            if ch.sweep_direction == "DOWN":
-                levels = levels[::-1].copy()
+            levels = src.sweep(src.points, ch.sweep_spacing, ch.sweep_direction)
             if ch.sweep_stair == "DOUBle":
                 levels = np.concatenate([levels, levels[::-1]])
         else:
@@ -532,9 +438,7 @@ class KeysightB2900Emulator:
             )
             ch.timeline.run = run
             runs.append(run)
-        end = max(run.t_end for run in runs)
-        self._advance(max(end, self.clock.now()))
-        self.clock.sleep_until(end)
+        self._wait_for([ch.timeline for ch in chans])
         return [run.info.get("rows", np.empty((0, 6))) for run in runs]
 
     # --- channel lists and suffixes -------------------------------------------------------------
@@ -577,66 +481,46 @@ class KeysightB2900Emulator:
     # --- command tree -------------------------------------------------------------------------
 
     def _build_tree(self) -> CommandTree:
-        t = CommandTree(max_suffix=2)
+        t = self._common_tree()
         add = t.add
-        add("*IDN?", self._idn)
-        add("*RST", self._rst)
-        add("*CLS", self._cls)
-        add("*OPC", self._opc)
-        add("*OPC?", lambda c: self._noargs(c) or self._wait() or "1")
-        add("*WAI", lambda c: self._noargs(c) or self._wait())
-        add("*STB?", self._stb)
-        add("*ESR?", lambda c: self._noargs(c) or str(self.status.read_esr()))
-        add("*ESE", partial(self._set_register, "ese"))
-        add("*ESE?", lambda c: self._noargs(c) or str(self.status.ese))
-        add("*SRE", partial(self._set_register, "sre"))
-        add("*SRE?", lambda c: self._noargs(c) or str(self.status.sre))
-        add("*TRG", self._noargs)
-        add("*TST?", lambda c: self._noargs(c) or "0")
         # system
-        add(":SYSTem:ERRor[:NEXT]?", self._error_next)
         add(":SYSTem:ERRor:ALL?", self._error_all)
-        add(":SYSTem:ERRor:COUNt?", lambda c: self._noargs(c) or str(len(self.errors)))
-        add(":SYSTem:ERRor:CODE[:NEXT]?", self._error_code)
-        add(":SYSTem:LFRequency?", lambda c: self._noargs(c) or f"{self.line_frequency:.0f}")
         add(":SYSTem:LFRequency", self._set_lfr)
         add(":SYSTem:PRESet", self._rst)
-        add(":SYSTem:VERSion?", lambda c: self._noargs(c) or "1999.0")
-        add(":SYSTem:BEEPer[:IMMediate]", lambda c: c.expect(2, 2))
-        add(":SYSTem:BEEPer:STATe", _accept_boolean)
+        add(":SYSTem:BEEPer:STATe", accept_boolean)
         add(":SYSTem:TIME:TIMer:COUNt?", self._timer_count)
         add(":SYSTem:TIME:TIMer:COUNt:RESet", self._timer_reset)
         add(":SYSTem:TIME:TIMer:COUNt:RESet:AUTO", self._set_stamp_auto)
-        add(":SYSTem:TIME:TIMer:COUNt:RESet:AUTO?", lambda c: _onoff(self.stamp_auto_reset))
+        add(":SYSTem:TIME:TIMer:COUNt:RESet:AUTO?", lambda c: on_off(self.stamp_auto_reset))
         add(":STATus:PRESet", lambda c: self._noargs(c))
         for reg in ("OPERation", "QUEStionable"):
             add(f":STATus:{reg}[:EVENt]?", lambda c: self._noargs(c) or "0")
             add(f":STATus:{reg}:CONDition?", lambda c: self._noargs(c) or "0")
-            add(f":STATus:{reg}:ENABle", _accept_integer)
+            add(f":STATus:{reg}:ENABle", accept_integer)
         # format
         add(":FORMat[:DATA]", self._set_format)
         add(":FORMat[:DATA]?", self._get_format)
-        add(":FORMat:BORDer", self._set_border)
-        add(":FORMat:BORDer?", lambda c: self._noargs(c) or _key(self.byte_order))
         add(":FORMat:ELEMents:SENSe#", self._set_elements)
         add(":FORMat:ELEMents:SENSe#?", lambda c: self._noargs(c) or ",".join(self.elements))
         # output
         add(":OUTPut#[:STATe]", self._set_output)
-        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or _onoff(self._chan(c).output))
+        add(":OUTPut#[:STATe]?", lambda c: self._noargs(c) or on_off(self._chan(c).output))
         add(":OUTPut#:OFF:MODE", self._set_off_mode)
-        add(":OUTPut#:OFF:MODE?", lambda c: self._noargs(c) or _key(self._chan(c).off_mode))
+        add(":OUTPut#:OFF:MODE?", lambda c: self._noargs(c) or short_form(self._chan(c).off_mode))
         add(":OUTPut#:ON:AUTO", partial(self._set_flag, "auto_on"))
         add(":OUTPut#:ON:AUTO?", partial(self._get_flag, "auto_on"))
         add(":OUTPut#:OFF:AUTO", partial(self._set_flag, "auto_off"))
         add(":OUTPut#:OFF:AUTO?", partial(self._get_flag, "auto_off"))
-        add(":OUTPut#:PROTection[:STATe]", _accept_boolean)
-        add(":OUTPut#:LOW", _accept_any)
+        add(":OUTPut#:PROTection[:STATe]", accept_boolean)
+        add(":OUTPut#:LOW", accept_any)
         # source
         add(":SOURce#:FUNCtion:MODE", self._set_source_function)
         add(":SOURce#:FUNCtion:MODE?", lambda c: self._noargs(c) or self._chan(c).func)
         add(":SOURce#:FUNCtion:SHAPe", self._set_shape)
-        add(":SOURce#:FUNCtion:SHAPe?", lambda c: self._noargs(c) or _key(self._chan(c).shape))
-        add(":SOURce#:FUNCtion:TRIGgered:CONTinuous", _accept_boolean)
+        add(
+            ":SOURce#:FUNCtion:SHAPe?", lambda c: self._noargs(c) or short_form(self._chan(c).shape)
+        )
+        add(":SOURce#:FUNCtion:TRIGgered:CONTinuous", accept_boolean)
         add(
             ":SOURce#:PULSe:WIDTh",
             partial(
@@ -654,9 +538,9 @@ class KeysightB2900Emulator:
             ":SOURce#:SWEep:SPACing",
             partial(self._set_choice, "sweep_spacing", ("LINear", "LOGarithmic")),
         )
-        add(":SOURce#:SWEep:SPACing?", lambda c: _key(self._chan(c).sweep_spacing))
+        add(":SOURce#:SWEep:SPACing?", lambda c: short_form(self._chan(c).sweep_spacing))
         add(":SOURce#:SWEep:STAir", partial(self._set_choice, "sweep_stair", ("SINGle", "DOUBle")))
-        add(":SOURce#:SWEep:STAir?", lambda c: _key(self._chan(c).sweep_stair))
+        add(":SOURce#:SWEep:STAir?", lambda c: short_form(self._chan(c).sweep_stair))
         add(
             ":SOURce#:SWEep:RANGing",
             partial(self._set_choice, "sweep_ranging", ("BEST", "AUTO", "FIXed")),
@@ -674,9 +558,9 @@ class KeysightB2900Emulator:
             add(f"{s}:RANGe", partial(self._set_source_range, f))
             add(f"{s}:RANGe?", lambda c, f=f: _sci(self._chan(c).source[f].range))
             add(f"{s}:RANGe:AUTO", partial(self._set_source_auto, f))
-            add(f"{s}:RANGe:AUTO?", lambda c, f=f: _onoff(self._chan(c).source[f].auto))
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: on_off(self._chan(c).source[f].auto))
             add(f"{s}:MODE", partial(self._set_source_mode, f))
-            add(f"{s}:MODE?", lambda c, f=f: _key(self._chan(c).source[f].mode))
+            add(f"{s}:MODE?", lambda c, f=f: short_form(self._chan(c).source[f].mode))
             for attr, node in (("start", "STARt"), ("stop", "STOP")):
                 add(f"{s}:{node}", partial(self._set_sweep_end, f, attr))
                 add(
@@ -702,19 +586,19 @@ class KeysightB2900Emulator:
         add("[:SENSe#]:FUNCtion:OFF?", self._get_funcs_off)
         add("[:SENSe#]:FUNCtion[:ON]:COUNt?", lambda c: str(len(self._chan(c).funcs)))
         add("[:SENSe#]:REMote", self._set_remote)
-        add("[:SENSe#]:REMote?", lambda c: _onoff(self._chan(c).remote_sense))
-        for f, word in _FUNCS.items():
+        add("[:SENSe#]:REMote?", lambda c: on_off(self._chan(c).remote_sense))
+        for f, word in FUNCTIONS.items():
             s = f"[:SENSe#]:{word}" + ("" if f == "RES" else "[:DC]")
             add(f"{s}:RANGe[:UPPer]", partial(self._set_sense_range, f))
             add(f"{s}:RANGe[:UPPer]?", lambda c, f=f: _sci(self._chan(c).sense[f].range))
             add(f"{s}:RANGe:AUTO", partial(self._set_sense_auto, f))
-            add(f"{s}:RANGe:AUTO?", lambda c, f=f: _onoff(self._chan(c).sense[f].auto))
+            add(f"{s}:RANGe:AUTO?", lambda c, f=f: on_off(self._chan(c).sense[f].auto))
             add(f"{s}:NPLCycles", self._set_nplc)
             add(f"{s}:NPLCycles?", lambda c: _sci(self._chan(c).nplc))
-            add(f"{s}:NPLCycles:AUTO", _accept_boolean)
+            add(f"{s}:NPLCycles:AUTO", accept_boolean)
             add(f"{s}:APERture", self._set_aperture)
             add(f"{s}:APERture?", lambda c: _sci(self._aperture(self._chan(c))))
-            add(f"{s}:APERture:AUTO", _accept_boolean)
+            add(f"{s}:APERture:AUTO", accept_boolean)
             if f != "RES":
                 add(f"{s}:PROTection[:LEVel][:BOTH]", partial(self._set_protection, f))
                 add(
@@ -728,7 +612,7 @@ class KeysightB2900Emulator:
             )
         add(":MEASure?", partial(self._measure, None))
         for f, word in (
-            *_FUNCS.items(),
+            *FUNCTIONS.items(),
             ("TIME", "TIME"),
             ("SOUR", "SOURce"),
             ("STAT", "STATus"),
@@ -764,81 +648,22 @@ class KeysightB2900Emulator:
                 add(f"{p}[:SEQuence]:DELay?", partial(self._get_layer, table, layers, "delay"))
         # trace buffer
         add(":TRACe#:FEED", self._trace_feed)
-        add(":TRACe#:FEED?", lambda c: _key(self._chan(c).trace.feed))
+        add(":TRACe#:FEED?", lambda c: short_form(self._chan(c).trace.feed))
         add(":TRACe#:FEED:CONTrol", self._trace_control)
-        add(":TRACe#:FEED:CONTrol?", lambda c: _key(self._chan(c).trace.control))
+        add(":TRACe#:FEED:CONTrol?", lambda c: short_form(self._chan(c).trace.control))
         add(":TRACe#:POINts", self._trace_points)
         add(":TRACe#:POINts?", lambda c: str(self._chan(c).trace.capacity))
         add(":TRACe#:POINts:ACTual?", lambda c: str(self._chan(c).trace.count))
         add(":TRACe#:CLEar", self._trace_clear)
         add(":TRACe#:TSTamp:FORMat", self._trace_tst)
-        add(":TRACe#:TSTamp:FORMat?", lambda c: _key(self._chan(c).trace.tst))
+        add(":TRACe#:TSTamp:FORMat?", lambda c: short_form(self._chan(c).trace.tst))
         add(":TRACe#:DATA?", self._trace_data)
         return t
 
-    # --- common commands ----------------------------------------------------------------------
-
-    @staticmethod
-    def _noargs(call: Call) -> None:
-        call.expect(0, 0)
-
-    def _idn(self, call: Call) -> str:
-        call.expect(0, 0)
-        return f"{self.vendor},{self.variant},{self.serial},{self.firmware}"
-
-    def _rst(self, call: Call) -> None:
-        call.expect(0, 0)
-        self._reset()
-
-    def _cls(self, call: Call) -> None:
-        call.expect(0, 0)
-        self.errors.clear()
-        self.status.clear()
-
-    def _opc(self, call: Call) -> None:
-        call.expect(0, 0)
-        if all(ch.timeline.run is None for ch in self.chans):
-            self.status.esr |= StatusRegisters.OPC
-        else:
-            self._opc_pending = True
-
-    def _stb(self, call: Call) -> str:
-        call.expect(0, 0)
-        return str(self.status.status_byte(error_available=len(self.errors) > 0))
-
-    def _set_register(self, name: str, call: Call) -> None:
-        call.expect(1, 1)
-        setattr(self.status, name, call.integer(0, minimum=0, maximum=255))
-
     # --- system -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _error_text(code: int, message: str) -> str:
-        return f'{code:+d},"{message}"'
-
-    def _error_next(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
-        return '+0,"No error"' if entry is None else self._error_text(entry.code, entry.message)
-
-    def _error_all(self, call: Call) -> str:
-        call.expect(0, 0)
-        out = []
-        while (entry := self.errors.pop()) is not None:
-            out.append(self._error_text(entry.code, entry.message))
-        return ",".join(out) or '+0,"No error"'
-
-    def _error_code(self, call: Call) -> str:
-        call.expect(0, 0)
-        entry = self.errors.pop()
-        return "+0" if entry is None else f"{entry.code:+d}"
-
-    def _set_lfr(self, call: Call) -> None:
-        call.expect(1, 1)
-        value = call.number(0)
-        if value not in (50.0, 60.0):
-            raise ScpiError(-224)
-        self.line_frequency = value
+    def _identity(self) -> str:
+        return f"{self.vendor},{self.variant},{self.serial},{self.firmware}"
 
     def _timer_count(self, call: Call) -> str:
         call.expect(0, 0)
@@ -870,15 +695,6 @@ class KeysightB2900Emulator:
         call.expect(0, 0)
         return {"ASCii": "ASC", "REAL32": "REAL,32", "REAL64": "REAL,64"}[self.data_format]
 
-    def _set_border(self, call: Call) -> None:
-        call.expect(1, 1)
-        self.byte_order = call.choice(0, ("NORMal", "SWAPped"))
-
-    def _set_elements(self, call: Call) -> None:
-        call.expect(1, 6)
-        chosen = {_key(call.choice(k, _ELEMENTS)) for k in range(len(call.args))}
-        self.elements = [e for e in _ELEMENT_KEYS if e in chosen]
-
     # --- output -------------------------------------------------------------------------------
 
     def _set_output(self, call: Call) -> None:
@@ -900,7 +716,7 @@ class KeysightB2900Emulator:
 
     def _get_flag(self, attr: str, call: Call) -> str:
         call.expect(0, 0)
-        return _onoff(getattr(self._chan(call), attr))
+        return on_off(getattr(self._chan(call), attr))
 
     # --- source -------------------------------------------------------------------------------
 
@@ -913,7 +729,7 @@ class KeysightB2900Emulator:
     def _set_source_function(self, call: Call) -> None:
         call.expect(1, 1)
         ch = self._idle_channel(call)
-        ch.func = _key(call.choice(0, ("VOLTage", "CURRent")))
+        ch.func = short_form(call.choice(0, ("VOLTage", "CURRent")))
         ch.held = None
 
     def _set_shape(self, call: Call) -> None:
@@ -936,13 +752,7 @@ class KeysightB2900Emulator:
     def _set_level(self, f: str, call: Call) -> None:
         call.expect(1, 1)
         ch = self._chan(call)
-        src = ch.source[f]
-        level = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=0.0)
-        if not src.auto and abs(level) > src.range * OVERRANGE * (1 + 1e-12):
-            raise ScpiError(-222)
-        src.level = level
-        if src.auto:
-            src.range = range_for_level(src.ranges, level)
+        ch.source[f].set_level(call)
         if f == ch.func:
             ch.held = None
 
@@ -960,17 +770,11 @@ class KeysightB2900Emulator:
 
     def _set_source_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self._chan(call).source[f]
-        value = call.number(0, minimum=-src.maximum, maximum=src.maximum, default=src.ranges[-1])
-        src.range = range_at_least(src.ranges, min(abs(value), src.ranges[-1]))
-        src.auto = False
+        self._chan(call).source[f].set_range(call)
 
     def _set_source_auto(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        src = self._chan(call).source[f]
-        src.auto = call.boolean(0)
-        if src.auto:
-            src.range = range_for_level(src.ranges, src.level)
+        self._chan(call).source[f].set_auto(call)
 
     def _set_source_mode(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -989,57 +793,30 @@ class KeysightB2900Emulator:
     def _set_step(self, f: str, call: Call) -> None:
         call.expect(1, 1)
         src = self._chan(call).source[f]
-        step = call.number(0, minimum=-2 * src.maximum, maximum=2 * src.maximum)
-        if step == 0 or (src.stop - src.start) * step < 0:
-            raise ScpiError(-221, "Settings conflict, step does not lead from start to stop")
-        n = math.floor(abs((src.stop - src.start) / step) * (1 + 1e-12)) + 1
-        if not 1 <= n <= MAX_LIST:
-            raise ScpiError(-222)
-        src.points = n
+        src.points = src.points_for_step(call, 1, MAX_LIST)
 
     def _get_step(self, f: str, call: Call) -> str:
         call.expect(0, 0)
         src = self._chan(call).source[f]
-        return _sci(0.0 if src.points < 2 else (src.stop - src.start) / (src.points - 1))
+        return _sci(src.step(src.points))
 
     def _set_list(self, f: str, append: bool, call: Call) -> None:
         call.expect(1)
         src = self._idle_channel(call).source[f]
-        m = src.maximum
-        values = number_list(call, m)
-        new = (src.values if append else []) + values
-        if len(new) > MAX_LIST:
-            raise ScpiError(-223, "Too much data, a list holds at most 2500 levels")
-        src.values = new
+        src.values = self._list_levels(
+            src.values, call, src.maximum, append=append, maximum=MAX_LIST
+        )
 
     def _get_list(self, f: str, call: Call) -> str:
         call.expect(0, 0)
-        values = self._chan(call).source[f].values
-        if not values:
-            raise ScpiError(-230, "Data corrupt or stale, the list is empty")
-        return ",".join(_sci(v) for v in values)
+        return self._list_text(self._chan(call).source[f].values, "the list is empty")
 
     # --- sense --------------------------------------------------------------------------------
-
-    def _parse_funcs(self, call: Call) -> list[str]:
-        out = []
-        for token in call.args:
-            text = unquote(token)
-            head, _, tail = text.partition(":")
-            for f, word in _FUNCS.items():
-                if match_mnemonic(head, word) and (
-                    not tail or (f != "RES" and tail.upper() == "DC")
-                ):
-                    out.append(f)
-                    break
-            else:
-                raise ScpiError(-224, f"Illegal parameter value, {text!r}")
-        return out
 
     def _func(self, on: bool, call: Call) -> None:
         call.expect(1, 3)
         ch = self._idle_channel(call)
-        for f in self._parse_funcs(call):
+        for f in self._parse_functions(call):
             if on and f not in ch.funcs:
                 ch.funcs.append(f)
             elif not on and f in ch.funcs:
@@ -1056,12 +833,12 @@ class KeysightB2900Emulator:
     def _get_funcs(self, call: Call) -> str:
         call.expect(0, 0)
         ch = self._chan(call)
-        return ",".join(f'"{f}"' for f in _FUNCS if f in ch.funcs) or '""'
+        return ",".join(f'"{f}"' for f in FUNCTIONS if f in ch.funcs) or '""'
 
     def _get_funcs_off(self, call: Call) -> str:
         call.expect(0, 0)
         ch = self._chan(call)
-        return ",".join(f'"{f}"' for f in _FUNCS if f not in ch.funcs) or '""'
+        return ",".join(f'"{f}"' for f in FUNCTIONS if f not in ch.funcs) or '""'
 
     def _set_remote(self, call: Call) -> None:
         call.expect(1, 1)
@@ -1069,11 +846,7 @@ class KeysightB2900Emulator:
 
     def _set_sense_range(self, f: str, call: Call) -> None:
         call.expect(1, 1)
-        s = self._chan(call).sense[f]
-        top = s.ranges[-1]
-        value = call.number(0, minimum=-top * OVERRANGE, maximum=top * OVERRANGE, default=top)
-        s.range = range_at_least(s.ranges, min(abs(value), top))
-        s.auto = False
+        self._chan(call).sense[f].set_range(call)
 
     def _set_sense_auto(self, f: str, call: Call) -> None:
         call.expect(1, 1)
@@ -1106,9 +879,7 @@ class KeysightB2900Emulator:
         ch = self._chan(call)
         if not ch.output or ch.func == f:
             return "0"
-        run = ch.timeline.run
-        level = run.level(run.done) if run is not None else ch.level_now()
-        return _onoff(ch.timeline.core.in_limit(ch.func, level, ch.limit()))
+        return on_off(ch.timeline.in_limit(ch.func, ch.level_now(), ch.limit()))
 
     # --- measurements -------------------------------------------------------------------------
 
@@ -1118,7 +889,7 @@ class KeysightB2900Emulator:
         return self._format_rows(np.concatenate(rows), [f] if f is not None else None)
 
     def _fetch_rows(self, kind: str, chans: list[_Channel]) -> np.ndarray:
-        self._wait(chans)
+        self._wait_for([ch.timeline for ch in chans])
         parts = []
         for ch in chans:
             data = ch.result
@@ -1163,7 +934,7 @@ class KeysightB2900Emulator:
 
     def _idle_query(self, call: Call) -> str:
         call.expect(0, 1)
-        self._wait(self._chanlist(call))
+        self._wait_for([ch.timeline for ch in self._chanlist(call)])
         return "1"
 
     def _set_layer(self, table: str, layers: tuple[str, ...], attr: str, call: Call) -> None:
@@ -1190,7 +961,7 @@ class KeysightB2900Emulator:
         call.expect(0, 1)
         value = getattr(getattr(self._chan(call), table)[layers[0]], attr)
         if attr == "source":
-            return _key(value)
+            return short_form(value)
         if attr == "count":
             return str(value)
         return _sci(value)
@@ -1242,18 +1013,3 @@ class KeysightB2900Emulator:
             t = data[:stop, 3]
             rows[:, 3] = np.diff(t, prepend=t[0])[offset:stop]
         return self._format_rows(rows)
-
-
-def _accept_boolean(call: Call) -> None:
-    """A setting the emulator checks but does not model."""
-    call.expect(1, 1)
-    call.boolean(0)
-
-
-def _accept_integer(call: Call) -> None:
-    call.expect(1, 1)
-    call.integer(0)
-
-
-def _accept_any(call: Call) -> None:
-    call.expect(1)
