@@ -48,7 +48,8 @@ def run(technique, port, folder):
     data = pico_mscript.parse_result_lines(result)
     txt = f"{folder}/{technique.fileName}.txt"
     save_data.Save(data, txt, technique.header, "emstatpico", technique.technique)
-    loader = {"CA": load_data.CA, "LSV": load_data.LSV, "CV": load_data.CV}[technique.technique]
+    loaders = {"CA": load_data.CA, "LSV": load_data.LSV, "CV": load_data.CV, "OCP": load_data.OCP}
+    loader = loaders[technique.technique]
     return result, data, loader(f"{technique.fileName}.txt", str(folder), "emstatpico")
 
 
@@ -97,3 +98,25 @@ def test_cyclic_voltammetry(pico):
     assert saved.E.max() == pytest.approx(0.5) and saved.E.min() == pytest.approx(-0.5)
     np.testing.assert_allclose(saved.i[:, 0], saved.E / R, rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(saved.t, np.arange(1, 401) * 0.01, rtol=1e-9)  # timer after wait
+
+
+def test_open_circuit_potentiometry(tmp_path):
+    """hardpotato's OCP (cell off, ``meas_loop_ocp`` with ``timer_get`` inside the package)
+    on electrodes with a 2 mV offset drifting 0.1 mV/s: the emulator reads the offset."""
+    server = make_pty_server(
+        "emstat",
+        device="resistor",
+        device_params={"R": R, "v_offset": 2e-3, "drift": 1e-4},
+        clock=VirtualClock(),
+    ).start()
+    try:
+        hp.potentiostat.Setup("emstatpico", ".", str(tmp_path), port=server.path, verbose=0)
+        ocp = hp.potentiostat.OCP(ttot=2, dt=0.1, fileName="OCP", header="OCP")
+        assert "meas_loop_ocp" in ocp.text and "cell_off" in ocp.text
+        result, data, saved = run(ocp, server.path, tmp_path)
+    finally:
+        server.close()
+    assert not [x for x in result if x.startswith("!")]
+    assert len(data[0]) == 20  # 2 s in 100 ms intervals
+    np.testing.assert_allclose(saved.t, np.arange(1, 21) * 0.1, rtol=1e-9)
+    np.testing.assert_allclose(saved.E, 2e-3 + 1e-4 * saved.t, atol=1e-9)

@@ -7,23 +7,39 @@ and §8, one ``\\n``-terminated line at a time:
   ``*``), ``v`` (``v<version>``), ``i`` (``i<serial>``), ``Z`` (abort: ``Z``, then the output of
   ``on_finished:`` and the empty line that ends every script; ``Z!0006`` when none runs), and
   ``e`` (echoed at once; the script lines follow, an empty line ends the upload and starts it);
-- the script subset: ``var``, ``store_var``, ``copy_var``, ``add_var``, ``sub_var``,
-  ``mul_var``, ``div_var``, ``set_pgstat_chan``, ``set_pgstat_mode``, ``set_max_bandwidth``,
+- the script subset: ``var``, ``array``, ``store_var``, ``copy_var`` (source, destination),
+  ``add_var``, ``sub_var``, ``mul_var``, ``div_var``, ``array_set``/``array_get`` (array,
+  index, value), ``mean`` (array, destination), ``float_to_int``, ``float_to_int_round``,
+  ``int_to_float``, ``set_pgstat_chan``, ``set_pgstat_mode``, ``set_max_bandwidth``,
   ``set_range_minmax``, ``set_range``, ``set_cr``, ``set_autoranging``, ``set_e``,
   ``cell_on``, ``cell_off``, ``timer_start``, ``timer_get``, ``wait``, ``send_string``,
-  ``pck_start``, ``pck_add``, ``pck_end``, ``loop``/``breakloop``/``endloop``,
+  ``pck_start``, ``pck_add``, ``pck_end``, ``if``/``elseif``/``else``/``endif``,
+  ``loop``/``endloop``, ``breakloop`` (in ``loop`` blocks and measurement loops),
   ``meas_loop_ca``, ``meas_loop_lsv``, ``meas_loop_cv`` (``nscans(n)``), ``meas_loop_pad``,
-  and the ``on_finished:`` label; ``#`` comments and indentation;
+  ``meas_loop_ocp``, ``meas_loop_dpv``, ``meas_loop_swv``, ``meas_loop_eis``, and the
+  ``on_finished:`` label; ``#`` comments and indentation. Array elements (``a[3i]``,
+  ``a[k]``) go wherever a variable does;
 - output: ``e``, ``M0000`` at each measurement loop, ``P`` data packages (``;``-separated
   values: type, 7 hex digits offset by 2^27, SI prefix, ``,1X`` status and ``,2XX`` current
   range on currents), ``*`` at a loop's end, ``C<scan>``/``-`` around each CV scan when
   ``nscans`` is given, ``L``/``+`` around ``loop`` blocks, ``T<text>``, ``!XXXX: ...``
   errors, and an empty line when the script is over.
 
+Conditions (``if``, ``elseif``, ``loop``) are ``OPERAND OPERATOR OPERAND`` with the operators
+of PalmSens' grammar, ``== != < <= > >= & |``; an operand is a variable, an array element or
+a literal (PyPalmSens 2.2's MethodSCRIPT grammar). ``&`` and ``|`` are bitwise on integers and
+true when the result is not zero [I]; the comparisons take integers and floats alike [I].
+
+Variable types of the outputs: potentials set ``da``, currents ``ba`` (with status and
+range), the measured potential of ``meas_loop_ocp`` ``ab`` [I], EIS ``dc`` (frequency),
+``cc``/``cd`` (Z real/imaginary; ``cc`` carries the current range and ``cd`` the status, as
+PalmSens' example parser reads them) [types: PalmSens' mscript.py].
+
 Time. The script runs on ``clock``: commands take no time, ``wait`` and the measurement loops
 do. Every message (and :meth:`poll`) first brings the script up to ``clock.now()``; the
 points of a measurement loop whose time has passed go through the device in one vectorised
-``device.step`` call. :meth:`next_event` tells a serial link when more output is due.
+``device.step`` call (point by point when its body may ``breakloop``, so that the device
+stops where the loop does). :meth:`next_event` tells a serial link when more output is due.
 
 Chosen semantics where the manual text we have is silent (re-check against hardware):
 
@@ -39,10 +55,34 @@ Chosen semantics where the manual text we have is silent (re-check against hardw
   t_int - t_pulse then (modes 2, 3) E_pulse for t_pulse; mode 1 reads the current at the end
   of the interval, mode 2 at the pulse end, mode 3 the pulse-end current minus the current
   just before the pulse.
+- ``meas_loop_dpv E I E_beg E_end E_step E_pulse t_pulse rate``: the stairs of
+  ``meas_loop_lsv``; each interval E_step / rate holds the stair for t_int - t_pulse, then
+  stair + E_pulse for t_pulse; I is the pulse-end current minus the one before the pulse, E
+  the stair. t_pulse must be under half the interval (PyPalmSens 2.2's rule; ``!4205``).
+- ``meas_loop_swv E I I_fwd I_rev E_beg E_end E_step E_amp freq``: the same stairs, one
+  period 1 / freq each: the forward half at stair + E_amp (E_amp is half the peak-to-peak
+  value, PyPalmSens 2.2), the reverse half at stair - E_amp, the forward pulse in the
+  direction of the scan; each current read at the end of its half; I = I_fwd - I_rev.
+- ``meas_loop_ocp E t_int t_run``: the cell must be off (``!4028``); the potential at which
+  the device passes no current (``labctl.sim.devices.smallsignal.open_circuit_potential``),
+  read as ``meas_loop_ca`` reads currents.
+- ``meas_loop_eis F Z_re Z_im E_ac f_start f_end n E_dc``: the cell must be on (``!4027``);
+  E_ac in V rms (1 mV .. 250 mV, PyPalmSens 2.2), n frequencies f_start .. f_end on a
+  logarithmic scale (both included). Each takes max(0.5 s, 8 periods): the cell at E_dc, then
+  the sine for the last 8 periods, the last 3 fitted for the admittance
+  (``labctl.sim.devices.smallsignal.sine_response``: the device model's own answer, noise
+  included). Frequency limits: Pico 0.016 Hz .. 200 kHz, EmStat4 10 uHz .. 200 kHz.
 - Current ranges autorange instantly within the ``set_autoranging`` bounds; a reading beyond
   the full scale of the top allowed range is clipped to it and flagged overload (status 2);
-  one below 0.1 % of the lowest allowed range is flagged underload (status 4).
-- With the cell off the device sees 0 V; readings are still taken.
+  one below 0.1 % of the lowest allowed range is flagged underload (status 4). A difference
+  of two readings (PAD mode 3, DPV, SWV) carries the status of both and the range of the
+  second.
+- With the cell off the device is at open circuit (no current; the potentiostat's input
+  leakage neglected); readings are still taken.
+- ``breakloop`` in a measurement loop ends it after the rest of that point is skipped: ``*``
+  follows (a ``-`` first if a CV scan is open).
+- ``mean`` averages every element of the array; ``float_to_int`` rounds down,
+  ``float_to_int_round`` to the nearest; a new array's elements are 0 of type ``ja``.
 - The cell, potential, mode and ranges persist after a script; variables do not.
 - ``set_pgstat_mode``: 0 off, 2 low speed, 3 high speed (the high-speed ranges of the Pico),
   4 max range (the low-speed ranges here [I]); other modes (5 poly WE, 6 galvanostat) are
@@ -55,21 +95,28 @@ Syntax, as PalmSens' own MethodSCRIPT grammar has it (the lexer shipped in PyPal
 variable names are ``[a-z][a-z0-9_]*`` of any length (``var dc_potential``); numbers are
 integers with an optional SI prefix (``-500m``, ``100n``, ``2``), ``i``-suffixed integers
 (``10i``) and ``0x``/``0b`` integers (``0x1F``, ``-0b101``); a decimal point, an exponent or
-a ``+`` sign is not a number (``1.5`` must be written ``1500m``).
+a ``+`` sign is not a number (``1.5`` must be written ``1500m``). An array index is an
+integer literal or a variable (``a[0]`` is malformed).
 
 Errors use the codes of PalmSens' error table (listed in PyPalmSens 2.2); which code a given
-fault draws where the table leaves a choice is ours: ``!4001`` unknown script command,
-``!420A`` an argument too many, ``!0007`` an argument missing or malformed, ``!4039`` a
-malformed number, ``!420B`` an undeclared variable, ``!4026`` a variable declared twice,
-``!402B`` a bad variable name, ``!0002`` a bad variable type, ``!400E`` unmatched loops,
+fault draws where the table leaves a choice is ours [I]: ``!4001`` unknown script command,
+``!420A`` an argument too many, ``!0007`` an argument missing or malformed (a condition
+included), ``!4039`` a malformed number, ``!420B`` an undeclared variable, ``!4026`` a
+variable declared twice, ``!402B`` a bad variable name, ``!0002`` a bad variable type,
+``!400E`` unmatched blocks (``loop``/``endloop``, ``if``/``elseif``/``else``/``endif``),
 ``!400B`` a measurement loop inside another, ``!401A`` a command not allowed in a
-measurement loop, ``!400C`` ``pck_add``/``pck_end`` outside a package, ``!000F`` a
+measurement loop (``wait``, ``loop``), ``!4032`` ``set_e`` in a measurement loop, ``!400C``
+``pck_add``/``pck_end`` outside a package or ``breakloop`` outside a loop, ``!000F`` a
 potential outside the instrument's window, ``!4200``/``!4204``/``!4205`` an argument
 negative, not positive or out of bounds, ``!0021`` an unsupported PGStat mode, ``!0023``
-``cell_on`` with the potentiostat off, ``!0025`` an unknown PAD mode, ``!0028`` division
-by zero, ``!002F`` a channel that does not exist, ``!001B`` a feature the emulator lacks.
-Online: ``!0003`` an unknown command, ``!0006`` a command in the wrong mode (``Z`` with no
-script running, ``e`` while one runs).
+``cell_on`` with the potentiostat off, ``!4027``/``!4028`` a loop that needs the cell on/off,
+``!0025`` an unknown PAD mode, ``!0028`` division by zero, ``!002F`` a channel that does not
+exist, ``!001B`` a feature the emulator lacks; arrays: ``!400F`` an index out of bounds,
+``!4038`` a malformed access or one to a plain variable, ``!4207`` an index or size that is
+not an integer, ``!420C``/``!420D``/``!420E`` a plain variable, a literal or an array where
+the command takes something else, ``!4041`` ``&``/``|`` on a non-integer. Online:
+``!0003`` an unknown command, ``!0006`` a command in the wrong mode (``Z`` with no script
+running, ``e`` while one runs).
 """
 
 from __future__ import annotations
@@ -86,6 +133,7 @@ import numpy as np
 
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
+from labctl.sim.devices.smallsignal import open_circuit_potential, sine_response
 
 __all__ = ["MODELS", "EmStatEmulator", "encode_value", "parse_literal"]
 
@@ -181,6 +229,7 @@ class Model:
     e_max: float
     ranges: tuple[tuple[int, float], ...]  # (index, full scale in A), low-speed mode
     hs_ranges: tuple[tuple[int, float], ...] = ()  # high-speed mode, if different
+    eis_hz: tuple[float, float] = (1e-5, 200e3)  # EIS frequency range [I]
 
 
 _PICO_LS = tuple(
@@ -200,7 +249,7 @@ _ES4 = tuple(zip(range(3, 30, 3), (10.0**e for e in range(-9, 0)), strict=True))
 # (9..27). Potential windows: EmStat4 LR +-3 V, HR +-6 V [V hardpotato's EmStat limits, a
 # secondary source]; the Pico's is [I].
 MODELS: dict[str, Model] = {
-    "espico": Model("espico", "EmStat Pico", -1.7, 2.0, _PICO_LS, _PICO_HS),
+    "espico": Model("espico", "EmStat Pico", -1.7, 2.0, _PICO_LS, _PICO_HS, (0.016, 200e3)),
     "es4_lr": Model("es4_lr", "EmStat4 LR", -3.0, 3.0, _ES4[:-1]),
     "es4_hr": Model("es4_hr", "EmStat4 HR", -6.0, 6.0, _ES4[2:]),
 }
@@ -239,21 +288,34 @@ E_UNKNOWN_CMD = 0x4001  # an unknown script command
 E_NESTED_MEAS = 0x400B  # a measurement loop inside another
 E_SITUATION = 0x400C  # a command out of place (pck_add outside pck_start/pck_end)
 E_SCOPE = 0x400E  # loops that do not match up
+E_INDEX = 0x400F  # an array index out of bounds
 E_IN_MEAS = 0x401A  # a command not allowed inside a measurement loop
 E_REDECLARED = 0x4026  # a variable declared twice
+E_CELL_OFF = 0x4027  # needs the cell on (cell_on)
+E_CELL_ON = 0x4028  # needs the cell off (cell_off)
 E_VAR_NAME = 0x402B  # a variable name that is not [a-z][a-z0-9_]*
+E_SET_E_IN_MEAS = 0x4032  # the potential set inside a measurement loop
+E_ACCESS = 0x4038  # an array access that is not NAME[INDEX]
 E_LITERAL = 0x4039  # a malformed number
+E_COMPARE = 0x4041  # a comparison that cannot be made
 E_NEGATIVE = 0x4200  # an argument that cannot be negative
 E_NOT_POSITIVE = 0x4204  # an argument that must be > 0
 E_BOUNDS = 0x4205  # an argument outside its bounds
+E_INT_FLOAT = 0x4207  # an integer where a float is needed or the reverse
 E_EXTRA_ARG = 0x420A  # an argument too many
 E_UNDECLARED = 0x420B  # an undeclared variable
+E_IS_VAR = 0x420C  # a plain variable where the command needs an array
+E_IS_LITERAL = 0x420D  # a literal where the command needs a variable
+E_IS_ARRAY = 0x420E  # an array where the command needs a variable or a value
 
 
 def _count_error(cmd: str, line: int, lo: int, hi: int, got: int) -> _ScriptError:
     takes = f"{lo}" if lo == hi else f"{lo}..{hi}"
     code = E_EXTRA_ARG if got > hi else E_ARGUMENT
     return _ScriptError(code, line, f"{cmd} takes {takes} arguments, not {got}")
+
+
+_Cond = tuple[str, str, str]  # operand, operator, operand
 
 
 @dataclass
@@ -265,9 +327,19 @@ class _Stmt:
 
 @dataclass
 class _Loop:
-    args: list[str]
+    cond: _Cond
     line: int
     body: list = field(default_factory=list)
+
+
+@dataclass
+class _If:
+    line: int
+    branches: list[tuple[_Cond | None, list]] = field(default_factory=list)  # None: else
+
+    @property
+    def closed_by_else(self) -> bool:
+        return bool(self.branches) and self.branches[-1][0] is None
 
 
 @dataclass
@@ -277,17 +349,25 @@ class _Meas:
     line: int
     nscans: int | None = None
     body: list = field(default_factory=list)
+    breakable: bool = False  # a breakloop in the body ends this loop
 
 
 # command -> (min args, max args); commands that take time are handled apart
 _SIMPLE: dict[str, tuple[int, int]] = {
     "var": (1, 1),
+    "array": (2, 2),
     "store_var": (3, 3),
     "copy_var": (2, 2),
     "add_var": (2, 2),
     "sub_var": (2, 2),
     "mul_var": (2, 2),
     "div_var": (2, 2),
+    "array_set": (3, 3),
+    "array_get": (3, 3),
+    "mean": (2, 2),
+    "float_to_int": (1, 1),
+    "float_to_int_round": (1, 1),
+    "int_to_float": (1, 1),
     "set_pgstat_chan": (1, 1),
     "set_pgstat_mode": (1, 1),
     "set_max_bandwidth": (1, 1),
@@ -304,11 +384,20 @@ _SIMPLE: dict[str, tuple[int, int]] = {
     "pck_add": (1, 1),
     "pck_end": (0, 0),
     "send_string": (1, 99),
-    "breakloop": (0, 0),
     "wait": (1, 1),
 }
-_MEAS_ARGS = {"meas_loop_ca": 5, "meas_loop_lsv": 6, "meas_loop_cv": 7, "meas_loop_pad": 8}
-_NOT_IN_MEAS = {"wait", "breakloop", "loop"}
+# arguments (outputs first) and how many of them are outputs
+_MEAS_ARGS = {
+    "meas_loop_ca": (5, 2),
+    "meas_loop_lsv": (6, 2),
+    "meas_loop_cv": (7, 2),
+    "meas_loop_pad": (8, 2),
+    "meas_loop_ocp": (3, 1),
+    "meas_loop_dpv": (8, 2),
+    "meas_loop_swv": (9, 4),
+    "meas_loop_eis": (8, 3),
+}
+_NOT_IN_MEAS = {"wait", "loop"}
 PGSTAT_MODES = (0, 2, 3, 4)  # off, low speed, high speed, max range
 # settings of the selected channel (the second channel only turns off, see the module doc)
 _CHANNEL_CMDS = {
@@ -324,6 +413,11 @@ _CHANNEL_CMDS = {
 }
 _NSCANS = re.compile(r"^nscans\((\d+)\)$")
 _VAR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# NAME[INDEX], the index an integer literal or a variable (PyPalmSens 2.2's grammar)
+_ACCESS = re.compile(
+    r"^([a-z][a-z0-9_]*)\[([a-z][a-z0-9_]*|-?\d+i|-?0x[0-9a-fA-F]+i?|-?0b[01]+i?)\]$"
+)
+_CONDITION = re.compile(r"^(\S+?)\s*(==|!=|>=|<=|<|>|&|\|)\s*(\S+)$")
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -334,12 +428,27 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def _parse_condition(text: str, cmd: str, line: int) -> _Cond:
+    m = _CONDITION.match(text)
+    if not m:
+        raise _ScriptError(E_ARGUMENT, line, f"{cmd} takes: VALUE OPERATOR VALUE")
+    a, op, b = m.groups()
+    _check_access([a, b], line)
+    return a, op, b
+
+
+def _check_access(args: list[str], line: int) -> None:
+    for a in args:
+        if ("[" in a or "]" in a) and not _ACCESS.match(a):
+            raise _ScriptError(E_ACCESS, line, f"{a!r} is not NAME[INDEX]")
+
+
 def _parse_script(lines: list[str]) -> tuple[list, list]:
     """(main block, on_finished block), or raise _ScriptError."""
     main: list = []
     finish: list = []
     stack: list[list] = [main]
-    openers: list[_Loop | _Meas] = []
+    openers: list[_Loop | _Meas | _If] = []
     in_finish = False
     for n, raw in enumerate(lines, start=1):
         text = raw.split("#", 1)[0].strip()
@@ -347,50 +456,88 @@ def _parse_script(lines: list[str]) -> tuple[list, list]:
             continue
         if text == "on_finished:":
             if openers or in_finish:
-                raise _ScriptError(E_SCOPE, n, "on_finished: inside a loop or twice")
+                raise _ScriptError(E_SCOPE, n, "on_finished: inside a block or twice")
             in_finish = True
             stack = [finish]
             continue
         words = text.split()
         cmd, args = words[0], words[1:]
+        rest = text[len(cmd) :].strip()
         if cmd == "endloop":
-            if not openers:
+            if not openers or isinstance(openers[-1], _If):
                 raise _ScriptError(E_SCOPE, n, "endloop without a loop")
             openers.pop()
             stack.pop()
             continue
-        if openers and isinstance(openers[-1], _Meas):
+        if cmd in ("elseif", "else", "endif"):
+            node = openers[-1] if openers else None
+            if not isinstance(node, _If):
+                raise _ScriptError(E_SCOPE, n, f"{cmd} without if")
+            if node.closed_by_else and cmd != "endif":
+                raise _ScriptError(E_SCOPE, n, f"{cmd} after else")
+            stack.pop()
+            if cmd == "endif":
+                openers.pop()
+                continue
+            if cmd == "else" and args:
+                raise _count_error(cmd, n, 0, 0, len(args))
+            cond = _parse_condition(rest, cmd, n) if cmd == "elseif" else None
+            body: list = []
+            node.branches.append((cond, body))
+            stack.append(body)
+            continue
+        if any(isinstance(o, _Meas) for o in openers):
             if cmd in _MEAS_ARGS:
                 raise _ScriptError(E_NESTED_MEAS, n, f"{cmd} inside a measurement loop")
             if cmd in _NOT_IN_MEAS:
                 raise _ScriptError(E_IN_MEAS, n, f"{cmd} is not allowed in a measurement loop")
-        if cmd == "loop":
-            if len(args) != 3 or args[1] not in _COMPARE:
-                raise _ScriptError(E_ARGUMENT, n, "loop takes: VALUE OPERATOR VALUE")
-            node: _Loop | _Meas = _Loop(args, n)
+            if cmd == "set_e" or (cmd == "set_range_minmax" and args[:1] == ["da"]):
+                raise _ScriptError(E_SET_E_IN_MEAS, n, f"{cmd} inside a measurement loop")
+        if cmd != "send_string":
+            _check_access(args, n)
+        if cmd == "if":
+            body = []
+            opened: _Loop | _Meas | _If = _If(n, [(_parse_condition(rest, cmd, n), body)])
+        elif cmd == "loop":
+            opened = _Loop(_parse_condition(rest, cmd, n), n)
+            body = opened.body
+        elif cmd == "breakloop":
+            if args:
+                raise _count_error(cmd, n, 0, 0, len(args))
+            loops = [o for o in openers if not isinstance(o, _If)]
+            if not loops:
+                raise _ScriptError(E_SITUATION, n, "breakloop outside a loop")
+            if isinstance(loops[-1], _Meas):
+                loops[-1].breakable = True
+            stack[-1].append(_Stmt(cmd, [], n))
+            continue
         elif cmd in _MEAS_ARGS:
             nscans = None
             if cmd == "meas_loop_cv" and args and _NSCANS.match(args[-1]):
                 nscans = int(_NSCANS.match(args[-1]).group(1))  # type: ignore[union-attr]
                 args = args[:-1]
-            if len(args) != _MEAS_ARGS[cmd]:
-                raise _count_error(cmd, n, _MEAS_ARGS[cmd], _MEAS_ARGS[cmd], len(args))
-            node = _Meas(cmd, args, n, nscans)
+            count = _MEAS_ARGS[cmd][0]
+            if len(args) != count:
+                raise _count_error(cmd, n, count, count, len(args))
+            opened = _Meas(cmd, args, n, nscans)
+            body = opened.body
         elif cmd in _SIMPLE:
             lo, hi = _SIMPLE[cmd]
             if cmd == "send_string":
-                args = [text[len(cmd) :].strip().strip('"')]
+                args = [rest.strip('"')]
             if not lo <= len(args) <= hi:
                 raise _count_error(cmd, n, lo, hi, len(args))
             stack[-1].append(_Stmt(cmd, args, n))
             continue
         else:
             raise _ScriptError(E_UNKNOWN_CMD, n, f"unknown command {cmd!r}")
-        stack[-1].append(node)
-        stack.append(node.body)
-        openers.append(node)
+        stack[-1].append(opened)
+        stack.append(body)
+        openers.append(opened)
     if openers:
-        raise _ScriptError(E_SCOPE, openers[-1].line, "loop without endloop")
+        last = openers[-1]
+        what = "if without endif" if isinstance(last, _If) else "loop without endloop"
+        raise _ScriptError(E_SCOPE, last.line, what)
     return main, finish
 
 
@@ -401,9 +548,37 @@ class _Var:
     integer: bool = False
     meta: str = ""
 
+    def assign(self, other: _Var) -> None:
+        self.value, self.vtype, self.integer, self.meta = (
+            other.value,
+            other.vtype,
+            other.integer,
+            other.meta,
+        )
+
+
+# One output column of a measurement loop: variable type, values per point, metadata per point
+_Col = tuple[str, np.ndarray, list[str] | None]
+
+
+@dataclass
+class _Plan:
+    """A measurement loop whose points are alike: ``n`` points of ``len(subs)`` sub-steps."""
+
+    n: int
+    subs: tuple[float, ...]
+    levels: Callable[[np.ndarray], np.ndarray]  # point indices -> (points, sub-steps) in V
+    report: Callable[[np.ndarray], np.ndarray]  # point indices -> the potential reported
+    columns: Callable[[np.ndarray, np.ndarray], list[_Col]]  # (indices, currents) -> outputs
+    markers: Callable[[int], tuple[str | None, str | None]] | None = None
+
 
 _BATCH = 1 << 16  # points per device.step call at most
 _MIN_BATCH = 4096  # points a batched wake-up may cover (see next_event)
+EIS_MIN_S = 0.5  # time per EIS frequency at least [I: PyPalmSens' default min_sampling_time]
+EIS_SETTLE_PERIODS = 5  # sine periods before the fit [I]
+EIS_PERIODS = 3  # sine periods fitted [I]
+EIS_E_AC = (1e-3, 0.25)  # V rms [PyPalmSens 2.2 EIS docs]
 
 
 class EmStatEmulator:
@@ -445,7 +620,7 @@ class EmStatEmulator:
         self.bandwidth_hz = 40.0
         self._range_index = self._ranges()[0][0]
         self._autorange: tuple[float, float] | None = None
-        self._vars: dict[str, _Var] = {}
+        self._vars: dict[str, _Var | list[_Var]] = {}
         self._pck: list[str] | None = None
         self._timer0 = 0.0
 
@@ -592,16 +767,13 @@ class EmStatEmulator:
             yield from self._block(main)
         except _ScriptError as err:
             self._emit(err.output())
-        except _Break:
-            pass
         yield from self._finish(finish)
 
     def _finish(self, finish: list) -> Iterator[float]:
         try:
             yield from self._block(finish)
-        except (_ScriptError, _Break) as err:
-            if isinstance(err, _ScriptError):
-                self._emit(err.output())
+        except _ScriptError as err:
+            self._emit(err.output())
         self._hold_until(self._ts)
         self._emit("")
 
@@ -611,6 +783,10 @@ class EmStatEmulator:
                 yield from self._meas(node)
             elif isinstance(node, _Loop):
                 yield from self._loop(node)
+            elif isinstance(node, _If):
+                branch = self._branch(node)
+                if branch is not None:
+                    yield from self._block(branch)
             elif node.cmd == "wait":
                 dt = self._num(node.args[0], node.line)
                 if dt < 0:
@@ -621,6 +797,24 @@ class EmStatEmulator:
             else:
                 self._simple(node)
 
+    def _body(self, nodes: list) -> None:
+        """A measurement loop's body for one point (no command in it takes time)."""
+        for node in nodes:
+            if isinstance(node, _If):
+                branch = self._branch(node)
+                if branch is not None:
+                    self._body(branch)
+            elif node.cmd == "breakloop":
+                raise _Break
+            else:
+                self._simple(node)
+
+    def _branch(self, node: _If) -> list | None:
+        for cond, body in node.branches:
+            if cond is None or self._condition(cond, node.line):
+                return body
+        return None
+
     def _sleep(self, dt: float) -> Iterator[float]:
         end = self._ts + dt
         while self._now < end:
@@ -628,10 +822,9 @@ class EmStatEmulator:
         self._ts = end
 
     def _loop(self, node: _Loop) -> Iterator[float]:
-        a, op, b = node.args
         self._emit("L")
         try:
-            while _COMPARE[op](self._num(a, node.line), self._num(b, node.line)):
+            while self._condition(node.cond, node.line):
                 yield from self._block(node.body)
         except _Break:
             pass
@@ -639,19 +832,73 @@ class EmStatEmulator:
 
     # --- values and variables ----------------------------------------------------------------
 
-    def _var(self, name: str, line: int) -> _Var:
-        try:
-            return self._vars[name]
-        except KeyError:
-            raise _ScriptError(E_UNDECLARED, line, f"variable {name!r} is not declared") from None
+    def _ref(self, token: str, line: int) -> _Var:
+        """The variable (or array element) ``token`` names."""
+        m = _ACCESS.match(token)
+        if m:
+            name, index = m.groups()
+            arr = self._vars.get(name)
+            if arr is None:
+                raise _ScriptError(E_UNDECLARED, line, f"array {name!r} is not declared")
+            if not isinstance(arr, list):
+                raise _ScriptError(E_ACCESS, line, f"{name!r} is not an array")
+            k = self._index(index, line)
+            if not 0 <= k < len(arr):
+                raise _ScriptError(E_INDEX, line, f"index {k} is outside {name}[0..{len(arr) - 1}]")
+            return arr[k]
+        if not _VAR_NAME.match(token):
+            raise _ScriptError(E_IS_LITERAL, line, f"{token!r} is not a variable")
+        v = self._vars.get(token)
+        if v is None:
+            raise _ScriptError(E_UNDECLARED, line, f"variable {token!r} is not declared")
+        if isinstance(v, list):
+            raise _ScriptError(E_IS_ARRAY, line, f"{token!r} is an array")
+        return v
 
-    def _num(self, token: str, line: int) -> float:
-        if _VAR_NAME.match(token):
-            return self._var(token, line).value
+    def _array(self, name: str, line: int) -> list[_Var]:
+        arr = self._vars.get(name)
+        if arr is None:
+            raise _ScriptError(E_UNDECLARED, line, f"array {name!r} is not declared")
+        if not isinstance(arr, list):
+            raise _ScriptError(E_IS_VAR, line, f"{name!r} is not an array")
+        return arr
+
+    def _index(self, token: str, line: int) -> int:
+        value, integer = self._operand(token, line)
+        if not integer:
+            raise _ScriptError(E_INT_FLOAT, line, f"index {token!r} is not an integer")
+        return int(value)
+
+    def _operand(self, token: str, line: int) -> tuple[float, bool]:
+        """(value, is_integer) of a variable, an array element or a literal."""
+        if _VAR_NAME.match(token) or _ACCESS.match(token):
+            v = self._ref(token, line)
+            return v.value, v.integer
         try:
-            return parse_literal(token)[0]
+            return parse_literal(token)
         except ValueError:
             raise _ScriptError(E_LITERAL, line, f"{token!r} is not a number") from None
+
+    def _num(self, token: str, line: int) -> float:
+        return self._operand(token, line)[0]
+
+    def _condition(self, cond: _Cond, line: int) -> bool:
+        a, op, b = cond
+        va, ia = self._operand(a, line)
+        vb, ib = self._operand(b, line)
+        if op in "&|":
+            # [I] bitwise tests take integers only; true when the result is not zero
+            if not (ia and ib):
+                raise _ScriptError(E_COMPARE, line, f"{op} needs two integers")
+            x, y = int(va), int(vb)
+            return (x & y if op == "&" else x | y) != 0
+        return _COMPARE[op](va, vb)
+
+    def _declare(self, name: str, line: int) -> None:
+        if not _VAR_NAME.match(name):
+            raise _ScriptError(E_VAR_NAME, line, f"{name!r} is not a variable name")
+        if name in self._vars:
+            raise _ScriptError(E_REDECLARED, line, f"variable {name!r} already exists")
 
     def _simple(self, st: _Stmt) -> None:
         cmd, args, line = st.cmd, st.args, st.line
@@ -664,7 +911,7 @@ class EmStatEmulator:
         if cmd == "pck_add":
             if self._pck is None:
                 raise _ScriptError(E_SITUATION, line, "pck_add outside pck_start/pck_end")
-            v = self._var(args[0], line)
+            v = self._ref(args[0], line)
             self._pck.append(encode_value(v.vtype, v.value, v.meta, integer=v.integer))
         elif cmd == "pck_start":
             self._pck = []
@@ -674,25 +921,57 @@ class EmStatEmulator:
             self._emit("P" + ";".join(self._pck))
             self._pck = None
         elif cmd == "timer_get":
-            v = self._var(args[0], line)
+            v = self._ref(args[0], line)
             v.value, v.vtype, v.integer, v.meta = self._ts - self._timer0, "eb", False, ""
         elif cmd == "var":
-            if not _VAR_NAME.match(args[0]):
-                raise _ScriptError(E_VAR_NAME, line, f"{args[0]!r} is not a variable name")
-            if args[0] in self._vars:
-                raise _ScriptError(E_REDECLARED, line, f"variable {args[0]!r} already exists")
+            self._declare(args[0], line)
             self._vars[args[0]] = _Var()
+        elif cmd == "array":
+            self._declare(args[0], line)
+            size, integer = self._operand(args[1], line)
+            if not integer:
+                raise _ScriptError(E_INT_FLOAT, line, "the array size must be an integer")
+            if size < 1:
+                raise _ScriptError(E_NOT_POSITIVE, line, "the array size must be > 0")
+            self._vars[args[0]] = [_Var() for _ in range(int(size))]
         elif cmd == "store_var":
-            v = self._var(args[0], line)
-            try:
-                value, integer = parse_literal(args[1])
-            except ValueError:
-                value, integer = self._num(args[1], line), False
-            if len(args[2]) != 2:
+            v = self._ref(args[0], line)
+            value, integer = self._operand(args[1], line)
+            if len(args[2]) != 2 or not args[2].isalpha():
                 raise _ScriptError(E_VARTYPE, line, f"{args[2]!r} is not a variable type")
             v.value, v.integer, v.vtype, v.meta = value, integer, args[2], ""
-        elif cmd in ("copy_var", "add_var", "sub_var", "mul_var", "div_var"):
+        elif cmd == "copy_var":  # copy_var SOURCE DESTINATION
+            self._ref(args[1], line).assign(self._ref(args[0], line))
+        elif cmd in ("add_var", "sub_var", "mul_var", "div_var"):
             self._arith(cmd, args, line)
+        elif cmd == "array_set":  # array_set ARRAY INDEX VALUE
+            arr = self._array(args[0], line)
+            k = self._index(args[1], line)
+            if not 0 <= k < len(arr):
+                raise _ScriptError(E_INDEX, line, f"index {k} is outside 0..{len(arr) - 1}")
+            if _VAR_NAME.match(args[2]) or _ACCESS.match(args[2]):
+                arr[k].assign(self._ref(args[2], line))
+            else:
+                value, integer = self._operand(args[2], line)
+                arr[k].value, arr[k].integer, arr[k].meta = value, integer, ""
+        elif cmd == "array_get":  # array_get ARRAY INDEX DESTINATION
+            arr = self._array(args[0], line)
+            k = self._index(args[1], line)
+            if not 0 <= k < len(arr):
+                raise _ScriptError(E_INDEX, line, f"index {k} is outside 0..{len(arr) - 1}")
+            self._ref(args[2], line).assign(arr[k])
+        elif cmd == "mean":  # mean ARRAY DESTINATION [I: over every element]
+            arr = self._array(args[0], line)
+            out = self._ref(args[1], line)
+            out.value = float(np.mean([x.value for x in arr]))
+            out.vtype, out.integer, out.meta = arr[0].vtype, False, ""
+        elif cmd in ("float_to_int", "float_to_int_round", "int_to_float"):
+            v = self._ref(args[0], line)
+            if cmd == "int_to_float":
+                v.integer = False
+            else:  # [I] float_to_int rounds down, float_to_int_round to the nearest
+                shift = 0.5 if cmd == "float_to_int_round" else 0.0
+                v.value, v.integer = float(math.floor(v.value + shift)), True
         elif cmd == "set_e":
             self._set_e(self._num(args[0], line), line)
         elif cmd == "cell_on":
@@ -741,20 +1020,9 @@ class EmStatEmulator:
             self._emit("T" + args[0])
 
     def _arith(self, cmd: str, args: list[str], line: int) -> None:
-        v = self._var(args[0], line)
-        if _VAR_NAME.match(args[1]):
-            src = self._var(args[1], line)
-            other, integer = src.value, src.integer
-        else:
-            try:
-                other, integer = parse_literal(args[1])
-            except ValueError:
-                raise _ScriptError(E_LITERAL, line, f"{args[1]!r} is not a number") from None
-        if cmd == "copy_var":
-            v.value, v.integer = other, integer
-            if _VAR_NAME.match(args[1]):
-                v.vtype = self._vars[args[1]].vtype
-        elif cmd == "add_var":
+        v = self._ref(args[0], line)
+        other, _ = self._operand(args[1], line)
+        if cmd == "add_var":
             v.value += other
         elif cmd == "sub_var":
             v.value -= other
@@ -767,8 +1035,14 @@ class EmStatEmulator:
 
     # --- the cell and the device -------------------------------------------------------------
 
+    def _open_circuit(self) -> float:
+        """The potential the cell settles at with the cell off (no current flows) [I: the
+        potentiostat's input leakage is neglected]."""
+        e = open_circuit_potential(self.device)
+        return 0.0 if math.isnan(e) else e
+
     def _applied(self) -> float:
-        return self.e if self.cell_on else 0.0
+        return self.e if self.cell_on else self._open_circuit()
 
     def _hold_until(self, t: float) -> None:
         """Keep the device at the applied potential up to script time ``t``."""
@@ -830,44 +1104,58 @@ class EmStatEmulator:
         reading = np.where(over, np.copysign(full, np.where(np.isnan(raw), 1.0, raw)), raw)
         return reading, status, idx[k]
 
+    def _current(self, raw: np.ndarray) -> _Col:
+        """A current column: readings (``ba``) with status and range metadata."""
+        reading, status, rng = self._measure(raw)
+        return "ba", reading, _metas(status, rng)
+
+    def _difference(self, first: np.ndarray, second: np.ndarray) -> _Col:
+        """``first - second``, each read in its range; the status of either, the range of the
+        second [I]."""
+        r1, s1, _ = self._measure(first)
+        r2, s2, g2 = self._measure(second)
+        return "ba", r1 - r2, _metas(s1 | s2, g2)
+
     # --- measurement loops -------------------------------------------------------------------
 
     def _meas(self, node: _Meas) -> Iterator[float]:
         line = node.line
-        args = node.args
-        for name in args[:2]:
-            self._var(name, line)
-        vals = [self._num(a, line) for a in args[2:]]
-        kind = node.kind
-        markers: Callable[[int], tuple[str | None, str | None]] | None = None
+        outs = _MEAS_ARGS[node.kind][1]
+        for name in node.args[:outs]:
+            self._ref(name, line)
+        vals = [self._num(a, line) for a in node.args[outs:]]
+        if node.kind == "meas_loop_ocp":
+            yield from self._ocp(node, *vals)
+        elif node.kind == "meas_loop_eis":
+            yield from self._eis(node, *vals)
+        else:
+            yield from self._points(node, self._plan(node, vals))
+
+    def _plan(self, node: _Meas, vals: list[float]) -> _Plan:
+        kind, line = node.kind, node.line
+
+        def constant(value: float) -> Callable[[np.ndarray], np.ndarray]:
+            return lambda k: np.full(len(k), value)
+
+        def last(k: np.ndarray, i: np.ndarray, report: Callable) -> list[_Col]:
+            return [("da", report(k), None), self._current(i[:, -1])]
+
         if kind == "meas_loop_ca":
             e_dc, t_int, t_run = vals
             self._check_e(e_dc, line)
             if t_int <= 0 or t_run < 0:
                 raise _ScriptError(E_NOT_POSITIVE, line, "t_interval must be > 0, t_run >= 0")
-            n = round(t_run / t_int)
-
-            def levels(k: np.ndarray) -> np.ndarray:
-                return np.full((len(k), 1), e_dc)
-
-            subs = (t_int,)
-            report = levels
-        elif kind == "meas_loop_lsv":
-            e_beg, e_end, e_step, rate = vals
-            self._check_e(e_beg, line)
-            self._check_e(e_end, line)
-            if e_step <= 0 or rate <= 0:
-                raise _ScriptError(E_NOT_POSITIVE, line, "E_step and the scan rate must be > 0")
-            steps = max(round(abs(e_end - e_beg) / e_step), 1 if e_end != e_beg else 0)
-            n = steps + 1
-
-            def levels(k: np.ndarray) -> np.ndarray:
-                frac = k / steps if steps else np.zeros(len(k))
-                return (e_beg + (e_end - e_beg) * frac)[:, None]
-
-            subs = (e_step / rate,)
-            report = levels
-        elif kind == "meas_loop_cv":
+            report = constant(e_dc)
+            return _Plan(
+                round(t_run / t_int),
+                (t_int,),
+                lambda k: report(k)[:, None],
+                report,
+                lambda k, i: last(k, i, report),
+            )
+        if kind in ("meas_loop_lsv", "meas_loop_dpv", "meas_loop_swv"):
+            return self._scan_plan(node, vals)
+        if kind == "meas_loop_cv":
             e_beg, v1, v2, e_step, rate = vals
             for e in (e_beg, v1, v2):
                 self._check_e(e, line)
@@ -876,161 +1164,234 @@ class EmStatEmulator:
             scan = _cv_scan(e_beg, v1, v2, e_step)
             if not len(scan):
                 raise _ScriptError(E_BOUNDS, line, "the scan has no steps")
-            scans = node.nscans or 1
-            n = len(scan) * scans
+            per = len(scan)
 
-            def levels(k: np.ndarray) -> np.ndarray:
-                return scan[k % len(scan)][:, None]
+            def cv_report(k: np.ndarray) -> np.ndarray:
+                return scan[k % per]
 
-            subs = (e_step / rate,)
-            report = levels
+            markers = None
             if node.nscans is not None:
-                per = len(scan)
 
                 def markers(k: int) -> tuple[str | None, str | None]:
                     s, j = divmod(k, per)
                     return (f"C{s:04X}" if j == 0 else None, "-" if j == per - 1 else None)
 
-        else:  # meas_loop_pad
-            e_dc, e_pulse, t_pulse, t_int, t_run, mode = vals
-            self._check_e(e_dc, line)
-            self._check_e(e_pulse, line)
-            if int(mode) not in (1, 2, 3):
-                raise _ScriptError(E_PAD_MODE, line, f"PAD mode {int(mode)} is not 1, 2 or 3")
-            if not 0 < t_pulse < t_int or t_run < 0:
-                raise _ScriptError(E_BOUNDS, line, "needs 0 < t_pulse < t_int and t_run >= 0")
-            mode = int(mode)
-            n = round(t_run / t_int)
-            pulse_level = e_dc if mode == 1 else e_pulse
+            return _Plan(
+                per * (node.nscans or 1),
+                (e_step / rate,),
+                lambda k: cv_report(k)[:, None],
+                cv_report,
+                lambda k, i: last(k, i, cv_report),
+                markers,
+            )
+        # meas_loop_pad
+        e_dc, e_pulse, t_pulse, t_int, t_run, mode = vals
+        self._check_e(e_dc, line)
+        self._check_e(e_pulse, line)
+        if int(mode) not in (1, 2, 3):
+            raise _ScriptError(E_PAD_MODE, line, f"PAD mode {int(mode)} is not 1, 2 or 3")
+        if not 0 < t_pulse < t_int or t_run < 0:
+            raise _ScriptError(E_BOUNDS, line, "needs 0 < t_pulse < t_int and t_run >= 0")
+        mode = int(mode)
+        pulse_level = e_dc if mode == 1 else e_pulse
 
-            def levels(k: np.ndarray) -> np.ndarray:
-                out = np.empty((len(k), 2))
-                out[:, 0], out[:, 1] = e_dc, pulse_level
-                return out
+        def pad_levels(k: np.ndarray) -> np.ndarray:
+            out = np.empty((len(k), 2))
+            out[:, 0], out[:, 1] = e_dc, pulse_level
+            return out
 
-            subs = (t_int - t_pulse, t_pulse)
+        report = constant(e_dc)
 
-            def report(k: np.ndarray) -> np.ndarray:
-                return np.full((len(k), 1), e_dc)
+        def pad_columns(k: np.ndarray, i: np.ndarray) -> list[_Col]:
+            if mode == 3:
+                return [("da", report(k), None), self._difference(i[:, 1], i[:, 0])]
+            return last(k, i, report)
 
-        read: Callable[[np.ndarray], np.ndarray]
-        if kind == "meas_loop_pad" and mode == 3:
+        return _Plan(
+            round(t_run / t_int), (t_int - t_pulse, t_pulse), pad_levels, report, pad_columns
+        )
 
-            def read(i: np.ndarray) -> np.ndarray:
-                return i[:, 1] - i[:, 0]
+    def _scan_plan(self, node: _Meas, vals: list[float]) -> _Plan:
+        """LSV, DPV and SWV: a staircase E_begin .. E_end (both included, evenly spaced in
+        round(|E_end - E_begin| / E_step) steps), one point per stair."""
+        kind, line = node.kind, node.line
+        e_beg, e_end, e_step = vals[:3]
+        self._check_e(e_beg, line)
+        self._check_e(e_end, line)
+        steps = max(round(abs(e_end - e_beg) / e_step), 1) if e_step > 0 and e_end != e_beg else 0
 
-        else:
+        def stair(k: np.ndarray) -> np.ndarray:
+            return e_beg + (e_end - e_beg) * (k / steps) if steps else np.full(len(k), e_beg)
 
-            def read(i: np.ndarray) -> np.ndarray:
-                return i[:, -1]
+        if kind == "meas_loop_lsv":
+            rate = vals[3]
+            if e_step <= 0 or rate <= 0:
+                raise _ScriptError(E_NOT_POSITIVE, line, "E_step and the scan rate must be > 0")
+            return _Plan(
+                steps + 1,
+                (e_step / rate,),
+                lambda k: stair(k)[:, None],
+                stair,
+                lambda k, i: [("da", stair(k), None), self._current(i[:, -1])],
+            )
+        if kind == "meas_loop_dpv":
+            # [I] each interval E_step / rate: the stair for t_int - t_pulse, then stair +
+            # E_pulse for t_pulse; the current before the pulse is subtracted from the one at
+            # its end; the stair is reported
+            e_pulse, t_pulse, rate = vals[3:]
+            if e_step <= 0 or rate <= 0 or t_pulse <= 0:
+                raise _ScriptError(E_NOT_POSITIVE, line, "E_step, t_pulse, scan rate must be > 0")
+            t_int = e_step / rate
+            if t_pulse >= 0.5 * t_int:  # PyPalmSens 2.2: shorter than half the interval
+                raise _ScriptError(E_BOUNDS, line, "t_pulse must be < 0.5 E_step / scan rate")
+            self._check_e(e_beg + e_pulse, line)
+            self._check_e(e_end + e_pulse, line)
 
-        yield from self._points(node, n, subs, levels, report, read, markers)
+            def dpv_levels(k: np.ndarray) -> np.ndarray:
+                base = stair(k)
+                return np.column_stack([base, base + e_pulse])
 
-    def _points(
-        self,
-        node: _Meas,
-        n: int,
-        subs: tuple[float, ...],
-        levels: Callable[[np.ndarray], np.ndarray],
-        report: Callable[[np.ndarray], np.ndarray],
-        read: Callable[[np.ndarray], np.ndarray],
-        markers: Callable[[int], tuple[str | None, str | None]] | None,
-    ) -> Iterator[float]:
-        e_var, i_var = self._vars[node.args[0]], self._vars[node.args[1]]
+            return _Plan(
+                steps + 1,
+                (t_int - t_pulse, t_pulse),
+                dpv_levels,
+                stair,
+                lambda k, i: [("da", stair(k), None), self._difference(i[:, 1], i[:, 0])],
+            )
+        # meas_loop_swv: one period 1 / freq per stair, the forward half at stair + E_amp, the
+        # reverse half at stair - E_amp (E_amp half the peak-to-peak value, PyPalmSens 2.2);
+        # [I] the forward pulse goes the way of the scan; each current read at its half's end
+        e_amp, freq = vals[3:]
+        if e_step <= 0 or freq <= 0:
+            raise _ScriptError(E_NOT_POSITIVE, line, "E_step and the frequency must be > 0")
+        if e_amp < 0:
+            raise _ScriptError(E_NEGATIVE, line, "E_amp must be >= 0")
+        d = e_amp if e_end >= e_beg else -e_amp
+        for e in (e_beg + d, e_beg - d, e_end + d, e_end - d):
+            self._check_e(e, line)
+
+        def swv_levels(k: np.ndarray) -> np.ndarray:
+            base = stair(k)
+            return np.column_stack([base + d, base - d])
+
+        def swv_columns(k: np.ndarray, i: np.ndarray) -> list[_Col]:
+            r1, s1, g1 = self._measure(i[:, 0])
+            r2, s2, g2 = self._measure(i[:, 1])
+            return [
+                ("da", stair(k), None),
+                ("ba", r1 - r2, _metas(s1 | s2, g2)),
+                ("ba", r1, _metas(s1, g1)),
+                ("ba", r2, _metas(s2, g2)),
+            ]
+
+        half = 0.5 / freq
+        return _Plan(steps + 1, (half, half), swv_levels, stair, swv_columns)
+
+    def _points(self, node: _Meas, plan: _Plan) -> Iterator[float]:
+        names = node.args[: _MEAS_ARGS[node.kind][1]]
+        n, subs = plan.n, plan.subs
         period = float(sum(subs))
         sub_dt = np.asarray(subs, dtype=np.float64)
         t0 = self._ts
         self._hold_until(t0)
         self._emit("M0000")
         if n > 0:
-            first = levels(np.arange(1))
-            self.e = float(first[0, 0])
+            self.e = float(plan.levels(np.arange(1))[0, 0])
         done = 0
         self._loop_end = t0 + n * period
         self._period = period
+        # a loop its body may end is run point by point, so that the device stops with it
+        batch = 1 if node.breakable else _BATCH
+        scan_open = False
         while done < n:
             ready = min(n, math.floor((self._now - t0) / period + 1e-9))
             if ready <= done:
                 yield t0 + (done + 1) * period
                 continue
-            for a in range(done, ready, _BATCH):
-                b = min(ready, a + _BATCH)
+            for a in range(done, ready, batch):
+                b = min(ready, a + batch)
                 k = np.arange(a, b)
-                lv = levels(k)
-                applied = lv if self.cell_on else np.zeros_like(lv)
+                lv = plan.levels(k)
+                applied = lv if self.cell_on else np.full_like(lv, self._open_circuit())
                 i_all = np.asarray(
                     self.device.step(applied.ravel(), np.tile(sub_dt, len(k))), dtype=np.float64
                 ).reshape(lv.shape)
                 self._t_dev = t0 + b * period
-                reading, status, rng = self._measure(read(i_all))
-                e_rep = report(k)[:, 0]
+                cols = plan.columns(k, i_all)
                 t_end = t0 + (k + 1) * period
-                lines = self._fast_lines(node, e_rep, reading, status, rng, t_end)
-                if lines is not None and markers is None:
+                self.e = float(plan.report(k[-1:])[0])
+                lines = self._fast_lines(node, dict(zip(names, cols, strict=True)), t_end)
+                if lines is not None and plan.markers is None:
                     self._out.extend(lines)
                     self._ts = float(t_end[-1])
-                j_last = len(k) - 1
-                for j in range(len(k)) if lines is None or markers is not None else ():
-                    point = a + j
+                    self._point_vars(names, cols, len(k) - 1, node.line, timers_of=node.body)
+                    continue
+                for j in range(len(k)):
                     self._ts = float(t_end[j])
-                    before, after = markers(point) if markers else (None, None)
+                    before, after = plan.markers(a + j) if plan.markers else (None, None)
                     if before:
                         self._emit(before)
+                        scan_open = True
                     if lines is not None:
                         self._emit(lines[j])
                     else:
-                        self._point_vars(e_var, i_var, e_rep[j], reading[j], status[j], rng[j])
-                        for st in node.body:
-                            self._simple(st)
+                        self._point_vars(names, cols, j, node.line)
+                        try:
+                            self._body(node.body)
+                        except _Break:
+                            if scan_open:
+                                self._emit("-")
+                            self._loop_end = None
+                            self._emit("*")
+                            return
                     if after:
                         self._emit(after)
-                if lines is not None:  # the variables hold the last point, as after a slow pass
-                    self._point_vars(
-                        e_var, i_var, e_rep[j_last], reading[j_last], status[j_last], rng[j_last]
-                    )
-                    for st in node.body:
-                        if st.cmd == "timer_get":
-                            self._simple(st)
-                self.e = float(lv[-1, 0])
+                        scan_open = False
             done = ready
             if done < n:
-                self.e = float(levels(np.array([done]))[0, 0])
+                self.e = float(plan.levels(np.array([done]))[0, 0])
         self._ts = t0 + n * period
         self._loop_end = None
         self._emit("*")
 
-    @staticmethod
-    def _point_vars(e_var: _Var, i_var: _Var, e: float, i: float, status: int, rng: int) -> None:
-        e_var.value, e_var.vtype, e_var.integer, e_var.meta = float(e), "da", False, ""
-        i_var.value, i_var.vtype, i_var.integer = float(i), "ba", False
-        i_var.meta = f",1{int(status):X},2{int(rng):02X}"
+    def _point_vars(
+        self,
+        names: list[str],
+        cols: list[_Col],
+        j: int,
+        line: int,
+        timers_of: list | None = None,
+    ) -> None:
+        """Point ``j``'s values into the output variables; with ``timers_of``, also run the
+        ``timer_get`` commands of that body (the variables then hold the last point, as after
+        a point-by-point pass)."""
+        for name, (vtype, values, metas) in zip(names, cols, strict=True):
+            v = self._ref(name, line)
+            v.value, v.vtype, v.integer = float(values[j]), vtype, False
+            v.meta = metas[j] if metas is not None else ""
+        for st in timers_of or ():
+            if isinstance(st, _Stmt) and st.cmd == "timer_get":
+                self._simple(st)
 
     def _fast_lines(
-        self,
-        node: _Meas,
-        e: np.ndarray,
-        i: np.ndarray,
-        status: np.ndarray,
-        rng: np.ndarray,
-        t_end: np.ndarray,
+        self, node: _Meas, outputs: dict[str, _Col], t_end: np.ndarray
     ) -> list[str] | None:
         """The packages of a batch of points at once, when the loop body is only
         ``timer_get``, ``pck_start``, ``pck_add``, ``pck_end`` (else None: run it per point)."""
         body = node.body
-        if not body or any(
-            st.cmd not in ("timer_get", "pck_start", "pck_add", "pck_end") for st in body
-        ):
+        fast = ("timer_get", "pck_start", "pck_add", "pck_end")
+        if not body or any(not isinstance(st, _Stmt) or st.cmd not in fast for st in body):
             return None
-        e_name, i_name = node.args[0], node.args[1]
         timers = {st.args[0] for st in body if st.cmd == "timer_get"}
         columns: list[list[str]] = []
         packages: list[list[list[str]]] = []
         open_pck = False
+        count = len(t_end)
         for st in body:
             if st.cmd == "timer_get":
-                if open_pck or st.args[0] in (e_name, i_name):
+                if open_pck or st.args[0] in outputs:
                     return None
-                self._var(st.args[0], st.line)
+                self._ref(st.args[0], st.line)
             elif st.cmd == "pck_start":
                 if open_pck:
                     return None
@@ -1044,25 +1405,118 @@ class EmStatEmulator:
                 if not open_pck:
                     raise _ScriptError(E_SITUATION, st.line, "pck_add outside pck_start/pck_end")
                 name = st.args[0]
-                if name == e_name:
-                    columns.append(_encode_column("da", e))
-                elif name == i_name:
-                    meta = [
-                        f",1{a:X},2{b:02X}"
-                        for a, b in zip(status.tolist(), rng.tolist(), strict=True)
-                    ]
-                    columns.append(
-                        [v + m for v, m in zip(_encode_column("ba", i), meta, strict=True)]
-                    )
+                if name in outputs:
+                    vtype, values, metas = outputs[name]
+                    encoded = _encode_column(vtype, values)
+                    if metas is not None:
+                        encoded = [x + m for x, m in zip(encoded, metas, strict=True)]
+                    columns.append(encoded)
                 elif name in timers:
                     columns.append(_encode_column("eb", t_end - self._timer0))
                 else:
-                    v = self._var(name, st.line)
+                    v = self._ref(name, st.line)
                     one = encode_value(v.vtype, v.value, v.meta, integer=v.integer)
-                    columns.append([one] * len(e))
+                    columns.append([one] * count)
         if open_pck or len(packages) != 1:
             return None
         return ["P" + ";".join(parts) for parts in zip(*packages[0], strict=True)]
+
+    def _run_point(self, node: _Meas, names: list[str], cols: list[_Col], line: int) -> bool:
+        """Values into the outputs and the body run; False when the body broke the loop."""
+        self._point_vars(names, cols, 0, line)
+        try:
+            self._body(node.body)
+        except _Break:
+            return False
+        return True
+
+    def _ocp(self, node: _Meas, t_int: float, t_run: float) -> Iterator[float]:
+        """``meas_loop_ocp E t_interval t_run``: the open-circuit potential every t_interval,
+        reported as ``ab`` (WE vs RE, measured) [I]; points as in ``meas_loop_ca``. The cell
+        must be off (!4028 otherwise [I])."""
+        line = node.line
+        if self.cell_on:
+            raise _ScriptError(E_CELL_ON, line, "meas_loop_ocp needs the cell off")
+        if t_int <= 0 or t_run < 0:
+            raise _ScriptError(E_NOT_POSITIVE, line, "t_interval must be > 0, t_run >= 0")
+        n = round(t_run / t_int)
+        t0 = self._ts
+        self._hold_until(t0)
+        self._emit("M0000")
+        self._loop_end, self._period = t0 + n * t_int, t_int
+        names = node.args[:1]
+        for k in range(n):
+            t_end = t0 + (k + 1) * t_int
+            while self._now < t_end - 1e-12:
+                yield t_end
+            self._hold_until(t_end)
+            self._ts = t_end
+            e = np.array([self._open_circuit()])
+            if not self._run_point(node, names, [("ab", e, [",10"])], line):
+                break
+        else:
+            self._ts = t0 + n * t_int
+        self._loop_end = None
+        self._emit("*")
+
+    def _eis(
+        self, node: _Meas, e_ac: float, f_start: float, f_end: float, points: float, e_dc: float
+    ) -> Iterator[float]:
+        """``meas_loop_eis F Z_re Z_im E_ac f_start f_end n E_dc``: n frequencies from f_start
+        to f_end on a logarithmic scale (both included), the sine E_ac (V rms) around E_dc.
+
+        Per frequency [I]: the cell is held at E_dc for max(0.5 s, 8 / f), the sine applied for
+        the last 8 periods and its last 3 fitted (``labctl.sim.devices.smallsignal``); the
+        outputs are ``dc`` (frequency), ``cc`` (Z real, with status and the current range of
+        the peak current, as PalmSens' example parser reads it) and ``cd`` (Z imaginary,
+        negative for a capacitive cell, with status). The cell must be on (!4027 otherwise [I]).
+        """
+        line = node.line
+        if not self.cell_on:
+            raise _ScriptError(E_CELL_OFF, line, "meas_loop_eis needs the cell on")
+        if not EIS_E_AC[0] - 1e-12 <= e_ac <= EIS_E_AC[1] + 1e-12:
+            raise _ScriptError(E_BOUNDS, line, "E_ac must be 1 mV .. 250 mV rms")
+        n = round(points)
+        if f_start <= 0 or f_end <= 0 or n < 1:
+            raise _ScriptError(E_NOT_POSITIVE, line, "frequencies and points must be > 0")
+        lo, hi = self.model.eis_hz
+        for f in (f_start, f_end):
+            if not lo * (1 - 1e-9) <= f <= hi * (1 + 1e-9):
+                raise _ScriptError(E_BOUNDS, line, f"{f:g} Hz is outside {lo:g} .. {hi:g} Hz")
+        peak = math.sqrt(2.0) * e_ac
+        self._check_e(e_dc - peak, line)
+        self._check_e(e_dc + peak, line)
+        freqs = f_start * (f_end / f_start) ** (np.arange(n) / max(n - 1, 1))
+        self._hold_until(self._ts)
+        self.e = e_dc
+        self._emit("M0000")
+        names = node.args[:3]
+        for f in freqs.tolist():
+            drive = (EIS_SETTLE_PERIODS + EIS_PERIODS) / f
+            t_end = self._ts + max(EIS_MIN_S, drive)
+            self._loop_end, self._period = t_end, t_end - self._ts
+            while self._now < t_end - 1e-12:
+                yield t_end
+            self._hold_until(t_end - drive)
+            r = sine_response(
+                self.device, e_dc, peak, f, periods=EIS_PERIODS, settle_periods=EIS_SETTLE_PERIODS
+            )
+            self._t_dev = self._ts = t_end
+            _, status, rng = self._measure(np.array([r.i_peak]))
+            z = r.impedance
+            cols: list[_Col] = [
+                ("dc", np.array([f]), None),
+                ("cc", np.array([z.real]), _metas(status, rng)),
+                ("cd", np.array([z.imag]), [f",1{int(status[0]):X}"]),
+            ]
+            if not self._run_point(node, names, cols, line):
+                break
+        self._loop_end = None
+        self._emit("*")
+
+
+def _metas(status: np.ndarray, rng: np.ndarray) -> list[str]:
+    return [f",1{a:X},2{b:02X}" for a, b in zip(status.tolist(), rng.tolist(), strict=True)]
 
 
 @functools.cache
