@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from potentiostat import Potentiostat
 
+from labctl.clock import VirtualClock
 from labctl.sim.serve import make_pty_server
 
 
@@ -54,3 +55,42 @@ def test_cyclic_test_gives_the_ohmic_line(rodeostat):
     t, v, i = rodeostat.run_test("cyclic", display=None)
     assert len(t) > 20 and max(v) > 0.7 and min(v) < -0.7
     np.testing.assert_allclose(i, np.asarray(v), rtol=0, atol=5e-3)
+
+
+@pytest.fixture
+def rodeostat_virtual_time():
+    server = make_pty_server(
+        "rodeostat", device="resistor", device_params={"R": 1e6}, clock=VirtualClock()
+    ).start()
+    dev = Potentiostat(server.path)
+    yield dev
+    dev.close()
+    server.close()
+
+
+def test_square_wave_voltammetry(rodeostat_virtual_time):
+    """IO Rodeo's driver runs the firmware's squareWave test: the samples come one period
+    apart, each the forward minus reverse current of a stair (2 x 50 mV on 1 MOhm)."""
+    rodeostat = rodeostat_virtual_time
+    rodeostat.set_curr_range("1uA")
+    rodeostat.set_volt_range("1V")
+    rodeostat.set_sample_rate(50.0)  # 20 ms periods
+    param = {
+        "quietValue": 0.0,
+        "quietTime": 100,
+        "startValue": -0.4,
+        "finalValue": 0.4,
+        "stepValue": 0.01,
+        "amplitude": 0.05,
+        "window": 0.2,
+    }
+    rodeostat.set_param("squareWave", param)
+    assert rodeostat.get_test_done_time("squareWave") == 100 + 81 * 20  # ms
+    t, v, i = rodeostat.run_test("squareWave", display=None)
+    quiet, sweep = slice(0, 4), slice(4, None)
+    assert len(t) == 4 + 81  # 4 quiet samples, then one per stair
+    np.testing.assert_allclose(np.diff(t[sweep]), 0.02, atol=1e-9)
+    np.testing.assert_allclose(v[quiet], 0.0)
+    np.testing.assert_allclose(i[quiet], 0.0)
+    np.testing.assert_allclose(v[sweep], np.minimum(np.arange(1, 82) * 0.01 - 0.4, 0.4), atol=1e-6)
+    np.testing.assert_allclose(i[sweep], 0.1, atol=1e-3)  # uA

@@ -8,10 +8,19 @@ setCurrRange getSamplePeriod setSamplePeriod getTestDoneTime getTestNames runTes
 getVolt setVolt getCurr getRefVolt getDeviceId setDeviceId``. ``runTest`` answers, then
 streams one sample per sample period, ``{"t":ms,"v":V,"i":uA}``, and ends with ``{}``.
 
-Tests: ``constant`` (quietValue, quietTime, value, duration), ``linearSweep`` (quietValue,
-quietTime, startValue, finalValue, duration), ``cyclic`` and ``sinusoid`` (quietValue,
-quietTime, amplitude, offset, period, numCycles, shift), ``chronoamp`` (quietValue, quietTime,
-step: two [ms, V] pairs) and ``multiStep`` (up to 50). Times in ms, potentials in V.
+Tests, in the firmware's order: ``cyclic`` and ``sinusoid`` (quietValue, quietTime,
+amplitude, offset, period, numCycles, shift), ``constant`` (quietValue, quietTime, value,
+duration), ``squareWave`` (quietValue, quietTime, startValue, finalValue, stepValue,
+amplitude, window; see ``_SquareRun``), ``linearSweep`` (quietValue, quietTime, startValue,
+finalValue, duration), ``chronoamp`` (quietValue, quietTime, step: two [ms, V] pairs) and
+``multiStep`` (up to 50). Times in ms, potentials in V.
+
+As the firmware answers [V IOR ps_voltammetry.cpp, ps_base_test.cpp, ps_squarewave_test.cpp]:
+an unknown test fails with ``test not found``, a message without one with ``json does not
+contain key: test``; ``setParam`` replies with the parameters it was sent, as set (squareWave
+takes |stepValue|, |amplitude| and |window| capped at 1); a parameter of the wrong type fails
+with ``<key> not a float`` (``quietTime not uint32``). Unknown parameters, which the firmware
+ignores, are refused here [I].
 
 Chosen semantics where the sources are silent (re-check against hardware):
 
@@ -70,14 +79,26 @@ _PERIODIC = {
     "numCycles": 1,
     "shift": 0.0,
 }
+# in the firmware's order (getTestNames) [V IOR ps_voltammetry.cpp]; a test's keys in the order
+# its getParam writes them
 DEFAULT_PARAMS: dict[str, dict] = {
-    "constant": {**_QUIET, "value": 0.0, "duration": 1000},
-    "linearSweep": {**_QUIET, "startValue": -1.0, "finalValue": 1.0, "duration": 1000},
     "cyclic": dict(_PERIODIC),
     "sinusoid": dict(_PERIODIC),
+    "constant": {**_QUIET, "value": 0.0, "duration": 1000},
+    # [V IOR ps_squarewave_test.h]
+    "squareWave": {
+        **_QUIET,
+        "startValue": -0.5,
+        "finalValue": 0.5,
+        "stepValue": 0.005,
+        "amplitude": 0.025,
+        "window": 0.2,
+    },
+    "linearSweep": {**_QUIET, "startValue": -1.0, "finalValue": 1.0, "duration": 1000},
     "chronoamp": {**_QUIET, "step": [[1000, 0.5], [1000, -0.5]]},
     "multiStep": {**_QUIET, "step": [[1000, 0.0]]},
 }
+TICK_US = 200  # the firmware's test timer: one raw sample per tick [V IOR ps_constants.cpp]
 
 
 def _dumps(obj: object) -> str:
@@ -147,6 +168,8 @@ class RodeostatEmulator:
             run = self._test
             if run is None:
                 return None
+            if isinstance(run, _SquareRun):
+                return run.next_time()
             t = run.time_of(run.done + 1)
             if batch_s > 0:
                 reach = max(batch_s, _MIN_BATCH * run.period / 1e3)
@@ -203,9 +226,11 @@ class RodeostatEmulator:
             raise _Refused("a test is running")
 
     def _test_name(self, msg: dict) -> str:
-        name = msg.get("test")
+        if "test" not in msg:
+            raise _Refused("json does not contain key: test")
+        name = msg["test"]
         if not isinstance(name, str) or name not in self.params:
-            raise _Refused(f"unknown test {name}")
+            raise _Refused("test not found")  # [V IOR ps_voltammetry.cpp]
         return name
 
     def _cmd_getVariant(self, msg: dict) -> dict:
@@ -284,14 +309,16 @@ class RodeostatEmulator:
         for key, value in param.items():
             if key not in merged:
                 raise _Refused(f"unknown parameter {key} of test {name}")
-            merged[key] = value
+            merged[key] = _SETTERS.get((name, key), _as_given)(value)
         self._validate(name, merged)
         self.params[name] = merged
-        return {"test": name, "param": merged}
+        # the reply holds the parameters sent, as set [V IOR ps_base_test.cpp]
+        return {"test": name, "param": {k: merged[k] for k in merged if k in param}}
 
     def _cmd_getTestDoneTime(self, msg: dict) -> dict:
         name = self._test_name(msg)
-        return {"test": name, "testDoneTime": round(_done_ms(name, self.params[name]))}
+        done = _done_ms(name, self.params[name], self.sample_period_ms)
+        return {"test": name, "testDoneTime": math.floor(done + 1e-9)}
 
     def _cmd_runTest(self, msg: dict) -> dict:
         self._idle()
@@ -301,8 +328,12 @@ class RodeostatEmulator:
         now = self.clock.now()
         self._hold_until(now)
         period = self.sample_period_ms
-        n = math.floor(_done_ms(name, p) / period + 1e-9)
-        self._test = _Run(name, dict(p), now, period, n)
+        if name == "squareWave":
+            self._test = _SquareRun(dict(p), now, period)
+            self.v = float(self._quantise(np.array([float(p["quietValue"])]))[0])
+        else:
+            n = math.floor(_done_ms(name, p, period) / period + 1e-9)
+            self._test = _Run(name, dict(p), now, period, n)
         return {"test": name}
 
     def _cmd_stopTest(self, msg: dict) -> dict:
@@ -339,16 +370,18 @@ class RodeostatEmulator:
     def _validate(self, name: str, p: dict) -> None:
         def number(key: str) -> float:
             value = p[key]
+            # the firmware's words [V IOR ps_base_test.cpp, ps_squarewave_test.cpp]
             if not isinstance(value, int | float) or isinstance(value, bool):
-                raise _Refused(f"{key} must be a number")
+                raise _Refused(f"{key} not a float")
             if not math.isfinite(value):
                 raise _Refused(f"{key} must be finite")
             return float(value)
 
         r = self.volt_range[1]
         levels = [number("quietValue")]
-        if number("quietTime") < 0:
-            raise _Refused("quietTime must be >= 0")
+        quiet = p["quietTime"]
+        if not isinstance(quiet, int) or isinstance(quiet, bool) or not 0 <= quiet < 2**32:
+            raise _Refused("quietTime not uint32")
         if name == "constant":
             levels.append(number("value"))
             if number("duration") < 0:
@@ -363,6 +396,11 @@ class RodeostatEmulator:
             if number("period") <= 0 or number("numCycles") < 0:
                 raise _Refused("period must be > 0 and numCycles >= 0")
             number("shift")
+        elif name == "squareWave":
+            start, final, a = number("startValue"), number("finalValue"), number("amplitude")
+            levels += [min(start, final) - a, max(start, final) + a]
+            number("stepValue")
+            number("window")
         else:
             steps = p["step"]
             limit = 2 if name == "chronoamp" else MAX_STEPS
@@ -383,6 +421,9 @@ class RodeostatEmulator:
     def _advance(self, now: float) -> None:
         run = self._test
         if run is None:
+            return
+        if isinstance(run, _SquareRun):
+            self._advance_square(run, now)
             return
         ready = min(run.n, math.floor((now - run.t0) / (run.period / 1e3) + 1e-9))
         while run.done < ready:
@@ -406,6 +447,49 @@ class RodeostatEmulator:
             run.done = b
         if run.done >= run.n:
             self._end_test()
+
+    def _advance_square(self, run: _SquareRun, now: float) -> None:
+        """Samples of a square wave that are due, each after the periods it reports."""
+        while run.emitted < len(run.samples):
+            t_us, kind, m = run.samples[run.emitted]
+            if run.t0 + t_us / 1e6 > now + 1e-12:
+                break
+            if kind == "quiet":
+                self._hold_until(run.t0 + t_us / 1e6)
+                self._out.append(_sample_line(t_us // 1000, run.quiet_value, 0.0))
+            else:
+                self._square_periods(run, m)
+                i_ua = run.fwd[m - 1] - run.rev[m - 1]
+                self._out.append(_sample_line(t_us // 1000, run.stair(m), i_ua))
+            run.emitted += 1
+        if now + 1e-12 >= run.t0 + run.done_us / 1e6:
+            self._square_periods(run, run.n)
+            self._end_test()
+
+    def _square_periods(self, run: _SquareRun, upto: int) -> None:
+        """Drive the device through square-wave periods ``run.done .. upto - 1``: each half
+        held from its first tick, the device read at the ticks of its window."""
+        if run.done == 0 and upto > 0:
+            self.v = float(self._quantise(np.array([run.quiet_value]))[0])
+            self._hold_until(run.t0 + run.quiet_us / 1e6)
+        while run.done < upto:
+            a, b = run.done, min(upto, run.done + _BATCH // run.steps_per_period)
+            k = np.arange(a, b)
+            stair = run.stair_array(k)
+            fwd, rev = self._quantise(stair + run.amplitude), self._quantise(stair - run.amplitude)
+            levels = np.where(run.forward[None, :], fwd[:, None], rev[:, None])
+            dt = np.tile(run.durations, len(k))
+            i = np.asarray(self.device.step(levels.ravel(), dt), dtype=np.float64)
+            i_ua = self._clip(i).reshape(len(k), -1) * 1e6
+            # an empty window leaves NaN: the firmware's 0/0
+            if len(run.fwd_reads):
+                run.fwd[a:b] = i_ua[:, run.fwd_reads].mean(axis=1)
+            if len(run.rev_reads):
+                run.rev[a:b] = i_ua[:, run.rev_reads].mean(axis=1)
+            self._t_dev = run.t0 + (run.quiet_us + b * run.period_us) / 1e6
+            self._i_last = float(i[-1])
+            self.v = float(rev[-1])
+            run.done = b
 
     def _end_test(self) -> None:
         self._test = None
@@ -444,13 +528,139 @@ class _Run:
         return self.t0 + min(k, self.n) * self.period / 1e3
 
 
-def _done_ms(name: str, p: dict) -> float:
+def _done_ms(name: str, p: dict, period_ms: int) -> float:
     quiet = float(p["quietTime"])
     if name in ("constant", "linearSweep"):
         return quiet + float(p["duration"])
     if name in ("cyclic", "sinusoid"):
         return quiet + float(p["period"]) * float(p["numCycles"])
+    if name == "squareWave":
+        return quiet + _square_steps(p) * period_ms
     return quiet + sum(float(s[0]) for s in p["step"])
+
+
+def _square_steps(p: dict) -> int:
+    """Stairs of a square wave: ceil(|final - start| / step) + 1, in the firmware's float32
+    arithmetic (0 with a zero step) [V IOR ps_squarewave_test.cpp]."""
+    f32 = np.float32
+    step = f32(p["stepValue"])
+    if not step > 0:
+        return 0
+    span = abs(f32(p["finalValue"]) - f32(p["startValue"]))
+    return int(np.ceil(span / step)) + 1
+
+
+class _SquareRun:
+    """A square-wave test as IO Rodeo's firmware runs it [V IOR ps_squarewave_test.cpp,
+    ps_system_state.cpp, ps_base_test.cpp; the current release]:
+
+    - a raw tick every 200 us sets the output and reads the current; after the quiet time
+      each sample period P is one stair: the first half at stair + amplitude, the second at
+      stair - amplitude, the stairs startValue + k stepValue towards finalValue (clamped to
+      it); the test lasts quietTime + (ceil(|final - start| / step) + 1) P;
+    - forward and reverse currents are the means of the ticks in the last ``window`` of each
+      half, (P/2 - 1 us) window long (at least 1 us); a half whose window holds no tick
+      gives NaN, as the firmware's 0/0 does;
+    - during the quiet time a sample every P reports quietValue and a current of 0; after it,
+      the sample at the end of period m-1 reports the stair of period m (the firmware reads
+      the stair at the sample's own tick) and the forward minus reverse current of period
+      m-1; its time is that tick's, in whole ms;
+    - the raw ticks are counted from the first one after t = 0, so with no quiet time the
+      samples fall 200 us after the period ends and the last period is never reported; with
+      a quiet time they fall on the period ends and every period is.
+
+    [I] The stair count is computed in float32 (the firmware's ``float`` members); whether
+    its ``fabs`` widens to double, which can add a stair, is not settled. Earlier firmware
+    (before the stair's sign followed the scan) held a downward scan at startValue and ran
+    floor(|final - start| / step) periods; this is the current one. Not emulated [I]: the
+    firmware's 200 Hz low-pass filter on the raw currents (the device current is read as it
+    is at each tick).
+    """
+
+    def __init__(self, p: dict, t0: float, period_ms: int) -> None:
+        self.t0 = t0
+        self.quiet_value = float(p["quietValue"])
+        self.quiet_us = int(p["quietTime"]) * 1000
+        self.period_us = int(period_ms) * 1000
+        self.start = np.float32(p["startValue"])
+        self.final = np.float32(p["finalValue"])
+        self.step = np.float32(p["stepValue"])
+        self.sign = np.float32(1.0 if self.start <= self.final else -1.0)
+        self.amplitude = float(np.float32(p["amplitude"]))
+        self.n = _square_steps(p)
+        self.done_us = self.quiet_us + self.n * self.period_us
+        half = self.period_us // 2
+        window_us = max(1, min(half - 1, int((half - 1) * np.float32(p["window"]))))
+        ticks = np.arange(0, self.period_us, TICK_US)
+        in_fwd = ticks < half
+        fwd_read = in_fwd & (half - ticks - 1 < window_us)
+        rev_read = ~in_fwd & (self.period_us - ticks - 1 < window_us)
+        # device steps: each half held from its first tick, cut at every tick read
+        cuts = sorted({0, half, self.period_us, *ticks[fwd_read | rev_read].tolist()})
+        starts, ends = np.array(cuts[:-1]), np.array(cuts[1:])
+        self.durations = (ends - starts) / 1e6
+        self.forward = starts < half
+        self.steps_per_period = len(starts)
+        self.fwd_reads = np.flatnonzero(np.isin(ends, ticks[fwd_read]))
+        self.rev_reads = np.flatnonzero(np.isin(ends, ticks[rev_read]))
+        self.fwd = np.full(self.n, np.nan)
+        self.rev = np.full(self.n, np.nan)
+        self.done = 0  # periods driven
+        # (tick time in us, kind, period index m of a test sample)
+        samples: list[tuple[int, str, int]] = []
+        m = 1
+        while TICK_US + m * self.period_us < self.quiet_us:
+            samples.append((TICK_US + m * self.period_us, "quiet", 0))
+            m += 1
+        first = self.quiet_us if self.quiet_us > 0 else TICK_US
+        m = 1
+        while self.n and first + m * self.period_us <= self.done_us:
+            samples.append((first + m * self.period_us, "test", m))
+            m += 1
+        self.samples = samples
+        self.emitted = 0
+
+    def stair_array(self, k: np.ndarray) -> np.ndarray:
+        lo, hi = min(self.start, self.final), max(self.start, self.final)
+        value = self.start + k.astype(np.float32) * self.sign * self.step
+        return np.clip(value.astype(np.float32), lo, hi).astype(np.float64)
+
+    def stair(self, m: int) -> float:
+        return float(self.stair_array(np.array([m]))[0])
+
+    def next_time(self) -> float:
+        if self.emitted < len(self.samples):
+            return self.t0 + self.samples[self.emitted][0] / 1e6
+        return self.t0 + self.done_us / 1e6
+
+
+def _sample_line(t_ms: int, v: float, i_ua: float) -> str:
+    i_text = "NaN" if math.isnan(i_ua) else f"{i_ua:.6g}"
+    return f'{{"t":{t_ms},"v":{v:.6f},"i":{i_text}}}'
+
+
+def _as_given(value: object) -> object:
+    return value
+
+
+def _abs_number(value: object) -> object:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return abs(value)
+    return value
+
+
+def _window(value: object) -> object:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return min(1.0, abs(value))
+    return value
+
+
+# values the firmware changes as it sets them [V IOR ps_squarewave_test.cpp]
+_SETTERS = {
+    ("squareWave", "stepValue"): _abs_number,
+    ("squareWave", "amplitude"): _abs_number,
+    ("squareWave", "window"): _window,
+}
 
 
 def _waveform(name: str, p: dict, t_ms: np.ndarray) -> np.ndarray:
