@@ -76,11 +76,18 @@ def run_recipe(
     store: Any,
     instrument: str | None = None,
     sample: str | None = None,
+    sample2: str | None = None,
     listeners: Iterable[Listener] = (),
     operator: str | None = None,
     engine: RunEngine | None = None,
 ) -> list[RunResult]:
     """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it.
+
+    ``sample2`` (or the recipe's ``[sample2]``) is the sample on the second of the recipe's
+    two ``[instrument] channels``: the engine checks each channel's Program against its own
+    sample's limits before the output is enabled and files the run under both. A name
+    not in the store needs its limits in ``[sample2]``. Without one, both channels carry
+    the first sample.
 
     A sequence runs its steps in order on one connection as one group of runs, and stops at
     the first step that does not complete (:meth:`RunEngine.run_sequence`, which the
@@ -88,27 +95,37 @@ def run_recipe(
     """
     from labctl.connect import connect
     from labctl.errors import ValidationError
+    from protocols.recipe import check_second_sample
 
     steps = recipe.steps or [recipe]
     protocols = [step.build() for step in steps]  # refuse any bad step before connecting
+    check_second_sample(recipe, named=bool(sample2), field="--sample2" if sample2 else "sample2")
     resource = instrument or recipe.instrument.get("resource")
     if not resource:
         raise ValidationError(
             "instrument.resource", "no instrument given; pass --instrument RESOURCE"
         )
-    meta = {k: v for k, v in recipe.sample.items() if k not in ("name", "max_v", "max_i")}
-    name = sample or recipe.sample.get("name")
-    if not name:
-        raise ValidationError("sample.name", "no sample given; pass --sample NAME")
-    smp = resolve_sample(
-        store, name, recipe.sample.get("max_v"), recipe.sample.get("max_i"), **meta
-    )
+    smp = _recipe_sample(store, recipe.sample, sample, "sample", "--sample")
+    smp2 = None
+    if sample2 or recipe.sample2:
+        smp2 = _recipe_sample(store, recipe.sample2, sample2, "sample2", "--sample2")
     settings = (
         {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
     )
     engine = engine or RunEngine(store, listeners)
     driver = connect(resource, driver=recipe.instrument.get("driver"))
     try:
+        channel_samples = None
+        if smp2 is not None:
+            first, second = recipe.channels
+            names = tuple(getattr(driver.capabilities, "channels", ()) or ())
+            if len(names) < 2:
+                raise ValidationError(
+                    "sample2",
+                    f"{driver.name} has one channel; a second sample needs a two-channel "
+                    "instrument (Keithley 2636B smua/smub, Keysight B2902 channels 1/2)",
+                )
+            channel_samples = {first: smp, second: smp2}
         return engine.run_sequence(
             protocols,
             driver,
@@ -117,6 +134,29 @@ def run_recipe(
             operator=operator,
             resource=resource,
             settings=settings,
+            channel_samples=channel_samples,
         )
     finally:
         driver.close()
+
+
+def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, flag: str):
+    """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` overriding its
+    name: created or updated with the table's limits and metadata."""
+    from labctl.errors import ValidationError
+
+    where = flag if name else f"{field}.name"
+    name = name or table.get("name")
+    if not name:
+        raise ValidationError(
+            f"{field}.name", f"no sample given; set name in [{field}] or pass {flag} NAME"
+        )
+    limits = {k: table.get(k) for k in ("max_v", "max_i")}
+    if field != "sample" and None in limits.values() and store.get_sample(name) is None:
+        raise ValidationError(
+            where,
+            f"no sample {name!r} in the database; give its limits in [{field}] "
+            f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
+        )
+    meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
+    return resolve_sample(store, name, limits["max_v"], limits["max_i"], **meta)

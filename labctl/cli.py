@@ -46,12 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sample", metavar="NAME", help="sample name (overrides the recipe)")
     p.add_argument(
+        "--sample2",
+        metavar="NAME",
+        help="the sample on the second channel of [instrument] channels = [0, 1] "
+        "(overrides the recipe's [sample2]; a sample in the database, else give its limits)",
+    )
+    p.add_argument(
         "--set",
         metavar="KEY=VALUE",
         action="append",
         default=[],
         help="override a parameter; "
-        "sample.max_v=..., instrument.resource=... reach the other tables",
+        "sample.max_v=..., sample2.max_v=..., instrument.resource=... reach the other tables",
     )
     p.add_argument("--operator", metavar="NAME", default=os.environ.get("USER"), help="who runs it")
     p.add_argument("--plot", metavar="PNG", help="also write a PNG of the data here")
@@ -253,6 +259,14 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
     )
     what = f"{len(steps)} steps" if recipe.steps else steps[0].protocol
     print(f"{what}: estimated {_duration(sum(known))} of instrument time{closed}")
+    sample2 = getattr(args, "sample2", None)
+    channels = recipe.channels
+    if len(channels) > 1 and not (sample2 or recipe.sample2):
+        name = getattr(args, "sample", None) or recipe.sample.get("name")
+        print(
+            f"channels {channels[0]} and {channels[1]} both carry sample {name!r} "
+            f"(the recipe has no [sample2]; --sample2 NAME puts another on channel {channels[1]})"
+        )
     progress = _Progress(not quiet)
     engine = RunEngine(store, [progress])
     wall0 = time.perf_counter()
@@ -261,6 +275,7 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         store=store,
         instrument=getattr(args, "instrument", None),
         sample=getattr(args, "sample", None),
+        sample2=sample2,
         operator=getattr(args, "operator", None),
         engine=engine,
     )
@@ -338,10 +353,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from protocols.recipe import load_recipe
+    from protocols.recipe import check_second_sample, load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     recipe.build()  # refuse bad parameters before anything is opened
+    field = "--sample2" if args.sample2 else "sample2"
+    check_second_sample(recipe, named=bool(args.sample2), field=field)
     store = _open_store(args)
     return _run_and_report(recipe, args, store, args.quiet, Path(args.plot) if args.plot else None)
 

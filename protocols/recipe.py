@@ -4,9 +4,26 @@
 protocol = "iv_hysteresis"
 description = "..."
 [sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
-[instrument]    # resource, driver (optional)
+[instrument]    # resource, driver (optional), channels (two-channel instruments)
 [parameters]    # the protocol's parameters
 ```
+Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
+each channel with ``[instrument] channels = [0, 1]``. ``[sample]`` is the device on the
+first channel listed, ``[sample2]`` (the same keys and checks as ``[sample]``) the device on
+the second; each channel's Program is checked against its own sample's limits before the
+output is enabled::
+
+    [instrument]
+    resource = "sim://keithley2636b?device=slit_unipolar&device2=resistor"
+    channels = [0, 1]
+    [sample2]
+    name = "chipB"
+    max_v = 1.0
+    max_i = 1e-5
+
+Without ``[sample2]`` both channels carry ``[sample]``. ``--sample2 NAME`` and
+``--set sample2.max_v=...`` reach it from the command line, ``run_recipe(..., sample2=NAME)``
+from Python; ``[sample2]`` with fewer than two channels is refused.
 A sequence chains steps on one sample and instrument, run as one group of runs:
 ``[[steps]]`` tables, each with ``protocol`` and ``[steps.parameters]``, instead of a
 top-level ``protocol``. ``--set N.KEY=VALUE`` reaches step N (from 1).
@@ -25,7 +42,15 @@ from typing import Any
 from labctl.errors import ValidationError
 from protocols.base import Protocol, get_protocol, validate_params
 
-TOP_KEYS = ("protocol", "description", "sample", "instrument", "parameters", "steps")
+TOP_KEYS = (
+    "protocol",
+    "description",
+    "sample",
+    "sample2",
+    "instrument",
+    "parameters",
+    "steps",
+)
 STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
 INSTRUMENT_KEYS = ("resource", "driver", "channels")
@@ -36,6 +61,7 @@ class Recipe:
     protocol: str
     parameters: dict[str, Any]
     sample: dict[str, Any] = field(default_factory=dict)
+    sample2: dict[str, Any] = field(default_factory=dict)  # the second channel's sample
     instrument: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     text: str = ""
@@ -45,6 +71,12 @@ class Recipe:
     @property
     def is_sequence(self) -> bool:
         return bool(self.steps)
+
+    @property
+    def channels(self) -> list[Any]:
+        """``[instrument] channels`` as written ([] when the recipe names none)."""
+        chosen = self.instrument.get("channels")
+        return list(chosen) if isinstance(chosen, list | tuple) else []
 
     def build(self) -> Protocol:
         """The protocol with validated parameters (raises ValidationError naming the field).
@@ -88,7 +120,10 @@ def read_recipe_text(ref: str) -> tuple[str, str]:
     )
 
 
-def parse_recipe(text: str, source: str = "") -> Recipe:
+def parse_recipe(text: str, source: str = "", *, check: bool = True) -> Recipe:
+    """The recipe in ``text``; ``check=False`` leaves the checks that ``--set`` may still
+    satisfy (a ``[sample2]`` waiting for ``instrument.channels``) to
+    :func:`apply_overrides`."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -99,8 +134,12 @@ def parse_recipe(text: str, source: str = "") -> Recipe:
             f"recipe.{unknown[0]}", f"unknown key; allowed: {', '.join(TOP_KEYS)}"
         )
     if "steps" in data:
-        return _parse_sequence(data, text, source)
-    return _parse_single(data, text, source)
+        recipe = _parse_sequence(data, text, source)
+    else:
+        recipe = _parse_single(data, text, source)
+    if check:
+        check_second_sample(recipe)
+    return recipe
 
 
 def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
@@ -110,19 +149,21 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
         )
     if not isinstance(data["protocol"], str):
         raise ValidationError("recipe.protocol", "must be a string naming a protocol")
-    for table in ("sample", "instrument", "parameters"):
+    for table in ("sample", "sample2", "instrument", "parameters"):
         if table in data and not isinstance(data[table], dict):
             raise ValidationError(f"recipe.{table}", "must be a table ([" + table + "])")
     recipe = Recipe(
         protocol=data["protocol"],
         parameters=dict(data.get("parameters", {})),
         sample=dict(data.get("sample", {})),
+        sample2=dict(data.get("sample2", {})),
         instrument=dict(data.get("instrument", {})),
         description=str(data.get("description", "")),
         text=text,
         source=source,
     )
     _check_sample(recipe.sample)
+    _check_sample(recipe.sample2, "sample2")
     bad = [k for k in recipe.instrument if k not in INSTRUMENT_KEYS]
     if bad:
         raise ValidationError(
@@ -139,7 +180,9 @@ def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
     steps = data["steps"]
     if not isinstance(steps, list) or not steps or not all(isinstance(x, dict) for x in steps):
         raise ValidationError("recipe.steps", "must be one or more [[steps]] tables")
-    shared = {k: v for k, v in data.items() if k in ("sample", "instrument", "description")}
+    shared = {
+        k: v for k, v in data.items() if k in ("sample", "sample2", "instrument", "description")
+    }
     parsed = []
     for n, step in enumerate(steps, start=1):
         bad = [k for k in step if k not in STEP_KEYS]
@@ -153,6 +196,7 @@ def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
         protocol="sequence",
         parameters={},
         sample=first.sample,
+        sample2=first.sample2,
         instrument=first.instrument,
         description=str(data.get("description", "")),
         text=text,
@@ -161,9 +205,9 @@ def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
     )
 
 
-def _check_sample(sample: dict[str, Any]) -> None:
+def _check_sample(sample: dict[str, Any], table: str = "sample") -> None:
     if "name" in sample and not (isinstance(sample["name"], str) and sample["name"].strip()):
-        raise ValidationError("sample.name", "must be a non-empty string")
+        raise ValidationError(f"{table}.name", "must be a non-empty string")
     for key, unit in (("max_v", "V"), ("max_i", "A")):
         if key in sample:
             value = sample[key]
@@ -174,8 +218,39 @@ def _check_sample(sample: dict[str, Any]) -> None:
                 or value <= 0
             ):
                 raise ValidationError(
-                    f"sample.{key}", f"{value!r} is not allowed; allowed: a number > 0 {unit}"
+                    f"{table}.{key}", f"{value!r} is not allowed; allowed: a number > 0 {unit}"
                 )
+
+
+def check_second_sample(recipe: Recipe, named: bool = False, field: str = "sample2") -> None:
+    """A second sample (``[sample2]``, or ``named``: one given by name, e.g. ``--sample2``)
+    needs exactly two distinct channels in ``[instrument] channels``; raises naming
+    ``field`` and what is allowed."""
+    if not (recipe.sample2 or named):
+        return
+    chosen = recipe.channels
+    if len(chosen) != 2:
+        have = (
+            f"channels = {recipe.instrument['channels']!r}"
+            if "channels" in recipe.instrument
+            else "no [instrument] channels"
+        )
+        raise ValidationError(
+            field,
+            f"a second sample needs two channels, the recipe has {have}; allowed only with "
+            "[instrument] channels = [0, 1] on a two-channel instrument "
+            '(or --set "instrument.channels=[0, 1]")',
+        )
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in chosen):
+        raise ValidationError(
+            "instrument.channels", f"{chosen!r}; allowed: two channel numbers from 0, e.g. [0, 1]"
+        )
+    if chosen[0] == chosen[1]:
+        raise ValidationError(
+            "instrument.channels",
+            f"{chosen!r} names channel {chosen[0]} twice; a sample per channel needs two "
+            "channels, e.g. [0, 1]",
+        )
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -195,7 +270,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
-    """Apply ``--set`` values: ``sample.KEY`` and ``instrument.KEY`` go to those tables."""
+    """Apply ``--set`` values: ``sample.KEY``, ``sample2.KEY`` and ``instrument.KEY`` go to
+    those tables."""
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if recipe.steps and head.isdigit() and rest:
@@ -208,6 +284,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             continue
         if key.startswith("sample."):
             recipe.sample[key[7:]] = value
+        elif key.startswith("sample2."):
+            recipe.sample2[key[8:]] = value
         elif key.startswith("instrument."):
             recipe.instrument[key[11:]] = value
         elif recipe.steps:
@@ -215,14 +293,20 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         else:
             recipe.parameters[key] = value
     _check_sample(recipe.sample)
+    _check_sample(recipe.sample2, "sample2")
+    check_second_sample(recipe)
     for step in recipe.steps:  # the sample and instrument tables are shared by every step
-        step.sample, step.instrument = recipe.sample, recipe.instrument
+        step.sample, step.sample2, step.instrument = (
+            recipe.sample,
+            recipe.sample2,
+            recipe.instrument,
+        )
     return recipe
 
 
 def load_recipe(ref: str, overrides: list[str] | None = None) -> Recipe:
     text, source = read_recipe_text(ref)
-    recipe = parse_recipe(text, source)
+    recipe = parse_recipe(text, source, check=not overrides)
     if overrides:
         apply_overrides(recipe, parse_set(overrides))
     return recipe

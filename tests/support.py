@@ -40,3 +40,39 @@ def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# A slit on smua and a 1 MOhm resistor on smub of the simulated 2636B, a sample each
+TWO_DEVICES = "sim://keithley2636b?device=slit_unipolar&device2=resistor&seed=1"
+TWO_SAMPLES = f"""
+[sample]
+name = "chipA"
+max_v = 1.5
+max_i = 1e-5
+device_type = "slit_unipolar"
+[sample2]
+name = "chipB"
+max_v = {{max_v2}}
+max_i = 1e-5
+device_type = "resistor"
+[instrument]
+resource = "{TWO_DEVICES}"
+channels = [0, 1]
+"""
+SMALL_IV = """[parameters]
+amplitude_v = 0.5
+frequencies_hz = [4]
+cycles = {cycles}
+points_per_cycle = 40
+compliance_a = 1e-5
+"""
+
+
+def two_sample_recipe(max_v2: float = 1.0, cycles: int = 1) -> str:
+    """An I-V recipe (0.5 V, 4 Hz, 40 points a cycle) with chipA on channel 0 and chipB
+    (``max_v2``) on channel 1 of ``TWO_DEVICES``."""
+    return (
+        'protocol = "iv_hysteresis"\n'
+        + TWO_SAMPLES.format(max_v2=max_v2)
+        + SMALL_IV.format(cycles=cycles)
+    )
