@@ -177,6 +177,7 @@ class MainWindow(QMainWindow):
         self.samples.listed.connect(self._samples_listed)
         self.protocol.recipe_loaded.connect(self._recipe_loaded)
         self.protocol.estimate_changed.connect(self._estimate_changed)
+        self.protocol.steps_changed.connect(self._update_controls)
         self.history.watch_requested.connect(self.watch_run)
         self.watcher.running_changed.connect(self._running_elsewhere)
         self.watcher.watch_started.connect(self._watch_started)
@@ -445,7 +446,10 @@ class MainWindow(QMainWindow):
         labels = self.instrument.channel_labels()
         if len(labels) > 1 and self.samples.second_sample_name() is None:
             reasons.append(f"choose the sample on {labels[1]}")
-        self.start_btn.setEnabled(not busy)
+        bad_steps = self.protocol.sequence_problem()  # a sequence with a wrong value: no Start
+        if bad_steps:
+            reasons.append(f"fix {bad_steps} (Protocol tab)")
+        self.start_btn.setEnabled(not busy and not bad_steps)
         can_pause = self.run_active and self._pausable and self.engine is not None
         self.pause_btn.setEnabled(can_pause)
         tip = PAUSE_SEQ_TIP if self.sequence is not None else PAUSE_OK_TIP
@@ -549,7 +553,7 @@ class MainWindow(QMainWindow):
             try:
                 protocols = self.protocol.build_sequence()
             except LabctlError as exc:
-                problems.append(f"the sequence has a bad step: {exc} (edit the recipe file)")
+                problems.append(f"the sequence has a bad step: {exc} (Protocol tab)")
         else:
             protocol = self.protocol.build()
             if protocol is None:

@@ -1,13 +1,13 @@
 """Protocol panel: pick a protocol, fill its generated form, load or save a recipe, and see
-how long the run will take. A sequence recipe (``[[steps]]``) shows its steps instead of
-the form; the window runs them all, in order."""
+how long the run will take. A sequence recipe (``[[steps]]``) shows its steps, and the form
+edits the step selected (gui.sequence_editor); the window runs them all, in order."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PyQt5.QtCore import QTimer, pyqtSignal
+from PyQt5.QtCore import Qt, QTimer, pyqtSignal
 from PyQt5.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -16,6 +16,7 @@ from PyQt5.QtWidgets import (
     QMenu,
     QPushButton,
     QScrollArea,
+    QSplitter,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -23,7 +24,7 @@ from PyQt5.QtWidgets import (
 
 from gui.forms import ParamForm
 from gui.recipe_io import dump_recipe
-from gui.sequence_view import StepsTable
+from gui.sequence_editor import SequenceEditor
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration
 from labctl.errors import LabctlError, ValidationError
@@ -41,9 +42,12 @@ def estimate(protocol: Protocol) -> tuple[float | None, int | None]:
     return total, points
 
 
-def estimate_steps(protocols: list[Protocol]) -> list[tuple[float | None, int | None]]:
-    """(duration in s, number of points) of each step; (None, None) for closed-loop ones."""
-    return [estimate(p) for p in protocols]
+def estimate_steps(
+    protocols: list[Protocol | None],
+) -> list[tuple[float | None, int | None] | None]:
+    """(duration in s, number of points) of each step; (None, None) for closed-loop ones,
+    None for a step that is not valid (None)."""
+    return [estimate(p) if p is not None else None for p in protocols]
 
 
 class ProtocolPanel(QWidget):
@@ -51,6 +55,7 @@ class ProtocolPanel(QWidget):
 
     recipe_loaded = pyqtSignal(object)
     estimate_changed = pyqtSignal(object)  # duration in s or None
+    steps_changed = pyqtSignal()  # a sequence's steps were edited (valid or not)
     message = pyqtSignal(str, str)
 
     def __init__(self, calc_tasks: TaskRunner, parent=None) -> None:
@@ -58,10 +63,12 @@ class ProtocolPanel(QWidget):
         self.tasks = calc_tasks
         self.protocols = all_protocols()
         self.recipe_source = ""
-        self.recipe_text: str | None = None  # text of the loaded recipe, if unchanged since
+        # recorded with the run: the loaded recipe's text while unchanged; a sequence's as edited
+        self.recipe_text: str | None = None
         self.estimated_s: float | None = None
         self.sequence: Recipe | None = None  # a loaded sequence recipe: run instead of the form
-        self.step_estimates: list[tuple[float | None, int | None]] = []
+        self.step_estimates: list[tuple[float | None, int | None]] = []  # all valid steps'
+        self._edits = 0  # edits of the sequence so far: an estimate of older steps is dropped
 
         self.picker = QComboBox()
         self.picker.setObjectName("protocol")
@@ -93,20 +100,23 @@ class ProtocolPanel(QWidget):
         self.sequence_title.setObjectName("sequence_title")
         self.sequence_title.setWordWrap(True)
         self.sequence_title.setStyleSheet("font-weight: bold;")
-        self.steps = StepsTable()
+        self.editor = SequenceEditor(self.form, self.protocols)
+        self.editor.edited.connect(self._steps_edited)
+        self.editor.selected.connect(self._step_selected)
+        self.steps = self.editor.steps
         self.single_btn = QPushButton("Back to a single protocol")
         self.single_btn.setObjectName("leave_sequence")
         self.single_btn.setToolTip(
-            "Forget the sequence and run the protocol of the form instead. To change a "
-            "step's parameters, edit the recipe file and load it again."
+            "Forget the sequence and run the protocol of the form instead (Save recipe "
+            "first to keep the steps as edited)."
         )
         self.single_btn.clicked.connect(self.leave_sequence)
         self.sequence_box = QWidget()
         seq_lay = QVBoxLayout(self.sequence_box)
         seq_lay.setContentsMargins(0, 0, 0, 0)
         seq_lay.addWidget(self.sequence_title)
-        seq_lay.addWidget(self.steps, 1)
         seq_lay.addWidget(self.single_btn)
+        seq_lay.addWidget(self.editor, 1)
         self.sequence_box.setVisible(False)
         self.estimate_label = QLabel("")
         self.estimate_label.setObjectName("estimate")
@@ -121,8 +131,15 @@ class ProtocolPanel(QWidget):
         lay.addWidget(self.picker)
         lay.addWidget(self.title)
         lay.addLayout(buttons)
-        lay.addWidget(self.sequence_box, 1)  # one of the two is shown
-        lay.addWidget(scroll, 1)
+        # a single protocol: the form; a sequence: its steps, and under them the form of
+        # the step selected (the technician drags the line between them)
+        self.split = QSplitter(Qt.Vertical)
+        self.split.setChildrenCollapsible(False)
+        self.split.addWidget(self.sequence_box)
+        self.split.addWidget(scroll)
+        self.split.setStretchFactor(0, 3)
+        self.split.setStretchFactor(1, 2)
+        lay.addWidget(self.split, 1)
         lay.addWidget(self.estimate_label)
 
         self._debounce = QTimer(self)
@@ -155,6 +172,8 @@ class ProtocolPanel(QWidget):
 
     def _revalidate(self) -> None:
         if self.sequence is not None:
+            if self.editor.current >= 0:
+                self.form.validate()  # the step's messages beside its fields
             self._estimate_sequence()
             return
         protocol = self.form.validate()
@@ -202,6 +221,7 @@ class ProtocolPanel(QWidget):
             self.single_btn,
         ):
             widget.setEnabled(not active)
+        self.editor.set_run_active(active)
         if not active and self.sequence is not None:
             self.picker.setEnabled(False)  # a sequence does not use the form
 
@@ -212,29 +232,67 @@ class ProtocolPanel(QWidget):
         return self.sequence is not None
 
     def build_sequence(self) -> list[Protocol]:
-        """Every step's protocol; raises ValidationError naming the step and field."""
+        """Every step's protocol; raises LabctlError naming each bad step, field and what is
+        allowed."""
         if self.sequence is None:
             raise ValidationError("recipe.steps", "no sequence is loaded")
-        self.sequence.build()  # names the step of a bad value: steps.2.parameters.cycles
-        return [step.build() for step in self.sequence.steps]
+        built = self.editor.check()
+        if self.editor.problems:
+            raise LabctlError("; ".join(self.editor.problems))
+        return built
+
+    def sequence_problem(self) -> str:
+        """What keeps the loaded sequence from running ('' if nothing, or no sequence)."""
+        return "; ".join(self.editor.problems) if self.sequence is not None else ""
 
     def set_sequence(self, recipe: Recipe) -> None:
-        """Show a sequence's steps in place of the form; Start runs them all."""
+        """Show a sequence's steps in place of the form; Start runs them all. Selecting a
+        step shows its parameters in the form."""
         self.sequence = recipe
-        n = len(recipe.steps)
-        title = f"Sequence of {n} steps"
-        if recipe.description:
-            title += f": {recipe.description}"
-        self.sequence_title.setText(title)
-        self.steps.set_steps(recipe.steps, recipe.description)
+        self._edits += 1
+        self.step_estimates = []
+        self.editor.set_recipe(recipe)
+        self._sequence_heading()
         self.sequence_box.setVisible(True)
         self.form_scroll.setVisible(False)
         self.picker.setEnabled(False)
         self.title.setText(
-            "Start runs every step in order on the sample and instrument chosen, one run "
-            "each, as 'labctl run' does; the sequence stops at a step that does not complete."
+            "Start runs every step in order, one run each, as 'labctl run' does, and stops "
+            "at a step that does not complete. Select a step to edit it."
         )
         self._estimate_sequence()
+        self.steps_changed.emit()
+
+    def _sequence_heading(self) -> None:
+        recipe = self.sequence
+        title = f"Sequence of {len(recipe.steps)} steps"
+        if recipe.description:
+            title += f": {recipe.description}"
+        self.sequence_title.setText(title)
+
+    def _step_selected(self, k: int) -> None:
+        if self.sequence is not None:
+            self.form_scroll.setVisible(k >= 0)
+
+    def _steps_edited(self) -> None:
+        """A step's parameters or description, or the steps, changed: checked at once (Start
+        follows), estimated once the typing pauses; the text recorded with the runs and
+        saved is the sequence as it is now."""
+        self._edits += 1
+        self.step_estimates = []
+        self.recipe_text = self.editor.toml()
+        self._sequence_heading()
+        self._show_problems()
+        self.steps_changed.emit()
+        self._debounce.start()
+
+    def _show_problems(self) -> bool:
+        problems = self.editor.problems
+        if problems:
+            self.estimated_s = None
+            self.estimate_label.setText("Cannot start: " + "\n".join(problems))
+            self.estimate_changed.emit(None)
+        return bool(problems)
 
     def leave_sequence(self) -> None:
         """Back to the form (a single protocol)."""
@@ -242,31 +300,33 @@ class ProtocolPanel(QWidget):
             return
         self.sequence = None
         self.step_estimates = []
+        self.editor.set_recipe(None)
         self.sequence_box.setVisible(False)
         self.form_scroll.setVisible(True)
         self.picker.setEnabled(True)
         self._picked(self.protocol_name)
+        self.steps_changed.emit()
 
     def _estimate_sequence(self) -> None:
-        try:
-            protocols = self.build_sequence()
-        except LabctlError as exc:
-            self.estimated_s = None
-            self.estimate_label.setText(str(exc))
-            self.estimate_changed.emit(None)
-            return
-        self.estimate_label.setText("estimating…")
+        protocols = self.editor.check()
+        if not self._show_problems():
+            self.estimate_label.setText("estimating…")
+        edits = self._edits
         self.tasks.submit(
             estimate_steps,
             protocols,
-            on_done=self._sequence_estimated,
+            on_done=lambda estimates: self._sequence_estimated(estimates, edits),
             on_error=self._estimate_failed,
             key="est",
         )
 
-    def _sequence_estimated(self, estimates: list[tuple[float | None, int | None]]) -> None:
-        self.step_estimates = estimates
+    def _sequence_estimated(self, estimates: list, edits: int) -> None:
+        if edits != self._edits or self.sequence is None:
+            return  # the steps have changed since
         self.steps.set_estimates(estimates)
+        if any(e is None for e in estimates):
+            return  # the label says which step is wrong
+        self.step_estimates = estimates
         known = [t for t, _n in estimates if t is not None]
         points = sum(n for _t, n in estimates if n is not None)
         total = float(sum(known))
@@ -344,16 +404,20 @@ class ProtocolPanel(QWidget):
             if hasattr(window, "recipe_context"):
                 sample, resource = window.recipe_context()
         if path is None:
+            name = self.protocol_name
+            if self.sequence is not None:
+                name = Path(self.recipe_source.removeprefix("builtin:")).stem or "sequence"
             path, _ = QFileDialog.getSaveFileName(
                 self,
                 "Save recipe",
-                str(Path.cwd() / f"{self.protocol_name}.toml"),
+                str(Path.cwd() / f"{name}.toml"),
                 "Recipes (*.toml)",
             )
             if not path:
                 return None
         if self.sequence is not None:
-            text = self.sequence.text  # steps are edited in the file, so it is unchanged
+            # as loaded (comments kept) if unchanged, else the steps as edited
+            text = self.recipe_text or self.editor.toml()
         else:
             text = self.recipe_toml(sample, resource)
         try:

@@ -43,6 +43,13 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _table(header: str, values: dict[str, Any]) -> list[str]:
+    """A blank line, ``[header]`` and its keys (nested tables written inline)."""
+    lines = ["", f"[{header}]"]
+    lines.extend(f"{_key(k)} = {toml_value(v)}" for k, v in values.items() if v is not None)
+    return lines
+
+
 def dump_recipe(
     protocol: str,
     parameters: dict[str, Any],
@@ -63,7 +70,33 @@ def dump_recipe(
         values = {k: v for k, v in values.items() if v is not None and v != ""}
         if not values and table != "parameters":
             continue
-        lines.append("")
-        lines.append(f"[{table}]")
-        lines.extend(f"{_key(k)} = {toml_value(v)}" for k, v in values.items())
+        lines.extend(_table(table, values))
     return "\n".join(lines) + "\n"
+
+
+def dump_sequence(top: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    """The TOML text of a sequence recipe: ``top`` holds everything but the steps (its
+    description, [sample], [instrument] tables, as read), then one ``[[steps]]`` table per
+    step (``protocol``, ``description`` and a ``[steps.parameters]`` table)."""
+    lines = []
+    tables = []
+    for key, value in top.items():
+        if key == "steps" or value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {toml_value(value)}")
+    for key, value in tables:
+        lines.extend(_table(_key(key), value))
+    for step in steps:
+        lines.extend(["", "[[steps]]"])
+        subtables = []
+        for key, value in step.items():
+            if isinstance(value, dict):
+                subtables.append((key, value))
+            elif value is not None and value != "":
+                lines.append(f"{_key(key)} = {toml_value(value)}")
+        for key, value in subtables:
+            lines.extend(_table(f"steps.{_key(key)}", value))
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -47,7 +47,8 @@ def step_parameters(step: Any) -> str:
 
 class StepsTable(QTableWidget):
     """One row per step: number, the step (protocol, its description, the parameters the
-    recipe sets), estimated duration, status."""
+    recipe sets, and what is wrong with them), estimated duration, status. A row is
+    selected to edit its step (gui.sequence_editor)."""
 
     HEADERS = ("#", "step", "estimate", "status")
     STEP, ESTIMATE, STATUS = 1, 2, 3
@@ -56,7 +57,8 @@ class StepsTable(QTableWidget):
         super().__init__(0, len(self.HEADERS), parent)
         self.setObjectName("sequence_steps")
         self.setHorizontalHeaderLabels(list(self.HEADERS))
-        self.setSelectionMode(QAbstractItemView.NoSelection)
+        self.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.setWordWrap(True)
         self.verticalHeader().setVisible(False)
@@ -69,24 +71,45 @@ class StepsTable(QTableWidget):
         """``shared_description``: the sequence's own, which a step without one inherits."""
         self.setRowCount(len(steps))
         for k, step in enumerate(steps):
-            params = step_parameters(step)
-            own = step.description if step.description != shared_description else ""
-            what = step.protocol + (f" — {own}" if own else "") + f"\n{params}"
-            for col, text in enumerate([str(k + 1), what, "…", ""]):
+            for col, text in enumerate([str(k + 1), "", "…", ""]):
                 item = QTableWidgetItem(text)
-                item.setToolTip(f"step {k + 1}: {what}")
                 if col in (0, self.ESTIMATE):
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.setItem(k, col, item)
+            self.set_step(k, step, shared_description)
         self.resizeRowsToContents()
 
-    def set_estimates(self, estimates: list[tuple[float | None, int | None]]) -> None:
-        for k, (total, points) in enumerate(estimates[: self.rowCount()]):
-            text = "closed loop" if total is None else fmt_duration(total)
+    def set_step(self, k: int, step: Any, shared_description: str = "", problem: str = "") -> None:
+        """Row ``k``'s step text: protocol, own description, parameters; and ``problem``
+        (what is wrong with its parameters) on a line of its own, in red."""
+        own = step.description if step.description != shared_description else ""
+        what = step.protocol + (f" — {own}" if own else "") + f"\n{step_parameters(step)}"
+        text = what + (f"\n⚠ {problem}" if problem else "")
+        item = self.item(k, self.STEP)
+        if item is None or item.text() == text:
+            return
+        item.setText(text)
+        item.setToolTip(f"step {k + 1}: {text}")
+        item.setForeground(QBrush(QColor(STATUS_COLOURS["failed"] if problem else "#000000")))
+        self.resizeRowToContents(k)
+
+    def set_estimates(self, estimates: list[tuple[float | None, int | None] | None]) -> None:
+        """Each step's (duration, points); None for a step whose parameters are wrong."""
+        for k, estimate in enumerate(estimates[: self.rowCount()]):
             item = self.item(k, self.ESTIMATE)
+            if estimate is None:
+                item.setText("—")
+                item.setToolTip("fix the step's parameters to see its duration")
+                continue
+            total, points = estimate
+            text = "closed loop" if total is None else fmt_duration(total)
             item.setText(text)
-            if points is not None:
-                item.setToolTip(f"{text}, {points:,} points")
+            item.setToolTip(f"{text}, {points:,} points" if points is not None else text)
+
+    def selected_step(self) -> int:
+        """The selected row (from 0), or -1."""
+        rows = self.selectionModel().selectedRows()
+        return rows[0].row() if rows else -1
 
     def set_status(self, k: int, text: str) -> None:
         if not 0 <= k < self.rowCount():

@@ -929,3 +929,19 @@ def test_control_flow_array_and_loop_errors(script, code):
     errors = [x for x in out if x.startswith("!")]
     assert errors and errors[0].startswith(f"!{code}"), out
     assert out[-1] == "" and not em.running
+
+
+@pytest.mark.parametrize("mode", [2, 3])
+@pytest.mark.parametrize("autorange", [None, (100e-9, 1e-3), (1e-6, 1e-6)])
+def test_one_reading_is_measured_as_a_batch_of_them(mode, autorange):
+    """Loops run point by point read each current on their own (a float path): the same
+    readings, status and ranges as the vectorised path."""
+    em, _ = make()
+    em.pgstat_mode = mode
+    em._autorange = autorange
+    raw = np.array([0.0, 3e-13, -5e-8, 2.5e-6, -7e-5, 4e-4, 3e-3, -1.0, math.nan])
+    batch = em._measure(raw)
+    for j, x in enumerate(raw):
+        one = em._measure(np.array([x]))
+        for a, b in zip(one, batch, strict=True):
+            np.testing.assert_array_equal(a, b[j : j + 1])

@@ -121,6 +121,7 @@ running, ``e`` while one runs).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -1086,6 +1087,8 @@ class EmStatEmulator:
 
     def _measure(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Readings with their status and current-range index (per point)."""
+        if raw.shape == (1,):
+            return self._measure_one(float(raw[0]))
         idx, fs = _range_table(self._ranges())
         if self._autorange is None:
             pos = min(int(np.searchsorted(idx, self._range_index)), len(fs) - 1)
@@ -1103,6 +1106,30 @@ class EmStatEmulator:
         status = (over * 2) | ((~over & (a < 1e-3 * floor)) * 4)
         reading = np.where(over, np.copysign(full, np.where(np.isnan(raw), 1.0, raw)), raw)
         return reading, status, idx[k]
+
+    def _measure_one(self, raw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_measure`` of one reading in Python floats (loops run point by point)."""
+        idx, fs = _range_lists(self._ranges())
+        top = len(fs) - 1
+        if self._autorange is None:
+            k = min(bisect.bisect_left(idx, self._range_index), top)
+            floor = fs[k]
+        else:
+            lo = bisect.bisect_left(fs, self._autorange[0] * (1 - 1e-9))
+            hi = min(bisect.bisect_left(fs, self._autorange[1] * (1 - 1e-9)), top)
+            k = (
+                hi
+                if math.isnan(raw)
+                else min(max(bisect.bisect_left(fs, abs(raw) * (1 - 1e-9)), lo), hi)
+            )
+            self._range_index = idx[k]
+            floor = fs[lo]
+        full = fs[k]
+        a = abs(raw)
+        over = not a <= full * (1 + 1e-9)  # NaN counts as overload
+        status = 2 if over else (4 if a < 1e-3 * floor else 0)
+        reading = math.copysign(full, 1.0 if math.isnan(raw) else raw) if over else raw
+        return np.array([reading]), np.array([status]), np.array([idx[k]])
 
     def _current(self, raw: np.ndarray) -> _Col:
         """A current column: readings (``ba``) with status and range metadata."""
@@ -1445,14 +1472,16 @@ class EmStatEmulator:
         self._emit("M0000")
         self._loop_end, self._period = t0 + n * t_int, t_int
         names = node.args[:1]
+        e = self._open_circuit()
         for k in range(n):
             t_end = t0 + (k + 1) * t_int
             while self._now < t_end - 1e-12:
                 yield t_end
-            self._hold_until(t_end)
-            self._ts = t_end
-            e = np.array([self._open_circuit()])
-            if not self._run_point(node, names, [("ab", e, [",10"])], line):
+            # open circuit over the interval: held at the potential it started at
+            self.device.step(np.array([e]), np.array([t_end - self._t_dev]))
+            self._t_dev = self._ts = t_end
+            e = self._open_circuit()
+            if not self._run_point(node, names, [("ab", np.array([e]), [",10"])], line):
                 break
         else:
             self._ts = t0 + n * t_int
@@ -1517,6 +1546,11 @@ class EmStatEmulator:
 
 def _metas(status: np.ndarray, rng: np.ndarray) -> list[str]:
     return [f",1{a:X},2{b:02X}" for a, b in zip(status.tolist(), rng.tolist(), strict=True)]
+
+
+@functools.cache
+def _range_lists(ranges: tuple[tuple[int, float], ...]) -> tuple[list[int], list[float]]:
+    return [r[0] for r in ranges], [r[1] for r in ranges]
 
 
 @functools.cache
