@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import Program
 
 
@@ -112,6 +112,19 @@ def check_program(program: Program, limits: Limits, caps: Capabilities, who: str
 def raise_if_aborted(abort: threading.Event | None) -> None:
     if abort is not None and abort.is_set():
         raise Aborted("run aborted")
+
+
+def num(x: float) -> str:
+    """A number as the drivers write it into a command: 9 significant digits."""
+    return f"{x:.9g}"
+
+
+def pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
+    """The smallest of ``ranges`` that holds ``value``; refuses a value above the largest."""
+    for r in ranges:
+        if abs(value) <= r * (1 + 1e-9):
+            return r
+    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")
 
 
 OVERRANGE_VALUE = 9.9e37  # what SCPI instruments return for an over-range reading
@@ -239,9 +252,25 @@ class DriverBase:
 
 class SourceMeterBase(DriverBase):
     """Adds what source-measure units share: integration time in power-line cycles, the
-    current limit checked against the instrument and the sample, and the poll interval."""
+    current limit checked against the instrument and the sample, the poll interval, and
+    ``execute``: the checks, then a hardware-timed plan when there is one, else host timing.
 
+    A subclass gives ``family`` (how messages name it), ``compile`` (the hardware-timed runs
+    of a program, None if it has none; ``hardware_refusal`` says why), ``_run_hardware``,
+    ``_run_software`` and ``_compliance_command``; single-output drivers ``_level_command``
+    and ``_output_on_command`` (SCPI's by default) for :meth:`_set_level`; drivers that poll
+    a run with :meth:`_follow_run` its ``_fetch``. ``check_errors`` reads a SCPI error queue
+    unless overridden.
+    """
+
+    family: ClassVar[str] = ""  # "2400", "B2900", ...: the instrument in messages
     min_compliance_a: ClassVar[float] = 0.0  # smallest current limit the instrument takes
+    error_reads: ClassVar[int] = 20  # errors read from the queue at most, per check
+    # why timing="hardware" refuses a program ({aperture_ms}, {nplc}: the settings)
+    hardware_refusal: ClassVar[str] = (
+        "a step is shorter than the measurement time ({aperture_ms:g} ms at NPLC {nplc:g}); "
+        "lower nplc or use software timing"
+    )
 
     def __init__(self, transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -249,6 +278,8 @@ class SourceMeterBase(DriverBase):
         self.line_frequency_hz = 50.0
         self.compliance_a = 105e-6
         self.poll_s = 0.1
+        self._output_on: bool | None = None  # single-output drivers: None = not known
+        self._last_level: float | None = None
 
     @property
     def aperture_s(self) -> float:
@@ -286,3 +317,154 @@ class SourceMeterBase(DriverBase):
                 f"max_i = {self.limits.max_i:g} A"
             )
         return float(compliance_a)
+
+    # -- execution ------------------------------------------------------------------------
+    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        """Run ``program`` (on every selected channel at once); yields chunks with ``t``
+        relative to the program's start and the channel (0-based) of each reading."""
+        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
+        if program.mode != "V":
+            raise ValidationError(
+                "mode", f"the {self.family} driver sources voltage only in this version"
+            )
+        if not len(program):
+            return
+        self._prepare()
+        if program.compliance is not None and program.compliance != self.compliance_a:
+            self.compliance_a = self._checked_compliance(program.compliance)
+            self.transport.write(self._compliance_command())
+        runs = None if self.timing == "software" else self.plan(program)
+        if runs is None and self.timing == "hardware":
+            ms = self.aperture_s * 1e3
+            raise ValidationError(
+                "timing", self.hardware_refusal.format(aperture_ms=ms, nplc=self.nplc)
+            )
+        yield from self._run(program, runs, abort)
+        self.check_errors()
+
+    def plan(self, program: Program) -> list | None:
+        """The hardware-timed runs for ``program``; None if it needs host timing."""
+        return self.compile(program)
+
+    def compile(self, program: Program) -> list | None:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """What a run needs set up first (nothing by default)."""
+
+    def _compliance_command(self) -> str:
+        """The command that sets ``compliance_a`` on the channels a program runs on."""
+        raise NotImplementedError
+
+    def _run(
+        self, program: Program, runs: list | None, abort: threading.Event | None
+    ) -> Iterator[Chunk]:
+        if runs is None:
+            yield from self._run_software(program, abort)
+        else:
+            yield from self._run_hardware(program, runs, abort)
+
+    def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def _run_hardware(
+        self, program: Program, runs: list, abort: threading.Event | None
+    ) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def check_errors(self) -> None:
+        """Raise InstrumentError with every queued error, oldest first (``:SYST:ERR?`` until
+        it reads 0; TSP and other instruments override this)."""
+        errors = []
+        for _ in range(self.error_reads):
+            entry = self.transport.query(":SYST:ERR?").strip()
+            if entry.split(",")[0].strip().lstrip("+") in ("0", ""):
+                break
+            errors.append(entry)
+        if errors:
+            raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
+
+    # -- one output: levels and polls ------------------------------------------------------
+    def _level_command(self, level: float) -> str:
+        return f":SOUR:VOLT {num(level)}"
+
+    def _output_on_command(self, level: float) -> str:
+        return f":SOUR:VOLT {num(level)};:OUTP ON"
+
+    def _output_on_at(self, level: float) -> None:
+        """Turn the output on at ``level`` unless it is on."""
+        if self._output_on is not True:
+            self.transport.write(self._output_on_command(level))
+            self._output_on = True
+            self._last_level = level
+
+    def _set_level(self, level: float) -> None:
+        """A host-timed step: the output on at ``level``, or the level changed if it differs."""
+        if self._output_on is not True:
+            self._output_on_at(level)
+        elif level != self._last_level:
+            self.transport.write(self._level_command(level))
+            self._last_level = level
+
+    def _check_output_off(self) -> None:
+        """After turning the output off: refuse an ``:OUTP?`` that does not read off."""
+        state = self.transport.query(":OUTP?").strip()
+        if state not in ("0", "OFF"):
+            raise InstrumentError(
+                f"{self.transport.resource}: output still reads {state!r} after OFF"
+            )
+
+    def _poll_interval(self, expected_s: float) -> float:
+        """How long to wait between polls of a run of ``expected_s``: ``poll_s`` in real
+        time; on a virtual clock a sixteenth of the run (at least 0.25 s), few host wakes."""
+        if getattr(self.clock, "is_virtual", False):
+            return max(0.25, expected_s / 16)
+        return self.poll_s
+
+    def _fetch(self, program: Program, run, done: dict[int, int], t0: float) -> Iterator[Chunk]:
+        """The readings of a hardware-timed ``run`` not yet read (``done``, per channel,
+        which it advances), ``t0`` the program time of the first; for :meth:`_follow_run`."""
+        raise NotImplementedError
+
+    def _follow_run(
+        self,
+        program: Program,
+        run,
+        t0: float,
+        *,
+        channels: Sequence[int],
+        end: float,
+        expected_s: float,
+        stop_command: str,
+        short: Callable[[dict[int, int], int], str],
+        abort: threading.Event | None,
+    ) -> Iterator[Chunk]:
+        """Poll a hardware-timed ``run`` of ``run.n`` readings per channel that should end at
+        ``end`` (clock time), yielding what :meth:`_fetch` reads, until every channel has all;
+        an abort sends ``stop_command`` and keeps what was taken. A run not complete a grace
+        time after ``end`` (2 s or 5 %; on a virtual clock a rounding error) raises
+        InstrumentError with ``short(readings per channel, run.n)``."""
+        done = dict.fromkeys(channels, 0)
+        virtual = getattr(self.clock, "is_virtual", False)
+        # the instrument's own sum of the step times may end a rounding error later
+        slack = 1e-12 * max(1.0, abs(end))
+        grace = max(2.0, 0.05 * expected_s) if not virtual else slack
+        poll = self._poll_interval(expected_s)
+        while True:
+            if abort is not None and abort.is_set():
+                self.transport.write(stop_command)
+                # keep every point taken before the abort
+                yield from self._fetch(program, run, done, t0)
+                raise Aborted("run aborted")
+            remaining = end - self.clock.now()
+            if remaining > 0:
+                self.clock.sleep(min(poll, remaining))
+            else:
+                self.clock.sleep(self.poll_s if not virtual else slack)
+            for chunk in self._fetch(program, run, done, t0):
+                if len(chunk):
+                    yield chunk
+            if all(k >= run.n for k in done.values()):
+                return
+            if self.clock.now() - end >= grace:
+                raise InstrumentError(f"{self.transport.resource}: {short(done, run.n)}")

@@ -31,14 +31,15 @@ import numpy as np
 from drivers.base import (
     Capabilities,
     SourceMeterBase,
-    check_program,
     make_chunk,
+    num,
+    pick_range,
     raise_if_aborted,
     run_host_timed,
 )
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
-from labctl.errors import Aborted, InstrumentError, ValidationError
+from labctl.errors import InstrumentError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -50,10 +51,6 @@ STATUS_COMPLIANCE = 1 << 3
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MODELS = {"2400": 210.0, "2401": 21.0}  # largest |V| of each model
-
-
-def _num(x: float) -> str:
-    return f"{x:.9g}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,7 @@ class Keithley2400(SourceMeterBase):
     """Driver for the Keithley 2400 and 2401 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2400"
+    family = "2400"
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
     visa_io: ClassVar[dict[str, object]] = {
         "read_termination": "\n",
@@ -97,8 +95,6 @@ class Keithley2400(SourceMeterBase):
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
         self.model = "2400"
-        self._output_on: bool | None = None
-        self._last_level: float | None = None
         self._fixed_mode = False  # source in FIXed mode with one trigger (host timing)
 
     # -- identity and settings ------------------------------------------------------------
@@ -137,59 +133,28 @@ class Keithley2400(SourceMeterBase):
         if voltage_range_v is None:
             v_range = ":SOUR:VOLT:RANG:AUTO ON"
         else:
-            r = _pick_range("voltage_range_v", voltage_range_v, v_ranges)
-            v_range = f":SOUR:VOLT:RANG {_num(r)}"
+            r = pick_range("voltage_range_v", voltage_range_v, v_ranges)
+            v_range = f":SOUR:VOLT:RANG {num(r)}"
         if current_range_a is None:
             i_range = ":SENS:CURR:RANG:AUTO ON"
         else:
-            r = _pick_range("current_range_a", current_range_a, I_RANGES)
-            i_range = f":SENS:CURR:RANG {_num(r)}"
+            r = pick_range("current_range_a", current_range_a, I_RANGES)
+            i_range = f":SENS:CURR:RANG {num(r)}"
         self.transport.write(
             # one function measured (the V element then reads the programmed level), no
             # delays but the Program's, output stays on between readings
             f":SOUR:FUNC VOLT;:SOUR:VOLT:MODE FIX;{v_range};:SENS:FUNC:CONC OFF;"
-            f":SENS:FUNC 'CURR:DC';:SENS:CURR:PROT {_num(self.compliance_a)};{i_range};"
-            f":SENS:CURR:NPLC {_num(self.nplc)};:SOUR:DEL:AUTO OFF;:SOUR:DEL 0;"
+            f":SENS:FUNC 'CURR:DC';:SENS:CURR:PROT {num(self.compliance_a)};{i_range};"
+            f":SENS:CURR:NPLC {num(self.nplc)};:SOUR:DEL:AUTO OFF;:SOUR:DEL 0;"
             ":SOUR:CLE:AUTO OFF;:TRIG:DEL 0;:TRIG:COUN 1;:ARM:COUN 1;:ARM:SOUR IMM;"
             f":TRIG:SOUR IMM;:FORM:DATA ASC;:FORM:ELEM {ELEMENTS};:TRAC:TST:FORM ABS"
         )
         self._fixed_mode = True
         self.check_errors()
 
-    def check_errors(self) -> None:
-        """Raise InstrumentError with every queued error, oldest first."""
-        errors = []
-        for _ in range(20):
-            entry = self.transport.query(":SYST:ERR?").strip()
-            if entry.split(",")[0].strip().lstrip("+") in ("0", ""):
-                break
-            errors.append(entry)
-        if errors:
-            raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
-
     # -- execution --------------------------------------------------------------------------
-    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
-        """Run ``program``; yields chunks with ``t`` relative to the program's start."""
-        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
-        if program.mode != "V":
-            raise ValidationError("mode", "the 2400 driver sources voltage only in this version")
-        if not len(program):
-            return
-        if program.compliance is not None and program.compliance != self.compliance_a:
-            self.compliance_a = self._checked_compliance(program.compliance)
-            self.transport.write(f":SENS:CURR:PROT {_num(self.compliance_a)}")
-        sweeps = None if self.timing == "software" else self.compile(program)
-        if sweeps is None and self.timing == "hardware":
-            raise ValidationError(
-                "timing",
-                f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
-                f"NPLC {self.nplc:g}); lower nplc or use software timing",
-            )
-        if sweeps is None:
-            yield from self._run_software(program, abort)
-        else:
-            yield from self._run_hardware(program, sweeps, abort)
-        self.check_errors()
+    def _compliance_command(self) -> str:
+        return f":SENS:CURR:PROT {num(self.compliance_a)}"
 
     def compile(self, program: Program) -> list[_Sweep] | None:
         """The list sweeps for ``program``, or None if a step is too short to measure."""
@@ -201,25 +166,18 @@ class Keithley2400(SourceMeterBase):
         sweeps = []
         for a, b in runs_of_equal(period, LIST_MAX):
             # the delay as sent, so that the driver times the sweep as the instrument does
-            delay = float(_num(max(float(period[a]) - aperture, 0.0)))
+            delay = float(num(max(float(period[a]) - aperture, 0.0)))
             sweeps.append(_Sweep(rows[a:b], program.level[rows[a:b]], keep[a:b], delay))
         return sweeps
-
-    def _output_on_at(self, level: float) -> None:
-        if self._output_on is not True:
-            self.transport.write(f":SOUR:VOLT {_num(level)};:OUTP ON")
-            self._output_on = True
-            self._last_level = level
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
         t_start = self.clock.now()
         self._output_on_at(float(program.level[0]))
-        virtual = getattr(self.clock, "is_virtual", False)
         for sw in sweeps:
             raise_if_aborted(abort)
-            levels = [_num(x) for x in sw.levels]
+            levels = [num(x) for x in sw.levels]
             self.transport.write(":SOUR:LIST:VOLT " + ",".join(levels[:LIST_PER_COMMAND]))
             for s in range(LIST_PER_COMMAND, sw.n, LIST_PER_COMMAND):
                 self.transport.write(
@@ -229,7 +187,7 @@ class Keithley2400(SourceMeterBase):
             # After a sweep the 2400 sources its amplitude (the bias level): set it to the
             # sweep's last level so the output holds that level until the next step.
             self.transport.write(
-                f":SOUR:VOLT:MODE LIST;:SOUR:DEL {_num(sw.delay_s)};:TRIG:COUN {sw.n};"
+                f":SOUR:VOLT:MODE LIST;:SOUR:DEL {num(sw.delay_s)};:TRIG:COUN {sw.n};"
                 f":TRAC:FEED:CONT NEV;:TRAC:CLE;:TRAC:POIN {sw.n};:TRAC:FEED SENS;"
                 f":TRAC:FEED:CONT NEXT;:SOUR:VOLT {levels[-1]};:INIT"
             )
@@ -238,41 +196,25 @@ class Keithley2400(SourceMeterBase):
             expected = sw.n * step
             # the first reading (TIME 0 in the data store) ends one step after INIT
             t0 = t_init + step
-            end = t_start + t_init + expected
-            # the instrument's own sum of the step times may end a rounding error later
-            slack = 1e-12 * max(1.0, abs(end))
-            grace = max(2.0, 0.05 * expected) if not virtual else slack
-            poll = self.poll_s if not virtual else max(0.25, expected / 16)
-            done = 0
-            while True:
-                if abort is not None and abort.is_set():
-                    self.transport.write(":ABOR")
-                    for _n, chunk in self._fetch(program, sw, done, t0):
-                        yield chunk  # keep every point taken before the abort
-                    raise Aborted("run aborted")
-                remaining = end - self.clock.now()
-                if remaining > 0:
-                    self.clock.sleep(min(poll, remaining))
-                else:
-                    self.clock.sleep(self.poll_s if not virtual else slack)
-                for n_new, chunk in self._fetch(program, sw, done, t0):
-                    done += n_new
-                    if len(chunk):
-                        yield chunk
-                if done >= sw.n:
-                    break
-                if self.clock.now() - end >= grace:
-                    raise InstrumentError(
-                        f"{self.transport.resource}: sweep ended after {done} of {sw.n} points"
-                    )
+            yield from self._follow_run(
+                program,
+                sw,
+                t0,
+                channels=[1],
+                end=t_start + t_init + expected,
+                expected_s=expected,
+                stop_command=":ABOR",
+                short=lambda done, n: f"sweep ended after {done[1]} of {n} points",
+                abort=abort,
+            )
             self._last_level = float(sw.levels[-1])
 
     def _fetch(
-        self, program: Program, sw: _Sweep, done: int, t0: float
-    ) -> Iterator[tuple[int, Chunk]]:
-        """The sweep's readings after the first ``done``, as (count, chunk)."""
+        self, program: Program, sw: _Sweep, done: dict[int, int], t0: float
+    ) -> Iterator[Chunk]:
+        """The sweep's readings after the first ``done[1]`` (which it advances)."""
         available = min(int(float(self.transport.query(":TRAC:POIN:ACT?"))), sw.n)
-        if available <= done:
+        if available <= done[1]:
             return
         fields = self.transport.query(":TRAC:DATA?").split(",")
         if len(fields) % 4:
@@ -281,35 +223,26 @@ class Keithley2400(SourceMeterBase):
                 f"a whole number of {ELEMENTS} readings"
             )
         # the store is read whole each time: convert only the readings not yet seen
-        values = np.array(fields[4 * done : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
-        stop = done + len(values)
-        keep = sw.keep[done:stop]
+        start = done[1]
+        values = np.array(fields[4 * start : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
+        stop = done[1] = start + len(values)
+        keep = sw.keep[start:stop]
         v = values[keep]
         flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
-        yield (
-            stop - done,
-            make_chunk(
-                program,
-                sw.rows[done:stop][keep],
-                t0 + v[:, 2],
-                v[:, 0],
-                v[:, 1],
-                flags,
-                compliance=self.compliance_a,
-            ),
+        yield make_chunk(
+            program,
+            sw.rows[start:stop][keep],
+            t0 + v[:, 2],
+            v[:, 0],
+            v[:, 1],
+            flags,
+            compliance=self.compliance_a,
         )
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         if not self._fixed_mode:
             self.transport.write(":SOUR:VOLT:MODE FIX;:SOUR:DEL 0;:TRIG:COUN 1")
             self._fixed_mode = True
-
-        def set_level(level: float) -> None:
-            if self._output_on is not True:
-                self._output_on_at(level)
-            elif level != self._last_level:
-                self.transport.write(f":SOUR:VOLT {_num(level)}")
-                self._last_level = level
 
         def read() -> tuple[float, float]:
             v, i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
@@ -318,7 +251,7 @@ class Keithley2400(SourceMeterBase):
         yield from run_host_timed(
             program,
             self.clock,
-            set_level=set_level,
+            set_level=self._set_level,
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
@@ -332,11 +265,7 @@ class Keithley2400(SourceMeterBase):
         self._output_on = False
         self._last_level = 0.0
         self._fixed_mode = False  # trigger count and delay are those of the last sweep
-        state = self.transport.query(":OUTP?").strip()
-        if state not in ("0", "OFF"):
-            raise InstrumentError(
-                f"{self.transport.resource}: output still reads {state!r} after OFF"
-            )
+        self._check_output_off()
 
 
 TICK_DIVISORS = 8  # a common tick may be the shortest step divided by up to this
@@ -395,10 +324,3 @@ def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
     for a, b in itertools.pairwise(bounds):
         out.extend((s, min(int(b), s + limit)) for s in range(int(a), int(b), limit))
     return out
-
-
-def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:
-    for r in ranges:
-        if abs(value) <= r * (1 + 1e-9):
-            return r
-    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")

@@ -22,14 +22,15 @@ import numpy as np
 from drivers.base import (
     Capabilities,
     SourceMeterBase,
-    check_program,
     make_chunk,
+    num,
+    pick_range,
     raise_if_aborted,
     run_host_timed,
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
-from labctl.errors import Aborted, InstrumentError, ValidationError
+from labctl.errors import Aborted, InstrumentError
 from labctl.program import Program
 from labctl.transport import Transport, block_to_array
 
@@ -45,10 +46,6 @@ FETCH_MAX = 100_000  # readings per bulk query
 LATE_POLL_S = 1e-3  # poll interval once a sweep has run past its planned end
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-
-def _num(x: float) -> str:
-    return f"{x:.9g}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ class Keithley2450(SourceMeterBase):
     """Driver for the Keithley 2450 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2450"
+    family = "2450"
     # line-terminated SCPI; a 10^6-reading bulk read needs more than the default 10 s
     visa_io: ClassVar[dict[str, object]] = {
         "read_termination": "\n",
@@ -91,8 +89,6 @@ class Keithley2450(SourceMeterBase):
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
         self._buffer_points = DEFAULT_BUFFER_POINTS
-        self._output_on: bool | None = None
-        self._last_level: float | None = None
 
     # -- identity and settings ------------------------------------------------------------
     def identify(self) -> str:
@@ -125,20 +121,18 @@ class Keithley2450(SourceMeterBase):
         if voltage_range_v is None:
             v_range = ":SOUR:VOLT:RANG:AUTO ON"
         else:
-            v_range = (
-                f":SOUR:VOLT:RANG {_num(_pick_range('voltage_range_v', voltage_range_v, V_RANGES))}"
-            )
+            r = pick_range("voltage_range_v", voltage_range_v, V_RANGES)
+            v_range = f":SOUR:VOLT:RANG {num(r)}"
         if current_range_a is None:
             i_range = ":SENS:CURR:RANG:AUTO ON"
         else:
-            i_range = (
-                f":SENS:CURR:RANG {_num(_pick_range('current_range_a', current_range_a, I_RANGES))}"
-            )
+            r = pick_range("current_range_a", current_range_a, I_RANGES)
+            i_range = f":SENS:CURR:RANG {num(r)}"
         self.transport.write(
             # source delay 0: the Program's durations are the only waits (auto delay would
             # hold each level longer before a software-timed read)
-            f":SOUR:FUNC VOLT;{v_range};:SOUR:VOLT:ILIM {_num(self.compliance_a)};:SOUR:VOLT:DEL 0;"
-            f':SENS:FUNC "CURR";{i_range};:SENS:CURR:NPLC {_num(self.nplc)};'
+            f":SOUR:FUNC VOLT;{v_range};:SOUR:VOLT:ILIM {num(self.compliance_a)};:SOUR:VOLT:DEL 0;"
+            f':SENS:FUNC "CURR";{i_range};:SENS:CURR:NPLC {num(self.nplc)};'
             ":FORM:DATA ASC;:FORM:BORD SWAP"
         )
         self.check_errors()
@@ -152,28 +146,8 @@ class Keithley2450(SourceMeterBase):
         raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
 
     # -- execution --------------------------------------------------------------------------
-    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
-        """Run ``program``; yields chunks with ``t`` relative to the program's start."""
-        check_program(program, self.limits, self.capabilities, "keithley2450 driver")
-        if program.mode != "V":
-            raise ValidationError("mode", "the 2450 driver sources voltage only in this version")
-        if not len(program):
-            return
-        if program.compliance is not None and program.compliance != self.compliance_a:
-            self.compliance_a = self._checked_compliance(program.compliance)
-            self.transport.write(f":SOUR:VOLT:ILIM {_num(self.compliance_a)}")
-        sweeps = None if self.timing == "software" else self.compile(program)
-        if sweeps is None and self.timing == "hardware":
-            raise ValidationError(
-                "timing",
-                f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
-                f"NPLC {self.nplc:g}); lower nplc or use software timing",
-            )
-        if sweeps is None:
-            yield from self._run_software(program, abort)
-        else:
-            yield from self._run_hardware(program, sweeps, abort)
-        self.check_errors()
+    def _compliance_command(self) -> str:
+        return f":SOUR:VOLT:ILIM {num(self.compliance_a)}"
 
     def compile(self, program: Program) -> list[_Sweep] | None:
         """The hardware sweeps for ``program``, or None if a step is too short to measure."""
@@ -229,12 +203,6 @@ class Keithley2450(SourceMeterBase):
             i = j + 1
         return out
 
-    def _output_on_at(self, level: float) -> None:
-        if self._output_on is not True:
-            self.transport.write(f":SOUR:VOLT {_num(level)};:OUTP ON")
-            self._output_on = True
-            self._last_level = level
-
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
@@ -249,12 +217,12 @@ class Keithley2450(SourceMeterBase):
             raise_if_aborted(abort)
             if sw.linear:
                 self.transport.write(
-                    f":SOUR:SWE:VOLT:LIN {_num(sw.levels[0])},{_num(sw.levels[-1])},{sw.n},"
-                    f"{_num(sw.delay_s)},1,BEST,OFF,OFF,{BUFFER}"
+                    f":SOUR:SWE:VOLT:LIN {num(sw.levels[0])},{num(sw.levels[-1])},{sw.n},"
+                    f"{num(sw.delay_s)},1,BEST,OFF,OFF,{BUFFER}"
                 )
             else:
-                self.transport.write(":SOUR:LIST:VOLT " + ",".join(_num(x) for x in sw.levels))
-                self.transport.write(f":SOUR:SWE:VOLT:LIST 1,{_num(sw.delay_s)},1,OFF,{BUFFER}")
+                self.transport.write(":SOUR:LIST:VOLT " + ",".join(num(x) for x in sw.levels))
+                self.transport.write(f":SOUR:SWE:VOLT:LIST 1,{num(sw.delay_s)},1,OFF,{BUFFER}")
             t_init = self.clock.now() - t_start
             self.transport.write(f":TRAC:CLE {BUFFER};:INIT")
             period = sw.delay_s + aperture
@@ -262,11 +230,7 @@ class Keithley2450(SourceMeterBase):
             # The first reading (REL = 0) is taken one period after INIT.
             t0 = t_init + period
             done = 0
-            poll = (
-                self.poll_s
-                if not getattr(self.clock, "is_virtual", False)
-                else max(0.25, expected / 16)
-            )
+            poll = self._poll_interval(expected)
             while True:
                 if abort is not None and abort.is_set():
                     self.transport.write(":ABOR")
@@ -329,13 +293,6 @@ class Keithley2450(SourceMeterBase):
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         query = f":READ? {BUFFER},{ELEMENTS}"
 
-        def set_level(level: float) -> None:
-            if self._output_on is not True:
-                self._output_on_at(level)
-            elif level != self._last_level:
-                self.transport.write(f":SOUR:VOLT {_num(level)}")
-                self._last_level = level
-
         def read() -> tuple[float, float]:
             _rel, source, reading = (float(x) for x in self.transport.query(query).split(","))
             return source, reading
@@ -343,7 +300,7 @@ class Keithley2450(SourceMeterBase):
         yield from run_host_timed(
             program,
             self.clock,
-            set_level=set_level,
+            set_level=self._set_level,
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
@@ -356,15 +313,4 @@ class Keithley2450(SourceMeterBase):
         self.transport.write(":ABOR;:SOUR:VOLT 0;:OUTP OFF")
         self._output_on = False
         self._last_level = 0.0
-        state = self.transport.query(":OUTP?").strip()
-        if state not in ("0", "OFF"):
-            raise InstrumentError(
-                f"{self.transport.resource}: output still reads {state!r} after OFF"
-            )
-
-
-def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:
-    for r in ranges:
-        if abs(value) <= r * (1 + 1e-9):
-            return r
-    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")
+        self._check_output_off()

@@ -44,8 +44,9 @@ import numpy as np
 from drivers.base import (
     Capabilities,
     SourceMeterBase,
-    check_program,
     make_chunk,
+    num,
+    pick_range,
     raise_if_aborted,
     run_host_timed,
 )
@@ -69,10 +70,6 @@ I_RANGES = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 1.5)
 LOW_V_MODELS = ("2601B", "2602B", "2604B")
 SINGLE_CHANNEL_MODELS = ("2601B", "2611B", "2635B")
 IDENTITY = re.compile(r"Model\s+(26\d\dB)", re.IGNORECASE)
-
-
-def _num(x: float) -> str:
-    return f"{x:.9g}"
 
 
 def _exact(x: float) -> str:
@@ -99,6 +96,12 @@ class Keithley2600(SourceMeterBase):
     """Driver for the Keithley 2600B series (2636B) over any :class:`Transport`."""
 
     name = "keithley2636b"
+    family = "2600B"
+    hardware_refusal = (
+        f"a step is shorter than {MIN_STEP_S * 1e6:g} µs, a sampled step shorter than the "
+        "measurement time ({aperture_ms:g} ms at NPLC {nplc:g}), or a step longer than "
+        f"{MAX_STEP_S:g} s; change the program, lower nplc or use software timing"
+    )
     min_compliance_a = 100e-12
     capabilities = Capabilities(
         kind="smu",
@@ -120,8 +123,6 @@ class Keithley2600(SourceMeterBase):
         self.model = ""
         self.n_channels = 2
         self._configured = False
-        self._output_on: bool | None = None
-        self._last_level: float | None = None
 
     # -- identity and settings ------------------------------------------------------------
     def identify(self) -> str:
@@ -176,12 +177,12 @@ class Keithley2600(SourceMeterBase):
         v_range = (
             None
             if voltage_range_v is None
-            else _pick_range("voltage_range_v", voltage_range_v, self.capabilities.v_ranges)
+            else pick_range("voltage_range_v", voltage_range_v, self.capabilities.v_ranges)
         )
         i_range = (
             None
             if current_range_a is None
-            else _pick_range("current_range_a", current_range_a, I_RANGES)
+            else pick_range("current_range_a", current_range_a, I_RANGES)
         )
         if nplc is not None:
             self.nplc = float(nplc)
@@ -196,16 +197,16 @@ class Keithley2600(SourceMeterBase):
                 source.append(f"{x}.source.autorangev = {x}.AUTORANGE_ON")
             else:
                 source.append(f"{x}.source.autorangev = {x}.AUTORANGE_OFF")
-                source.append(f"{x}.source.rangev = {_num(v_range)}")
-            source.append(f"{x}.source.limiti = {_num(self.compliance_a)}")
+                source.append(f"{x}.source.rangev = {num(v_range)}")
+            source.append(f"{x}.source.limiti = {num(self.compliance_a)}")
             if i_range is None:
                 source.append(f"{x}.measure.autorangei = {x}.AUTORANGE_ON")
             else:
                 source.append(f"{x}.measure.autorangei = {x}.AUTORANGE_OFF")
-                source.append(f"{x}.measure.rangei = {_num(i_range)}")
+                source.append(f"{x}.measure.rangei = {num(i_range)}")
             source += [
                 f"{x}.measure.autorangev = {x}.AUTORANGE_ON",
-                f"{x}.measure.nplc = {_num(self.nplc)}",
+                f"{x}.measure.nplc = {num(self.nplc)}",
                 # no settling delay and one zero reference: the Program's durations are
                 # the only waits, and every reading takes the same time
                 f"{x}.measure.delay = 0",
@@ -269,44 +270,24 @@ class Keithley2600(SourceMeterBase):
             errors.append(f"{code} {message}".strip())
         return " | ".join(errors)
 
-    # -- execution --------------------------------------------------------------------------
-    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
-        """Run ``program`` on the selected SMUs at once; yields chunks (``channel`` 0 = smua,
-        1 = smub) with ``t`` relative to the program's start."""
-        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
-        if program.mode != "V":
-            raise ValidationError("mode", "the 2600B driver sources voltage only in this version")
-        if not len(program):
-            return
+    # -- execution (``channel`` 0 = smua, 1 = smub) -------------------------------------------
+    def _prepare(self) -> None:
         if not self._configured:
             self.configure()
-        if program.compliance is not None and program.compliance != self.compliance_a:
-            self.compliance_a = self._checked_compliance(program.compliance)
-            self.transport.write(
-                " ".join(
-                    f"{SMU[c]}.source.limiti = {_num(self.compliance_a)}" for c in self.channels
-                )
-            )
-        sweeps = None if self.timing == "software" else self.compile(program)
-        if sweeps is None and self.timing == "hardware":
-            raise ValidationError(
-                "timing",
-                f"a step is shorter than {MIN_STEP_S * 1e6:g} µs, a sampled step shorter than "
-                f"the measurement time ({self.aperture_s * 1e3:g} ms at NPLC {self.nplc:g}), "
-                f"or a step longer than {MAX_STEP_S:g} s; change the program, lower nplc or "
-                "use software timing",
-            )
+
+    def _compliance_command(self) -> str:
+        return " ".join(f"{SMU[c]}.source.limiti = {num(self.compliance_a)}" for c in self.channels)
+
+    def _run(
+        self, program: Program, runs: list | None, abort: threading.Event | None
+    ) -> Iterator[Chunk]:
         try:
-            if sweeps is None:
-                yield from self._run_software(program, abort)
-            else:
-                yield from self._run_hardware(program, sweeps, abort)
+            yield from super()._run(program, runs, abort)
         except ValueError as exc:  # a reply that is not the numbers asked for
             raise InstrumentError(
                 f"{self.transport.resource}: unreadable reply ({exc}); "
                 "the points before it are kept"
             ) from exc
-        self.check_errors()
 
     def compile(self, program: Program) -> list[_Sweep] | None:
         """The trigger-model runs for ``program``, or None if it needs host timing."""
@@ -326,17 +307,14 @@ class Keithley2600(SourceMeterBase):
                 sweeps.append(_Sweep(row0, levels, step, linear, measure))
         return sweeps
 
-    def _output_on_at(self, level: float) -> None:
-        if self._output_on is not True:
-            self.transport.write(
-                " ".join(
-                    f"{SMU[c]}.source.levelv = {_num(level)} {SMU[c]}.source.output = "
-                    f"{SMU[c]}.OUTPUT_ON"
-                    for c in self.channels
-                )
-            )
-            self._output_on = True
-            self._last_level = level
+    def _output_on_command(self, level: float) -> str:
+        return " ".join(
+            f"{SMU[c]}.source.levelv = {num(level)} {SMU[c]}.source.output = {SMU[c]}.OUTPUT_ON"
+            for c in self.channels
+        )
+
+    def _level_command(self, level: float) -> str:
+        return " ".join(f"{SMU[c]}.source.levelv = {num(level)}" for c in self.channels)
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
@@ -367,12 +345,12 @@ class Keithley2600(SourceMeterBase):
                 setup.append(f"{x}.trigger.source.stimulus = {source_stimulus}")
                 if sw.linear:
                     setup.append(
-                        f"{x}.trigger.source.linearv({_num(sw.levels[0])}, "
-                        f"{_num(sw.levels[-1])}, {sw.n})"
+                        f"{x}.trigger.source.linearv({num(sw.levels[0])}, "
+                        f"{num(sw.levels[-1])}, {sw.n})"
                     )
                 else:
                     setup.append(
-                        f"{x}.trigger.source.listv({{{', '.join(_num(v) for v in sw.levels)}}})"
+                        f"{x}.trigger.source.listv({{{', '.join(num(v) for v in sw.levels)}}})"
                     )
                 action = "ENABLE" if sw.measure else "DISABLE"
                 setup += [
@@ -409,8 +387,7 @@ class Keithley2600(SourceMeterBase):
         t0 = t_init + sw.step_s
         done = dict.fromkeys(self.channels, 0)
         wanted = sw.n if sw.measure else 0
-        virtual = getattr(self.clock, "is_virtual", False)
-        poll = max(0.25, expected / 16) if virtual else self.poll_s
+        poll = self._poll_interval(expected)
         # a hair after the expected end, so that rounding cannot leave the last reading a
         # few ulps beyond the first poll
         deadline = self.clock.now() + expected + 1e-9 * max(1.0, expected)
@@ -510,16 +487,6 @@ class Keithley2600(SourceMeterBase):
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         chans = self.channels
-
-        def set_level(level: float) -> None:
-            if self._output_on is not True:
-                self._output_on_at(level)
-            elif level != self._last_level:
-                self.transport.write(
-                    " ".join(f"{SMU[c]}.source.levelv = {_num(level)}" for c in chans)
-                )
-                self._last_level = level
-
         if len(chans) == 1:
             query = f"print({SMU[chans[0]]}.measure.iv())"
         else:
@@ -543,7 +510,7 @@ class Keithley2600(SourceMeterBase):
         for chunk in run_host_timed(
             program,
             self.clock,
-            set_level=set_level,
+            set_level=self._set_level,
             read=read,
             aperture_s=self.aperture_s * len(chans),
             abort=abort,
@@ -655,10 +622,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
-    for r in ranges:
-        if abs(value) <= r * (1 + 1e-9):
-            return r
-    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")

@@ -53,15 +53,16 @@ import numpy as np
 from drivers.base import (
     Capabilities,
     SourceMeterBase,
-    check_program,
     make_chunk,
+    num,
+    pick_range,
     raise_if_aborted,
     run_host_timed,
 )
 from drivers.keithley2400 import plan_points, runs_of_equal
 from labctl.clock import Clock
 from labctl.data import LATE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, ValidationError
+from labctl.errors import InstrumentError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport, block_to_array
 
@@ -86,13 +87,9 @@ NPLC_MIN = 0.001  # 17 us at 60 Hz, above the 8 us shortest aperture
 NPLC_MAX = 100.0
 
 
-def _num(x: float) -> str:
-    return f"{x:.9g}"
-
-
 def _sent(x: float) -> float:
     """``x`` as the instrument receives it."""
-    return float(_num(x))
+    return float(num(x))
 
 
 @dataclass(frozen=True)
@@ -140,8 +137,15 @@ class KeysightB2900(SourceMeterBase):
     """Driver for the Keysight B2901A/B2902A over any :class:`~labctl.transport.Transport`."""
 
     nplc_range = (NPLC_MIN, NPLC_MAX)
+    error_reads = 30
 
     name = "keysight_b2900"
+    family = "B2900"
+    hardware_refusal = (
+        "a step is shorter than the measurement time ({aperture_ms:g} ms at NPLC {nplc:g}) "
+        "or the 20 us trigger timer, and the program is no pulse train the pulse mode can "
+        "time; lower nplc or use software timing"
+    )
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
     visa_io: ClassVar[dict[str, object]] = {
         "read_termination": "\n",
@@ -223,13 +227,13 @@ class KeysightB2900(SourceMeterBase):
         if voltage_range_v is None:
             v_range = ":SOUR{c}:VOLT:RANG:AUTO ON"
         else:
-            r = _pick_range("voltage_range_v", voltage_range_v, V_RANGES)
-            v_range = ":SOUR{c}:VOLT:RANG " + _num(r)
+            r = pick_range("voltage_range_v", voltage_range_v, V_RANGES)
+            v_range = ":SOUR{c}:VOLT:RANG " + num(r)
         if current_range_a is None:
             i_range = ":SENS{c}:CURR:RANG:AUTO ON"
         else:
-            r = _pick_range("current_range_a", current_range_a, I_RANGES)
-            i_range = ":SENS{c}:CURR:RANG " + _num(r)
+            r = pick_range("current_range_a", current_range_a, I_RANGES)
+            i_range = ":SENS{c}:CURR:RANG " + num(r)
         per_channel = (
             ":SOUR{c}:FUNC:MODE VOLT;:SOUR{c}:FUNC:SHAP DC;:SOUR{c}:VOLT:MODE FIX;"
             + v_range
@@ -239,7 +243,7 @@ class KeysightB2900(SourceMeterBase):
             + ";:SENS{c}:CURR:NPLC {nplc};:TRIG{c}:TRAN:DEL 0;:ARM{c}:COUN 1"
         )
         parts = [
-            per_channel.format(c=c + 1, comp=_num(self.compliance_a), nplc=_num(self.nplc))
+            per_channel.format(c=c + 1, comp=num(self.compliance_a), nplc=num(self.nplc))
             for c in self.channels
         ]
         self.transport.write(
@@ -250,44 +254,9 @@ class KeysightB2900(SourceMeterBase):
         self._pulse_shape = False
         self.check_errors()
 
-    def check_errors(self) -> None:
-        """Raise InstrumentError with every queued error, oldest first."""
-        errors = []
-        for _ in range(30):
-            entry = self.transport.query(":SYST:ERR?").strip()
-            if entry.split(",")[0].strip().lstrip("+") in ("0", ""):
-                break
-            errors.append(entry)
-        if errors:
-            raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
-
     # -- execution --------------------------------------------------------------------------
-    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
-        """Run ``program`` on every selected channel at once; yields chunks with ``t``
-        relative to the program's start and the channel (0-based) of each reading."""
-        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
-        if program.mode != "V":
-            raise ValidationError("mode", "the B2900 driver sources voltage only in this version")
-        if not len(program):
-            return
-        if program.compliance is not None and program.compliance != self.compliance_a:
-            self.compliance_a = self._checked_compliance(program.compliance)
-            self.transport.write(
-                ";".join(f":SENS{c + 1}:CURR:PROT {_num(self.compliance_a)}" for c in self.channels)
-            )
-        runs = None if self.timing == "software" else self.plan(program)
-        if runs is None and self.timing == "hardware":
-            raise ValidationError(
-                "timing",
-                f"a step is shorter than the measurement time ({self.aperture_s * 1e3:g} ms at "
-                f"NPLC {self.nplc:g}) or the 20 us trigger timer, and the program is no pulse "
-                "train the pulse mode can time; lower nplc or use software timing",
-            )
-        if runs is None:
-            yield from self._run_software(program, abort)
-        else:
-            yield from self._run_hardware(program, runs, abort)
-        self.check_errors()
+    def _compliance_command(self) -> str:
+        return ";".join(f":SENS{c + 1}:CURR:PROT {num(self.compliance_a)}" for c in self.channels)
 
     def plan(self, program: Program) -> list[_Sweep] | None:
         """The hardware-timed runs for ``program``: list sweeps or pulse mode, whichever
@@ -330,7 +299,7 @@ class KeysightB2900(SourceMeterBase):
         off = [c for c in self.channels if c not in self._output_on]
         if off:
             self.transport.write(
-                ";".join(f":SOUR{c + 1}:VOLT {_num(level)};:OUTP{c + 1} ON" for c in off)
+                ";".join(f":SOUR{c + 1}:VOLT {num(level)};:OUTP{c + 1} ON" for c in off)
             )
             self._output_on.update(off)
             self._last_level = None if len(off) < len(self.channels) else level
@@ -355,7 +324,6 @@ class KeysightB2900(SourceMeterBase):
         first = sweeps[0].pulse
         self._outputs_on_at(float(program.level[0]) if first is None else first.base)
         self._set_format(True)
-        virtual = getattr(self.clock, "is_virtual", False)
         chans = [c + 1 for c in self.channels]
         chanlist = "(@" + ",".join(str(c) for c in chans) + ")"
         aperture = self.aperture_s
@@ -366,7 +334,7 @@ class KeysightB2900(SourceMeterBase):
             raise_if_aborted(abort)
             pulse = sw.pulse
             if not sw.one_peak:
-                levels = ",".join(_num(x) for x in sw.levels)
+                levels = ",".join(num(x) for x in sw.levels)
                 for c in chans:
                     self.transport.write(f":SOUR{c}:LIST:VOLT {levels}")
             setup = []
@@ -374,16 +342,16 @@ class KeysightB2900(SourceMeterBase):
                 if pulse is None:
                     source = f":SOUR{c}:VOLT:MODE LIST"
                 else:
-                    peak = f":SOUR{c}:VOLT:TRIG {_num(sw.levels[0])};" if sw.one_peak else ""
+                    peak = f":SOUR{c}:VOLT:TRIG {num(sw.levels[0])};" if sw.one_peak else ""
                     mode = "FIX" if sw.one_peak else "LIST"
                     source = (
-                        f":SOUR{c}:VOLT {_num(pulse.base)};{peak}:SOUR{c}:PULS:DEL "
-                        f"{_num(pulse.delay_s)};:SOUR{c}:PULS:WIDT {_num(pulse.width_s)};"
+                        f":SOUR{c}:VOLT {num(pulse.base)};{peak}:SOUR{c}:PULS:DEL "
+                        f"{num(pulse.delay_s)};:SOUR{c}:PULS:WIDT {num(pulse.width_s)};"
                         f":SOUR{c}:VOLT:MODE {mode}"
                     )
                 setup.append(
-                    f"{source};:TRIG{c}:SOUR TIM;:TRIG{c}:TIM {_num(sw.period_s)};"
-                    f":TRIG{c}:COUN {sw.n};:TRIG{c}:ACQ:DEL {_num(sw.acq_delay_s)};"
+                    f"{source};:TRIG{c}:SOUR TIM;:TRIG{c}:TIM {num(sw.period_s)};"
+                    f":TRIG{c}:COUN {sw.n};:TRIG{c}:ACQ:DEL {num(sw.acq_delay_s)};"
                     f":TRAC{c}:FEED:CONT NEV;:TRAC{c}:CLE;:TRAC{c}:POIN {sw.n};"
                     f":TRAC{c}:FEED SENS;:TRAC{c}:FEED:CONT NEXT"
                 )
@@ -396,32 +364,17 @@ class KeysightB2900(SourceMeterBase):
             # and an aperture later
             t0 = t_init + sw.acq_delay_s + aperture
             expected = sw.duration_s(aperture)
-            end = t_start + t_init + expected
-            slack = 1e-12 * max(1.0, abs(end))
-            grace = max(2.0, 0.05 * expected) if not virtual else slack
-            poll = self.poll_s if not virtual else max(0.25, expected / 16)
-            done = dict.fromkeys(chans, 0)
-            while True:
-                if abort is not None and abort.is_set():
-                    self.transport.write(f":ABOR {chanlist}")
-                    for chunk in self._fetch(program, sw, done, t0):
-                        yield chunk  # keep every point taken before the abort
-                    raise Aborted("run aborted")
-                remaining = end - self.clock.now()
-                if remaining > 0:
-                    self.clock.sleep(min(poll, remaining))
-                else:
-                    self.clock.sleep(self.poll_s if not virtual else slack)
-                for chunk in self._fetch(program, sw, done, t0):
-                    if len(chunk):
-                        yield chunk
-                if all(n >= sw.n for n in done.values()):
-                    break
-                if self.clock.now() - end >= grace:
-                    got = ", ".join(f"channel {c}: {n}" for c, n in done.items())
-                    raise InstrumentError(
-                        f"{self.transport.resource}: sweep of {sw.n} points ended short ({got})"
-                    )
+            yield from self._follow_run(
+                program,
+                sw,
+                t0,
+                channels=chans,
+                end=t_start + t_init + expected,
+                expected_s=expected,
+                stop_command=f":ABOR {chanlist}",
+                short=_ended_short,
+                abort=abort,
+            )
             self._last_level = float(sw.levels[-1]) if pulse is None else pulse.base
             due = t_init + sw.n * sw.period_s
             ideal += sw.n * sw.period_s
@@ -477,7 +430,7 @@ class KeysightB2900(SourceMeterBase):
             if len(self._output_on.intersection(self.channels)) < len(self.channels):
                 self._outputs_on_at(level)
             if level != self._last_level:
-                self.transport.write(";".join(f":SOUR{c}:VOLT {_num(level)}" for c in chans))
+                self.transport.write(";".join(f":SOUR{c}:VOLT {num(level)}" for c in chans))
                 self._last_level = level
 
         def read() -> tuple[float, float]:
@@ -541,6 +494,11 @@ class KeysightB2900(SourceMeterBase):
                 f"{self.transport.resource}: output of channel {on or chans} still reads on "
                 f"after OFF ({';'.join(states)!r})"
             )
+
+
+def _ended_short(done: dict[int, int], n: int) -> str:
+    got = ", ".join(f"channel {c}: {k}" for c, k in done.items())
+    return f"sweep of {n} points ended short ({got})"
 
 
 def plan_pulses(program: Program, *, aperture_s: float) -> list[_Sweep] | None:
@@ -651,10 +609,3 @@ def _fit_period(
     ):
         return None
     return t, d, acq, pulse_cells, read_cells
-
-
-def _pick_range(field: str, value: float, ranges: tuple[float, ...]) -> float:
-    for r in ranges:
-        if abs(value) <= r * (1 + 1e-9):
-            return r
-    raise ValidationError(field, f"{value:g} is above the largest range {ranges[-1]:g}")
