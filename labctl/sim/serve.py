@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labctl.clock import Clock, RealClock
 from labctl.errors import ConnectionLost, LabctlError, ValidationError
@@ -160,6 +160,11 @@ class EmulatorServer(socketserver.ThreadingTCPServer):
         finally:
             self._serving = False
 
+    def stop(self) -> None:
+        """Ask the serving loop to end, without waiting for it (a signal handler may call
+        this in the loop's own thread, where ``shutdown()`` would wait forever)."""
+        threading.Thread(target=self.shutdown, daemon=True).start()
+
     def close(self) -> None:
         """Stop accepting, drop the open connections and release the port."""
         if self._serving:
@@ -175,15 +180,17 @@ class EmulatorServer(socketserver.ThreadingTCPServer):
 def _build_emulator(
     model: str,
     *,
-    device: str,
-    seed: int | None,
     clock: Clock,
-    device_params: Mapping[str, object] | None,
-    emulator_opts: Mapping[str, object] | None,
-    fault: str | None,
     resource: str,
+    device: str = "resistor",
+    seed: int | None = None,
+    device_params: Mapping[str, object] | None = None,
+    emulator_opts: Mapping[str, object] | None = None,
+    fault: str | None = None,
 ) -> Emulator:
-    """The emulator of ``model`` on a new ``device``, behind ``fault`` if given."""
+    """The emulator of ``model`` on a new ``device`` (a preset, with ``seed`` and
+    ``device_params``), given ``emulator_opts``, behind ``fault`` (a --fault SPEC) if given;
+    ``resource`` names it in the faults' messages."""
     faults = None
     if fault:
         from labctl.sim.faults import parse_faults
@@ -205,56 +212,25 @@ def make_tcp_server(
     *,
     host: str = "127.0.0.1",
     port: int = 5025,
-    device: str = "resistor",
-    seed: int | None = None,
     clock: Clock | None = None,
-    device_params: Mapping[str, object] | None = None,
-    emulator_opts: Mapping[str, object] | None = None,
-    fault: str | None = None,
+    **options: Any,
 ) -> EmulatorServer:
-    """Build (and bind) the server for ``model`` driving preset ``device``; not yet serving."""
+    """Build (and bind) the server for ``model``; not yet serving. ``options``: ``device`` (a
+    preset, default ``resistor``), ``seed``, ``device_params``, ``emulator_opts``, ``fault``."""
     clock = clock if clock is not None else RealClock()
-    emulator = _build_emulator(
-        model,
-        device=device,
-        seed=seed,
-        clock=clock,
-        device_params=device_params,
-        emulator_opts=emulator_opts,
-        fault=fault,
-        resource=f"{model} on {host}:{port}",
-    )
+    emulator = _build_emulator(model, clock=clock, resource=f"{model} on {host}:{port}", **options)
     server = EmulatorServer((host, port), emulator)
-    if fault:  # the port is known once bound (port 0 picks one)
+    if options.get("fault"):  # the port is known once bound (port 0 picks one)
         emulator.resource = server.resource  # type: ignore[attr-defined]
     return server
 
 
 def serve_tcp(
-    model: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int,
-    device: str = "resistor",
-    seed: int | None = None,
-    clock: Clock | None = None,
-    device_params: Mapping[str, object] | None = None,
-    emulator_opts: Mapping[str, object] | None = None,
-    ready: Callable[[EmulatorServer], None] | None = None,
-    fault: str | None = None,
+    model: str, *, ready: Callable[[EmulatorServer], None] | None = None, **options: Any
 ) -> None:
-    """Serve ``model`` on ``host:port`` in this thread until the server is shut down."""
-    server = make_tcp_server(
-        model,
-        host=host,
-        port=port,
-        device=device,
-        seed=seed,
-        clock=clock,
-        device_params=device_params,
-        emulator_opts=emulator_opts,
-        fault=fault,
-    )
+    """Serve ``model`` (``options`` of :func:`make_tcp_server`) in this thread until the
+    server is shut down; ``ready`` gets the server once it is bound."""
+    server = make_tcp_server(model, **options)
     try:
         if ready is not None:
             ready(server)
@@ -263,33 +239,13 @@ def serve_tcp(
         server.close()
 
 
-def start_tcp_server(
-    model: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    device: str = "resistor",
-    seed: int | None = None,
-    clock: Clock | None = None,
-    device_params: Mapping[str, object] | None = None,
-    emulator_opts: Mapping[str, object] | None = None,
-    fault: str | None = None,
-) -> tuple[EmulatorServer, int]:
-    """Start a server in a daemon thread (port 0 picks a free one); returns (server, port).
+def start_tcp_server(model: str, *, port: int = 0, **options: Any) -> tuple[EmulatorServer, int]:
+    """Start a server (``options`` of :func:`make_tcp_server`) in a daemon thread (port 0
+    picks a free one); returns (server, port).
 
     Stop it with ``server.close()``.
     """
-    server = make_tcp_server(
-        model,
-        host=host,
-        port=port,
-        device=device,
-        seed=seed,
-        clock=clock,
-        device_params=device_params,
-        emulator_opts=emulator_opts,
-        fault=fault,
-    )
+    server = make_tcp_server(model, port=port, **options)
     thread = threading.Thread(
         target=server.serve_forever, name=f"labctl-sim-{model}-{server.port}", daemon=True
     )
@@ -298,33 +254,18 @@ def start_tcp_server(
     return server, server.port
 
 
-def make_pty_server(
-    model: str,
-    *,
-    device: str = "resistor",
-    seed: int | None = None,
-    clock: Clock | None = None,
-    device_params: Mapping[str, object] | None = None,
-    emulator_opts: Mapping[str, object] | None = None,
-    fault: str | None = None,
-) -> PtyServer:
-    """The emulator of ``model`` on a new pseudo-terminal (not yet serving; ``.path`` is the
-    device to open, ``.start()`` serves in a thread). An injected drop closes the terminal."""
+def make_pty_server(model: str, *, clock: Clock | None = None, **options: Any) -> PtyServer:
+    """The emulator of ``model`` (``options`` as for :func:`make_tcp_server`) on a new
+    pseudo-terminal (not yet serving; ``.path`` is the device to open, ``.start()`` serves in
+    a thread). An injected drop closes the terminal."""
     from labctl.sim.pty import PtyServer
 
     clock = clock if clock is not None else RealClock()
     emulator = _build_emulator(
-        model,
-        device=device,
-        seed=seed,
-        clock=clock,
-        device_params=device_params,
-        emulator_opts=emulator_opts,
-        fault=fault,
-        resource=f"{model} on a pseudo-terminal",
+        model, clock=clock, resource=f"{model} on a pseudo-terminal", **options
     )
     server = PtyServer(emulator, clock=clock)
-    if fault:
+    if options.get("fault"):
         # the bridge stops at its next turn and releases the terminal: the client's next
         # read or write fails as on a pulled cable
         emulator.on_drop = server.stop  # type: ignore[attr-defined]
@@ -380,50 +321,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="inject faults, e.g. drop_after:200,late:0.5@50 (see labctl.sim.faults)",
     )
     args = parser.parse_args(argv)
-    if args.pty:
-        return _serve_pty(args)
-    from labctl.sim.pty import is_streaming
+    if not args.pty:
+        from labctl.sim.pty import is_streaming
 
-    if is_streaming(EMULATORS.get(args.model.strip().lower())):
-        print(
-            f"{args.model} is a serial instrument: serve it on a pseudo-terminal with --pty",
-            file=sys.stderr,
-        )
-        return 2
-    if not 0 <= args.port <= 65535:
-        print(f"--port: {args.port} is outside 0..65535", file=sys.stderr)
-        return 2
+        if is_streaming(EMULATORS.get(args.model.strip().lower())):
+            print(
+                f"{args.model} is a serial instrument: serve it on a pseudo-terminal with --pty",
+                file=sys.stderr,
+            )
+            return 2
+        if not 0 <= args.port <= 65535:
+            print(f"--port: {args.port} is outside 0..65535", file=sys.stderr)
+            return 2
     try:
-        server = make_tcp_server(
-            args.model,
-            host=args.host,
-            port=args.port,
-            device=args.device or _default_device(),
-            seed=args.seed,
-            device_params=_parse_params(args.param),
-            fault=args.fault,
-        )
+        options = {
+            "device": args.device or _default_device(),
+            "seed": args.seed,
+            "device_params": _parse_params(args.param),
+            "fault": args.fault,
+        }
+        if args.pty:
+            server: EmulatorServer | PtyServer = make_pty_server(args.model, **options)
+        else:
+            server = make_tcp_server(args.model, host=args.host, port=args.port, **options)
     except LabctlError as exc:
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = "open a pseudo-terminal" if args.pty else f"listen on {args.host}:{args.port}"
+        print(f"cannot {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    return _serve_until_stopped(server, args.model)
 
-    def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
 
+def _serve_until_stopped(server: EmulatorServer | PtyServer, model: str) -> int:
+    """Serve until SIGTERM or Ctrl-C, announced for ``labctl resources`` meanwhile; prints
+    the server's address once announced (the line a caller waits for), closes it at the end."""
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, stop)
-    announced = _announce(server.resource, args.model)  # before the line a caller waits for
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    announced = _announce(server.resource, model)
     print(server.resource, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server._serving = False
         server.close()
         _withdraw(announced)
         if previous is not None:
@@ -447,42 +390,6 @@ def _withdraw(path: Path | None) -> None:
         from labctl.discovery import unregister_emulator
 
         unregister_emulator(path)
-
-
-def _serve_pty(args: argparse.Namespace) -> int:
-    try:
-        server = make_pty_server(
-            args.model,
-            device=args.device or _default_device(),
-            seed=args.seed,
-            device_params=_parse_params(args.param),
-            fault=args.fault,
-        )
-    except LabctlError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"cannot open a pseudo-terminal: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-
-    def stop(signum: int, frame: object) -> None:
-        server.stop()
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, stop)
-    announced = _announce(server.path, args.model)
-    print(server.path, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-        _withdraw(announced)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
