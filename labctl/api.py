@@ -117,7 +117,7 @@ def run_recipe(
     try:
         channel_samples = None
         if smp2 is not None:
-            first, second = recipe.channels
+            first, second = sorted(recipe.channels)  # as the app's Channels box
             names = tuple(getattr(driver.capabilities, "channels", ()) or ())
             if len(names) < 2:
                 raise ValidationError(

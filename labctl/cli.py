@@ -261,11 +261,13 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
     print(f"{what}: estimated {_duration(sum(known))} of instrument time{closed}")
     sample2 = getattr(args, "sample2", None)
     channels = recipe.channels
-    if len(channels) > 1 and not (sample2 or recipe.sample2):
+    pair = len(channels) == 2 and all(isinstance(c, int) for c in channels)
+    if pair and not (sample2 or recipe.sample2):
+        low, high = sorted(channels)
         name = getattr(args, "sample", None) or recipe.sample.get("name")
         print(
-            f"channels {channels[0]} and {channels[1]} both carry sample {name!r} "
-            f"(the recipe has no [sample2]; --sample2 NAME puts another on channel {channels[1]})"
+            f"channels {low} and {high} both carry sample {name!r} "
+            f"(the recipe has no [sample2]; --sample2 NAME puts another on channel {high})"
         )
     progress = _Progress(not quiet)
     engine = RunEngine(store, [progress])

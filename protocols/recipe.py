@@ -9,9 +9,10 @@ description = "..."
 ```
 Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
 each channel with ``[instrument] channels = [0, 1]``. ``[sample]`` is the device on the
-first channel listed, ``[sample2]`` (the same keys and checks as ``[sample]``) the device on
-the second; each channel's Program is checked against its own sample's limits before the
-output is enabled::
+first channel (0: smua, B2902 channel 1), ``[sample2]`` (the same keys and checks as
+``[sample]``) the device on the second (1: smub, channel 2), as in the app's Channels box;
+each channel's Program is checked against its own sample's limits before the output is
+enabled::
 
     [instrument]
     resource = "sim://keithley2636b?device=slit_unipolar&device2=resistor"

@@ -98,8 +98,11 @@ def load_recipe_text(text: str, overrides: list[str]):
 # --- running: the Python API (labctl.run_recipe) ---
 
 
-def test_run_recipe_puts_each_sample_on_its_channel(store):
-    [result] = labctl.run_recipe(parse_recipe(RECIPE), store=store)
+@pytest.mark.parametrize("channels", ["[0, 1]", "[1, 0]"])
+def test_run_recipe_puts_each_sample_on_its_channel(store, channels):
+    # [sample] on the first channel, [sample2] on the second, in whatever order listed
+    text = RECIPE.replace("channels = [0, 1]", f"channels = {channels}")
+    [result] = labctl.run_recipe(parse_recipe(text), store=store)
     assert result.status == "completed", result.error
     run = store.run(result.run_id)
     assert run["samples"] == {0: "chipA", 1: "chipB"}
