@@ -1,5 +1,6 @@
 """History: the runs in the database, filtered by sample, protocol, date and status; open
-one or overlay several, read and add notes, export CSV and PNG."""
+one or overlay several (a run on two channels as a curve per channel and sample), read and
+add notes, export CSV and PNG."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from PyQt5.QtWidgets import (
 )
 
 from gui.plots import OverlayPlots
-from gui.storeio import load_points_for_display, records, run_summary, set_run_notes
+from gui.storeio import load_run_for_display, records, run_summary, set_run_notes
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration, fmt_si
 from labctl.store import STATUSES
@@ -388,15 +389,20 @@ class HistoryPanel(QWidget):
             if row.get("protocol") == "reservoir":
                 self._open_reservoir(run_id)
             self.tasks.submit(
-                load_points_for_display,
+                load_run_for_display,
                 self.store,
                 run_id,
                 n_points=int(row.get("n_points") or 0) or None,
-                on_done=lambda cols, rid=run_id, lab=label: self.plots.add_run(rid, lab, cols),
+                on_done=lambda got, rid=run_id, lab=label: self._draw_run(rid, lab, *got),
                 on_error=lambda e, rid=run_id: self.message.emit(
                     "error", f"Cannot read run {rid}: {describe_error(e)}"
                 ),
             )
+
+    def _draw_run(self, run_id: int, label: str, cols, channels: dict[int, str]) -> None:
+        """A run on two channels is a curve per channel: "run 12 smub: chipB"."""
+        named = {c: f"run {run_id} {text}" for c, text in channels.items()}
+        self.plots.add_run(run_id, label, cols, named)
 
     def _open_reservoir(self, run_id: int) -> None:
         """A reservoir-computing run: its scores, confusion matrix or prediction."""

@@ -496,6 +496,13 @@ class MainWindow(QMainWindow):
                     f"Recipe sample {name!r} is in the Sample form: check it and press "
                     "'Save sample and use it'",
                 )
+        second = recipe.sample2.get("name")  # the sample on the second channel
+        if not self.samples.want_second(second) and second:
+            self.show_message(
+                "info",
+                f"Recipe sample2 {second!r} is not in the database: save it in the Sample "
+                "form too (its limits are in the recipe); it goes on the second channel then",
+            )
         resource = recipe.instrument.get("resource")
         if resource and not self.instrument.is_connected:
             self.instrument.set_resource(resource)

@@ -851,7 +851,8 @@ class LivePlots(QWidget):
 
 
 class OverlayPlots(QWidget):
-    """Several stored runs on the same axes: I-V and I(t), one colour per run."""
+    """Several stored runs on the same axes: I-V and I(t), one colour per run, and per
+    channel of a run on two channels (a device each)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -883,9 +884,9 @@ class OverlayPlots(QWidget):
     def _log_changed(self, on: bool) -> None:
         self.iv.plot.setLogMode(y=on)
         self.it.plot.setLogMode(y=on)
-        for run_id, (label, cols, *_rest) in list(self.runs.items()):
+        for run_id, (label, cols, _iv, _it, channels) in list(self.runs.items()):
             self._remove_items(run_id)
-            self.add_run(run_id, label, cols)
+            self.add_run(run_id, label, cols, channels)
 
     def clear(self) -> None:
         for run_id in list(self.runs):
@@ -893,22 +894,58 @@ class OverlayPlots(QWidget):
         self.runs.clear()
 
     def _remove_items(self, run_id: int) -> None:
-        _label, _cols, iv_item, it_item = self.runs[run_id]
-        self.iv.plot.removeItem(iv_item)
-        self.it.plot.removeItem(it_item)
+        _label, _cols, iv_items, it_items, _channels = self.runs[run_id]
+        for item in iv_items:
+            self.iv.plot.removeItem(item)
+        for item in it_items:
+            self.it.plot.removeItem(item)
 
-    def add_run(self, run_id: int, label: str, cols: dict[str, np.ndarray]) -> None:
+    def curve_names(self) -> list[str]:
+        """The names of the curves drawn, in order: one per run, or per run and channel."""
+        return [item.name() for *_x, iv_items, _it, _c in self.runs.values() for item in iv_items]
+
+    def add_run(
+        self,
+        run_id: int,
+        label: str,
+        cols: dict[str, np.ndarray],
+        channels: dict[int, str] | None = None,
+    ) -> None:
+        """Draw a run; a run on several channels (a device each) as one curve per channel,
+        named ``channels[c]`` (e.g. "run 12 smub: chipB")."""
         if run_id in self.runs:
             self._remove_items(run_id)
-        k = len(self.runs) if run_id not in self.runs else list(self.runs).index(run_id)
-        pen = pg.mkPen(colour(k), width=1.2)
+        else:
+            self.runs[run_id] = (label, cols, [], [], channels)
+        k = 0  # one colour per curve, in the order the runs were added
+        for other, (*_x, iv_items, _it, _c) in self.runs.items():
+            if other == run_id:
+                break
+            k += len(iv_items)
         v = cols["v"]
         if "v_set" in cols:
             v = np.where(np.isfinite(v), v, cols["v_set"])
         i = np.abs(cols["i"]) if self.log_i.isChecked() else cols["i"]
-        iv_item = self.iv.plot.plot(
-            stride_view(v, OVERLAY_BUDGET), stride_view(i, OVERLAY_BUDGET), pen=pen, name=label
-        )
-        it_item = time_curve(self.it.plot, pen, name=label)
-        it_item.setData(cols["t"], i)
-        self.runs[run_id] = (label, cols, iv_item, it_item)
+        parts: list[tuple[str, np.ndarray | None]] = [(label, None)]
+        on = cols.get("channel")
+        if on is not None and len(on) and (on != on[0]).any():
+            names = channels or {}
+            parts = [
+                (names.get(int(c), f"{label} channel {int(c)}"), on == c) for c in np.unique(on)
+            ]
+        iv_items, it_items = [], []
+        for name, keep in parts:
+            pen = pg.mkPen(colour(k + len(iv_items)), width=1.2)
+            vc, ic, tc = (v, i, cols["t"]) if keep is None else (v[keep], i[keep], cols["t"][keep])
+            iv_items.append(
+                self.iv.plot.plot(
+                    stride_view(vc, OVERLAY_BUDGET),
+                    stride_view(ic, OVERLAY_BUDGET),
+                    pen=pen,
+                    name=name,
+                )
+            )
+            it_item = time_curve(self.it.plot, pen, name=name)
+            it_item.setData(tc, ic)
+            it_items.append(it_item)
+        self.runs[run_id] = (label, cols, iv_items, it_items, channels)

@@ -104,6 +104,7 @@ class SamplePanel(QWidget):
         self.current.setWordWrap(True)
         self.current.setStyleSheet("font-weight: bold;")
         self.channel_labels: list[str] = []  # of the channels a run drives ([]: one)
+        self._wanted_second: str | None = None  # a recipe's [sample2], chosen once listed
         # both channels of a two-channel instrument: the device on the second one
         self.second = QComboBox()
         self.second.setObjectName("second_sample")
@@ -216,6 +217,9 @@ class SamplePanel(QWidget):
         self.second.addItems(self.names())
         if current and self.second.findText(current) > 0:
             self.second.setCurrentText(current)
+        if self._wanted_second and self.second.findText(self._wanted_second) > 0:
+            self.second.setCurrentText(self._wanted_second)
+            self._wanted_second = None
         self.second.blockSignals(False)
         self._second_changed()
 
@@ -239,6 +243,15 @@ class SamplePanel(QWidget):
             return False
         self.second.setCurrentIndex(k)
         return True
+
+    def want_second(self, name: str | None) -> bool:
+        """Put sample ``name`` (a loaded recipe's ``[sample2]``) on the second channel, now
+        if it is listed, else once it is (saved); False if not listed yet."""
+        self._wanted_second = name or None
+        if name and self.choose_second(name):
+            self._wanted_second = None
+            return True
+        return False
 
     def second_sample_name(self) -> str | None:
         """The sample chosen for the second channel (None: none, or one channel in use)."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import update
 
-PLOT_COLUMNS = ("t", "v_set", "v", "i", "cycle", "pulse", "phase")
+PLOT_COLUMNS = ("t", "v_set", "v", "i", "cycle", "pulse", "phase", "channel")
 READ_BLOCK = 250_000
 
 
@@ -64,6 +64,26 @@ def load_points_for_display(
         if n < READ_BLOCK:
             break
     return {c: np.concatenate(v) if v else np.empty(0) for c, v in parts.items()}
+
+
+def load_run_for_display(
+    store, run_id: int, n_points: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """The run's points for plotting (:func:`load_points_for_display`) and, for a run on
+    several channels, each channel's label: its instrument name and sample ("smub: chipB");
+    {} for a run on one channel."""
+    from labctl.engine import run_channel_names
+
+    cols = load_points_for_display(store, run_id, n_points=n_points)
+    channels = sorted(int(c) for c in np.unique(cols["channel"]))
+    if len(channels) < 2:
+        return cols, {}
+    run = store.run(run_id)
+    names, samples = run_channel_names(run), run.get("samples") or {}
+    return cols, {
+        c: f"{names.get(c, f'channel {c}')}: {samples.get(c, run.get('sample') or '?')}"
+        for c in channels
+    }
 
 
 def coprime_step(k: int) -> int:

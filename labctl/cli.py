@@ -394,6 +394,8 @@ def cmd_runs(args) -> int:
 def cmd_show(args) -> int:
     import json
 
+    from labctl.engine import run_channel_names
+
     store = _open_store(args)
     run = store.run(args.run)
     for key in (
@@ -413,7 +415,7 @@ def cmd_show(args) -> int:
         if key in run and run[key] is not None:
             print(f"{key:>20}: {run[key]}")
     samples = run.get("samples") or {}
-    names = _channel_names(run)
+    names = run_channel_names(run)
     if len(samples) > 1 or any(c != 0 for c in samples):
         on = "; ".join(f"{names.get(c, c)}: {name}" for c, name in sorted(samples.items()))
         print(f"{'samples':>20}: {on}")
@@ -434,15 +436,6 @@ def cmd_show(args) -> int:
         print("events:")
         print(events.to_string(index=False, max_rows=30))
     return 0
-
-
-def _channel_names(run) -> dict[int, str]:
-    """Channel -> the instrument's name for it (smua, ...), from the run's metadata."""
-    out = {}
-    for entry in (run.get("metadata") or {}).get("channels") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("channel"), int):
-            out[entry["channel"]] = str(entry.get("name", entry["channel"]))
-    return out
 
 
 def cmd_export(args) -> int:

@@ -146,6 +146,16 @@ def channel_records(driver: Any, per_channel: Mapping[int, Any]) -> list[dict[st
     ]
 
 
+def run_channel_names(run: Mapping[str, Any]) -> dict[int, str]:
+    """Channel -> the instrument's name for it (smua, ...), from a stored run's metadata
+    (what :func:`channel_records` wrote)."""
+    out = {}
+    for entry in (run.get("metadata") or {}).get("channels") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("channel"), int):
+            out[entry["channel"]] = str(entry.get("name", entry["channel"]))
+    return out
+
+
 def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
     """Channel -> sample id for the store's run_samples (None: the store's default, the
     run's sample on channel 0)."""

@@ -13,7 +13,7 @@ from PyQt5.QtCore import Qt
 
 from gui.main_window import MainWindow
 from labctl.store import Store
-from tests.gui.windows import make_window
+from tests.gui.windows import history_window, make_window
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = Path(
@@ -330,11 +330,7 @@ def test_history_opens_a_reservoir_run_in_its_own_view(qtbot, db_url):
         "reservoir", VIRTUAL, sample="chip9", store=store, max_v=1.5, max_i=1e-5, task="digits"
     )
     assert result.status == "completed", result.error
-    w = make_window(qtbot, db_url)
-    w.show()
-    h = w.history
-    qtbot.waitUntil(lambda: len(h.rows) == 1, timeout=10_000)
-    w.right.setCurrentWidget(h)
+    h = history_window(qtbot, db_url, n_runs=1).history
     h.select_run(result.run_id)
     h.open_selected()
     qtbot.waitUntil(lambda: h.reservoir is not None and h.views.currentWidget() is h.reservoir)

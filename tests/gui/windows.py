@@ -20,3 +20,12 @@ def make_window(qtbot, db_url, **kwargs) -> MainWindow:
 
     qtbot.addWidget(w, before_close_func=shut_down)
     return w
+
+
+def history_window(qtbot, db_url, n_runs: int) -> MainWindow:
+    """A shown window on ``db_url`` with its History tab in front, once it lists ``n_runs``."""
+    w = make_window(qtbot, db_url)
+    w.show()
+    qtbot.waitUntil(lambda: len(w.history.rows) == n_runs, timeout=10_000)
+    w.right.setCurrentWidget(w.history)
+    return w
