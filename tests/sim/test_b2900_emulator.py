@@ -10,40 +10,9 @@ from labctl.sim.devices import make_device
 from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
 from labctl.sim.instruments.registry import EMULATORS, channels_of, make_emulator
 from labctl.sim.scpi import parse_ieee_block
-from labctl.sim.serve import start_tcp_server
+from tests.sim.support import Recorder, codes, errors, floats, served
 
 APERTURE_1PLC = 1 / 50
-
-
-class Recorder:
-    """A resistor that remembers every step it was driven through."""
-
-    def __init__(self, r_ohm: float = 1e6) -> None:
-        self.r_ohm = r_ohm
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def step(self, v, dt):
-        v = np.asarray(v, dtype=float)
-        self.calls.append((v.copy(), np.asarray(dt, dtype=float).copy()))
-        return v / self.r_ohm
-
-    def current(self, v):
-        return float(v) / self.r_ohm
-
-    def reset(self):
-        self.calls.clear()
-
-    def drive(self):
-        """The (level, duration) pieces seen, with equal neighbours merged."""
-        v = np.concatenate([c[0] for c in self.calls])
-        dt = np.concatenate([c[1] for c in self.calls])
-        out: list[list[float]] = []
-        for level, d in zip(v[dt > 0], dt[dt > 0], strict=True):
-            if out and out[-1][0] == level:
-                out[-1][1] += d
-            else:
-                out.append([level, d])
-        return [(lv, round(d, 9)) for lv, d in out]
 
 
 def make(r1=1e6, r2=2e6, *, device=None, device2=None, **opts):
@@ -55,23 +24,6 @@ def make(r1=1e6, r2=2e6, *, device=None, device2=None, **opts):
         **opts,
     )
     return emu, clock
-
-
-def errors(emu) -> list[str]:
-    out = []
-    while True:
-        entry = emu.handle(":SYST:ERR?")
-        if entry.startswith("+0,"):
-            return out
-        out.append(entry)
-
-
-def codes(emu) -> list[int]:
-    return [int(e.split(",")[0]) for e in errors(emu)]
-
-
-def floats(reply: str) -> list[float]:
-    return [float(x) for x in reply.split(",")]
 
 
 # --- identity, channels, errors ---------------------------------------------------------------
@@ -356,11 +308,8 @@ def test_each_channel_drives_its_own_device():
 
 @pytest.fixture
 def server():
-    srv, port = start_tcp_server("keysight_b2900", port=0, device="resistor", seed=1)
-    try:
-        yield srv, port
-    finally:
-        srv.close()
+    with served("keysight_b2900") as s:
+        yield s
 
 
 def test_qcodes_b2962a_command_strings_over_tcp(server):

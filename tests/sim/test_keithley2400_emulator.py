@@ -11,65 +11,15 @@ from labctl.clock import VirtualClock
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.sim.instruments.registry import EMULATORS, channels_of, make_emulator
-from labctl.sim.serve import start_tcp_server
+from tests.sim.support import Recorder, codes, errors, floats, pymeasure_keithley, served
 
 APERTURE_1PLC = 1 / 50
-
-
-class Recorder:
-    """A 1 MOhm resistor that remembers every step it was driven through."""
-
-    def __init__(self, r_ohm: float = 1e6) -> None:
-        self.r_ohm = r_ohm
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def step(self, v, dt):
-        v = np.asarray(v, dtype=float)
-        self.calls.append((v.copy(), np.asarray(dt, dtype=float).copy()))
-        return v / self.r_ohm
-
-    def current(self, v):
-        return float(v) / self.r_ohm
-
-    def reset(self):
-        self.calls.clear()
-
-    def drive(self):
-        """The (level, duration) pieces seen, with equal neighbours merged."""
-        v = np.concatenate([c[0] for c in self.calls])
-        dt = np.concatenate([c[1] for c in self.calls])
-        keep = dt > 0
-        v, dt = v[keep], dt[keep]
-        out: list[list[float]] = []
-        for level, d in zip(v, dt, strict=True):
-            if out and out[-1][0] == level:
-                out[-1][1] += d
-            else:
-                out.append([level, d])
-        return [(lv, round(d, 9)) for lv, d in out]
 
 
 def make(r_ohm: float = 1e6, *, device=None, **opts):
     clock = VirtualClock()
     dev = device if device is not None else make_device("resistor", R=r_ohm)
     return Keithley2400Emulator(device=dev, clock=clock, **opts), clock
-
-
-def errors(emu) -> list[str]:
-    out = []
-    while True:
-        entry = emu.handle(":SYST:ERR?")
-        if entry.startswith("0,"):
-            return out
-        out.append(entry)
-
-
-def codes(emu) -> list[int]:
-    return [int(e.split(",")[0]) for e in errors(emu)]
-
-
-def floats(reply: str) -> list[float]:
-    return [float(x) for x in reply.split(",")]
 
 
 # --- identity, headers, errors ----------------------------------------------------------------
@@ -369,24 +319,13 @@ def test_output_off_holds_the_device_at_zero_volts():
 
 @pytest.fixture
 def server():
-    srv, port = start_tcp_server("keithley2400", port=0, device="resistor", seed=1)
-    try:
-        yield srv, port
-    finally:
-        srv.close()
+    with served("keithley2400") as s:
+        yield s
 
 
 def test_pymeasure_keithley2400_unmodified_over_tcp(server):
-    pytest.importorskip("pyvisa_py")
-    keithley = pytest.importorskip("pymeasure.instruments.keithley")
     _, port = server
-    k = keithley.Keithley2400(
-        f"TCPIP::127.0.0.1::{port}::SOCKET",
-        read_termination="\n",
-        write_termination="\n",
-        visa_library="@py",
-        timeout=5000,
-    )
+    k = pymeasure_keithley("Keithley2400", port)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # PyMeasure's own deprecations

@@ -10,50 +10,15 @@ from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
 from labctl.sim.instruments.registry import EMULATORS, make_emulator
 from labctl.sim.scpi import parse_ieee_block
+from tests.sim.support import Recorder, codes, errors, floats
 
 APERTURE_1PLC = 1 / 50
-
-
-class Recorder:
-    """A 1 MOhm resistor that remembers every step it was driven through."""
-
-    def __init__(self, r_ohm: float = 1e6) -> None:
-        self.r_ohm = r_ohm
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def step(self, v, dt):
-        v = np.asarray(v, dtype=float)
-        self.calls.append((v.copy(), np.asarray(dt, dtype=float).copy()))
-        return v / self.r_ohm
-
-    def current(self, v):
-        return float(v) / self.r_ohm
-
-    def reset(self):
-        self.calls.clear()
 
 
 def make(r_ohm: float = 1e6, *, device=None, **opts):
     clock = VirtualClock()
     dev = device if device is not None else make_device("resistor", R=r_ohm)
     return Keithley2450Emulator(device=dev, clock=clock, **opts), clock
-
-
-def errors(emu) -> list[str]:
-    out = []
-    while True:
-        entry = emu.handle(":SYST:ERR?")
-        if entry.startswith("0,"):
-            return out
-        out.append(entry)
-
-
-def codes(emu) -> list[int]:
-    return [int(e.split(",")[0]) for e in errors(emu)]
-
-
-def floats(reply: str) -> list[float]:
-    return [float(x) for x in reply.split(",")]
 
 
 # --- identity, headers, compounds, common commands --------------------------------------------

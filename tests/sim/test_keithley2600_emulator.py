@@ -11,37 +11,9 @@ from labctl.clock import VirtualClock
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2600 import Keithley2600Emulator
 from labctl.sim.instruments.registry import EMULATORS, channels_of, make_emulator
-from labctl.sim.serve import start_tcp_server
+from tests.sim.support import Recorder, pymeasure_keithley, served
 
 APERTURE_1PLC = 1 / 60
-
-
-class Recorder:
-    """A resistor that remembers every step it was driven through."""
-
-    def __init__(self, r_ohm: float = 1e6) -> None:
-        self.r_ohm = r_ohm
-        self.v: list[np.ndarray] = []
-        self.dt: list[np.ndarray] = []
-
-    def step(self, v, dt):
-        v = np.asarray(v, dtype=float)
-        self.v.append(v.copy())
-        self.dt.append(np.asarray(dt, dtype=float).copy())
-        return v / self.r_ohm
-
-    def current(self, v):
-        return float(v) / self.r_ohm
-
-    def reset(self):
-        self.v.clear()
-        self.dt.clear()
-
-    def level_at(self, t: float) -> float:
-        """The voltage the device saw at instrument time t (steps start at t = 0)."""
-        v = np.concatenate(self.v)
-        ends = np.cumsum(np.concatenate(self.dt))
-        return float(v[np.searchsorted(ends, t, side="right")])
 
 
 def make(r_ohm=1e6, r2_ohm=2e6, *, device=None, device2=None, **opts):
@@ -718,11 +690,8 @@ def test_injected_errors_reach_the_queue():
 
 @pytest.fixture
 def server():
-    srv, port = start_tcp_server("keithley2636b", port=0, device="resistor", seed=1)
-    try:
-        yield srv, port
-    finally:
-        srv.close()
+    with served("keithley2636b") as s:
+        yield s
 
 
 class Client:
@@ -816,16 +785,8 @@ def test_qcodes_command_strings_over_a_raw_socket(server):
 
 
 def test_pymeasure_keithley2600_unmodified_over_tcp(server):
-    pytest.importorskip("pyvisa_py")
-    keithley = pytest.importorskip("pymeasure.instruments.keithley")
     _, port = server
-    k = keithley.Keithley2600(
-        f"TCPIP::127.0.0.1::{port}::SOCKET",
-        read_termination="\n",
-        write_termination="\n",
-        visa_library="@py",
-        timeout=5000,
-    )
+    k = pymeasure_keithley("Keithley2600", port)
     try:
         assert "Model 2636B" in k.id
         a = k.ChA

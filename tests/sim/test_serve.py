@@ -13,6 +13,7 @@ import pytest
 
 from labctl.sim.scpi import parse_ieee_block
 from labctl.sim.serve import resource_string, start_tcp_server
+from tests.sim.support import pymeasure_keithley, served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,11 +64,8 @@ class Client:
 
 @pytest.fixture
 def server():
-    srv, port = start_tcp_server("keithley2450", port=0, device="resistor", seed=1)
-    try:
-        yield srv, port
-    finally:
-        srv.close()
+    with served("keithley2450") as s:
+        yield s
 
 
 def test_raw_socket_queries_compounds_and_crlf(server):
@@ -177,16 +175,8 @@ def test_main_rejects_a_bad_device_parameter(capsys):
 
 
 def test_pymeasure_keithley2450_unmodified_over_tcp(server):
-    pytest.importorskip("pyvisa_py")
-    keithley = pytest.importorskip("pymeasure.instruments.keithley")
     _, port = server
-    k = keithley.Keithley2450(
-        f"TCPIP::127.0.0.1::{port}::SOCKET",
-        read_termination="\n",
-        write_termination="\n",
-        visa_library="@py",
-        timeout=5000,
-    )
+    k = pymeasure_keithley("Keithley2450", port)
     try:
         assert "MODEL 2450" in k.id
         k.reset()
