@@ -15,17 +15,11 @@ from labctl.program import Program, hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
 from labctl.transport import LoopbackTransport
+from tests.drivers.support import connect_sim, run
 
 
 def connect(device="resistor", **params):
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    d = labctl.connect(f"sim://keysight_b2900?device={device}&seed=1&{query}")
-    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
-    return d
-
-
-def run(d, program, abort=None):
-    return Chunk.concat(list(d.execute(program, abort)))
+    return connect_sim("keysight_b2900", device, **params)
 
 
 run_program = run

@@ -5,13 +5,12 @@ import threading
 import numpy as np
 import pytest
 
-from drivers.base import Limits
 from drivers.keysight_b2900 import KeysightB2900
-from labctl.clock import VirtualClock
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, ValidationError
 from labctl.program import Program, hold, ramp, staircase
-from labctl.testing import ScriptedTransport, block
+from labctl.testing import block
+from tests.drivers.support import scripted
 
 IDN = "Keysight Technologies,B2902A,MY51140101,3.4.2011.5100"
 IDN_B2901 = "Agilent Technologies,B2901A,MY52350123,3.0.1508.5105"
@@ -37,11 +36,7 @@ def sweep_setup(c, *, n, period, acq):
 
 
 def make(script, channels=(0,)):
-    t = ScriptedTransport(script)
-    d = KeysightB2900(t, clock=VirtualClock())
-    d.line_frequency_hz = 50.0
-    d.channels = list(channels)
-    return d, t
+    return scripted(KeysightB2900, script, channels=list(channels))
 
 
 def test_identify_reads_the_model_and_line_frequency():
@@ -100,20 +95,6 @@ def test_configure_reports_every_queued_error():
     )
     with pytest.raises(InstrumentError, match=r"-222.*\| -113"):
         d.configure()
-
-
-def test_configure_refuses_bad_values_before_sending_anything():
-    d, t = make([])
-    with pytest.raises(ValidationError, match="channels"):
-        d.configure(channels=[2])
-    with pytest.raises(ValidationError, match="nplc"):
-        d.configure(nplc=500)
-    with pytest.raises(ValidationError, match="current_range_a"):
-        d.configure(current_range_a=5.0)
-    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
-    with pytest.raises(LimitError, match="max_i"):
-        d.configure(compliance_a=1e-3)
-    assert t.sent == []
 
 
 def test_software_timed_steps_on_one_channel():
@@ -539,21 +520,3 @@ def test_safe_state_raises_if_an_output_stays_on():
     )
     with pytest.raises(InstrumentError, match=r"channel \[2\]"):
         d.safe_state()
-
-
-def test_driver_refuses_levels_beyond_the_sample_limit_before_sending_anything():
-    d, t = make([])
-    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
-    with pytest.raises(LimitError, match="max_v = 1 V"):
-        list(d.execute(hold(1.2, 1.0)))
-    with pytest.raises(ValidationError, match="voltage only"):
-        list(d.execute(hold(1e-7, 1.0, mode="I")))
-    assert t.sent == []
-
-
-def test_close_closes_the_transport():
-    closed = []
-    d, t = make([])
-    t.close = lambda: closed.append(True)
-    d.close()
-    assert closed == [True]

@@ -15,17 +15,11 @@ from labctl.program import hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.transport import LoopbackTransport
+from tests.drivers.support import connect_sim, run
 
 
 def connect(device="resistor", **params):
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    d = labctl.connect(f"sim://keithley2400?device={device}&seed=1&{query}")
-    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
-    return d
-
-
-def run(d, program, abort=None):
-    return Chunk.concat(list(d.execute(program, abort)))
+    return connect_sim("keithley2400", device, **params)
 
 
 def test_connect_finds_the_driver_and_identifies():

@@ -5,22 +5,14 @@ import threading
 import numpy as np
 import pytest
 
-import labctl
-from drivers.base import Limits
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted
 from labctl.program import ramp, staircase, triangle
+from tests.drivers.support import connect_sim, run
 
 
 def connect(device="resistor", **params):
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    d = labctl.connect(f"sim://keithley2450?device={device}&seed=1&{query}")
-    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
-    return d
-
-
-def run(d, program, abort=None):
-    return Chunk.concat(list(d.execute(program, abort)))
+    return connect_sim("keithley2450", device, **params)
 
 
 def test_hardware_triangle_returns_every_point_at_the_step_ends():

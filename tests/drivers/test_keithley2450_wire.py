@@ -3,22 +3,18 @@
 import numpy as np
 import pytest
 
-from drivers.base import Limits
 from drivers.keithley2450 import Keithley2450
-from labctl.clock import VirtualClock
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED
-from labctl.errors import InstrumentError, LimitError
+from labctl.errors import InstrumentError
 from labctl.program import hold, ramp, staircase, triangle
-from labctl.testing import ScriptedTransport, block
+from labctl.testing import block
+from tests.drivers.support import scripted
 
 IDN = "KEITHLEY INSTRUMENTS,MODEL 2450,04488850,1.7.3c"
 
 
 def make(script):
-    t = ScriptedTransport(script)
-    d = Keithley2450(t, clock=VirtualClock())
-    d.line_frequency_hz = 50.0
-    return d, t
+    return scripted(Keithley2450, script)
 
 
 def test_identify_checks_language_and_reads_line_frequency():
@@ -162,11 +158,3 @@ def test_safe_state_raises_if_output_stays_on():
     d, _ = make([(":ABOR;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "1")])
     with pytest.raises(InstrumentError, match="output still reads"):
         d.safe_state()
-
-
-def test_driver_refuses_levels_beyond_the_sample_limit_before_sending_anything():
-    d, t = make([])
-    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
-    with pytest.raises(LimitError, match="max_v = 1 V"):
-        list(d.execute(hold(1.2, 1.0)))
-    assert t.sent == []

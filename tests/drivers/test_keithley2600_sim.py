@@ -12,6 +12,7 @@ from labctl.errors import Aborted, ConnectionLost, InstrumentError
 from labctl.program import hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.transport import LoopbackTransport
+from tests.drivers.support import run
 
 # instrument timestamps have a 1 µs resolution (bufferVar.timestampresolution)
 STAMP = 1e-6
@@ -21,10 +22,6 @@ def connect(query="device=resistor&R=1e6&noise=0"):
     d = labctl.connect(f"sim://keithley2636b?seed=1&{query}")
     d.set_limits(Limits(max_v=2.0, max_i=1e-3))
     return d
-
-
-def run(d, program, abort=None):
-    return Chunk.concat(list(d.execute(program, abort)))
 
 
 def outputs(d) -> list[bool]:

@@ -12,6 +12,7 @@ from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import hold, pulse, ramp, staircase, triangle
 from labctl.testing import ScriptedTransport
+from tests.drivers.support import run, scripted
 
 IDN = "Keithley Instruments Inc., Model 2636B, 1398687, 3.0.0"
 ZERO = "0.000000000e+00"
@@ -65,14 +66,15 @@ LIST3_SETUP = (
 
 
 def make(script, *, configured=True, channels=(0,)):
-    t = ScriptedTransport(script)
-    d = Keithley2600(t, clock=VirtualClock())
-    d.line_frequency_hz = 60.0
-    d.nplc = 0.06  # a 1 ms aperture
-    d.compliance_a = 1e-6
-    d.channels = tuple(channels)
-    d._configured = configured
-    return d, t
+    return scripted(
+        Keithley2600,
+        script,
+        line_frequency_hz=60.0,
+        nplc=0.06,  # a 1 ms aperture
+        compliance_a=1e-6,
+        channels=tuple(channels),
+        _configured=configured,
+    )
 
 
 def status(*values) -> str:
@@ -81,10 +83,6 @@ def status(*values) -> str:
 
 def readings(*rows) -> str:
     return ", ".join(f"{v:.9e}" for row in rows for v in row)
-
-
-def run(d, program, abort=None):
-    return Chunk.concat(list(d.execute(program, abort)))
 
 
 # --- identity and settings --------------------------------------------------------------------
@@ -603,19 +601,6 @@ def test_safe_state_on_a_single_channel_model_talks_to_smua_only():
     d.n_channels = 1
     d.safe_state()
     t.assert_done()
-
-
-def test_levels_beyond_the_sample_limit_are_refused_before_anything_is_sent():
-    d, t = make([])
-    d.set_limits(Limits(max_v=1.0, max_i=1e-6))
-    with pytest.raises(LimitError, match="max_v = 1 V"):
-        run(d, hold(1.2, 1.0))
-    with pytest.raises(LimitError, match="beyond the instrument"):
-        d.set_limits(Limits())
-        run(d, hold(250.0, 1.0))
-    with pytest.raises(ValidationError, match="voltage only"):
-        run(d, hold(1e-6, 1.0, mode="I"))
-    assert t.sent == []
 
 
 def test_a_run_the_instrument_refuses_to_start_is_reported_at_once():

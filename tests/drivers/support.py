@@ -1,0 +1,33 @@
+"""Helpers the driver tests share: a driver on a scripted transport (wire level) or on its
+emulator (behaviour level), and a program run to one chunk."""
+
+import labctl
+from drivers.base import Limits
+from labctl.clock import VirtualClock
+from labctl.data import Chunk
+from labctl.testing import ScriptedTransport
+
+
+def scripted(driver_class, script, **attrs):
+    """(driver, transport): ``driver_class`` on a transport that expects ``script`` exactly,
+    on a virtual clock and 50 Hz mains; ``attrs`` set on the driver."""
+    t = ScriptedTransport(script)
+    d = driver_class(t, clock=VirtualClock())
+    d.line_frequency_hz = 50.0
+    for name, value in attrs.items():
+        setattr(d, name, value)
+    return d, t
+
+
+def connect_sim(model: str, device: str = "resistor", **params):
+    """The driver of ``model`` on its emulator (``sim://``, seed 1) driving preset ``device``
+    with ``params``, limited to the sample's 2 V and 1 mA."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    d = labctl.connect(f"sim://{model}?device={device}&seed=1&{query}")
+    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+    return d
+
+
+def run(d, program, abort=None) -> Chunk:
+    """Every reading of ``program`` on driver ``d``, as one chunk."""
+    return Chunk.concat(list(d.execute(program, abort)))
