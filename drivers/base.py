@@ -119,6 +119,33 @@ def num(x: float) -> str:
     return f"{x:.9g}"
 
 
+SCPI_LINES = {"read_termination": "\n", "write_termination": "\n"}  # a VISA driver's visa_io
+
+
+def scpi_range_commands(
+    voltage_range_v: float | None,
+    current_range_a: float | None,
+    v_ranges: Sequence[float],
+    i_ranges: Sequence[float],
+    *,
+    suffix: str = "",
+) -> tuple[str, str]:
+    """The SCPI commands that set the source voltage range and the current measurement range
+    to the smallest that holds each value (None: autorange), on channel ``suffix``
+    (``:SOUR<suffix>``, ``:SENS<suffix>``)."""
+    if voltage_range_v is None:
+        v_range = f":SOUR{suffix}:VOLT:RANG:AUTO ON"
+    else:
+        r = pick_range("voltage_range_v", voltage_range_v, v_ranges)
+        v_range = f":SOUR{suffix}:VOLT:RANG {num(r)}"
+    if current_range_a is None:
+        i_range = f":SENS{suffix}:CURR:RANG:AUTO ON"
+    else:
+        r = pick_range("current_range_a", current_range_a, i_ranges)
+        i_range = f":SENS{suffix}:CURR:RANG {num(r)}"
+    return v_range, i_range
+
+
 def pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
     """The smallest of ``ranges`` that holds ``value``; refuses a value above the largest."""
     for r in ranges:

@@ -29,13 +29,14 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
+    SCPI_LINES,
     Capabilities,
     SourceMeterBase,
     make_chunk,
     num,
-    pick_range,
     raise_if_aborted,
     run_host_timed,
+    scpi_range_commands,
 )
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
@@ -74,11 +75,7 @@ class Keithley2400(SourceMeterBase):
     name = "keithley2400"
     family = "2400"
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
-    visa_io: ClassVar[dict[str, object]] = {
-        "read_termination": "\n",
-        "write_termination": "\n",
-        "timeout_s": 20.0,
-    }
+    visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 20.0}
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
@@ -129,17 +126,9 @@ class Keithley2400(SourceMeterBase):
     ) -> None:
         """Source V, measure I; compliance, ranges (None: auto) and integration time."""
         self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
-        v_ranges = self.capabilities.v_ranges
-        if voltage_range_v is None:
-            v_range = ":SOUR:VOLT:RANG:AUTO ON"
-        else:
-            r = pick_range("voltage_range_v", voltage_range_v, v_ranges)
-            v_range = f":SOUR:VOLT:RANG {num(r)}"
-        if current_range_a is None:
-            i_range = ":SENS:CURR:RANG:AUTO ON"
-        else:
-            r = pick_range("current_range_a", current_range_a, I_RANGES)
-            i_range = f":SENS:CURR:RANG {num(r)}"
+        v_range, i_range = scpi_range_commands(
+            voltage_range_v, current_range_a, self.capabilities.v_ranges, I_RANGES
+        )
         self.transport.write(
             # one function measured (the V element then reads the programmed level), no
             # delays but the Program's, output stays on between readings

@@ -20,13 +20,14 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
+    SCPI_LINES,
     Capabilities,
     SourceMeterBase,
     make_chunk,
     num,
-    pick_range,
     raise_if_aborted,
     run_host_timed,
+    scpi_range_commands,
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
@@ -68,11 +69,7 @@ class Keithley2450(SourceMeterBase):
     name = "keithley2450"
     family = "2450"
     # line-terminated SCPI; a 10^6-reading bulk read needs more than the default 10 s
-    visa_io: ClassVar[dict[str, object]] = {
-        "read_termination": "\n",
-        "write_termination": "\n",
-        "timeout_s": 30.0,
-    }
+    visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 30.0}
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
@@ -118,16 +115,7 @@ class Keithley2450(SourceMeterBase):
     ) -> None:
         """Source V, measure I; compliance, ranges (None: auto) and integration time."""
         self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
-        if voltage_range_v is None:
-            v_range = ":SOUR:VOLT:RANG:AUTO ON"
-        else:
-            r = pick_range("voltage_range_v", voltage_range_v, V_RANGES)
-            v_range = f":SOUR:VOLT:RANG {num(r)}"
-        if current_range_a is None:
-            i_range = ":SENS:CURR:RANG:AUTO ON"
-        else:
-            r = pick_range("current_range_a", current_range_a, I_RANGES)
-            i_range = f":SENS:CURR:RANG {num(r)}"
+        v_range, i_range = scpi_range_commands(voltage_range_v, current_range_a, V_RANGES, I_RANGES)
         self.transport.write(
             # source delay 0: the Program's durations are the only waits (auto delay would
             # hold each level longer before a software-timed read)

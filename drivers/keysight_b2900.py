@@ -51,13 +51,14 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
+    SCPI_LINES,
     Capabilities,
     SourceMeterBase,
     make_chunk,
     num,
-    pick_range,
     raise_if_aborted,
     run_host_timed,
+    scpi_range_commands,
 )
 from drivers.keithley2400 import plan_points, runs_of_equal
 from labctl.clock import Clock
@@ -147,11 +148,7 @@ class KeysightB2900(SourceMeterBase):
         "time; lower nplc or use software timing"
     )
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
-    visa_io: ClassVar[dict[str, object]] = {
-        "read_termination": "\n",
-        "write_termination": "\n",
-        "timeout_s": 30.0,
-    }
+    visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 30.0}
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
@@ -224,16 +221,10 @@ class KeysightB2900(SourceMeterBase):
         self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
         if pulse_mode is not None:
             self.pulse_mode = bool(pulse_mode)
-        if voltage_range_v is None:
-            v_range = ":SOUR{c}:VOLT:RANG:AUTO ON"
-        else:
-            r = pick_range("voltage_range_v", voltage_range_v, V_RANGES)
-            v_range = ":SOUR{c}:VOLT:RANG " + num(r)
-        if current_range_a is None:
-            i_range = ":SENS{c}:CURR:RANG:AUTO ON"
-        else:
-            r = pick_range("current_range_a", current_range_a, I_RANGES)
-            i_range = ":SENS{c}:CURR:RANG " + num(r)
+        # per channel: the {c} in the commands is filled in below
+        v_range, i_range = scpi_range_commands(
+            voltage_range_v, current_range_a, V_RANGES, I_RANGES, suffix="{c}"
+        )
         per_channel = (
             ":SOUR{c}:FUNC:MODE VOLT;:SOUR{c}:FUNC:SHAP DC;:SOUR{c}:VOLT:MODE FIX;"
             + v_range
