@@ -3,6 +3,7 @@ the right; the output state and the OUTPUT OFF / ABORT button always in view at 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import time
@@ -533,17 +534,26 @@ class MainWindow(QMainWindow):
         self.samples.set_channels(labels)
         self._update_controls()
 
-    def recipe_context(self) -> tuple[dict | None, str | None]:
-        """Sample table and instrument resource for a saved recipe."""
+    def recipe_context(self, saved: bool = False) -> dict[str, Any]:
+        """What a recipe written from the window names besides the protocol: the sample
+        (the Sample form as typed, or with ``saved`` the sample in use), the instrument
+        resource, and on two channels the channels and the second channel's sample."""
         sample = None
-        try:
-            sample = self.samples.form_values()
-        except ValueError:
-            s = self.samples.sample
-            if s is not None:
-                sample = {"name": s.name, "max_v": s.max_v, "max_i": s.max_i}
+        if not saved:
+            with contextlib.suppress(ValueError):  # a half-typed form: the sample in use
+                sample = self.samples.form_values()
+        s = self.samples.sample
+        if sample is None and s is not None:
+            sample = {"name": s.name, "max_v": s.max_v, "max_i": s.max_i}
         resource = self.instrument.resource_in_use or self.instrument.current_resource()
-        return sample, resource or None
+        context: dict[str, Any] = {"sample": sample, "resource": resource or None}
+        channels = self.instrument.selected_channels()
+        if channels:
+            context["channels"] = channels
+            row = self.samples.second_sample_row()
+            if len(channels) > 1 and row is not None:
+                context["sample2"] = {k: row.get(k) for k in ("name", "max_v", "max_i")}
+        return context
 
     # --- running ---
 
@@ -597,7 +607,7 @@ class MainWindow(QMainWindow):
             recipe_text = self.protocol.recipe_text
         else:
             recipe_text = self.protocol.recipe_text or self.protocol.recipe_toml(
-                {"name": sample.name, "max_v": sample.max_v, "max_i": sample.max_i}, resource
+                **self.recipe_context(saved=True)
             )
         from labctl.engine import RunEngine
 

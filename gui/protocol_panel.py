@@ -387,22 +387,35 @@ class ProtocolPanel(QWidget):
         self.recipe_loaded.emit(recipe)
         return recipe
 
-    def recipe_toml(self, sample: dict | None = None, resource: str | None = None) -> str:
-        instrument = {"resource": resource} if resource else None
+    def recipe_toml(
+        self,
+        sample: dict | None = None,
+        resource: str | None = None,
+        *,
+        channels: tuple[int, ...] | None = None,
+        sample2: dict | None = None,
+    ) -> str:
+        """The form as a recipe on ``sample`` and ``resource``; on two channels also
+        ``[instrument] channels`` and the second channel's sample as ``[sample2]``."""
+        instrument: dict = {"resource": resource} if resource else {}
+        if channels:
+            instrument["channels"] = list(channels)
         return dump_recipe(
             self.protocol_name,
             self.form.raw_values(),
             sample=sample,
-            instrument=instrument,
+            sample2=sample2 if channels and len(channels) > 1 else None,
+            instrument=instrument or None,
         )
 
-    def save_recipe(
-        self, path: str | None = None, sample: dict | None = None, resource: str | None = None
-    ) -> Path | None:
-        if sample is None and resource is None:
+    def save_recipe(self, path: str | None = None, **context) -> Path | None:
+        """Write the form (or the sequence) as a recipe to ``path`` (asked if None).
+        ``context``: sample, resource, channels, sample2 as :meth:`recipe_toml` takes them;
+        by default the window's (gui.main_window.MainWindow.recipe_context)."""
+        if not context:
             window = self.window()
             if hasattr(window, "recipe_context"):
-                sample, resource = window.recipe_context()
+                context = window.recipe_context()
         if path is None:
             name = self.protocol_name
             if self.sequence is not None:
@@ -419,7 +432,7 @@ class ProtocolPanel(QWidget):
             # as loaded (comments kept) if unchanged, else the steps as edited
             text = self.recipe_text or self.editor.toml()
         else:
-            text = self.recipe_toml(sample, resource)
+            text = self.recipe_toml(**context)
         try:
             parse_recipe(text).build()  # never write a recipe that would not load
         except LabctlError as exc:

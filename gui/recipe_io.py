@@ -56,14 +56,17 @@ def dump_recipe(
     *,
     description: str = "",
     sample: dict[str, Any] | None = None,
+    sample2: dict[str, Any] | None = None,
     instrument: dict[str, Any] | None = None,
 ) -> str:
-    """The TOML text of a recipe (keys in the order protocols.recipe documents them)."""
+    """The TOML text of a recipe (keys in the order protocols.recipe documents them);
+    ``sample2`` is the sample on the second channel of a two-channel run."""
     lines = [f"protocol = {toml_value(protocol)}"]
     if description:
         lines.append(f"description = {toml_value(description)}")
     for table, values in (
         ("sample", sample or {}),
+        ("sample2", sample2 or {}),
         ("instrument", instrument or {}),
         ("parameters", parameters),
     ):

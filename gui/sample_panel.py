@@ -259,6 +259,10 @@ class SamplePanel(QWidget):
             return None
         return self.second.currentText() or None
 
+    def second_sample_row(self) -> dict[str, Any] | None:
+        """The database row (name, max_v, max_i, ...) of the second channel's sample."""
+        return self._row(self.second_sample_name() or "")
+
     def _row_selected(self) -> None:
         rows = self.table.selectionModel().selectedRows()
         if not rows:

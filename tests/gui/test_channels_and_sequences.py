@@ -114,6 +114,17 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
         ("smub", "chipB", 1.0),
     ]
     assert run["metadata"]["instrument_settings"]["channels"] == [0, 1]
+    # the recipe stored with the run (and Save recipe) reproduces it: both channels, each sample
+    from protocols.recipe import parse_recipe
+
+    for text in (run["recipe_text"], w.protocol.recipe_toml(**w.recipe_context(saved=True))):
+        again = parse_recipe(text)
+        assert again.channels == [0, 1]
+        assert (again.sample["name"], again.sample2["name"], again.sample2["max_v"]) == (
+            "chipA",
+            "chipB",
+            1.0,
+        )
     pts = store.points(result.run_id)
     per_channel = {c: g for c, g in pts.groupby("channel")}
     assert sorted(per_channel) == [0, 1]
