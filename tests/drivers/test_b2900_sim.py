@@ -9,7 +9,7 @@ import labctl
 from drivers.base import Limits
 from drivers.keysight_b2900 import KeysightB2900
 from labctl.clock import VirtualClock
-from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
+from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError
 from labctl.program import Program, hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
@@ -92,14 +92,6 @@ def test_software_and_hardware_timing_agree_on_the_conductance():
         # both channels drive the same preset (noise off): they agree
         np.testing.assert_allclose(results[timing][on(data, 0)], results[timing][on(data, 1)])
     np.testing.assert_allclose(results["software"], results["hardware"], rtol=2e-3)
-
-
-def test_compliance_is_flagged_and_the_current_clamped():
-    d = connect(R=1e3, noise=0)
-    d.configure(compliance_a=1e-4, nplc=0.01)
-    data = run(d, staircase([0.05, 0.5], 0.01))
-    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
-    assert abs(data.i[1]) == pytest.approx(1e-4, rel=1e-5)
 
 
 def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_both_off():

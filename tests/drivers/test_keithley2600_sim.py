@@ -74,17 +74,6 @@ def test_two_channels_drive_two_devices_in_one_run():
     assert not np.allclose(g[0], g[1], rtol=0.05)  # two different devices
 
 
-def test_software_and_hardware_timing_agree_on_the_conductance():
-    results = {}
-    for timing in ("software", "hardware"):
-        d = connect("device=slit_unipolar&tau=0.05&noise=0")
-        d.configure(compliance_a=1e-3, nplc=0.01, timing=timing)
-        data = run(d, staircase(np.linspace(0.1, 1.0, 10), 0.02))
-        assert bool(np.all(data.flags & SOFTWARE_TIMED)) == (timing == "software")
-        results[timing] = data.i / data.v
-    np.testing.assert_allclose(results["software"], results["hardware"], rtol=2e-3)
-
-
 def test_software_timing_on_two_channels():
     d = connect("device=resistor&R=1e6&noise=0&device2=resistor&ch2.R=4e6")
     d.configure(compliance_a=1e-3, nplc=0.01, channels=[0, 1], timing="software")
