@@ -447,10 +447,10 @@ class MainWindow(QMainWindow):
         labels = self.instrument.channel_labels()
         if len(labels) > 1 and self.samples.second_sample_name() is None:
             reasons.append(f"choose the sample on {labels[1]}")
-        bad_steps = self.protocol.sequence_problem()  # a sequence with a wrong value: no Start
-        if bad_steps:
-            reasons.append(f"fix {bad_steps} (Protocol tab)")
-        self.start_btn.setEnabled(not busy and not bad_steps)
+        bad_values = self.protocol.problem()  # a parameter marked wrong: no Start
+        if bad_values:
+            reasons.append(f"fix {bad_values} (Protocol tab)")
+        self.start_btn.setEnabled(not busy and not bad_values)
         can_pause = self.run_active and self._pausable and self.engine is not None
         self.pause_btn.setEnabled(can_pause)
         tip = PAUSE_SEQ_TIP if self.sequence is not None else PAUSE_OK_TIP
@@ -482,8 +482,10 @@ class MainWindow(QMainWindow):
         )
 
     def _estimate_changed(self, total: float | None) -> None:
+        """After every check of the protocol form (None: not valid, or not known)."""
         if not self.run_active and not self.watcher.watching:
             self.eta.setText(f"planned: {fmt_duration(total)}" if total else "")
+        self._update_controls()  # a field marked wrong turns Start off, a fix turns it on
 
     def _recipe_loaded(self, recipe) -> None:
         if recipe.sample:

@@ -245,6 +245,13 @@ class ProtocolPanel(QWidget):
         """What keeps the loaded sequence from running ('' if nothing, or no sequence)."""
         return "; ".join(self.editor.problems) if self.sequence is not None else ""
 
+    def problem(self) -> str:
+        """What keeps Start off: the sequence's wrong steps, or the single protocol's fields
+        marked wrong at the last check ('' if nothing)."""
+        if self.sequence is not None:
+            return self.sequence_problem()
+        return "; ".join(self.form.errors().values())  # each names its field
+
     def set_sequence(self, recipe: Recipe) -> None:
         """Show a sequence's steps in place of the form; Start runs them all. Selecting a
         step shows its parameters in the form."""

@@ -143,9 +143,13 @@ def test_bad_form_values_and_limits_are_refused_with_a_message(qtbot, window, db
     assert w.start_run() is False
     assert "not a number" in w.protocol.form.rows["amplitude_v"].error.text()
     assert ">= 8" in w.protocol.form.rows["points_per_cycle"].error.text()
+    # as in a sequence, a field marked wrong keeps Start off and the reason names it
+    qtbot.waitUntil(lambda: not w.start_btn.isEnabled())
+    assert "amplitude_v: 'one volt' is not a number" in w.why_not.text()
 
     # a valid form above the sample's limit: refused before the output is switched on
     fill(w, "iv_hysteresis", {**SMALL_IV, "amplitude_v": "1.0"})
+    qtbot.waitUntil(w.start_btn.isEnabled)
     assert w.start_run() is True
     qtbot.waitUntil(lambda: not w.run_active, timeout=10_000)
     assert "Run refused" in w.banner.text() and "max_v = 0.5 V" in w.banner.text()
