@@ -64,7 +64,7 @@ RECENT_BUDGET = 20_000  # points per coloured cycle at most
 OLD_EVERY_FRAMES = 8  # earlier cycles are updated every 8th frame (~4 times a second)
 LEGEND_EVERY_FRAMES = 4
 INFO_EVERY_S = 0.25  # texts beside the plots change 4 times a second, not every frame
-MAX_PLOT_FPS = 45.0  # a plot is redrawn at most this often (the eye gains nothing above)
+MAX_PLOT_FPS = 60.0  # a plot is redrawn at most this often (a display refreshes at 60 Hz)
 METRIC_SYMBOLS_MAX = 1000  # symbols in the metric plot at most (every k-th point beyond: ~2 ms)
 
 
@@ -108,6 +108,10 @@ def make_plot(title: str, x: str, x_unit: str, y: str, y_unit: str) -> pg.PlotWi
     # major and minor ticks and grid lines only along x: the finest level costs about a
     # millisecond a frame per axis (short y axes keep it, or they may show one label only)
     item.getAxis("bottom").setStyle(maxTickLevel=1)
+    for side in ("left", "bottom"):
+        # an axis (with its grid) is redrawn only when its range or size changes; between
+        # those, each paint blits the cached pixels instead of replaying ticks and labels
+        item.getAxis(side).setCacheMode(QGraphicsItem.DeviceCoordinateCache)
     item.setMenuEnabled(True)
     w.setMinimumSize(220, 160)
     # the view paints every pixel: without this, each frame would also repaint the widgets
