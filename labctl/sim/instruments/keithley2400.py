@@ -391,6 +391,12 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
     def _build_tree(self) -> CommandTree:
         t = self._common_tree()
         add = t.add
+
+        def choice(pattern: str, attr: str, options: tuple[str, ...]) -> None:
+            """A setting of one of ``options``, kept in ``attr``, and its query."""
+            add(pattern, partial(self._set_choice, attr, options))
+            add(pattern + "?", lambda c: self._noargs(c) or short_form(getattr(self, attr)))
+
         # system
         add(":SYSTem:ERRor:ALL?", self._error_all)
         add(":SYSTem:ERRor:CLEar", lambda c: self._noargs(c) or self.errors.clear())
@@ -451,20 +457,9 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         add(":SOURce#:CLEar:AUTO?", lambda c: self._noargs(c) or on_off(self.clear_auto))
         add(":SOURce#:SWEep:POINts", self._set_sweep_points)
         add(":SOURce#:SWEep:POINts?", lambda c: self._noargs(c) or str(self.sweep_points))
-        add(
-            ":SOURce#:SWEep:SPACing",
-            partial(self._set_choice, "sweep_spacing", ("LINear", "LOGarithmic")),
-        )
-        add(":SOURce#:SWEep:SPACing?", lambda c: self._noargs(c) or short_form(self.sweep_spacing))
-        add(
-            ":SOURce#:SWEep:RANGing",
-            partial(self._set_choice, "sweep_ranging", ("BEST", "AUTO", "FIXed")),
-        )
-        add(":SOURce#:SWEep:RANGing?", lambda c: self._noargs(c) or short_form(self.sweep_ranging))
-        add(
-            ":SOURce#:SWEep:DIRection", partial(self._set_choice, "sweep_direction", ("UP", "DOWN"))
-        )
-        add(":SOURce#:SWEep:DIRection?", lambda c: self._noargs(c) or self.sweep_direction)
+        choice(":SOURce#:SWEep:SPACing", "sweep_spacing", ("LINear", "LOGarithmic"))
+        choice(":SOURce#:SWEep:RANGing", "sweep_ranging", ("BEST", "AUTO", "FIXed"))
+        choice(":SOURce#:SWEep:DIRection", "sweep_direction", ("UP", "DOWN"))
         add(":SOURce#:SWEep:CABort", partial(accept_choice, ("NEVer", "EARLy", "LATE")))
         for f, word in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
             s = f":SOURce#:{word}"
@@ -510,11 +505,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         add("[:SENSe#]:FUNCtion:STATe?", self._func_state)
         add("[:SENSe#]:AVERage[:STATe]", self._set_aver)
         add("[:SENSe#]:AVERage[:STATe]?", lambda c: self._noargs(c) or on_off(self.aver_on))
-        add(
-            "[:SENSe#]:AVERage:TCONtrol",
-            partial(self._set_choice, "aver_tcon", ("REPeat", "MOVing")),
-        )
-        add("[:SENSe#]:AVERage:TCONtrol?", lambda c: self._noargs(c) or short_form(self.aver_tcon))
+        choice("[:SENSe#]:AVERage:TCONtrol", "aver_tcon", ("REPeat", "MOVing"))
         add("[:SENSe#]:AVERage:COUNt", self._set_aver_count)
         add("[:SENSe#]:AVERage:COUNt?", lambda c: self._noargs(c) or str(self.aver_count))
         add("[:SENSe#]:RESistance:MODE", self._set_res_mode)
@@ -556,14 +547,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         add(":TRIGger[:SEQuence#]:COUNt?", lambda c: self._noargs(c) or str(self.trig_count))
         add(":TRIGger[:SEQuence#]:DELay", self._set_trig_delay)
         add(":TRIGger[:SEQuence#]:DELay?", lambda c: self._noargs(c) or _sci(self.trig_delay))
-        add(
-            ":TRIGger[:SEQuence#]:SOURce",
-            partial(self._set_choice, "trig_source", ("IMMediate", "TLINk")),
-        )
-        add(
-            ":TRIGger[:SEQuence#]:SOURce?",
-            lambda c: self._noargs(c) or short_form(self.trig_source),
-        )
+        choice(":TRIGger[:SEQuence#]:SOURce", "trig_source", ("IMMediate", "TLINk"))
         add(":TRIGger:CLEar", self._noargs)
         for node in ("ILINe", "OLINe"):
             add(f":TRIGger[:SEQuence#]:{node}", _accept_line)
@@ -572,17 +556,10 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         add(":ARM[:SEQuence#][:LAYer#]:OUTPut", accept_any)
         add(":ARM[:SEQuence#][:LAYer#]:COUNt", self._set_arm_count)
         add(":ARM[:SEQuence#][:LAYer#]:COUNt?", lambda c: self._noargs(c) or str(self.arm_count))
-        add(
+        choice(
             ":ARM[:SEQuence#][:LAYer#]:SOURce",
-            partial(
-                self._set_choice,
-                "arm_source",
-                ("IMMediate", "TIMer", "MANual", "BUS", "TLINk", "NSTest", "PSTest", "BSTest"),
-            ),
-        )
-        add(
-            ":ARM[:SEQuence#][:LAYer#]:SOURce?",
-            lambda c: self._noargs(c) or short_form(self.arm_source),
+            "arm_source",
+            ("IMMediate", "TIMer", "MANual", "BUS", "TLINk", "NSTest", "PSTest", "BSTest"),
         )
         add(":ARM[:SEQuence#][:LAYer#]:TIMer", self._set_arm_timer)
         add(":ARM[:SEQuence#][:LAYer#]:TIMer?", lambda c: self._noargs(c) or _sci(self.arm_timer))
@@ -596,18 +573,13 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         add(":TRACe:FEED?", lambda c: self._noargs(c) or short_form(self.store.feed))
         add(":TRACe:FEED:CONTrol", self._trace_control)
         add(":TRACe:FEED:CONTrol?", lambda c: self._noargs(c) or short_form(self.store.control))
-        add(":TRACe:TSTamp:FORMat", partial(self._set_choice, "trace_tst", ("ABSolute", "DELTa")))
-        add(":TRACe:TSTamp:FORMat?", lambda c: self._noargs(c) or short_form(self.trace_tst))
+        choice(":TRACe:TSTamp:FORMat", "trace_tst", ("ABSolute", "DELTa"))
         add(":TRACe:DATA?", self._trace_data)
-        add(
+        choice(
             ":CALCulate3:FORMat",
-            partial(
-                self._set_choice,
-                "calc3_format",
-                ("MEAN", "SDEViation", "MAXimum", "MINimum", "PKPK"),
-            ),
+            "calc3_format",
+            ("MEAN", "SDEViation", "MAXimum", "MINimum", "PKPK"),
         )
-        add(":CALCulate3:FORMat?", lambda c: self._noargs(c) or short_form(self.calc3_format))
         add(":CALCulate3:DATA?", self._calc3_data)
         return t
 
