@@ -1,7 +1,5 @@
 """The 2400 driver against its emulator and a device model (behaviour level)."""
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -9,8 +7,8 @@ import labctl
 from drivers.base import Limits
 from drivers.keithley2400 import Keithley2400
 from labctl.clock import VirtualClock
-from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError
+from labctl.data import SOFTWARE_TIMED
+from labctl.errors import InstrumentError, LimitError
 from labctl.program import hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
@@ -72,23 +70,6 @@ def test_steps_of_different_durations_and_unsampled_steps():
     assert len(data) == p.n_samples == 3
     np.testing.assert_allclose(data.t, p.step_ends()[p.sample], rtol=1e-9)
     np.testing.assert_allclose(data.i, [1e-6, 1e-7, 2e-7], atol=1e-11)
-
-
-def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_output_off():
-    d = connect(R=1e6, noise=0)
-    d.configure(compliance_a=1e-3, nplc=0.01)
-    abort = threading.Event()
-    got = []
-    with pytest.raises(Aborted):
-        for chunk in d.execute(ramp(0.0, 1.0, 20.0, points=2000), abort):
-            got.append(chunk)
-            abort.set()  # the operator presses abort after the first data arrive
-    data = Chunk.concat(got)
-    assert 0 < len(data) < 2000
-    np.testing.assert_allclose(data.v, np.linspace(0, 1, 2000)[: len(data)], atol=1e-6)
-    d.safe_state()
-    assert d.transport.query(":OUTP?").strip() == "0"
-    d.safe_state()  # idempotent
 
 
 def test_an_instrument_error_during_a_run_is_reported():

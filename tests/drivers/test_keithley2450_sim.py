@@ -1,12 +1,9 @@
 """The 2450 driver against its emulator and a device model (behaviour level)."""
 
-import threading
-
 import numpy as np
 import pytest
 
-from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted
+from labctl.data import SOFTWARE_TIMED
 from labctl.program import ramp, triangle
 from tests.drivers.support import connect_sim, run
 
@@ -36,19 +33,3 @@ def test_a_sweep_longer_than_the_default_buffer_keeps_every_reading_in_order():
     assert len(data) == 120_000
     np.testing.assert_allclose(data.v, p.level, atol=1e-6)
     assert np.all(np.diff(data.t) > 0)
-
-
-def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_output_off():
-    d = connect(R=1e6, noise=0)
-    d.configure(compliance_a=1e-3, nplc=0.01)
-    abort = threading.Event()
-    got = []
-    with pytest.raises(Aborted):
-        for chunk in d.execute(ramp(0.0, 1.0, 100.0, points=100_000), abort):
-            got.append(chunk)
-            abort.set()  # the operator presses abort after the first data arrive
-    data = Chunk.concat(got)
-    assert 0 < len(data) < 100_000
-    np.testing.assert_allclose(data.v, np.linspace(0, 1, 100_000)[: len(data)], atol=1e-6)
-    d.safe_state()
-    assert d.transport.query(":OUTP?").strip() == "0"

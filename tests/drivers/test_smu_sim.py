@@ -1,11 +1,15 @@
 """What the SMU drivers do alike on their emulators: host and hardware timing give the same
-conductance, and a level beyond the current limit is flagged and read at the limit."""
+conductance, a level beyond the current limit is flagged and read at the limit, and an abort
+keeps the points taken and leaves the output to safe_state()."""
+
+import threading
 
 import numpy as np
 import pytest
 
-from labctl.data import COMPLIANCE, SOFTWARE_TIMED
-from labctl.program import staircase
+from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
+from labctl.errors import Aborted
+from labctl.program import ramp, staircase
 from tests.drivers.support import connect_sim, run
 
 
@@ -32,3 +36,26 @@ def test_compliance_is_flagged_and_the_current_clamped(model):
     data = run(d, staircase([0.05, 0.5], 0.01))
     assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
     assert abs(data.i[1]) == pytest.approx(1e-4, rel=CLAMPED_REL[model])
+
+
+# the ramp aborted mid-way: (points, duration in s)
+ABORTED_RAMP = {"keithley2400": (2000, 20.0), "keithley2450": (100_000, 100.0)}
+
+
+@pytest.mark.parametrize("model", list(ABORTED_RAMP))
+def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_output_off(model):
+    n, duration_s = ABORTED_RAMP[model]
+    d = connect_sim(model, R=1e6, noise=0)
+    d.configure(compliance_a=1e-3, nplc=0.01)
+    abort = threading.Event()
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(ramp(0.0, 1.0, duration_s, points=n), abort):
+            got.append(chunk)
+            abort.set()  # the operator presses abort after the first data arrive
+    data = Chunk.concat(got)
+    assert 0 < len(data) < n
+    np.testing.assert_allclose(data.v, np.linspace(0, 1, n)[: len(data)], atol=1e-6)
+    d.safe_state()
+    assert d.transport.query(":OUTP?").strip() == "0"
+    d.safe_state()  # idempotent
