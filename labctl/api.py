@@ -38,6 +38,9 @@ def run(
     store: Any = None,
     max_v: float | None = None,
     max_i: float | None = None,
+    sample2: str | None = None,
+    max_v2: float | None = None,
+    max_i2: float | None = None,
     listeners: Iterable[Listener] = (),
     recipe_text: str | None = None,
     operator: str | None = None,
@@ -46,7 +49,10 @@ def run(
     """Run a protocol (name or instance) on an instrument (resource string or driver).
 
     ``params`` are the protocol's parameters; ``max_v``/``max_i`` set the sample's limits.
-    A resource string is connected, and closed in safe state afterwards.
+    ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
+    a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
+    checked against its own sample's limits. A resource string is connected, and closed
+    in safe state afterwards.
     """
     from labctl.connect import connect
     from protocols.base import Protocol, get_protocol
@@ -58,16 +64,20 @@ def run(
     if store is None or isinstance(store, str):
         store = open_store(store)
     smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
+    options: dict[str, Any] = {"recipe_text": recipe_text, "operator": operator}
+    if sample2 is not None:
+        options["channel_samples"] = {
+            0: smp,
+            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2),
+        }
     engine = RunEngine(store, listeners)
     if isinstance(instrument, str):
         driver = connect(instrument)
         try:
-            return engine.run(
-                proto, driver, smp, recipe_text=recipe_text, operator=operator, resource=instrument
-            )
+            return engine.run(proto, driver, smp, resource=instrument, **options)
         finally:
             driver.close()
-    return engine.run(proto, instrument, smp, recipe_text=recipe_text, operator=operator)
+    return engine.run(proto, instrument, smp, **options)
 
 
 def run_recipe(

@@ -147,3 +147,23 @@ def test_the_shipped_two_device_recipe_runs_each_device_on_its_sample(store):
     [result] = labctl.run_recipe(recipe, store=store)
     assert result.status == "completed", result.error
     assert store.run(result.run_id)["samples"] == {0: "demo-slit", 1: "demo-resistor"}
+
+
+def test_labctl_run_puts_sample2_on_the_second_channel(store):
+    resource = "sim://keithley2636b?device=slit_unipolar&device2=resistor&seed=1"
+    params = {"amplitude_v": 0.5, "frequencies_hz": [4], "cycles": 1, "points_per_cycle": 40}
+    # chipB allows 0.3 V: refused before output on, naming that sample and its channel
+    refused = labctl.run(
+        "iv_hysteresis", resource, sample="chipA", store=store, max_v=1.5, max_i=1e-5,
+        sample2="chipB", max_v2=0.3, max_i2=1e-5, **params,
+    )  # fmt: skip
+    assert refused.status == "failed" and refused.n_points == 0
+    assert "'chipB' on channel smub" in refused.error
+    result = labctl.run(
+        "iv_hysteresis", resource, sample="chipA", store=store, max_v=1.5, max_i=1e-5,
+        sample2="chipB", max_v2=1.0, max_i2=1e-5, **params,
+    )  # fmt: skip
+    assert result.status == "completed", result.error
+    assert store.run(result.run_id)["samples"] == {0: "chipA", 1: "chipB"}
+    assert sorted(store.points(result.run_id)["channel"].unique()) == [0, 1]
+    assert result.run_id in set(store.runs(sample="chipB")["id"])
