@@ -458,6 +458,7 @@ class LivePlots(QWidget):
         self._last_part = "metric"
         self._old_countdown = 0
         self._metric_key: tuple = ()
+        self._metric_pinned = False  # y range set by us for values that are all equal
         self._metric_countdown = 0
         self.frames = 0
 
@@ -844,11 +845,28 @@ class LivePlots(QWidget):
         if len(x) > METRIC_SYMBOLS_MAX:
             x, y = stride_view(x, METRIC_SYMBOLS_MAX), stride_view(y, METRIC_SYMBOLS_MAX)
         self.metric_curve.setData(x, y)
+        self._pin_flat_metric(y if final is None else np.concatenate([y, final[1]]))
         self.metric_hint.setVisible(len(x) == 0 and final is None)
         if final is not None:
             self.metric_final.setData(*final)
         else:
             self.metric_final.setData([], [])
+
+    def _pin_flat_metric(self, y: np.ndarray) -> None:
+        """All values equal (one frequency, identical loops): pyqtgraph would widen the
+        axis to +-0.5 in absolute units (+-0.5 V*A around a 1e-8 V*A loop area) and show
+        the point on zero; give it +-10 % of the value instead, and hand the axis back to
+        autoscale once the values differ."""
+        vb = self.metric.plot.getViewBox()
+        y = y[np.isfinite(y)]
+        if len(y) and y.min() == y.max():
+            v = float(y[0])
+            d = abs(v) * 0.1 or 1.0
+            vb.setYRange(v - d, v + d, padding=0)
+            self._metric_pinned = True
+        elif self._metric_pinned:
+            self._metric_pinned = False
+            vb.enableAutoRange(y=True)
 
     def plot_boxes(self) -> list[PlotBox]:
         return [self.iv, self.it, self.vt, self.gt, self.metric]

@@ -205,3 +205,22 @@ def test_history_thinning_keeps_every_phase_of_long_runs(tmp_path):
     assert 50 <= len(shown["t"]) <= 100
     phases = np.unique(np.round(shown["t"] * 1e3).astype(int) % 200)
     assert len(phases) == len(shown["t"])  # every kept point at another phase of the loop
+
+
+def test_equal_loop_areas_are_shown_around_their_value_not_on_zero(qtbot):
+    from gui.plots import LivePlots
+
+    plots = LivePlots(LiveModel(capacity=10_000))
+    qtbot.addWidget(plots)
+    plots.model.ingest([sweep_cols(0, 160)])  # 4 identical cycles: 4 equal loop areas
+    plots.model.finish()
+    plots.refresh(force=True)
+    area = plots.model.loop_areas[0][2]
+    assert len({a for _c, _f, a in plots.model.loop_areas}) == 1
+    lo, hi = plots.metric.plot.getViewBox().viewRange()[1]
+    assert lo < area < hi and hi - lo < abs(area)  # not +-0.5 V*A around 1e-8 V*A
+    # once the areas differ, the axis autoscales again
+    plots.model.ingest([{**sweep_cols(160, 40), "i": 2 * sweep_cols(160, 40)["i"]}])
+    plots.model.finish()
+    plots.refresh(force=True)
+    assert plots.metric.plot.getViewBox().state["autoRange"][1]
