@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int)
     _db_arg(p)
 
+    p = sub.add_parser("analyze", help="run a stored run's analysis again and replace its metrics")
+    p.add_argument("run", type=int, nargs="+")
+    _db_arg(p)
+
     p = sub.add_parser(
         "export",
         help="export a run, or every run of a sample, with its metadata (CSV, Parquet, NetCDF)",
@@ -151,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "runs": cmd_runs,
         "show": cmd_show,
+        "analyze": cmd_analyze,
         "export": cmd_export,
         "protocols": cmd_protocols,
         "resources": cmd_resources,
@@ -388,6 +393,16 @@ def cmd_runs(args) -> int:
     for _, row in df.iterrows():
         table.add_row(*("" if v is None or v != v else str(v)[:60] for v in (row[c] for c in cols)))
     Console().print(table)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from labctl.engine import reanalyze_run
+
+    store = _open_store(args)
+    for run_id in args.run:
+        before, after = reanalyze_run(store, run_id)
+        print(f"run {run_id}: {after} metric rows (were {before}); labctl show {run_id}")
     return 0
 
 

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Limits, check_program, raise_if_aborted
-from labctl.analysis.timing import lateness_metrics
+from labctl.analysis.timing import TIMING_METRICS, lateness_metrics
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
 from labctl.program import Program
-from protocols.base import Protocol
+from protocols.base import Protocol, get_protocol
 
 
 class Listener:
@@ -167,6 +167,43 @@ def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
 def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
     """Metric rows tagged with the channel whose points they describe."""
     return [{**row, "channel": channel} for row in rows]
+
+
+def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None) -> list[dict]:
+    """Metric rows of a run's points: the protocol's analysis of each channel's points
+    alone (a device per channel), or of all of them together for a protocol with
+    ``analyze_channels_together`` (tagged as the first channel's); with ``executed`` (the
+    Programs run host-timed) also the requested against achieved timing per channel.
+    Each row carries its ``channel``."""
+    if not len(points):
+        return []
+    has_analysis = type(protocol).analyze is not Protocol.analyze
+    channels = sorted(int(c) for c in points["channel"].unique())
+    if len(channels) == 1:
+        parts = {channels[0]: points}  # the usual one-channel run: no copy
+    else:
+        parts = {c: points[points["channel"] == c].reset_index(drop=True) for c in channels}
+    together = bool(getattr(type(protocol), "analyze_channels_together", False))
+    metrics: list[dict[str, Any]] = []
+    if has_analysis and together:
+        metrics += _on_channel(protocol.analyze(points), channels[0])
+    for channel, part in parts.items():
+        if has_analysis and not together:
+            metrics += _on_channel(protocol.analyze(part), channel)
+        if executed is not None:
+            metrics += _on_channel(lateness_metrics(part, executed), channel)
+    return metrics
+
+
+def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
+    """Run the protocol's analysis again on a stored run's points (analysis code changed,
+    or a two-channel run stored before each channel was analysed alone) and replace its
+    metrics, keeping the timing metrics (those need the Programs as run). Returns (rows
+    before, rows after)."""
+    run = store.run(run_id)
+    protocol = get_protocol(run["protocol"])(run.get("parameters") or {})
+    rows = analyze_points(store.points(run_id), protocol)
+    return store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
 
 
 def check_protocol(
@@ -437,29 +474,16 @@ class RunEngine:
         return result
 
     def _analyze(self, run_id: int, protocol: Any, n_host_timed: int) -> list[dict[str, Any]]:
-        """The protocol's analysis of each channel's points alone (a device per channel),
-        or of all of them together for a protocol with ``analyze_channels_together``
-        (stored as the first channel's), plus the timing of host-timed steps per channel;
-        stored with their channel. Never raises: analysis never costs the data."""
+        """:func:`analyze_points` of the run, stored. Never raises: analysis never costs
+        the data."""
         has_analysis = type(protocol).analyze is not Protocol.analyze
         if not (has_analysis or n_host_timed):
             return []
         metrics: list[dict[str, Any]] = []
         try:
             points = self.store.points(run_id)
-            channels = sorted(int(c) for c in points["channel"].unique())
-            if len(channels) == 1:
-                parts = {channels[0]: points}  # the usual one-channel run: no copy
-            else:
-                parts = {c: points[points["channel"] == c].reset_index(drop=True) for c in channels}
-            together = bool(getattr(type(protocol), "analyze_channels_together", False))
-            if has_analysis and together:
-                metrics += _on_channel(protocol.analyze(points), channels[0])
-            for channel, part in parts.items():
-                if has_analysis and not together:
-                    metrics += _on_channel(protocol.analyze(part), channel)
-                if n_host_timed:  # requested against achieved timing of host-timed steps
-                    metrics += _on_channel(lateness_metrics(part, self._executed), channel)
+            executed = self._executed if n_host_timed else None
+            metrics = analyze_points(points, protocol, executed)
             self.store.add_metrics(run_id, metrics)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")

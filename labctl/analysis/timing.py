@@ -50,6 +50,22 @@ def sample_lateness(points, programs: Sequence[Program]) -> np.ndarray:
     return out
 
 
+# the names lateness_metrics gives its rows (scope 'run')
+TIMING_METRICS = frozenset(
+    {
+        "n_software_timed",
+        "n_late",
+        "late_fraction",
+        "n_compliance",
+        "n_overrange",
+        "lateness_max",
+        "lateness_mean",
+        "lateness_p95",
+        "n_late_measured",
+    }
+)
+
+
 def lateness_metrics(
     points,
     programs: Sequence[Program] | None = None,

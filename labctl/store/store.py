@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
@@ -68,6 +68,41 @@ def _limit(name: str, value: float | None, unit: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValidationError(name, f"must be a positive number of {unit}, got {value!r}")
     return value
+
+
+def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
+    """Metric rows checked and made into metrics-table values (one clear error naming
+    the row and field otherwise)."""
+    values = []
+    for k, row in enumerate(rows):
+        unknown = set(row) - METRIC_KEYS
+        if unknown:
+            raise ValidationError(
+                f"metrics[{k}]",
+                f"unknown key(s) {', '.join(sorted(unknown))}; "
+                f"use {', '.join(sorted(METRIC_KEYS))}",
+            )
+        name = _text(f"metrics[{k}].name", row.get("name"), 100)
+        value = row.get("value")
+        try:
+            value = None if value is None else float(value)
+        except (TypeError, ValueError):
+            raise ValidationError(
+                f"metrics[{k}].value", f"must be a number, got {value!r}"
+            ) from None
+        index = row.get("index")
+        values.append(
+            dict(
+                run_id=run_id,
+                channel=_whole(f"metrics[{k}].channel", row.get("channel", 0), minimum=0),
+                scope=_text(f"metrics[{k}].scope", row.get("scope", "run"), 20),
+                idx=None if index is None else _whole(f"metrics[{k}].index", index),
+                name=name,
+                value=value,
+                unit=_text(f"metrics[{k}].unit", row.get("unit") or None, 20, required=False),
+            )
+        )
+    return values
 
 
 def _text(name: str, value: object, max_len: int, *, required: bool = True) -> str | None:
@@ -523,35 +558,7 @@ class Store:
         which cycle, pulse, ...; ``channel`` which source channel's points (0-based, as the
         points' ``channel``; default 0). Returns the number of rows stored.
         """
-        values = []
-        for k, row in enumerate(rows):
-            unknown = set(row) - METRIC_KEYS
-            if unknown:
-                raise ValidationError(
-                    f"metrics[{k}]",
-                    f"unknown key(s) {', '.join(sorted(unknown))}; "
-                    f"use {', '.join(sorted(METRIC_KEYS))}",
-                )
-            name = _text(f"metrics[{k}].name", row.get("name"), 100)
-            value = row.get("value")
-            try:
-                value = None if value is None else float(value)
-            except (TypeError, ValueError):
-                raise ValidationError(
-                    f"metrics[{k}].value", f"must be a number, got {value!r}"
-                ) from None
-            index = row.get("index")
-            values.append(
-                dict(
-                    run_id=run_id,
-                    channel=_whole(f"metrics[{k}].channel", row.get("channel", 0), minimum=0),
-                    scope=_text(f"metrics[{k}].scope", row.get("scope", "run"), 20),
-                    idx=None if index is None else _whole(f"metrics[{k}].index", index),
-                    name=name,
-                    value=value,
-                    unit=_text(f"metrics[{k}].unit", row.get("unit") or None, 20, required=False),
-                )
-            )
+        values = _metric_values(run_id, rows)
         if not values:
             return 0
         try:
@@ -561,6 +568,27 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._fail(f"add metrics to run {run_id}", exc) from None
         return len(values)
+
+    def replace_metrics(
+        self, run_id: int, rows: Iterable[dict], keep: Iterable[str] = ()
+    ) -> tuple[int, int]:
+        """Replace the run's metrics by ``rows`` (as :meth:`add_metrics` takes them) in one
+        transaction, keeping its run-scope rows named in ``keep``; (rows before, after)."""
+        values = _metric_values(run_id, rows)
+        m = schema.metrics
+        kept = and_(m.c.scope == "run", m.c.name.in_(sorted(set(keep))))
+        try:
+            with self._writes.begin() as conn:
+                self._require_run(conn, run_id)
+                count = select(func.count()).select_from(m).where(m.c.run_id == run_id)
+                before = int(conn.execute(count).scalar_one())
+                conn.execute(delete(m).where(m.c.run_id == run_id, not_(kept)))
+                if values:
+                    conn.execute(m.insert(), values)
+                after = int(conn.execute(count).scalar_one())
+        except SQLAlchemyError as exc:
+            raise self._fail(f"replace the metrics of run {run_id}", exc) from None
+        return before, after
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
         """Give the run its final status ('completed', 'aborted' or 'failed') and end time.

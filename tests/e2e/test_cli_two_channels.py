@@ -87,6 +87,27 @@ def test_each_channel_is_stored_under_its_own_sample(recipe_path, db_url):
     assert by_channel[0] > 100 * abs(by_channel[1])
 
 
+def test_analyze_recomputes_a_runs_metrics_per_channel(recipe_path, db_url, capsys):
+    assert (
+        main(["run", str(recipe_path), "--db", db_url, "--quiet", "--set", "sample2.max_v=1"]) == 0
+    )
+    store = Store.open(db_url)
+    run_id = int(store.runs()["id"].iloc[0])
+    fresh = store.metrics(run_id)
+    # as a run stored before each channel was analysed alone: one mixed set on channel 0
+    store.replace_metrics(run_id, [{"name": "loop_area", "value": 1.0, "scope": "frequency"}])
+    store.add_metrics(run_id, [{"name": "n_late", "value": 7}])  # timing: kept as it is
+    capsys.readouterr()
+    assert main(["analyze", str(run_id), "--db", db_url]) == 0
+    assert f"run {run_id}: {len(fresh) + 1} metric rows (were 2)" in capsys.readouterr().out
+    again = store.metrics(run_id)
+    late = again[again["name"] == "n_late"]
+    assert list(late["value"]) == [7.0]
+    again = again[again["name"] != "n_late"].reset_index(drop=True)
+    assert again.equals(fresh.reset_index(drop=True))
+    assert main(["analyze", "999", "--db", db_url]) != 0  # no such run: one line, no traceback
+
+
 def test_sample2_names_a_stored_sample_or_the_run_says_both_channels_share_one(
     tmp_path, db_url, capsys
 ):

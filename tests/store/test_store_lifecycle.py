@@ -211,6 +211,29 @@ def test_metrics_round_trip(store, run_id):
     assert store.add_metrics(run_id, []) == 0
 
 
+def test_replace_metrics_keeps_the_named_run_rows_only(store, run_id):
+    store.add_metrics(
+        run_id,
+        [
+            {"name": "n_late", "value": 3},  # run scope, kept
+            {"name": "n_late", "value": 4, "scope": "cycle", "index": 0},  # not run scope
+            {"name": "loop_area", "value": 1e-8},
+            {"name": "loop_area", "value": 2e-8, "channel": 1},
+        ],
+    )
+    new = [{"name": "loop_area", "value": 5e-8, "channel": c} for c in (0, 1)]
+    assert store.replace_metrics(run_id, new, keep={"n_late"}) == (4, 3)
+    m = store.metrics(run_id)
+    assert sorted(zip(m["channel"], m["scope"], m["name"], m["value"], strict=True)) == [
+        (0, "run", "loop_area", 5e-8),
+        (0, "run", "n_late", 3.0),
+        (1, "run", "loop_area", 5e-8),
+    ]
+    with pytest.raises(ValidationError, match=r"metrics\[0\]\.value"):
+        store.replace_metrics(run_id, [{"name": "x", "value": "high"}])
+    assert len(store.metrics(run_id)) == 3  # a bad row changes nothing
+
+
 def test_bad_metric_rows_name_the_problem(store, run_id):
     with pytest.raises(ValidationError, match="unknown key"):
         store.add_metrics(run_id, [{"name": "x", "value": 1, "units": "V"}])
