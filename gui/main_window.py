@@ -311,7 +311,7 @@ class MainWindow(QMainWindow):
         self.live_title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.elsewhere = QComboBox()
         self.elsewhere.setObjectName("running_elsewhere")
-        self.elsewhere.setMinimumWidth(260)
+        self.elsewhere.setMinimumWidth(200)
         self.elsewhere.setToolTip("Runs started from a script or the CLI on this database")
         self.watch_btn = QPushButton("Watch")
         self.watch_btn.setObjectName("watch")
@@ -319,20 +319,23 @@ class MainWindow(QMainWindow):
         self.unwatch_btn = QPushButton("Stop watching")
         self.unwatch_btn.clicked.connect(self.stop_watching)
         self.unwatch_btn.setEnabled(False)
-        # the title on a line of its own: beside the pickers it was cut to "run 1: iv"
+        # the title beside the watch controls; the channel picker (two-channel runs only)
+        # on a row of its own below: with all three on one line the title was cut short
         head = QHBoxLayout()
-        head.addWidget(self.live.picker_label)
-        head.addWidget(self.live.picker)
-        head.addStretch(1)
+        head.addWidget(self.live_title, 1)
         head.addWidget(QLabel("running elsewhere:"))
         head.addWidget(self.elsewhere)
         head.addWidget(self.watch_btn)
         head.addWidget(self.unwatch_btn)
+        pick = QHBoxLayout()
+        pick.addWidget(self.live.picker_label)
+        pick.addWidget(self.live.picker)
+        pick.addStretch(1)
         live = QWidget()
         live_lay = QVBoxLayout(live)
         live_lay.setContentsMargins(0, 0, 0, 0)
-        live_lay.addWidget(self.live_title)
         live_lay.addLayout(head)
+        live_lay.addLayout(pick)
         live_lay.addWidget(self.live, 1)
 
         self.right = QTabWidget()
@@ -536,6 +539,11 @@ class MainWindow(QMainWindow):
         self.samples.set_channels(labels)
         self._update_controls()
 
+    def _set_live_title(self, text: str) -> None:
+        """The live tab's title; the whole text also as its tooltip (a long one is cut)."""
+        self.live_title.setText(text)
+        self.live_title.setToolTip(text)
+
     def recipe_context(self, saved: bool = False) -> dict[str, Any]:
         """What a recipe written from the window names besides the protocol: the sample
         (the Sample form as typed, or with ``saved`` the sample in use), the instrument
@@ -647,7 +655,7 @@ class MainWindow(QMainWindow):
         self._live_on = on
         self._live_what = f"{what} on {on}"
         self.run_status.setText(f"starting {self._live_what}…")
-        self.live_title.setText(self._live_what)
+        self._set_live_title(self._live_what)
         self.right.setCurrentIndex(0)
         self._update_controls()
         try:
@@ -678,7 +686,7 @@ class MainWindow(QMainWindow):
         self._wall0 = time.monotonic()
         self.instrument.set_output_state("on")
         self.run_status.setText(f"run {run_id}: running")
-        self.live_title.setText(f"run {run_id}: {self._live_what}")
+        self._set_live_title(f"run {run_id}: {self._live_what}")
 
     def _step_started(self, index: int, count: int, name: str) -> None:
         """A sequence's step begins (its run starts next)."""
@@ -689,7 +697,7 @@ class MainWindow(QMainWindow):
         self.protocol.steps.set_status(index, "running")
         self.live.choose_metric_for(name)
         self._live_what = f"{seq.label()} on {self._live_on}"
-        self.live_title.setText(self._live_what)
+        self._set_live_title(self._live_what)
         self.run_status.setText(f"{seq.label()}: starting…")
         self._update_controls()
 
@@ -985,7 +993,7 @@ class MainWindow(QMainWindow):
         self.run_total_s = None
         self._wall0 = None
         self._t_first = None
-        self.live_title.setText(f"watching run {run_id}…")
+        self._set_live_title(f"watching run {run_id}…")
         self.right.setCurrentIndex(0)
         self.watcher.watch(run_id)
         self._live = True
@@ -996,7 +1004,7 @@ class MainWindow(QMainWindow):
     def _watch_started(self, run: dict[str, Any], total) -> None:
         self.run_total_s = total
         self.live.choose_metric_for(run["protocol"])
-        self.live_title.setText(
+        self._set_live_title(
             f"watching run {run['id']}: {run['protocol']} on {run.get('sample') or '?'} "
             f"(pid {run.get('pid')} on {run.get('host')})"
         )
@@ -1010,7 +1018,7 @@ class MainWindow(QMainWindow):
         if run.get("error"):
             text += f" — {run['error']}"
         self.run_status.setText(text)
-        self.live_title.setText(f"run {run['id']} (watched): {run['status']}")
+        self._set_live_title(f"run {run['id']} (watched): {run['status']}")
         if run["status"] == "completed":
             self.progress.setRange(0, 1000)
             self.progress.setValue(1000)
@@ -1028,7 +1036,7 @@ class MainWindow(QMainWindow):
     def stop_watching(self) -> None:
         self.watcher.stop()
         self._live = False
-        self.live_title.setText("stopped watching")
+        self._set_live_title("stopped watching")
         self._update_controls()
 
     # --- export ---
