@@ -121,48 +121,45 @@ def test_bad_input_is_one_line_without_traceback(db_url):
     assert out.returncode == 2 and "instrument" in out.stderr and "Traceback" not in out.stderr
 
 
+LONG_RUN = [
+    "run",
+    "iv_hysteresis",
+    "--quiet",
+    "--instrument",
+    "sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02&clock=real",
+    *["--set", "frequencies_hz=[1]", "--set", "cycles=60", "--set", "points_per_cycle=100"],
+]
+
+
+def start_long_run(db) -> subprocess.Popen:
+    """`labctl run` of a minute of real time into the SQLite file ``db``, in a process."""
+    cmd = labctl_cmd(*LONG_RUN, "--db", f"sqlite:///{db}")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def committed_points(db) -> int:
+    """Points another process has committed to the SQLite file ``db`` (0 before any)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("select count(*) from points").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_sigkill_leaves_a_readable_database_and_an_interrupted_run(tmp_path):
     db = tmp_path / "kill.db"
-    url = f"sqlite:///{db}"
-    resource = "sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02&clock=real"
-    proc = subprocess.Popen(
-        labctl_cmd(
-            "run",
-            "iv_hysteresis",
-            "--db",
-            url,
-            "--quiet",
-            "--instrument",
-            resource,
-            "--set",
-            "frequencies_hz=[1]",
-            "--set",
-            "cycles=60",
-            "--set",
-            "points_per_cycle=100",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-    def committed_points():
-        if not db.exists():
-            return 0
-        try:
-            with sqlite3.connect(db, timeout=5) as con:
-                return con.execute("select count(*) from points").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
+    proc = start_long_run(db)
     try:
-        wait_until(lambda: committed_points() >= 50, timeout_s=60, what="points committed")
+        wait_until(lambda: committed_points(db) >= 50, timeout_s=60, what="points committed")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    before = committed_points()
+    before = committed_points(db)
     with sqlite3.connect(db) as con:
         assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
-    store = Store.open(url)
+    store = Store.open(f"sqlite:///{db}")
     run = store.runs().iloc[0]
     assert run["status"] == "interrupted"
     assert len(store.points(int(run["id"]))) >= before > 0
@@ -203,42 +200,13 @@ def test_a_sequence_recipe_runs_every_step(db_url):
 
 def test_sigterm_aborts_into_safe_state_and_keeps_the_points(tmp_path):
     db = tmp_path / "term.db"
-    url = f"sqlite:///{db}"
-    resource = "sim://keithley2450?device=slit_unipolar&seed=1&tau=0.02&clock=real"
-    proc = subprocess.Popen(
-        labctl_cmd(
-            "run",
-            "iv_hysteresis",
-            "--db",
-            url,
-            "--quiet",
-            "--instrument",
-            resource,
-            "--set",
-            "frequencies_hz=[1]",
-            "--set",
-            "cycles=60",
-            "--set",
-            "points_per_cycle=100",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def committed():
-        try:
-            with sqlite3.connect(db, timeout=5) as con:
-                return con.execute("select count(*) from points").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
-    wait_until(lambda: db.exists() and committed() >= 20, timeout_s=60, what="points committed")
+    proc = start_long_run(db)
+    wait_until(lambda: committed_points(db) >= 20, timeout_s=60, what="points committed")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, out + err
     assert "aborted" in out and "Traceback" not in err
-    store = Store.open(url)
+    store = Store.open(f"sqlite:///{db}")
     run_id = int(store.runs().iloc[0]["id"])
     assert store.run(run_id)["status"] == "aborted"
     assert len(store.points(run_id)) >= 20
