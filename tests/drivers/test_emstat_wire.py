@@ -27,6 +27,20 @@ HEAD = [
     "set_pgstat_mode 2",
 ]
 BODY = ["timer_get t", "pck_start", "pck_add p", "pck_add c", "pck_add t", "pck_end", "endloop"]
+# the script of staircase([0.1, 0.2, 0.3], 0.01): one LSV loop of three 100 mV steps
+LSV_0V1_TO_0V3 = [
+    *HEAD,
+    "set_range_minmax da 0 300m",
+    "set_range ba 5m",
+    "set_autoranging ba 100n 5m",
+    "set_e 100m",
+    "cell_on",
+    "timer_start",
+    "meas_loop_lsv p c 100m 300m 100m 10",
+    *BODY,
+    "on_finished:",
+    "cell_off",
+]
 # packages: (E, I, timer) = (0.1 V, 100 nA, 10 ms), (0.2, 200 nA, 20 ms), (0.3, 300 nA, 30 ms)
 P1 = "PdaDF5E100n;baDF5E100f,10,286;eb8989680n"
 P2 = "Pda8030D40u;ba8030D40p,10,286;eb9312D00n"
@@ -143,19 +157,7 @@ def test_configure_sends_nothing_and_checks_its_values():
 
 
 def test_a_staircase_becomes_one_lsv_loop_streamed_back():
-    lines = [
-        *HEAD,
-        "set_range_minmax da 0 300m",
-        "set_range ba 5m",
-        "set_autoranging ba 100n 5m",
-        "set_e 100m",
-        "cell_on",
-        "timer_start",
-        "meas_loop_lsv p c 100m 300m 100m 10",
-        *BODY,
-        "on_finished:",
-        "cell_off",
-    ]
+    lines = LSV_0V1_TO_0V3
     d, t = make(upload(lines, f"M0000\n{P1}\n{P2}\n{P3}\n*\n"))
     data = run(d, staircase([0.1, 0.2, 0.3], 0.01))
     t.assert_done()
@@ -274,19 +276,7 @@ def test_a_script_that_ends_early_is_an_error():
 
 
 def test_abort_mid_stream_keeps_what_arrived():
-    lines = [
-        *HEAD,
-        "set_range_minmax da 0 300m",
-        "set_range ba 5m",
-        "set_autoranging ba 100n 5m",
-        "set_e 100m",
-        "cell_on",
-        "timer_start",
-        "meas_loop_lsv p c 100m 300m 100m 10",
-        *BODY,
-        "on_finished:",
-        "cell_off",
-    ]
+    lines = LSV_0V1_TO_0V3
     script = upload(lines, f"M0000\n{P1}")
     script.append(("Z", f"{P2}\nZ\n"))
     t = ScriptedTransport(script)
