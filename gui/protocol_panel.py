@@ -241,15 +241,11 @@ class ProtocolPanel(QWidget):
             raise LabctlError("; ".join(self.editor.problems))
         return built
 
-    def sequence_problem(self) -> str:
-        """What keeps the loaded sequence from running ('' if nothing, or no sequence)."""
-        return "; ".join(self.editor.problems) if self.sequence is not None else ""
-
     def problem(self) -> str:
-        """What keeps Start off: the sequence's wrong steps, or the single protocol's fields
-        marked wrong at the last check ('' if nothing)."""
+        """What keeps Start off: the loaded sequence's wrong steps, or the single protocol's
+        fields marked wrong at the last check ('' if nothing)."""
         if self.sequence is not None:
-            return self.sequence_problem()
+            return "; ".join(self.editor.problems)
         return "; ".join(self.form.errors().values())  # each names its field
 
     def set_sequence(self, recipe: Recipe) -> None:

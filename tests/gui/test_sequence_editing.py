@@ -101,7 +101,7 @@ def test_a_bad_value_names_the_step_and_field_and_keeps_start_off(qtbot, window,
     select(qtbot, w, 1)
     edit(w, "amplitude_v", "300")
     assert not w.start_btn.isEnabled()  # at once, before any estimate
-    problem = p.sequence_problem()
+    problem = p.problem()
     assert problem.startswith("step 2 (iv_hysteresis): amplitude_v: 300")
     assert "allowed: > 0 V and <= 210 V" in problem
     assert "step 2 (iv_hysteresis): amplitude_v" in p.estimate_label.text()
@@ -117,7 +117,7 @@ def test_a_bad_value_names_the_step_and_field_and_keeps_start_off(qtbot, window,
     select(qtbot, w, 0)
     assert p.form.protocol_cls.name == "pulse_train"
     edit(w, "count", "many")
-    problem = p.sequence_problem()
+    problem = p.problem()
     assert "step 1 (pulse_train): count: 'many' is not allowed" in problem
     assert "allowed: >= 1 and <= 100000" in problem
     assert "step 2 (iv_hysteresis): amplitude_v" in problem
@@ -136,7 +136,7 @@ def test_a_bad_value_names_the_step_and_field_and_keeps_start_off(qtbot, window,
     select(qtbot, w, 1)
     assert p.form.rows["amplitude_v"].editor.text() == "300"  # what was typed is kept
     edit(w, "amplitude_v", "0.9")
-    assert p.sequence_problem() == ""
+    assert p.problem() == ""
     assert w.start_btn.isEnabled()
     assert "⚠" not in row_text(w, 0) + row_text(w, 1)
     qtbot.waitUntil(lambda: len(p.step_estimates) == 2)
@@ -201,7 +201,7 @@ def test_steps_added_removed_moved_then_saved_load_back_the_same(qtbot, window, 
     assert p.load_recipe(str(out)) is not None
     assert [row_text(w, k) for k in range(3)] == rows
     qtbot.waitUntil(lambda: len(p.step_estimates) == 3)
-    assert w.protocol.sequence_problem() == ""
+    assert w.protocol.problem() == ""
 
     # one step left cannot be removed
     for _ in range(2):
