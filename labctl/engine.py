@@ -58,6 +58,7 @@ class RunResult:
     n_points: int
     duration_s: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -412,6 +413,7 @@ class RunEngine:
             channel_samples=_sample_ids(on_channels),
         )
         self._run_id = run_id
+        self._warnings: list[str] = []
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None
@@ -469,7 +471,9 @@ class RunEngine:
         if n_points and status in ("completed", "aborted"):
             metrics = self._analyze(run_id, protocol, n_host_timed)
         self.store.finish_run(run_id, status, error)
-        result = RunResult(run_id, status, error, n_points, clock.now() - t0, metrics)
+        result = RunResult(
+            run_id, status, error, n_points, clock.now() - t0, metrics, list(self._warnings)
+        )
         self._notify("on_finish", result)
         return result
 
@@ -614,6 +618,13 @@ class RunEngine:
             hook = getattr(listener, method, None)  # duck-typed listeners may lack a hook
             if hook is not None:
                 hook(*args)
+
+    def _warn(self, run_id: int, message: str, data: dict | None = None) -> None:
+        """A warning of the run (what it did that differs from what was asked, a number
+        that cannot be trusted): stored as an event of kind ``warning`` (the run's
+        warnings are those events, :meth:`Store.warnings`) and given back in the result."""
+        self._warnings.append(message)
+        self._event(run_id, "warning", message, data)
 
     def _event(self, run_id: int, kind: str, message: str, data: dict | None = None) -> None:
         with contextlib.suppress(Exception):

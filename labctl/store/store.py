@@ -873,6 +873,15 @@ class Store:
         df["index"] = df["index"].astype("Int64")
         return df
 
+    def warnings(self, run_id: int) -> list[str]:
+        """The run's warnings, oldest first: its events of kind ``warning``."""
+        e = schema.events
+        self._run_row(run_id, "id")
+        stmt = (
+            select(e.c.message).where(e.c.run_id == run_id, e.c.kind == "warning").order_by(e.c.id)
+        )
+        return [row["message"] for row in self._rows(stmt, f"read warnings of run {run_id}")]
+
     def events(self, run_id: int):
         """The run's events as a DataFrame: at (UTC), t (s), kind, message, data."""
         import pandas as pd

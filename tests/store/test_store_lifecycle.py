@@ -191,6 +191,14 @@ def test_events_round_trip(store, run_id):
     assert str(ev["at"].dt.tz) == "UTC"
 
 
+def test_warnings_are_the_runs_warning_events_in_order(store, run_id):
+    assert store.warnings(run_id) == []
+    store.add_event(run_id, "warning", "ran at 12 Hz, asked 100 Hz")
+    store.add_event(run_id, "note", "not a warning")
+    store.add_event(run_id, "warning", "tau unreliable")
+    assert store.warnings(run_id) == ["ran at 12 Hz, asked 100 Hz", "tau unreliable"]
+
+
 def test_metrics_round_trip(store, run_id):
     rows = [
         {"name": "r_on", "value": 1.5e3, "unit": "ohm"},
