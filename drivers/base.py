@@ -11,7 +11,7 @@ import numpy as np
 
 from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
+from labctl.errors import Aborted, InstrumentError, LabctlError, LimitError, ValidationError
 from labctl.program import Program
 
 
@@ -244,12 +244,71 @@ def run_host_timed(
     clock.sleep_until(t_start + ends[-1])
 
 
+def deadline_grace_s(planned_s: float) -> float:
+    """How long past its planned end a hardware-timed run may go before it counts as stuck:
+    2 s, or a tenth of the run if that is longer (the instrument's own timing and the host's
+    polls add a little to a long run)."""
+    return max(2.0, 0.1 * planned_s)
+
+
+FIRST_LATE_POLL_S = 1e-3  # the first poll after a run's planned end; later ones double
+
+
+class HardwareRun:
+    """One hardware-timed run as :meth:`DriverBase.follow` drives it.
+
+    A driver subclasses it for its instrument: :meth:`start` starts the run, :meth:`progress`
+    asks the instrument how it goes, :meth:`fetch` reads the readings not yet read (advancing
+    ``done``), :meth:`stop` stops it (abort, deadline, reported error). ``follow()`` owns the
+    rest: when to poll, the deadline, keeping the points taken, the error check.
+    """
+
+    readings: int = 0  # readings each channel gives
+    planned_s: float = 0.0  # from start() to the end of the last reading
+    poll_s: float | None = None  # how often to look (None: the driver's poll interval)
+    rounding_s: float = 0.0  # how much later than planned the instrument's sums may end
+
+    def __init__(self, channels: Sequence[int] = (0,)) -> None:
+        self.done: dict[int, int] = dict.fromkeys(channels, 0)  # readings read, per channel
+        self.failed = False  # set by progress() or wait(): the instrument reported an error
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait(self, clock: Clock, until: float) -> None:
+        """Let time pass until clock time ``until`` (an instrument that streams its data
+        reads it meanwhile)."""
+        clock.sleep_until(until)
+
+    def progress(self) -> bool | None:
+        """Whether the instrument says the run has ended (None: it cannot tell; the run is
+        then over once every reading is read). Sets ``failed`` on a reported error."""
+        return None
+
+    def fetch(self) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def errors(self) -> str:
+        """What the instrument reported when ``failed`` (read after :meth:`stop`)."""
+        return "an error"
+
+    @property
+    def read(self) -> int:
+        """Readings read on the channel that has fewest."""
+        return min(self.done.values(), default=0)
+
+
 class DriverBase:
     """The skeleton every driver shares: the transport and clock it runs on, the sample's
-    limits, closing, and a context manager that always ends in safe state."""
+    limits, closing, a context manager that always ends in safe state, and :meth:`follow`,
+    the one loop that follows a hardware-timed run."""
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
+    poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
 
     def __init__(self, transport, clock: Clock | None = None) -> None:
         self.transport = transport
@@ -276,18 +335,85 @@ class DriverBase:
         finally:
             self.close()
 
+    # -- following a hardware-timed run ---------------------------------------------------
+    def _poll_interval(self, expected_s: float) -> float:
+        """How long to wait between polls of a run of ``expected_s``: ``poll_s`` in real
+        time; on a virtual clock a sixteenth of the run (at least 0.25 s), few host wakes."""
+        if getattr(self.clock, "is_virtual", False):
+            return max(0.25, expected_s / 16)
+        return self.poll_s
+
+    def follow(self, run: HardwareRun, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        """Start ``run`` and yield its readings as they come until it is complete.
+
+        An abort stops the run, keeps what it took and raises Aborted. An error the
+        instrument reports stops it and raises InstrumentError with the instrument's words.
+        A run the instrument ends short, or one not complete ``deadline_grace_s`` after its
+        planned end (the same rule in virtual seconds on a virtual clock), raises
+        InstrumentError naming the resource and how many readings of how many arrived; the
+        readings read before are yielded first, and the caller's safe state follows.
+        """
+        clock = self.clock
+        run.start()
+        end = clock.now() + run.planned_s  # the run cannot begin before it was started
+        # the instrument's own sum of its step times may end a rounding error later: one
+        # poll at the end, one a rounding error after it, then the late polls
+        marks = [end, end + max(1e-12 * max(1.0, abs(end)), run.rounding_s)]
+        grace = deadline_grace_s(run.planned_s)
+        deadline = end + grace
+        poll = run.poll_s if run.poll_s is not None else self._poll_interval(run.planned_s)
+        late_poll = FIRST_LATE_POLL_S
+        resource = self.transport.resource
+        while True:
+            if abort is not None and abort.is_set():
+                run.stop()
+                yield from run.fetch()  # keep every point taken before the abort
+                raise Aborted("run aborted")
+            now = clock.now()
+            while marks and marks[0] <= now:
+                marks.pop(0)
+            if marks:
+                until = min(now + poll, marks[0])
+            else:  # past its end: look soon, then less and less often
+                until = min(now + late_poll, deadline)
+                late_poll = min(2 * late_poll, poll)
+            run.wait(clock, max(until, now))
+            ended = run.progress()
+            yield from run.fetch()
+            if run.failed:
+                run.stop()
+                raise InstrumentError(f"{resource} reports during a run: {run.errors()}")
+            complete = run.read >= run.readings
+            if ended is True and not complete:
+                raise InstrumentError(
+                    f"{resource}: the run ended after {run.read} of {run.readings} readings"
+                )
+            if complete and ended is not False:
+                return
+            if clock.now() >= deadline:
+                got = run.read
+                try:  # keep what the instrument took; a dead link must not hide the error
+                    run.stop()
+                    yield from run.fetch()
+                except LabctlError:
+                    pass
+                raise InstrumentError(
+                    f"{resource}: the run is not complete {grace:g} s after its planned end "
+                    f"({max(got, run.read)} of {run.readings} readings arrived); stopped"
+                )
+
 
 class SourceMeterBase(DriverBase):
     """Adds what source-measure units share: integration time in power-line cycles, the
-    current limit checked against the instrument and the sample, the poll interval, and
-    ``execute``: the checks, then a hardware-timed plan when there is one, else host timing.
+    current limit checked against the instrument and the sample, and ``execute``: the
+    checks, then a hardware-timed plan when there is one, else host timing.
 
     A subclass gives ``family`` (how messages name it), ``compile`` (the hardware-timed runs
-    of a program, None if it has none; ``hardware_refusal`` says why), ``_run_hardware``,
-    ``_run_software`` and ``_compliance_command``; single-output drivers ``_level_command``
-    and ``_output_on_command`` (SCPI's by default) for :meth:`_set_level`; drivers that poll
-    a run with :meth:`_follow_run` its ``_fetch``. ``check_errors`` reads a SCPI error queue
-    unless overridden.
+    of a program, None if it has none; ``hardware_refusal`` says why), ``_run_hardware``
+    (each run a :class:`HardwareRun` given to :meth:`follow`), ``_run_software`` and
+    ``_compliance_command``; single-output drivers ``_level_command`` and
+    ``_output_on_command`` (SCPI's by default) for :meth:`_set_level`. ``check_errors``
+    reads a SCPI error queue unless overridden.
     """
 
     family: ClassVar[str] = ""  # "2400", "B2900", ...: the instrument in messages
@@ -304,7 +430,6 @@ class SourceMeterBase(DriverBase):
         self.nplc = 1.0
         self.line_frequency_hz = 50.0
         self.compliance_a = 105e-6
-        self.poll_s = 0.1
         self._output_on: bool | None = None  # single-output drivers: None = not known
         self._last_level: float | None = None
 
@@ -411,7 +536,7 @@ class SourceMeterBase(DriverBase):
         if errors:
             raise InstrumentError(f"{self.transport.resource} reports: " + " | ".join(errors))
 
-    # -- one output: levels and polls ------------------------------------------------------
+    # -- one output: levels ------------------------------------------------------
     def _level_command(self, level: float) -> str:
         return f":SOUR:VOLT {num(level)}"
 
@@ -440,58 +565,3 @@ class SourceMeterBase(DriverBase):
             raise InstrumentError(
                 f"{self.transport.resource}: output still reads {state!r} after OFF"
             )
-
-    def _poll_interval(self, expected_s: float) -> float:
-        """How long to wait between polls of a run of ``expected_s``: ``poll_s`` in real
-        time; on a virtual clock a sixteenth of the run (at least 0.25 s), few host wakes."""
-        if getattr(self.clock, "is_virtual", False):
-            return max(0.25, expected_s / 16)
-        return self.poll_s
-
-    def _fetch(self, program: Program, run, done: dict[int, int], t0: float) -> Iterator[Chunk]:
-        """The readings of a hardware-timed ``run`` not yet read (``done``, per channel,
-        which it advances), ``t0`` the program time of the first; for :meth:`_follow_run`."""
-        raise NotImplementedError
-
-    def _follow_run(
-        self,
-        program: Program,
-        run,
-        t0: float,
-        *,
-        channels: Sequence[int],
-        end: float,
-        expected_s: float,
-        stop_command: str,
-        short: Callable[[dict[int, int], int], str],
-        abort: threading.Event | None,
-    ) -> Iterator[Chunk]:
-        """Poll a hardware-timed ``run`` of ``run.n`` readings per channel that should end at
-        ``end`` (clock time), yielding what :meth:`_fetch` reads, until every channel has all;
-        an abort sends ``stop_command`` and keeps what was taken. A run not complete a grace
-        time after ``end`` (2 s or 5 %; on a virtual clock a rounding error) raises
-        InstrumentError with ``short(readings per channel, run.n)``."""
-        done = dict.fromkeys(channels, 0)
-        virtual = getattr(self.clock, "is_virtual", False)
-        # the instrument's own sum of the step times may end a rounding error later
-        slack = 1e-12 * max(1.0, abs(end))
-        grace = max(2.0, 0.05 * expected_s) if not virtual else slack
-        poll = self._poll_interval(expected_s)
-        while True:
-            if abort is not None and abort.is_set():
-                self.transport.write(stop_command)
-                # keep every point taken before the abort
-                yield from self._fetch(program, run, done, t0)
-                raise Aborted("run aborted")
-            remaining = end - self.clock.now()
-            if remaining > 0:
-                self.clock.sleep(min(poll, remaining))
-            else:
-                self.clock.sleep(self.poll_s if not virtual else slack)
-            for chunk in self._fetch(program, run, done, t0):
-                if len(chunk):
-                    yield chunk
-            if all(k >= run.n for k in done.values()):
-                return
-            if self.clock.now() - end >= grace:
-                raise InstrumentError(f"{self.transport.resource}: {short(done, run.n)}")

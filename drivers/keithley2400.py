@@ -31,6 +31,7 @@ import numpy as np
 from drivers.base import (
     SCPI_LINES,
     Capabilities,
+    HardwareRun,
     SourceMeterBase,
     make_chunk,
     num,
@@ -172,61 +173,8 @@ class Keithley2400(SourceMeterBase):
                 self.transport.write(
                     ":SOUR:LIST:VOLT:APP " + ",".join(levels[s : s + LIST_PER_COMMAND])
                 )
-            t_init = self.clock.now() - t_start
-            # After a sweep the 2400 sources its amplitude (the bias level): set it to the
-            # sweep's last level so the output holds that level until the next step.
-            self.transport.write(
-                f":SOUR:VOLT:MODE LIST;:SOUR:DEL {num(sw.delay_s)};:TRIG:COUN {sw.n};"
-                f":TRAC:FEED:CONT NEV;:TRAC:CLE;:TRAC:POIN {sw.n};:TRAC:FEED SENS;"
-                f":TRAC:FEED:CONT NEXT;:SOUR:VOLT {levels[-1]};:INIT"
-            )
-            self._fixed_mode = False
-            step = sw.delay_s + self.aperture_s
-            expected = sw.n * step
-            # the first reading (TIME 0 in the data store) ends one step after INIT
-            t0 = t_init + step
-            yield from self._follow_run(
-                program,
-                sw,
-                t0,
-                channels=[1],
-                end=t_start + t_init + expected,
-                expected_s=expected,
-                stop_command=":ABOR",
-                short=lambda done, n: f"sweep ended after {done[1]} of {n} points",
-                abort=abort,
-            )
+            yield from self.follow(_SweepRun(self, program, sw, t_start, levels[-1]), abort)
             self._last_level = float(sw.levels[-1])
-
-    def _fetch(
-        self, program: Program, sw: _Sweep, done: dict[int, int], t0: float
-    ) -> Iterator[Chunk]:
-        """The sweep's readings after the first ``done[1]`` (which it advances)."""
-        available = min(int(float(self.transport.query(":TRAC:POIN:ACT?"))), sw.n)
-        if available <= done[1]:
-            return
-        fields = self.transport.query(":TRAC:DATA?").split(",")
-        if len(fields) % 4:
-            raise InstrumentError(
-                f"{self.transport.resource}: data store reply of {len(fields)} values is not "
-                f"a whole number of {ELEMENTS} readings"
-            )
-        # the store is read whole each time: convert only the readings not yet seen
-        start = done[1]
-        values = np.array(fields[4 * start : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
-        stop = done[1] = start + len(values)
-        keep = sw.keep[start:stop]
-        v = values[keep]
-        flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
-        yield make_chunk(
-            program,
-            sw.rows[start:stop][keep],
-            t0 + v[:, 2],
-            v[:, 0],
-            v[:, 1],
-            flags,
-            compliance=self.compliance_a,
-        )
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         if not self._fixed_mode:
@@ -313,3 +261,69 @@ def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
     for a, b in itertools.pairwise(bounds):
         out.extend((s, min(int(b), s + limit)) for s in range(int(a), int(b), limit))
     return out
+
+
+class _SweepRun(HardwareRun):
+    """One 2400 list sweep: ``:INIT`` into the data store, read while it fills, ``:ABOR``."""
+
+    def __init__(
+        self, driver: Keithley2400, program: Program, sw: _Sweep, t_start: float, last: str
+    ) -> None:
+        super().__init__()
+        self.driver, self.program, self.sw, self.t_start, self.last = (
+            driver,
+            program,
+            sw,
+            t_start,
+            last,
+        )
+        self.step = sw.delay_s + driver.aperture_s
+        self.readings = sw.n
+        self.planned_s = sw.n * self.step
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        d, sw = self.driver, self.sw
+        # the first reading (TIME 0 in the data store) ends one step after INIT
+        self.t0 = d.clock.now() - self.t_start + self.step
+        # After a sweep the 2400 sources its amplitude (the bias level): set it to the
+        # sweep's last level so the output holds that level until the next step.
+        d.transport.write(
+            f":SOUR:VOLT:MODE LIST;:SOUR:DEL {num(sw.delay_s)};:TRIG:COUN {sw.n};"
+            f":TRAC:FEED:CONT NEV;:TRAC:CLE;:TRAC:POIN {sw.n};:TRAC:FEED SENS;"
+            f":TRAC:FEED:CONT NEXT;:SOUR:VOLT {self.last};:INIT"
+        )
+        d._fixed_mode = False
+
+    def fetch(self) -> Iterator[Chunk]:
+        """The readings not yet read (the data store is read whole: only those are kept)."""
+        t, sw = self.driver.transport, self.sw
+        available = min(int(float(t.query(":TRAC:POIN:ACT?"))), sw.n)
+        if available <= self.done[0]:
+            return
+        fields = t.query(":TRAC:DATA?").split(",")
+        if len(fields) % 4:
+            raise InstrumentError(
+                f"{t.resource}: data store reply of {len(fields)} values is not a whole "
+                f"number of {ELEMENTS} readings"
+            )
+        start = self.done[0]
+        values = np.array(fields[4 * start : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
+        stop = self.done[0] = start + len(values)
+        keep = sw.keep[start:stop]
+        v = values[keep]
+        if not len(v):
+            return
+        flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
+        yield make_chunk(
+            self.program,
+            sw.rows[start:stop][keep],
+            self.t0 + v[:, 2],
+            v[:, 0],
+            v[:, 1],
+            flags,
+            compliance=self.driver.compliance_a,
+        )
+
+    def stop(self) -> None:
+        self.driver.transport.write(":ABOR")

@@ -22,6 +22,7 @@ import numpy as np
 from drivers.base import (
     SCPI_LINES,
     Capabilities,
+    HardwareRun,
     SourceMeterBase,
     make_chunk,
     num,
@@ -31,7 +32,7 @@ from drivers.base import (
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
-from labctl.errors import Aborted, InstrumentError
+from labctl.errors import InstrumentError
 from labctl.program import Program
 from labctl.transport import Transport, block_to_array
 
@@ -44,7 +45,6 @@ DEFAULT_BUFFER_POINTS = 100_000  # defbuffer1 after *RST; it wraps when full
 MIN_DELAY_S = 50e-6
 MAX_DELAY_S = 10e3
 FETCH_MAX = 100_000  # readings per bulk query
-LATE_POLL_S = 1e-3  # poll interval once a sweep has run past its planned end
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -200,7 +200,6 @@ class Keithley2450(SourceMeterBase):
         if needed > self._buffer_points:  # a wrapped buffer would renumber unread readings
             self.transport.write(f":TRAC:POIN {needed},{BUFFER}")
             self._buffer_points = needed
-        aperture = self.aperture_s
         for sw in sweeps:
             raise_if_aborted(abort)
             if sw.linear:
@@ -211,72 +210,8 @@ class Keithley2450(SourceMeterBase):
             else:
                 self.transport.write(":SOUR:LIST:VOLT " + ",".join(num(x) for x in sw.levels))
                 self.transport.write(f":SOUR:SWE:VOLT:LIST 1,{num(sw.delay_s)},1,OFF,{BUFFER}")
-            t_init = self.clock.now() - t_start
-            self.transport.write(f":TRAC:CLE {BUFFER};:INIT")
-            period = sw.delay_s + aperture
-            expected = sw.n * period
-            # The first reading (REL = 0) is taken one period after INIT.
-            t0 = t_init + period
-            done = 0
-            poll = self._poll_interval(expected)
-            while True:
-                if abort is not None and abort.is_set():
-                    self.transport.write(":ABOR")
-                    for _n, chunk in self._fetch(program, sw, done, t0):
-                        yield chunk  # keep every point taken before the abort
-                    raise Aborted("run aborted")
-                remaining = t_start + t_init + expected - self.clock.now()
-                # never poll without letting time pass: an instrument that runs a little
-                # longer than planned must not turn this loop into a busy wait
-                self.clock.sleep(min(poll, remaining) if remaining > 0 else LATE_POLL_S)
-                state = self.transport.query(":TRIG:STAT?").split(";")[0].strip().upper()
-                finished = state in ("IDLE", "ABORTED")
-                for n_new, chunk in self._fetch(program, sw, done, t0):
-                    done += n_new
-                    if len(chunk):
-                        yield chunk
-                if finished:
-                    if done < sw.n:
-                        raise InstrumentError(
-                            f"{self.transport.resource}: sweep ended after {done} of {sw.n} points"
-                        )
-                    break
-                if state == "FAILED":
-                    raise InstrumentError(f"{self.transport.resource}: the trigger model failed")
+            yield from self.follow(_SweepRun(self, program, sw, t_start), abort)
             self._last_level = float(sw.levels[-1])
-
-    def _fetch(
-        self, program: Program, sw: _Sweep, done: int, t0: float
-    ) -> Iterator[tuple[int, Chunk]]:
-        """Read the sweep's readings after the first ``done`` in bulk, as (count, chunk)."""
-        available = min(int(float(self.transport.query(f":TRAC:ACT? {BUFFER}"))), sw.n)
-        while done < available:
-            stop = min(available, done + FETCH_MAX)
-            payload = self.transport.query_block(
-                f":FORM:DATA REAL;:TRAC:DATA? {done + 1},{stop},{BUFFER},{ELEMENTS}"
-            )
-            self.transport.write(":FORM:DATA ASC")
-            values = block_to_array(payload).reshape(-1, 3)
-            if len(values) != stop - done:
-                raise InstrumentError(
-                    f"{self.transport.resource}: asked for {stop - done} readings, "
-                    f"got {len(values)}"
-                )
-            rows = np.arange(sw.row0 + done, sw.row0 + stop)
-            keep = program.sample[rows]
-            yield (
-                stop - done,
-                make_chunk(
-                    program,
-                    rows[keep],
-                    t0 + values[keep, 0],
-                    values[keep, 1],
-                    values[keep, 2],
-                    0,
-                    compliance=self.compliance_a,
-                ),
-            )
-            done = stop
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         query = f":READ? {BUFFER},{ELEMENTS}"
@@ -302,3 +237,61 @@ class Keithley2450(SourceMeterBase):
         self._output_on = False
         self._last_level = 0.0
         self._check_output_off()
+
+
+class _SweepRun(HardwareRun):
+    """One 2450 sweep: ``:INIT``, the trigger state, the buffer read by index, ``:ABOR``."""
+
+    def __init__(self, driver: Keithley2450, program: Program, sw: _Sweep, t_start: float):
+        super().__init__()
+        self.driver, self.program, self.sw, self.t_start = driver, program, sw, t_start
+        self.period = sw.delay_s + driver.aperture_s
+        self.readings = sw.n
+        self.planned_s = sw.n * self.period
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        # the first reading (REL = 0) is taken one period after INIT
+        self.t0 = self.driver.clock.now() - self.t_start + self.period
+        self.driver.transport.write(f":TRAC:CLE {BUFFER};:INIT")
+
+    def progress(self) -> bool:
+        state = self.driver.transport.query(":TRIG:STAT?").split(";")[0].strip().upper()
+        self.failed = state == "FAILED"
+        return state in ("IDLE", "ABORTED")
+
+    def fetch(self) -> Iterator[Chunk]:
+        """The readings not yet read, in bulk (``FETCH_MAX`` a query)."""
+        t, sw = self.driver.transport, self.sw
+        available = min(int(float(t.query(f":TRAC:ACT? {BUFFER}"))), sw.n)
+        while self.done[0] < available:
+            done = self.done[0]
+            stop = min(available, done + FETCH_MAX)
+            payload = t.query_block(
+                f":FORM:DATA REAL;:TRAC:DATA? {done + 1},{stop},{BUFFER},{ELEMENTS}"
+            )
+            t.write(":FORM:DATA ASC")
+            values = block_to_array(payload).reshape(-1, 3)
+            if len(values) != stop - done:
+                raise InstrumentError(
+                    f"{t.resource}: asked for {stop - done} readings, got {len(values)}"
+                )
+            rows = np.arange(sw.row0 + done, sw.row0 + stop)
+            keep = self.program.sample[rows]
+            self.done[0] = stop
+            if keep.any():
+                yield make_chunk(
+                    self.program,
+                    rows[keep],
+                    self.t0 + values[keep, 0],
+                    values[keep, 1],
+                    values[keep, 2],
+                    0,
+                    compliance=self.driver.compliance_a,
+                )
+
+    def stop(self) -> None:
+        self.driver.transport.write(":ABOR")
+
+    def errors(self) -> str:
+        return "the trigger model failed"

@@ -43,6 +43,7 @@ import numpy as np
 
 from drivers.base import (
     Capabilities,
+    HardwareRun,
     SourceMeterBase,
     make_chunk,
     num,
@@ -52,7 +53,7 @@ from drivers.base import (
 )
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
-from labctl.errors import Aborted, InstrumentError, ValidationError
+from labctl.errors import InstrumentError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -360,79 +361,8 @@ class Keithley2600(SourceMeterBase):
                     f"{x}.nvbuffer2.clear()",
                 ]
             self.transport.write(" ".join(setup))
-            t_init = self.clock.now() - t_start
-            # Followers first: the leader's ARMED event starts the timers for all of them.
-            # The answer makes the host wait until the runs have started (and tells at once
-            # whether they could).
-            n_errors = self.transport.query(
-                " ".join(f"{SMU[c]}.trigger.initiate()" for c in reversed(self.channels))
-                + " print(errorqueue.count)"
-            )
-            if float(n_errors) > 0:
-                self._abort_runs()
-                raise InstrumentError(
-                    f"{self.transport.resource} cannot start the run: "
-                    + self._drain_errors(int(float(n_errors)))
-                )
-            yield from self._follow(program, sw, t_init, abort)
+            yield from self.follow(_TriggerRun(self, program, sw, t_start), abort)
             self._last_level = float(sw.levels[-1])
-
-    def _follow(
-        self, program: Program, sw: _Sweep, t_init: float, abort: threading.Event | None
-    ) -> Iterator[Chunk]:
-        """Poll one run until it ends, yielding readings as they arrive."""
-        expected = sw.n * sw.step_s
-        # reading k ends with step k: at t_init + (k + 1) * step; its timestamp counts from
-        # reading 0
-        t0 = t_init + sw.step_s
-        done = dict.fromkeys(self.channels, 0)
-        wanted = sw.n if sw.measure else 0
-        poll = self._poll_interval(expected)
-        # a hair after the expected end, so that rounding cannot leave the last reading a
-        # few ulps beyond the first poll
-        deadline = self.clock.now() + expected + 1e-9 * max(1.0, expected)
-        grace = max(2.0, 0.1 * expected)  # then a run that still goes is stuck
-        status_query = (
-            "print("
-            + ", ".join(f"{SMU[c]}.nvbuffer1.n" for c in self.channels)
-            + ", status.operation.sweeping.condition, errorqueue.count)"
-        )
-        while True:
-            if abort is not None and abort.is_set():
-                self._abort_runs()
-                for c in self.channels:
-                    yield from self._fetch(program, sw, c, done, t0, None)
-                raise Aborted("run aborted")
-            remaining = deadline - self.clock.now()
-            late_poll = min(poll, max(sw.step_s / 10, 1e-3))
-            self.clock.sleep(min(poll, remaining) if remaining > 0 else late_poll)
-            values = [float(x) for x in self.transport.query(status_query).split("\t")]
-            k = len(self.channels)
-            counts = dict(zip(self.channels, (int(v) for v in values[:k]), strict=True))
-            sweeping, n_errors = int(values[k]), int(values[k + 1])
-            running = any(sweeping & (2 << c) for c in self.channels)
-            for c in self.channels:
-                yield from self._fetch(program, sw, c, done, t0, min(counts[c], wanted))
-            if n_errors > 0:
-                self._abort_runs()
-                raise InstrumentError(
-                    f"{self.transport.resource} reports during a run: "
-                    + self._drain_errors(n_errors)
-                )
-            if running and self.clock.now() > deadline + grace:
-                self._abort_runs()
-                raise InstrumentError(
-                    f"{self.transport.resource}: the run still goes {grace:g} s after its "
-                    f"expected end ({min(done.values())} of {wanted} points); aborted"
-                )
-            if not running:
-                short = [SMU[c] for c in self.channels if done[c] < wanted]
-                if short:
-                    raise InstrumentError(
-                        f"{self.transport.resource}: the run on {', '.join(short)} ended after "
-                        f"{min(done.values())} of {wanted} points"
-                    )
-                return
 
     def _abort_runs(self) -> None:
         self.transport.write(
@@ -545,6 +475,71 @@ class Keithley2600(SourceMeterBase):
             raise InstrumentError(
                 f"{self.transport.resource}: outputs read {reply.strip()!r} after OUTPUT_OFF"
             )
+
+
+class _TriggerRun(HardwareRun):
+    """One trigger-model run on every selected SMU: initiated followers first, polled for
+    the buffer counts, the sweeping status and the error queue, aborted with both timers
+    reset."""
+
+    def __init__(self, driver: Keithley2600, program: Program, sw: _Sweep, t_start: float):
+        super().__init__(driver.channels)
+        self.driver, self.program, self.sw, self.t_start = driver, program, sw, t_start
+        self.readings = sw.n if sw.measure else 0
+        self.planned_s = sw.n * sw.step_s
+        # the timers' sums may end a few ulps later than the host's product
+        self.rounding_s = 1e-9 * max(1.0, self.planned_s)
+        self.t0 = 0.0
+        self.counts: dict[int, int | None] = dict.fromkeys(driver.channels)
+        self.n_errors = 0
+        x = [SMU[c] for c in driver.channels]
+        self.status_query = (
+            "print("
+            + ", ".join(f"{s}.nvbuffer1.n" for s in x)
+            + ", status.operation.sweeping.condition, errorqueue.count)"
+        )
+
+    def start(self) -> None:
+        d = self.driver
+        # reading k ends with step k: at t_init + (k + 1) * step; its timestamp counts from
+        # reading 0
+        self.t0 = d.clock.now() - self.t_start + self.sw.step_s
+        # Followers first: the leader's ARMED event starts the timers for all of them.
+        # The answer makes the host wait until the runs have started (and tells at once
+        # whether they could).
+        n_errors = d.transport.query(
+            " ".join(f"{SMU[c]}.trigger.initiate()" for c in reversed(d.channels))
+            + " print(errorqueue.count)"
+        )
+        if float(n_errors) > 0:
+            d._abort_runs()
+            raise InstrumentError(
+                f"{d.transport.resource} cannot start the run: "
+                + d._drain_errors(int(float(n_errors)))
+            )
+
+    def progress(self) -> bool:
+        chans = self.driver.channels
+        values = [float(x) for x in self.driver.transport.query(self.status_query).split("\t")]
+        k = len(chans)
+        for c, v in zip(chans, values[:k], strict=True):
+            self.counts[c] = min(int(v), self.readings)
+        sweeping, self.n_errors = int(values[k]), int(values[k + 1])
+        self.failed = self.n_errors > 0
+        return not any(sweeping & (2 << c) for c in chans)
+
+    def fetch(self) -> Iterator[Chunk]:
+        for c in self.driver.channels:
+            yield from self.driver._fetch(
+                self.program, self.sw, c, self.done, self.t0, self.counts[c]
+            )
+            self.counts[c] = None  # asked again unless the next poll tells
+
+    def stop(self) -> None:
+        self.driver._abort_runs()
+
+    def errors(self) -> str:
+        return self.driver._drain_errors(self.n_errors)
 
 
 def _split(level: np.ndarray, a: int, b: int) -> Iterator[tuple[int, np.ndarray, bool]]:

@@ -53,6 +53,7 @@ import numpy as np
 from drivers.base import (
     SCPI_LINES,
     Capabilities,
+    HardwareRun,
     SourceMeterBase,
     make_chunk,
     num,
@@ -316,8 +317,6 @@ class KeysightB2900(SourceMeterBase):
         self._outputs_on_at(float(program.level[0]) if first is None else first.base)
         self._set_format(True)
         chans = [c + 1 for c in self.channels]
-        chanlist = "(@" + ",".join(str(c) for c in chans) + ")"
-        aperture = self.aperture_s
         due = 0.0  # the earliest start of the next run: the end of the last one's triggers
         ideal = 0.0  # where the next run starts in the program
         lag = 0.0  # how much later than that the last run started
@@ -348,65 +347,15 @@ class KeysightB2900(SourceMeterBase):
                 )
             shape = self._set_shape(pulse is not None)
             self.clock.sleep_until(t_start + due)  # never earlier than the program says
-            t_init = self.clock.now() - t_start
-            lag = t_init - ideal
-            self.transport.write(shape + ";".join(setup) + f";:INIT {chanlist}")
-            # TIME counts from INIT and marks the trigger; the reading ends an acquire delay
-            # and an aperture later
-            t0 = t_init + sw.acq_delay_s + aperture
-            expected = sw.duration_s(aperture)
-            yield from self._follow_run(
-                program,
-                sw,
-                t0,
-                channels=chans,
-                end=t_start + t_init + expected,
-                expected_s=expected,
-                stop_command=f":ABOR {chanlist}",
-                short=_ended_short,
-                abort=abort,
-            )
+            run = _TimerRun(self, program, sw, chans, t_start, shape + ";".join(setup))
+            yield from self.follow(run, abort)
+            lag = run.t_init - ideal
             self._last_level = float(sw.levels[-1]) if pulse is None else pulse.base
-            due = t_init + sw.n * sw.period_s
+            due = run.t_init + sw.n * sw.period_s
             ideal += sw.n * sw.period_s
         # a pulse train may end at its base after its last trigger
         self.clock.sleep_until(t_start + lag + program.total_duration)
         self._set_format(False)
-
-    def _fetch(
-        self, program: Program, sw: _Sweep, done: dict[int, int], t0: float
-    ) -> Iterator[Chunk]:
-        """Each channel's new readings in bulk; advances ``done`` (per channel)."""
-        chans = list(done)
-        reply = self.transport.query(";".join(f":TRAC{c}:POIN:ACT?" for c in chans))
-        counts = [min(int(float(x)), sw.n) for x in reply.split(";")]
-        if len(counts) != len(chans):
-            raise InstrumentError(f"{self.transport.resource}: unexpected reply {reply!r}")
-        for c, available in zip(chans, counts, strict=True):
-            while done[c] < available:
-                start = done[c]
-                size = min(available - start, FETCH_MAX)
-                payload = self.transport.query_block(f":TRAC{c}:DATA? {start},{size}")
-                values = block_to_array(payload)
-                if len(values) != 3 * size:
-                    raise InstrumentError(
-                        f"{self.transport.resource}: asked channel {c} for {size} readings, "
-                        f"got {len(values) / 3:g}"
-                    )
-                values = values.reshape(-1, 3)
-                k = np.arange(start, start + size)
-                keep = sw.keep[k]
-                done[c] = start + size
-                yield make_chunk(
-                    program,
-                    sw.rows[k[keep]],
-                    t0 + values[keep, 2],
-                    values[keep, 0],
-                    values[keep, 1],
-                    0,
-                    compliance=self.compliance_a,
-                    channel=c - 1,
-                )
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
         self._set_format(False)
@@ -485,11 +434,6 @@ class KeysightB2900(SourceMeterBase):
                 f"{self.transport.resource}: output of channel {on or chans} still reads on "
                 f"after OFF ({';'.join(states)!r})"
             )
-
-
-def _ended_short(done: dict[int, int], n: int) -> str:
-    got = ", ".join(f"channel {c}: {k}" for c, k in done.items())
-    return f"sweep of {n} points ended short ({got})"
 
 
 def plan_pulses(program: Program, *, aperture_s: float) -> list[_Sweep] | None:
@@ -600,3 +544,75 @@ def _fit_period(
     ):
         return None
     return t, d, acq, pulse_cells, read_cells
+
+
+class _TimerRun(HardwareRun):
+    """One timer-triggered run on every selected channel: ``:INIT (@...)``, each channel's
+    trace buffer read by offset, ``:ABOR (@...)``."""
+
+    def __init__(
+        self,
+        driver: KeysightB2900,
+        program: Program,
+        sw: _Sweep,
+        chans: list[int],
+        t_start: float,
+        setup: str,
+    ) -> None:
+        super().__init__(chans)
+        self.driver, self.program, self.sw, self.t_start, self.setup = (
+            driver,
+            program,
+            sw,
+            t_start,
+            setup,
+        )
+        self.chanlist = "(@" + ",".join(str(c) for c in chans) + ")"
+        self.readings = sw.n
+        self.planned_s = sw.duration_s(driver.aperture_s)
+        self.t_init = self.t0 = 0.0
+
+    def start(self) -> None:
+        d, sw = self.driver, self.sw
+        self.t_init = d.clock.now() - self.t_start
+        # TIME counts from INIT and marks the trigger; the reading ends an acquire delay
+        # and an aperture later
+        self.t0 = self.t_init + sw.acq_delay_s + d.aperture_s
+        d.transport.write(self.setup + f";:INIT {self.chanlist}")
+
+    def fetch(self) -> Iterator[Chunk]:
+        """Each channel's new readings in bulk."""
+        t, sw, done = self.driver.transport, self.sw, self.done
+        chans = list(done)
+        reply = t.query(";".join(f":TRAC{c}:POIN:ACT?" for c in chans))
+        counts = [min(int(float(x)), sw.n) for x in reply.split(";")]
+        if len(counts) != len(chans):
+            raise InstrumentError(f"{t.resource}: unexpected reply {reply!r}")
+        for c, available in zip(chans, counts, strict=True):
+            while done[c] < available:
+                start = done[c]
+                size = min(available - start, FETCH_MAX)
+                values = block_to_array(t.query_block(f":TRAC{c}:DATA? {start},{size}"))
+                if len(values) != 3 * size:
+                    raise InstrumentError(
+                        f"{t.resource}: asked channel {c} for {size} readings, "
+                        f"got {len(values) / 3:g}"
+                    )
+                values = values.reshape(-1, 3)
+                k = np.arange(start, start + size)
+                keep = sw.keep[k]
+                done[c] = start + size
+                if keep.any():
+                    yield make_chunk(
+                        self.program,
+                        sw.rows[k[keep]],
+                        self.t0 + values[keep, 2],
+                        values[keep, 0],
+                        values[keep, 1],
+                        0,
+                        compliance=self.driver.compliance_a,
+                        channel=c - 1,
+                    )
+
+    def stop(self) -> None:
+        self.driver.transport.write(f":ABOR {self.chanlist}")

@@ -8,10 +8,11 @@ from labctl.data import Chunk
 from labctl.testing import ScriptedTransport
 
 
-def scripted(driver_class, script, **attrs):
-    """(driver, transport): ``driver_class`` on a transport that expects ``script`` exactly,
-    on a virtual clock and 50 Hz mains; ``attrs`` set on the driver."""
-    t = ScriptedTransport(script)
+def scripted(driver_class, script, *, repeat=None, **attrs):
+    """(driver, transport): ``driver_class`` on a transport that expects ``script`` exactly
+    (with the polls of ``repeat`` answered alike whenever asked: :class:`StuckScript`), on a
+    virtual clock and 50 Hz mains; ``attrs`` set on the driver."""
+    t = ScriptedTransport(script) if repeat is None else StuckScript(script, repeat)
     d = driver_class(t, clock=VirtualClock())
     d.line_frequency_hz = 50.0
     for name, value in attrs.items():
@@ -31,3 +32,20 @@ def connect_sim(model: str, device: str = "resistor", **params):
 def run(d, program, abort=None) -> Chunk:
     """Every reading of ``program`` on driver ``d``, as one chunk."""
     return Chunk.concat(list(d.execute(program, abort)))
+
+
+class StuckScript(ScriptedTransport):
+    """A scripted transport on which the messages of ``repeat`` (message -> reply) are
+    answered that way whenever they are not the script's next entry: a run's polls that
+    keep reading the same, as on an instrument whose run is stuck."""
+
+    def __init__(self, script, repeat: dict[str, str]) -> None:
+        super().__init__(script)
+        self.repeat = repeat
+
+    def write(self, message: str) -> None:
+        if message in self.repeat and not (self.script and self.script[0][0] == message):
+            self.sent.append(message)
+            self._pending.append(self.repeat[message])
+            return
+        super().write(message)

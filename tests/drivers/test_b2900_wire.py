@@ -461,8 +461,9 @@ def test_abort_stops_every_channel_and_keeps_the_readings_taken():
     assert len(Chunk.concat(got)) == 1
 
 
-def test_a_sweep_that_stops_short_is_an_instrument_error():
-    d, _ = make(
+def test_a_sweep_that_stops_short_fails_at_its_deadline_with_the_point_taken():
+    d, t = scripted(
+        KeysightB2900,
         [
             (":SOUR1:VOLT 0;:OUTP1 ON", None),
             (":FORM REAL,64", None),
@@ -470,11 +471,18 @@ def test_a_sweep_that_stops_short_is_an_instrument_error():
             (sweep_setup(1, n=2, period="0.1", acq="0.08") + ";:INIT (@1)", None),
             (":TRAC1:POIN:ACT?", "1"),
             (":TRAC1:DATA? 0,1", block([0.0, 1e-9, 0.0])),
-            (":TRAC1:POIN:ACT?", "1"),
-        ]
+            (":ABOR (@1)", None),  # at the deadline: stopped, and what it took read
+        ],
+        repeat={":TRAC1:POIN:ACT?": "1"},
+        channels=[0],
     )
-    with pytest.raises(InstrumentError, match="channel 1: 1"):
-        list(d.execute(staircase([0.0, 0.1], 0.1)))
+    got = []
+    with pytest.raises(InstrumentError, match=r"2 s after .*1 of 2 readings arrived"):
+        for chunk in d.execute(staircase([0.0, 0.1], 0.1)):
+            got.append(chunk)
+    t.assert_done()
+    assert len(Chunk.concat(got)) == 1
+    assert 2.2 <= d.clock.now() < 2.2 + 0.25
 
 
 def test_a_program_compliance_goes_to_every_channel():

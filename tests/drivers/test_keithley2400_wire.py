@@ -275,8 +275,9 @@ def test_abort_stops_the_sweep_and_keeps_the_readings_taken():
     assert len(Chunk.concat(got)) == 1
 
 
-def test_a_sweep_that_stops_short_is_an_instrument_error():
-    d, _ = make(
+def test_a_sweep_that_stops_short_fails_at_its_deadline_with_the_point_taken():
+    d, t = scripted(
+        Keithley2400,
         [
             (":SOUR:VOLT 0;:OUTP ON", None),
             (":SOUR:LIST:VOLT 0,0.1", None),
@@ -287,11 +288,18 @@ def test_a_sweep_that_stops_short_is_an_instrument_error():
             ),
             (":TRAC:POIN:ACT?", "1"),
             (":TRAC:DATA?", reading(0, 1e-9, 0)),
-            (":TRAC:POIN:ACT?", "1"),  # once more, a rounding error of time later
-        ]
+            (":ABOR", None),  # at the deadline: stopped, and what it took read
+        ],
+        repeat={":TRAC:POIN:ACT?": "1"},  # then it never takes the second reading
     )
-    with pytest.raises(InstrumentError, match="after 1 of 2 points"):
-        list(d.execute(staircase([0.0, 0.1], 0.1)))
+    got = []
+    with pytest.raises(InstrumentError, match=r"SCRIPT: .* 2 s after .*1 of 2 readings"):
+        for chunk in d.execute(staircase([0.0, 0.1], 0.1)):
+            got.append(chunk)
+    t.assert_done()
+    assert len(Chunk.concat(got)) == 1  # the point read before is kept
+    assert 2.2 <= d.clock.now() < 2.2 + 0.25  # planned end 0.2 s, then max(2 s, 10 %)
+    assert t.sent.count(":TRAC:POIN:ACT?") < 20  # late polls back off
 
 
 def test_steps_on_a_common_tick_run_as_one_stream_of_equal_points():
