@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -11,7 +13,15 @@ import numpy as np
 
 from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LabctlError, LimitError, ValidationError
+from labctl.errors import (
+    Aborted,
+    ConnectionLost,
+    InstrumentError,
+    LabctlError,
+    LimitError,
+    TransportError,
+    ValidationError,
+)
 from labctl.program import Program
 
 
@@ -254,6 +264,14 @@ def deadline_grace_s(planned_s: float) -> float:
 FIRST_LATE_POLL_S = 1e-3  # the first poll after a run's planned end; later ones double
 
 
+@dataclass
+class Tally:
+    """The sampled points of a whole program, over its hardware-timed runs, for messages."""
+
+    expected: int
+    arrived: int = 0
+
+
 class HardwareRun:
     """One hardware-timed run as :meth:`DriverBase.follow` drives it.
 
@@ -301,6 +319,67 @@ class HardwareRun:
         return min(self.done.values(), default=0)
 
 
+class StreamingRun(HardwareRun):
+    """A run whose instrument sends its data unasked, line by line (the potentiostats):
+    :meth:`wait` reads the lines as they come and hands each to :meth:`take`; ``ended``
+    once the instrument marks the run's end. Chunks go on every ``FLUSH_S``."""
+
+    poll_s = FLUSH_S
+
+    def __init__(self, driver: DriverBase, channels: Sequence[int] = (0,)) -> None:
+        super().__init__(channels)
+        self.driver = driver
+        self.ended = False
+        self.deadline = math.inf  # clock time; set by armed()
+
+    def armed(self) -> None:
+        """Called by ``start()`` once the run goes: reads never block past its deadline."""
+        clock = self.driver.clock
+        self.deadline = clock.now() + self.planned_s + deadline_grace_s(self.planned_s)
+
+    def take(self, line: str) -> bool:
+        """Keep one line of the instrument's; False: stop reading for now."""
+        raise NotImplementedError
+
+    def pending(self) -> bool:
+        """Readings taken but not yet handed on (then a read may not block past ``until``)."""
+        return False
+
+    def wait(self, clock: Clock, until: float) -> None:
+        transport = self.driver.transport
+        while not self.ended and not self.failed and clock.now() < until:
+            now = clock.now()
+            limit = min(self.deadline, until) if self.pending() else self.deadline
+            try:
+                with shorter_timeout(transport, limit - now):
+                    line = self.driver._readline()  # type: ignore[attr-defined]
+            except ConnectionLost:
+                raise
+            except TransportError:
+                if clock.now() == now:  # an in-process link's timeout takes no time
+                    clock.sleep_until(until)
+                return  # silence: a long step, or a stuck run (the deadline tells)
+            if not self.take(line):
+                return
+
+    def progress(self) -> bool:
+        return self.ended
+
+
+@contextlib.contextmanager
+def shorter_timeout(transport, seconds: float) -> Iterator[None]:
+    """``transport``'s read timeout at most ``seconds`` (at least 10 ms) meanwhile."""
+    old = transport.timeout_s
+    if seconds >= old:
+        yield
+        return
+    transport.timeout_s = max(seconds, 0.01)
+    try:
+        yield
+    finally:
+        transport.timeout_s = old
+
+
 class DriverBase:
     """The skeleton every driver shares: the transport and clock it runs on, the sample's
     limits, closing, a context manager that always ends in safe state, and :meth:`follow`,
@@ -343,15 +422,21 @@ class DriverBase:
             return max(0.25, expected_s / 16)
         return self.poll_s
 
-    def follow(self, run: HardwareRun, abort: threading.Event | None = None) -> Iterator[Chunk]:
+    def follow(
+        self,
+        run: HardwareRun,
+        abort: threading.Event | None = None,
+        tally: Tally | None = None,
+    ) -> Iterator[Chunk]:
         """Start ``run`` and yield its readings as they come until it is complete.
 
         An abort stops the run, keeps what it took and raises Aborted. An error the
         instrument reports stops it and raises InstrumentError with the instrument's words.
         A run the instrument ends short, or one not complete ``deadline_grace_s`` after its
         planned end (the same rule in virtual seconds on a virtual clock), raises
-        InstrumentError naming the resource and how many readings of how many arrived; the
-        readings read before are yielded first, and the caller's safe state follows.
+        InstrumentError naming the resource and how many readings of how many arrived (of
+        the whole program: ``tally``, shared by its runs; else of this run); the readings
+        read before are yielded first, and the caller's safe state follows.
         """
         clock = self.clock
         run.start()
@@ -364,10 +449,22 @@ class DriverBase:
         poll = run.poll_s if run.poll_s is not None else self._poll_interval(run.planned_s)
         late_poll = FIRST_LATE_POLL_S
         resource = self.transport.resource
+        if tally is None:
+            tally = Tally(run.readings)
+        per = max(1, len(run.done))
+
+        def fetch() -> Iterator[Chunk]:
+            for chunk in run.fetch():
+                tally.arrived += len(chunk) / per
+                yield chunk
+
+        def of() -> str:
+            return f"{int(tally.arrived)} of {tally.expected} readings arrived"
+
         while True:
             if abort is not None and abort.is_set():
                 run.stop()
-                yield from run.fetch()  # keep every point taken before the abort
+                yield from fetch()  # keep every point taken before the abort
                 raise Aborted("run aborted")
             now = clock.now()
             while marks and marks[0] <= now:
@@ -379,27 +476,24 @@ class DriverBase:
                 late_poll = min(2 * late_poll, poll)
             run.wait(clock, max(until, now))
             ended = run.progress()
-            yield from run.fetch()
+            yield from fetch()
             if run.failed:
                 run.stop()
                 raise InstrumentError(f"{resource} reports during a run: {run.errors()}")
             complete = run.read >= run.readings
             if ended is True and not complete:
-                raise InstrumentError(
-                    f"{resource}: the run ended after {run.read} of {run.readings} readings"
-                )
+                raise InstrumentError(f"{resource}: the run ended short ({of()})")
             if complete and ended is not False:
                 return
             if clock.now() >= deadline:
-                got = run.read
                 try:  # keep what the instrument took; a dead link must not hide the error
                     run.stop()
-                    yield from run.fetch()
+                    yield from fetch()
                 except LabctlError:
                     pass
                 raise InstrumentError(
                     f"{resource}: the run is not complete {grace:g} s after its planned end "
-                    f"({max(got, run.read)} of {run.readings} readings arrived); stopped"
+                    f"({of()}); stopped"
                 )
 
 

@@ -34,10 +34,11 @@ from typing import NamedTuple
 import numpy as np
 
 from drivers.base import (
-    FLUSH_S,
     OVERRANGE_VALUE,
     Capabilities,
     DriverBase,
+    StreamingRun,
+    Tally,
     check_program,
     make_chunk,
     raise_if_aborted,
@@ -45,14 +46,7 @@ from drivers.base import (
 )
 from labctl.clock import Clock
 from labctl.data import LATE, Chunk
-from labctl.errors import (
-    Aborted,
-    ConnectionLost,
-    InstrumentError,
-    LimitError,
-    TransportError,
-    ValidationError,
-)
+from labctl.errors import InstrumentError, LimitError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -527,91 +521,13 @@ class EmStat(DriverBase):
     def _run_hardware(
         self, program: Program, scripts: list[_Script], abort: threading.Event | None
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start: float | None = None
         for script in scripts:
             raise_if_aborted(abort)
-            self._write("e")
-            self._expect("e")
-            for line in script.lines:
-                self._write(line)
-            now = self.clock.now()
-            if t_start is None:
-                t_start = now
-            self._write("")  # the script starts here
-            yield from self._stream(program, script, now - t_start, now, abort)
-
-    def _stream(
-        self,
-        program: Program,
-        script: _Script,
-        offset: float,
-        started: float,
-        abort: threading.Event | None,
-    ) -> Iterator[Chunk]:
-        """Read one running script's packages; chunks at least every FLUSH_S."""
-        rows = script.rows
-        n = len(rows)
-        got = 0
-        pending: list[str] = []
-        flush_at = self.clock.now() + FLUSH_S
-        deadline = started + script.duration_s + max(2.0, 2 * self.transport.timeout_s)
-        timed_out_at: float | None = None
-        error: str | None = None
-
-        def chunk(lines: list[str]) -> Chunk:
-            nonlocal got
-            if got + len(lines) > n:
-                raise InstrumentError(
-                    f"{self.transport.resource}: the script sent more than its {n} points"
-                )
-            c = self._decode(program, rows[got : got + len(lines)], lines, offset)
-            got += len(lines)
-            return c
-
-        while True:
-            if abort is not None and abort.is_set():
-                self._stop_script(pending)
-                if pending:
-                    yield chunk(pending[: n - got])
-                raise Aborted("run aborted")
-            try:
-                line = self._readline()
-            except ConnectionLost:
-                raise
-            except TransportError:
-                # a timeout that took no time (an in-process link) would spin forever
-                if self.clock.now() > deadline or self.clock.now() == timed_out_at:
-                    raise
-                timed_out_at = self.clock.now()
-                continue  # a long step: nothing to read yet
-            if line.startswith("P"):
-                pending.append(line)
-            elif line.startswith("!"):
-                error = error or line
-            elif line == "":
-                break
-            elif not _CONTROL_LINE.match(line):
-                # a corrupted line may have been a package: every later package would land on
-                # the wrong program row, so keep what is aligned and stop here
-                if pending:
-                    yield chunk(pending)
-                self._stop_script(None)
-                raise InstrumentError(
-                    f"{self.transport.resource}: unreadable line {line[:40]!r} after {got} of "
-                    f"{n} points; the rest of the script is not stored"
-                )
-            if pending and (self.clock.now() >= flush_at or len(pending) >= 50_000):
-                yield chunk(pending)
-                pending = []
-                flush_at = self.clock.now() + FLUSH_S
-        if pending:
-            yield chunk(pending)
-        if error is not None:
-            raise InstrumentError(f"{self.transport.resource}: script error {error}")
-        if got != n:
-            raise InstrumentError(
-                f"{self.transport.resource}: the script ended after {got} of {n} points"
-            )
+            run = _ScriptRun(self, program, script, t_start)
+            yield from self.follow(run, abort, tally)
+            t_start = run.started if t_start is None else t_start
 
     def _decode(self, program: Program, rows: np.ndarray, lines: list[str], offset: float) -> Chunk:
         cols = decode_packets(lines)
@@ -679,6 +595,87 @@ class EmStat(DriverBase):
         self._write("")
         self._stop_script(None)
         self._run_script(["set_pgstat_chan 0", "set_e 0", "cell_off"])
+
+
+class _ScriptRun(StreamingRun):
+    """One uploaded script: started by its empty line, its packages read as they stream,
+    aborted with ``Z``; it ends with the empty line after ``on_finished:``."""
+
+    def __init__(
+        self, driver: EmStat, program: Program, script: _Script, t_start: float | None
+    ) -> None:
+        super().__init__(driver)
+        self.emstat, self.program, self.script, self.t_start = driver, program, script, t_start
+        self.readings = len(script.rows)
+        self.planned_s = script.duration_s
+        self.lines: list[str] = []  # packages not yet handed on
+        self.error: str | None = None  # an error line the script sent
+        self.bad: str | None = None  # a line that is neither package nor control line
+        self.started = self.offset = 0.0
+
+    def start(self) -> None:
+        d = self.emstat
+        d._write("e")
+        d._expect("e")
+        for line in self.script.lines:
+            d._write(line)
+        self.started = d.clock.now()
+        self.offset = self.started - (self.started if self.t_start is None else self.t_start)
+        d._write("")  # the script starts here
+        self.armed()
+
+    def take(self, line: str) -> bool:
+        if line.startswith("P"):
+            self.lines.append(line)
+            return len(self.lines) < 50_000
+        if line.startswith("!"):
+            self.error = self.error or line  # the script runs on_finished: and ends
+        elif line == "":
+            self.ended = True
+            self.failed = self.error is not None
+            return False
+        elif not _CONTROL_LINE.match(line):
+            # a corrupted line may have been a package: every later package would land on
+            # the wrong program row, so keep what is aligned and stop here
+            self.bad = line
+            self.failed = True
+            return False
+        return True
+
+    def pending(self) -> bool:
+        return bool(self.lines)
+
+    def fetch(self) -> Iterator[Chunk]:
+        if not self.lines:
+            return
+        got, n = self.done[0], self.readings
+        if got + len(self.lines) > n:
+            raise InstrumentError(
+                f"{self.emstat.transport.resource}: the script sent more than its {n} points"
+            )
+        rows = self.script.rows[got : got + len(self.lines)]
+        chunk = self.emstat._decode(self.program, rows, self.lines, self.offset)
+        self.done[0] = got + len(self.lines)
+        self.lines = []
+        yield chunk
+
+    def stop(self) -> None:
+        if self.ended:
+            return
+        if self.bad is not None:
+            self.emstat._stop_script(None)
+        else:  # data packages still in the pipe are kept
+            self.emstat._stop_script(self.lines)
+            del self.lines[self.readings - self.done[0] :]
+        self.ended = True
+
+    def errors(self) -> str:
+        if self.bad is not None:
+            return (
+                f"an unreadable line {self.bad[:40]!r} after {self.done[0]} of "
+                f"{self.readings} points; the rest of the script is not stored"
+            )
+        return f"script error {self.error}"
 
 
 def _range_at_least(ranges: tuple[float, ...], value: float) -> float:

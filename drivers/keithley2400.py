@@ -33,6 +33,7 @@ from drivers.base import (
     Capabilities,
     HardwareRun,
     SourceMeterBase,
+    Tally,
     make_chunk,
     num,
     raise_if_aborted,
@@ -163,6 +164,7 @@ class Keithley2400(SourceMeterBase):
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start = self.clock.now()
         self._output_on_at(float(program.level[0]))
         for sw in sweeps:
@@ -173,7 +175,7 @@ class Keithley2400(SourceMeterBase):
                 self.transport.write(
                     ":SOUR:LIST:VOLT:APP " + ",".join(levels[s : s + LIST_PER_COMMAND])
                 )
-            yield from self.follow(_SweepRun(self, program, sw, t_start, levels[-1]), abort)
+            yield from self.follow(_SweepRun(self, program, sw, t_start, levels[-1]), abort, tally)
             self._last_level = float(sw.levels[-1])
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:

@@ -24,6 +24,7 @@ from drivers.base import (
     Capabilities,
     HardwareRun,
     SourceMeterBase,
+    Tally,
     make_chunk,
     num,
     raise_if_aborted,
@@ -194,6 +195,7 @@ class Keithley2450(SourceMeterBase):
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start = self.clock.now()
         self._output_on_at(float(program.level[0]))
         needed = max(sw.n for sw in sweeps)
@@ -210,7 +212,7 @@ class Keithley2450(SourceMeterBase):
             else:
                 self.transport.write(":SOUR:LIST:VOLT " + ",".join(num(x) for x in sw.levels))
                 self.transport.write(f":SOUR:SWE:VOLT:LIST 1,{num(sw.delay_s)},1,OFF,{BUFFER}")
-            yield from self.follow(_SweepRun(self, program, sw, t_start), abort)
+            yield from self.follow(_SweepRun(self, program, sw, t_start), abort, tally)
             self._last_level = float(sw.levels[-1])
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:

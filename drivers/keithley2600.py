@@ -45,6 +45,7 @@ from drivers.base import (
     Capabilities,
     HardwareRun,
     SourceMeterBase,
+    Tally,
     make_chunk,
     num,
     pick_range,
@@ -320,6 +321,7 @@ class Keithley2600(SourceMeterBase):
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start = self.clock.now()
         self._output_on_at(float(program.level[0]))
         aperture = self.aperture_s
@@ -361,7 +363,7 @@ class Keithley2600(SourceMeterBase):
                     f"{x}.nvbuffer2.clear()",
                 ]
             self.transport.write(" ".join(setup))
-            yield from self.follow(_TriggerRun(self, program, sw, t_start), abort)
+            yield from self.follow(_TriggerRun(self, program, sw, t_start), abort, tally)
             self._last_level = float(sw.levels[-1])
 
     def _abort_runs(self) -> None:

@@ -55,6 +55,7 @@ from drivers.base import (
     Capabilities,
     HardwareRun,
     SourceMeterBase,
+    Tally,
     make_chunk,
     num,
     raise_if_aborted,
@@ -312,6 +313,7 @@ class KeysightB2900(SourceMeterBase):
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start = self.clock.now()
         first = sweeps[0].pulse
         self._outputs_on_at(float(program.level[0]) if first is None else first.base)
@@ -348,7 +350,7 @@ class KeysightB2900(SourceMeterBase):
             shape = self._set_shape(pulse is not None)
             self.clock.sleep_until(t_start + due)  # never earlier than the program says
             run = _TimerRun(self, program, sw, chans, t_start, shape + ";".join(setup))
-            yield from self.follow(run, abort)
+            yield from self.follow(run, abort, tally)
             lag = run.t_init - ideal
             self._last_level = float(sw.levels[-1]) if pulse is None else pulse.base
             due = run.t_init + sw.n * sw.period_s

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from drivers.base import (
-    FLUSH_S,
     OVERRANGE_VALUE,
     Capabilities,
     DriverBase,
+    StreamingRun,
+    Tally,
     check_program,
     make_chunk,
     raise_if_aborted,
@@ -33,14 +34,7 @@ from drivers.base import (
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
-from labctl.errors import (
-    Aborted,
-    ConnectionLost,
-    InstrumentError,
-    LimitError,
-    TransportError,
-    ValidationError,
-)
+from labctl.errors import InstrumentError, LimitError, TransportError, ValidationError
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -303,6 +297,7 @@ class Rodeostat(DriverBase):
         abort: threading.Event | None,
         full_scale: float,
     ) -> Iterator[Chunk]:
+        tally = Tally(int(program.sample.sum()))  # for the messages of every run
         t_start: float | None = None
         for test in tests:
             raise_if_aborted(abort)
@@ -311,105 +306,10 @@ class Rodeostat(DriverBase):
                 self.sample_period_ms = test.period_ms
             param = {"quietValue": test.steps[0][1], "quietTime": 0, "step": test.steps}
             self.command("setParam", test="multiStep", param=param)
-            self.transport.write(encode("runTest", test="multiStep"))
-            now = self.clock.now()
-            if t_start is None:
-                t_start = now
-            early: list = []
-            self._reply("runTest", "multiStep", skipped=early)
-            yield from self._stream(program, test, now - t_start, now, abort, full_scale, early)
+            run = _TestRun(self, program, test, t_start, full_scale)
+            yield from self.follow(run, abort, tally)
+            t_start = run.started if t_start is None else t_start
         self._v_set = float(tests[-1].steps[-1][1]) if tests else self._v_set
-
-    def _stream(
-        self,
-        program: Program,
-        test: _Test,
-        offset: float,
-        started: float,
-        abort: threading.Event | None,
-        full_scale: float,
-        early: list,
-    ) -> Iterator[Chunk]:
-        rows: list[int] = []
-        t: list[float] = []
-        v: list[float] = []
-        i: list[float] = []
-        flush_at = self.clock.now() + FLUSH_S
-        deadline = started + test.duration_s + max(2.0, 2 * self.transport.timeout_s)
-        timed_out_at: float | None = None
-        error: str | None = None
-        received = 0
-
-        def take(sample: dict) -> None:
-            nonlocal received
-            row = test.rows_by_tick.get(round(float(sample["t"])))
-            if row is not None:
-                received += 1
-                rows.append(row)
-                t.append(offset + sample["t"] / 1e3)
-                v.append(float(sample["v"]))
-                i.append(float(sample["i"]) * 1e-6)
-
-        def chunk() -> Chunk:
-            cur = np.asarray(i)
-            cur = np.where(np.abs(cur) >= full_scale * (1 - 1e-6), OVERRANGE_VALUE, cur)
-            c = make_chunk(
-                program, np.asarray(rows), np.asarray(t), np.asarray(v), cur, 0, compliance=None
-            )
-            rows.clear(), t.clear(), v.clear(), i.clear()
-            return c
-
-        for sample in early:
-            if "t" in sample:
-                take(sample)
-
-        while True:
-            if abort is not None and abort.is_set():
-                skipped: list = []
-                self.transport.write(encode("stopTest"))
-                self._reply("stopTest", skipped=skipped)
-                for sample in skipped:
-                    if "t" in sample:
-                        take(sample)
-                if rows:
-                    yield chunk()
-                raise Aborted("run aborted")
-            try:
-                line = self._readline()
-            except ConnectionLost:
-                raise
-            except TransportError:
-                # a timeout that took no time (an in-process link) would spin forever
-                if self.clock.now() > deadline or self.clock.now() == timed_out_at:
-                    raise
-                timed_out_at = self.clock.now()
-                continue
-            if not line:
-                continue
-            try:
-                sample = json.loads(line)
-            except ValueError:
-                raise InstrumentError(
-                    f"{self.transport.resource}: not JSON during a test: {line[:60]!r}"
-                ) from None
-            if sample == {}:
-                break
-            if "t" in sample:
-                take(sample)
-            elif sample.get("success") is False and error is None:
-                error = str(sample.get("message", "?"))
-            if rows and self.clock.now() >= flush_at:
-                yield chunk()
-                flush_at = self.clock.now() + FLUSH_S
-        if rows:
-            yield chunk()
-        if error is not None:
-            raise InstrumentError(f"{self.transport.resource}: the test failed: {error}")
-        if received != len(test.rows_by_tick):
-            raise InstrumentError(
-                f"{self.transport.resource}: the test ended after {received} of "
-                f"{len(test.rows_by_tick)} points"
-            )
 
     def _run_software(
         self, program: Program, abort: threading.Event | None, full_scale: float
@@ -445,6 +345,111 @@ class Rodeostat(DriverBase):
         span = dict(VOLT_RANGES).get(self.volt_range or "10V", 10.0)
         if abs(v) > 2 * span / 4095 * 1.01:
             raise InstrumentError(f"{self.transport.resource}: output reads {v:g} V after 0 V")
+
+
+class _TestRun(StreamingRun):
+    """One multiStep test: ``runTest``, its samples read as they stream (those on the ends
+    of sampled steps kept), ``stopTest``; it ends with ``{}``."""
+
+    def __init__(
+        self,
+        driver: Rodeostat,
+        program: Program,
+        test: _Test,
+        t_start: float | None,
+        full_scale: float,
+    ) -> None:
+        super().__init__(driver)
+        self.rodeostat, self.program, self.test = driver, program, test
+        self.t_start, self.full_scale = t_start, full_scale
+        self.readings = len(test.rows_by_tick)
+        self.planned_s = test.duration_s
+        self.rows: list[int] = []
+        self.t: list[float] = []
+        self.v: list[float] = []
+        self.i: list[float] = []
+        self.error: str | None = None  # a failure the instrument sent during the test
+        self.bad: str | None = None  # a line that is not JSON
+        self.started = self.offset = 0.0
+
+    def start(self) -> None:
+        d = self.rodeostat
+        d.transport.write(encode("runTest", test="multiStep"))
+        self.started = d.clock.now()
+        self.offset = self.started - (self.started if self.t_start is None else self.t_start)
+        self.armed()
+        early: list = []
+        d._reply("runTest", "multiStep", skipped=early)
+        for sample in early:
+            self._sample(sample)
+
+    def _sample(self, sample: dict) -> None:
+        if "t" not in sample:
+            return
+        row = self.test.rows_by_tick.get(round(float(sample["t"])))
+        if row is not None:
+            self.done[0] += 1
+            self.rows.append(row)
+            self.t.append(self.offset + sample["t"] / 1e3)
+            self.v.append(float(sample["v"]))
+            self.i.append(float(sample["i"]) * 1e-6)
+
+    def take(self, line: str) -> bool:
+        if not line:
+            return True
+        try:
+            sample = json.loads(line)
+        except ValueError:
+            self.bad = line
+            self.failed = True
+            return False
+        if sample == {}:
+            self.ended = True
+            self.failed = self.error is not None
+            return False
+        if not isinstance(sample, dict):
+            return True
+        if "t" in sample:
+            self._sample(sample)
+        elif sample.get("success") is False and self.error is None:
+            self.error = str(sample.get("message", "?"))
+        return True
+
+    def pending(self) -> bool:
+        return bool(self.rows)
+
+    def fetch(self) -> Iterator[Chunk]:
+        if not self.rows:
+            return
+        cur = np.asarray(self.i)
+        cur = np.where(np.abs(cur) >= self.full_scale * (1 - 1e-6), OVERRANGE_VALUE, cur)
+        chunk = make_chunk(
+            self.program,
+            np.asarray(self.rows),
+            np.asarray(self.t),
+            np.asarray(self.v),
+            cur,
+            0,
+            compliance=None,
+        )
+        self.rows, self.t, self.v, self.i = [], [], [], []
+        yield chunk
+
+    def stop(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        skipped: list = []
+        self.rodeostat.transport.write(encode("stopTest"))
+        self.rodeostat._reply("stopTest", skipped=skipped)
+        if self.bad is None:  # the samples still in the pipe are kept
+            for sample in skipped:
+                self._sample(sample)
+
+    def errors(self) -> str:
+        if self.bad is not None:
+            return f"not JSON during a test: {self.bad[:60]!r}"
+        return f"the test failed: {self.error}"
 
 
 def _pick(field: str, value: float, ranges: tuple[tuple[str, float], ...]) -> str:

@@ -134,7 +134,9 @@ def connect(
                 extra["device2"] = faults.wrap_device(extra["device2"])
         elif spec.device2 or spec.params2:
             raise ValidationError("instrument.device2", f"{spec.model} has one channel")
-        emulator = make_emulator(spec.model, device=device, clock=clock, **extra)
+        emulator = make_emulator(
+            spec.model, device=device, clock=faults.wrap_clock(clock) if faults else clock, **extra
+        )
         if faults:
             from labctl.sim.faults import wrap_emulator
 

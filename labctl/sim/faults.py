@@ -19,6 +19,9 @@ whichever way they reach the emulator.
 ``compliance[:R_OHM][@N]``      a resistor of R_OHM (default 1 kOhm) appears across the device
                                 at message N (default: from the start), so a voltage source
                                 reaches its current limit (potentiostats read over range)
+``stuck:SECONDS``               the instrument hangs SECONDS after it was made: its own time
+                                stops, so a run in progress never ends and takes no more
+                                readings (a sweep that never completes); it still answers
 ``seed:K``                      seed of the random choices (default: the resource's seed)
 ==============================  =============================================================
 
@@ -43,6 +46,9 @@ What each fault looks like to the host:
   or pyserial on a pty) sees the silence.
 - Junk is 8 to 24 printable ASCII punctuation characters: never a number, a terminator, a
   binary block header, or a line a driver could take for an instrument's error line.
+- A stuck instrument is a clock fault: the emulator is built on a :class:`StuckClock`
+  (``Faults.wrap_clock``) that stops at the given time; commands still take effect (an
+  abort, output off), runs do not move on, and a streaming instrument falls silent.
 - Compliance is a device fault, not a link fault: :class:`LeakyDevice` wraps the device
   model before the emulator is built, so the emulator's own limit handling flags it.
 """
@@ -69,13 +75,14 @@ __all__ = [
     "FaultyStreamingEmulator",
     "LeakyDevice",
     "LinkDropped",
+    "StuckClock",
     "parse_faults",
     "wrap_emulator",
 ]
 
 GRAMMAR = (
     "drop_after:N, dead_after:N, late:SECONDS[@N[-M]], garbage@N, garbage:P, error:CODE[@N], "
-    "compliance[:R_OHM][@N], seed:K (comma-separated)"
+    "compliance[:R_OHM][@N], stuck:SECONDS, seed:K (comma-separated)"
 )
 DEFAULT_LEAK_OHM = 1e3
 JUNK = "$%&()<>?@[]^_`{|}~"  # no digit, sign, separator, '#', '!', '*' or letter
@@ -110,6 +117,7 @@ class Faults:
     errors: tuple[tuple[int, int], ...] = ()  # (code, message number)
     leak_ohm: float | None = None
     leak_at: int = 0
+    stuck_s: float | None = None
     seed: int | None = None
 
     def __bool__(self) -> bool:
@@ -121,6 +129,36 @@ class Faults:
             return device
         return LeakyDevice(device, self.leak_ohm, active=self.leak_at <= 1)
 
+    def wrap_clock(self, clock: Clock) -> Clock:
+        """The clock the emulator runs on: ``clock``, stopping ``stuck_s`` from now if the
+        instrument is to hang."""
+        if self.stuck_s is None:
+            return clock
+        return StuckClock(clock, clock.now() + self.stuck_s)
+
+
+class StuckClock:
+    """An instrument's clock that stops at ``at`` (clock time): the instrument hangs there
+    while the host's time goes on. Sleeping sleeps the host's clock."""
+
+    def __init__(self, clock: Clock, at: float) -> None:
+        self.inner = clock
+        self.at = float(at)
+        self.is_virtual = bool(getattr(clock, "is_virtual", False))
+
+    @property
+    def stuck(self) -> bool:
+        return self.inner.now() >= self.at
+
+    def now(self) -> float:
+        return min(self.inner.now(), self.at)
+
+    def sleep(self, dt: float) -> None:
+        self.inner.sleep(dt)
+
+    def sleep_until(self, t: float) -> None:
+        self.inner.sleep_until(t)
+
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _PATTERNS = {
@@ -130,6 +168,7 @@ _PATTERNS = {
     "garbage_p": re.compile(rf"garbage:({_NUM})"),
     "error": re.compile(r"error:([-+]?\d+)(?:@(\d+))?"),
     "compliance": re.compile(rf"compliance(?::({_NUM}))?(?:@(\d+))?"),
+    "stuck": re.compile(rf"stuck:({_NUM})"),
     "seed": re.compile(r"seed:(\d+)"),
 }
 
@@ -187,6 +226,11 @@ def parse_faults(text: str, field_name: str = "fault") -> Faults:
                 raise bad(item, "the resistance must be a positive number of ohms")
             values["leak_ohm"] = ohm
             values["leak_at"] = int(m[2]) if m[2] else 0
+        elif kind == "stuck":
+            seconds = float(m[1])
+            if not (0 <= seconds < math.inf):
+                raise bad(item, "the time must be a number of seconds, 0 or more")
+            values["stuck_s"] = seconds
         else:
             values["seed"] = int(m[1])
     return Faults(
@@ -433,7 +477,9 @@ class FaultyStreamingEmulator(FaultyEmulator):
         with self._lock:
             if self.dead:
                 return None
-            t = self.inner.next_event(batch_s)
+            # a stuck instrument has nothing more to say, whenever asked
+            stuck = getattr(getattr(self.inner, "clock", None), "stuck", False)
+            t = None if stuck else self.inner.next_event(batch_s)
             if self._held:
                 t = self._held[0][0] if t is None else min(t, self._held[0][0])
             return t

@@ -199,7 +199,8 @@ def _build_emulator(
     dev = make_device(device, seed=seed, **dict(device_params or {}))
     if faults:
         dev = faults.wrap_device(dev)
-    emulator = make_emulator(model, device=dev, clock=clock, **dict(emulator_opts or {}))
+    emu_clock = faults.wrap_clock(clock) if faults else clock  # a stuck fault stops it
+    emulator = make_emulator(model, device=dev, clock=emu_clock, **dict(emulator_opts or {}))
     if not faults:
         return emulator
     from labctl.sim.faults import wrap_emulator

@@ -14,7 +14,7 @@ from drivers.base import Limits
 from drivers.emstat import EmStat, decode_packet, decode_packets, format_value
 from labctl.clock import VirtualClock
 from labctl.data import LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, InstrumentError, LimitError, TransportError, ValidationError
+from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import hold, staircase, triangle
 from labctl.testing import ScriptedTransport
 
@@ -271,7 +271,7 @@ def test_a_script_that_ends_early_is_an_error():
         "cell_off",
     ]
     d, _ = make(upload(lines, f"M0000\n{P1}\n*\n"))
-    with pytest.raises(InstrumentError, match="after 1 of 2 points"):
+    with pytest.raises(InstrumentError, match=r"the run ended short \(1 of 2 readings arrived"):
         run(d, staircase([0.1, 0.2], 0.01))
 
 
@@ -282,12 +282,7 @@ def test_abort_mid_stream_keeps_what_arrived():
     t = ScriptedTransport(script)
     abort = threading.Event()
 
-    class Clock(VirtualClock):
-        def now(self):  # every read is a flush: the operator aborts after the first point
-            self.sleep(1.0)
-            return super().now()
-
-    d = EmStat(t, clock=Clock())
+    d = EmStat(t, clock=VirtualClock())  # the operator aborts after the first chunk
     got = []
     with pytest.raises(Aborted):
         for chunk in d.execute(staircase([0.1, 0.2, 0.3], 0.01), abort):
@@ -319,13 +314,14 @@ def test_a_long_step_survives_read_timeouts_until_the_data_is_overdue():
                 self.clock.sleep(1.0)  # a serial read that waited for its timeout
             return super().read()
 
-    t = Slow(upload(lines, "M0000"))
+    t = Slow([*upload(lines, "M0000"), ("Z", "Z\n")])
     clock = VirtualClock()
     t.clock = clock
     d = EmStat(t, clock=clock)
-    with pytest.raises(TransportError, match="timeout"):
+    with pytest.raises(InstrumentError, match=r"10 s after its planned end \(0 of 1 readings"):
         run(d, staircase([0.1], 100.0))
-    assert clock.now() > 100.0  # it waited for the step, then gave up
+    t.assert_done()  # stopped with Z at the deadline
+    assert 110.0 <= clock.now() < 111.0  # it waited for the step and its 10 %, then gave up
 
 
 # -- host-timed execution and safety --------------------------------------------------------------
@@ -416,7 +412,7 @@ def test_safe_state_reports_a_script_error():
         d.safe_state()
 
 
-def test_a_link_that_times_out_without_time_passing_does_not_spin():
+def test_a_link_that_times_out_without_time_passing_does_not_spin_until_the_deadline():
     lines = [
         *HEAD,
         "set_range_minmax da 0 100m",
@@ -430,6 +426,8 @@ def test_a_link_that_times_out_without_time_passing_does_not_spin():
         "on_finished:",
         "cell_off",
     ]
-    d, _ = make(upload(lines, "M0000"))
-    with pytest.raises(TransportError, match="timeout"):
+    d, t = make([*upload(lines, "M0000"), ("Z", "Z\n")])
+    with pytest.raises(InstrumentError, match="2 s after its planned end"):
         run(d, staircase([0.1], 0.01))
+    t.assert_done()
+    assert d.clock.now() == pytest.approx(2.01)

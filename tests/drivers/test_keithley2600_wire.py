@@ -419,7 +419,7 @@ def test_a_run_that_ends_short_is_an_error():
             (FETCH.format(a=1, b=1, x="smua"), readings((0, 0.1, 1e-8))),
         ]
     )
-    with pytest.raises(InstrumentError, match="SCRIPT: the run ended after 1 of 3 readings"):
+    with pytest.raises(InstrumentError, match=r"SCRIPT: the run ended short \(1 of 3 readings"):
         run(d, staircase([0.1, 0.2, 0.3], 0.01))
 
 

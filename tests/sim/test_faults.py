@@ -319,3 +319,25 @@ def test_the_reconnect_policy_backs_off_and_checks_its_settings():
         ReconnectPolicy(attempts=-1)
     with pytest.raises(ValidationError, match=r"reconnect\.backoff_s"):
         ReconnectPolicy(backoff_s=10, max_backoff_s=5)
+
+
+def test_a_stuck_instrument_stops_its_own_time_and_still_answers():
+    from labctl.sim.faults import StuckClock
+
+    assert parse_faults("stuck:0.5").stuck_s == 0.5
+    with pytest.raises(ValidationError, match="stuck:-1"):
+        parse_faults("stuck:-1")
+    host = VirtualClock()
+    clock = parse_faults("stuck:0.5").wrap_clock(host)
+    assert isinstance(clock, StuckClock) and clock.is_virtual
+    host.advance(2.0)
+    assert clock.now() == 0.5 and clock.stuck  # the instrument's time stopped
+    d = labctl.connect("sim://keithley2450?device=resistor&seed=1&fault=stuck:0.2")
+    d.configure(nplc=0.01)
+    d.transport.write(':SOUR:SWE:VOLT:LIN 0,1,100,0.0098,1,BEST,OFF,OFF,"defbuffer1"')
+    d.transport.write(':TRAC:CLE "defbuffer1";:INIT')
+    d.clock.advance(5.0)  # far beyond the sweep's 1 s
+    assert d.transport.query(":TRIG:STAT?").startswith("RUNNING")
+    assert 0 < int(d.transport.query(':TRAC:ACT? "defbuffer1"')) <= 20  # nothing after 0.2 s
+    d.safe_state()
+    assert not d.transport.emulator.output_on

@@ -1,0 +1,117 @@
+"""The one loop that follows a hardware-timed run (DriverBase.follow), on every driver whose
+instrument times runs itself: a sweep that never completes (the emulator's ``stuck`` fault:
+the instrument's time stops half way) ends at its deadline, max(2 s, 10 % of the run) past
+its planned end, with a clear error and the points read before it kept; an abort stops the
+run and keeps what it took."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from drivers.base import deadline_grace_s
+from labctl.data import SOFTWARE_TIMED, Chunk
+from labctl.engine import RunEngine
+from labctl.errors import Aborted, InstrumentError
+from labctl.program import staircase
+from protocols.base import get_protocol, validate_params
+from tests.drivers.support import connect_sim
+from tests.drivers.test_conformance import SafeStateSpy, output_is_off
+
+HARDWARE_TIMED = ["keithley2450", "keithley2400", "keithley2636b", "keysight_b2900", "emstat"]
+HARDWARE_TIMED += ["rodeostat"]
+STUCK_AT_S = 0.5
+STEP_S = 0.01
+N = 100  # 1 s planned
+
+
+def stuck(name: str):
+    d = connect_sim(name, "resistor", R=1e6, noise=0, fault=f"stuck:{STUCK_AT_S}")
+    d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
+    return d
+
+
+def program():
+    return staircase(np.linspace(0.1, 1.0, N), STEP_S)
+
+
+@pytest.mark.parametrize("name", HARDWARE_TIMED)
+def test_a_stuck_sweep_ends_at_its_deadline_with_its_points_kept(name):
+    d = stuck(name)
+    got: list[Chunk] = []
+    t0 = d.clock.now()
+    with pytest.raises(InstrumentError) as err:
+        for chunk in d.execute(program()):
+            got.append(chunk)
+    took = d.clock.now() - t0
+    planned = N * STEP_S
+    grace = deadline_grace_s(planned)
+    assert grace == 2.0
+    # not before the deadline, and not much after it (virtual seconds)
+    assert planned + grace <= took <= planned + grace + 0.3, took
+    message = str(err.value)
+    assert d.transport.resource in message
+    data = Chunk.concat(got)
+    assert f"{len(data)} of {N} readings arrived" in message
+    # what was read before the instrument hung is kept, as it was measured
+    assert 0.4 * N <= len(data) <= STUCK_AT_S / STEP_S
+    assert not np.any(data.flags & SOFTWARE_TIMED)
+    assert np.all(data.t <= STUCK_AT_S + 1e-9)
+    np.testing.assert_allclose(data.i, data.v_set / 1e6, rtol=2e-3, atol=2e-11)
+    d.safe_state()  # the instrument still answers: it goes safe
+    assert output_is_off(d.transport.emulator)
+
+
+@pytest.mark.parametrize("name", HARDWARE_TIMED)
+def test_a_stuck_sweep_fails_the_run_in_safe_state_with_its_points_stored(name, tmp_path):
+    from labctl.store import Store
+
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        d = stuck(name)
+        spy = SafeStateSpy(d)
+        sample = store.ensure_sample(f"stuck-{name}", max_v=2.0, max_i=1e-3)
+        cls = get_protocol("iv_hysteresis")
+        params = {
+            "waveform": "triangle",
+            "amplitude_v": 1.0,
+            "frequencies_hz": [1],
+            "cycles": 1,
+            "points_per_cycle": N,
+            "compliance_a": 1e-3,
+        }
+        result = RunEngine(store).run(
+            cls(validate_params(cls.Params, params)),
+            d,
+            sample,
+            handle_signals=False,
+            settings={"nplc": 0.01, "timing": "hardware"},
+        )
+        assert result.status == "failed"
+        assert "readings arrived" in (result.error or "")
+        assert spy.calls >= 1 and not spy.failures
+        assert output_is_off(d.transport.emulator)
+        points = store.points_arrays(result.run_id)
+        assert 0 < len(points["t"]) <= STUCK_AT_S * N
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("name", HARDWARE_TIMED)
+def test_an_abort_stops_the_run_and_keeps_what_it_took(name):
+    d = connect_sim(name, "resistor", R=1e6, noise=0)
+    d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
+    abort = threading.Event()
+    got: list[Chunk] = []
+    long = staircase(np.linspace(0.1, 1.0, 2000), STEP_S)  # 20 s: several polls
+    with pytest.raises(Aborted):
+        for chunk in d.execute(long, abort):
+            got.append(chunk)
+            abort.set()
+    data = Chunk.concat(got)
+    assert 0 < len(data) < 2000
+    np.testing.assert_array_equal(np.diff(data.t) > 0, True)  # in order, none twice
+    d.safe_state()
+    assert output_is_off(d.transport.emulator)
