@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from labctl.engine import Listener, RunEngine, RunResult
+from labctl.engine import Listener, RunEngine, RunResult, channel_samples_of
 
 
 def open_store(url: str | None = None):
@@ -24,9 +24,19 @@ def open_store(url: str | None = None):
 
 
 def resolve_sample(
-    store, name: str, max_v: float | None = None, max_i: float | None = None, **metadata: Any
+    store,
+    name: str,
+    max_v: float | None = None,
+    max_i: float | None = None,
+    *,
+    name_field: str = "sample",
+    **metadata: Any,
 ):
-    """Create the sample if new; update its limits only when given."""
+    """Create the sample if new; update its limits only when given. A name without a
+    visible character (or with an invisible one) is refused naming ``name_field``."""
+    from protocols.recipe import check_sample_name
+
+    name = check_sample_name(name, name_field)
     return store.ensure_sample(name, max_v=max_v, max_i=max_i, **metadata)
 
 
@@ -68,7 +78,7 @@ def run(
     if sample2 is not None:
         options["channel_samples"] = {
             0: smp,
-            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2),
+            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2, name_field="sample2"),
         }
     engine = RunEngine(store, listeners)
     if isinstance(instrument, str):
@@ -136,6 +146,10 @@ def run_recipe(
                     "instrument (Keithley 2636B smua/smub, Keysight B2902 channels 1/2)",
                 )
             channel_samples = {first: smp, second: smp2}
+        if "channels" in recipe.instrument:  # channels the instrument has, before any run
+            channel_samples_of(
+                driver, smp, dict.fromkeys(recipe.channels, smp), "instrument.channels"
+            )
         return engine.run_sequence(
             protocols,
             driver,
@@ -154,6 +168,7 @@ def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, f
     """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` overriding its
     name: created or updated with the table's limits and metadata."""
     from labctl.errors import ValidationError
+    from protocols.recipe import check_sample_name
 
     where = flag if name else f"{field}.name"
     name = name or table.get("name")
@@ -161,6 +176,7 @@ def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, f
         raise ValidationError(
             f"{field}.name", f"no sample given; set name in [{field}] or pass {flag} NAME"
         )
+    name = check_sample_name(name, where)
     limits = {k: table.get(k) for k in ("max_v", "max_i")}
     if field != "sample" and None in limits.values() and store.get_sample(name) is None:
         raise ValidationError(
@@ -169,4 +185,4 @@ def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, f
             f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
         )
     meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
-    return resolve_sample(store, name, limits["max_v"], limits["max_i"], **meta)
+    return resolve_sample(store, name, limits["max_v"], limits["max_i"], name_field=where, **meta)

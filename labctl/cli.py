@@ -14,6 +14,40 @@ EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
 
 
+def _whole(lo: int, hi: int, what: str = "a whole number"):
+    """An argparse type: a whole number from ``lo`` to ``hi`` (argparse names the option
+    and exits 2 with the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}; allowed: {what} from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _number(lo: float, hi: float, unit: str):
+    """An argparse type: a finite number from ``lo`` to ``hi`` (NaN and inf refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not lo <= value <= hi:  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{text!r}; allowed: {lo:g} {unit} to {hi:g} {unit}")
+        return value
+
+    return parse
+
+
+RUN_ID = _whole(1, 2**63 - 1, "a run id")  # the store's ids are 64-bit
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db", metavar="URL", help="database URL (default: $LABCTL_DB or the per-user SQLite file)"
@@ -65,18 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
 
     p = sub.add_parser("runs", help="list runs")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--limit", type=_whole(1, 1_000_000), default=20, help="at most this many (default 20)"
+    )
     p.add_argument("--status")
     p.add_argument("--sample")
     p.add_argument("--protocol")
     _db_arg(p)
 
     p = sub.add_parser("show", help="show one run: parameters, status, metrics, events")
-    p.add_argument("run", type=int)
+    p.add_argument("run", type=RUN_ID)
     _db_arg(p)
 
     p = sub.add_parser("analyze", help="run a stored run's analysis again and replace its metrics")
-    p.add_argument("run", type=int, nargs="+")
+    p.add_argument("run", type=RUN_ID, nargs="+")
     _db_arg(p)
 
     p = sub.add_parser(
@@ -86,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "software version, units) to CSV, Parquet or NetCDF; with --sample, every run of the "
         "sample into the folder --out, one file per run plus index.csv listing them.",
     )
-    p.add_argument("run", type=int, nargs="?", help="run id (see labctl runs)")
+    p.add_argument("run", type=RUN_ID, nargs="?", help="run id (see labctl runs)")
     p.add_argument("--sample", metavar="NAME", help="export every run of this sample instead")
     p.add_argument(
         "--format",
@@ -127,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="PNGs of a preset's I-V loops and loop area against frequency"
     )
     s.add_argument("preset")
-    s.add_argument("--freq", type=float, action="append", metavar="HZ", help="a frequency (repeat)")
-    s.add_argument("--amplitude", type=float, default=1.0, metavar="V")
+    s.add_argument(
+        "--freq",
+        type=_number(1e-6, 1e6, "Hz"),
+        action="append",
+        metavar="HZ",
+        help="a frequency (repeat)",
+    )
+    s.add_argument("--amplitude", type=_number(1e-6, 210, "V"), default=1.0, metavar="V")
     s.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="a device parameter"
     )

@@ -107,6 +107,16 @@ def connect(
     """Open ``resource`` and return a ready driver (identified unless ``identify=False``)."""
     from drivers import driver_class, driver_for_identity
 
+    if not isinstance(resource, str) or not resource.strip():
+        raise ValidationError(
+            "instrument.resource",
+            f"{resource!r} is not allowed; allowed: a resource string such as "
+            "sim://keithley2450?device=slit_unipolar or TCPIP::127.0.0.1::5025::SOCKET",
+        )
+    if driver is not None and not isinstance(driver, str):
+        raise ValidationError(
+            "instrument.driver", f"{driver!r} is not allowed; allowed: a driver name (a string)"
+        )
     resource = resource.strip()
     if resource.startswith("sim://"):
         from labctl.sim.devices import make_device
@@ -158,6 +168,7 @@ def connect(
     elif resource.upper().startswith(VISA_PREFIXES):
         from labctl.transport import VisaTransport
 
+        check_tcpip(resource)
         transport = VisaTransport(resource, timeout_s=timeout_s)
         name = driver
         if name is None:
@@ -199,6 +210,41 @@ def connect(
             drv.close()
             raise
     return drv
+
+
+# TCPIP[board]::host::port::SOCKET and TCPIP[board]::host[::...]::INSTR; an IPv6 host is
+# written in brackets
+TCPIP_SOCKET = re.compile(r"^TCPIP\d*::(\[[^\]]*\]|[^:]*)::([^:]*)::SOCKET$", re.IGNORECASE)
+TCPIP_INSTR = re.compile(r"^TCPIP\d*::(\[[^\]]*\]|[^:]+)(::.*)?$", re.IGNORECASE)
+
+
+def check_tcpip(resource: str) -> None:
+    """Refuse a TCPIP resource whose port is not 1 to 65535 or whose host does not resolve,
+    naming the resource (pyvisa-py says only "could not connect")."""
+    socket_form = TCPIP_SOCKET.match(resource)
+    form = socket_form or TCPIP_INSTR.match(resource)
+    if form is None:
+        return
+    host = form.group(1).strip("[]")
+    if socket_form:
+        port = socket_form.group(2)
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValidationError(
+                "instrument.resource",
+                f"{resource}: port {port!r}; allowed: a port from 1 to 65535, "
+                "e.g. TCPIP::127.0.0.1::5025::SOCKET",
+            )
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValidationError(
+            "instrument.resource",
+            f"{resource}: host {host!r} is not known ({reason}); allowed: a host name "
+            "that resolves or an IP address, e.g. TCPIP::127.0.0.1::5025::SOCKET",
+        ) from None
 
 
 def parse_serial(resource: str) -> tuple[str, int | None, str | None] | None:

@@ -30,6 +30,7 @@ from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
 from labctl.program import Program
 from protocols.base import Protocol, get_protocol
+from protocols.recipe import check_channels
 
 
 class Listener:
@@ -115,7 +116,10 @@ def channel_name(driver: Any, channel: int) -> str:
 
 
 def channel_samples_of(
-    driver: Any, sample: Any, channel_samples: Mapping[int, Any] | None
+    driver: Any,
+    sample: Any,
+    channel_samples: Mapping[int, Any] | None,
+    field: str = "channels",
 ) -> dict[int, Any]:
     """The sample on each selected channel, checked against the instrument's channels;
     {} when the caller chose no channels (the driver's default)."""
@@ -123,14 +127,15 @@ def channel_samples_of(
         return {}
     names = getattr(driver.capabilities, "channels", ("1",))
     allowed = ", ".join(f"{k} ({name})" for k, name in enumerate(names))
+    has = f"{driver.name} has {len(names)} channel{'s' if len(names) > 1 else ''}"
     out: dict[int, Any] = {}
-    for channel, smp in sorted(channel_samples.items()):
+    for channel, smp in channel_samples.items():
         if isinstance(channel, bool) or not isinstance(channel, int | np.integer):
-            raise ValidationError("channels", f"{channel!r} is not a channel; allowed: {allowed}")
+            raise ValidationError(field, f"{channel!r} is not a channel; allowed: {allowed}")
         if not 0 <= channel < len(names):
-            raise ValidationError("channels", f"{channel} is not a channel; allowed: {allowed}")
+            raise ValidationError(field, f"{channel} is not a channel; allowed: {allowed} ({has})")
         out[int(channel)] = smp if smp is not None else sample
-    return out
+    return dict(sorted(out.items()))
 
 
 def channel_records(driver: Any, per_channel: Mapping[int, Any]) -> list[dict[str, Any]]:
@@ -581,11 +586,9 @@ class RunEngine:
         per = channel_samples_of(driver, sample, channel_samples)
         if per:
             settings["channels"] = sorted(per)
-        elif settings.get("channels"):
-            try:
-                per = {int(c): sample for c in settings["channels"]}
-            except (TypeError, ValueError):
-                return {}  # driver.configure names the bad value
+        elif "channels" in settings:
+            chosen = check_channels(settings["channels"], "channels")
+            per = channel_samples_of(driver, sample, dict.fromkeys(chosen, sample))
         return per
 
     def _wait_if_paused(self, driver) -> None:

@@ -152,7 +152,7 @@ class VisaTransport(_QueryMixin):
             res = self._rm.open_resource(
                 self.resource, **self._io, timeout=int(self.timeout_s * 1000)
             )
-        except (self._errors.Error, ValueError, OSError) as exc:
+        except Exception as exc:  # pyvisa-py raises a bare Exception("could not connect")
             raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
         if self.resource.upper().startswith("TCPIP"):
             _tcp_nodelay(res)
@@ -200,6 +200,8 @@ class VisaTransport(_QueryMixin):
     def read(self) -> str:
         try:
             return self._res.read()
+        except UnicodeDecodeError as exc:  # a peer that is not an ASCII (SCPI) instrument
+            raise not_ascii(self.resource, exc.object) from None
         except (self._errors.Error, OSError) as exc:
             raise self._wrap(exc) from exc
 
@@ -295,6 +297,16 @@ class SerialTransport(_QueryMixin):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._port.close()
+
+
+def not_ascii(resource: str, data: bytes) -> TransportError:
+    """The error for a reply that is not ASCII text: another kind of device on that port,
+    or a wrong baud rate."""
+    return TransportError(
+        resource,
+        f"the reply is not ASCII text ({bytes(data)[:40]!r}); allowed: an instrument "
+        "answering in ASCII (SCPI) on this port; check the port (and the baud rate)",
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ with one message naming the field, its unit and the allowed range.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Generator, Sequence
 from typing import Any, ClassVar
 
@@ -30,19 +31,44 @@ class Params(BaseModel):
     here (the message names the item) and shown in help and forms.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are refused as numbers (a bound does not catch inf without one)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _check_list_items(cls, data: Any) -> Any:
+    def _check_types(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         for name, f in cls.model_fields.items():
+            if name not in data:
+                continue
             extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
             items = extra.get("items")
-            if items and name in data:
+            if items:
                 data = {**data, name: check_list(name, data[name], extra.get("unit", ""), **items)}
+                continue
+            _check_kind(cls, name, f.annotation, data[name])
         return data
+
+
+def _check_kind(model: type[BaseModel], name: str, annotation: Any, value: Any) -> None:
+    """Refuse what pydantic's lax mode would convert: ``cycles = true`` is not 1,
+    ``amplitude_v = "1.5"`` is not a number, ``last_slot_only = 1`` is not a yes/no."""
+    kinds = set(typing.get_args(annotation)) | {annotation}
+    numeric = bool(kinds & {int, float}) and bool not in kinds
+    if numeric:
+        wrong = isinstance(value, bool | str | bytes)
+        what = "a boolean is not a number" if isinstance(value, bool) else "not a number"
+    elif annotation is bool:
+        wrong = not isinstance(value, bool)
+        what = "not true or false"
+    else:
+        return
+    if wrong:
+        allowed = "true or false" if annotation is bool else allowed_text(field_info(model, name))
+        raise ValidationError(
+            f"parameters.{name}", f"{value!r} is not allowed ({what}); allowed: {allowed}"
+        )
 
 
 def field_info(model: type[BaseModel], name: str) -> dict[str, Any]:

@@ -34,7 +34,11 @@ A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols
 from __future__ import annotations
 
 import math
+import numbers
+import os
+import stat
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +59,16 @@ TOP_KEYS = (
 STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
 INSTRUMENT_KEYS = ("resource", "driver", "channels")
+# A recipe is a page of settings: anything larger is a mistake (``labctl run /dev/zero``)
+# and is refused before it is read whole or parsed.
+MAX_RECIPE_BYTES = 1_000_000
+# Arrays and tables nest a few levels in a real recipe ([[steps]] > parameters > a list);
+# the limit keeps a hostile file from exhausting the parser's or the store's recursion.
+MAX_DEPTH = 16
+# Unicode categories a sample name may not hold: control, format (zero-width), surrogate,
+# private-use, unassigned, line and paragraph separators
+HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+MAX_NAME_CHARS = 200
 
 
 @dataclass
@@ -109,10 +123,7 @@ def read_recipe_text(ref: str) -> tuple[str, str]:
     """(text, source) of a recipe file path or a builtin recipe name."""
     path = Path(ref)
     if path.suffix == ".toml" or path.exists():
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except OSError as exc:
-            raise ValidationError("recipe", f"cannot read {ref}: {exc.strerror or exc}") from None
+        return _read_file(path), str(path)
     builtins = builtin_recipes()
     if ref in builtins:
         return builtins[ref], f"builtin:{ref}"
@@ -121,14 +132,46 @@ def read_recipe_text(ref: str) -> tuple[str, str]:
     )
 
 
+def _read_file(path: Path) -> str:
+    """The UTF-8 text of a regular file of at most MAX_RECIPE_BYTES (a device, a pipe or a
+    directory is refused before it is opened: reading one may never end)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(
+                "recipe", f"{path} is not a regular file; allowed: a TOML file (.toml)"
+            )
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError("recipe", f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ValidationError("recipe", f"{path} is larger than {_cap()}; allowed: at most that")
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not text
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            "recipe",
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "allowed: a TOML file saved as UTF-8",
+        ) from None
+
+
+def _cap() -> str:
+    return f"1 MB ({MAX_RECIPE_BYTES} bytes)"
+
+
 def parse_recipe(text: str, source: str = "", *, check: bool = True) -> Recipe:
     """The recipe in ``text``; ``check=False`` leaves the checks that ``--set`` may still
     satisfy (a ``[sample2]`` waiting for ``instrument.channels``) to
     :func:`apply_overrides`."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError("recipe", f"not valid TOML ({exc})") from None
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError("recipe", "not UTF-8 text (a lone surrogate character)") from None
+    if size > MAX_RECIPE_BYTES:
+        raise ValidationError("recipe", f"{size} bytes; allowed: at most {_cap()}")
+    data = _toml("recipe", text)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ValidationError(
@@ -143,6 +186,30 @@ def parse_recipe(text: str, source: str = "", *, check: bool = True) -> Recipe:
     return recipe
 
 
+def _toml(field: str, text: str) -> dict[str, Any]:
+    """The TOML document ``text``, nested at most MAX_DEPTH deep."""
+    too_deep = ValidationError(
+        field, f"arrays or tables nested too deep; allowed: at most {MAX_DEPTH} levels"
+    )
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(field, f"not valid TOML ({exc})") from None
+    except RecursionError:  # the parser recurses once per level
+        raise too_deep from None
+    if _depth(data) > MAX_DEPTH:
+        raise too_deep
+    return data
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deep arrays and tables nest in ``value`` (counting stops past ``limit``)."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    inner = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(x, limit - 1) for x in inner), default=0)
+
+
 def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     if "protocol" not in data:
         raise ValidationError(
@@ -153,6 +220,8 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     for table in ("sample", "sample2", "instrument", "parameters"):
         if table in data and not isinstance(data[table], dict):
             raise ValidationError(f"recipe.{table}", "must be a table ([" + table + "])")
+    if not isinstance(data.get("description", ""), str):
+        raise ValidationError("recipe.description", "must be a string (text describing it)")
     recipe = Recipe(
         protocol=data["protocol"],
         parameters=dict(data.get("parameters", {})),
@@ -165,12 +234,47 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     )
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
-    bad = [k for k in recipe.instrument if k not in INSTRUMENT_KEYS]
+    _check_instrument(recipe.instrument)
+    return recipe
+
+
+def _check_instrument(instrument: dict[str, Any]) -> None:
+    """Keys and types of ``[instrument]``; whether the instrument has the channels is
+    checked once it is connected."""
+    bad = [k for k in instrument if k not in INSTRUMENT_KEYS]
     if bad:
         raise ValidationError(
             f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
         )
-    return recipe
+    for key, example in (("resource", "sim://keithley2450?device=slit_unipolar"), ("driver", "")):
+        value = instrument.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            eg = f', e.g. "{example}" or "TCPIP::127.0.0.1::5025::SOCKET"' if example else ""
+            raise ValidationError(
+                f"instrument.{key}", f"{value!r} is not allowed; allowed: a string{eg}"
+            )
+    if "channels" in instrument:
+        check_channels(instrument["channels"])
+
+
+def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
+    """``[instrument] channels``: distinct channel numbers from 0 (refused naming ``field``)."""
+    ok = (
+        isinstance(value, list | tuple)
+        and 0 < len(value) <= 16
+        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in value)
+        and all(c >= 0 for c in value)
+    )
+    allowed = (
+        "allowed: a list of distinct channel numbers from 0, e.g. [0] or [0, 1] "
+        "(0: smua or channel 1, 1: smub or channel 2)"
+    )
+    if not ok:
+        raise ValidationError(field, f"{value!r} is not allowed; {allowed}")
+    twice = [c for k, c in enumerate(value) if c in value[:k]]
+    if twice:
+        raise ValidationError(field, f"{list(value)!r} names channel {twice[0]} twice; {allowed}")
+    return [int(c) for c in value]
 
 
 def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
@@ -206,9 +310,34 @@ def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
     )
 
 
+def check_sample_name(name: Any, field: str = "sample.name") -> str:
+    """A sample name with something visible in it, without control or invisible format
+    characters anywhere (a zero-width space would make a second "chip7" that looks like
+    the first); surrounding white space is dropped."""
+    if not isinstance(name, str):
+        raise ValidationError(field, f"{name!r} is not allowed; allowed: a string, e.g. chip7")
+    name = name.strip()
+    hidden = [c for c in name if unicodedata.category(c) in HIDDEN_CATEGORIES]
+    if hidden:
+        raise ValidationError(
+            field,
+            f"{name!r} holds an invisible or control character (U+{ord(hidden[0]):04X}); "
+            "allowed: letters, digits, punctuation and spaces, e.g. chip7",
+        )
+    if not name or not any(c.isprintable() and not c.isspace() for c in name):
+        raise ValidationError(
+            field,
+            f"{name!r} is empty or only white space; allowed: a non-empty name with a visible "
+            "character, e.g. chip7",
+        )
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationError(field, f"{len(name)} characters; allowed: at most {MAX_NAME_CHARS}")
+    return name
+
+
 def _check_sample(sample: dict[str, Any], table: str = "sample") -> None:
-    if "name" in sample and not (isinstance(sample["name"], str) and sample["name"].strip()):
-        raise ValidationError(f"{table}.name", "must be a non-empty string")
+    if "name" in sample:
+        sample["name"] = check_sample_name(sample["name"], f"{table}.name")
     for key, unit in (("max_v", "V"), ("max_i", "A")):
         if key in sample:
             value = sample[key]
@@ -263,8 +392,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = _toml("--set", f"v = {raw}")["v"]
+        except ValidationError as exc:
+            if "nested" in str(exc):
+                raise ValidationError("--set", f"{key}: {str(exc).split(': ', 1)[1]}") from None
             value = raw.strip()
         out[key] = value
     return out
@@ -295,6 +426,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             recipe.parameters[key] = value
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
+    _check_instrument(recipe.instrument)
     check_second_sample(recipe)
     for step in recipe.steps:  # the sample and instrument tables are shared by every step
         step.sample, step.sample2, step.instrument = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import date, datetime
 from pathlib import Path, PurePath
 
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from labctl.errors import StoreError
+from labctl.errors import StoreError, ValidationError
 
 ENV_VAR = "LABCTL_DB"
 BUSY_TIMEOUT_S = 30.0
@@ -48,8 +49,33 @@ def display_url(url: str) -> str:
     """The URL with its password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # a URL SQLAlchemy cannot read: hide it by hand
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def parse_url(url: str) -> URL:
+    """``url`` as SQLAlchemy reads it; a malformed one (a port that is not a number from
+    1 to 65535) is refused naming ``db``."""
+    example = "e.g. postgresql+psycopg://user@host:5432/labctl or sqlite:////path/labctl.db"
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise ValidationError(
+            "db", f"{display_url(url)!r} is not a database URL or file path ({exc}); {example}"
+        ) from None
+    except ValueError:  # SQLAlchemy's int() of the text after the host's colon
+        port = re.search(r"@[^/?#]*:([^/?#]*)", url)
+        got = f"port {port.group(1)!r}" if port else "its port"
+        raise ValidationError(
+            "db",
+            f"{display_url(url)!r}: {got} is not a number; allowed: a port from 1 to 65535, "
+            f"{example}",
+        ) from None
+    if u.port is not None and not 1 <= u.port <= 65535:
+        raise ValidationError(
+            "db", f"{display_url(url)!r}: port {u.port}; allowed: a port from 1 to 65535, {example}"
+        )
+    return u
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -124,10 +150,7 @@ def _on_sqlite_begin(conn) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the store's connection settings."""
-    try:
-        u = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(f"{url!r} is not a database URL or file path: {exc}") from None
+    u = parse_url(url)
     backend = u.get_backend_name()
     kwargs: dict = {"json_serializer": dumps}
     if backend == "sqlite":

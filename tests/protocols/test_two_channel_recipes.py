@@ -73,7 +73,7 @@ def test_sequence_steps_share_sample2():
         (
             RECIPE.replace("channels = [0, 1]", 'channels = ["a", "b"]'),
             "instrument.channels",
-            "two channel numbers",
+            "distinct channel numbers",
         ),
         (RECIPE.replace('name = "chipB"', 'name = ""'), "sample2.name", "non-empty"),
         (RECIPE.replace("max_v = 1.0", "max_v = -1.0"), "sample2.max_v", "a number > 0 V"),
