@@ -207,8 +207,10 @@ def run_host_timed(
 
     ``set_level(level)`` applies a step (called only when the level changes); ``read()``
     measures and returns (source readback, reading). A reading starts ``aperture_s`` before
-    its step ends and is stamped where its integration ends. Chunks are handed on at least
-    every 0.25 s; steps that start late are flagged LATE, all of them SOFTWARE_TIMED.
+    its step ends and is stamped where its integration ends. A reading is handed on within
+    ``FLUSH_S`` of clock time after it was taken, also when a long unsampled step follows
+    (the chunk goes before the host sleeps through it); steps that start late are flagged
+    LATE, all of them SOFTWARE_TIMED. An abort hands on what was read, then raises.
     """
     ends = program.step_ends()
     starts = ends - program.duration
@@ -218,40 +220,74 @@ def run_host_timed(
     vs: list[float] = []
     is_: list[float] = []
     late: list[bool] = []
-    flush_at = t_start + FLUSH_S
+    flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
+
+    def chunk() -> Chunk:
+        nonlocal rows, ts, vs, is_, late, flush_at
+        flags = np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED)
+        out = make_chunk(
+            program,
+            np.asarray(rows),
+            np.asarray(ts),
+            np.asarray(vs),
+            np.asarray(is_),
+            flags,
+            compliance=compliance,
+            channel=channel,
+        )
+        rows, ts, vs, is_, late = [], [], [], [], []
+        flush_at = math.inf
+        return out
+
+    def wait_until(t: float) -> Iterator[Chunk]:
+        """Sleep until clock time ``t``; readings that would be held past their promise go
+        first, and a real clock wakes for an abort."""
+        if rows and t > flush_at:
+            yield chunk()
+        _sleep_until(clock, t, abort)
+        if abort is not None and abort.is_set():
+            if rows:
+                yield chunk()  # keep every point taken before the abort
+            raise Aborted("run aborted")
+
     for k in range(len(program)):
-        raise_if_aborted(abort)
         level = float(program.level[k])
         target = t_start + starts[k]
-        clock.sleep_until(target)
+        yield from wait_until(target)
         late_now = clock.now() - target > LATE_TOLERANCE_S
         if level != last_level:
             set_level(level)
             last_level = level
         if program.sample[k]:
-            clock.sleep_until(t_start + ends[k] - aperture_s)
+            yield from wait_until(t_start + ends[k] - aperture_s)
             ts.append(clock.now() - t_start + aperture_s)
             source, reading = read()
             rows.append(k)
             vs.append(source)
             is_.append(reading)
             late.append(late_now)
+            if len(rows) == 1:
+                flush_at = clock.now() + FLUSH_S
         if rows and (clock.now() >= flush_at or k == len(program) - 1):
-            flags = np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED)
-            yield make_chunk(
-                program,
-                np.asarray(rows),
-                np.asarray(ts),
-                np.asarray(vs),
-                np.asarray(is_),
-                flags,
-                compliance=compliance,
-                channel=channel,
-            )
-            rows, ts, vs, is_, late = [], [], [], [], []
-            flush_at = clock.now() + FLUSH_S
-    clock.sleep_until(t_start + ends[-1])
+            yield chunk()
+    yield from wait_until(t_start + ends[-1])
+
+
+ABORT_CHECK_S = 0.1  # a host-timed wait on a real clock looks at the abort this often
+
+
+def _sleep_until(clock: Clock, t: float, abort: threading.Event | None) -> None:
+    """``clock.sleep_until(t)``; on a real clock in pieces, returning early on an abort (a
+    virtual clock jumps: the run stays fast)."""
+    if abort is None or getattr(clock, "is_virtual", False):
+        clock.sleep_until(t)
+        return
+    while not abort.is_set():
+        left = t - clock.now()
+        if left <= 0:
+            return
+        clock.sleep(min(left, ABORT_CHECK_S))
 
 
 def deadline_grace_s(planned_s: float) -> float:
