@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from labctl.clock import Clock, RealClock
-from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
+from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, STALL, Chunk
 from labctl.errors import (
     Aborted,
     ConnectionLost,
@@ -202,6 +202,7 @@ def run_host_timed(
     abort: threading.Event | None,
     compliance: float | None,
     channel: int = 0,
+    watch: LinkWatch | None = None,
 ) -> Iterator[Chunk]:
     """Step through ``program`` on the host clock; the instrument-independent loop.
 
@@ -211,6 +212,8 @@ def run_host_timed(
     ``FLUSH_S`` of clock time after it was taken, also when a long unsampled step follows
     (the chunk goes before the host sleeps through it); steps that start late are flagged
     LATE, all of them SOFTWARE_TIMED. An abort hands on what was read, then raises.
+    ``watch`` (the driver's :class:`LinkWatch`) notes a level or a reading whose reply was
+    far slower than expected as a stall and flags the reading STALL.
     """
     ends = program.step_ends()
     starts = ends - program.duration
@@ -219,13 +222,13 @@ def run_host_timed(
     ts: list[float] = []
     vs: list[float] = []
     is_: list[float] = []
-    late: list[bool] = []
+    late: list[int] = []
     flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
 
     def chunk() -> Chunk:
         nonlocal rows, ts, vs, is_, late, flush_at
-        flags = np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED)
+        flags = SOFTWARE_TIMED | np.asarray(late, np.uint16)
         out = make_chunk(
             program,
             np.asarray(rows),
@@ -255,18 +258,25 @@ def run_host_timed(
         level = float(program.level[k])
         target = t_start + starts[k]
         yield from wait_until(target)
-        late_now = clock.now() - target > LATE_TOLERANCE_S
+        late_now = LATE if clock.now() - target > LATE_TOLERANCE_S else 0
+        stalled = 0
         if level != last_level:
+            began = clock.now()
             set_level(level)
             last_level = level
+            if watch is not None and watch.stalled(clock.now() - began, 0.0, "setting a level"):
+                stalled = STALL
         if program.sample[k]:
             yield from wait_until(t_start + ends[k] - aperture_s)
             ts.append(clock.now() - t_start + aperture_s)
+            began = clock.now()
             source, reading = read()
+            if watch is not None and watch.stalled(clock.now() - began, aperture_s, "a reading"):
+                stalled = STALL
             rows.append(k)
             vs.append(source)
             is_.append(reading)
-            late.append(late_now)
+            late.append(late_now | stalled)
             if len(rows) == 1:
                 flush_at = clock.now() + FLUSH_S
         if rows and (clock.now() >= flush_at or k == len(program) - 1):
@@ -288,6 +298,44 @@ def _sleep_until(clock: Clock, t: float, abort: threading.Event | None) -> None:
         if left <= 0:
             return
         clock.sleep(min(left, ABORT_CHECK_S))
+
+
+EXPECTED_REPLY_S = 0.5  # a reply may take this long beyond its measurement, then it stalled
+FETCH_S_PER_READING = 10e-6  # ... and this per reading of a bulk read (100 k readings/s)
+
+
+class LinkWatch:
+    """Notices the replies of a driver's link that stall: slower than the measurement they
+    wait for plus ``expected_reply_s``. Each stall is kept in ``stalls`` (message, data) for
+    the engine to record as an event of kind ``stall``; the points read across it are
+    flagged STALL by the loop that read them."""
+
+    expected_reply_s: float = EXPECTED_REPLY_S
+
+    def __init__(self, resource: str, clock: Clock) -> None:
+        self.resource = resource
+        self.clock = clock
+        self.stalls: list[tuple[str, dict]] = []
+
+    def stalled(self, took_s: float, expected_s: float, what: str) -> bool:
+        """True (and the stall kept) when ``what`` took ``took_s`` against ``expected_s``
+        of measurement."""
+        limit = expected_s + self.expected_reply_s
+        if took_s <= limit:
+            return False
+        self.stalls.append(
+            (
+                f"{self.resource}: the link stalled {took_s:.3g} s on {what} (expected "
+                f"within {limit:.3g} s); the points read across it are flagged STALL",
+                {"seconds": took_s, "expected_s": limit, "what": what, "at": self.clock.now()},
+            )
+        )
+        return True
+
+    def take(self) -> list[tuple[str, dict]]:
+        """The stalls noticed since the last call."""
+        out, self.stalls = self.stalls, []
+        return out
 
 
 def deadline_grace_s(planned_s: float) -> float:
@@ -413,7 +461,8 @@ def shorter_timeout(transport, seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        transport.timeout_s = old
+        with contextlib.suppress(LabctlError):  # a link gone away: its error is told already
+            transport.timeout_s = old
 
 
 class DriverBase:
@@ -431,6 +480,7 @@ class DriverBase:
         self.limits = Limits()
         self.identity = ""
         self.timing = "auto"  # "auto" | "hardware" | "software"
+        self.watch = LinkWatch(str(getattr(transport, "resource", "")), self.clock)
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
@@ -457,6 +507,13 @@ class DriverBase:
         if getattr(self.clock, "is_virtual", False):
             return max(0.25, expected_s / 16)
         return self.poll_s
+
+    def _poll_stalled(self, run: HardwareRun, began: float, before: int) -> bool:
+        """Whether the poll of ``run`` that began at ``began`` (``before`` readings read)
+        has stalled so far: slower than its replies and bulk reads should take."""
+        took = self.clock.now() - began
+        expected = (run.read - before) * FETCH_S_PER_READING
+        return self.watch.stalled(took, expected, "a poll of the run")
 
     def follow(
         self,
@@ -511,8 +568,16 @@ class DriverBase:
                 until = min(now + late_poll, deadline)
                 late_poll = min(2 * late_poll, poll)
             run.wait(clock, max(until, now))
+            # a poll that stalls flags what it read from there on (a streaming instrument's
+            # silence is its data's timing, no stall)
+            watching = not isinstance(run, StreamingRun)
+            began, before, stalled = clock.now(), run.read, False
             ended = run.progress()
-            yield from fetch()
+            for chunk in fetch():
+                stalled = stalled or (watching and self._poll_stalled(run, began, before))
+                yield chunk.flagged(STALL) if stalled else chunk
+            if watching and not stalled:
+                self._poll_stalled(run, began, before)
             if run.failed:
                 run.stop()
                 raise InstrumentError(f"{resource} reports during a run: {run.errors()}")

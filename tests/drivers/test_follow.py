@@ -172,3 +172,34 @@ def test_an_abort_in_a_host_timed_rest_keeps_the_read_before_it():
             got.append(chunk)
             abort.set()
     assert len(Chunk.concat(got)) == 2  # neither read was lost
+
+
+# -- stalls: a reply far slower than expected is noted and the points across it flagged -----
+
+
+def test_a_stalled_poll_of_a_hardware_run_is_noted_and_flags_what_it_read():
+    from labctl.data import STALL
+
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0, fault="late:0.3@13-16")
+    d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
+    data = Chunk.concat(list(d.execute(staircase(np.linspace(0.1, 1.0, 400), STEP_S))))
+    assert len(data) == 400  # the run itself was fine: the instrument timed it
+    (stall,) = d.watch.take()
+    message, info = stall
+    assert "stalled 0.9 s on a poll" in message and info["seconds"] == pytest.approx(0.9)
+    flagged = data.flags & STALL != 0
+    assert 0 < np.count_nonzero(flagged) < 400  # what that poll read, not the whole run
+    assert d.watch.take() == []
+
+
+def test_a_host_timed_reading_across_a_stall_is_flagged():
+    from labctl.data import LATE, STALL
+
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0, fault="late:0.8@12-13")
+    d.configure(timing="software", compliance_a=1e-3)
+    data = Chunk.concat(list(d.execute(staircase(np.linspace(0.1, 1.0, 20), 0.1))))
+    assert len(data) == 20
+    assert np.count_nonzero(data.flags & STALL) == 1
+    k = int(np.flatnonzero(data.flags & STALL)[0])
+    assert data.flags[k + 1] & LATE  # the step after it started late
+    assert len(d.watch.take()) == 1
