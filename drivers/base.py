@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from labctl.clock import Clock, RealClock
-from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
+from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, STALL, Chunk
 from labctl.errors import (
     Aborted,
     ConnectionLost,
@@ -202,13 +202,18 @@ def run_host_timed(
     abort: threading.Event | None,
     compliance: float | None,
     channel: int = 0,
+    watch: LinkWatch | None = None,
 ) -> Iterator[Chunk]:
     """Step through ``program`` on the host clock; the instrument-independent loop.
 
     ``set_level(level)`` applies a step (called only when the level changes); ``read()``
     measures and returns (source readback, reading). A reading starts ``aperture_s`` before
-    its step ends and is stamped where its integration ends. Chunks are handed on at least
-    every 0.25 s; steps that start late are flagged LATE, all of them SOFTWARE_TIMED.
+    its step ends and is stamped where its integration ends. A reading is handed on within
+    ``FLUSH_S`` of clock time after it was taken, also when a long unsampled step follows
+    (the chunk goes before the host sleeps through it); steps that start late are flagged
+    LATE, all of them SOFTWARE_TIMED. An abort hands on what was read, then raises.
+    ``watch`` (the driver's :class:`LinkWatch`) notes a level or a reading whose reply was
+    far slower than expected as a stall and flags the reading STALL.
     """
     ends = program.step_ends()
     starts = ends - program.duration
@@ -217,41 +222,120 @@ def run_host_timed(
     ts: list[float] = []
     vs: list[float] = []
     is_: list[float] = []
-    late: list[bool] = []
-    flush_at = t_start + FLUSH_S
+    late: list[int] = []
+    flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
+
+    def chunk() -> Chunk:
+        nonlocal rows, ts, vs, is_, late, flush_at
+        flags = SOFTWARE_TIMED | np.asarray(late, np.uint16)
+        out = make_chunk(
+            program,
+            np.asarray(rows),
+            np.asarray(ts),
+            np.asarray(vs),
+            np.asarray(is_),
+            flags,
+            compliance=compliance,
+            channel=channel,
+        )
+        rows, ts, vs, is_, late = [], [], [], [], []
+        flush_at = math.inf
+        return out
+
+    def wait_until(t: float) -> Iterator[Chunk]:
+        """Sleep until clock time ``t``; readings that would be held past their promise go
+        first, and a real clock wakes for an abort."""
+        if rows and t > flush_at:
+            yield chunk()
+        _sleep_until(clock, t, abort)
+        if abort is not None and abort.is_set():
+            if rows:
+                yield chunk()  # keep every point taken before the abort
+            raise Aborted("run aborted")
+
     for k in range(len(program)):
-        raise_if_aborted(abort)
         level = float(program.level[k])
         target = t_start + starts[k]
-        clock.sleep_until(target)
-        late_now = clock.now() - target > LATE_TOLERANCE_S
+        yield from wait_until(target)
+        late_now = LATE if clock.now() - target > LATE_TOLERANCE_S else 0
+        stalled = 0
         if level != last_level:
+            began = clock.now()
             set_level(level)
             last_level = level
+            if watch is not None and watch.stalled(clock.now() - began, 0.0, "setting a level"):
+                stalled = STALL
         if program.sample[k]:
-            clock.sleep_until(t_start + ends[k] - aperture_s)
+            yield from wait_until(t_start + ends[k] - aperture_s)
             ts.append(clock.now() - t_start + aperture_s)
+            began = clock.now()
             source, reading = read()
+            if watch is not None and watch.stalled(clock.now() - began, aperture_s, "a reading"):
+                stalled = STALL
             rows.append(k)
             vs.append(source)
             is_.append(reading)
-            late.append(late_now)
+            late.append(late_now | stalled)
+            if len(rows) == 1:
+                flush_at = clock.now() + FLUSH_S
         if rows and (clock.now() >= flush_at or k == len(program) - 1):
-            flags = np.where(late, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED)
-            yield make_chunk(
-                program,
-                np.asarray(rows),
-                np.asarray(ts),
-                np.asarray(vs),
-                np.asarray(is_),
-                flags,
-                compliance=compliance,
-                channel=channel,
+            yield chunk()
+    yield from wait_until(t_start + ends[-1])
+
+
+ABORT_CHECK_S = 0.1  # a host-timed wait on a real clock looks at the abort this often
+
+
+def _sleep_until(clock: Clock, t: float, abort: threading.Event | None) -> None:
+    """``clock.sleep_until(t)``; on a real clock in pieces, returning early on an abort (a
+    virtual clock jumps: the run stays fast)."""
+    if abort is None or getattr(clock, "is_virtual", False):
+        clock.sleep_until(t)
+        return
+    while not abort.is_set():
+        left = t - clock.now()
+        if left <= 0:
+            return
+        clock.sleep(min(left, ABORT_CHECK_S))
+
+
+EXPECTED_REPLY_S = 0.5  # a reply may take this long beyond its measurement, then it stalled
+FETCH_S_PER_READING = 10e-6  # ... and this per reading of a bulk read (100 k readings/s)
+
+
+class LinkWatch:
+    """Notices the replies of a driver's link that stall: slower than the measurement they
+    wait for plus ``expected_reply_s``. Each stall is kept in ``stalls`` (message, data) for
+    the engine to record as an event of kind ``stall``; the points read across it are
+    flagged STALL by the loop that read them."""
+
+    expected_reply_s: float = EXPECTED_REPLY_S
+
+    def __init__(self, resource: str, clock: Clock) -> None:
+        self.resource = resource
+        self.clock = clock
+        self.stalls: list[tuple[str, dict]] = []
+
+    def stalled(self, took_s: float, expected_s: float, what: str) -> bool:
+        """True (and the stall kept) when ``what`` took ``took_s`` against ``expected_s``
+        of measurement."""
+        limit = expected_s + self.expected_reply_s
+        if took_s <= limit:
+            return False
+        self.stalls.append(
+            (
+                f"{self.resource}: the link stalled {took_s:.3g} s on {what} (expected "
+                f"within {limit:.3g} s); the points read across it are flagged STALL",
+                {"seconds": took_s, "expected_s": limit, "what": what, "at": self.clock.now()},
             )
-            rows, ts, vs, is_, late = [], [], [], [], []
-            flush_at = clock.now() + FLUSH_S
-    clock.sleep_until(t_start + ends[-1])
+        )
+        return True
+
+    def take(self) -> list[tuple[str, dict]]:
+        """The stalls noticed since the last call."""
+        out, self.stalls = self.stalls, []
+        return out
 
 
 def deadline_grace_s(planned_s: float) -> float:
@@ -377,7 +461,8 @@ def shorter_timeout(transport, seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        transport.timeout_s = old
+        with contextlib.suppress(LabctlError):  # a link gone away: its error is told already
+            transport.timeout_s = old
 
 
 class DriverBase:
@@ -395,6 +480,7 @@ class DriverBase:
         self.limits = Limits()
         self.identity = ""
         self.timing = "auto"  # "auto" | "hardware" | "software"
+        self.watch = LinkWatch(str(getattr(transport, "resource", "")), self.clock)
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
@@ -421,6 +507,13 @@ class DriverBase:
         if getattr(self.clock, "is_virtual", False):
             return max(0.25, expected_s / 16)
         return self.poll_s
+
+    def _poll_stalled(self, run: HardwareRun, began: float, before: int) -> bool:
+        """Whether the poll of ``run`` that began at ``began`` (``before`` readings read)
+        has stalled so far: slower than its replies and bulk reads should take."""
+        took = self.clock.now() - began
+        expected = (run.read - before) * FETCH_S_PER_READING
+        return self.watch.stalled(took, expected, "a poll of the run")
 
     def follow(
         self,
@@ -475,8 +568,16 @@ class DriverBase:
                 until = min(now + late_poll, deadline)
                 late_poll = min(2 * late_poll, poll)
             run.wait(clock, max(until, now))
+            # a poll that stalls flags what it read from there on (a streaming instrument's
+            # silence is its data's timing, no stall)
+            watching = not isinstance(run, StreamingRun)
+            began, before, stalled = clock.now(), run.read, False
             ended = run.progress()
-            yield from fetch()
+            for chunk in fetch():
+                stalled = stalled or (watching and self._poll_stalled(run, began, before))
+                yield chunk.flagged(STALL) if stalled else chunk
+            if watching and not stalled:
+                self._poll_stalled(run, began, before)
             if run.failed:
                 run.stop()
                 raise InstrumentError(f"{resource} reports during a run: {run.errors()}")

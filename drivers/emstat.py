@@ -581,6 +581,7 @@ class EmStat(DriverBase):
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
+            watch=self.watch,
             compliance=None,
         )
         self._run_script(["cell_off"])

@@ -194,6 +194,7 @@ class Keithley2400(SourceMeterBase):
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
+            watch=self.watch,
             compliance=self.compliance_a,
         )
 

@@ -229,6 +229,7 @@ class Keithley2450(SourceMeterBase):
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
+            watch=self.watch,
             compliance=self.compliance_a,
         )
 

@@ -446,6 +446,7 @@ class Keithley2600(SourceMeterBase):
             read=read,
             aperture_s=self.aperture_s * len(chans),
             abort=abort,
+            watch=self.watch,
             compliance=self.compliance_a,
             channel=chans[0],
         ):

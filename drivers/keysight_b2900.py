@@ -395,6 +395,7 @@ class KeysightB2900(SourceMeterBase):
             read=read,
             aperture_s=self.aperture_s,
             abort=abort,
+            watch=self.watch,
             compliance=self.compliance_a,
             channel=self.channels[0],
         ):

@@ -330,6 +330,7 @@ class Rodeostat(DriverBase):
             read=read,
             aperture_s=0.0,
             abort=abort,
+            watch=self.watch,
             compliance=None,
         )
 

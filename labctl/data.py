@@ -19,6 +19,7 @@ COMPLIANCE = 1  # the source hit its limit (current limit when sourcing V)
 OVERRANGE = 2  # reading over range (9.9E37 from the instrument)
 SOFTWARE_TIMED = 4  # the step was timed by the host, not the instrument
 LATE = 8  # software-timed step started later than requested by more than the tolerance
+STALL = 16  # read across a stall of the link: a reply far slower than expected
 
 COLUMNS: tuple[str, ...] = (
     "t",
@@ -120,6 +121,12 @@ class Chunk:
         """The same samples with ``t`` moved by ``dt`` seconds."""
         cols = self.columns()
         cols["t"] = cols["t"] + dt
+        return Chunk(**cols)
+
+    def flagged(self, bits: int) -> Chunk:
+        """The same samples with ``bits`` set in every row's flags."""
+        cols = self.columns()
+        cols["flags"] = cols["flags"] | np.uint16(bits)
         return Chunk(**cols)
 
     def to_frame(self):  # -> pandas.DataFrame (pandas is imported only when asked for)

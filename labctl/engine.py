@@ -611,10 +611,21 @@ class RunEngine:
         t_start = clock.now() - t0
         self._executed.append(program)
         self._notify("on_program", k, program, t_start)
-        for chunk in driver.execute(program, self.abort_event):
-            yield chunk.shifted(t_start)
+        try:
+            for chunk in driver.execute(program, self.abort_event):
+                yield chunk.shifted(t_start)
+                self._record_stalls(driver)
+        finally:
+            self._record_stalls(driver)
         if self.abort_event.is_set():
             raise Aborted("run aborted")
+
+    def _record_stalls(self, driver) -> None:
+        """The link stalls the driver noticed (``driver.watch``), as events of kind
+        ``stall``; the points read across them carry the STALL flag."""
+        watch = getattr(driver, "watch", None)
+        for message, data in watch.take() if watch is not None else ():
+            self._event(self._run_id, "stall", message, data)
 
     def _notify(self, method: str, *args: Any) -> None:
         for listener in self.listeners:

@@ -138,7 +138,8 @@ class VisaTransport(_QueryMixin):
         import pyvisa
 
         self.resource = resource
-        self.timeout_s = timeout_s
+        self._timeout_s = timeout_s
+        self._res = None
         self._errors = pyvisa.errors
         self._io = {"read_termination": read_termination, "write_termination": write_termination}
         try:
@@ -156,7 +157,23 @@ class VisaTransport(_QueryMixin):
             raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
         if self.resource.upper().startswith("TCPIP"):
             _tcp_nodelay(res)
+            _eof_raises(res)
         return res
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        """The read timeout, on the open session too (a driver shortens it near a
+        deadline)."""
+        self._timeout_s = float(seconds)
+        if self._res is not None:
+            try:
+                self._res.timeout = round(seconds * 1000)
+            except (self._errors.Error, OSError) as exc:
+                raise self._wrap(exc) from exc
 
     def reopen(self) -> None:
         """Close the session and open a new one with the same terminations and timeout
@@ -181,7 +198,6 @@ class VisaTransport(_QueryMixin):
             self._io["write_termination"] = write_termination
         if timeout_s is not None:
             self.timeout_s = timeout_s
-            self._res.timeout = int(timeout_s * 1000)
 
     def _wrap(self, exc: Exception) -> TransportError:
         text = _reason(exc)
@@ -245,7 +261,8 @@ class SerialTransport(_QueryMixin):
         import serial
 
         self.resource = port
-        self.timeout_s = timeout_s
+        self._timeout_s = timeout_s
+        self._port = None
         self._rt = read_termination.encode()
         self._wt = write_termination.encode()
         self._enc = encoding
@@ -262,6 +279,20 @@ class SerialTransport(_QueryMixin):
             )
         except (serial.SerialException, ValueError, OSError) as exc:
             raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        """The read timeout, on the open port too (a driver shortens it near a deadline)."""
+        self._timeout_s = float(seconds)
+        if self._port is not None:
+            try:
+                self._port.timeout = self._timeout_s
+            except (self._serial_mod.SerialException, OSError) as exc:  # a port gone away
+                raise ConnectionLost(self.resource, f"port lost ({_reason(exc)})") from exc
 
     def reopen(self) -> None:
         """Close the port and open it again at the same rate, dropping a partial line."""
@@ -326,3 +357,39 @@ def _tcp_nodelay(res) -> None:
     with contextlib.suppress(Exception):
         sock = res.visalib.sessions[res.session].interface
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _EofRaisingSocket:
+    """A VISA TCP session's socket on which a closed connection raises at once.
+
+    pyvisa-py (0.8) takes an empty ``recv`` (the peer closed its end) for "no data yet"
+    and waits out the whole timeout, so an instrument that closed or restarted looked like
+    a slow one for 10 to 30 s. Here the empty ``recv`` raises ConnectionAbortedError, which
+    the transport reports as a lost connection; a reset (ECONNRESET) raises by itself.
+    """
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        data = self._sock.recv(size, *flags)
+        if not data and size:
+            raise ConnectionAbortedError("the instrument closed the connection")
+        return data
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def _eof_raises(res) -> None:
+    """Put :class:`_EofRaisingSocket` under a pyvisa-py TCP SOCKET session (other backends
+    and session kinds are left as they are)."""
+    import socket
+
+    with contextlib.suppress(Exception):
+        session = res.visalib.sessions[res.session]
+        if isinstance(session.interface, socket.socket):
+            session.interface = _EofRaisingSocket(session.interface)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from labctl import __version__
-from labctl.data import COLUMNS, COMPLIANCE, DTYPES, LATE, OVERRANGE, SOFTWARE_TIMED
+from labctl.data import COLUMNS, COMPLIANCE, DTYPES, LATE, OVERRANGE, SOFTWARE_TIMED, STALL
 from labctl.errors import StoreError, ValidationError
 from labctl.program import PHASES
 from labctl.store.db import dumps
@@ -77,6 +77,7 @@ FLAG_BITS: dict[str, int] = {
     "overrange": OVERRANGE,
     "software_timed": SOFTWARE_TIMED,
     "late": LATE,
+    "stall": STALL,
 }
 DESCRIPTIONS: dict[str, str] = {
     "t": "time since the run started",

@@ -80,3 +80,72 @@ def test_visa_tcp_sessions_turn_off_nagle():
         t.close()
     finally:
         server.close()
+
+
+def _one_reply_server(*, reset: bool):
+    """A raw TCP peer on 127.0.0.1 that answers one line, then closes (or resets) the
+    connection; (port, thread)."""
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.makefile("rb").readline()
+        conn.sendall(b"first\n")
+        conn.makefile("rb").readline()  # the second query arrives, then the peer goes
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_tcp_peer_that_goes_away_is_noticed_at_once_not_at_the_timeout(reset):
+    import time
+
+    pytest.importorskip("pyvisa_py")
+    port, thread = _one_reply_server(reset=reset)
+    resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+    t = VisaTransport(resource, timeout_s=30.0)
+    try:
+        assert t.query("A?") == "first"
+        began = time.monotonic()
+        with pytest.raises(ConnectionLost, match=rf"{port}::SOCKET: connection lost"):
+            t.query("B?")
+        assert time.monotonic() - began < 2.0  # not the 30 s read timeout
+    finally:
+        t.close()
+        thread.join(5)
+
+
+def test_a_closed_pseudo_terminal_is_noticed_at_once():
+    import os
+    import time
+
+    if not hasattr(os, "openpty"):
+        pytest.skip("needs pseudo-terminals")
+    from labctl.sim.serve import make_pty_server
+
+    server = make_pty_server("rodeostat", device="resistor", seed=1).start()
+    try:
+        t = SerialTransport(server.path, timeout_s=10.0)
+        assert "getVariant" in t.query('{"command":"getVariant"}')
+        server.stop()  # the cable is pulled
+        began = time.monotonic()
+        with pytest.raises(ConnectionLost, match=server.path):
+            t.query('{"command":"getVariant"}')
+        assert time.monotonic() - began < 2.0
+        with pytest.raises(ConnectionLost):  # a shorter read timeout cannot be set either
+            t.timeout_s = 0.5
+        t.close()
+    finally:
+        server.close()

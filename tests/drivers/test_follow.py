@@ -15,7 +15,7 @@ from drivers.base import deadline_grace_s
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.engine import RunEngine
 from labctl.errors import Aborted, InstrumentError
-from labctl.program import staircase
+from labctl.program import hold, staircase
 from protocols.base import get_protocol, validate_params
 from tests.drivers.support import connect_sim
 from tests.drivers.test_conformance import SafeStateSpy, output_is_off
@@ -115,3 +115,91 @@ def test_an_abort_stops_the_run_and_keeps_what_it_took(name):
     np.testing.assert_array_equal(np.diff(data.t) > 0, True)  # in order, none twice
     d.safe_state()
     assert output_is_off(d.transport.emulator)
+
+
+# -- host timing: readings are handed on within 250 ms of clock time ----------------------------
+
+ALL_DRIVERS = HARDWARE_TIMED  # every driver also times from the host
+
+
+class Stamped:
+    """The clock time at which each chunk of a run was handed on."""
+
+    def __init__(self, d, program, abort=None) -> None:
+        self.chunks: list[tuple[float, Chunk]] = []
+        for chunk in d.execute(program, abort):
+            self.chunks.append((d.clock.now(), chunk))
+
+
+@pytest.mark.parametrize("name", ALL_DRIVERS)
+def test_a_host_timed_read_before_a_long_rest_is_handed_on_within_250_ms(name):
+    d = connect_sim(name, "resistor", R=1e6, noise=0)
+    d.configure(timing="software", compliance_a=1e-3)
+    t0 = d.clock.now()
+    # a 0.1 s read, a 100 s rest unsampled, a read: the first must not wait for the rest
+    program = hold(0.2, 0.1) + hold(0.0, 100.0, sample=False) + hold(0.3, 0.1)
+    run = Stamped(d, program)
+    assert [len(c) for _t, c in run.chunks] == [1, 1]
+    (handed, first), _ = run.chunks
+    assert first.v_set[0] == 0.2 and np.all(first.flags & SOFTWARE_TIMED)
+    read_end = t0 + first.t[0]
+    assert read_end == pytest.approx(t0 + 0.1, abs=0.05)
+    assert handed - read_end <= 0.25
+    assert d.clock.now() - t0 == pytest.approx(100.2, abs=0.05)  # the rest was held in full
+
+
+@pytest.mark.parametrize("name", ["keithley2450", "emstat"])
+def test_dense_host_timed_reads_come_in_chunks_at_most_250_ms_apart(name):
+    d = connect_sim(name, "resistor", R=1e6, noise=0)
+    d.configure(timing="software", compliance_a=1e-3)
+    t0 = d.clock.now()
+    program = staircase(np.linspace(0.1, 0.5, 60), 0.05)  # 3 s, a read every 50 ms
+    run = Stamped(d, program)
+    for handed, chunk in run.chunks:  # no reading waits longer than the promise
+        assert handed - (t0 + chunk.t.min()) <= 0.25 + 1e-9
+    assert sum(len(c) for _t, c in run.chunks) == 60
+    assert len(run.chunks) < 60  # still batched
+
+
+def test_an_abort_in_a_host_timed_rest_keeps_the_read_before_it():
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0)
+    d.configure(timing="software", compliance_a=1e-3)
+    abort = threading.Event()
+    program = hold(0.2, 0.01) + hold(0.1, 0.01) + hold(0.0, 100.0, sample=False)
+    got = []
+    with pytest.raises(Aborted):
+        for chunk in d.execute(program, abort):
+            got.append(chunk)
+            abort.set()
+    assert len(Chunk.concat(got)) == 2  # neither read was lost
+
+
+# -- stalls: a reply far slower than expected is noted and the points across it flagged -----
+
+
+def test_a_stalled_poll_of_a_hardware_run_is_noted_and_flags_what_it_read():
+    from labctl.data import STALL
+
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0, fault="late:0.3@13-16")
+    d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
+    data = Chunk.concat(list(d.execute(staircase(np.linspace(0.1, 1.0, 400), STEP_S))))
+    assert len(data) == 400  # the run itself was fine: the instrument timed it
+    (stall,) = d.watch.take()
+    message, info = stall
+    assert "stalled 0.9 s on a poll" in message and info["seconds"] == pytest.approx(0.9)
+    flagged = data.flags & STALL != 0
+    assert 0 < np.count_nonzero(flagged) < 400  # what that poll read, not the whole run
+    assert d.watch.take() == []
+
+
+def test_a_host_timed_reading_across_a_stall_is_flagged():
+    from labctl.data import LATE, STALL
+
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0, fault="late:0.8@12-13")
+    d.configure(timing="software", compliance_a=1e-3)
+    data = Chunk.concat(list(d.execute(staircase(np.linspace(0.1, 1.0, 20), 0.1))))
+    assert len(data) == 20
+    assert np.count_nonzero(data.flags & STALL) == 1
+    k = int(np.flatnonzero(data.flags & STALL)[0])
+    assert data.flags[k + 1] & LATE  # the step after it started late
+    assert len(d.watch.take()) == 1

@@ -145,7 +145,7 @@ def test_netcdf_has_the_points_and_the_metadata(store, finished_run, tmp_path):
         assert ds["t"].attrs["units"] == "s"
         meanings = ds["phase"].attrs["flag_meanings"].split()
         assert meanings[5] == PHASES[5] and meanings[0] == "none"
-        assert list(ds["flags"].attrs["flag_masks"]) == [1, 2, 4, 8]
+        assert list(ds["flags"].attrs["flag_masks"]) == [1, 2, 4, 8, 16]
         attrs = dict(ds.attrs)
     assert attrs["Conventions"].startswith("CF-")
     for key in ("parameters", "sample_metadata", "run_metadata", "units"):
