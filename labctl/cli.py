@@ -12,6 +12,8 @@ from pathlib import Path
 
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
+# labctl.store.schema.STATUSES, written out: the CLI's help must not import SQLAlchemy
+RUN_STATUSES = ("running", "completed", "aborted", "failed", "interrupted")
 
 
 def _whole(lo: int, hi: int, what: str = "a whole number"):
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_whole(1, 1_000_000), default=20, help="at most this many (default 20)"
     )
-    p.add_argument("--status")
+    p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--sample")
     p.add_argument("--protocol")
     _db_arg(p)

@@ -75,8 +75,11 @@ def parse_sim(resource: str) -> SimSpec:
                 try:
                     spec.seed = int(value)
                 except ValueError:
+                    spec.seed = -1
+                if spec.seed < 0:
                     raise ValidationError(
-                        "instrument.seed", f"{value!r} is not a whole number"
+                        "instrument.seed",
+                        f"{value!r}; allowed: a whole number >= 0, or none (unseeded noise)",
                     ) from None
         elif key == "device2":
             spec.device2 = value
