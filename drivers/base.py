@@ -257,6 +257,9 @@ class DriverBase:
         self.limits = Limits()
         self.identity = ""
         self.timing = "auto"  # "auto" | "hardware" | "software"
+        # what connecting found that every run on this driver carries as a warning (a
+        # simulated device outside its model's validity)
+        self.warnings: list[str] = []
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
