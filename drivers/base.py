@@ -481,6 +481,9 @@ class DriverBase:
         self.identity = ""
         self.timing = "auto"  # "auto" | "hardware" | "software"
         self.watch = LinkWatch(str(getattr(transport, "resource", "")), self.clock)
+        # what connecting found that every run on this driver carries as a warning (a
+        # simulated device outside its model's validity)
+        self.warnings: list[str] = []
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits

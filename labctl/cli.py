@@ -7,11 +7,16 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from labctl.errors import PlausibilityWarning
+
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
+# labctl.store.schema.STATUSES, written out: the CLI's help must not import SQLAlchemy
+RUN_STATUSES = ("running", "completed", "aborted", "failed", "interrupted")
 
 
 def _whole(lo: int, hi: int, what: str = "a whole number"):
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_whole(1, 1_000_000), default=20, help="at most this many (default 20)"
     )
-    p.add_argument("--status")
+    p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--sample")
     p.add_argument("--protocol")
     _db_arg(p)
@@ -156,8 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
-    simsub.add_parser(
-        "presets", help="device presets with their parameters, units, defaults, sources"
+    s = simsub.add_parser(
+        "presets",
+        help="device presets with their parameters, units, defaults, validity, sources",
+        description="Each preset's parameters: unit, default, the allowed range, the range "
+        "its model is known to hold in (valid) and the source. With PRESET and --param, the "
+        "values given are checked: refused if they give a negative conductance, warned about "
+        "if outside the valid range (as a sim:// resource with them would be).",
+    )
+    s.add_argument("preset", nargs="?", help="one preset only")
+    s.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="a device parameter"
     )
     s = simsub.add_parser(
         "plot", help="PNGs of a preset's I-V loops and loop area against frequency"
@@ -180,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # a simulated device outside its validity: each run prints and stores the warning
+    warnings.filterwarnings("ignore", category=PlausibilityWarning)
     # `sim serve` has its own parser (labctl.sim.serve) so its help is complete there.
     if len(argv) >= 2 and argv[0] == "sim" and argv[1] == "serve":
         return _guard(lambda: _sim_serve(argv[2:]))
@@ -336,6 +352,8 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         )
         if result.error:
             print(f"  reason: {result.error}")
+        for message in result.warnings:
+            print(f"  warning: {message}")
         _print_metrics(result.metrics)
         if plot_path is not None and result.n_points:
             from labctl.report import plot_run
@@ -523,19 +541,14 @@ def cmd_resources(args) -> int:
 
 
 def cmd_sim(args) -> int:
+    from labctl.sim.devices import parse_params
+
     if args.sim_command == "presets":
-        return _sim_presets()
+        return _sim_presets(args.preset, parse_params(args.param))
     if args.sim_command == "plot":
         from labctl.sim.plot import plot_preset
 
-        params = {}
-        for item in args.param:
-            key, sep, value = item.partition("=")
-            if not sep:
-                from labctl.errors import ValidationError
-
-                raise ValidationError("--param", f"{item!r}; write KEY=VALUE, e.g. tau=0.01")
-            params[key.strip()] = value.strip()
+        params = parse_params(args.param)
         for path in plot_preset(
             args.preset,
             Path(args.out),
@@ -549,28 +562,38 @@ def cmd_sim(args) -> int:
     return 0
 
 
-def _sim_presets() -> int:
+def _sim_presets(only: str | None = None, params: dict[str, str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from labctl.sim.devices import PRESETS, _load_presets
+    from labctl.errors import ValidationError
+    from labctl.sim.devices import PRESETS, _load_presets, make_device, preset_values
 
+    if params and not only:
+        raise ValidationError("--param", "name the PRESET the parameters are for")
     _load_presets()
     console = Console()
-    for name, preset in sorted(PRESETS.items()):
+    for name in [only] if only else sorted(PRESETS):
+        preset, values = preset_values(name, params or {})  # an unknown name is refused
+        found = make_device(name, **(params or {})).warnings  # refused here if unphysical
         table = Table(title=f"{name}: {preset.description}", title_justify="left", expand=False)
-        for col in ("parameter", "unit", "default", "allowed", "meaning", "source"):
+        heading = "value" if params else "default"
+        for col in ("parameter", "unit", heading, "allowed", "valid", "meaning", "source"):
             table.add_column(col, overflow="fold")
         for p in preset.params:
+            valid = f"[{p.valid[0]:g}, {p.valid[1]:g}]" if p.valid else ""
             table.add_row(
                 p.name,
                 p.unit,
-                f"{p.default:g}",
+                f"{values[p.name]:g}",
                 f"[{p.minimum:g}, {p.maximum:g}]",
-                p.help,
+                valid,
+                p.help + (f" (valid: {p.valid_why})" if p.valid_why else ""),
                 p.source,
             )
         console.print(table)
+        for message in found:
+            console.print(f"warning: {message}", markup=False, soft_wrap=True)
     return 0
 
 

@@ -18,11 +18,12 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from labctl.clock import Clock, RealClock, VirtualClock
-from labctl.errors import ValidationError
+from labctl.errors import PlausibilityWarning, ValidationError
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
 SIM_KEYS = ("device", "seed", "clock", "fault")
@@ -75,8 +76,11 @@ def parse_sim(resource: str) -> SimSpec:
                 try:
                     spec.seed = int(value)
                 except ValueError:
+                    spec.seed = -1
+                if spec.seed < 0:
                     raise ValidationError(
-                        "instrument.seed", f"{value!r} is not a whole number"
+                        "instrument.seed",
+                        f"{value!r}; allowed: a whole number >= 0, or none (unseeded noise)",
                     ) from None
         elif key == "device2":
             spec.device2 = value
@@ -133,6 +137,7 @@ def connect(
 
             faults = parse_faults(spec.fault, "instrument.fault")
         device = make_device(spec.device, seed=spec.seed, **spec.params)
+        implausible = list(getattr(device, "warnings", ()))
         if faults:  # compliance is a device fault: the emulator must drive the leaky device
             device = faults.wrap_device(device)
         extra = {}
@@ -140,6 +145,7 @@ def connect(
             preset2, params2 = spec.second_device()
             seed2 = None if spec.seed is None else spec.seed + 1
             extra["device2"] = make_device(preset2, seed=seed2, **params2)
+            implausible += [f"channel 2: {w}" for w in getattr(extra["device2"], "warnings", ())]
             if faults:
                 extra["device2"] = faults.wrap_device(extra["device2"])
         elif spec.device2 or spec.params2:
@@ -165,6 +171,10 @@ def connect(
         if faults:
             emulator.attach(transport)  # its timeout bounds late replies, its name the errors
         drv = driver_class(driver or spec.model)(transport, clock=clock)
+        # read by the engine at the start of every run on this driver (RunEngine._warn)
+        drv.warnings = implausible
+        for message in implausible:
+            warnings.warn(message, PlausibilityWarning, stacklevel=2)
     elif resource.upper().startswith(VISA_PREFIXES):
         from labctl.transport import VisaTransport
 

@@ -419,6 +419,8 @@ class RunEngine:
         )
         self._run_id = run_id
         self._warnings: list[str] = []
+        for message in getattr(driver, "warnings", None) or ():  # found at connect
+            self._warn(run_id, message)
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None

@@ -48,3 +48,7 @@ class StoreError(LabctlError):
 
 class Aborted(LabctlError):
     """A run was stopped on request (abort button, Ctrl-C, SIGTERM)."""
+
+
+class PlausibilityWarning(UserWarning):
+    """A simulated device's parameters are outside the range its model is known for."""

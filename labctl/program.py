@@ -36,6 +36,9 @@ PHASES: tuple[str, ...] = (
 PHASE_CODE: dict[str, int] = {name: code for code, name in enumerate(PHASES)}
 
 SOURCE_MODES = ("V", "I")
+# About 30 bytes a step in memory: a run of more steps (a typo of 1e9 points) is refused
+# before its arrays are made, not ended by the system's out-of-memory killer.
+MAX_STEPS = 20_000_000
 
 
 def phase_code(phase: str) -> int:
@@ -303,6 +306,12 @@ def _periodic(
     _positive("frequency", frequency)
     cycles = _count("cycles", cycles)
     points_per_cycle = _count("points_per_cycle", points_per_cycle, 4)
+    if cycles * points_per_cycle > MAX_STEPS:
+        raise ValidationError(
+            "parameters.points_per_cycle",
+            f"{cycles} cycles of {points_per_cycle} points are {cycles * points_per_cycle:.3g} "
+            f"steps; allowed: at most {MAX_STEPS:.3g} steps (fewer cycles or points)",
+        )
     k = np.arange(points_per_cycle)
     u = k / points_per_cycle  # fraction of the period at each step's start
     if shape == "triangle":

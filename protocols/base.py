@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from labctl.data import Chunk
 from labctl.errors import ValidationError
-from labctl.program import Program
+from labctl.program import MAX_STEPS, Program
 
 Plan = Generator[Program, Chunk | None, None]
 
@@ -165,7 +165,19 @@ class Protocol:
         """Every Program of an open-loop plan, made up front (for checks and the ETA)."""
         if self.closed_loop:
             raise TypeError(f"{self.name} is closed-loop: its programs depend on the data")
-        return list(self.plan())
+        out: list[Program] = []
+        steps = 0
+        for program in self.plan():
+            steps += len(program)
+            if steps > MAX_STEPS:  # stop before the whole plan is in memory
+                raise ValidationError(
+                    "parameters",
+                    f"the plan of {self.name} has more than {MAX_STEPS:.3g} steps "
+                    f"(at its Program {len(out) + 1}); allowed: at most {MAX_STEPS:.3g} steps a "
+                    "run (fewer cycles, pulses, reads or points)",
+                )
+            out.append(program)
+        return out
 
     def envelope(self) -> Program | None:
         """Every level a closed-loop plan can reach, checked against the sample's limits

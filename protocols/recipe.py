@@ -33,6 +33,7 @@ A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -58,6 +59,12 @@ TOP_KEYS = (
 )
 STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
+# [sample] keys that mean a limit but are not SAMPLE_LIMIT_KEYS (case, separators dropped)
+LIMIT_LOOKALIKES = {
+    f"{a}{b}"
+    for x, y in (("max", "v"), ("max", "i"), ("max", "voltage"), ("max", "current"))
+    for a, b in ((x, y), (y, x))
+} | {"maxvolts", "maxamps", "voltagelimit", "currentlimit", "vlimit", "ilimit", "compliance"}
 INSTRUMENT_KEYS = ("resource", "driver", "channels")
 # A recipe is a page of settings: anything larger is a mistake (``labctl run /dev/zero``)
 # and is refused before it is read whole or parsed.
@@ -338,6 +345,17 @@ def check_sample_name(name: Any, field: str = "sample.name") -> str:
 def _check_sample(sample: dict[str, Any], table: str = "sample") -> None:
     if "name" in sample:
         sample["name"] = check_sample_name(sample["name"], f"{table}.name")
+    for key in sample:
+        # any other key is metadata, stored as written: a misspelled limit would be a
+        # limit silently not applied
+        squashed = "".join(c for c in key.lower() if c.isalnum())
+        like = difflib.get_close_matches(key.lower(), SAMPLE_LIMIT_KEYS, n=1, cutoff=0.75)
+        if key not in SAMPLE_LIMIT_KEYS and (like or squashed in LIMIT_LOOKALIKES):
+            raise ValidationError(
+                f"{table}.{key}",
+                f"looks like a limit but is not one; allowed limit keys: "
+                f"{', '.join(SAMPLE_LIMIT_KEYS)} (V, A), lowercase",
+            )
     for key, unit in (("max_v", "V"), ("max_i", "A")):
         if key in sample:
             value = sample[key]

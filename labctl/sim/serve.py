@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from labctl.clock import Clock, RealClock
 from labctl.errors import ConnectionLost, LabctlError, ValidationError
-from labctl.sim.devices import make_device
+from labctl.sim.devices import make_device, parse_params
 from labctl.sim.instruments.registry import EMULATORS, Emulator, make_emulator
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ def _build_emulator(
 
         faults = parse_faults(fault, "--fault")
     dev = make_device(device, seed=seed, **dict(device_params or {}))
+    for message in getattr(dev, "warnings", ()):  # the clients' runs cannot see the device
+        print(f"warning: {message}", file=sys.stderr)
     if faults:
         dev = faults.wrap_device(dev)
     emu_clock = faults.wrap_clock(clock) if faults else clock  # a stuck fault stops it
@@ -273,16 +275,6 @@ def make_pty_server(model: str, *, clock: Clock | None = None, **options: Any) -
     return server
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValidationError("--param", f"{item!r} is not of the form name=value")
-        params[key.strip()] = value.strip()
-    return params
-
-
 def _default_device() -> str:
     """slit_unipolar when that preset exists, else the resistor."""
     try:
@@ -338,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {
             "device": args.device or _default_device(),
             "seed": args.seed,
-            "device_params": _parse_params(args.param),
+            "device_params": parse_params(args.param),
             "fault": args.fault,
         }
         if args.pty:

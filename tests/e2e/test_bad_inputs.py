@@ -353,3 +353,55 @@ def test_sim_plot_numbers_are_checked(capsys, tmp_path, option):
 @pytest.fixture
 def store(tmp_path):
     return Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+
+
+# --- found while attacking the same seams ------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["max_V", "maxv", "max-i", "v_max", "max_current", "compliance"])
+def test_a_misspelled_limit_is_refused_not_stored_as_metadata(capsys, tmp_path, key):
+    err = refused(capsys, tmp_path, recipe_text(sample=f'name = "chip7"\n{key} = 1.0'))
+    assert f"sample.{key}: looks like a limit but is not one" in err and "max_v, max_i" in err
+    assert parse_recipe(recipe_text(sample='name = "c"\nmax_voltage_note = "x"'))  # metadata
+
+
+def test_a_negative_simulator_seed_is_refused(capsys, tmp_path):
+    err = refused(capsys, tmp_path, recipe_text(), "--instrument", f"{SIM}&seed=-1")
+    assert "instrument.seed: '-1'; allowed: a whole number >= 0" in err
+
+
+def test_runs_status_is_one_of_the_statuses(capsys, tmp_path):
+    from labctl.cli import RUN_STATUSES
+    from labctl.store.schema import STATUSES
+
+    assert RUN_STATUSES == STATUSES  # written out in the CLI so its help stays light
+    code, err = cli(capsys, "runs", "--status", "done", "--db", f"sqlite:///{tmp_path / 'r.db'}")
+    assert code == 2 and "invalid choice: 'done'" in err and "completed" in err
+
+
+@pytest.mark.parametrize(
+    "protocol, params, words",
+    [
+        (
+            "iv_hysteresis",
+            ["cycles=100000", "points_per_cycle=1000000"],
+            "parameters.points_per_cycle: 100000 cycles of 1000000 points are 1e+11 steps",
+        ),
+        (
+            "pulse_train",
+            ["count=100000", "reads_per_pulse=1000", "read_points=1000", "read_s=1"],
+            "parameters: the plan of pulse_train has more than 2e+05 steps",
+        ),
+    ],
+)
+def test_a_plan_too_large_for_memory_is_refused(capsys, tmp_path, monkeypatch, protocol, params,
+                                                words):  # fmt: skip
+    import labctl.program
+    import protocols.base
+
+    for module in (labctl.program, protocols.base):  # refused after 6 MB, not 600 MB
+        monkeypatch.setattr(module, "MAX_STEPS", 200_000)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    sets = [x for p in params for x in ("--set", p)]
+    code, err = cli(capsys, "run", protocol, "--db", db, "--quiet", *sets)
+    assert code == 2 and words in err, err

@@ -1,7 +1,10 @@
 """Fuzzing recipe loading with hypothesis: whatever the text or the parameters, loading a
 recipe (protocols.recipe.parse_recipe(text).build(), and ``--set`` overrides) either gives a
 protocol or raises labctl.errors.ValidationError naming a field with a message; never
-another exception, never a hang (each example has a deadline).
+another exception, never a hang (each example has a deadline). What is accepted is what was
+written: a boolean or a text never becomes a number, NaN and infinities never pass, an
+accepted open-loop plan is made (or refused with a typed error) within a step cap.
+Files (any bytes, nesting thousands deep) are read, capped and refused the same way.
 
 (It lives beside the store tests because it was written with them; it tests protocols/.)
 
@@ -20,15 +23,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labctl.errors import ValidationError
+from labctl.errors import LabctlError, ValidationError
 from protocols.base import all_protocols, field_info
 from protocols.recipe import (
     INSTRUMENT_KEYS,
+    MAX_DEPTH,
+    MAX_RECIPE_BYTES,
     TOP_KEYS,
     apply_overrides,
     builtin_recipes,
     parse_recipe,
     parse_set,
+    read_recipe_text,
 )
 
 FUZZ = settings(
@@ -42,12 +48,65 @@ BUILTIN = builtin_recipes()
 
 
 def loads_or_refuses(text: str) -> None:
-    """The property: a protocol, or a ValidationError with a field and a message."""
+    """The property: a protocol, or a ValidationError with a field and a message; an
+    accepted recipe holds only what it said, and its plan is made or refused typed."""
     try:
         recipe = parse_recipe(text, "fuzz.toml")
         recipe.build()
     except ValidationError as exc:
         _check_error(exc)
+        return
+    for step in recipe.steps or [recipe]:
+        accepted_as_written(step)
+        plans_or_refuses(step)
+
+
+def accepted_as_written(recipe) -> None:
+    """No lax conversion let a value through: booleans only for yes/no parameters, text
+    never for a number, every number finite; the sample's name visible, channels numbers."""
+    model = PROTOCOLS[recipe.protocol].Params
+    for name, value in recipe.parameters.items():
+        kind = field_info(model, name)["type"]
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if kind == "bool":
+                assert isinstance(v, bool), (name, v)
+                continue
+            assert not isinstance(v, bool), (name, v)
+            if "choices" not in field_info(model, name):
+                assert isinstance(v, int | float), (name, v)
+                assert math.isfinite(v), (name, v)
+    for table in (recipe.sample, recipe.sample2):
+        if "name" in table:
+            assert table["name"].strip() == table["name"] and table["name"].isprintable()
+    channels = recipe.instrument.get("channels")
+    if channels is not None:
+        assert all(type(c) is int and c >= 0 for c in channels), channels
+
+
+def plans_or_refuses(recipe) -> None:
+    """An accepted open-loop step makes its Programs, or refuses with a typed error (a plan
+    over the step cap, a combination its protocol cannot do)."""
+    proto = recipe.build()
+    if proto.closed_loop:
+        return
+    try:
+        proto.programs()
+        proto.instrument_settings()
+    except ValidationError as exc:
+        _check_error(exc)
+    except LabctlError:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def small_step_cap(monkeypatch):
+    """Plans made within the examples' deadline: 200 000 steps a run, not 20 million."""
+    import labctl.program
+    import protocols.base
+
+    for module in (labctl.program, protocols.base):
+        monkeypatch.setattr(module, "MAX_STEPS", 200_000)
 
 
 def _check_error(exc: ValidationError) -> None:
@@ -134,6 +193,19 @@ any_values = st.recursive(
 )
 
 
+# names a user may paste: letters with white space, zero-width and control characters
+names = st.text(
+    st.one_of(
+        st.sampled_from("chip7 \t\u200b\u200d\ufeff\u2028\x07\x00\u00a0"),
+        st.characters(categories=("Cc", "Cf", "Zs", "Co", "L")),
+    ),
+    max_size=8,
+)
+channel_lists = st.lists(
+    st.one_of(st.integers(-2, 3), st.booleans(), st.floats(0, 2)), min_size=0, max_size=3
+)
+
+
 def near(x: float) -> st.SearchStrategy:
     """Values at, just inside and just outside a bound."""
     eps = max(abs(x) * 1e-9, 1e-12)
@@ -203,7 +275,9 @@ known_protocols = st.sampled_from(sorted(PROTOCOLS))
 def recipes(draw) -> str:
     sample = {}
     if draw(mostly(0.8)):
-        sample["name"] = draw(st.just("chip7")) if draw(mostly(0.8)) else draw(any_values)
+        sample["name"] = (
+            draw(st.just("chip7")) if draw(mostly(0.7)) else draw(st.one_of(names, any_values))
+        )
     for key, typical in (("max_v", 1.0), ("max_i", 1e-6)):
         if draw(mostly(0.7)):
             sample[key] = draw(st.just(typical)) if draw(mostly(0.7)) else draw(any_values)
@@ -215,6 +289,8 @@ def recipes(draw) -> str:
     if draw(mostly(0.2)):
         key = draw(st.sampled_from([*INSTRUMENT_KEYS, "port"]))
         instrument[key] = draw(st.one_of(text_values, any_values))
+    if draw(mostly(0.2)):
+        instrument["channels"] = draw(st.one_of(channel_lists, any_values))
     tables = {}
     if sample or draw(mostly(0.5)):
         tables["sample"] = sample
@@ -304,6 +380,52 @@ def test_overrides_are_applied_or_refused(name, pairs):
         recipe.build()
     except ValidationError as exc:
         _check_error(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.sampled_from(sorted(BUILTIN)), st.integers(0, 10_000))
+def test_any_bytes_in_a_file_are_read_or_refused(tmp_path_factory, data, name, where):
+    """Bytes (not UTF-8, a byte-order mark, NUL) spliced into a shipped recipe's file."""
+    raw = BUILTIN[name].encode()
+    where %= len(raw) + 1
+    path = tmp_path_factory.mktemp("fuzz") / "r.toml"
+    path.write_bytes(raw[:where] + data + raw[where:])
+    try:
+        text, _source = read_recipe_text(str(path))
+    except ValidationError as exc:
+        _check_error(exc)
+        return
+    loads_or_refuses(text)
+
+
+@FUZZ
+@given(
+    st.integers(1, 6000),
+    st.sampled_from(["[", "{a = ", "[{b = ", "[1, ["]),
+    st.sampled_from(["parameters.amplitude_v", "sample.notes", "instrument.channels"]),
+)
+def test_nesting_at_any_depth_is_loaded_or_refused(depth, opener, where):
+    closer = {"[": "]", "{a = ": "}", "[{b = ": "}]", "[1, [": "]]"}[opener]
+    value = opener * depth + "1" + closer * depth
+    table, key = where.split(".")
+    text = f'protocol = "iv_hysteresis"\n[{table}]\n{key} = {value}\n'
+    if depth * max(1, opener.count("[") + opener.count("{")) > MAX_DEPTH:
+        with pytest.raises(ValidationError, match="nested too deep"):
+            parse_recipe(text)
+    else:
+        loads_or_refuses(text)
+
+
+def test_the_size_cap_holds_for_files_and_text(tmp_path):
+    text = BUILTIN["iv_hysteresis"]
+    big = text + "#" * (MAX_RECIPE_BYTES - len(text.encode()) + 1)
+    path = tmp_path / "big.toml"
+    path.write_text(big)
+    for load in (lambda: read_recipe_text(str(path)), lambda: parse_recipe(big)):
+        with pytest.raises(ValidationError, match="1 MB"):
+            load()
+    path.write_text(big[:-1])  # exactly at the cap: read and parsed
+    assert parse_recipe(read_recipe_text(str(path))[0]).protocol == "iv_hysteresis"
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))

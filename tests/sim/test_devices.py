@@ -332,7 +332,7 @@ def test_current_with_series_resistance_solves_the_divider():
 
 
 def test_flicker_noise_is_slow_and_seeded():
-    kw = {"seed": 3, "G0": 1e-6, "G1": 0.0, "flicker": 1e-3}
+    kw = {"seed": 3, "G0": 1e-6, "G1": 0.0, "G_inf": 1.0, "flicker": 1e-3}
     i = make_device("slit_unipolar", **kw).step(np.full(5000, 1.0), np.full(5000, 1e-3))
     x = i - 1e-6
     lag1 = np.corrcoef(x[:-1], x[1:])[0, 1]

@@ -193,7 +193,8 @@ def test_kernel_matches_a_step_by_step_reference_loop():
     g = dev.core.g[()]
     ref = np.empty_like(v)
     for k in range(len(v)):
-        g_qs = 2e-9 + 30e-9 * (v[k] / 0.4) ** 2
+        dg = 30e-9 * (v[k] / 0.4) ** 2
+        g_qs = 2e-9 + dg / (1 + (dg / (1e-6 - 2e-9)) ** 4) ** 0.25  # saturating at G_inf
         tau = 3e-3 / (1 + (abs(v[k]) / 0.3) ** 3)
         g = g_qs + (g - g_qs) * math.exp(-dt[k] / tau)
         ref[k] = g * v[k]
@@ -236,7 +237,7 @@ def test_sample_by_sample_calls_equal_one_call(name):
 
 
 def test_noise_follows_the_specified_floor_and_relative_level():
-    dev = make_device("slit_unipolar", seed=1, G0=1e-6, G1=0.0)  # ohmic 1 uS
+    dev = make_device("slit_unipolar", seed=1, G0=1e-6, G1=0.0, G_inf=1.0)  # ohmic 1 uS
     n = 20000
     for v, sigma in ((0.0, 2e-12), (1.0, 1e-4 * 1e-6)):
         i = dev.step(np.full(n, v), np.full(n, 1e-3))
@@ -244,7 +245,7 @@ def test_noise_follows_the_specified_floor_and_relative_level():
 
 
 def test_johnson_floor_takes_over_for_large_conductance_and_bandwidth():
-    dev = make_device("slit_unipolar", seed=1, G0=1e-3, G1=0.0)  # 1 mS at 1 MHz sampling
+    dev = make_device("slit_unipolar", seed=1, G0=1e-3, G1=0.0, G_inf=1.0)  # 1 mS, 1 MHz
     i = dev.step(np.zeros(20000), np.full(20000, 1e-6))
     johnson = math.sqrt(4 * 1.380649e-23 * 298.15 * 1e-3 * 0.5e6)
     assert np.std(i) == pytest.approx(johnson, rel=0.03)
@@ -360,7 +361,7 @@ def test_parallel_capacitance_opens_the_loop_by_2_pi_f_c_v0():
 
 def test_series_resistance_caps_the_apparent_conductance_at_one_over_r_s():
     r_s = 1e6
-    dev = make_device("slit_unipolar", noise=0, R_s=r_s, G1=1e-3)  # R_s G >> 1 beyond 0.1 V
+    dev = make_device("slit_unipolar", noise=0, R_s=r_s, G1=1e-3, G_inf=1.0)  # R_s G >> 1
     v = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0])
     run = dev.run(v, np.full(v.size, 1.0))  # 1 s steps: quasi-static for tau = 3 ms
     g_apparent = run.i / v

@@ -3,18 +3,32 @@
 ``make_device("slit_unipolar", seed=1, tau=3e-3)`` builds a device; parameters may also be
 given as strings (from a resource string or a recipe) and are converted and range-checked
 here, so every way in reports a bad value the same way.
+
+Two ranges per parameter: ``minimum``/``maximum`` is what the model can compute (outside it
+is refused); ``valid`` is where the papers behind the preset say the model holds (outside
+it the device is built, and ``device.warnings`` says why the result may not be physical;
+``labctl.connect`` turns those into a :class:`~labctl.errors.PlausibilityWarning` and the
+run's warnings). A preset's ``plausible`` adds the checks of parameter combinations.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
 
-__all__ = ["PRESETS", "DeviceModel", "Param", "Preset", "make_device", "register"]
+__all__ = [
+    "PRESETS",
+    "DeviceModel",
+    "Param",
+    "Preset",
+    "make_device",
+    "parse_params",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,8 @@ class Param:
     source: str = ""  # publication the default comes from
     minimum: float = -math.inf
     maximum: float = math.inf
+    valid: tuple[float, float] | None = None  # where the model is known to hold
+    valid_why: str = ""  # what says so (physics notes section, paper)
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class Preset:
     description: str
     factory: Callable[..., DeviceModel]  # factory(seed=int|None, **float params)
     params: tuple[Param, ...] = field(default_factory=tuple)
+    # values -> warnings about combinations outside the model's validity
+    plausible: Callable[[dict[str, float]], list[str]] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -72,7 +90,17 @@ def _convert(preset: Preset, name: str, value: object) -> float:
 
 
 def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceModel:
-    """Build preset ``name`` with ``params`` overriding its defaults."""
+    """Build preset ``name`` with ``params`` overriding its defaults; ``device.warnings``
+    lists what is outside the preset's validity (:func:`plausibility_warnings`)."""
+    preset, values = preset_values(name, params)
+    device = preset.factory(seed=seed, **values)
+    device.warnings = plausibility_warnings(preset, values)  # type: ignore[attr-defined]
+    return device
+
+
+def preset_values(name: str, params: dict[str, object]) -> tuple[Preset, dict[str, float]]:
+    """The preset ``name`` and its parameter values, ``params`` (converted, range-checked)
+    over the defaults."""
     _load_presets()
     try:
         preset = PRESETS[name]
@@ -83,7 +111,37 @@ def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceM
     values = {p.name: p.default for p in preset.params}
     for key, value in params.items():
         values[key] = _convert(preset, key, value)
-    return preset.factory(seed=seed, **values)
+    return preset, values
+
+
+def plausibility_warnings(preset: Preset, values: dict[str, float]) -> list[str]:
+    """Why a device built from ``values`` may not be physical: each parameter outside the
+    range the preset's model is known for, and each implausible combination."""
+    out = []
+    for p in preset.params:
+        x = values.get(p.name, p.default)
+        if p.valid is not None and not p.valid[0] <= x <= p.valid[1]:
+            lo, hi = p.valid
+            unit = "" if p.unit == "1" else f" {p.unit}"
+            out.append(
+                f"device {preset.name}: {p.name} = {x:g}{unit} is outside the range its "
+                f"model is known for ({lo:g} to {hi:g}{unit}: {p.valid_why}); the simulated "
+                "device may not be physical"
+            )
+    if preset.plausible is not None:
+        out += [f"device {preset.name}: {m}" for m in preset.plausible(values)]
+    return out
+
+
+def parse_params(items: Sequence[str], field: str = "--param") -> dict[str, str]:
+    """``KEY=VALUE`` items (``--param``) as device parameters; converted by make_device."""
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(field, f"{item!r}; write KEY=VALUE, e.g. tau=0.01")
+        params[key.strip()] = value.strip()
+    return params
 
 
 def _load_presets() -> None:

@@ -81,6 +81,8 @@ CIRCUIT_PARAMS: tuple[Param, ...] = (
         _SPEC,
         -0.1,
         0.1,
+        valid=(-5e-3, 5e-3),
+        valid_why="Ag/AgCl electrode pairs offset by 0-5 mV (physics notes §6.2)",
     ),
     Param(
         "drift",
@@ -401,8 +403,15 @@ def register_core_preset(
     params: tuple[Param, ...],
     *,
     arrays: bool = True,
+    plausible: Callable[[dict[str, float]], list[str]] | None = None,
 ) -> Preset:
     """Register a preset whose parameters are the core's plus the circuit's."""
     return register(
-        Preset(name, description, CoreFactory(build, arrays), (*params, *CIRCUIT_PARAMS))
+        Preset(
+            name,
+            description,
+            CoreFactory(build, arrays),
+            (*params, *CIRCUIT_PARAMS),
+            plausible=plausible,
+        )
     )

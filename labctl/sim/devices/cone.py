@@ -37,6 +37,7 @@ EPS0 = 8.8541878128e-12  # F/m
 AVOGADRO = 6.02214076e23  # 1/mol
 
 _TABLE_V = np.linspace(-5.0, 5.0, 2001)  # 5 mV spacing; includes 0 V exactly
+CONE_V_VALID = 1.0  # V: a law negative within this range is refused
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
@@ -98,9 +99,20 @@ class ConeLaw:
         # phi(x) = x Rt / (L R(x)) at the quadrature nodes xi = x/L.
         self._phi = _XI * R_t / (R_b - (R_b - R_t) * _XI)
         self._table = self.ratio_exact(_TABLE_V)
+        # Where the cone is driven (+-1 V, the 40 Hz drive of Kamsma's Fig. 2), a wall
+        # charge strong against the salt can take the formula below 0: refused, not floored.
+        near = np.abs(_TABLE_V) <= CONE_V_VALID
+        lowest = float(np.min(self.ratio_exact(_TABLE_V[near], floor=False)))
+        if lowest < 0:
+            raise ValidationError(
+                "device.sigma",
+                f"{sigma:g} C/m^2 with c_b = {c_b:g} mol/m^3 gives a negative conductance "
+                f"within +-{CONE_V_VALID:g} V (g_inf/g0 down to {lowest:.3g}); allowed: a "
+                "weaker wall charge or more salt (the Dukhin number sigma/(2 c_b R_t) smaller)",
+            )
 
-    def ratio_exact(self, v: np.ndarray) -> np.ndarray:
-        """g_inf(V)/g0 by quadrature (no table)."""
+    def ratio_exact(self, v: np.ndarray, *, floor: bool = True) -> np.ndarray:
+        """g_inf(V)/g0 by quadrature (no table); ``floor``: not below 0."""
         v = np.asarray(v, dtype=np.float64)
         z = (self.pe_per_volt * self.rt_over_rb) * v.reshape(-1, 1)
         phi = self._phi[None, :]
@@ -111,8 +123,9 @@ class ConeLaw:
             term = np.where(z > 0, pos, neg)
         term = np.where(z == 0, phi, term)  # the limit z -> 0 is phi: F vanishes at 0 V
         mean_f = (phi - term) @ _W_XI
+        ratio = (1.0 + self.dg * mean_f).reshape(v.shape)
         # Far in depletion (below about -20 V) the formula dips a hair below zero: clip.
-        return np.maximum(1.0 + self.dg * mean_f, 0.0).reshape(v.shape)
+        return np.maximum(ratio, 0.0) if floor else ratio
 
     def ratio(self, v: np.ndarray) -> np.ndarray:
         """g_inf(V)/g0, from the table (exact outside it)."""
@@ -167,7 +180,17 @@ _CONE_PARAMS = (
     Param("psi0", "V", -10.25e-3, "wall potential", KAMSMA_CODE, -1.0, 1.0),
     Param("eps_r", "1", 80.23, "relative permittivity of water", KAMSMA_CODE, 1.0, 200.0),
     Param("eta", "Pa s", 1.01e-3, "viscosity", KAMSMA_CODE, 1e-5, 1.0),
-    Param("T", "K", 293.15, "temperature", KAMSMA_CODE, 200.0, 400.0),
+    Param(
+        "T",
+        "K",
+        293.15,
+        "temperature",
+        KAMSMA_CODE,
+        200.0,
+        400.0,
+        (273.15, 373.15),
+        "liquid water at 1 atm: the model is an electrolyte in water",
+    ),
     Param("tau", "s", 0.0, "memory time; 0 = L^2/(12 D) (4.76 ms)", KAMSMA_2023, 0.0, 1e7),
 )
 

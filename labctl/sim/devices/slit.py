@@ -58,10 +58,30 @@ SPEC = "labctl physics notes §6.1 (estimate)"
 
 
 class PowerLaw:
-    """G_qs = G0 + G1 |V/V0|^alpha (even in V: unipolar)."""
+    """G_qs = G0 + dG / (1 + (dG/(G_inf - G0))^4)^(1/4),  dG = G1 |V/V0|^alpha (even in V:
+    unipolar).
 
-    def __init__(self, G0: float, G1: float, V0: float, alpha: float) -> None:
+    Below the plateau it is the power law of the 2023 SM (S8-S9); it saturates at G_inf,
+    the conductance with every ion free: the field cannot free more ions than there are
+    (the Brownian-dynamics G(|E|) of Robin 2021 is sigmoidal, the pairing steady state
+    saturates at n_f = 1; physics notes §1.3-1.4). The shape of the knee, a smooth minimum
+    of dG and G_inf - G0, is our assumption: it departs from the power law by
+    (dG/(G_inf - G0))^4 / 4, 0.03 % at +-1 V and 0.8 % at +-1.5 V with the defaults
+    (G_inf = 1 uS), and reaches G_inf beyond about +-3 V. ``G_inf = inf``: the bare law.
+    """
+
+    def __init__(
+        self, G0: float, G1: float, V0: float, alpha: float, G_inf: float = math.inf
+    ) -> None:
         self.G0, self.G1, self.V0, self.alpha = float(G0), float(G1), float(V0), float(alpha)
+        self.G_inf = float(G_inf)
+        if not self.G_inf > self.G0:
+            raise ValidationError(
+                "device.G_inf",
+                f"{self.G_inf:g} S is not above G0 = {self.G0:g} S; allowed: a plateau G_inf "
+                "> G0 (the conductance with every ion free)",
+            )
+        self._inv_span = 1.0 / (self.G_inf - self.G0)  # 0 for the bare power law
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         x = np.abs(v) * (1.0 / self.V0)
@@ -74,7 +94,12 @@ class PowerLaw:
             x = x * x * x
         else:
             x = x**self.alpha
-        return self.G0 + self.G1 * x
+        dg = self.G1 * x
+        if self._inv_span:
+            u = dg * self._inv_span
+            u = u * u
+            dg = dg / np.sqrt(np.sqrt(1.0 + u * u))
+        return self.G0 + dg
 
 
 class SigmoidLaw:
@@ -89,14 +114,50 @@ class SigmoidLaw:
         return self.G_lo + (self.G_hi - self.G_lo) * s
 
 
+# Drives of the slit-channel experiments: 0.1-1 V (physics notes §2.1). A law must give a
+# conductance >= 0 over this range; beyond it the mixed law is floored at 0.
+SLIT_V_VALID = 1.0
+
+
+def _down4(x: float) -> float:
+    """``x`` rounded down to 4 significant digits (a limit shown must be allowed)."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 3)
+    return math.floor(x / unit) * unit
+
+
 class MixedLaw:
-    """G_qs = G_u (1 + a V^2) + G_b (1 + b V); not clipped, so keep it positive over the drive."""
+    """G_qs = G_u (1 + a V^2) + G_b (1 + b V), floored at 0 S.
+
+    Its linear part turns negative beyond V = -1/b: a parameter set that does so within
+    +-SLIT_V_VALID is refused (naming b and the largest |b| allowed); beyond that range, a
+    conductance cannot be negative, so the law stops at 0 S.
+    """
 
     def __init__(self, G_u: float, a: float, G_b: float, b: float) -> None:
         self.G_u, self.a, self.G_b, self.b = float(G_u), float(a), float(G_b), float(b)
+        b_max = self.b_max(SLIT_V_VALID)
+        if abs(self.b) > b_max:
+            raise ValidationError(
+                "device.b",
+                f"{self.b:g} 1/V gives a negative conductance within +-{SLIT_V_VALID:g} V "
+                f"(G_u = {self.G_u:g} S, a = {self.a:g} 1/V^2, G_b = {self.G_b:g} S); "
+                f"allowed: |b| <= {_down4(b_max):g} 1/V",
+            )
+
+    def b_max(self, v_max: float) -> float:
+        """The largest |b| that keeps G_qs >= 0 for |V| <= v_max: the minimum over V of
+        (G_u a V^2 + G_u + G_b)/(G_b V), at V* = sqrt((G_u + G_b)/(G_u a)) or v_max."""
+        if self.G_b == 0:
+            return math.inf
+        g0 = self.G_u + self.G_b
+        curve = self.G_u * self.a
+        if curve > 0 and g0 / curve <= v_max * v_max:
+            return 2.0 * math.sqrt(curve * g0) / self.G_b
+        return (curve * v_max * v_max + g0) / (self.G_b * v_max)
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
-        return self.G_u * (1.0 + self.a * v * v) + self.G_b * (1.0 + self.b * v)
+        g = self.G_u * (1.0 + self.a * v * v) + self.G_b * (1.0 + self.b * v)
+        return np.maximum(g, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +381,8 @@ _NS = 1e-9
 
 
 def _kernel_params(tau: float, tau_help: str, source: str) -> tuple[Param, ...]:
+    # No validity range on tau: memory times run from ms (Robin 2021 theory) to minutes
+    # (Robin 2023), set by each device's size and surface; the kernel holds for any of them.
     return (
         Param("tau", "s", tau, tau_help, source, 1e-9, 1e7),
         Param(
@@ -353,7 +416,7 @@ def _build_unipolar(
     tau_scale: np.ndarray | float = 1.0,
 ):
     if not pairing:
-        law = PowerLaw(G0, G1, V0, alpha)
+        law = PowerLaw(G0, G1, V0, alpha, G_inf)
         return KernelCore(law, tau, v_tau=v_tau, m_tau=m_tau, g_scale=g_scale, tau_scale=tau_scale)
     d_tau_a, _, d_v_w = pairing_from_power_law(G0, G1, V0, tau, G_inf, Gamma)
     tau_a = tau_a or d_tau_a
@@ -364,11 +427,23 @@ def _build_unipolar(
     )
 
 
+def _unipolar_plausible(values: dict[str, float]) -> list[str]:
+    if values["pairing"] or values["G0"] < values["G1"]:
+        return []
+    return [
+        f"G0 = {values['G0']:g} S is not below G1 = {values['G1']:g} S; the power law holds "
+        "for few free ions at equilibrium, G0 << G1 (Robin 2023 SM, S8-S9)"
+    ]
+
+
 register_core_preset(
     "slit_unipolar",
     "2-D slit memristor, Wien/pairing (unipolar): I-V pinched, not self-crossing; G-V crosses"
-    " at 0 V. G_qs = G0 + G1 |V/V0|^alpha through a first-order kernel; pairing = 1 for the"
-    " two-state pairing reaction instead. Loop area peaks at f = 1/(4 pi tau).",
+    " at 0 V. G_qs = G0 + G1 |V/V0|^alpha through a first-order kernel, saturating at G_inf"
+    " (every ion free: the 2021 simulations and the pairing steady state saturate; the smooth"
+    " knee dG/(1 + (dG/(G_inf - G0))^4)^(1/4) is an assumption, 0.03 % off the power law at"
+    " 1 V, 0.8 % at 1.5 V); pairing = 1 for the two-state pairing reaction instead. Loop area"
+    " peaks at f = 1/(4 pi tau).",
     _build_unipolar,
     (
         Param(
@@ -377,7 +452,15 @@ register_core_preset(
         Param("G1", "S", 30 * _NS, "field-induced conductance at |V| = V0", ROBIN_2023, 0, 1),
         Param("V0", "V", 0.4, "voltage scale of the power law", ROBIN_2023, 1e-6, 100.0),
         Param(
-            "alpha", "1", 2.0, "exponent (about Gamma/2; fits used 2-3)", ROBIN_2023_SM, 0.1, 10.0
+            "alpha",
+            "1",
+            2.0,
+            "exponent (about Gamma/2; fits used 2-3)",
+            ROBIN_2023_SM,
+            0.1,
+            10.0,
+            (1.0, 3.0),
+            "alpha > 1 under strong confinement, fits used 2-3 (Robin 2023 SM, S8-S9)",
         ),
         *_kernel_params(
             3e-3,
@@ -395,8 +478,27 @@ register_core_preset(
             0.0,
             1.0,
         ),
-        Param("G_inf", "S", 1e-6, "pairing: fully dissociated conductance", SPEC, 1e-15, 1.0),
-        Param("Gamma", "1", 4.0, "pairing: field exponent of 1/tau_d", SPEC, 0.1, 20.0),
+        Param(
+            "G_inf",
+            "S",
+            1e-6,
+            "fully dissociated conductance (every ion free): the plateau of the power law,"
+            " the scale of the pairing reaction; must exceed G0",
+            SPEC,
+            1e-15,
+            1.0,
+        ),
+        Param(
+            "Gamma",
+            "1",
+            4.0,
+            "pairing: field exponent of 1/tau_d",
+            SPEC,
+            0.1,
+            20.0,
+            (2.0, 10.0),
+            "the coupling Gamma = 2.3 z^2: 2.3 for 1:1, 9.2 for 2:2 salts (physics notes §1.2)",
+        ),
         Param(
             "tau_a",
             "s",
@@ -416,7 +518,23 @@ register_core_preset(
             100.0,
         ),
     ),
+    plausible=_unipolar_plausible,
 )
+
+
+RECTIFICATION_VALID = (1.0, 5.0)  # beta = G(V > 0)/G(V < 0) of the 2023 bipolar devices
+
+
+def _bipolar_plausible(values: dict[str, float]) -> list[str]:
+    g_plus, g_minus = values["G_plus"], values["G_minus"]
+    lo, hi = RECTIFICATION_VALID
+    if g_minus > 0 and lo <= g_plus / g_minus <= hi:
+        return []
+    beta = g_plus / g_minus if g_minus > 0 else math.inf
+    return [
+        f"G_plus/G_minus = {beta:.3g} is outside the rectification {lo:g} to {hi:g} of the "
+        "bipolar devices (beta = G(V > 0)/G(V < 0), Robin 2023)"
+    ]
 
 
 def _build_bipolar(
@@ -481,6 +599,7 @@ register_core_preset(
         Param("v_th", "V", 0.5, "threshold of the slow state (reads stay below)", SPEC, 0.0, 100),
         Param("tau_slow", "s", 3 * 3600.0, "decay time of the slow state at rest", SPEC, 1.0),
     ),
+    plausible=_bipolar_plausible,
 )
 
 
@@ -510,7 +629,14 @@ register_core_preset(
         Param("G_u", "S", 5 * _NS, "unipolar part at 0 V", ROBIN_2023_SM, 0.0, 1.0),
         Param("a", "1/V^2", 25.0, "curvature of the unipolar part", ROBIN_2023_SM, 0.0),
         Param("G_b", "S", 50 * _NS, "bipolar part at 0 V", ROBIN_2023_SM, 0.0, 1.0),
-        Param("b", "1/V", 1.0, "slope of the bipolar part (keep 1 + b V > 0)", ROBIN_2023_SM),
+        Param(
+            "b",
+            "1/V",
+            1.0,
+            "slope of the bipolar part; a set whose G_qs turns negative within +-1 V is"
+            " refused, beyond that G_qs stops at 0",
+            ROBIN_2023_SM,
+        ),
         *_kernel_params(100.0, "memory time constant", ROBIN_2023),
     ),
 )
