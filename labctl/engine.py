@@ -213,10 +213,16 @@ def check_protocol(
     sample: Any,
     channel_samples: Mapping[int, Any] | None = None,
     who: str = "refused before output on",
+    *,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[list[Program] | None, Limits]:
     """Check every Program an open-loop protocol will send (a closed-loop protocol: the
     envelope of what it may send) against the limits of the sample on every channel and
-    the instrument's ranges; raise the first refusal naming the sample and channel.
+    the instrument's ranges; raise the first refusal naming the sample and channel. A
+    Program's current limit (voltage limit when sourcing current) is its own compliance,
+    else the ``compliance_a`` of ``settings`` (the protocol's and the caller's instrument
+    settings), else none yet: :func:`check_configured` checks the driver's once it is
+    configured.
 
     Returns the open-loop Programs (None for closed-loop) and the limits the driver
     enforces: the tightest of the samples' (every channel plays the same Program).
@@ -234,14 +240,39 @@ def check_protocol(
         ahead = [envelope] if envelope is not None else []
     else:
         programs = ahead = protocol.programs()
+    asked = (settings or {}).get("compliance_a")
+    asked = asked if isinstance(asked, int | float) and not isinstance(asked, bool) else None
     for label, lim in limits.items():
         for program in ahead:
-            check_program(program, lim, driver.capabilities, f"{who} ({label})" if label else who)
+            check_program(
+                program,
+                lim,
+                driver.capabilities,
+                f"{who} ({label})" if label else who,
+                limit=asked,
+            )
     tightest = Limits(
         max_v=min(lim.max_v for lim in limits.values()),
         max_i=min(lim.max_i for lim in limits.values()),
     )
     return programs, tightest
+
+
+def configured_limit(driver: Any) -> float | None:
+    """The current limit the driver has configured (None: it states none)."""
+    value = getattr(driver, "compliance_a", None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def check_configured(
+    programs: Sequence[Program], driver: Any, limits: Limits, who: str = "refused before output on"
+) -> None:
+    """Refuse a Program whose effective current limit (voltage limit when sourcing current)
+    exceeds the sample's: its own compliance, else the one the driver is configured with
+    (its default lowered to max_i by ``set_limits``, or a setting)."""
+    limit = configured_limit(driver)
+    for program in programs:
+        check_program(program, limits, driver.capabilities, who, limit=limit)
 
 
 class RunEngine:
@@ -433,11 +464,17 @@ class RunEngine:
                 driver=driver.name,
                 **({"channels": per_channel} if per_channel else {}),
             )
-            programs, limits = check_protocol(protocol, driver, sample, channel_samples)
+            programs, limits = check_protocol(
+                protocol, driver, sample, channel_samples, settings=settings
+            )
             total = sum(p.total_duration for p in programs) if programs is not None else None
             self._notify("on_start", run_id, total)
             driver.set_limits(limits)
             driver.configure(**settings)
+            ahead = programs if programs is not None else [protocol.envelope()]
+            check_configured([p for p in ahead if p is not None], driver, limits)
+            if configured_limit(driver) is not None:
+                self.store.update_run_metadata(run_id, current_limit_a=configured_limit(driver))
             writer = self.store.writer(run_id)
             for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
                 writer.put(chunk)
@@ -557,7 +594,7 @@ class RunEngine:
         try:
             program = next(plan)
             while True:
-                check_program(program, limits, driver.capabilities, "refused by the engine")
+                check_configured([program], driver, limits, "refused by the engine")
                 got: list[Chunk] = []
                 for chunk in self._one(k, program, driver, clock, t0):
                     got.append(chunk)
@@ -608,8 +645,13 @@ class RunEngine:
         t_start = clock.now() - t0
         self._executed.append(program)
         self._notify("on_program", k, program, t_start)
-        for chunk in driver.execute(program, self.abort_event):
-            yield chunk.shifted(t_start)
+        try:
+            for chunk in driver.execute(program, self.abort_event):
+                yield chunk.shifted(t_start)
+        finally:
+            notes = getattr(driver, "adjustments", None)
+            while isinstance(notes, list) and notes:
+                self._warn(self._run_id, f"program {k + 1}: {notes.pop(0)}")
         if self.abort_event.is_set():
             raise Aborted("run aborted")
 
