@@ -4,7 +4,8 @@
 protocol = "iv_hysteresis"
 description = "..."
 [sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
-[instrument]    # resource, driver (optional), channels (two-channel instruments)
+[instrument]    # resource, driver (optional), channels (two-channel instruments), timing,
+                # and the driver's settings (nplc, current_range_a, ...; checked by name)
 [parameters]    # the protocol's parameters
 ```
 Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
@@ -54,7 +55,8 @@ TOP_KEYS = (
 )
 STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
-INSTRUMENT_KEYS = ("resource", "driver", "channels")
+# [instrument] keys the recipe and the engine use; the rest are the driver's settings
+INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing")
 
 
 @dataclass
@@ -72,6 +74,12 @@ class Recipe:
     @property
     def is_sequence(self) -> bool:
         return bool(self.steps)
+
+    @property
+    def instrument_settings(self) -> dict[str, Any]:
+        """What ``[instrument]`` asks of the driver (channels, timing, its settings): every
+        key but resource and driver."""
+        return {k: v for k, v in self.instrument.items() if k not in ("resource", "driver")}
 
     @property
     def channels(self) -> list[Any]:
@@ -165,12 +173,27 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     )
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
-    bad = [k for k in recipe.instrument if k not in INSTRUMENT_KEYS]
-    if bad:
-        raise ValidationError(
-            f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
-        )
+    check_instrument(recipe.instrument)
     return recipe
+
+
+def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
+    """Refuse an ``[instrument]`` key that is neither the recipe's (resource, driver,
+    channels, timing) nor a setting of the named driver (of any driver when none is
+    named), naming the key and what is allowed; the connected driver checks the values."""
+    from drivers import DRIVERS, setting_names
+
+    driver = table.get("driver")
+    known = setting_names(driver if isinstance(driver, str) and driver in DRIVERS else None)
+    allowed = (*INSTRUMENT_KEYS, *(k for k in known if k not in INSTRUMENT_KEYS))
+    bad = [k for k in table if k not in allowed]
+    if bad:
+        whose = f"the {driver} driver" if driver in DRIVERS else "any driver"
+        raise ValidationError(
+            f"{flag}.{bad[0]}",
+            f"unknown key (not a recipe key nor a setting of {whose}); allowed: "
+            f"{', '.join(allowed)}",
+        )
 
 
 def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
@@ -295,6 +318,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             recipe.parameters[key] = value
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
+    check_instrument(recipe.instrument)
     check_second_sample(recipe)
     for step in recipe.steps:  # the sample and instrument tables are shared by every step
         step.sample, step.sample2, step.instrument = (
