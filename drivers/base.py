@@ -507,7 +507,7 @@ class SourceMeterBase(DriverBase):
             self.limits,
             self.capabilities,
             f"{self.name} driver",
-            limit=self.compliance_a,
+            limit=self.compliance_a if program.mode == "V" else None,
         )
         if program.mode != "V":
             raise ValidationError(

@@ -283,7 +283,11 @@ class Rodeostat(DriverBase):
     def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
         """Run ``program``; yields chunks with ``t`` relative to the program's start."""
         check_program(
-            program, self.limits, self.capabilities, "rodeostat driver", limit=self.compliance_a
+            program,
+            self.limits,
+            self.capabilities,
+            "rodeostat driver",
+            limit=self.compliance_a if program.mode == "V" else None,
         )
         if program.mode != "V":
             raise ValidationError("mode", "a potentiostat sources potential (mode 'V') only")

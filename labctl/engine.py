@@ -258,9 +258,11 @@ def check_protocol(
     return programs, tightest
 
 
-def configured_limit(driver: Any) -> float | None:
-    """The current limit the driver has configured (None: it states none)."""
-    value = getattr(driver, "compliance_a", None)
+def configured_limit(driver: Any, mode: str = "V") -> float | None:
+    """The limit the driver has configured for a Program sourcing ``mode``: its current limit
+    (``compliance_a``) when sourcing V, its voltage limit (``voltage_limit_v``) when sourcing
+    I; None when it states none."""
+    value = getattr(driver, "compliance_a" if mode == "V" else "voltage_limit_v", None)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -270,8 +272,8 @@ def check_configured(
     """Refuse a Program whose effective current limit (voltage limit when sourcing current)
     exceeds the sample's: its own compliance, else the one the driver is configured with
     (its default lowered to max_i by ``set_limits``, or a setting)."""
-    limit = configured_limit(driver)
     for program in programs:
+        limit = configured_limit(driver, program.mode)
         check_program(program, limits, driver.capabilities, who, limit=limit)
 
 

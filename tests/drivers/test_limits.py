@@ -202,3 +202,42 @@ def test_a_one_channel_instrument_takes_its_one_channel(model):
     d.configure(channels=[0])
     with pytest.raises(ValidationError, match="channels"):
         d.configure(channels=[0, 1])
+
+
+def test_check_program_bounds_the_other_quantity_by_the_configured_limit_in_both_modes():
+    from drivers.base import check_program
+    from drivers.keithley2450 import Keithley2450
+
+    caps, limits = Keithley2450.capabilities, Limits(max_v=1.0, max_i=1e-6)
+    check_program(hold(0.5, 0.1), limits, caps, "t", limit=1e-6)
+    with pytest.raises(LimitError, match=r"current limit 1e-05 A \(the driver's configured one\)"):
+        check_program(hold(0.5, 0.1), limits, caps, "t", limit=1e-5)
+    # the Program's own compliance comes first
+    check_program(hold(0.5, 0.1).with_compliance(1e-6), limits, caps, "t", limit=1e-5)
+    # sourcing current: the voltage limit against max_v, the level against max_i
+    source_i = hold(5e-7, 0.1, mode="I")
+    check_program(source_i, limits, caps, "t", limit=1.0)
+    with pytest.raises(LimitError, match=r"voltage limit 2 V .* max_v = 1 V"):
+        check_program(source_i, limits, caps, "t", limit=2.0)
+    with pytest.raises(LimitError, match=r"level 2e-06 A exceeds .* max_i"):
+        check_program(hold(2e-6, 0.1, mode="I"), limits, caps, "t")
+
+
+def test_a_level_clipped_inside_max_v_is_a_run_warning(tmp_path):
+    from labctl.engine import RunEngine
+    from protocols.electrochem import Chronoamperometry
+
+    store = labctl.open_store(f"sqlite:///{tmp_path / 's.db'}")
+    sample = store.ensure_sample("cell", max_v=0.2501, max_i=1e-4)
+    protocol = Chronoamperometry(
+        {"potentials_v": [0.2501], "durations_s": [0.05], "sample_interval_s": 0.01}
+    )
+    d = labctl.connect("sim://rodeostat?device=resistor&seed=1")
+    wire = record(d)
+    result = RunEngine(store).run(protocol, d, sample, handle_signals=False)
+    assert result.ok, result.error
+    assert max(abs(x) for x in wire.levels) <= 0.2501
+    (warning,) = result.warnings
+    assert "one DAC step inside" in warning and "max_v = 0.2501 V" in warning
+    assert store.warnings(result.run_id)
+    assert store.points(result.run_id)["v_set"].max() < 0.2501
