@@ -92,11 +92,11 @@ def run(
 
 def check_settings(driver: Any, settings: dict[str, Any]) -> None:
     """Refuse instrument settings the driver does not take (by name, with the allowed keys)
-    or values its table refuses, before any run is made; ``timing`` values the engine
-    handles itself (best_effort) are left to it."""
+    or values its table refuses, before any run is made; ``timing = "best_effort"``, which
+    the engine handles itself, is left to it."""
     checked = getattr(driver, "checked_settings", None)
     if callable(checked):
-        checked({k: v for k, v in settings.items() if k != "timing"})
+        checked({k: v for k, v in settings.items() if (k, v) != ("timing", "best_effort")})
 
 
 def run_recipe(

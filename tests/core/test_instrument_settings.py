@@ -111,3 +111,12 @@ def test_a_recipes_settings_reach_the_driver_and_bad_values_are_refused(store, t
     with pytest.raises(ValidationError, match="nplc"):
         run_recipe(bad, store=store)
     assert len(store.runs()) == n  # refused on connect, before a run was made
+
+
+def test_a_bad_timing_through_the_api_is_refused_before_a_run(store):
+    with pytest.raises(ValidationError, match="timing"):
+        labctl.run(
+            "iv_hysteresis", SIM, sample="chip", store=store, max_v=1.0, max_i=1e-6,
+            settings={"timing": "quick"}, **IV,
+        )  # fmt: skip
+    assert store.runs().empty
