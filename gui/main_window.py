@@ -84,7 +84,7 @@ def run_on_instrument(
     sent, then the engine: one run, or the steps of a sequence through labctl's own
     sequence runner (``RunEngine.run_sequence``, which ``labctl run`` uses too)."""
     from labctl.api import check_settings
-    from labctl.engine import check_protocol
+    from labctl.engine import bounded_default_compliance, check_protocol
 
     protocols = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
     check_settings(driver, kwargs.get("settings") or {})  # a key the driver does not take
@@ -94,7 +94,11 @@ def run_on_instrument(
         if channel_samples
         else None
     )
+    on = [sample, *(per_channel or {}).values()]
+    max_i = min((float(s.max_i) for s in on if s.max_i is not None), default=None)
     for k, protocol in enumerate(protocols):
+        # as the engine runs it: a default current limit above max_i lowered to it
+        protocol, _note = bounded_default_compliance(protocol, max_i)
         try:
             check_protocol(protocol, driver, sample, per_channel)
         except LimitError as exc:

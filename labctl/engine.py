@@ -258,6 +258,26 @@ def check_protocol(
     return programs, tightest
 
 
+def bounded_default_compliance(protocol: Any, max_i: float | None) -> tuple[Any, str | None]:
+    """``protocol`` with its ``compliance_a`` lowered to ``max_i`` when it was left at the
+    protocol's default and that is above max_i (a value the user gave is kept, and refused
+    later if larger); and a note saying so (None: unchanged)."""
+    params = getattr(protocol, "params", None)
+    asked = getattr(params, "compliance_a", None)
+    if (
+        max_i is None
+        or not isinstance(asked, int | float)
+        or "compliance_a" in params.model_fields_set
+        or asked <= max_i
+    ):
+        return protocol, None
+    lowered = type(protocol)(params.model_copy(update={"compliance_a": float(max_i)}))
+    return lowered, (
+        f"compliance_a: the protocol's default {asked:g} A lowered to the sample's "
+        f"max_i = {max_i:g} A"
+    )
+
+
 def configured_limit(driver: Any, mode: str = "V") -> float | None:
     """The limit the driver has configured for a Program sourcing ``mode``: its current limit
     (``compliance_a``) when sourcing V, its voltage limit (``voltage_limit_v``) when sourcing
@@ -377,7 +397,12 @@ class RunEngine:
         """
         import uuid
 
-        protocols = list(protocols)
+        # a protocol's default current limit above the samples' max_i becomes max_i
+        on = [sample, *(options.get("channel_samples") or {}).values()]
+        max_i = min((float(s.max_i) for s in on if getattr(s, "max_i", None)), default=None)
+        bounded = [bounded_default_compliance(p, max_i) for p in protocols]
+        protocols = [p for p, _note in bounded]
+        self._limit_notes = {id(p): note for p, note in bounded if note}
         if group_id is None and len(protocols) > 1:
             group_id = uuid.uuid4().hex[:12]
         self.abort_event.clear()
@@ -447,6 +472,9 @@ class RunEngine:
         )
         self._run_id = run_id
         self._warnings: list[str] = []
+        note = getattr(self, "_limit_notes", {}).get(id(protocol))
+        if note:
+            self._event(run_id, "limits", note)
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None

@@ -120,3 +120,21 @@ def test_a_bad_timing_through_the_api_is_refused_before_a_run(store):
             settings={"timing": "quick"}, **IV,
         )  # fmt: skip
     assert store.runs().empty
+
+
+def test_a_protocols_default_current_limit_above_max_i_is_lowered_to_it(store):
+    # a 1 nA sample: the protocol's default 1 uA limit becomes 1 nA, recorded; one the user
+    # gave stays as given and is refused
+    driver = labctl.connect(SIM)
+    wire = record(driver)
+    sample = store.ensure_sample("pA channel", max_v=1.0, max_i=1e-9)
+    result = RunEngine(store).run(IVHysteresis(IV), driver, sample, handle_signals=False)
+    assert result.ok, result.error
+    run = store.run(result.run_id)
+    assert run["parameters"]["compliance_a"] == 1e-9
+    assert max(wire.limits) <= 1e-9
+    events = store.events(result.run_id)
+    assert "default 1e-06 A lowered to the sample's max_i = 1e-09 A" in " ".join(events["message"])
+    explicit = IVHysteresis({**IV, "compliance_a": 1e-6})
+    refused = RunEngine(store).run(explicit, driver, sample, handle_signals=False)
+    assert refused.status == "failed" and "max_i = 1e-09 A" in refused.error
