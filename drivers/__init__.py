@@ -30,6 +30,16 @@ def driver_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def setting_names(name: str | None = None) -> tuple[str, ...]:
+    """The instrument settings driver ``name`` takes (its ``settings`` table), or with no
+    name those any driver takes, in the order the drivers declare them."""
+    names = [name] if name is not None else list(DRIVERS)
+    out: dict[str, None] = {}
+    for n in names:
+        out.update(dict.fromkeys(driver_class(n).settings))
+    return tuple(out)
+
+
 def driver_for_identity(identity: str) -> str | None:
     """The driver name whose identity pattern matches ``identity`` (an ``*IDN?`` reply)."""
     for name, (_target, pattern) in DRIVERS.items():

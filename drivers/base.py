@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -71,8 +72,18 @@ class Driver(Protocol):
     def close(self) -> None: ...
 
 
-def check_program(program: Program, limits: Limits, caps: Capabilities, who: str) -> None:
-    """Refuse a program whose levels exceed the sample's limits or the instrument's range.
+def check_program(
+    program: Program,
+    limits: Limits,
+    caps: Capabilities,
+    who: str,
+    *,
+    limit: float | None = None,
+) -> None:
+    """Refuse a program whose levels exceed the sample's limits or the instrument's range,
+    or whose limit of the other quantity (the current limit when sourcing V, the voltage
+    limit when sourcing I) exceeds the sample's: the program's own ``compliance``, else
+    ``limit``, the one the driver has configured (None: not known to the caller).
 
     ``who`` names the checker in the message (the engine or a driver), so a refusal says
     which layer stopped it.
@@ -80,43 +91,30 @@ def check_program(program: Program, limits: Limits, caps: Capabilities, who: str
     if not len(program):
         return
     peak = program.max_abs_level()
-    if program.mode == "V":
-        if limits.max_v is not None and peak > limits.max_v * (1 + 1e-12):
-            raise LimitError(
-                f"{who}: level {peak:g} V exceeds the sample's limit max_v = {limits.max_v:g} V; "
-                f"lower the amplitude or raise the sample's max_v"
-            )
-        if peak > caps.v_max:
-            raise LimitError(
-                f"{who}: level {peak:g} V is beyond the instrument's ±{caps.v_max:g} V"
-            )
-        if (
-            limits.max_i is not None
-            and program.compliance is not None
-            and program.compliance > limits.max_i * (1 + 1e-12)
-        ):
-            raise LimitError(
-                f"{who}: current limit {program.compliance:g} A exceeds the sample's "
-                f"max_i = {limits.max_i:g} A"
-            )
-    else:
-        if limits.max_i is not None and peak > limits.max_i * (1 + 1e-12):
-            raise LimitError(
-                f"{who}: level {peak:g} A exceeds the sample's limit max_i = {limits.max_i:g} A"
-            )
-        if peak > caps.i_max:
-            raise LimitError(
-                f"{who}: level {peak:g} A is beyond the instrument's ±{caps.i_max:g} A"
-            )
-        if (
-            limits.max_v is not None
-            and program.compliance is not None
-            and program.compliance > limits.max_v * (1 + 1e-12)
-        ):
-            raise LimitError(
-                f"{who}: voltage limit {program.compliance:g} V exceeds the sample's "
-                f"max_v = {limits.max_v:g} V"
-            )
+    source, other = ("V", "A") if program.mode == "V" else ("A", "V")
+    max_level, max_other = (
+        (limits.max_v, limits.max_i) if program.mode == "V" else (limits.max_i, limits.max_v)
+    )
+    if max_level is not None and peak > max_level * (1 + 1e-12):
+        key = "max_v" if program.mode == "V" else "max_i"
+        raise LimitError(
+            f"{who}: level {peak:g} {source} exceeds the sample's limit {key} = "
+            f"{max_level:g} {source}; lower the amplitude or raise the sample's {key}"
+        )
+    top = caps.v_max if program.mode == "V" else caps.i_max
+    if peak > top:
+        raise LimitError(
+            f"{who}: level {peak:g} {source} is beyond the instrument's ±{top:g} {source}"
+        )
+    effective = program.compliance if program.compliance is not None else limit
+    if max_other is not None and effective is not None and effective > max_other * (1 + 1e-12):
+        what = "current limit" if program.mode == "V" else "voltage limit"
+        key = "max_i" if program.mode == "V" else "max_v"
+        whose = "" if program.compliance is not None else " (the driver's configured one)"
+        raise LimitError(
+            f"{who}: {what} {effective:g} {other}{whose} exceeds the sample's "
+            f"{key} = {max_other:g} {other}"
+        )
 
 
 def raise_if_aborted(abort: threading.Event | None) -> None:
@@ -124,9 +122,125 @@ def raise_if_aborted(abort: threading.Event | None) -> None:
         raise Aborted("run aborted")
 
 
+def intended(x: float) -> Decimal:
+    """``x`` as the decimal it stands for: a number of at most 9 significant digits when
+    ``x`` is within float noise (12 digits) of one (0.5499999999999972, a sum of durations,
+    is 0.55), else exactly the float."""
+    short = Decimal(f"{x:.12g}").normalize()
+    return short if len(short.as_tuple().digits) <= 9 else Decimal(repr(float(x)))
+
+
 def num(x: float) -> str:
-    """A number as the drivers write it into a command: 9 significant digits."""
-    return f"{x:.9g}"
+    """A number as the drivers write it into a command: 9 significant digits of
+    :func:`intended`, rounded toward zero, so that the value sent is never larger in size
+    than ``x`` (a level at the sample's limit stays at or inside it) but by float noise."""
+    text = f"{x:.9g}"
+    if abs(float(text)) <= abs(x) or not math.isfinite(x):
+        return text
+    exact = intended(x)
+    kept = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 8), rounding=ROUND_DOWN)
+    return f"{float(kept):.9g}"
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One instrument setting a driver's ``configure`` takes: what it is, and its strict
+    check (returns the value as kept, raises ValidationError naming the setting; None
+    always passes: the driver's default, auto or as it is)."""
+
+    help: str
+    check: Callable[[str, Any], Any]
+
+
+def strict_range(lo: float, hi: float, unit: str, *, open_low: bool = False):
+    """A number within [lo, hi] (``open_low``: (lo, hi]); anything else is refused."""
+
+    def check(name: str, value: Any) -> float | None:
+        if value is None:
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (lo < value if open_low else lo <= value)
+        if not ok or value > hi:
+            low = f"({lo:g}" if open_low else f"[{lo:g}"
+            raise ValidationError(name, f"{value!r} is not allowed; allowed: {low}, {hi:g}] {unit}")
+        return float(value)
+
+    return check
+
+
+def one_of(*choices: Any):
+    """One of ``choices`` (compared by value; a bool is no number)."""
+
+    def check(name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if not any(type(value) is type(c) and value == c for c in choices):
+            allowed = ", ".join(str(c) for c in choices)
+            raise ValidationError(name, f"{value!r} is not allowed; allowed: {allowed}")
+        return value
+
+    return check
+
+
+def channel_list(names: Sequence[str]):
+    """A list of distinct 0-based channels of ``names`` (the instrument's own names)."""
+
+    def check(setting: str, value: Any) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        allowed = ", ".join(f"{k} ({n})" for k, n in enumerate(names))
+        items = list(value) if isinstance(value, list | tuple) else None
+        if (
+            not items
+            or any(isinstance(c, bool) or not isinstance(c, int) for c in items)
+            or len(set(items)) != len(items)
+            or any(not 0 <= c < len(names) for c in items)
+        ):
+            raise ValidationError(
+                setting,
+                f"{value!r} is not allowed; allowed: a list of distinct channels of {allowed}",
+            )
+        return tuple(sorted(items))
+
+    return check
+
+
+def range_setting(what: str, largest: float, unit: str) -> Setting:
+    """A range setting: a value the range must hold, up to the ``largest`` (None: auto)."""
+    return Setting(
+        f"{what} range ({unit}; None: auto)", strict_range(0.0, largest, unit, open_low=True)
+    )
+
+
+TIMING = Setting("auto | hardware | software", one_of("auto", "hardware", "software"))
+NPLC = Setting("integration time in power-line cycles", strict_range(0.01, 10.0, "PLC"))
+
+
+def smu_settings(
+    *,
+    compliance_a: tuple[float, float],
+    nplc: tuple[float, float],
+    i_ranges: Sequence[float],
+    v_ranges: Sequence[float],
+    channels: Sequence[str] = ("1",),
+) -> dict[str, Setting]:
+    """The settings every SMU driver takes, with the instrument's bounds: current limit
+    ``compliance_a`` (lo, hi; lo 0: any above 0), ``nplc`` (lo, hi), the measure and source
+    ranges, timing, and the 0-based ``channels`` of the instrument's ``channels``."""
+    lo, hi = compliance_a
+    return {
+        "compliance_a": Setting("current limit (A)", strict_range(lo, hi, "A", open_low=not lo)),
+        "nplc": Setting("integration time in power-line cycles", strict_range(*nplc, "PLC")),
+        "current_range_a": range_setting("current measure", i_ranges[-1], "A"),
+        "voltage_range_v": range_setting("voltage source", v_ranges[-1], "V"),
+        "timing": TIMING,
+        "channels": Setting(
+            "0-based channels a program runs on (all at once)", channel_list(channels)
+        ),
+    }
 
 
 SCPI_LINES = {"read_termination": "\n", "write_termination": "\n"}  # a VISA driver's visa_io
@@ -473,6 +587,8 @@ class DriverBase:
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
     poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
+    # the settings configure() takes, each with its strict check; anything else is refused
+    settings: ClassVar[Mapping[str, Setting]] = {}
 
     def __init__(self, transport, clock: Clock | None = None) -> None:
         self.transport = transport
@@ -484,9 +600,24 @@ class DriverBase:
         # what connecting found that every run on this driver carries as a warning (a
         # simulated device outside its model's validity)
         self.warnings: list[str] = []
+        # what the driver did otherwise than asked (a level clipped inside the sample's
+        # limit by the instrument's resolution): the engine records each as a warning
+        self.adjustments: list[str] = []
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
+
+    def checked_settings(self, settings: Mapping[str, object]) -> dict[str, Any]:
+        """``settings`` checked against the driver's table: an unknown key is refused by
+        name with the allowed keys, every value by its setting's strict check; nothing is
+        taken or sent before all pass."""
+        unknown = [key for key in settings if key not in self.settings]
+        if unknown:
+            raise ValidationError(
+                f"instrument.{unknown[0]}",
+                f"unknown setting of the {self.name} driver; allowed: {', '.join(self.settings)}",
+            )
+        return {key: self.settings[key].check(key, value) for key, value in settings.items()}
 
     def safe_state(self) -> None:
         raise NotImplementedError
@@ -627,7 +758,8 @@ class SourceMeterBase(DriverBase):
         super().__init__(transport, clock)
         self.nplc = 1.0
         self.line_frequency_hz = 50.0
-        self.compliance_a = 105e-6
+        self.compliance_a = 105e-6  # the current limit configured (never above max_i)
+        self._compliance_sent: float | None = None  # the one last written to the instrument
         self._output_on: bool | None = None  # single-output drivers: None = not known
         self._last_level: float | None = None
 
@@ -637,23 +769,39 @@ class SourceMeterBase(DriverBase):
 
     nplc_range: ClassVar[tuple[float, float]] = (0.01, 10.0)
 
-    def _apply_settings(
-        self, *, nplc: float | None, compliance_a: float | None, timing: str | None
-    ) -> None:
-        """Check and keep the settings every SMU shares (None leaves one as it is)."""
+    def set_limits(self, limits: Limits) -> None:
+        """Take the sample's limits; a configured current limit above its max_i (the
+        driver's default, or one set for an earlier sample) is lowered to max_i (sent with
+        the next configure or before the next program's output is on)."""
+        if limits.max_i is not None and limits.max_i < self.min_compliance_a:
+            raise LimitError(
+                f"{self.name} driver: the sample's max_i = {limits.max_i:g} A is below the "
+                f"{self.family}'s smallest current limit {self.min_compliance_a:g} A"
+            )
+        super().set_limits(limits)
+        if limits.max_i is not None and self.compliance_a > limits.max_i:
+            self.compliance_a = float(limits.max_i)
+
+    def _apply_settings(self, s: Mapping[str, Any]) -> None:
+        """Take the settings every SMU shares from checked settings ``s`` (absent or None
+        leaves one as it is); the current limit is checked against the sample first."""
+        nplc, timing = s.get("nplc"), s.get("timing")
         if nplc is not None:
             lo, hi = self.nplc_range
             if not lo <= nplc <= hi:
                 raise ValidationError("nplc", f"{nplc:g} is outside {lo:g} to {hi:g} PLC")
+        compliance_a = s.get("compliance_a")
+        compliance = None if compliance_a is None else self._checked_compliance(compliance_a)
+        if nplc is not None:
             self.nplc = float(nplc)
-        if compliance_a is not None:
-            self.compliance_a = self._checked_compliance(compliance_a)
+        if compliance is not None:
+            self.compliance_a = compliance
         if timing is not None:
-            if timing not in ("auto", "hardware", "software"):
-                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
             self.timing = timing
 
     def _checked_compliance(self, compliance_a: float) -> float:
+        """A current limit within the instrument's and at most the sample's max_i (a larger
+        one is refused, never lowered: it was asked for)."""
         lo = self.min_compliance_a
         i_max = self.capabilities.i_max
         if not (lo <= compliance_a if lo else compliance_a > 0) or compliance_a > i_max:
@@ -666,13 +814,23 @@ class SourceMeterBase(DriverBase):
                 f"{self.name} driver: current limit {compliance_a:g} A exceeds the sample's "
                 f"max_i = {self.limits.max_i:g} A"
             )
-        return float(compliance_a)
+        return float(min(compliance_a, self.limits.max_i or compliance_a))
+
+    def _sent_compliance(self) -> None:
+        """Note that the instrument now has ``compliance_a`` (configure wrote it)."""
+        self._compliance_sent = self.compliance_a
 
     # -- execution ------------------------------------------------------------------------
     def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
         """Run ``program`` (on every selected channel at once); yields chunks with ``t``
         relative to the program's start and the channel (0-based) of each reading."""
-        check_program(program, self.limits, self.capabilities, f"{self.name} driver")
+        check_program(
+            program,
+            self.limits,
+            self.capabilities,
+            f"{self.name} driver",
+            limit=self.compliance_a if program.mode == "V" else None,
+        )
         if program.mode != "V":
             raise ValidationError(
                 "mode", f"the {self.family} driver sources voltage only in this version"
@@ -680,9 +838,12 @@ class SourceMeterBase(DriverBase):
         if not len(program):
             return
         self._prepare()
-        if program.compliance is not None and program.compliance != self.compliance_a:
+        if program.compliance is not None:
             self.compliance_a = self._checked_compliance(program.compliance)
+        if self.compliance_a != self._compliance_sent:
+            # before any output is on: the instrument's limit is the one checked
             self.transport.write(self._compliance_command())
+            self._compliance_sent = self.compliance_a
         runs = None if self.timing == "software" else self.plan(program)
         if runs is None and self.timing == "hardware":
             ms = self.aperture_s * 1e3

@@ -29,20 +29,28 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from decimal import ROUND_DOWN, Decimal
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from drivers.base import (
+    NPLC,
     OVERRANGE_VALUE,
+    TIMING,
     Capabilities,
     DriverBase,
+    Limits,
+    Setting,
     StreamingRun,
     Tally,
+    channel_list,
     check_program,
+    intended,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
+    strict_range,
 )
 from labctl.clock import Clock
 from labctl.data import LATE, Chunk
@@ -224,19 +232,21 @@ def _decode_same_layout(lines: list[str]) -> dict[str, Columns] | None:
 
 def format_value(x: float) -> str:
     """A MethodSCRIPT number: an integer with an SI prefix, exact where possible
-    (``0.5`` -> ``500m``, ``1e-7`` -> ``100n``), else nine significant digits."""
-    x = float(x)
-    if x == 0:
+    (``0.5`` -> ``500m``, ``1e-7`` -> ``100n``), else nine significant digits rounded toward
+    zero, so that the value sent is never larger in size than ``x`` (a potential at the
+    sample's limit stays at or inside it) but by float noise (:func:`~drivers.base.intended`)."""
+    exact = intended(float(x))
+    if exact == 0:
         return "0"
-    for suffix, scale in (("", 1.0), ("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12)):
-        m = x / scale
-        r = round(m)
-        if r != 0 and abs(m - r) <= 1e-9 * abs(m):
-            return f"{r}{suffix}"
-    e = math.floor(math.log10(abs(x))) - 8
+    for suffix, exp in (("", 0), ("m", -3), ("u", -6), ("n", -9), ("p", -12)):
+        m = exact.scaleb(-exp)
+        r = m.to_integral_value()  # to the nearest
+        if r != 0 and abs(r) <= abs(m) and abs(m - r) <= Decimal("1e-9") * abs(m):
+            return f"{int(r)}{suffix}"
+    e = exact.adjusted() - 8
     pe = max(-15, min(0, 3 * math.floor(e / 3)))
     suffix = {0: "", -3: "m", -6: "u", -9: "n", -12: "p", -15: "f"}[pe]
-    return f"{round(x / 10.0**pe)}{suffix}"
+    return f"{int(exact.scaleb(-pe).to_integral_value(ROUND_DOWN))}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -369,33 +379,49 @@ class EmStat(DriverBase):
         self.identity = f"PalmSens {self.family.name},{serial},{self.firmware}"
         return self.identity
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        timing: str | None = None,
-        **_ignored: object,
-    ) -> None:
+    settings: ClassVar[dict[str, Setting]] = {
+        "compliance_a": Setting(
+            "top of the current autoranging (A; a potentiostat has no current limit)",
+            strict_range(0.0, 1.0, "A", open_low=True),
+        ),
+        "nplc": NPLC,
+        "current_range_a": Setting(
+            "fixed current range (A; None: autoranging)", strict_range(0.0, 1.0, "A", open_low=True)
+        ),
+        "timing": TIMING,
+        "channels": Setting("the one channel, [0]", channel_list(("1",))),
+    }
+
+    def configure(self, **settings: object) -> None:
         """Current range (None: autoranging, up to the range that holds ``compliance_a``),
-        timing, and the host-timed reading's interval (``nplc`` / 50 Hz). The settings go into
-        each script; nothing is sent."""
-        if compliance_a is not None:
-            self.compliance_a = self._checked_current("compliance_a", compliance_a)
-        self.current_range_a = (
+        timing, and the host-timed reading's interval (``nplc`` / 50 Hz); any key not in
+        :attr:`settings` is refused. The settings go into each script; nothing is sent."""
+        s = self.checked_settings(settings)
+        compliance_a, current_range_a = s.get("compliance_a"), s.get("current_range_a")
+        compliance = (
+            None if compliance_a is None else self._checked_current("compliance_a", compliance_a)
+        )
+        fixed = (
             None
             if current_range_a is None
             else self._checked_current("current_range_a", current_range_a)
         )
-        if nplc is not None:
-            if not 0.01 <= nplc <= 10:
-                raise ValidationError("nplc", f"{nplc:g} is outside 0.01 to 10 PLC")
-            self.aperture_s = max(MIN_INTERVAL_S, nplc / 50.0)
-        if timing is not None:
-            if timing not in ("auto", "hardware", "software"):
-                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
-            self.timing = timing
+        if compliance is not None:
+            self.compliance_a = compliance
+        self.current_range_a = fixed
+        if s.get("nplc") is not None:
+            self.aperture_s = max(MIN_INTERVAL_S, s["nplc"] / 50.0)
+        if s.get("timing") is not None:
+            self.timing = s["timing"]
+
+    def set_limits(self, limits: Limits) -> None:
+        """Take the sample's limits; the top of the autoranging (the driver's default: the
+        largest range) is lowered to the range that holds max_i."""
+        super().set_limits(limits)
+        if limits.max_i is not None and (
+            self.compliance_a is None or self.compliance_a > limits.max_i
+        ):
+            self.compliance_a = float(limits.max_i)
 
     def _checked_current(self, field: str, value: float) -> float:
         top = self.family.i_ranges[-1]
@@ -472,7 +498,13 @@ class EmStat(DriverBase):
     # -- execution ----------------------------------------------------------------------------
     def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
         """Run ``program``; yields chunks with ``t`` relative to the program's start."""
-        check_program(program, self.limits, self.capabilities, "emstat driver")
+        check_program(
+            program,
+            self.limits,
+            self.capabilities,
+            "emstat driver",
+            limit=self.compliance_a if program.mode == "V" else None,
+        )
         if program.mode != "V":
             raise ValidationError("mode", "a potentiostat sources potential (mode 'V') only")
         if not len(program):

@@ -32,6 +32,7 @@ from drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
+    Setting,
     SourceMeterBase,
     Tally,
     make_chunk,
@@ -39,6 +40,7 @@ from drivers.base import (
     raise_if_aborted,
     run_host_timed,
     scpi_range_commands,
+    smu_settings,
 )
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
@@ -116,20 +118,20 @@ class Keithley2400(SourceMeterBase):
         self.identity = idn
         return idn
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        voltage_range_v: float | None = None,
-        timing: str | None = None,
-        **_ignored: object,
-    ) -> None:
-        """Source V, measure I; compliance, ranges (None: auto) and integration time."""
-        self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
+    settings: ClassVar[dict[str, Setting]] = smu_settings(
+        compliance_a=(0.0, 1.05),
+        nplc=(0.01, 10.0),
+        i_ranges=I_RANGES,
+        v_ranges=V_RANGES,
+    )
+
+    def configure(self, **settings: object) -> None:
+        """Source V, measure I; compliance_a, current_range_a and voltage_range_v (None:
+        auto), nplc, timing (the table :attr:`settings`; any other key is refused)."""
+        s = self.checked_settings(settings)
+        self._apply_settings(s)
         v_range, i_range = scpi_range_commands(
-            voltage_range_v, current_range_a, self.capabilities.v_ranges, I_RANGES
+            s.get("voltage_range_v"), s.get("current_range_a"), self.capabilities.v_ranges, I_RANGES
         )
         self.transport.write(
             # one function measured (the V element then reads the programmed level), no
@@ -140,6 +142,7 @@ class Keithley2400(SourceMeterBase):
             ":SOUR:CLE:AUTO OFF;:TRIG:DEL 0;:TRIG:COUN 1;:ARM:COUN 1;:ARM:SOUR IMM;"
             f":TRIG:SOUR IMM;:FORM:DATA ASC;:FORM:ELEM {ELEMENTS};:TRAC:TST:FORM ABS"
         )
+        self._sent_compliance()
         self._fixed_mode = True
         self.check_errors()
 

@@ -23,6 +23,7 @@ from drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
+    Setting,
     SourceMeterBase,
     Tally,
     make_chunk,
@@ -30,6 +31,7 @@ from drivers.base import (
     raise_if_aborted,
     run_host_timed,
     scpi_range_commands,
+    smu_settings,
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
@@ -69,6 +71,7 @@ class Keithley2450(SourceMeterBase):
 
     name = "keithley2450"
     family = "2450"
+    min_compliance_a = 1e-9  # ILIM 1 nA to 1.05 A (the emulator's bounds)
     # line-terminated SCPI; a 10^6-reading bulk read needs more than the default 10 s
     visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 30.0}
     capabilities = Capabilities(
@@ -104,19 +107,21 @@ class Keithley2450(SourceMeterBase):
         self.identity = idn
         return idn
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        voltage_range_v: float | None = None,
-        timing: str | None = None,
-        **_ignored: object,
-    ) -> None:
-        """Source V, measure I; compliance, ranges (None: auto) and integration time."""
-        self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
-        v_range, i_range = scpi_range_commands(voltage_range_v, current_range_a, V_RANGES, I_RANGES)
+    settings: ClassVar[dict[str, Setting]] = smu_settings(
+        compliance_a=(1e-9, 1.05),
+        nplc=(0.01, 10.0),
+        i_ranges=I_RANGES,
+        v_ranges=V_RANGES,
+    )
+
+    def configure(self, **settings: object) -> None:
+        """Source V, measure I; compliance_a, current_range_a and voltage_range_v (None:
+        auto), nplc, timing (the table :attr:`settings`; any other key is refused)."""
+        s = self.checked_settings(settings)
+        self._apply_settings(s)
+        v_range, i_range = scpi_range_commands(
+            s.get("voltage_range_v"), s.get("current_range_a"), V_RANGES, I_RANGES
+        )
         self.transport.write(
             # source delay 0: the Program's durations are the only waits (auto delay would
             # hold each level longer before a software-timed read)
@@ -124,6 +129,7 @@ class Keithley2450(SourceMeterBase):
             f':SENS:FUNC "CURR";{i_range};:SENS:CURR:NPLC {num(self.nplc)};'
             ":FORM:DATA ASC;:FORM:BORD SWAP"
         )
+        self._sent_compliance()
         self.check_errors()
 
     def check_errors(self) -> None:

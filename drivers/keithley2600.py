@@ -38,12 +38,14 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from drivers.base import (
     Capabilities,
     HardwareRun,
+    Setting,
     SourceMeterBase,
     Tally,
     make_chunk,
@@ -51,6 +53,7 @@ from drivers.base import (
     pick_range,
     raise_if_aborted,
     run_host_timed,
+    smu_settings,
 )
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
@@ -151,24 +154,23 @@ class Keithley2600(SourceMeterBase):
         self.identity = idn
         return idn
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        voltage_range_v: float | None = None,
-        timing: str | None = None,
-        channels: Sequence[int] | None = None,
-        **_ignored: object,
-    ) -> None:
-        """Source V, measure I on the selected SMUs; compliance, ranges (None: auto),
-        integration time, and the trigger model the hardware-timed runs use."""
+    settings: ClassVar[dict[str, Setting]] = smu_settings(
+        compliance_a=(100e-12, 3.03),
+        nplc=(0.001, 25.0),
+        i_ranges=I_RANGES,
+        v_ranges=V_RANGES,
+        channels=SMU,
+    )
+
+    def configure(self, **settings: object) -> None:
+        """Source V, measure I on the selected SMUs; compliance_a, current_range_a and
+        voltage_range_v (None: auto), nplc, timing (the table :attr:`settings`; any other key
+        is refused), and the trigger model the hardware-timed runs use."""
         # every value is checked before any is taken or sent
-        if nplc is not None and not 0.001 <= nplc <= 25:
-            raise ValidationError("nplc", f"{nplc:g} is outside 0.001 to 25 PLC")
-        if timing is not None and timing not in ("auto", "hardware", "software"):
-            raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
+        s = self.checked_settings(settings)
+        compliance_a, nplc, timing = s.get("compliance_a"), s.get("nplc"), s.get("timing")
+        voltage_range_v, current_range_a = s.get("voltage_range_v"), s.get("current_range_a")
+        channels = s.get("channels")
         if compliance_a is not None:
             compliance = self._checked_compliance(compliance_a)
         elif self.limits.max_i is not None:  # a default limit never exceeds the sample's
@@ -217,6 +219,7 @@ class Keithley2600(SourceMeterBase):
                 f"{x}.source.delay = 0",
             ]
             self.transport.write(" ".join(source))
+            self._sent_compliance()
             self.transport.write(
                 " ".join(
                     [

@@ -54,13 +54,16 @@ from drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
+    Setting,
     SourceMeterBase,
     Tally,
     make_chunk,
     num,
+    one_of,
     raise_if_aborted,
     run_host_timed,
     scpi_range_commands,
+    smu_settings,
 )
 from drivers.keithley2400 import plan_points, runs_of_equal
 from labctl.clock import Clock
@@ -196,33 +199,36 @@ class KeysightB2900(SourceMeterBase):
         self.identity = idn
         return idn
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        voltage_range_v: float | None = None,
-        timing: str | None = None,
-        channels: list[int] | tuple[int, ...] | None = None,
-        pulse_mode: bool | None = None,
-        **_ignored: object,
-    ) -> None:
+    settings: ClassVar[dict[str, Setting]] = {
+        **smu_settings(
+            compliance_a=(0.0, 3.03),
+            nplc=(NPLC_MIN, NPLC_MAX),
+            i_ranges=I_RANGES,
+            v_ranges=V_RANGES,
+            channels=("1", "2"),
+        ),
+        "pulse_mode": Setting("pulse trains may run in the pulse mode", one_of(True, False)),
+    }
+
+    def configure(self, **settings: object) -> None:
         """Source V, measure V and I on the selected ``channels`` (0-based; a program runs
-        on all of them at once); compliance, ranges (None: auto), integration time, and
-        whether pulse trains may run in the pulse mode (default: yes, where it is the better
-        plan)."""
+        on all of them at once); compliance_a, current_range_a and voltage_range_v (None:
+        auto), nplc, timing, and whether pulse trains may run in the pulse mode (default:
+        yes, where it is the better plan). Any key not in :attr:`settings` is refused."""
+        s = self.checked_settings(settings)
+        channels = s.get("channels")
         if channels is not None:
-            chosen = sorted({int(c) for c in channels})
             n = len(self.capabilities.channels)
-            if not chosen or any(not 0 <= c < n for c in chosen):
+            if any(not 0 <= c < n for c in channels):
                 raise ValidationError(
                     "channels", f"{list(channels)!r}; allowed: 0-based channels below {n}"
                 )
-            self.channels = chosen
-        self._apply_settings(nplc=nplc, compliance_a=compliance_a, timing=timing)
-        if pulse_mode is not None:
-            self.pulse_mode = bool(pulse_mode)
+        self._apply_settings(s)
+        if channels is not None:
+            self.channels = list(channels)
+        if s.get("pulse_mode") is not None:
+            self.pulse_mode = s["pulse_mode"]
+        voltage_range_v, current_range_a = s.get("voltage_range_v"), s.get("current_range_a")
         # per channel: the {c} in the commands is filled in below
         v_range, i_range = scpi_range_commands(
             voltage_range_v, current_range_a, V_RANGES, I_RANGES, suffix="{c}"
@@ -243,6 +249,7 @@ class KeysightB2900(SourceMeterBase):
             ";".join(parts) + f";:FORM ASC;:FORM:BORD SWAP;:FORM:ELEM:SENS {ELEMENTS};"
             ":SYST:TIME:TIM:COUN:RES:AUTO ON"
         )
+        self._sent_compliance()
         self._binary = False
         self._pulse_shape = False
         self.check_errors()

@@ -13,24 +13,31 @@ Step durations that are not whole milliseconds fall back to host timing (``setVo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from drivers.base import (
     OVERRANGE_VALUE,
+    TIMING,
     Capabilities,
     DriverBase,
+    Limits,
+    Setting,
     StreamingRun,
     Tally,
+    channel_list,
     check_program,
     make_chunk,
     raise_if_aborted,
     run_host_timed,
+    strict_range,
 )
 from labctl.clock import Clock
 from labctl.data import Chunk
@@ -39,6 +46,7 @@ from labctl.program import Program
 from labctl.transport import Transport
 
 MAX_STEPS = 50
+DAC_CODES = 4095  # the output DAC: 12 bits over the voltage range
 PERIOD_MIN_MS, PERIOD_MAX_MS = 1, 1000
 LINE_LIMIT = 100_000  # lines skipped while waiting for a reply (samples of a test in flight)
 VOLT_RANGES: tuple[tuple[str, float], ...] = (("1V", 1.0), ("2V", 2.0), ("5V", 5.0), ("10V", 10.0))
@@ -101,6 +109,8 @@ class Rodeostat(DriverBase):
         self.fixed_volt_range: str | None = None
         self.curr_range: str | None = None
         self.sample_period_ms: int | None = None
+        self.compliance_a: float | None = None  # picks the current range (None: as it is)
+        self._fixed_curr_range = False  # current_range_a was asked for
         self._v_set = 0.0
         self._lines: deque[str] = deque()
 
@@ -185,40 +195,67 @@ class Rodeostat(DriverBase):
         self.identity = f"IO Rodeo Rodeostat {variant},{hardware},{firmware}"
         return self.identity
 
-    def configure(
-        self,
-        *,
-        compliance_a: float | None = None,
-        nplc: float | None = None,
-        current_range_a: float | None = None,
-        voltage_range_v: float | None = None,
-        timing: str | None = None,
-        **_ignored: object,
-    ) -> None:
+    settings: ClassVar[dict[str, Setting]] = {
+        "compliance_a": Setting(
+            "picks the current range (A; a potentiostat has no current limit)",
+            strict_range(0.0, 24.048e-3, "A", open_low=True),
+        ),
+        "nplc": Setting("ignored: the sample period follows the program", strict_range(0, 100, "")),
+        "current_range_a": Setting(
+            "fixed current range (A)", strict_range(0.0, 24.048e-3, "A", open_low=True)
+        ),
+        "voltage_range_v": Setting(
+            "fixed voltage range (V; None: the smallest that holds each program)",
+            strict_range(0.0, VOLT_RANGES[-1][1], "V", open_low=True),
+        ),
+        "timing": TIMING,
+        "channels": Setting("the one channel, [0]", channel_list(("1",))),
+    }
+
+    def configure(self, **settings: object) -> None:
         """Current range (the smallest that holds ``current_range_a`` or ``compliance_a``),
-        voltage range (None: the smallest that holds each program) and timing. ``nplc`` is
-        ignored: the sample period follows the program."""
-        if timing is not None:
-            if timing not in ("auto", "hardware", "software"):
-                raise ValidationError("timing", f"{timing!r}; allowed: auto, hardware, software")
-            self.timing = timing
-        if voltage_range_v is not None:
-            self.fixed_volt_range = _pick("voltage_range_v", voltage_range_v, VOLT_RANGES)
+        voltage range (None: the smallest that holds each program) and timing; any key not
+        in :attr:`settings` is refused. ``nplc`` is ignored: the sample period follows the
+        program."""
+        s = self.checked_settings(settings)
+        voltage_range_v, current_range_a = s.get("voltage_range_v"), s.get("current_range_a")
+        compliance_a = s.get("compliance_a")
+        fixed_volt = (
+            None
+            if voltage_range_v is None
+            else _pick("voltage_range_v", voltage_range_v, VOLT_RANGES)
+        )
+        if (
+            compliance_a is not None
+            and self.limits.max_i is not None
+            and compliance_a > self.limits.max_i * (1 + 1e-12)
+        ):
+            raise LimitError(
+                f"rodeostat driver: current limit {compliance_a:g} A exceeds the sample's "
+                f"max_i = {self.limits.max_i:g} A"
+            )
         target = current_range_a if current_range_a is not None else compliance_a
-        if target is not None:
-            field = "current_range_a" if current_range_a is not None else "compliance_a"
-            if not target > 0:
-                raise ValidationError(field, f"{target:g} A must be > 0")
-            if (
-                field == "compliance_a"
-                and self.limits.max_i is not None
-                and target > self.limits.max_i * (1 + 1e-12)
-            ):
-                raise LimitError(
-                    f"rodeostat driver: current limit {target:g} A exceeds the sample's "
-                    f"max_i = {self.limits.max_i:g} A"
-                )
-            self._set_curr_range(_pick(field, target, VARIANTS[self.variant]))
+        field = "current_range_a" if current_range_a is not None else "compliance_a"
+        label = None if target is None else _pick(field, target, VARIANTS[self.variant])
+        if s.get("timing") is not None:
+            self.timing = s["timing"]
+        if fixed_volt is not None:
+            self.fixed_volt_range = fixed_volt
+        if compliance_a is not None:
+            self.compliance_a = compliance_a
+        if label is not None:
+            self._set_curr_range(label)
+        if current_range_a is not None:
+            self._fixed_curr_range = True
+
+    def set_limits(self, limits: Limits) -> None:
+        """Take the sample's limits; without a current range asked for, the range is the
+        smallest that holds max_i (the range the instrument had may be far larger)."""
+        super().set_limits(limits)
+        if limits.max_i is not None and (
+            self.compliance_a is None or self.compliance_a > limits.max_i
+        ):
+            self.compliance_a = float(limits.max_i)
 
     def _set_curr_range(self, label: str) -> None:
         if label != self.curr_range:
@@ -239,7 +276,13 @@ class Rodeostat(DriverBase):
     # -- execution ----------------------------------------------------------------------------
     def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
         """Run ``program``; yields chunks with ``t`` relative to the program's start."""
-        check_program(program, self.limits, self.capabilities, "rodeostat driver")
+        check_program(
+            program,
+            self.limits,
+            self.capabilities,
+            "rodeostat driver",
+            limit=self.compliance_a if program.mode == "V" else None,
+        )
         if program.mode != "V":
             raise ValidationError("mode", "a potentiostat sources potential (mode 'V') only")
         if not len(program):
@@ -252,7 +295,10 @@ class Rodeostat(DriverBase):
             )
         if program.compliance is not None:
             self.configure(compliance_a=program.compliance)
+        elif self.compliance_a is not None and not self._fixed_curr_range:
+            self._set_curr_range(_pick("compliance_a", self.compliance_a, VARIANTS[self.variant]))
         self._set_volt_range(label)
+        program = self._inside_dac(program, dict(VOLT_RANGES)[label])
         full_scale = self._full_scale()
         tests = None if self.timing == "software" else self.compile(program)
         if tests is None and self.timing == "hardware":
@@ -263,6 +309,30 @@ class Rodeostat(DriverBase):
             yield from self._run_software(program, abort, full_scale)
         else:
             yield from self._run_hardware(program, tests, abort, full_scale)
+
+    def _inside_dac(self, program: Program, span: float) -> Program:
+        """``program`` with every level whose DAC output (:func:`dac_output`) would lie
+        beyond the sample's max_v moved to the nearest code inside it (exactly that code's
+        output, which the firmware keeps); each such change is noted in ``adjustments``
+        and shows in the chunks' v_set."""
+        bound = self.limits.max_v
+        if bound is None:
+            return program
+        out = dac_output(program.level, span)
+        over = np.abs(out) > bound
+        if not over.any():
+            return program
+        lsb = 2 * span / DAC_CODES
+        inner = np.floor((bound + span) / lsb) * lsb - span  # the top code within +bound
+        clipped = np.where(program.level > 0, inner, -inner)
+        level = np.where(over, clipped, program.level)
+        worst = float(np.abs(out[over]).max())
+        self.adjustments.append(
+            f"rodeostat: {int(over.sum())} level(s) the DAC would put at up to {worst:.6g} V, "
+            f"beyond max_v = {bound:g} V, were set one DAC step inside ({float(inner):.6g} V on "
+            f"the ±{span:g} V range)"
+        )
+        return dataclasses.replace(program, level=level)
 
     def compile(self, program: Program) -> list[_Test] | None:
         """The multiStep tests for ``program``, or None if a step is not whole ms."""
@@ -451,6 +521,14 @@ class _TestRun(StreamingRun):
         if self.bad is not None:
             return f"not JSON during a test: {self.bad[:60]!r}"
         return f"the test failed: {self.error}"
+
+
+def dac_output(level: np.ndarray, span: float) -> np.ndarray:
+    """The output the firmware makes of ``level`` on the ±``span`` range: the nearest of
+    the 12-bit DAC's codes over -span..+span (instruments.md §6: setVolt 0.5 on 1V gives
+    0.499878; rounding to the nearest code is [I], the emulator's)."""
+    code = np.round((np.clip(level, -span, span) + span) / (2 * span) * DAC_CODES)
+    return code / DAC_CODES * 2 * span - span
 
 
 def _pick(field: str, value: float, ranges: tuple[tuple[str, float], ...]) -> str:

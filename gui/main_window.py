@@ -83,16 +83,22 @@ def run_on_instrument(
     step checked against the limits of the sample on each channel before anything is
     sent, then the engine: one run, or the steps of a sequence through labctl's own
     sequence runner (``RunEngine.run_sequence``, which ``labctl run`` uses too)."""
-    from labctl.engine import check_protocol
+    from labctl.api import check_settings
+    from labctl.engine import bounded_default_compliance, check_protocol
 
     protocols = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
+    check_settings(driver, kwargs.get("settings") or {})  # a key the driver does not take
     sample = stored_sample(store, sample_name)
     per_channel = (
         {c: stored_sample(store, name) for c, name in channel_samples.items()}
         if channel_samples
         else None
     )
+    on = [sample, *(per_channel or {}).values()]
+    max_i = min((float(s.max_i) for s in on if s.max_i is not None), default=None)
     for k, protocol in enumerate(protocols):
+        # as the engine runs it: a default current limit above max_i lowered to it
+        protocol, _note = bounded_default_compliance(protocol, max_i)
         try:
             check_protocol(protocol, driver, sample, per_channel)
         except LimitError as exc:
@@ -140,6 +146,7 @@ class MainWindow(QMainWindow):
         self._live_what = ""  # what the live view shows: protocol, sample(s)
         self._live_on = ""  # the sample(s) of the run, and their channels
         self._recipe_channels = None  # a loaded recipe's [instrument] channels
+        self._recipe_settings: dict = {}  # ... and its instrument settings (nplc, ...)
         self._paused_now = False  # the engine reported that it waits
         self.sequence: SequenceProgress | None = None  # the sequence running, if any
 
@@ -513,6 +520,9 @@ class MainWindow(QMainWindow):
         if resource and not self.instrument.is_connected:
             self.instrument.set_resource(resource)
         self._recipe_channels = recipe.instrument.get("channels")
+        self._recipe_settings = {
+            k: v for k, v in recipe.instrument_settings.items() if k != "channels"
+        }
         self._apply_recipe_channels()
 
     def _apply_recipe_channels(self) -> None:
@@ -674,6 +684,8 @@ class MainWindow(QMainWindow):
             recipe_text=recipe_text,
             resource=resource,
             operator=operator,
+            # the loaded recipe's [instrument] settings, while it is the recipe run
+            settings=dict(self._recipe_settings) if self.protocol.recipe_text else {},
             on_done=self._run_done,
             on_error=self._run_crashed,
         )

@@ -54,11 +54,15 @@ def run(
     listeners: Iterable[Listener] = (),
     recipe_text: str | None = None,
     operator: str | None = None,
+    settings: dict[str, Any] | None = None,
     **params: Any,
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
 
     ``params`` are the protocol's parameters; ``max_v``/``max_i`` set the sample's limits.
+    ``settings`` go to the driver's ``configure`` (``{"nplc": 0.5, "current_range_a":
+    1e-6}``): a key the driver does not take is refused (ValidationError naming it and the
+    allowed keys) before a run is made.
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
@@ -74,7 +78,11 @@ def run(
     if store is None or isinstance(store, str):
         store = open_store(store)
     smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
-    options: dict[str, Any] = {"recipe_text": recipe_text, "operator": operator}
+    options: dict[str, Any] = {
+        "recipe_text": recipe_text,
+        "operator": operator,
+        "settings": dict(settings or {}),
+    }
     if sample2 is not None:
         options["channel_samples"] = {
             0: smp,
@@ -84,10 +92,21 @@ def run(
     if isinstance(instrument, str):
         driver = connect(instrument)
         try:
+            check_settings(driver, options["settings"])
             return engine.run(proto, driver, smp, resource=instrument, **options)
         finally:
             driver.close()
+    check_settings(instrument, options["settings"])
     return engine.run(proto, instrument, smp, **options)
+
+
+def check_settings(driver: Any, settings: dict[str, Any]) -> None:
+    """Refuse instrument settings the driver does not take (by name, with the allowed keys)
+    or values its table refuses, before any run is made; ``timing = "best_effort"``, which
+    the engine handles itself, is left to it."""
+    checked = getattr(driver, "checked_settings", None)
+    if callable(checked):
+        checked({k: v for k, v in settings.items() if (k, v) != ("timing", "best_effort")})
 
 
 def run_recipe(
@@ -129,9 +148,7 @@ def run_recipe(
     smp2 = None
     if sample2 or recipe.sample2:
         smp2 = _recipe_sample(store, recipe.sample2, sample2, "sample2", "--sample2")
-    settings = (
-        {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
-    )
+    settings = recipe.instrument_settings
     engine = engine or RunEngine(store, listeners)
     driver = connect(resource, driver=recipe.instrument.get("driver"))
     try:
@@ -150,6 +167,7 @@ def run_recipe(
             channel_samples_of(
                 driver, smp, dict.fromkeys(recipe.channels, smp), "instrument.channels"
             )
+        check_settings(driver, settings)
         return engine.run_sequence(
             protocols,
             driver,

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="override a parameter; "
-        "sample.max_v=..., sample2.max_v=..., instrument.resource=... reach the other tables",
+        "sample.max_v=..., sample2.max_v=..., instrument.resource=... reach the other tables "
+        "(instrument.nplc=..., instrument.current_range_a=...: the driver's settings)",
     )
     p.add_argument("--operator", metavar="NAME", default=os.environ.get("USER"), help="who runs it")
     p.add_argument("--plot", metavar="PNG", help="also write a PNG of the data here")

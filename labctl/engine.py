@@ -218,10 +218,16 @@ def check_protocol(
     sample: Any,
     channel_samples: Mapping[int, Any] | None = None,
     who: str = "refused before output on",
+    *,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[list[Program] | None, Limits]:
     """Check every Program an open-loop protocol will send (a closed-loop protocol: the
     envelope of what it may send) against the limits of the sample on every channel and
-    the instrument's ranges; raise the first refusal naming the sample and channel.
+    the instrument's ranges; raise the first refusal naming the sample and channel. A
+    Program's current limit (voltage limit when sourcing current) is its own compliance,
+    else the ``compliance_a`` of ``settings`` (the protocol's and the caller's instrument
+    settings), else none yet: :func:`check_configured` checks the driver's once it is
+    configured.
 
     Returns the open-loop Programs (None for closed-loop) and the limits the driver
     enforces: the tightest of the samples' (every channel plays the same Program).
@@ -239,14 +245,61 @@ def check_protocol(
         ahead = [envelope] if envelope is not None else []
     else:
         programs = ahead = protocol.programs()
+    asked = (settings or {}).get("compliance_a")
+    asked = asked if isinstance(asked, int | float) and not isinstance(asked, bool) else None
     for label, lim in limits.items():
         for program in ahead:
-            check_program(program, lim, driver.capabilities, f"{who} ({label})" if label else who)
+            check_program(
+                program,
+                lim,
+                driver.capabilities,
+                f"{who} ({label})" if label else who,
+                limit=asked,
+            )
     tightest = Limits(
         max_v=min(lim.max_v for lim in limits.values()),
         max_i=min(lim.max_i for lim in limits.values()),
     )
     return programs, tightest
+
+
+def bounded_default_compliance(protocol: Any, max_i: float | None) -> tuple[Any, str | None]:
+    """``protocol`` with its ``compliance_a`` lowered to ``max_i`` when it was left at the
+    protocol's default and that is above max_i (a value the user gave is kept, and refused
+    later if larger); and a note saying so (None: unchanged)."""
+    params = getattr(protocol, "params", None)
+    asked = getattr(params, "compliance_a", None)
+    if (
+        max_i is None
+        or not isinstance(asked, int | float)
+        or "compliance_a" in params.model_fields_set
+        or asked <= max_i
+    ):
+        return protocol, None
+    lowered = type(protocol)(params.model_copy(update={"compliance_a": float(max_i)}))
+    return lowered, (
+        f"compliance_a: the protocol's default {asked:g} A lowered to the sample's "
+        f"max_i = {max_i:g} A"
+    )
+
+
+def configured_limit(driver: Any, mode: str = "V") -> float | None:
+    """The limit the driver has configured for a Program sourcing ``mode``: its current limit
+    (``compliance_a``) when sourcing V, its voltage limit (``voltage_limit_v``) when sourcing
+    I; None when it states none."""
+    value = getattr(driver, "compliance_a" if mode == "V" else "voltage_limit_v", None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def check_configured(
+    programs: Sequence[Program], driver: Any, limits: Limits, who: str = "refused before output on"
+) -> None:
+    """Refuse a Program whose effective current limit (voltage limit when sourcing current)
+    exceeds the sample's: its own compliance, else the one the driver is configured with
+    (its default lowered to max_i by ``set_limits``, or a setting)."""
+    for program in programs:
+        limit = configured_limit(driver, program.mode)
+        check_program(program, limits, driver.capabilities, who, limit=limit)
 
 
 class RunEngine:
@@ -349,7 +402,12 @@ class RunEngine:
         """
         import uuid
 
-        protocols = list(protocols)
+        # a protocol's default current limit above the samples' max_i becomes max_i
+        on = [sample, *(options.get("channel_samples") or {}).values()]
+        max_i = min((float(s.max_i) for s in on if getattr(s, "max_i", None)), default=None)
+        bounded = [bounded_default_compliance(p, max_i) for p in protocols]
+        protocols = [p for p, _note in bounded]
+        self._limit_notes = {id(p): note for p, note in bounded if note}
         if group_id is None and len(protocols) > 1:
             group_id = uuid.uuid4().hex[:12]
         self.abort_event.clear()
@@ -421,6 +479,9 @@ class RunEngine:
         self._warnings: list[str] = []
         for message in getattr(driver, "warnings", None) or ():  # found at connect
             self._warn(run_id, message)
+        note = getattr(self, "_limit_notes", {}).get(id(protocol))
+        if note:
+            self._event(run_id, "limits", note)
         clock = driver.clock
         t0 = clock.now()
         status, error = "completed", None
@@ -440,11 +501,17 @@ class RunEngine:
                 driver=driver.name,
                 **({"channels": per_channel} if per_channel else {}),
             )
-            programs, limits = check_protocol(protocol, driver, sample, channel_samples)
+            programs, limits = check_protocol(
+                protocol, driver, sample, channel_samples, settings=settings
+            )
             total = sum(p.total_duration for p in programs) if programs is not None else None
             self._notify("on_start", run_id, total)
             driver.set_limits(limits)
             driver.configure(**settings)
+            ahead = programs if programs is not None else [protocol.envelope()]
+            check_configured([p for p in ahead if p is not None], driver, limits)
+            if configured_limit(driver) is not None:
+                self.store.update_run_metadata(run_id, current_limit_a=configured_limit(driver))
             writer = self.store.writer(run_id)
             for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
                 writer.put(chunk)
@@ -564,7 +631,7 @@ class RunEngine:
         try:
             program = next(plan)
             while True:
-                check_program(program, limits, driver.capabilities, "refused by the engine")
+                check_configured([program], driver, limits, "refused by the engine")
                 got: list[Chunk] = []
                 for chunk in self._one(k, program, driver, clock, t0):
                     got.append(chunk)
@@ -619,6 +686,9 @@ class RunEngine:
                 self._record_stalls(driver)
         finally:
             self._record_stalls(driver)
+            notes = getattr(driver, "adjustments", None)
+            while isinstance(notes, list) and notes:
+                self._warn(self._run_id, f"program {k + 1}: {notes.pop(0)}")
         if self.abort_event.is_set():
             raise Aborted("run aborted")
 

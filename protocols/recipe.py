@@ -4,7 +4,8 @@
 protocol = "iv_hysteresis"
 description = "..."
 [sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
-[instrument]    # resource, driver (optional), channels (two-channel instruments)
+[instrument]    # resource, driver (optional), channels (two-channel instruments), timing,
+                # and the driver's settings (nplc, current_range_a, ...; checked by name)
 [parameters]    # the protocol's parameters
 ```
 Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
@@ -65,7 +66,6 @@ LIMIT_LOOKALIKES = {
     for x, y in (("max", "v"), ("max", "i"), ("max", "voltage"), ("max", "current"))
     for a, b in ((x, y), (y, x))
 } | {"maxvolts", "maxamps", "voltagelimit", "currentlimit", "vlimit", "ilimit", "compliance"}
-INSTRUMENT_KEYS = ("resource", "driver", "channels")
 # A recipe is a page of settings: anything larger is a mistake (``labctl run /dev/zero``)
 # and is refused before it is read whole or parsed.
 MAX_RECIPE_BYTES = 1_000_000
@@ -76,6 +76,8 @@ MAX_DEPTH = 16
 # private-use, unassigned, line and paragraph separators
 HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 MAX_NAME_CHARS = 200
+# [instrument] keys the recipe and the engine use; the rest are the driver's settings
+INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing")
 
 
 @dataclass
@@ -93,6 +95,12 @@ class Recipe:
     @property
     def is_sequence(self) -> bool:
         return bool(self.steps)
+
+    @property
+    def instrument_settings(self) -> dict[str, Any]:
+        """What ``[instrument]`` asks of the driver (channels, timing, its settings): every
+        key but resource and driver."""
+        return {k: v for k, v in self.instrument.items() if k not in ("resource", "driver")}
 
     @property
     def channels(self) -> list[Any]:
@@ -241,18 +249,13 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
     )
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
-    _check_instrument(recipe.instrument)
+    check_instrument(recipe.instrument)
     return recipe
 
 
-def _check_instrument(instrument: dict[str, Any]) -> None:
-    """Keys and types of ``[instrument]``; whether the instrument has the channels is
+def _check_instrument_values(instrument: dict[str, Any]) -> None:
+    """Types of ``[instrument]``'s recipe keys; whether the instrument has the channels is
     checked once it is connected."""
-    bad = [k for k in instrument if k not in INSTRUMENT_KEYS]
-    if bad:
-        raise ValidationError(
-            f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
-        )
     for key, example in (("resource", "sim://keithley2450?device=slit_unipolar"), ("driver", "")):
         value = instrument.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):
@@ -282,6 +285,26 @@ def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
     if twice:
         raise ValidationError(field, f"{list(value)!r} names channel {twice[0]} twice; {allowed}")
     return [int(c) for c in value]
+
+
+def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
+    """Refuse an ``[instrument]`` key that is neither the recipe's (resource, driver,
+    channels, timing) nor a setting of the named driver (of any driver when none is
+    named), naming the key and what is allowed; the connected driver checks the values."""
+    from drivers import DRIVERS, setting_names
+
+    driver = table.get("driver")
+    known = setting_names(driver if isinstance(driver, str) and driver in DRIVERS else None)
+    allowed = (*INSTRUMENT_KEYS, *(k for k in known if k not in INSTRUMENT_KEYS))
+    bad = [k for k in table if k not in allowed]
+    if bad:
+        whose = f"the {driver} driver" if driver in DRIVERS else "any driver"
+        raise ValidationError(
+            f"{flag}.{bad[0]}",
+            f"unknown key (not a recipe key nor a setting of {whose}); allowed: "
+            f"{', '.join(allowed)}",
+        )
+    _check_instrument_values(table)
 
 
 def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:
@@ -444,7 +467,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             recipe.parameters[key] = value
     _check_sample(recipe.sample)
     _check_sample(recipe.sample2, "sample2")
-    _check_instrument(recipe.instrument)
+    check_instrument(recipe.instrument)
     check_second_sample(recipe)
     for step in recipe.steps:  # the sample and instrument tables are shared by every step
         step.sample, step.sample2, step.instrument = (

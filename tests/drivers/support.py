@@ -11,12 +11,16 @@ from labctl.testing import ScriptedTransport
 def scripted(driver_class, script, *, repeat=None, **attrs):
     """(driver, transport): ``driver_class`` on a transport that expects ``script`` exactly
     (with the polls of ``repeat`` answered alike whenever asked: :class:`StuckScript`), on a
-    virtual clock and 50 Hz mains; ``attrs`` set on the driver."""
+    virtual clock and 50 Hz mains; ``attrs`` set on the driver. An SMU starts as if
+    configured: the instrument has its current limit (``_compliance_sent``; set it to None
+    for a driver that must send it before the output goes on)."""
     t = ScriptedTransport(script) if repeat is None else StuckScript(script, repeat)
     d = driver_class(t, clock=VirtualClock())
     d.line_frequency_hz = 50.0
     for name, value in attrs.items():
         setattr(d, name, value)
+    if hasattr(d, "_compliance_sent") and "_compliance_sent" not in attrs:
+        d._compliance_sent = d.compliance_a
     return d, t
 
 

@@ -130,7 +130,7 @@ def test_software_timed_steps_on_both_channels_measure_both_at_once():
         channels=(0, 1),
     )
     d.timing = "software"
-    d.compliance_a = 1.5e-7
+    d.compliance_a = d._compliance_sent = 1.5e-7
     data = Chunk.concat(list(d.execute(hold(0.5, 0.1))))
     t.assert_done()
     assert list(data.channel) == [0, 1]
@@ -157,7 +157,7 @@ def test_list_sweep_with_the_timer_trigger_and_binary_trace_readback():
     # 2 ms aperture at 50 Hz: the reading takes the last 2 ms of each 10 ms step, so it ends
     # 8 ms (the acquire delay) + 2 ms after its trigger
     d.nplc = 0.1
-    d.compliance_a = 1e-6
+    d.compliance_a = d._compliance_sent = 1e-6
     data = Chunk.concat(list(d.execute(staircase([0.1, 0.2, 0.3], 0.01))))
     t.assert_done()
     np.testing.assert_allclose(data.t, [0.01, 0.02, 0.03])

@@ -148,7 +148,7 @@ def test_list_sweep_is_hardware_timed_and_read_from_the_data_store():
         ]
     )
     d.nplc = 0.1  # 2 ms aperture at 50 Hz: 10 ms steps get an 8 ms source delay
-    d.compliance_a = 1e-6
+    d.compliance_a = d._compliance_sent = 1e-6
     data = Chunk.concat(list(d.execute(staircase([0.1, 0.2, 0.3], 0.01))))
     t.assert_done()
     np.testing.assert_allclose(data.t, [0.01, 0.02, 0.03])
@@ -173,7 +173,7 @@ def test_the_status_word_flags_compliance_below_the_limit_value():
         ]
     )
     d.nplc = 0.1
-    d.compliance_a = 1e-6
+    d.compliance_a = d._compliance_sent = 1e-6
     data = Chunk.concat(list(d.execute(hold(1.0, 0.1))))
     assert data.flags[0] & COMPLIANCE
 

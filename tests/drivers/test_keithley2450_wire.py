@@ -102,7 +102,7 @@ def test_list_sweep_hardware_timed_with_bulk_binary_readback():
         ]
     )
     d.nplc = 0.1  # 2 ms aperture at 50 Hz: 10 ms steps get an 8 ms source delay
-    d.compliance_a = 1e-6
+    d.compliance_a = d._compliance_sent = 1e-6
     prog = staircase([0.1, 0.2, 0.3], 0.01)
     chunks = list(d.execute(prog))
     t.assert_done()

@@ -136,7 +136,7 @@ def test_configure_one_channel():
         ],
         configured=False,
     )
-    d.configure(compliance_a=1e-6, nplc=0.06, current_range_a=5e-7, ignored_setting=1)
+    d.configure(compliance_a=1e-6, nplc=0.06, current_range_a=5e-7)
     t.assert_done()
     assert d._configured
 
@@ -453,7 +453,7 @@ def test_a_run_that_does_not_end_is_aborted_at_its_deadline():
         ]
     )
     d = Keithley2600(t, clock=VirtualClock())
-    d.nplc, d._configured = 0.06, True
+    d.nplc, d._configured, d._compliance_sent = 0.06, True, d.compliance_a
     with pytest.raises(InstrumentError, match=r"2 s after its planned end \(0 of 1 readings"):
         run(d, hold(0.1, 1.0))
     t.assert_done()

@@ -231,3 +231,24 @@ def test_runs_show_and_export(tmp_path, db_url):
     assert any("iv_hysteresis" in line for line in header)
     missing = run_cli("show", "99", "--db", db_url)
     assert missing.returncode != 0 and "99" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_misspelled_instrument_setting_is_refused_naming_the_allowed_keys(db_url):
+    out = run_cli(
+        "run", "iv_hysteresis", "--db", db_url, "--quiet", "--set", "instrument.nplcc=0.5", *SMALL
+    )
+    assert out.returncode != 0
+    assert "instrument.nplcc: unknown key" in out.stderr + out.stdout
+    assert "allowed: resource, driver, channels, timing, compliance_a, nplc" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert Store.open(db_url).runs().empty
+
+
+def test_an_instrument_setting_from_the_command_line_reaches_the_run(db_url):
+    out = run_cli(
+        "run", "iv_hysteresis", "--db", db_url, "--quiet", "--set", "instrument.nplc=0.02", *SMALL
+    )
+    assert out.returncode == 0, out.stderr
+    store = Store.open(db_url)
+    run = store.run(int(store.runs()["id"].iloc[0]))
+    assert run["metadata"]["instrument_settings"]["nplc"] == 0.02

@@ -340,3 +340,58 @@ def test_history_opens_a_reservoir_run_in_its_own_view(qtbot, db_url):
     qtbot.waitUntil(lambda: h.reservoir is not None and h.views.currentWidget() is h.reservoir)
     qtbot.waitUntil(lambda: "accuracy" in h.reservoir.summary.text())
     qtbot.waitUntil(lambda: result.run_id in h.plots.runs)  # its I(t) is there too
+
+
+RECIPE_WITH_SETTINGS = """
+protocol = "iv_hysteresis"
+[instrument]
+resource = "{resource}"
+{instrument}
+[parameters]
+frequencies_hz = [8]
+cycles = 1
+points_per_cycle = 40
+amplitude_v = 0.5
+"""
+
+
+def test_a_recipes_instrument_settings_are_checked_and_reach_the_run(
+    qtbot, window, db_url, tmp_path
+):
+    w = window
+    bad = tmp_path / "bad.toml"
+    bad.write_text(RECIPE_WITH_SETTINGS.format(resource=VIRTUAL, instrument="nplcc = 0.5"))
+    assert w.protocol.load_recipe(str(bad)) is None
+    assert "instrument.nplcc: unknown key" in w.banner.text()
+    assert "allowed: resource, driver, channels, timing, compliance_a, nplc" in w.banner.text()
+    good = tmp_path / "good.toml"
+    good.write_text(
+        RECIPE_WITH_SETTINGS.format(resource=VIRTUAL, instrument="current_range_a = 1e-5")
+    )
+    assert w.protocol.load_recipe(str(good)) is not None
+    connect(qtbot, w)
+    use_sample(qtbot, w)
+    result = run_to_end(qtbot, w)
+    assert result.status == "completed", result.error
+    run = Store.open(db_url).run(result.run_id)
+    assert run["metadata"]["instrument_settings"]["current_range_a"] == 1e-5
+
+
+def test_the_window_refuses_a_setting_its_driver_does_not_take(db_url):
+    import pytest
+
+    import labctl
+    from gui.main_window import run_on_instrument
+    from labctl.engine import RunEngine
+    from labctl.errors import ValidationError
+    from protocols.iv_hysteresis import IVHysteresis
+
+    store = labctl.open_store(db_url)
+    store.ensure_sample("chip", max_v=1.0, max_i=1e-6)
+    driver = labctl.connect(VIRTUAL)
+    protocol = IVHysteresis({"frequencies_hz": [8], "cycles": 1, "points_per_cycle": 40})
+    with pytest.raises(ValidationError, match=r"instrument\.pulse_mode: unknown setting"):
+        run_on_instrument(
+            RunEngine(store), protocol, driver, "chip", store, settings={"pulse_mode": False}
+        )
+    assert store.runs().empty
