@@ -1,6 +1,9 @@
-"""Sample panel: the samples in the store, and a form to create one or change its limits
-and metadata. The selected sample is the one a run is made on; when a two-channel
-instrument drives both channels, a second sample is chosen for the second channel."""
+"""Sample panel: the samples in the store, and the sample editor: a form to create one or
+change its limits and metadata. Saving is the explicit act that changes a stored sample
+(``Store.set_sample``), recorded with the user's name and the time; nothing else (a run, a
+loaded recipe) changes one. The selected sample is the one a run is made on; when a
+two-channel instrument drives both channels, a second sample is chosen for the second
+channel."""
 
 from __future__ import annotations
 
@@ -233,8 +236,11 @@ class SamplePanel(QWidget):
             )
         self.second_chosen.emit(self.second.currentText())
 
-    def _row(self, name: str) -> dict[str, Any] | None:
+    def row(self, name: str) -> dict[str, Any] | None:
+        """The listed database row (name, max_v, max_i, metadata, ...) of sample ``name``."""
         return next((r for r in self._rows if r["name"] == name), None) if name else None
+
+    _row = row
 
     def choose_second(self, name: str) -> bool:
         """Put sample ``name`` (in the database) on the second channel; False if unknown."""
@@ -331,8 +337,11 @@ class SamplePanel(QWidget):
         name = values.pop("name")
         store = self.store
         self.save_btn.setEnabled(False)
+        operator = _user()
+        limits = {k: values.pop(k) for k in ("max_v", "max_i")}
+        meta = {k: values.get(k) for k in META_KEYS}  # a field left empty clears its key
         self.tasks.submit(
-            lambda: store.ensure_sample(name, **values),
+            lambda: store.set_sample(name, **limits, metadata=meta, operator=operator),
             on_done=self._saved,
             on_error=self._save_failed,
         )
@@ -359,6 +368,15 @@ class SamplePanel(QWidget):
             )
         if announce:
             self.selected.emit(sample)
+
+
+def _user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name known: the OS user is recorded as unknown too
+        return None
 
 
 class _SampleView:

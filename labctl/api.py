@@ -24,10 +24,47 @@ def open_store(url: str | None = None):
 
 
 def resolve_sample(
-    store, name: str, max_v: float | None = None, max_i: float | None = None, **metadata: Any
+    store,
+    name: str,
+    max_v: float | None = None,
+    max_i: float | None = None,
+    *,
+    field: str = "",
+    **metadata: Any,
 ):
-    """Create the sample if new; update its limits only when given."""
-    return store.ensure_sample(name, max_v=max_v, max_i=max_i, **metadata)
+    """The sample a run is made on, by name.
+
+    A new name is created with ``max_v``, ``max_i`` and ``metadata``. A stored sample's
+    limits are authoritative: ``max_v``/``max_i`` given may only lower them, for this run
+    (the sample returned carries the lower limit, the stored one is unchanged and the run
+    records both); a limit above the stored one is refused (ValidationError naming
+    ``field`` + the limit and how to raise it: ``labctl sample set NAME max_v=...``).
+    ``metadata`` never changes a stored sample.
+    """
+    import dataclasses
+
+    from labctl.errors import ValidationError
+
+    stored = store.get_sample(name)
+    if stored is None:
+        return store.ensure_sample(name, max_v=max_v, max_i=max_i, **metadata)
+    lower = {}
+    for key, unit, value in (("max_v", "V", max_v), ("max_i", "A", max_i)):
+        if value is None:
+            continue
+        have = getattr(stored, key)
+        if have is not None and value > have:
+            raise ValidationError(
+                f"{field}{key}",
+                f"{value:g} {unit} is above the stored {key} = {have:g} {unit} of sample "
+                f"{name!r}; "
+                "a run may only lower a stored sample's limits. Raise the stored limit "
+                f"explicitly: labctl sample set {name} {key}={value:g} (or the app's sample "
+                "editor)",
+            )
+        if have is None or value < have:
+            lower[key] = float(value)
+    return dataclasses.replace(stored, **lower) if lower else stored
 
 
 def run(
@@ -48,7 +85,11 @@ def run(
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
 
-    ``params`` are the protocol's parameters; ``max_v``/``max_i`` set the sample's limits.
+    ``params`` are the protocol's parameters. ``max_v``/``max_i`` are the limits of a new
+    sample (it is created with them); on a stored sample they may only lower its stored
+    limits, for this run (recorded with the run), and one above them is refused naming
+    ``labctl sample set NAME max_v=...``, the explicit way to raise them
+    (:func:`resolve_sample`).
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
@@ -63,12 +104,12 @@ def run(
         proto = get_protocol(protocol)(params)
     if store is None or isinstance(store, str):
         store = open_store(store)
-    smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
+    smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)  # before connecting
     options: dict[str, Any] = {"recipe_text": recipe_text, "operator": operator}
     if sample2 is not None:
         options["channel_samples"] = {
             0: smp,
-            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2),
+            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2, field="sample2."),
         }
     engine = RunEngine(store, listeners)
     if isinstance(instrument, str):
@@ -115,10 +156,10 @@ def run_recipe(
         raise ValidationError(
             "instrument.resource", "no instrument given; pass --instrument RESOURCE"
         )
-    smp = _recipe_sample(store, recipe.sample, sample, "sample", "--sample")
+    smp = _recipe_sample(store, recipe, sample, "sample", "--sample")
     smp2 = None
     if sample2 or recipe.sample2:
-        smp2 = _recipe_sample(store, recipe.sample2, sample2, "sample2", "--sample2")
+        smp2 = _recipe_sample(store, recipe, sample2, "sample2", "--sample2")
     settings = (
         {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
     )
@@ -150,23 +191,41 @@ def run_recipe(
         driver.close()
 
 
-def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, flag: str):
-    """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` overriding its
-    name: created or updated with the table's limits and metadata."""
+def _recipe_sample(
+    store, recipe, name: str | None, field: str, flag: str
+):  # -> labctl.store.Sample
+    """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` (``--sample``)
+    overriding its name.
+
+    A new sample is created with the table's limits (and, when the table names it, its
+    metadata). A stored sample keeps its stored limits and metadata: the table's limits
+    may only lower them for the run, and one above them is refused (:func:`resolve_sample`).
+    When ``name`` names another sample than the table, the table's limits are the
+    recipe's own sample's and do not apply to a stored one; only ``--set field.max_v=``
+    does.
+    """
     from labctl.errors import ValidationError
 
+    table: dict[str, Any] = getattr(recipe, field)
     where = flag if name else f"{field}.name"
+    own = not name or name == table.get("name")
     name = name or table.get("name")
     if not name:
         raise ValidationError(
             f"{field}.name", f"no sample given; set name in [{field}] or pass {flag} NAME"
         )
     limits = {k: table.get(k) for k in ("max_v", "max_i")}
-    if field != "sample" and None in limits.values() and store.get_sample(name) is None:
-        raise ValidationError(
-            where,
-            f"no sample {name!r} in the database; give its limits in [{field}] "
-            f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
-        )
-    meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
-    return resolve_sample(store, name, limits["max_v"], limits["max_i"], **meta)
+    stored = store.get_sample(name)
+    if stored is None:
+        if field != "sample" and None in limits.values():
+            raise ValidationError(
+                where,
+                f"no sample {name!r} in the database; give its limits in [{field}] "
+                f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
+            )
+        meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
+        return resolve_sample(store, name, **limits, field=f"{field}.", **(meta if own else {}))
+    if not own:  # the table is another sample's: only what --set gave applies
+        asked = getattr(recipe, "overrides", {}) or {}
+        limits = {k: v if f"{field}.{k}" in asked else None for k, v in limits.items()}
+    return resolve_sample(store, name, **limits, field=f"{field}.")

@@ -61,6 +61,8 @@ class Sample:
 def _limit(name: str, value: float | None, unit: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise ValidationError(name, f"must be a number of {unit}, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -68,6 +70,63 @@ def _limit(name: str, value: float | None, unit: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValidationError(name, f"must be a positive number of {unit}, got {value!r}")
     return value
+
+
+def _sample_of(row) -> Sample:
+    return Sample(row["id"], row["name"], row["max_v"], row["max_i"], dict(row["metadata"] or {}))
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "none" if value is None else f"{value:g} {unit}"
+
+
+def _os_user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()[:100]
+    except Exception:  # no user name known (a container without a passwd entry)
+        return None
+
+
+def _same_as_stored(stored: Sample, limits: dict[str, float | None], metadata: dict) -> None:
+    """Refuse limits or metadata that differ from a stored sample's (ensure_sample never
+    changes one), naming the field and the explicit way to change it."""
+    how = (
+        f"a stored sample changes only explicitly: labctl sample set {stored.name} "
+        "KEY=VALUE (Store.set_sample, the app's sample editor)"
+    )
+    for key, unit in (("max_v", "V"), ("max_i", "A")):
+        value = limits[key]
+        if value is not None and value != getattr(stored, key):
+            raise ValidationError(
+                key,
+                f"{value:g} {unit} is not what sample {stored.name!r} is stored with "
+                f"({key} = {_fmt(getattr(stored, key), unit)}); {how}",
+            )
+    for key, value in metadata.items():
+        if stored.metadata.get(key) != value:
+            raise ValidationError(
+                f"metadata.{key}",
+                f"{value!r} is not what sample {stored.name!r} is stored with "
+                f"({stored.metadata.get(key)!r}); {how}",
+            )
+
+
+def _change_text(old: dict, new: dict, changed: set[str]) -> str:
+    """'max_v 1 V -> 1.5 V; notes changed' of a sample change."""
+    parts = []
+    for key, unit in (("max_v", "V"), ("max_i", "A")):
+        if key in changed:
+            parts.append(f"{key} {_fmt(old[key], unit)} -> {_fmt(new[key], unit)}")
+    for key in sorted(k.split(".", 1)[1] for k in changed if k.startswith("metadata.")):
+        if key not in old["metadata"]:
+            parts.append(f"{key} added")
+        elif key not in new["metadata"]:
+            parts.append(f"{key} removed")
+        else:
+            parts.append(f"{key} changed")
+    return "; ".join(parts)
 
 
 def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
@@ -253,61 +312,166 @@ class Store:
         *,
         max_v: float | None = None,
         max_i: float | None = None,
+        operator: str | None = None,
         **metadata: Any,
     ) -> Sample:
-        """The sample called ``name``, created if missing.
+        """The sample called ``name``, created with these limits and metadata if missing.
 
-        For an existing sample, limits given here (not None) replace the stored ones and
-        metadata keys given here replace stored keys of the same name; what is not given is
-        kept. So ``ensure_sample("chip7")`` never changes a sample, and an explicit
-        ``max_v=`` is how limits are changed.
+        A stored sample is never changed here: it is returned as stored, and limits or
+        metadata given that differ from the stored ones are refused (ValidationError naming
+        the field), so a run or a recipe cannot rewrite a sample by accident. Changing a
+        stored sample is :meth:`set_sample` (``labctl sample set``, the app's sample editor),
+        which records who and when. ``ensure_sample("chip7")`` never fails on a stored one.
         """
         name = _text("sample", name, 200)
         max_v = _limit("max_v", max_v, "volts")
         max_i = _limit("max_i", max_i, "amperes")
         _json_safe("metadata", metadata)
         s = schema.samples
-        now = utcnow()
         for _attempt in range(2):
             try:
                 with self._writes.begin() as conn:
                     row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
                     if row is None:
-                        new_id = conn.execute(
-                            s.insert().values(
-                                name=name,
-                                max_v=max_v,
-                                max_i=max_i,
-                                metadata=metadata,
-                                created_at=now,
-                                updated_at=now,
-                            )
-                        ).inserted_primary_key[0]
-                        return Sample(new_id, name, max_v, max_i, dict(metadata))
-                    changes: dict[str, Any] = {}
-                    if max_v is not None and max_v != row["max_v"]:
-                        changes["max_v"] = max_v
-                    if max_i is not None and max_i != row["max_i"]:
-                        changes["max_i"] = max_i
-                    merged = {**(row["metadata"] or {}), **metadata}
-                    if merged != (row["metadata"] or {}):
-                        changes["metadata"] = merged
-                    if changes:
-                        conn.execute(
-                            update(s).where(s.c.id == row["id"]).values(**changes, updated_at=now)
-                        )
-                    return Sample(
-                        row["id"],
-                        name,
-                        changes.get("max_v", row["max_v"]),
-                        changes.get("max_i", row["max_i"]),
-                        merged,
-                    )
+                        return self._create_sample(conn, name, max_v, max_i, metadata, operator)
+                stored = _sample_of(row)
+                _same_as_stored(stored, {"max_v": max_v, "max_i": max_i}, metadata)
+                return stored
             except IntegrityError:
                 continue  # created by another process meanwhile: read it on the next pass
             except SQLAlchemyError as exc:
                 raise self._fail(f"store sample {name!r}", exc) from None
         raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+    def set_sample(
+        self,
+        name: str,
+        *,
+        max_v: float | None = None,
+        max_i: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        operator: str | None = None,
+    ) -> Sample:
+        """Create the sample ``name`` or change its limits and metadata: the one explicit
+        way a stored sample changes (``labctl sample set``, the app's sample editor).
+
+        Limits given (not None) replace the stored ones; ``metadata`` keys replace stored
+        keys of the same name, a key given as None or "" is removed; what is not given is
+        kept. A change (or the creation) is recorded in :meth:`sample_events` with
+        ``operator`` (who, as given), the OS user, the host, the time and the values
+        before and after; asking for what is stored records nothing.
+        """
+        name = _text("sample", name, 200)
+        max_v = _limit("max_v", max_v, "volts")
+        max_i = _limit("max_i", max_i, "amperes")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError("metadata", f"must be a dict, got {type(metadata).__name__}")
+        meta = dict(metadata or {})
+        _json_safe("metadata", meta)
+        s = schema.samples
+        for _attempt in range(2):
+            try:
+                with self._writes.begin() as conn:
+                    row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
+                    if row is None:
+                        kept = {k: v for k, v in meta.items() if v not in (None, "")}
+                        return self._create_sample(conn, name, max_v, max_i, kept, operator)
+                    old_meta = dict(row["metadata"] or {})
+                    new_meta = {**old_meta, **meta}
+                    for key in [k for k, v in meta.items() if v in (None, "")]:
+                        new_meta.pop(key, None)
+                    before = {"max_v": row["max_v"], "max_i": row["max_i"]}
+                    after = {
+                        "max_v": row["max_v"] if max_v is None else max_v,
+                        "max_i": row["max_i"] if max_i is None else max_i,
+                    }
+                    changed = {k for k in before if before[k] != after[k]}
+                    changed |= {
+                        f"metadata.{k}"
+                        for k in set(old_meta) | set(new_meta)
+                        if old_meta.get(k) != new_meta.get(k)
+                    }
+                    stored = Sample(row["id"], name, after["max_v"], after["max_i"], new_meta)
+                    if not changed:
+                        return stored
+                    now = utcnow()
+                    conn.execute(
+                        update(s)
+                        .where(s.c.id == row["id"])
+                        .values(**after, metadata=new_meta, updated_at=now)
+                    )
+                    old = {**before, "metadata": old_meta}
+                    new = {**after, "metadata": new_meta}
+                    self._sample_event(
+                        conn,
+                        row["id"],
+                        "changed",
+                        _change_text(old, new, changed),
+                        operator,
+                        {"before": old, "after": new, "changed": sorted(changed)},
+                        now,
+                    )
+                    return stored
+            except IntegrityError:
+                continue  # created by another process meanwhile: change it on the next pass
+            except SQLAlchemyError as exc:
+                raise self._fail(f"store sample {name!r}", exc) from None
+        raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+    def _create_sample(self, conn, name, max_v, max_i, metadata, operator) -> Sample:
+        now = utcnow()
+        new_id = conn.execute(
+            schema.samples.insert().values(
+                name=name,
+                max_v=max_v,
+                max_i=max_i,
+                metadata=metadata,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]
+        values = {"max_v": max_v, "max_i": max_i, "metadata": dict(metadata)}
+        self._sample_event(
+            conn,
+            new_id,
+            "created",
+            f"created with max_v = {_fmt(max_v, 'V')}, max_i = {_fmt(max_i, 'A')}",
+            operator,
+            {"after": values},
+            now,
+        )
+        return Sample(new_id, name, max_v, max_i, dict(metadata))
+
+    def _sample_event(self, conn, sample_id, kind, message, operator, data, at) -> None:
+        conn.execute(
+            schema.sample_events.insert().values(
+                sample_id=sample_id,
+                at=at,
+                kind=kind,
+                operator=_text("operator", operator, 100, required=False),
+                os_user=_os_user(),
+                host=recovery.hostname(),
+                message=message,
+                data=data,
+            )
+        )
+
+    def sample_events(self, name: str | None = None):
+        """Who created or changed which sample when (``name``: that sample's only), oldest
+        first, as a DataFrame: sample, at (UTC), kind, operator, os_user, host, message,
+        data (``before``/``after`` values)."""
+        import pandas as pd
+
+        e, s = schema.sample_events, schema.samples
+        stmt = (
+            select(s.c.name.label("sample"), e)
+            .select_from(e.join(s, e.c.sample_id == s.c.id))
+            .order_by(e.c.id)
+        )
+        if name is not None:
+            stmt = stmt.where(s.c.name == name)
+        columns = ["sample", "at", "kind", "operator", "os_user", "host", "message", "data"]
+        return _frame(pd, self._rows(stmt, "read sample events"), columns, times=["at"])
 
     def get_sample(self, name: str) -> Sample | None:
         """The sample called ``name``, or None."""
@@ -317,9 +481,7 @@ class Store:
                 row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
         except SQLAlchemyError as exc:
             raise self._fail(f"read sample {name!r}", exc) from None
-        if row is None:
-            return None
-        return Sample(row["id"], row["name"], row["max_v"], row["max_i"], row["metadata"] or {})
+        return None if row is None else _sample_of(row)
 
     def samples(self):
         """All samples with their limits and number of runs (on any channel), as a
