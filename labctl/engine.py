@@ -608,7 +608,13 @@ class RunEngine:
         metrics: list[dict[str, Any]] = []
         if n_points and status in ("completed", "aborted"):
             metrics = self._analyze(run_id, protocol, n_host_timed)
-        self.store.finish_run(run_id, status, error)
+        kept = self.store.finish_run(run_id, status, error)
+        if kept is not None:  # the store could not take it: journalled (labctl.store.journal)
+            self._warnings.append(
+                f"the run store could not be written when the run ended: its final status "
+                f"({status}) is kept in {kept} and applied when the store is next opened "
+                "where it can be written"
+            )
         result = RunResult(
             run_id, status, error, n_points, clock.now() - t0, metrics, list(self._warnings)
         )

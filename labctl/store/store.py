@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
 from labctl.errors import StoreError, ValidationError
-from labctl.store import db, migrate, recovery, schema
+from labctl.store import db, journal, migrate, recovery, schema
 from labctl.store.readers import read_point_columns
 from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
 from labctl.store.writer import RunWriter
@@ -246,6 +246,9 @@ class Store:
             engine.dispose()
             raise
         if recover:
+            # first the final statuses a run could not store when it ended, so that its
+            # run is not taken for an interrupted one
+            store.apply_final_status_journal()
             try:
                 store.recover_stale_runs(stale_after_s=stale_after_s)
             except StoreError as exc:
@@ -265,14 +268,9 @@ class Store:
     def data_dir(self) -> Path:
         """A folder for files made from the data (plots, exports): the SQLite file's folder,
         else the user data folder. Created if missing."""
-        if self.path is not None:
-            folder = self.path.parent
-        else:
-            from platformdirs import user_data_dir
+        from labctl.private import private_dir
 
-            folder = Path(user_data_dir("labctl", appauthor=False))
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return private_dir(self.path.parent if self.path is not None else db.user_data_dir())
 
     def __repr__(self) -> str:
         return f"Store({self.where!r})"
@@ -752,13 +750,18 @@ class Store:
             raise self._fail(f"replace the metrics of run {run_id}", exc) from None
         return before, after
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> Path | None:
         """Give the run its final status ('completed', 'aborted' or 'failed') and end time.
 
         An open writer of this run in this store is closed first (its points committed); if
         it had failed, its error is added to ``error`` and 'completed' becomes 'failed'.
         A run marked 'interrupted' by another
         process can still be finished; finishing a finished run raises StoreError.
+
+        A store that cannot be written (read-only, full, server gone) is tried once more;
+        then the final status is kept in a private journal beside the database
+        (labctl.store.journal) and applied, with an event, by the next open that can write.
+        Returns that journal's path then (None when the store took the status).
         """
         if status not in FINAL_STATUSES:
             raise ValidationError("status", f"{status!r} is not one of {', '.join(FINAL_STATUSES)}")
@@ -771,32 +774,111 @@ class Store:
                 error = f"{error}; {exc}" if error else str(exc)
                 if status == "completed":
                     status = "failed"  # points are missing: the run did not complete
-        r = schema.runs
+        ended_at = utcnow()
+        failure: SQLAlchemyError | None = None
+        for _attempt in range(2):
+            try:
+                self._finish(run_id, status, error, ended_at)
+                return None
+            except SQLAlchemyError as exc:
+                failure = exc
+        why = db.reason(failure)
+        entry = {
+            "run_id": run_id,
+            "status": status,
+            "error": error,
+            "ended_at": ended_at.isoformat(),
+            "reason": why,
+            "host": recovery.hostname(),
+            "pid": os.getpid(),
+        }
         try:
-            with self._writes.begin() as conn:
-                current = self._require_run(conn, run_id)
-                if current not in (RUNNING, "interrupted"):
-                    raise StoreError(
-                        f"run {run_id} is already {current}; it cannot become {status}"
-                    )
-                n = _point_count(conn, run_id)
-                now = utcnow()
+            path = journal.append(self.url, entry)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot finish run {run_id} in the run store {self.where}: {why}; nor keep "
+                f"its final status in {journal.journal_path(self.url)}: {exc}"
+            ) from None
+        log.warning(
+            "cannot finish run %s in the run store %s (%s): its final status %s is kept in "
+            "%s and applied when the store is next opened where it can be written",
+            run_id,
+            self.where,
+            why,
+            status,
+            path,
+        )
+        return path
+
+    def _finish(
+        self,
+        run_id: int,
+        status: str,
+        error: str | None,
+        ended_at,
+        *,
+        journal_note: str | None = None,
+    ) -> bool:
+        """The final status in the database (False: the run was already final, left as it
+        is, when ``journal_note`` says this comes from the journal)."""
+        r = schema.runs
+        with self._writes.begin() as conn:
+            current = self._require_run(conn, run_id)
+            if current not in (RUNNING, "interrupted"):
+                if journal_note is not None:
+                    return False
+                raise StoreError(f"run {run_id} is already {current}; it cannot become {status}")
+            n = _point_count(conn, run_id)
+            now = utcnow()
+            conn.execute(
+                update(r)
+                .where(r.c.id == run_id)
+                .values(status=status, ended_at=ended_at, heartbeat_at=now, error=error, n_points=n)
+            )
+            if journal_note is not None:
                 conn.execute(
-                    update(r)
-                    .where(r.c.id == run_id)
-                    .values(status=status, ended_at=now, heartbeat_at=now, error=error, n_points=n)
-                )
-                if current == "interrupted":
-                    conn.execute(
-                        schema.events.insert().values(
-                            run_id=run_id,
-                            at=now,
-                            kind="resumed_status",
-                            message=f"run was marked interrupted, then finished as {status}",
-                        )
+                    schema.events.insert().values(
+                        run_id=run_id, at=now, kind="final_status", message=journal_note
                     )
-        except SQLAlchemyError as exc:
-            raise self._fail(f"finish run {run_id}", exc) from None
+                )
+            elif current == "interrupted":
+                conn.execute(
+                    schema.events.insert().values(
+                        run_id=run_id,
+                        at=now,
+                        kind="resumed_status",
+                        message=f"run was marked interrupted, then finished as {status}",
+                    )
+                )
+        return True
+
+    def apply_final_status_journal(self) -> list[int]:
+        """Give the runs in this store's journal (labctl.store.journal) their final status,
+        each with an event; returns their ids. Lines stay while the store cannot be
+        written; those of runs already final or gone are dropped."""
+        where = journal.journal_path(self.url)
+
+        def finish(entry: dict[str, Any]) -> bool:
+            note = (
+                f"final status {entry['status']} applied from the journal {where}: the store "
+                f"could not be written when the run ended ({entry.get('reason')})"
+            )
+            try:
+                return self._finish(
+                    int(entry["run_id"]),
+                    entry["status"],
+                    entry.get("error"),
+                    entry["ended_at"],
+                    journal_note=note,
+                )
+            except StoreError:
+                return False  # no such run (another database at this URL): nothing to do
+
+        try:
+            return journal.apply(self.url, finish)
+        except OSError as exc:
+            log.warning("cannot read the final-status journal %s: %s", where, exc)
+            return []
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run that is not running, with its points, metrics and events."""
