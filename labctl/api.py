@@ -208,7 +208,7 @@ def _recipe_sample(
 
     table: dict[str, Any] = getattr(recipe, field)
     where = flag if name else f"{field}.name"
-    own = not name or name == table.get("name")
+    own = not name or table.get("name") in (None, name)  # the table describes this sample
     name = name or table.get("name")
     if not name:
         raise ValidationError(

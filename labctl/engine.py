@@ -103,8 +103,9 @@ def sample_limits(sample: Any) -> Limits:
         if getattr(sample, key, None) is None:
             raise ValidationError(
                 f"sample.{key}",
-                f"sample {sample.name!r} has no {key} ({unit}); "
-                f"set one (e.g. --set sample.{key}=...)",
+                f"sample {sample.name!r} has no {key} ({unit}); store one with "
+                f"labctl sample set {sample.name} {key}=... (or give one for this run: "
+                f"--set sample.{key}=...)",
             )
     return Limits(max_v=float(sample.max_v), max_i=float(sample.max_i))
 

@@ -3,7 +3,9 @@
 ```toml
 protocol = "iv_hysteresis"
 description = "..."
-[sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
+[sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...):
+                # creates a new sample; a stored one keeps its limits and metadata, which
+                # the table's limits may only lower for the run (labctl.api.resolve_sample)
 [instrument]    # resource, driver (optional), channels (two-channel instruments)
 [parameters]    # the protocol's parameters
 ```

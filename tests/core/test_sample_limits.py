@@ -193,3 +193,20 @@ def test_labctl_sample_set_show_list(store, db_url, capsys):
     assert main(["sample", "list", "--db", db_url]) == 0
     assert "chip7" in capsys.readouterr().out
     assert main(["sample", "show", "nope", "--db", db_url]) == 2
+
+
+def test_a_sample_table_without_a_name_describes_the_sample_given_by_name(store):
+    from protocols.recipe import parse_recipe
+
+    recipe = parse_recipe(
+        f'protocol = "iv_hysteresis"\n[sample]\nmax_v = 0.6\nmax_i = 1e-6\nnotes = "new one"\n'
+        f'[instrument]\nresource = "{SIM}"\n[parameters]\namplitude_v = 0.5\n'
+        "frequencies_hz = [4]\ncycles = 1\npoints_per_cycle = 40\n"
+    )
+    (new,) = labctl.run_recipe(recipe, store=store, sample="chip10")
+    assert new.status == "completed", new.error
+    assert unchanged(store, "chip10", 0.6, 1e-6).metadata == {"notes": "new one"}
+    (old,) = labctl.run_recipe(recipe, store=store, sample="chip7")  # lowered, not rewritten
+    (rec,) = store.run(old.run_id)["metadata"]["limits"]
+    assert (rec["max_v"], rec["lowered"]) == (0.6, ["max_v"])
+    assert unchanged(store).metadata == {"notes": "the thin flake, do not anneal"}
