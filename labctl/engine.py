@@ -478,7 +478,10 @@ class RunEngine:
                     if self.abort_event.is_set():
                         break
                 self._notify("on_step", k, len(protocols), protocol)
-                result = self._run(protocol, driver, sample, group_id=group_id, **options)
+                refusal = self._stored_still_hold(k, protocols, driver, sample, options)
+                result = self._run(
+                    protocol, driver, sample, group_id=group_id, refusal=refusal, **options
+                )
                 result.step = k
                 results.append(result)
                 if not result.ok:
@@ -497,6 +500,19 @@ class RunEngine:
             self.store, protocols, driver, sample, channel_samples
         )
         return refused
+
+    def _stored_still_hold(self, k, protocols, driver, sample, options) -> Exception | None:
+        """Before a later step: the stored limits read again (someone may have lowered them
+        with ``labctl sample set`` while the sequence ran); the refusal if they no longer
+        allow the run's, naming the step."""
+        if not k:
+            return None
+        try:
+            per_channel = channel_samples_of(driver, sample, options.get("channel_samples"))
+            self._limits = run_limits(self.store, [sample, *per_channel.values()])
+        except LimitError as exc:
+            return LimitError(f"step {k + 1} of {len(protocols)} ({protocols[k].name}): {exc}")
+        return None
 
     def _hold_between_steps(self, run_id: int, next_step: int, count: int) -> None:
         """A pause asked for during the last step takes effect here (output already off)."""

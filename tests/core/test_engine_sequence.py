@@ -183,3 +183,20 @@ def test_every_channel_of_every_step_is_checked_before_the_first(store):
     assert refused.step == 1 and "step 2 of 2 (iv_hysteresis)" in refused.error
     assert "sample 'chipB' on channel smub" in refused.error and "max_v = 0.5 V" in refused.error
     assert not output_enabled(driver)
+
+
+def test_a_stored_limit_lowered_during_a_sequence_holds_from_the_next_step(store):
+    sample = store.ensure_sample("s", max_v=1.0, max_i=1e-6)
+    driver = recording("sim://keithley2450?device=resistor&R=1e7")
+
+    class LowerAfterFirst(Listener):
+        def on_finish(self, result):
+            store.set_sample("s", max_v=0.3, operator="lab manager")
+
+    steps = [IVHysteresis({**IV, "amplitude_v": 0.2}), IVHysteresis({**IV, "amplitude_v": 0.5})]
+    first, second = RunEngine(store, [LowerAfterFirst()]).run_sequence(
+        steps, driver, sample, handle_signals=False
+    )
+    assert first.status == "completed" and second.status == "failed"
+    assert second.error.startswith("LimitError: step 2 of 2 (iv_hysteresis): sample 's'")
+    assert "above its stored max_v = 0.3 V" in second.error and second.n_points == 0
