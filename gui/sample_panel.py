@@ -102,6 +102,10 @@ class SamplePanel(QWidget):
         self.save_btn = QPushButton("Save sample and use it")
         self.save_btn.setObjectName("save_sample")
         self.save_btn.clicked.connect(self.save)
+        self.history = QLabel("")  # who made the selected sample what it is, and when
+        self.history.setObjectName("sample_history")
+        self.history.setWordWrap(True)
+        self.history.setStyleSheet("color: #666; font-size: 8pt;")
         self.current = QLabel("No sample selected")
         self.current.setObjectName("current_sample")
         self.current.setWordWrap(True)
@@ -153,6 +157,7 @@ class SamplePanel(QWidget):
         lay.addWidget(limits_note)
         lay.addWidget(self.error)
         lay.addWidget(self.save_btn)
+        lay.addWidget(self.history)
         lay.addWidget(self.current)
         lay.addWidget(self.second_box)
 
@@ -291,6 +296,19 @@ class SamplePanel(QWidget):
         self._use(
             _SampleView(row["id"], row["name"], row.get("max_v"), row.get("max_i"), dict(meta))
         )
+        self._show_history(row["name"])
+
+    def _show_history(self, name: str) -> None:
+        """The sample's last recorded change (or creation): when, who, what."""
+        store = self.store
+        if store is None:
+            return
+        self.tasks.submit(
+            lambda: records(store.sample_events(name).tail(1)),
+            on_done=lambda rows: self.history.setText(_last_change(rows)),
+            on_error=lambda e: self.history.setText(f"history not readable: {describe_error(e)}"),
+            key="sample_history",
+        )
 
     def form_values(self) -> dict[str, Any]:
         """Name, limits and metadata from the form; raises ValueError with one message."""
@@ -349,6 +367,7 @@ class SamplePanel(QWidget):
     def _saved(self, sample) -> None:
         self.save_btn.setEnabled(True)
         self._use(sample)
+        self._show_history(sample.name)
         self.message.emit("info", f"Sample {sample.name!r} saved")
         self.refresh(select=sample.name)
 
@@ -368,6 +387,16 @@ class SamplePanel(QWidget):
             )
         if announce:
             self.selected.emit(sample)
+
+
+def _last_change(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no recorded changes (stored before changes were recorded)"
+    e = rows[-1]
+    who = e.get("operator") or e.get("os_user") or "someone unknown"
+    at = e["at"].strftime("%Y-%m-%d %H:%M UTC") if hasattr(e["at"], "strftime") else e["at"]
+    what = "created" if e["kind"] == "created" else "last changed"
+    return f"{what} {at} by {who} on {e.get('host')}: {e['message']}"
 
 
 def _user() -> str | None:

@@ -80,3 +80,5 @@ def test_a_loaded_recipe_lowers_for_its_runs_and_never_rewrites_the_sample(qtbot
         assert list(events["kind"]) == ["created", "changed"]
         assert events["message"].iloc[-1] == "max_v 1 V -> 1.2 V; notes removed"
         assert events["operator"].iloc[-1]  # the app's user
+    qtbot.waitUntil(lambda: "max_v 1 V -> 1.2 V; notes removed" in w.samples.history.text())
+    assert w.samples.history.text().startswith("last changed ")
