@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESOURCE",
         help="sim://... or a VISA resource (overrides the recipe)",
     )
-    p.add_argument("--sample", metavar="NAME", help="sample name (overrides the recipe)")
+    p.add_argument(
+        "--sample",
+        metavar="NAME",
+        help="sample name (overrides the recipe); a stored sample runs under its stored limits "
+        "(--set sample.max_v=... may lower them for this run; raise them with labctl sample set)",
+    )
     p.add_argument(
         "--sample2",
         metavar="NAME",
