@@ -43,7 +43,7 @@ def resolve_sample(
     """
     import dataclasses
 
-    from labctl.errors import ValidationError
+    from labctl.errors import ValidationError, sample_set_command
 
     stored = store.get_sample(name)
     if stored is None:
@@ -59,8 +59,8 @@ def resolve_sample(
                 f"{value:g} {unit} is above the stored {key} = {have:g} {unit} of sample "
                 f"{name!r}; "
                 "a run may only lower a stored sample's limits. Raise the stored limit "
-                f"explicitly: labctl sample set {name} {key}={value:g} (or the app's sample "
-                "editor)",
+                f"explicitly: {sample_set_command(name, f'{key}={value:g}')} (or the app's "
+                "sample editor)",
             )
         if have is None or value < have:
             lower[key] = float(value)

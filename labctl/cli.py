@@ -513,7 +513,7 @@ def _sample_show(store, name: str) -> int:
 
 
 def _sample_set(store, name: str, items: list[str], operator: str | None) -> int:
-    from labctl.errors import ValidationError
+    from labctl.errors import ValidationError, sample_set_command
     from protocols.recipe import parse_set
 
     values = parse_set(items)
@@ -540,7 +540,7 @@ def _sample_set(store, name: str, items: list[str], operator: str | None) -> int
         raise ValidationError(
             "max_v" if "max_v" not in limits else "max_i",
             f"sample {name!r} is new: give both limits, e.g. "
-            f"labctl sample set {name} max_v=1.0 max_i=1e-6",
+            f"{sample_set_command(name, 'max_v=1.0', 'max_i=1e-6')}",
         )
     after = store.set_sample(name, **limits, metadata=metadata, operator=operator)
     if before is None:

@@ -27,7 +27,14 @@ import numpy as np
 from drivers.base import Limits, check_program, raise_if_aborted
 from labctl.analysis.timing import TIMING_METRICS, lateness_metrics
 from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, LabctlError, LimitError, TransportError, ValidationError
+from labctl.errors import (
+    Aborted,
+    LabctlError,
+    LimitError,
+    TransportError,
+    ValidationError,
+    sample_set_command,
+)
 from labctl.program import Program
 from protocols.base import Protocol, field_info, get_protocol
 
@@ -104,7 +111,7 @@ def sample_limits(sample: Any) -> Limits:
             raise ValidationError(
                 f"sample.{key}",
                 f"sample {sample.name!r} has no {key} ({unit}); store one with "
-                f"labctl sample set {sample.name} {key}=... (or give one for this run: "
+                f"{sample_set_command(sample.name, f'{key}=...')} (or give one for this run: "
                 f"--set sample.{key}=...)",
             )
     return Limits(max_v=float(sample.max_v), max_i=float(sample.max_i))
@@ -283,8 +290,9 @@ def run_limits(store: Any, samples: Iterable[Any]) -> list[dict[str, Any]]:
                 raise LimitError(
                     f"sample {smp.name!r}: {key} = {mine:g} {unit} is above its stored "
                     f"{key} = {theirs:g} {unit}; a run may only lower a stored sample's "
-                    f"limits. Raise the stored limit explicitly: labctl sample set "
-                    f"{smp.name} {key}={mine:g} (or the app's sample editor)"
+                    "limits. Raise the stored limit explicitly: "
+                    f"{sample_set_command(smp.name, f'{key}={mine:g}')} (or the app's sample "
+                    "editor)"
                 )
             if theirs is None or mine < theirs:
                 lowered.append(key)

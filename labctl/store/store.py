@@ -17,7 +17,7 @@ from sqlalchemy import Engine, and_, delete, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
-from labctl.errors import StoreError, ValidationError
+from labctl.errors import StoreError, ValidationError, sample_set_command
 from labctl.store import db, journal, migrate, recovery, schema
 from labctl.store.readers import read_point_columns
 from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
@@ -93,8 +93,8 @@ def _same_as_stored(stored: Sample, limits: dict[str, float | None], metadata: d
     """Refuse limits or metadata that differ from a stored sample's (ensure_sample never
     changes one), naming the field and the explicit way to change it."""
     how = (
-        f"a stored sample changes only explicitly: labctl sample set {stored.name} "
-        "KEY=VALUE (Store.set_sample, the app's sample editor)"
+        f"a stored sample changes only explicitly: {sample_set_command(stored.name, 'KEY=VALUE')}"
+        " (Store.set_sample, the app's sample editor)"
     )
     for key, unit in (("max_v", "V"), ("max_i", "A")):
         value = limits[key]

@@ -210,3 +210,9 @@ def test_a_sample_table_without_a_name_describes_the_sample_given_by_name(store)
     (rec,) = store.run(old.run_id)["metadata"]["limits"]
     assert (rec["max_v"], rec["lowered"]) == (0.6, ["max_v"])
     assert unchanged(store).metadata == {"notes": "the thin flake, do not anneal"}
+
+
+def test_the_way_to_raise_a_limit_is_a_command_that_can_be_pasted(store):
+    store.ensure_sample("chip 7", max_v=1.0, max_i=1e-6)
+    with pytest.raises(ValidationError, match=r"labctl sample set 'chip 7' max_v=1\.5 \(or"):
+        labctl.run("iv_hysteresis", SIM, sample="chip 7", store=store, max_v=1.5)
