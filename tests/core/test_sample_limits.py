@@ -216,3 +216,16 @@ def test_the_way_to_raise_a_limit_is_a_command_that_can_be_pasted(store):
     store.ensure_sample("chip 7", max_v=1.0, max_i=1e-6)
     with pytest.raises(ValidationError, match=r"labctl sample set 'chip 7' max_v=1\.5 \(or"):
         labctl.run("iv_hysteresis", SIM, sample="chip 7", store=store, max_v=1.5)
+
+
+def test_cli_sample2_override_keeps_the_stored_second_sample(store, db_url, tmp_path, capsys):
+    store.ensure_sample("chipC", max_v=0.3, max_i=1e-5, notes="fragile")
+    path = tmp_path / "two.toml"
+    path.write_text(two_sample_recipe(max_v2=1.0), encoding="utf-8")  # chipB's 1 V
+    run = ["run", str(path), "--db", db_url, "--quiet", "--sample2", "chipC"]
+    assert main(run) == 1  # 0.5 V on chipC's stored 0.3 V: refused before output on
+    out = capsys.readouterr().out
+    assert "'chipC' on channel smub" in out and "max_v = 0.3 V" in out
+    assert main([*run, "--set", "sample2.max_v=0.6"]) == 2
+    assert "sample2.max_v: 0.6 V is above the stored max_v = 0.3 V" in capsys.readouterr().err
+    assert unchanged(store, "chipC", 0.3, 1e-5).metadata == {"notes": "fragile"}
