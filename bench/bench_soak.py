@@ -203,7 +203,7 @@ sample = store.ensure_sample(f"chip-{name}")
 end = time.monotonic() + seconds
 done = {}
 while time.monotonic() < end:
-    store.ensure_sample("shared", last_writer=name)
+    store.set_sample("shared", metadata={"last_writer": name})
     run_id = store.create_run(protocol="stream", parameters={"writer": name}, sample_id=sample.id)
     writer = store.writer(run_id)
     t0, put, last_event = time.monotonic(), 0, 0.0

@@ -42,7 +42,7 @@ from gui.sequence_view import SequenceProgress, StepBridge, WindowListener
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration
 from gui.watcher import RunWatcher
-from labctl.errors import ConnectionLost, LabctlError, LimitError, TransportError
+from labctl.errors import ConnectionLost, LabctlError, TransportError
 
 log = logging.getLogger("labctl.gui")
 FRAME_MS = 3  # each tick redraws the next stale plot of five (gui.plots.LivePlots.refresh)
@@ -68,6 +68,18 @@ def stored_sample(store, name: str):
     return sample
 
 
+def held_to(sample, limits: dict[str, float] | None):
+    """``sample`` with the lower of its limits and ``limits`` (a recipe's, for its runs)."""
+    import dataclasses
+
+    lower = {
+        k: float(v)
+        for k, v in (limits or {}).items()
+        if v is not None and (getattr(sample, k) is None or v < getattr(sample, k))
+    }
+    return dataclasses.replace(sample, **lower) if lower else sample
+
+
 def run_on_instrument(
     engine,
     protocols,
@@ -77,34 +89,38 @@ def run_on_instrument(
     *,
     channel_samples: dict[int, str] | None = None,
     sequence: bool = False,
+    lower: dict[str, dict[str, float]] | None = None,
     **kwargs,
 ):
-    """The run(s), on the instrument thread: fresh sample limits, every Program of every
+    """The run(s), on the instrument thread: fresh sample limits (``lower``: sample name
+    -> limits a loaded recipe holds it to, below the stored ones), every Program of every
     step checked against the limits of the sample on each channel before anything is
-    sent, then the engine: one run, or the steps of a sequence through labctl's own
-    sequence runner (``RunEngine.run_sequence``, which ``labctl run`` uses too)."""
+    sent (refused without a run), then the engine: one run, or the steps of a sequence
+    through labctl's own sequence runner (``RunEngine.run_sequence``, which ``labctl run``
+    uses too)."""
     from labctl.api import check_settings
-    from labctl.engine import bounded_default_compliance, check_protocol
+    from labctl.engine import bounded_defaults, check_sequence
 
     protocols = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
     check_settings(driver, kwargs.get("settings") or {})  # a key the driver does not take
-    sample = stored_sample(store, sample_name)
+    lower = lower or {}
+
+    def fresh(name: str):
+        return held_to(stored_sample(store, name), lower.get(name))
+
+    sample = fresh(sample_name)
     per_channel = (
-        {c: stored_sample(store, name) for c, name in channel_samples.items()}
-        if channel_samples
-        else None
+        {c: fresh(name) for c, name in channel_samples.items()} if channel_samples else None
     )
-    on = [sample, *(per_channel or {}).values()]
-    max_i = min((float(s.max_i) for s in on if s.max_i is not None), default=None)
-    for k, protocol in enumerate(protocols):
-        # as the engine runs it: a default current limit above max_i lowered to it
-        protocol, _note = bounded_default_compliance(protocol, max_i)
-        try:
-            check_protocol(protocol, driver, sample, per_channel)
-        except LimitError as exc:
-            if not sequence:
-                raise
-            raise LimitError(f"step {k + 1} of {len(protocols)} ({protocol.name}): {exc}") from None
+    # as the engine runs them: a default current limit above max_i lowered to it
+    checked = [
+        p for p, _note in bounded_defaults(protocols, [sample, *(per_channel or {}).values()])
+    ]
+    refused, _records = check_sequence(
+        store, checked, driver, sample, per_channel, kwargs.get("settings")
+    )
+    if refused is not None:
+        raise refused[1]
     common = dict(handle_signals=False, channel_samples=per_channel, **kwargs)
     if sequence:
         return engine.run_sequence(protocols, driver, sample, **common)
@@ -147,6 +163,7 @@ class MainWindow(QMainWindow):
         self._live_on = ""  # the sample(s) of the run, and their channels
         self._recipe_channels = None  # a loaded recipe's [instrument] channels
         self._recipe_settings: dict = {}  # ... and its instrument settings (nplc, ...)
+        self._recipe_limits: dict[str, dict[str, float]] = {}  # its lower sample limits
         self._paused_now = False  # the engine reported that it waits
         self.sequence: SequenceProgress | None = None  # the sequence running, if any
 
@@ -498,12 +515,19 @@ class MainWindow(QMainWindow):
         self._update_controls()  # a field marked wrong turns Start off, a fix turns it on
 
     def _recipe_loaded(self, recipe) -> None:
+        # a stored sample keeps its stored limits and notes: the recipe may only lower the
+        # limits, for its runs (while its form is unchanged)
+        self._recipe_limits = {}
+        for label, table in (("sample", recipe.sample), ("sample2", recipe.sample2)):
+            row = self.samples.row(table.get("name") or "")
+            if row is not None:
+                self._hold_recipe_limits(label, table, row)
         if recipe.sample:
-            self.samples.fill_form(recipe.sample)
             name = recipe.sample.get("name")
             if name and name in self.samples.names() and self.store is not None:
-                self.samples.refresh(select=name)
+                self.samples.refresh(select=name)  # the form shows it as stored
             elif name:
+                self.samples.fill_form(recipe.sample)
                 self.show_message(
                     "info",
                     f"Recipe sample {name!r} is in the Sample form: check it and press "
@@ -524,6 +548,34 @@ class MainWindow(QMainWindow):
             k: v for k, v in recipe.instrument_settings.items() if k != "channels"
         }
         self._apply_recipe_channels()
+
+    def _hold_recipe_limits(self, label: str, table: dict, row: dict) -> None:
+        """A recipe's [sample]/[sample2] limits on a stored sample: lower ones hold for the
+        recipe's runs, higher ones are refused (the stored ones apply); said in a message."""
+        name, held, above = row["name"], {}, []
+        for key, unit in (("max_v", "V"), ("max_i", "A")):
+            asked, have = table.get(key), row.get(key)
+            if asked is None:
+                continue
+            if have is not None and have == have and asked > have:
+                above.append(f"{key} = {asked:g} {unit} is above the stored {have:g} {unit}")
+            elif have is None or have != have or asked < have:
+                held[key] = float(asked)
+        if held:
+            self._recipe_limits[name] = held
+            text = ", ".join(f"{k} = {v:g}" for k, v in held.items())
+            self.show_message(
+                "info",
+                f"Recipe [{label}] holds sample {name!r} to {text} for its runs; the stored "
+                "sample is unchanged",
+            )
+        if above:
+            self.show_message(
+                "error",
+                f"Recipe [{label}]: {'; '.join(above)} of sample {name!r}: the stored limits "
+                "apply. To raise them, change the sample in the Sample tab and press Save "
+                "(recorded with your name)",
+            )
 
     def _apply_recipe_channels(self) -> None:
         """A recipe's ``[instrument] channels`` choose the channels once an instrument that
@@ -681,6 +733,8 @@ class MainWindow(QMainWindow):
             self.store,
             channel_samples=channel_samples,
             sequence=sequence,
+            # a loaded recipe's lower limits hold while its form is unchanged
+            lower=dict(self._recipe_limits) if self.protocol.recipe_text else None,
             recipe_text=recipe_text,
             resource=resource,
             operator=operator,

@@ -1,6 +1,9 @@
-"""Sample panel: the samples in the store, and a form to create one or change its limits
-and metadata. The selected sample is the one a run is made on; when a two-channel
-instrument drives both channels, a second sample is chosen for the second channel."""
+"""Sample panel: the samples in the store, and the sample editor: a form to create one or
+change its limits and metadata. Saving is the explicit act that changes a stored sample
+(``Store.set_sample``), recorded with the user's name and the time; nothing else (a run, a
+loaded recipe) changes one. The selected sample is the one a run is made on; when a
+two-channel instrument drives both channels, a second sample is chosen for the second
+channel."""
 
 from __future__ import annotations
 
@@ -99,6 +102,10 @@ class SamplePanel(QWidget):
         self.save_btn = QPushButton("Save sample and use it")
         self.save_btn.setObjectName("save_sample")
         self.save_btn.clicked.connect(self.save)
+        self.history = QLabel("")  # who made the selected sample what it is, and when
+        self.history.setObjectName("sample_history")
+        self.history.setWordWrap(True)
+        self.history.setStyleSheet("color: #666; font-size: 8pt;")
         self.current = QLabel("No sample selected")
         self.current.setObjectName("current_sample")
         self.current.setWordWrap(True)
@@ -150,6 +157,7 @@ class SamplePanel(QWidget):
         lay.addWidget(limits_note)
         lay.addWidget(self.error)
         lay.addWidget(self.save_btn)
+        lay.addWidget(self.history)
         lay.addWidget(self.current)
         lay.addWidget(self.second_box)
 
@@ -233,8 +241,11 @@ class SamplePanel(QWidget):
             )
         self.second_chosen.emit(self.second.currentText())
 
-    def _row(self, name: str) -> dict[str, Any] | None:
+    def row(self, name: str) -> dict[str, Any] | None:
+        """The listed database row (name, max_v, max_i, metadata, ...) of sample ``name``."""
         return next((r for r in self._rows if r["name"] == name), None) if name else None
+
+    _row = row
 
     def choose_second(self, name: str) -> bool:
         """Put sample ``name`` (in the database) on the second channel; False if unknown."""
@@ -285,6 +296,19 @@ class SamplePanel(QWidget):
         self._use(
             _SampleView(row["id"], row["name"], row.get("max_v"), row.get("max_i"), dict(meta))
         )
+        self._show_history(row["name"])
+
+    def _show_history(self, name: str) -> None:
+        """The sample's last recorded change (or creation): when, who, what."""
+        store = self.store
+        if store is None:
+            return
+        self.tasks.submit(
+            lambda: records(store.sample_events(name).tail(1)),
+            on_done=lambda rows: self.history.setText(_last_change(rows)),
+            on_error=lambda e: self.history.setText(f"history not readable: {describe_error(e)}"),
+            key="sample_history",
+        )
 
     def form_values(self) -> dict[str, Any]:
         """Name, limits and metadata from the form; raises ValueError with one message."""
@@ -331,8 +355,11 @@ class SamplePanel(QWidget):
         name = values.pop("name")
         store = self.store
         self.save_btn.setEnabled(False)
+        operator = _user()
+        limits = {k: values.pop(k) for k in ("max_v", "max_i")}
+        meta = {k: values.get(k) for k in META_KEYS}  # a field left empty clears its key
         self.tasks.submit(
-            lambda: store.ensure_sample(name, **values),
+            lambda: store.set_sample(name, **limits, metadata=meta, operator=operator),
             on_done=self._saved,
             on_error=self._save_failed,
         )
@@ -340,6 +367,7 @@ class SamplePanel(QWidget):
     def _saved(self, sample) -> None:
         self.save_btn.setEnabled(True)
         self._use(sample)
+        self._show_history(sample.name)
         self.message.emit("info", f"Sample {sample.name!r} saved")
         self.refresh(select=sample.name)
 
@@ -359,6 +387,25 @@ class SamplePanel(QWidget):
             )
         if announce:
             self.selected.emit(sample)
+
+
+def _last_change(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no recorded changes (stored before changes were recorded)"
+    e = rows[-1]
+    who = e.get("operator") or e.get("os_user") or "someone unknown"
+    at = e["at"].strftime("%Y-%m-%d %H:%M UTC") if hasattr(e["at"], "strftime") else e["at"]
+    what = "created" if e["kind"] == "created" else "last changed"
+    return f"{what} {at} by {who} on {e.get('host')}: {e['message']}"
+
+
+def _user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name known: the OS user is recorded as unknown too
+        return None
 
 
 class _SampleView:

@@ -29,15 +29,46 @@ def resolve_sample(
     max_v: float | None = None,
     max_i: float | None = None,
     *,
+    field: str = "",
     name_field: str = "sample",
     **metadata: Any,
 ):
-    """Create the sample if new; update its limits only when given. A name without a
-    visible character (or with an invisible one) is refused naming ``name_field``."""
+    """The sample a run is made on, by name.
+
+    A new name is created with ``max_v``, ``max_i`` and ``metadata``. A stored sample's
+    limits are authoritative: ``max_v``/``max_i`` given may only lower them, for this run
+    (the sample returned carries the lower limit, the stored one is unchanged and the run
+    records both); a limit above the stored one is refused (ValidationError naming
+    ``field`` + the limit and how to raise it: ``labctl sample set NAME max_v=...``).
+    ``metadata`` never changes a stored sample. A name without a visible character (or
+    with an invisible one) is refused naming ``name_field``.
+    """
+    import dataclasses
+
+    from labctl.errors import ValidationError, sample_set_command
     from protocols.recipe import check_sample_name
 
     name = check_sample_name(name, name_field)
-    return store.ensure_sample(name, max_v=max_v, max_i=max_i, **metadata)
+    stored = store.get_sample(name)
+    if stored is None:
+        return store.ensure_sample(name, max_v=max_v, max_i=max_i, **metadata)
+    lower = {}
+    for key, unit, value in (("max_v", "V", max_v), ("max_i", "A", max_i)):
+        if value is None:
+            continue
+        have = getattr(stored, key)
+        if have is not None and value > have:
+            raise ValidationError(
+                f"{field}{key}",
+                f"{value:g} {unit} is above the stored {key} = {have:g} {unit} of sample "
+                f"{name!r}; "
+                "a run may only lower a stored sample's limits. Raise the stored limit "
+                f"explicitly: {sample_set_command(name, f'{key}={value:g}')} (or the app's "
+                "sample editor)",
+            )
+        if have is None or value < have:
+            lower[key] = float(value)
+    return dataclasses.replace(stored, **lower) if lower else stored
 
 
 def run(
@@ -59,7 +90,11 @@ def run(
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
 
-    ``params`` are the protocol's parameters; ``max_v``/``max_i`` set the sample's limits.
+    ``params`` are the protocol's parameters. ``max_v``/``max_i`` are the limits of a new
+    sample (it is created with them); on a stored sample they may only lower its stored
+    limits, for this run (recorded with the run), and one above them is refused naming
+    ``labctl sample set NAME max_v=...``, the explicit way to raise them
+    (:func:`resolve_sample`).
     ``settings`` go to the driver's ``configure`` (``{"nplc": 0.5, "current_range_a":
     1e-6}``): a key the driver does not take is refused (ValidationError naming it and the
     allowed keys) before a run is made.
@@ -77,7 +112,7 @@ def run(
         proto = get_protocol(protocol)(params)
     if store is None or isinstance(store, str):
         store = open_store(store)
-    smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
+    smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)  # before connecting
     options: dict[str, Any] = {
         "recipe_text": recipe_text,
         "operator": operator,
@@ -86,7 +121,9 @@ def run(
     if sample2 is not None:
         options["channel_samples"] = {
             0: smp,
-            1: resolve_sample(store, sample2, max_v=max_v2, max_i=max_i2, name_field="sample2"),
+            1: resolve_sample(
+                store, sample2, max_v=max_v2, max_i=max_i2, field="sample2.", name_field="sample2"
+            ),
         }
     engine = RunEngine(store, listeners)
     if isinstance(instrument, str):
@@ -144,10 +181,10 @@ def run_recipe(
         raise ValidationError(
             "instrument.resource", "no instrument given; pass --instrument RESOURCE"
         )
-    smp = _recipe_sample(store, recipe.sample, sample, "sample", "--sample")
+    smp = _recipe_sample(store, recipe, sample, "sample", "--sample")
     smp2 = None
     if sample2 or recipe.sample2:
-        smp2 = _recipe_sample(store, recipe.sample2, sample2, "sample2", "--sample2")
+        smp2 = _recipe_sample(store, recipe, sample2, "sample2", "--sample2")
     settings = recipe.instrument_settings
     engine = engine or RunEngine(store, listeners)
     driver = connect(resource, driver=recipe.instrument.get("driver"))
@@ -182,13 +219,25 @@ def run_recipe(
         driver.close()
 
 
-def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, flag: str):
-    """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` overriding its
-    name: created or updated with the table's limits and metadata."""
+def _recipe_sample(
+    store, recipe, name: str | None, field: str, flag: str
+):  # -> labctl.store.Sample
+    """The sample of a recipe table (``[sample]``/``[sample2]``), ``name`` (``--sample``)
+    overriding its name.
+
+    A new sample is created with the table's limits (and, when the table names it, its
+    metadata). A stored sample keeps its stored limits and metadata: the table's limits
+    may only lower them for the run, and one above them is refused (:func:`resolve_sample`).
+    When ``name`` names another sample than the table, the table's limits are the
+    recipe's own sample's and do not apply to a stored one; only ``--set field.max_v=``
+    does.
+    """
     from labctl.errors import ValidationError
     from protocols.recipe import check_sample_name
 
+    table: dict[str, Any] = getattr(recipe, field)
     where = flag if name else f"{field}.name"
+    own = not name or table.get("name") in (None, name)  # the table describes this sample
     name = name or table.get("name")
     if not name:
         raise ValidationError(
@@ -196,11 +245,19 @@ def _recipe_sample(store, table: dict[str, Any], name: str | None, field: str, f
         )
     name = check_sample_name(name, where)
     limits = {k: table.get(k) for k in ("max_v", "max_i")}
-    if field != "sample" and None in limits.values() and store.get_sample(name) is None:
-        raise ValidationError(
-            where,
-            f"no sample {name!r} in the database; give its limits in [{field}] "
-            f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
+    stored = store.get_sample(name)
+    if stored is None:
+        if field != "sample" and None in limits.values():
+            raise ValidationError(
+                where,
+                f"no sample {name!r} in the database; give its limits in [{field}] "
+                f"(max_v, max_i) or --set {field}.max_v=... --set {field}.max_i=...",
+            )
+        meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
+        return resolve_sample(
+            store, name, **limits, field=f"{field}.", name_field=where, **(meta if own else {})
         )
-    meta = {k: v for k, v in table.items() if k not in ("name", "max_v", "max_i")}
-    return resolve_sample(store, name, limits["max_v"], limits["max_i"], name_field=where, **meta)
+    if not own:  # the table is another sample's: only what --set gave applies
+        asked = getattr(recipe, "overrides", {}) or {}
+        limits = {k: v if f"{field}.{k}" in asked else None for k, v in limits.items()}
+    return resolve_sample(store, name, **limits, field=f"{field}.", name_field=where)

@@ -83,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESOURCE",
         help="sim://... or a VISA resource (overrides the recipe)",
     )
-    p.add_argument("--sample", metavar="NAME", help="sample name (overrides the recipe)")
+    p.add_argument(
+        "--sample",
+        metavar="NAME",
+        help="sample name (overrides the recipe); a stored sample runs under its stored limits "
+        "(--set sample.max_v=... may lower them for this run; raise them with labctl sample set)",
+    )
     p.add_argument(
         "--sample2",
         metavar="NAME",
@@ -112,6 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample")
     p.add_argument("--protocol")
     _db_arg(p)
+
+    p = sub.add_parser(
+        "sample",
+        help="the samples and their limits: sample list | show NAME | set NAME max_v=...",
+        description="A stored sample's limits are authoritative: a run or a recipe may only "
+        "lower them for itself. `labctl sample set` is the explicit way to create a sample or "
+        "change its limits and metadata; each change is recorded with who and when "
+        "(`labctl sample show NAME`).",
+    )
+    samplesub = p.add_subparsers(dest="sample_command", metavar="SAMPLECOMMAND")
+    s = samplesub.add_parser("list", help="every sample with its limits and number of runs")
+    _db_arg(s)
+    s = samplesub.add_parser("show", help="one sample: limits, metadata, who changed what when")
+    s.add_argument("name")
+    _db_arg(s)
+    s = samplesub.add_parser(
+        "set",
+        help="create a sample or change its limits/metadata (recorded with who and when)",
+        description="KEY=VALUE: max_v (V), max_i (A), or any metadata key (notes, "
+        "device_type, geometry, electrolyte, ...); KEY= with nothing removes a metadata key. "
+        "A new sample needs max_v and max_i.",
+    )
+    s.add_argument("name")
+    s.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    s.add_argument(
+        "--operator", metavar="NAME", default=os.environ.get("USER"), help="who changes it"
+    )
+    _db_arg(s)
 
     p = sub.add_parser("show", help="show one run: parameters, status, metrics, events")
     p.add_argument("run", type=RUN_ID)
@@ -214,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "runs": cmd_runs,
         "show": cmd_show,
+        "sample": cmd_sample,
         "analyze": cmd_analyze,
         "export": cmd_export,
         "protocols": cmd_protocols,
@@ -353,8 +387,9 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         )
         if result.error:
             print(f"  reason: {result.error}")
-        for message in result.warnings:
-            print(f"  warning: {message}")
+        for warning in result.warnings:
+            print(f"  warning: {warning}")
+        _print_limits(store, result.run_id)
         _print_metrics(result.metrics)
         if plot_path is not None and result.n_points:
             from labctl.report import plot_run
@@ -362,11 +397,24 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
             path = Path(str(plot_path).format(run=result.run_id))
             plot_run(store, result.run_id, path)
             print(f"plot: {path}")
-    if len(results) < len(steps):
+    if results and results[-1].step >= len(results):  # refused before any output
+        print(f"sequence refused at step {results[-1].step + 1} of {len(steps)}: no step ran")
+    elif len(results) < len(steps):
         print(f"sequence stopped after step {len(results)} of {len(steps)}")
     ids = ", ".join(str(r.run_id) for r in results)
     print(f"data: {store.describe()}  (run {ids}; {wall:.2g} s wall)")
     return 0 if len(results) == len(steps) and all(r.ok for r in results) else EXIT_FAILED_RUN
+
+
+def _print_limits(store, run_id: int) -> None:
+    """The limits the run was held to, where a recipe lowered a stored sample's."""
+    for rec in (store.run(run_id).get("metadata") or {}).get("limits") or []:
+        if rec.get("lowered"):
+            print(
+                f"  sample {rec['sample']}: held to max_v = {_limit_text(rec['max_v'])} V, "
+                f"max_i = {_limit_text(rec['max_i'])} A for this run (stored: "
+                f"{_limit_text(rec['stored_max_v'])} V, {_limit_text(rec['stored_max_i'])} A)"
+            )
 
 
 def _duration(seconds: float) -> str:
@@ -454,6 +502,113 @@ def cmd_runs(args) -> int:
     for _, row in df.iterrows():
         table.add_row(*("" if v is None or v != v else str(v)[:60] for v in (row[c] for c in cols)))
     Console().print(table)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.sample_command is None:
+        build_parser().parse_args(["sample", "--help"])
+        return 0
+    store = _open_store(args)
+    if args.sample_command == "list":
+        return _sample_list(store)
+    if args.sample_command == "show":
+        return _sample_show(store, args.name)
+    return _sample_set(store, args.name, args.values, args.operator)
+
+
+def _sample_list(store) -> int:
+    df = store.samples()
+    if not len(df):
+        print(f"no samples in {store.describe()}")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"samples in {store.describe()}")
+    for col in ("name", "max_v (V)", "max_i (A)", "runs", "notes"):
+        table.add_column(col)
+    for _, row in df.iterrows():
+        meta = row["metadata"] or {}
+        table.add_row(
+            row["name"],
+            _limit_text(row["max_v"]),
+            _limit_text(row["max_i"]),
+            str(row["n_runs"]),
+            str(meta.get("notes", ""))[:60],
+        )
+    Console().print(table)
+    return 0
+
+
+def _limit_text(value) -> str:
+    return "none" if value is None or value != value else f"{value:g}"
+
+
+def _sample_show(store, name: str) -> int:
+    from labctl.errors import ValidationError
+
+    sample = store.get_sample(name)
+    if sample is None:
+        raise ValidationError("sample", f"no sample {name!r} in {store.describe()}")
+    print(f"{'name':>12}: {sample.name}")
+    print(f"{'max_v':>12}: {_limit_text(sample.max_v)} V")
+    print(f"{'max_i':>12}: {_limit_text(sample.max_i)} A")
+    for key, value in sorted(sample.metadata.items()):
+        print(f"{key:>12}: {value}")
+    events = store.sample_events(name)
+    if len(events):
+        print("history:")
+        for e in events.to_dict("records"):
+            operator, os_user = (
+                v if isinstance(v, str) else None for v in (e["operator"], e["os_user"])
+            )
+            who = operator or os_user or "?"
+            if operator and os_user and os_user != operator:
+                who += f" (OS user {os_user})"
+            print(f"  {e['at']:%Y-%m-%d %H:%M:%S} UTC  {e['kind']:<8} {who} on {e['host']}:")
+            print(f"      {e['message']}")
+    return 0
+
+
+def _sample_set(store, name: str, items: list[str], operator: str | None) -> int:
+    from labctl.errors import ValidationError, sample_set_command
+    from protocols.recipe import parse_set
+
+    values = parse_set(items)
+    limits: dict[str, float] = {}
+    metadata: dict[str, object] = {}
+    for key, value in values.items():
+        if key in ("max_v", "max_i"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                unit = "V" if key == "max_v" else "A"
+                raise ValidationError(
+                    key, f"{value!r} is not allowed; allowed: a number > 0 {unit}"
+                )
+            limits[key] = value
+        elif key.startswith("max_") or key == "name" or not key:
+            raise ValidationError(
+                key or "KEY",
+                "not a sample key; allowed: max_v (V), max_i (A), or a metadata key "
+                "(notes, device_type, geometry, electrolyte, ...)",
+            )
+        else:
+            metadata[key] = value
+    before = store.get_sample(name)
+    if before is None and len(limits) < 2:
+        raise ValidationError(
+            "max_v" if "max_v" not in limits else "max_i",
+            f"sample {name!r} is new: give both limits, e.g. "
+            f"{sample_set_command(name, 'max_v=1.0', 'max_i=1e-6')}",
+        )
+    after = store.set_sample(name, **limits, metadata=metadata, operator=operator)
+    if before is None:
+        print(f"sample {name}: created, max_v = {after.max_v:g} V, max_i = {after.max_i:g} A")
+    elif after == before:
+        print(f"sample {name}: unchanged")
+    else:
+        print(f"sample {name}: " + store.sample_events(name)["message"].iloc[-1])
+    print(f"(labctl sample show {name} for its history; data: {store.describe()})")
     return 0
 
 

@@ -11,8 +11,10 @@ library (``LABCTL_VISA_LIBRARY``) its own ``list_resources()`` is used. Every pa
 is skipped.
 
 Running emulators (``labctl sim serve``, on TCP or a pseudo-terminal) announce themselves
-with a small JSON file (resource, model, pid) in ``<runtime dir>/emulators`` while they run,
-where the runtime dir is ``$LABCTL_RUNTIME_DIR`` or ``platformdirs.user_runtime_dir("labctl")``;
+with a small JSON file (resource, model, pid; 0600) in ``<runtime dir>/emulators`` (0700: the
+user's own) while they run, where the runtime dir is ``$LABCTL_RUNTIME_DIR`` or
+``platformdirs.user_runtime_dir("labctl")`` (``$XDG_RUNTIME_DIR``, else a private folder of
+the user's in the temporary directory);
 files of processes that are gone, or of pseudo-terminals that no longer exist, are removed
 when listed.
 """
@@ -58,13 +60,16 @@ def emulator_dir() -> Path:
 def register_emulator(resource: str, model: str, *, pid: int | None = None) -> Path:
     """Announce a running emulator; returns its file (remove it with
     :func:`unregister_emulator`)."""
+    from labctl.private import open_private, private_dir
+
     pid = os.getpid() if pid is None else int(pid)
-    folder = emulator_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(emulator_dir(), tighten=True)  # 0700: the user's own
     digest = hashlib.sha1(resource.encode()).hexdigest()[:12]
     path = folder / f"{pid}-{digest}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"resource": resource, "model": model, "pid": pid}))
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"resource": resource, "model": model, "pid": pid}))
     os.replace(tmp, path)
     return path
 

@@ -27,9 +27,16 @@ import numpy as np
 from drivers.base import Limits, check_program, raise_if_aborted
 from labctl.analysis.timing import TIMING_METRICS, lateness_metrics
 from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
+from labctl.errors import (
+    Aborted,
+    LabctlError,
+    LimitError,
+    TransportError,
+    ValidationError,
+    sample_set_command,
+)
 from labctl.program import Program
-from protocols.base import Protocol, get_protocol
+from protocols.base import Protocol, field_info, get_protocol
 from protocols.recipe import check_channels
 
 
@@ -60,6 +67,7 @@ class RunResult:
     duration_s: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    step: int = 0  # which step of its sequence (from 0); a refused sequence has one run
 
     @property
     def ok(self) -> bool:
@@ -103,8 +111,9 @@ def sample_limits(sample: Any) -> Limits:
         if getattr(sample, key, None) is None:
             raise ValidationError(
                 f"sample.{key}",
-                f"sample {sample.name!r} has no {key} ({unit}); "
-                f"set one (e.g. --set sample.{key}=...)",
+                f"sample {sample.name!r} has no {key} ({unit}); store one with "
+                f"{sample_set_command(sample.name, f'{key}=...')} (or give one for this run: "
+                f"--set sample.{key}=...)",
             )
     return Limits(max_v=float(sample.max_v), max_i=float(sample.max_i))
 
@@ -212,6 +221,16 @@ def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
     return store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
 
 
+def check_protocol_limits(
+    driver: Any, sample: Any, channel_samples: Mapping[int, Any] | None = None
+) -> Limits:
+    """The tightest limits of the samples on the run's channels."""
+    per_channel = channel_samples_of(driver, sample, channel_samples)
+    samples = list(per_channel.values()) or [sample]
+    limits = [sample_limits(s) for s in samples]
+    return Limits(max_v=min(x.max_v for x in limits), max_i=min(x.max_i for x in limits))
+
+
 def check_protocol(
     protocol: Any,
     driver: Any,
@@ -283,6 +302,15 @@ def bounded_default_compliance(protocol: Any, max_i: float | None) -> tuple[Any,
     )
 
 
+def bounded_defaults(
+    protocols: Sequence[Any], samples: Iterable[Any]
+) -> list[tuple[Any, str | None]]:
+    """:func:`bounded_default_compliance` of each protocol with the lowest max_i of
+    ``samples`` (the samples on the run's channels)."""
+    max_i = min((float(s.max_i) for s in samples if getattr(s, "max_i", None)), default=None)
+    return [bounded_default_compliance(p, max_i) for p in protocols]
+
+
 def configured_limit(driver: Any, mode: str = "V") -> float | None:
     """The limit the driver has configured for a Program sourcing ``mode``: its current limit
     (``compliance_a``) when sourcing V, its voltage limit (``voltage_limit_v``) when sourcing
@@ -300,6 +328,109 @@ def check_configured(
     for program in programs:
         limit = configured_limit(driver, program.mode)
         check_program(program, limits, driver.capabilities, who, limit=limit)
+
+
+def run_limits(store: Any, samples: Iterable[Any]) -> list[dict[str, Any]]:
+    """Each sample of a run (once) with the limits it runs under and its stored ones.
+
+    The stored sample's limits are authoritative: a sample object with a limit above the
+    stored one (a stale copy, or one raised by hand) is refused, naming how to raise the
+    stored limit; one below it (a recipe's [sample] lowering it) runs with it, and the
+    record says so (``lowered``). Samples the store does not hold are left out.
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    get = getattr(store, "get_sample", None)
+    for smp in samples:
+        if smp is None or smp.name in seen or get is None:
+            continue
+        seen.add(smp.name)
+        stored = get(smp.name)
+        if stored is None or stored.id != getattr(smp, "id", None):
+            continue
+        lowered = []
+        for key, unit in (("max_v", "V"), ("max_i", "A")):
+            mine, theirs = getattr(smp, key), getattr(stored, key)
+            if mine is None:
+                continue  # sample_limits refuses a run without this limit
+            if theirs is not None and mine > theirs * (1 + 1e-12):
+                raise LimitError(
+                    f"sample {smp.name!r}: {key} = {mine:g} {unit} is above its stored "
+                    f"{key} = {theirs:g} {unit}; a run may only lower a stored sample's "
+                    "limits. Raise the stored limit explicitly: "
+                    f"{sample_set_command(smp.name, f'{key}={mine:g}')} (or the app's sample "
+                    "editor)"
+                )
+            if theirs is None or mine < theirs:
+                lowered.append(key)
+        out.append(
+            {
+                "sample": smp.name,
+                "max_v": smp.max_v,
+                "max_i": smp.max_i,
+                "stored_max_v": stored.max_v,
+                "stored_max_i": stored.max_i,
+                "lowered": lowered,
+            }
+        )
+    return out
+
+
+def limit_fields(protocol: Any, limits: Limits, prefix: str = "parameters") -> str:
+    """' (parameters.amplitude_v = 1.4 V)': the protocol's parameters in V or A beyond
+    ``limits``, for a refusal's message ('' when none is found: a level built from
+    several parameters)."""
+    params = protocol.params.model_dump()
+    found = []
+    for name, value in params.items():
+        try:
+            unit = field_info(type(protocol.params), name)["unit"]
+        except Exception:
+            continue
+        limit = {"V": limits.max_v, "A": limits.max_i}.get(unit)
+        values = value if isinstance(value, list | tuple) else [value]
+        nums = [abs(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if limit is not None and nums and max(nums) > limit * (1 + 1e-12):
+            found.append(f"{prefix}.{name} = {value!r} {unit}")
+    return f" ({'; '.join(found)})" if found else ""
+
+
+def check_sequence(
+    store: Any,
+    protocols: Sequence[Any],
+    driver: Any,
+    sample: Any,
+    channel_samples: Mapping[int, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[tuple[int, Exception] | None, list[dict[str, Any]]]:
+    """Everything checked before any output is enabled: the samples' limits against the
+    stored ones (:func:`run_limits`), then every step's Programs (a closed-loop step: its
+    envelope) against every channel's sample. Returns (None, or the step and the refusal
+    naming the step, the field and the limit; the limit records of the runs)."""
+    n = len(protocols)
+    try:
+        per_channel = channel_samples_of(driver, sample, channel_samples)
+        records = run_limits(store, [sample, *per_channel.values()])
+    except LimitError as exc:
+        return (0, exc), []
+    except ValidationError:
+        return None, []  # a bad channel: refused in the run, naming it
+    for k, protocol in enumerate(protocols):
+        try:
+            asked = {**protocol.instrument_settings(), **(settings or {})}
+            check_protocol(protocol, driver, sample, channel_samples, settings=asked)
+        except ValidationError as exc:  # a sample without limits: named as it is
+            return (k, exc), records
+        except LimitError as exc:
+            prefix = f"steps.{k + 1}.parameters" if n > 1 else "parameters"
+            fields = limit_fields(
+                protocol, check_protocol_limits(driver, sample, channel_samples), prefix
+            )
+            if n == 1:
+                return (0, LimitError(f"{exc}{fields}")), records
+            where = f"step {k + 1} of {n} ({protocol.name})"
+            return (k, LimitError(f"{where}: {exc}{fields}; no step was run")), records
+    return None, records
 
 
 class RunEngine:
@@ -404,8 +535,7 @@ class RunEngine:
 
         # a protocol's default current limit above the samples' max_i becomes max_i
         on = [sample, *(options.get("channel_samples") or {}).values()]
-        max_i = min((float(s.max_i) for s in on if getattr(s, "max_i", None)), default=None)
-        bounded = [bounded_default_compliance(p, max_i) for p in protocols]
+        bounded = bounded_defaults(protocols, on)
         protocols = [p for p, _note in bounded]
         self._limit_notes = {id(p): note for p, note in bounded if note}
         if group_id is None and len(protocols) > 1:
@@ -413,6 +543,17 @@ class RunEngine:
         self.abort_event.clear()
         self.resume()
         results: list[RunResult] = []
+        refused = self._check_all(
+            protocols, driver, sample, options.get("channel_samples"), options.get("settings")
+        )
+        if refused is not None:  # nothing runs: one failed run of the refused step
+            k, exc = refused
+            self._notify("on_step", k, len(protocols), protocols[k])
+            result = self._run(
+                protocols[k], driver, sample, group_id=group_id, refusal=exc, **options
+            )
+            result.step = k
+            return [result]
         with self._signals(handle_signals):
             for k, protocol in enumerate(protocols):
                 if k:
@@ -420,11 +561,42 @@ class RunEngine:
                     if self.abort_event.is_set():
                         break
                 self._notify("on_step", k, len(protocols), protocol)
-                result = self._run(protocol, driver, sample, group_id=group_id, **options)
+                refusal = self._stored_still_hold(k, protocols, driver, sample, options)
+                result = self._run(
+                    protocol, driver, sample, group_id=group_id, refusal=refusal, **options
+                )
+                result.step = k
                 results.append(result)
                 if not result.ok:
                     break
         return results
+
+    def _check_all(
+        self,
+        protocols: Sequence[Any],
+        driver: Any,
+        sample: Any,
+        channel_samples: Mapping[int, Any] | None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> tuple[int, Exception] | None:
+        """:func:`check_sequence`, keeping the limit records of the runs to make."""
+        refused, self._limits = check_sequence(
+            self.store, protocols, driver, sample, channel_samples, settings
+        )
+        return refused
+
+    def _stored_still_hold(self, k, protocols, driver, sample, options) -> Exception | None:
+        """Before a later step: the stored limits read again (someone may have lowered them
+        with ``labctl sample set`` while the sequence ran); the refusal if they no longer
+        allow the run's, naming the step."""
+        if not k:
+            return None
+        try:
+            per_channel = channel_samples_of(driver, sample, options.get("channel_samples"))
+            self._limits = run_limits(self.store, [sample, *per_channel.values()])
+        except LimitError as exc:
+            return LimitError(f"step {k + 1} of {len(protocols)} ({protocols[k].name}): {exc}")
+        return None
 
     def _hold_between_steps(self, run_id: int, next_step: int, count: int) -> None:
         """A pause asked for during the last step takes effect here (output already off)."""
@@ -449,6 +621,7 @@ class RunEngine:
         group_id: str | None = None,
         settings: dict[str, Any] | None = None,
         channel_samples: Mapping[int, Any] | None = None,
+        refusal: Exception | None = None,
     ) -> RunResult:
         instrument_id = self.store.ensure_instrument(
             driver.identity or driver.name,
@@ -491,6 +664,7 @@ class RunEngine:
         self._executed: list[Program] = []
         self._pausable = bool(getattr(type(protocol), "pausable", False))
         try:
+            self._record_limits(run_id)
             if setup_error is not None:
                 raise setup_error
             per_channel = channel_records(driver, on_channels)
@@ -501,6 +675,8 @@ class RunEngine:
                 driver=driver.name,
                 **({"channels": per_channel} if per_channel else {}),
             )
+            if refusal is not None:
+                raise refusal
             programs, limits = check_protocol(
                 protocol, driver, sample, channel_samples, settings=settings
             )
@@ -544,12 +720,42 @@ class RunEngine:
         metrics: list[dict[str, Any]] = []
         if n_points and status in ("completed", "aborted"):
             metrics = self._analyze(run_id, protocol, n_host_timed)
-        self.store.finish_run(run_id, status, error)
+        kept = self.store.finish_run(run_id, status, error)
+        if kept is not None:  # the store could not take it: journalled (labctl.store.journal)
+            self._warnings.append(
+                f"the run store could not be written when the run ended: its final status "
+                f"({status}) is kept in {kept} and applied when the store is next opened "
+                "where it can be written"
+            )
         result = RunResult(
             run_id, status, error, n_points, clock.now() - t0, metrics, list(self._warnings)
         )
         self._notify("on_finish", result)
         return result
+
+    def _record_limits(self, run_id: int) -> None:
+        """The limits the run is held to, with the stored ones, in its metadata; an event
+        for each sample whose limits a recipe lowered for this run."""
+        records = getattr(self, "_limits", None) or []
+        if not records:
+            return
+        self.store.update_run_metadata(run_id, limits=records)
+        for rec in records:
+            if rec["lowered"]:
+                parts = [
+                    f"{key} = {rec[key]:g} {unit} (stored: "
+                    + ("none" if rec[f"stored_{key}"] is None else f"{rec[f'stored_{key}']:g}")
+                    + f"{'' if rec[f'stored_{key}'] is None else ' ' + unit})"
+                    for key, unit in (("max_v", "V"), ("max_i", "A"))
+                    if key in rec["lowered"]
+                ]
+                self._event(
+                    run_id,
+                    "limits",
+                    f"sample {rec['sample']!r} held to lower limits for this run: "
+                    + ", ".join(parts),
+                    rec,
+                )
 
     def _analyze(self, run_id: int, protocol: Any, n_host_timed: int) -> list[dict[str, Any]]:
         """:func:`analyze_points` of the run, stored. Never raises: analysis never costs

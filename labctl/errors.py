@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def sample_set_command(name: str, *pairs: str) -> str:
+    """The command that changes a stored sample (the one explicit way, recorded), quoted
+    for a shell: ``labctl sample set 'chip 7' max_v=1.5``."""
+    import shlex
+
+    return " ".join(["labctl sample set", shlex.quote(name), *pairs])
+
+
 class LabctlError(Exception):
     """Base of every error labctl raises on purpose."""
 

@@ -3,7 +3,9 @@
 ```toml
 protocol = "iv_hysteresis"
 description = "..."
-[sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...)
+[sample]        # name, max_v (V), max_i (A), and any metadata (device_type, notes, ...):
+                # creates a new sample; a stored one keeps its limits and metadata, which
+                # the table's limits may only lower for the run (labctl.api.resolve_sample)
 [instrument]    # resource, driver (optional), channels (two-channel instruments), timing,
                 # and the driver's settings (nplc, current_range_a, ...; checked by name)
 [parameters]    # the protocol's parameters
@@ -91,6 +93,7 @@ class Recipe:
     text: str = ""
     source: str = ""  # path or "builtin:NAME"
     steps: list[Recipe] = field(default_factory=list)  # a sequence's steps, in order
+    overrides: dict[str, Any] = field(default_factory=dict)  # what --set gave, by key
 
     @property
     def is_sequence(self) -> bool:
@@ -444,7 +447,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     """Apply ``--set`` values: ``sample.KEY``, ``sample2.KEY`` and ``instrument.KEY`` go to
-    those tables."""
+    those tables. They are kept in ``recipe.overrides`` too (a stored sample named by
+    ``--sample`` takes limits from ``--set sample.max_v=``, not from another sample's
+    table)."""
+    recipe.overrides = {**recipe.overrides, **overrides}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if recipe.steps and head.isdigit() and rest:

@@ -76,3 +76,28 @@ def two_sample_recipe(max_v2: float = 1.0, cycles: int = 1) -> str:
         + TWO_SAMPLES.format(max_v2=max_v2)
         + SMALL_IV.format(cycles=cycles)
     )
+
+
+OUTPUT_ON = ("OUTP ON", "OUTP 1", "OUTPUT_ON")  # SCPI and TSP ways to switch an output on
+
+
+def recording(resource: str):
+    """A connected driver whose every message to the instrument is kept in ``.sent``."""
+    import labctl
+
+    driver = labctl.connect(resource)
+    driver.sent = []
+    for name in ("write", "query"):
+        real = getattr(driver.transport, name)
+
+        def spy(msg, *a, _real=real, **k):
+            driver.sent.append(msg)
+            return _real(msg, *a, **k)
+
+        setattr(driver.transport, name, spy)
+    return driver
+
+
+def output_enabled(driver) -> bool:
+    """Whether a :func:`recording` driver ever sent an output-on command."""
+    return any(on in m.upper() for m in driver.sent for on in OUTPUT_ON)

@@ -4,7 +4,8 @@ SQLite by default (one file, WAL), PostgreSQL for a lab of several stations; one
 URL either way::
 
     store = Store.open()                      # $LABCTL_DB or the user data folder
-    sample = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6)
+    sample = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6)  # made if new, never changed
+    store.set_sample("chip7", max_v=1.2, operator="ana")  # the explicit change, recorded
     run_id = store.create_run(protocol="iv_hysteresis", parameters={...}, sample_id=sample.id)
     with store.writer(run_id) as writer:      # background thread, commits every <= 250 ms
         for chunk in chunks:

@@ -24,14 +24,24 @@ def default_db_url() -> str:
     """The store URL to use when none is given.
 
     ``$LABCTL_DB`` when set (a SQLAlchemy URL, or a plain path to a SQLite file), else the
-    SQLite file ``labctl.db`` in the user data directory (``platformdirs.user_data_dir``).
+    SQLite file ``labctl.db`` in the user data directory (``platformdirs.user_data_dir``),
+    a folder only its user can enter (0700, its files 0600: labctl.private).
     """
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         return normalize_url(env)
-    from platformdirs import user_data_dir
+    return sqlite_url(default_db_path())
 
-    return sqlite_url(Path(user_data_dir("labctl", appauthor=False)) / "labctl.db")
+
+def user_data_dir() -> Path:
+    """The per-user data folder (platformdirs), where the default store lives."""
+    from platformdirs import user_data_dir as data_dir
+
+    return Path(data_dir("labctl", appauthor=False))
+
+
+def default_db_path() -> Path:
+    return user_data_dir() / "labctl.db"
 
 
 def sqlite_url(path: str | os.PathLike) -> str:
@@ -161,7 +171,7 @@ def make_engine(url: str) -> Engine:
             )
         path = sqlite_path(url)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite(path, read_only="mode=ro" in url)
         except OSError as exc:
             raise StoreError(f"cannot create the folder for the database {path}: {exc}") from None
         kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
@@ -178,6 +188,24 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
     return engine
+
+
+def _private_sqlite(path: Path, read_only: bool = False) -> None:
+    """Folders made for a SQLite file are 0700 and a new file 0600 (its -wal and -shm get
+    the file's mode from SQLite). The default store's folder and files are made private
+    even if an older labctl left them readable (0755/0644); a file the user chose keeps
+    the mode it has."""
+    from labctl.private import private_dir, private_file
+
+    try:
+        default = path.absolute() == default_db_path().absolute()
+    except Exception:  # no home folder known: not the default store
+        default = False
+    private_dir(path.parent, tighten=default)
+    if not read_only and (default or not path.exists()):
+        for name in (path, *(path.with_name(path.name + x) for x in ("-wal", "-shm"))):
+            if name == path or name.exists():
+                private_file(name, tighten=default)
 
 
 def reason(exc: BaseException) -> str:

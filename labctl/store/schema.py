@@ -19,6 +19,10 @@ Decisions that are not obvious from the table definitions:
 - Two-channel runs (a device on each SMU of a 2636B or B2902) are first-class: ``run_samples``
   names the sample on every channel a run drove and ``metrics.channel`` the channel a metric
   describes. ``runs.sample_id`` is kept (the first channel's sample) for older readers.
+- A sample's limits and metadata change only by an explicit act (``Store.set_sample``:
+  ``labctl sample set``, the app's sample editor), never by a run or a recipe; each change
+  (and the sample's creation) is a row of ``sample_events`` with who (the operator given and
+  the OS user), where and when, and the values before and after (revision 0004s).
 - The schema changes only through the Alembic migrations in ``labctl/store/migrations``
   (see labctl.store.migrate); these tables are the head revision :data:`HEAD_REVISION`.
   ``schema_version`` holds one row, :data:`SCHEMA_VERSION` (the head revision as a number),
@@ -53,8 +57,10 @@ from sqlalchemy.types import TypeDecorator
 from labctl.data import COLUMNS
 
 # The newest Alembic revision; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0003"
-SCHEMA_VERSION = int(HEAD_REVISION)
+HEAD_REVISION = "0004s"
+# the number of the head revision (a letter after it names a branch revision, see
+# migrations/versions/0004s_sample_events.py)
+SCHEMA_VERSION = int(HEAD_REVISION[:4])
 
 # Run status values. 'running' is the only live one; 'interrupted' is set by the store when
 # it finds a run whose process is gone.
@@ -123,6 +129,22 @@ samples = Table(
     Column("metadata", JSONType, nullable=False, default=dict),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Who made or changed a sample's limits or metadata, when, from where (revision 0004s).
+sample_events = Table(
+    "sample_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sample_id", Integer, ForeignKey("samples.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),  # wall time
+    Column("kind", String(50), nullable=False),  # created | changed
+    Column("operator", String(100)),  # who, as given (labctl --operator, the app's user)
+    Column("os_user", String(100)),  # the account of the process that made the change
+    Column("host", String(255), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSONType),  # {"before": {...}, "after": {...}} of what changed
+    Index(None, "sample_id"),
 )
 
 instruments = Table(

@@ -17,8 +17,8 @@ from sqlalchemy import Engine, and_, delete, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
-from labctl.errors import StoreError, ValidationError
-from labctl.store import db, migrate, recovery, schema
+from labctl.errors import StoreError, ValidationError, sample_set_command
+from labctl.store import db, journal, migrate, recovery, schema
 from labctl.store.readers import read_point_columns
 from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
 from labctl.store.writer import RunWriter
@@ -61,6 +61,8 @@ class Sample:
 def _limit(name: str, value: float | None, unit: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise ValidationError(name, f"must be a number of {unit}, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -68,6 +70,63 @@ def _limit(name: str, value: float | None, unit: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValidationError(name, f"must be a positive number of {unit}, got {value!r}")
     return value
+
+
+def _sample_of(row) -> Sample:
+    return Sample(row["id"], row["name"], row["max_v"], row["max_i"], dict(row["metadata"] or {}))
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "none" if value is None else f"{value:g} {unit}"
+
+
+def _os_user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()[:100]
+    except Exception:  # no user name known (a container without a passwd entry)
+        return None
+
+
+def _same_as_stored(stored: Sample, limits: dict[str, float | None], metadata: dict) -> None:
+    """Refuse limits or metadata that differ from a stored sample's (ensure_sample never
+    changes one), naming the field and the explicit way to change it."""
+    how = (
+        f"a stored sample changes only explicitly: {sample_set_command(stored.name, 'KEY=VALUE')}"
+        " (Store.set_sample, the app's sample editor)"
+    )
+    for key, unit in (("max_v", "V"), ("max_i", "A")):
+        value = limits[key]
+        if value is not None and value != getattr(stored, key):
+            raise ValidationError(
+                key,
+                f"{value:g} {unit} is not what sample {stored.name!r} is stored with "
+                f"({key} = {_fmt(getattr(stored, key), unit)}); {how}",
+            )
+    for key, value in metadata.items():
+        if stored.metadata.get(key) != value:
+            raise ValidationError(
+                f"metadata.{key}",
+                f"{value!r} is not what sample {stored.name!r} is stored with "
+                f"({stored.metadata.get(key)!r}); {how}",
+            )
+
+
+def _change_text(old: dict, new: dict, changed: set[str]) -> str:
+    """'max_v 1 V -> 1.5 V; notes changed' of a sample change."""
+    parts = []
+    for key, unit in (("max_v", "V"), ("max_i", "A")):
+        if key in changed:
+            parts.append(f"{key} {_fmt(old[key], unit)} -> {_fmt(new[key], unit)}")
+    for key in sorted(k.split(".", 1)[1] for k in changed if k.startswith("metadata.")):
+        if key not in old["metadata"]:
+            parts.append(f"{key} added")
+        elif key not in new["metadata"]:
+            parts.append(f"{key} removed")
+        else:
+            parts.append(f"{key} changed")
+    return "; ".join(parts)
 
 
 def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
@@ -187,6 +246,9 @@ class Store:
             engine.dispose()
             raise
         if recover:
+            # first the final statuses a run could not store when it ended, so that its
+            # run is not taken for an interrupted one
+            store.apply_final_status_journal()
             try:
                 store.recover_stale_runs(stale_after_s=stale_after_s)
             except StoreError as exc:
@@ -206,14 +268,9 @@ class Store:
     def data_dir(self) -> Path:
         """A folder for files made from the data (plots, exports): the SQLite file's folder,
         else the user data folder. Created if missing."""
-        if self.path is not None:
-            folder = self.path.parent
-        else:
-            from platformdirs import user_data_dir
+        from labctl.private import private_dir
 
-            folder = Path(user_data_dir("labctl", appauthor=False))
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return private_dir(self.path.parent if self.path is not None else db.user_data_dir())
 
     def __repr__(self) -> str:
         return f"Store({self.where!r})"
@@ -253,61 +310,166 @@ class Store:
         *,
         max_v: float | None = None,
         max_i: float | None = None,
+        operator: str | None = None,
         **metadata: Any,
     ) -> Sample:
-        """The sample called ``name``, created if missing.
+        """The sample called ``name``, created with these limits and metadata if missing.
 
-        For an existing sample, limits given here (not None) replace the stored ones and
-        metadata keys given here replace stored keys of the same name; what is not given is
-        kept. So ``ensure_sample("chip7")`` never changes a sample, and an explicit
-        ``max_v=`` is how limits are changed.
+        A stored sample is never changed here: it is returned as stored, and limits or
+        metadata given that differ from the stored ones are refused (ValidationError naming
+        the field), so a run or a recipe cannot rewrite a sample by accident. Changing a
+        stored sample is :meth:`set_sample` (``labctl sample set``, the app's sample editor),
+        which records who and when. ``ensure_sample("chip7")`` never fails on a stored one.
         """
         name = _text("sample", name, 200)
         max_v = _limit("max_v", max_v, "volts")
         max_i = _limit("max_i", max_i, "amperes")
         _json_safe("metadata", metadata)
         s = schema.samples
-        now = utcnow()
         for _attempt in range(2):
             try:
                 with self._writes.begin() as conn:
                     row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
                     if row is None:
-                        new_id = conn.execute(
-                            s.insert().values(
-                                name=name,
-                                max_v=max_v,
-                                max_i=max_i,
-                                metadata=metadata,
-                                created_at=now,
-                                updated_at=now,
-                            )
-                        ).inserted_primary_key[0]
-                        return Sample(new_id, name, max_v, max_i, dict(metadata))
-                    changes: dict[str, Any] = {}
-                    if max_v is not None and max_v != row["max_v"]:
-                        changes["max_v"] = max_v
-                    if max_i is not None and max_i != row["max_i"]:
-                        changes["max_i"] = max_i
-                    merged = {**(row["metadata"] or {}), **metadata}
-                    if merged != (row["metadata"] or {}):
-                        changes["metadata"] = merged
-                    if changes:
-                        conn.execute(
-                            update(s).where(s.c.id == row["id"]).values(**changes, updated_at=now)
-                        )
-                    return Sample(
-                        row["id"],
-                        name,
-                        changes.get("max_v", row["max_v"]),
-                        changes.get("max_i", row["max_i"]),
-                        merged,
-                    )
+                        return self._create_sample(conn, name, max_v, max_i, metadata, operator)
+                stored = _sample_of(row)
+                _same_as_stored(stored, {"max_v": max_v, "max_i": max_i}, metadata)
+                return stored
             except IntegrityError:
                 continue  # created by another process meanwhile: read it on the next pass
             except SQLAlchemyError as exc:
                 raise self._fail(f"store sample {name!r}", exc) from None
         raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+    def set_sample(
+        self,
+        name: str,
+        *,
+        max_v: float | None = None,
+        max_i: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        operator: str | None = None,
+    ) -> Sample:
+        """Create the sample ``name`` or change its limits and metadata: the one explicit
+        way a stored sample changes (``labctl sample set``, the app's sample editor).
+
+        Limits given (not None) replace the stored ones; ``metadata`` keys replace stored
+        keys of the same name, a key given as None or "" is removed; what is not given is
+        kept. A change (or the creation) is recorded in :meth:`sample_events` with
+        ``operator`` (who, as given), the OS user, the host, the time and the values
+        before and after; asking for what is stored records nothing.
+        """
+        name = _text("sample", name, 200)
+        max_v = _limit("max_v", max_v, "volts")
+        max_i = _limit("max_i", max_i, "amperes")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError("metadata", f"must be a dict, got {type(metadata).__name__}")
+        meta = dict(metadata or {})
+        _json_safe("metadata", meta)
+        s = schema.samples
+        for _attempt in range(2):
+            try:
+                with self._writes.begin() as conn:
+                    row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
+                    if row is None:
+                        kept = {k: v for k, v in meta.items() if v not in (None, "")}
+                        return self._create_sample(conn, name, max_v, max_i, kept, operator)
+                    old_meta = dict(row["metadata"] or {})
+                    new_meta = {**old_meta, **meta}
+                    for key in [k for k, v in meta.items() if v in (None, "")]:
+                        new_meta.pop(key, None)
+                    before = {"max_v": row["max_v"], "max_i": row["max_i"]}
+                    after = {
+                        "max_v": row["max_v"] if max_v is None else max_v,
+                        "max_i": row["max_i"] if max_i is None else max_i,
+                    }
+                    changed = {k for k in before if before[k] != after[k]}
+                    changed |= {
+                        f"metadata.{k}"
+                        for k in set(old_meta) | set(new_meta)
+                        if old_meta.get(k) != new_meta.get(k)
+                    }
+                    stored = Sample(row["id"], name, after["max_v"], after["max_i"], new_meta)
+                    if not changed:
+                        return stored
+                    now = utcnow()
+                    conn.execute(
+                        update(s)
+                        .where(s.c.id == row["id"])
+                        .values(**after, metadata=new_meta, updated_at=now)
+                    )
+                    old = {**before, "metadata": old_meta}
+                    new = {**after, "metadata": new_meta}
+                    self._sample_event(
+                        conn,
+                        row["id"],
+                        "changed",
+                        _change_text(old, new, changed),
+                        operator,
+                        {"before": old, "after": new, "changed": sorted(changed)},
+                        now,
+                    )
+                    return stored
+            except IntegrityError:
+                continue  # created by another process meanwhile: change it on the next pass
+            except SQLAlchemyError as exc:
+                raise self._fail(f"store sample {name!r}", exc) from None
+        raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+    def _create_sample(self, conn, name, max_v, max_i, metadata, operator) -> Sample:
+        now = utcnow()
+        new_id = conn.execute(
+            schema.samples.insert().values(
+                name=name,
+                max_v=max_v,
+                max_i=max_i,
+                metadata=metadata,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]
+        values = {"max_v": max_v, "max_i": max_i, "metadata": dict(metadata)}
+        self._sample_event(
+            conn,
+            new_id,
+            "created",
+            f"created with max_v = {_fmt(max_v, 'V')}, max_i = {_fmt(max_i, 'A')}",
+            operator,
+            {"after": values},
+            now,
+        )
+        return Sample(new_id, name, max_v, max_i, dict(metadata))
+
+    def _sample_event(self, conn, sample_id, kind, message, operator, data, at) -> None:
+        conn.execute(
+            schema.sample_events.insert().values(
+                sample_id=sample_id,
+                at=at,
+                kind=kind,
+                operator=_text("operator", operator, 100, required=False),
+                os_user=_os_user(),
+                host=recovery.hostname(),
+                message=message,
+                data=data,
+            )
+        )
+
+    def sample_events(self, name: str | None = None):
+        """Who created or changed which sample when (``name``: that sample's only), oldest
+        first, as a DataFrame: sample, at (UTC), kind, operator, os_user, host, message,
+        data (``before``/``after`` values)."""
+        import pandas as pd
+
+        e, s = schema.sample_events, schema.samples
+        stmt = (
+            select(s.c.name.label("sample"), e)
+            .select_from(e.join(s, e.c.sample_id == s.c.id))
+            .order_by(e.c.id)
+        )
+        if name is not None:
+            stmt = stmt.where(s.c.name == name)
+        columns = ["sample", "at", "kind", "operator", "os_user", "host", "message", "data"]
+        return _frame(pd, self._rows(stmt, "read sample events"), columns, times=["at"])
 
     def get_sample(self, name: str) -> Sample | None:
         """The sample called ``name``, or None."""
@@ -317,9 +479,7 @@ class Store:
                 row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
         except SQLAlchemyError as exc:
             raise self._fail(f"read sample {name!r}", exc) from None
-        if row is None:
-            return None
-        return Sample(row["id"], row["name"], row["max_v"], row["max_i"], row["metadata"] or {})
+        return None if row is None else _sample_of(row)
 
     def samples(self):
         """All samples with their limits and number of runs (on any channel), as a
@@ -590,13 +750,18 @@ class Store:
             raise self._fail(f"replace the metrics of run {run_id}", exc) from None
         return before, after
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> Path | None:
         """Give the run its final status ('completed', 'aborted' or 'failed') and end time.
 
         An open writer of this run in this store is closed first (its points committed); if
         it had failed, its error is added to ``error`` and 'completed' becomes 'failed'.
         A run marked 'interrupted' by another
         process can still be finished; finishing a finished run raises StoreError.
+
+        A store that cannot be written (read-only, full, server gone) is tried once more;
+        then the final status is kept in a private journal beside the database
+        (labctl.store.journal) and applied, with an event, by the next open that can write.
+        Returns that journal's path then (None when the store took the status).
         """
         if status not in FINAL_STATUSES:
             raise ValidationError("status", f"{status!r} is not one of {', '.join(FINAL_STATUSES)}")
@@ -609,32 +774,111 @@ class Store:
                 error = f"{error}; {exc}" if error else str(exc)
                 if status == "completed":
                     status = "failed"  # points are missing: the run did not complete
-        r = schema.runs
+        ended_at = utcnow()
+        failure: SQLAlchemyError | None = None
+        for _attempt in range(2):
+            try:
+                self._finish(run_id, status, error, ended_at)
+                return None
+            except SQLAlchemyError as exc:
+                failure = exc
+        why = db.reason(failure)
+        entry = {
+            "run_id": run_id,
+            "status": status,
+            "error": error,
+            "ended_at": ended_at.isoformat(),
+            "reason": why,
+            "host": recovery.hostname(),
+            "pid": os.getpid(),
+        }
         try:
-            with self._writes.begin() as conn:
-                current = self._require_run(conn, run_id)
-                if current not in (RUNNING, "interrupted"):
-                    raise StoreError(
-                        f"run {run_id} is already {current}; it cannot become {status}"
-                    )
-                n = _point_count(conn, run_id)
-                now = utcnow()
+            path = journal.append(self.url, entry)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot finish run {run_id} in the run store {self.where}: {why}; nor keep "
+                f"its final status in {journal.journal_path(self.url)}: {exc}"
+            ) from None
+        log.warning(
+            "cannot finish run %s in the run store %s (%s): its final status %s is kept in "
+            "%s and applied when the store is next opened where it can be written",
+            run_id,
+            self.where,
+            why,
+            status,
+            path,
+        )
+        return path
+
+    def _finish(
+        self,
+        run_id: int,
+        status: str,
+        error: str | None,
+        ended_at,
+        *,
+        journal_note: str | None = None,
+    ) -> bool:
+        """The final status in the database (False: the run was already final, left as it
+        is, when ``journal_note`` says this comes from the journal)."""
+        r = schema.runs
+        with self._writes.begin() as conn:
+            current = self._require_run(conn, run_id)
+            if current not in (RUNNING, "interrupted"):
+                if journal_note is not None:
+                    return False
+                raise StoreError(f"run {run_id} is already {current}; it cannot become {status}")
+            n = _point_count(conn, run_id)
+            now = utcnow()
+            conn.execute(
+                update(r)
+                .where(r.c.id == run_id)
+                .values(status=status, ended_at=ended_at, heartbeat_at=now, error=error, n_points=n)
+            )
+            if journal_note is not None:
                 conn.execute(
-                    update(r)
-                    .where(r.c.id == run_id)
-                    .values(status=status, ended_at=now, heartbeat_at=now, error=error, n_points=n)
-                )
-                if current == "interrupted":
-                    conn.execute(
-                        schema.events.insert().values(
-                            run_id=run_id,
-                            at=now,
-                            kind="resumed_status",
-                            message=f"run was marked interrupted, then finished as {status}",
-                        )
+                    schema.events.insert().values(
+                        run_id=run_id, at=now, kind="final_status", message=journal_note
                     )
-        except SQLAlchemyError as exc:
-            raise self._fail(f"finish run {run_id}", exc) from None
+                )
+            elif current == "interrupted":
+                conn.execute(
+                    schema.events.insert().values(
+                        run_id=run_id,
+                        at=now,
+                        kind="resumed_status",
+                        message=f"run was marked interrupted, then finished as {status}",
+                    )
+                )
+        return True
+
+    def apply_final_status_journal(self) -> list[int]:
+        """Give the runs in this store's journal (labctl.store.journal) their final status,
+        each with an event; returns their ids. Lines stay while the store cannot be
+        written; those of runs already final or gone are dropped."""
+        where = journal.journal_path(self.url)
+
+        def finish(entry: dict[str, Any]) -> bool:
+            note = (
+                f"final status {entry['status']} applied from the journal {where}: the store "
+                f"could not be written when the run ended ({entry.get('reason')})"
+            )
+            try:
+                return self._finish(
+                    int(entry["run_id"]),
+                    entry["status"],
+                    entry.get("error"),
+                    entry["ended_at"],
+                    journal_note=note,
+                )
+            except StoreError:
+                return False  # no such run (another database at this URL): nothing to do
+
+        try:
+            return journal.apply(self.url, finish)
+        except OSError as exc:
+            log.warning("cannot read the final-status journal %s: %s", where, exc)
+            return []
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run that is not running, with its points, metrics and events."""

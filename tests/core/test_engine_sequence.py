@@ -10,6 +10,7 @@ from labctl.engine import Listener, RunEngine, check_protocol
 from labctl.errors import LimitError, ValidationError
 from protocols.iv_hysteresis import IVHysteresis
 from protocols.pulse_train import PulseTrain
+from tests.support import output_enabled, recording
 
 IV = {"frequencies_hz": [4, 8], "cycles": 1, "points_per_cycle": 40}
 PULSES = {"pattern": "write", "write_v": 0.8, "width_s": 0.05, "count": 3, "interval_s": 0.05}
@@ -112,7 +113,7 @@ def test_two_channels_check_each_sample_and_record_both(store):
     )
     assert refused.status == "failed" and "chipB" in refused.error and refused.n_points == 0
 
-    chip_b = store.ensure_sample("chipB", max_v=1.0, max_i=1e-6)
+    chip_b = store.set_sample("chipB", max_v=1.0, operator="test")  # raised explicitly
     result = RunEngine(store).run(
         proto, driver, chip_a, channel_samples={0: chip_a, 1: chip_b}, handle_signals=False
     )
@@ -134,3 +135,68 @@ def test_two_channels_check_each_sample_and_record_both(store):
     assert g.size().to_dict() == {0: 2, 1: 2}  # two cycles per device
     assert g.mean()[0] == pytest.approx(1e-7, rel=0.02)
     assert g.mean()[1] == pytest.approx(5e-7, rel=0.02)
+
+
+def test_a_sequence_whose_third_step_exceeds_max_v_runs_no_step(store):
+    """The finding: steps one and two ran with the output on before step three was refused."""
+    sample = store.ensure_sample("s", max_v=1.0, max_i=1e-6)
+    driver = recording("sim://keithley2450?device=resistor&R=1e7")
+    steps = [IVHysteresis(IV), PulseTrain(PULSES), IVHysteresis({**IV, "amplitude_v": 1.4})]
+    seen = []
+
+    class Steps(Listener):
+        def on_step(self, index, count, protocol):
+            seen.append(index)
+
+    results = RunEngine(store, [Steps()]).run_sequence(steps, driver, sample, handle_signals=False)
+    (refused,) = results
+    assert (refused.status, refused.step, refused.n_points, seen) == ("failed", 2, 0, [2])
+    assert refused.error.startswith("LimitError: step 3 of 3 (iv_hysteresis): refused before")
+    assert "exceeds the sample's limit max_v = 1 V" in refused.error
+    assert "steps.3.parameters.amplitude_v = 1.4 V" in refused.error
+    assert len(store.runs()) == 1 and store.run(refused.run_id)["protocol"] == "iv_hysteresis"
+    assert not output_enabled(driver) and driver.sent  # safe state was still sent
+
+
+def test_a_closed_loop_envelope_later_in_the_sequence_is_checked_first(store):
+    from protocols.write_verify import WriteVerify
+
+    sample = store.ensure_sample("s", max_v=1.0, max_i=1e-6)
+    driver = recording("sim://keithley2450?device=resistor&R=1e7")
+    wv = WriteVerify({"target_g_s": 1e-7, "max_amplitude_v": 1.2, "compliance_a": 1e-6})
+    (refused,) = RunEngine(store).run_sequence(
+        [IVHysteresis(IV), wv], driver, sample, handle_signals=False
+    )
+    assert refused.step == 1 and "step 2 of 2 (write_verify)" in refused.error
+    assert "steps.2.parameters.max_amplitude_v = 1.2 V" in refused.error
+    assert not output_enabled(driver)
+
+
+def test_every_channel_of_every_step_is_checked_before_the_first(store):
+    chip_a = store.ensure_sample("chipA", max_v=1.5, max_i=1e-6)
+    chip_b = store.ensure_sample("chipB", max_v=0.5, max_i=1e-6)
+    driver = recording(TWO)
+    steps = [IVHysteresis({**IV, "amplitude_v": 0.4}), IVHysteresis({**IV, "amplitude_v": 0.8})]
+    (refused,) = RunEngine(store).run_sequence(
+        steps, driver, chip_a, channel_samples={0: chip_a, 1: chip_b}, handle_signals=False
+    )
+    assert refused.step == 1 and "step 2 of 2 (iv_hysteresis)" in refused.error
+    assert "sample 'chipB' on channel smub" in refused.error and "max_v = 0.5 V" in refused.error
+    assert not output_enabled(driver)
+
+
+def test_a_stored_limit_lowered_during_a_sequence_holds_from_the_next_step(store):
+    sample = store.ensure_sample("s", max_v=1.0, max_i=1e-6)
+    driver = recording("sim://keithley2450?device=resistor&R=1e7")
+
+    class LowerAfterFirst(Listener):
+        def on_finish(self, result):
+            store.set_sample("s", max_v=0.3, operator="lab manager")
+
+    steps = [IVHysteresis({**IV, "amplitude_v": 0.2}), IVHysteresis({**IV, "amplitude_v": 0.5})]
+    first, second = RunEngine(store, [LowerAfterFirst()]).run_sequence(
+        steps, driver, sample, handle_signals=False
+    )
+    assert first.status == "completed" and second.status == "failed"
+    assert second.error.startswith("LimitError: step 2 of 2 (iv_hysteresis): sample 's'")
+    assert "above its stored max_v = 0.3 V" in second.error and second.n_points == 0

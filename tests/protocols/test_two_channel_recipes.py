@@ -159,6 +159,14 @@ def test_labctl_run_puts_sample2_on_the_second_channel(store):
     )  # fmt: skip
     assert refused.status == "failed" and refused.n_points == 0
     assert "'chipB' on channel smub" in refused.error
+    # a run never raises a stored sample's limits: that is `labctl sample set`
+    with pytest.raises(ValidationError, match=r"sample2.max_v: 1 V is above the stored.*chipB"):
+        labctl.run(
+            "iv_hysteresis", resource, sample="chipA", store=store,
+            sample2="chipB", max_v2=1.0, max_i2=1e-5, **params,
+        )  # fmt: skip
+    assert store.get_sample("chipB").max_v == 0.3
+    store.set_sample("chipB", max_v=1.0, operator="test")
     result = labctl.run(
         "iv_hysteresis", resource, sample="chipA", store=store, max_v=1.5, max_i=1e-5,
         sample2="chipB", max_v2=1.0, max_i2=1e-5, **params,

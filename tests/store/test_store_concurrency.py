@@ -40,7 +40,7 @@ sample = store.ensure_sample(f"chip-{name}", max_v=1.0)
 end = time.monotonic() + seconds
 done = {}
 while time.monotonic() < end:
-    store.ensure_sample("shared", last_writer=name)  # every writer updates the same row
+    store.set_sample("shared", metadata={"last_writer": name})  # every writer: the same row
     iid = store.ensure_instrument("SIM,2450,shared,1", resource=f"sim://{name}", driver="k2450")
     run_id = store.create_run(protocol="stream", parameters={"writer": name},
                               sample_id=sample.id, instrument_id=iid)

@@ -25,11 +25,38 @@ def test_ensure_sample_creates_then_returns_the_same(store):
     assert store.get_sample("nope") is None
 
 
-def test_ensure_sample_updates_only_what_is_given(store):
-    a = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6, material="MoS2", width_nm=5)
-    b = store.ensure_sample("chip7", max_v=0.5, width_nm=7)
-    assert (b.id, b.max_v, b.max_i) == (a.id, 0.5, 1e-6)
-    assert b.metadata == {"material": "MoS2", "width_nm": 7}
+def test_ensure_sample_never_changes_a_stored_sample(store):
+    a = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6, notes="thin flake")
+    assert store.ensure_sample("chip7", max_v=1.0, notes="thin flake") == a  # as stored: fine
+    for kwargs, field in (({"max_v": 1.5}, "max_v"), ({"notes": "new"}, "metadata.notes")):
+        with pytest.raises(ValidationError, match="labctl sample set chip7") as info:
+            store.ensure_sample("chip7", **kwargs)
+        assert info.value.field == field
+    assert store.get_sample("chip7") == a
+    assert list(store.sample_events("chip7")["kind"]) == ["created"]
+
+
+def test_set_sample_is_the_explicit_change_and_is_recorded(store):
+    a = store.ensure_sample("chip7", max_v=1.0, max_i=1e-6, notes="thin flake", width_nm=5)
+    b = store.set_sample(
+        "chip7", max_v=1.5, metadata={"notes": "annealed", "width_nm": None}, operator="ana"
+    )
+    assert (b.id, b.max_v, b.max_i, b.metadata) == (a.id, 1.5, 1e-6, {"notes": "annealed"})
+    assert store.get_sample("chip7") == b
+    assert store.set_sample("chip7", max_v=1.5, operator="ana") == b  # nothing to change
+    new = store.set_sample("chip8", max_v=0.5, max_i=1e-7, metadata={"notes": ""}, operator="bo")
+    assert (new.max_v, new.max_i, new.metadata) == (0.5, 1e-7, {})
+    events = store.sample_events()
+    assert list(events["sample"]) == ["chip7", "chip7", "chip8"]
+    assert list(events["kind"]) == ["created", "changed", "created"]
+    changed = events.iloc[1]
+    assert changed["operator"] == "ana" and changed["os_user"] and changed["host"]
+    assert changed["message"] == "max_v 1 V -> 1.5 V; notes changed; width_nm removed"
+    assert changed["data"]["before"]["max_v"] == 1.0
+    assert changed["data"]["after"]["metadata"] == {"notes": "annealed"}
+    assert str(events["at"].dt.tz) == "UTC"
+    with pytest.raises(ValidationError, match="max_i"):
+        store.set_sample("chip7", max_i=-1)
     assert store.get_sample("chip7") == b
 
 

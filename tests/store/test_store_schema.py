@@ -16,7 +16,7 @@ from labctl.store import schema as store_schema
 from tests.store.storetest import chunk_of, sql
 
 TABLES = {"schema_version", "samples", "instruments", "runs", "points", "metrics", "events"}
-TABLES |= {"run_samples"}
+TABLES |= {"run_samples", "sample_events"}
 
 
 def test_open_creates_every_table_and_the_versions(new_db_url):
