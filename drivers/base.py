@@ -222,13 +222,13 @@ def run_host_timed(
     ts: list[float] = []
     vs: list[float] = []
     is_: list[float] = []
-    late: list[int] = []
+    marks: list[int] = []  # LATE and STALL of each reading
     flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
 
     def chunk() -> Chunk:
-        nonlocal rows, ts, vs, is_, late, flush_at
-        flags = SOFTWARE_TIMED | np.asarray(late, np.uint16)
+        nonlocal rows, ts, vs, is_, marks, flush_at
+        flags = SOFTWARE_TIMED | np.asarray(marks, np.uint16)
         out = make_chunk(
             program,
             np.asarray(rows),
@@ -239,7 +239,7 @@ def run_host_timed(
             compliance=compliance,
             channel=channel,
         )
-        rows, ts, vs, is_, late = [], [], [], [], []
+        rows, ts, vs, is_, marks = [], [], [], [], []
         flush_at = math.inf
         return out
 
@@ -276,7 +276,7 @@ def run_host_timed(
             rows.append(k)
             vs.append(source)
             is_.append(reading)
-            late.append(late_now | stalled)
+            marks.append(late_now | stalled)
             if len(rows) == 1:
                 flush_at = clock.now() + FLUSH_S
         if rows and (clock.now() >= flush_at or k == len(program) - 1):
@@ -353,7 +353,7 @@ class Tally:
     """The sampled points of a whole program, over its hardware-timed runs, for messages."""
 
     expected: int
-    arrived: int = 0
+    arrived: float = 0.0  # per channel
 
 
 class HardwareRun:
