@@ -336,13 +336,13 @@ def run_host_timed(
     ts: list[float] = []
     vs: list[float] = []
     is_: list[float] = []
-    late: list[int] = []
+    marks: list[int] = []  # LATE and STALL of each reading
     flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
 
     def chunk() -> Chunk:
-        nonlocal rows, ts, vs, is_, late, flush_at
-        flags = SOFTWARE_TIMED | np.asarray(late, np.uint16)
+        nonlocal rows, ts, vs, is_, marks, flush_at
+        flags = SOFTWARE_TIMED | np.asarray(marks, np.uint16)
         out = make_chunk(
             program,
             np.asarray(rows),
@@ -353,7 +353,7 @@ def run_host_timed(
             compliance=compliance,
             channel=channel,
         )
-        rows, ts, vs, is_, late = [], [], [], [], []
+        rows, ts, vs, is_, marks = [], [], [], [], []
         flush_at = math.inf
         return out
 
@@ -390,7 +390,7 @@ def run_host_timed(
             rows.append(k)
             vs.append(source)
             is_.append(reading)
-            late.append(late_now | stalled)
+            marks.append(late_now | stalled)
             if len(rows) == 1:
                 flush_at = clock.now() + FLUSH_S
         if rows and (clock.now() >= flush_at or k == len(program) - 1):
@@ -467,7 +467,7 @@ class Tally:
     """The sampled points of a whole program, over its hardware-timed runs, for messages."""
 
     expected: int
-    arrived: int = 0
+    arrived: float = 0.0  # per channel
 
 
 class HardwareRun:
@@ -520,7 +520,8 @@ class HardwareRun:
 class StreamingRun(HardwareRun):
     """A run whose instrument sends its data unasked, line by line (the potentiostats):
     :meth:`wait` reads the lines as they come and hands each to :meth:`take`; ``ended``
-    once the instrument marks the run's end. Chunks go on every ``FLUSH_S``."""
+    once the instrument marks the run's end. Chunks go on every ``FLUSH_S``: a read waits
+    no longer than that (the link's read timeout is shortened meanwhile)."""
 
     poll_s = FLUSH_S
 
@@ -539,44 +540,35 @@ class StreamingRun(HardwareRun):
         """Keep one line of the instrument's; False: stop reading for now."""
         raise NotImplementedError
 
-    def pending(self) -> bool:
-        """Readings taken but not yet handed on (then a read may not block past ``until``)."""
-        return False
-
     def wait(self, clock: Clock, until: float) -> None:
         transport = self.driver.transport
-        while not self.ended and not self.failed and clock.now() < until:
-            now = clock.now()
-            limit = min(self.deadline, until) if self.pending() else self.deadline
-            try:
-                with shorter_timeout(transport, limit - now):
+        normal = transport.timeout_s
+        try:
+            while not self.ended and not self.failed:
+                now = clock.now()
+                left = min(self.deadline, until) - now
+                if left <= 0:
+                    return
+                # a read waits no longer than ``until``: the readings go on, an abort is seen
+                if left < normal:
+                    transport.timeout_s = max(left, 0.01)
+                try:
                     line = self.driver._readline()  # type: ignore[attr-defined]
-            except ConnectionLost:
-                raise
-            except TransportError:
-                if clock.now() == now:  # an in-process link's timeout takes no time
-                    clock.sleep_until(until)
-                return  # silence: a long step, or a stuck run (the deadline tells)
-            if not self.take(line):
-                return
+                except ConnectionLost:
+                    raise
+                except TransportError:
+                    if clock.now() == now:  # an in-process link's timeout takes no time
+                        clock.sleep_until(until)
+                    return  # silence: a long step, or a stuck run (the deadline tells)
+                if not self.take(line):
+                    return
+        finally:
+            if transport.timeout_s != normal:
+                with contextlib.suppress(LabctlError):  # a link gone: its error is told
+                    transport.timeout_s = normal
 
     def progress(self) -> bool:
         return self.ended
-
-
-@contextlib.contextmanager
-def shorter_timeout(transport, seconds: float) -> Iterator[None]:
-    """``transport``'s read timeout at most ``seconds`` (at least 10 ms) meanwhile."""
-    old = transport.timeout_s
-    if seconds >= old:
-        yield
-        return
-    transport.timeout_s = max(seconds, 0.01)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(LabctlError):  # a link gone away: its error is told already
-            transport.timeout_s = old
 
 
 class DriverBase:

@@ -675,9 +675,6 @@ class _ScriptRun(StreamingRun):
             return False
         return True
 
-    def pending(self) -> bool:
-        return bool(self.lines)
-
     def fetch(self) -> Iterator[Chunk]:
         if not self.lines:
             return

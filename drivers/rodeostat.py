@@ -486,9 +486,6 @@ class _TestRun(StreamingRun):
             self.error = str(sample.get("message", "?"))
         return True
 
-    def pending(self) -> bool:
-        return bool(self.rows)
-
     def fetch(self) -> Iterator[Chunk]:
         if not self.rows:
             return

@@ -6,12 +6,15 @@ run and keeps what it took."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from drivers.base import deadline_grace_s
+import labctl
+from drivers.base import Limits, deadline_grace_s
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.engine import RunEngine
 from labctl.errors import Aborted, InstrumentError
@@ -105,13 +108,14 @@ def test_an_abort_stops_the_run_and_keeps_what_it_took(name):
     d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
     abort = threading.Event()
     got: list[Chunk] = []
-    long = staircase(np.linspace(0.1, 1.0, 2000), STEP_S)  # 20 s: several polls
+    # 100 s: several polls (an in-process EmStat sends up to 4096 points at one wake)
+    long = staircase(np.linspace(0.1, 1.0, 10_000), STEP_S)
     with pytest.raises(Aborted):
         for chunk in d.execute(long, abort):
             got.append(chunk)
             abort.set()
     data = Chunk.concat(got)
-    assert 0 < len(data) < 2000
+    assert 0 < len(data) < 10_000
     np.testing.assert_array_equal(np.diff(data.t) > 0, True)  # in order, none twice
     d.safe_state()
     assert output_is_off(d.transport.emulator)
@@ -203,3 +207,66 @@ def test_a_host_timed_reading_across_a_stall_is_flagged():
     k = int(np.flatnonzero(data.flags & STALL)[0])
     assert data.flags[k + 1] & LATE  # the step after it started late
     assert len(d.watch.take()) == 1
+
+
+# -- the same deadline in wall time, over real links ------------------------------------------
+
+
+def _stuck_over_a_real_link(d) -> tuple[float, list[Chunk], str]:
+    d.set_limits(Limits(max_v=2.0, max_i=1e-3))
+    d.configure(nplc=0.01, timing="hardware", compliance_a=1e-3)
+    program = staircase(np.linspace(0.1, 1.0, 150), STEP_S)  # 1.5 s
+    got: list[Chunk] = []
+    began = time.monotonic()
+    with pytest.raises(InstrumentError) as err:
+        for chunk in d.execute(program):
+            got.append(chunk)
+    return time.monotonic() - began, got, str(err.value)
+
+
+def test_a_stuck_sweep_over_tcp_ends_at_its_deadline_in_wall_time():
+    pytest.importorskip("pyvisa_py")
+    from labctl.sim.serve import resource_string, start_tcp_server
+
+    server, port = start_tcp_server(
+        "keithley2450",
+        device="resistor",
+        seed=1,
+        device_params={"R": "1e6", "noise": "0"},
+        fault="stuck:1.0",  # from the server's start: the connect and the sweep come first
+    )
+    try:
+        d = labctl.connect(resource_string("127.0.0.1", port))
+        took, got, message = _stuck_over_a_real_link(d)
+        d.safe_state()
+        d.close()
+    finally:
+        server.close()
+    assert "readings arrived" in message and "2 s after its planned end" in message
+    assert 3.5 <= took < 3.5 + 0.5, took  # 1.5 s planned, then 2 s; polls every 0.1 s
+    assert 0 < len(Chunk.concat(got)) < 150
+    assert not server.emulator.output_on
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs pseudo-terminals")
+def test_a_stuck_script_over_a_serial_line_ends_at_its_deadline_in_wall_time():
+    from labctl.sim.serve import make_pty_server
+
+    server = make_pty_server(
+        "emstat",
+        device="resistor",
+        seed=1,
+        device_params={"R": "1e6", "noise": "0"},
+        fault="stuck:1.0",
+    ).start()
+    try:
+        d = labctl.connect(f"serial://{server.path}?driver=emstat")  # a 10 s read timeout
+        took, got, message = _stuck_over_a_real_link(d)
+        assert d.transport.timeout_s == 10.0  # shortened near the deadline, then restored
+        d.safe_state()
+        d.close()
+    finally:
+        server.close()
+    assert "readings arrived" in message
+    assert 3.5 <= took < 3.5 + 0.5, took
+    assert 0 < len(Chunk.concat(got)) < 150
