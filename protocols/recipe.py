@@ -253,12 +253,17 @@ def _check_instrument(instrument: dict[str, Any]) -> None:
         raise ValidationError(
             f"instrument.{bad[0]}", f"unknown key; allowed: {', '.join(INSTRUMENT_KEYS)}"
         )
-    for key, example in (("resource", "sim://keithley2450?device=slit_unipolar"), ("driver", "")):
+    for key, what in (("resource", "resource"), ("driver", "driver name")):
         value = instrument.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):
-            eg = f', e.g. "{example}" or "TCPIP::127.0.0.1::5025::SOCKET"' if example else ""
+            eg = (
+                ', e.g. "sim://keithley2450?device=slit_unipolar" or '
+                '"TCPIP::127.0.0.1::5025::SOCKET"'
+                if key == "resource"
+                else ', e.g. "keithley2450"'
+            )
             raise ValidationError(
-                f"instrument.{key}", f"{value!r} is not allowed; allowed: a string{eg}"
+                f"instrument.{key}", f"{value!r} is not allowed; allowed: a {what} (text){eg}"
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])

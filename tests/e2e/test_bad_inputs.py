@@ -203,7 +203,7 @@ def test_deeply_nested_arrays_are_refused(capsys, tmp_path):
 
 def test_a_resource_must_be_a_string(capsys, tmp_path, wire):
     err = refused(capsys, tmp_path, recipe_text(instrument="resource = 5025"))
-    assert "instrument.resource: 5025 is not allowed; allowed: a string" in err
+    assert "instrument.resource: 5025 is not allowed; allowed: a resource (text)" in err
     for bad in (5025, None, "  "):
         with pytest.raises(ValidationError, match=r"instrument\.resource"):
             labctl.connect(bad)  # type: ignore[arg-type]
