@@ -259,12 +259,17 @@ def _parse_single(data: dict[str, Any], text: str, source: str) -> Recipe:
 def _check_instrument_values(instrument: dict[str, Any]) -> None:
     """Types of ``[instrument]``'s recipe keys; whether the instrument has the channels is
     checked once it is connected."""
-    for key, example in (("resource", "sim://keithley2450?device=slit_unipolar"), ("driver", "")):
+    for key, what in (("resource", "resource"), ("driver", "driver name")):
         value = instrument.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):
-            eg = f', e.g. "{example}" or "TCPIP::127.0.0.1::5025::SOCKET"' if example else ""
+            eg = (
+                ', e.g. "sim://keithley2450?device=slit_unipolar" or '
+                '"TCPIP::127.0.0.1::5025::SOCKET"'
+                if key == "resource"
+                else ', e.g. "keithley2450"'
+            )
             raise ValidationError(
-                f"instrument.{key}", f"{value!r} is not allowed; allowed: a string{eg}"
+                f"instrument.{key}", f"{value!r} is not allowed; allowed: a {what} (text){eg}"
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])

@@ -70,7 +70,10 @@ def plot_preset(
             "--freq", f"preset {preset!r} has no single relaxation time; give --freq"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError("--out", f"cannot make the folder {out_dir}: {exc.strerror}") from exc
     areas = []
     fig, ax = plt.subplots(figsize=(6.5, 5), layout="constrained")
     cmap = plt.get_cmap("viridis")

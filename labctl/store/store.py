@@ -61,7 +61,7 @@ class Sample:
 def _limit(name: str, value: float | None, unit: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool | str | bytes):  # float() would make True 1 V, "1" 1 V
         raise ValidationError(name, f"must be a number of {unit}, got {value!r}")
     try:
         value = float(value)

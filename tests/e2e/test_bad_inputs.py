@@ -203,7 +203,7 @@ def test_deeply_nested_arrays_are_refused(capsys, tmp_path):
 
 def test_a_resource_must_be_a_string(capsys, tmp_path, wire):
     err = refused(capsys, tmp_path, recipe_text(instrument="resource = 5025"))
-    assert "instrument.resource: 5025 is not allowed; allowed: a string" in err
+    assert "instrument.resource: 5025 is not allowed; allowed: a resource (text)" in err
     for bad in (5025, None, "  "):
         with pytest.raises(ValidationError, match=r"instrument\.resource"):
             labctl.connect(bad)  # type: ignore[arg-type]
@@ -405,3 +405,25 @@ def test_a_plan_too_large_for_memory_is_refused(capsys, tmp_path, monkeypatch, p
     sets = [x for p in params for x in ("--set", p)]
     code, err = cli(capsys, "run", protocol, "--db", db, "--quiet", *sets)
     assert code == 2 and words in err, err
+
+
+@pytest.mark.parametrize("limits", [{"max_v": True}, {"max_v": "1"}, {"max_i": False}])
+def test_sample_limits_through_the_api_are_numbers(store, wire, limits):
+    with pytest.raises(ValidationError, match="must be a number of"):
+        labctl.run(
+            "iv_hysteresis", SIM, sample="chip7", store=store, **{"max_v": 1, "max_i": 1e-6,
+            **limits}, **SMALL,
+        )  # fmt: skip
+    assert not wire and len(store.runs()) == 0
+
+
+def test_a_negative_seed_is_refused_by_the_emulator_server_too(capsys):
+    from labctl.sim.serve import main as serve_main
+
+    assert serve_main(["keithley2450", "--port", "0", "--seed", "-1"]) == 2
+    assert "device.seed: -1; allowed: a whole number >= 0" in capsys.readouterr().err
+
+
+def test_sim_plot_into_a_folder_that_cannot_be_made(capsys):
+    code, err = cli(capsys, "sim", "plot", "resistor", "--freq", "1", "--out", "/dev/null/x")
+    assert code == 2 and "--out: cannot make the folder /dev/null/x" in err

@@ -187,3 +187,55 @@ def test_labctl_run_prints_the_devices_warning(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "  warning: device slit_unipolar: alpha = 4 is outside" in out.stdout
     assert "PlausibilityWarning" not in out.stderr  # said once, in the run's report
+
+
+# -- the property: whatever the parameters, refused or not negative ---------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PASSIVE = ["slit_unipolar", "slit_bipolar", "slit_mixed", "svm", "cone", "vteam", "resistor"]
+
+
+@st.composite
+def preset_and_params(draw):
+    """A passive preset and some of its device parameters (the circuit layer's offset is a
+    battery, not a conductance) anywhere in their allowed ranges, log-spaced over wide
+    ones, and at their ends."""
+    from labctl.sim.devices.circuit import CIRCUIT_PARAMS
+
+    _load_presets()
+    name = draw(st.sampled_from(PASSIVE))
+    circuit = {p.name for p in CIRCUIT_PARAMS}
+    device_params = [p for p in PRESETS[name].params if p.name not in circuit]
+    params = {}
+    for p in draw(st.lists(st.sampled_from(device_params), unique=True, max_size=5)):
+        lo = p.minimum if np.isfinite(p.minimum) else -1e3
+        hi = p.maximum if np.isfinite(p.maximum) else 1e3
+        choices = [st.floats(lo, hi), st.sampled_from([lo, hi, p.default, -p.default])]
+        if lo >= 0 and hi > 0:
+            log_lo = np.log10(max(lo, hi * 1e-12))
+            choices.append(st.floats(log_lo, np.log10(hi)).map(lambda e: 10.0**e))
+        params[p.name] = draw(st.one_of(*choices))
+    return name, params
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(preset_and_params())
+def test_any_parameter_set_is_refused_or_conducts_non_negatively(case):
+    name, params = case
+    try:
+        device = make_device(name, noise=0, **params)
+    except ValidationError as exc:
+        assert exc.field.startswith("device."), exc
+        return
+    assert isinstance(device.warnings, list)
+    v = np.linspace(-1, 1, 81)
+    v = v[v != 0]
+    g = np.array([device.current(float(x)) for x in v]) / v
+    assert np.all(g >= -1e-12 * np.max(np.abs(g))), (name, params, g.min())

@@ -14,8 +14,11 @@ run's warnings). A preset's ``plausible`` adds the checks of parameter combinati
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
@@ -93,6 +96,11 @@ def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceM
     """Build preset ``name`` with ``params`` overriding its defaults; ``device.warnings``
     lists what is outside the preset's validity (:func:`plausibility_warnings`)."""
     preset, values = preset_values(name, params)
+    whole = isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+    if not (seed is None or isinstance(seed, np.random.SeedSequence) or (whole and seed >= 0)):
+        raise ValidationError(
+            "device.seed", f"{seed!r}; allowed: a whole number >= 0, or None (unseeded)"
+        )
     device = preset.factory(seed=seed, **values)
     device.warnings = plausibility_warnings(preset, values)  # type: ignore[attr-defined]
     return device

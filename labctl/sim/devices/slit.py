@@ -95,11 +95,14 @@ class PowerLaw:
         else:
             x = x**self.alpha
         dg = self.G1 * x
-        if self._inv_span:
+        if self._inv_span:  # in place where it can: the law runs on every step of a sweep
             u = dg * self._inv_span
-            u = u * u
-            dg = dg / np.sqrt(np.sqrt(1.0 + u * u))
-        return self.G0 + dg
+            u *= u
+            u *= u
+            u += 1.0
+            dg /= np.sqrt(np.sqrt(u))
+        dg += self.G0
+        return dg
 
 
 class SigmoidLaw:
