@@ -44,11 +44,15 @@ def run(
     listeners: Iterable[Listener] = (),
     recipe_text: str | None = None,
     operator: str | None = None,
+    timing: str | None = None,
     **params: Any,
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
 
     ``params`` are the protocol's parameters; ``max_v``/``max_i`` set the sample's limits.
+    ``timing``: the driver's ``"auto"`` (default), ``"hardware"`` or ``"software"``, or
+    ``"best_effort"`` to run a Program the instrument cannot time as asked anyway (it is
+    refused otherwise), with a warning; the achieved timing is stored either way.
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
@@ -64,7 +68,7 @@ def run(
     if store is None or isinstance(store, str):
         store = open_store(store)
     smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
-    options: dict[str, Any] = {"recipe_text": recipe_text, "operator": operator}
+    options: dict[str, Any] = {"recipe_text": recipe_text, "operator": operator, "timing": timing}
     if sample2 is not None:
         options["channel_samples"] = {
             0: smp,
@@ -119,9 +123,8 @@ def run_recipe(
     smp2 = None
     if sample2 or recipe.sample2:
         smp2 = _recipe_sample(store, recipe.sample2, sample2, "sample2", "--sample2")
-    settings = (
-        {"channels": recipe.instrument["channels"]} if "channels" in recipe.instrument else {}
-    )
+    # [instrument] channels and timing (auto | hardware | software | best_effort)
+    settings = {k: recipe.instrument[k] for k in ("channels", "timing") if k in recipe.instrument}
     engine = engine or RunEngine(store, listeners)
     driver = connect(resource, driver=recipe.instrument.get("driver"))
     try:

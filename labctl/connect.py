@@ -193,6 +193,8 @@ def connect(
     if identify:
         try:
             drv.identify()
+            # what host timing costs on this link, for the feasibility check (<= 0.2 s)
+            drv.probe_timing()
         except Exception:
             drv.close()
             raise

@@ -54,7 +54,7 @@ TOP_KEYS = (
 )
 STEP_KEYS = ("protocol", "parameters", "description")
 SAMPLE_LIMIT_KEYS = ("max_v", "max_i")
-INSTRUMENT_KEYS = ("resource", "driver", "channels")
+INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing")
 
 
 @dataclass
