@@ -140,6 +140,7 @@ class MainWindow(QMainWindow):
         self._live_what = ""  # what the live view shows: protocol, sample(s)
         self._live_on = ""  # the sample(s) of the run, and their channels
         self._recipe_channels = None  # a loaded recipe's [instrument] channels
+        self._recipe_timing = None  # ... and its [instrument] timing (best_effort, ...)
         self._paused_now = False  # the engine reported that it waits
         self.sequence: SequenceProgress | None = None  # the sequence running, if any
 
@@ -513,6 +514,7 @@ class MainWindow(QMainWindow):
         if resource and not self.instrument.is_connected:
             self.instrument.set_resource(resource)
         self._recipe_channels = recipe.instrument.get("channels")
+        self._recipe_timing = recipe.instrument.get("timing")
         self._apply_recipe_channels()
 
     def _apply_recipe_channels(self) -> None:
@@ -674,6 +676,7 @@ class MainWindow(QMainWindow):
             recipe_text=recipe_text,
             resource=resource,
             operator=operator,
+            timing=self._recipe_timing,
             on_done=self._run_done,
             on_error=self._run_crashed,
         )

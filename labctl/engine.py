@@ -474,6 +474,8 @@ class RunEngine:
                 if envelope is not None:
                     self._check_timing(protocol, driver, [(0, envelope)])
                 total = None
+            if total is not None:  # for another process watching the run (the app's ETA)
+                self.store.update_run_metadata(run_id, estimated_duration_s=total)
             self._notify("on_start", run_id, total)
             writer = self.store.writer(run_id)
             for chunk in self._execute(protocol, driver, programs, limits, clock, t0):

@@ -8,6 +8,7 @@ import pytest
 import labctl
 from drivers.base import run_host_timed
 from drivers.timing import HostCosts, host_schedule, host_timing
+from labctl.api import run_recipe
 from labctl.clock import VirtualClock
 from labctl.engine import Listener, RunEngine
 from labctl.program import Program, triangle
@@ -153,7 +154,7 @@ def test_best_effort_from_a_recipe_instrument_table(store):
         'timing = "best_effort"\n'
         "[parameters]\nfrequencies_hz = [100]\npoints_per_cycle = 400\ncycles = 1\n"
     )
-    (result,) = labctl.api.run_recipe(recipe, store=store)
+    (result,) = run_recipe(recipe, store=store)
     assert result.status == "completed", result.error
     assert result.warnings and "best_effort" in result.warnings[0]
 
