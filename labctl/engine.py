@@ -33,13 +33,7 @@ from labctl.analysis.timing import (
 )
 from labctl.data import Chunk
 from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
-from labctl.feasibility import (
-    HOW_TO_FORCE,
-    TimingError,
-    split_timing,
-    timings_of,
-    unmet_message,
-)
+from labctl.feasibility import HOW_TO_FORCE, TimingError, split_timing, timing_of
 from labctl.program import Program, describe_s
 from protocols.base import Protocol, get_protocol
 
@@ -374,17 +368,58 @@ class RunEngine:
         self.resume()
         results: list[RunResult] = []
         with self._signals(handle_signals):
+            # a later step the instrument cannot time refuses the sequence before any output
+            refusal = self._timing_preflight(protocols, driver, sample, options)
             for k, protocol in enumerate(protocols):
                 if k:
                     self._hold_between_steps(results[-1].run_id, k, len(protocols))
                     if self.abort_event.is_set():
                         break
                 self._notify("on_step", k, len(protocols), protocol)
-                result = self._run(protocol, driver, sample, group_id=group_id, **options)
+                result = self._run(
+                    protocol,
+                    driver,
+                    sample,
+                    group_id=group_id,
+                    refusal=refusal if not k else None,
+                    **options,
+                )
                 results.append(result)
                 if not result.ok:
                     break
         return results
+
+    def _timing_preflight(
+        self, protocols: Sequence[Any], driver: Any, sample: Any, options: Mapping[str, Any]
+    ) -> TimingError | None:
+        """Each open-loop step of a sequence of several checked against what the driver can
+        time with that step's settings (sent with the output off): the first refusal, naming
+        its step, or None. A step that fails otherwise is left to its own run."""
+        if len(protocols) < 2:
+            return None
+        chosen = options.get("channel_samples")
+        for k, protocol in enumerate(protocols):
+            if protocol.closed_loop:
+                continue
+            try:
+                settings = {**protocol.instrument_settings(), **(options.get("settings") or {})}
+                if options.get("timing") is not None:
+                    settings["timing"] = options["timing"]
+                self._channel_map(driver, sample, settings, chosen)
+                driver_settings, best_effort = split_timing(settings, None)
+                if best_effort:
+                    continue
+                programs, limits = check_protocol(protocol, driver, sample, chosen)
+                driver.set_limits(limits)
+                driver.configure(**driver_settings)
+                _total, message = timing_of(protocol, driver, list(enumerate(programs or [])))
+            except LabctlError:
+                continue
+            if message is not None:
+                return TimingError(
+                    f"step {k + 1} of {len(protocols)} ({protocol.name}): {message}; {HOW_TO_FORCE}"
+                )
+        return None
 
     def _hold_between_steps(self, run_id: int, next_step: int, count: int) -> None:
         """A pause asked for during the last step takes effect here (output already off)."""
@@ -410,6 +445,7 @@ class RunEngine:
         settings: dict[str, Any] | None = None,
         channel_samples: Mapping[int, Any] | None = None,
         timing: str | None = None,
+        refusal: Exception | None = None,
     ) -> RunResult:
         instrument_id = self.store.ensure_instrument(
             driver.identity or driver.name,
@@ -430,6 +466,7 @@ class RunEngine:
             driver_settings, best_effort = split_timing(settings, None)
         except Exception as exc:
             setup_error = exc
+        setup_error = setup_error or refusal  # a sequence refused before its first output
         run_id = self.store.create_run(
             protocol=protocol.name,
             parameters=protocol.params.model_dump(mode="json"),
@@ -526,7 +563,12 @@ class RunEngine:
             self.store.add_metrics(run_id, metrics)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
+        said: set[tuple[int, str]] = set()
         for row in off_timing(metrics):
+            key = (row["index"], f"{row['value']:.3g}")
+            if key in said:  # the other channel of a two-channel run, timed alike
+                continue
+            said.add(key)
             same = {
                 r["name"]: r["value"]
                 for r in metrics
@@ -552,12 +594,7 @@ class RunEngine:
         """Refuse Programs whose sampled steps the driver cannot time (a best-effort run:
         warn, once); the predicted duration of them all (their own when the driver states
         nothing)."""
-        timings = timings_of(driver, [p for _k, p in indexed])
-        if timings is None:
-            return sum(p.total_duration for _k, p in indexed)
-        message = unmet_message(
-            protocol, driver, [(k, p, t) for (k, p), t in zip(indexed, timings, strict=True)]
-        )
+        total, message = timing_of(protocol, driver, indexed)
         if message is not None:
             if not self._best_effort:
                 raise TimingError(f"{message}; {HOW_TO_FORCE}")
@@ -568,7 +605,7 @@ class RunEngine:
                     f'timing = "best_effort": {message}; run anyway as the driver times it '
                     "(the achieved timing is stored per segment)",
                 )
-        return sum(t.duration_s for t in timings)
+        return total
 
     def _make_safe(self, run_id: int, driver: Any, clock: Any) -> tuple[bool, str | None]:
         """``safe_state()``, then reconnect attempts if the link failed; (confirmed, note for

@@ -62,6 +62,19 @@ def timings_of(driver: Any, programs: Sequence[Program]) -> list[Any] | None:
     return [timing_for(p) for p in programs]
 
 
+def timing_of(
+    protocol: Any, driver: Any, indexed: Sequence[tuple[int, Program]]
+) -> tuple[float, str | None]:
+    """(predicted duration, refusal message or None) of Programs (index, Program) on
+    ``driver`` with its present settings; a driver that states nothing: their own
+    duration, no refusal."""
+    timings = timings_of(driver, [p for _k, p in indexed])
+    if timings is None:
+        return sum(p.total_duration for _k, p in indexed), None
+    triples = [(k, p, t) for (k, p), t in zip(indexed, timings, strict=True)]
+    return sum(t.duration_s for t in timings), unmet_message(protocol, driver, triples)
+
+
 def unmet_message(
     protocol: Any, driver: Any, indexed: Sequence[tuple[int, Program, Any]]
 ) -> str | None:

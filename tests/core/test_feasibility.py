@@ -294,3 +294,20 @@ def test_a_program_the_host_can_keep_up_with_is_met():
     duration_s, unmet, latest = host_timing(program, HostCosts(12e-3, 2e-4, 11e-3))
     assert unmet == 0 and latest == pytest.approx(0, abs=1e-12)
     assert duration_s == pytest.approx(program.total_duration + 1e-3)  # the last reply's trip
+
+
+def test_a_sequence_whose_later_step_cannot_be_timed_never_turns_the_output_on(store):
+    driver = recorded("keithley2450")
+    sample = store.ensure_sample("chip", max_v=1.5, max_i=1e-5)
+    fine = IVHysteresis({"frequencies_hz": [1], "points_per_cycle": 40, "cycles": 1})
+    fast = IVHysteresis({"frequencies_hz": [800], "points_per_cycle": 400, "cycles": 1})
+    results = RunEngine(store).run_sequence([fine, fast], driver, sample, handle_signals=False)
+    assert [r.status for r in results] == ["failed"]
+    assert "step 2 of 2 (iv_hysteresis)" in results[0].error
+    assert "800 Hz at 400 points a cycle" in results[0].error
+    assert never_on(driver.transport.written)
+    forced = RunEngine(store).run_sequence(
+        [fine, fast], sim("keithley2450"), sample, handle_signals=False, timing="best_effort"
+    )
+    assert [r.status for r in forced] == ["completed", "completed"]
+    assert forced[0].warnings == [] and forced[1].warnings
