@@ -11,6 +11,7 @@ import numpy as np
 
 from drivers.timing import (
     LATE_TOLERANCE_S,
+    STRETCH_TOLERANCE,
     HardwareTiming,
     HostCosts,
     Timing,
@@ -331,6 +332,11 @@ class DriverBase:
         receives them; drivers that round a delay override this)."""
         return program.total_duration + len(runs) * RUN_SETUP_TRIPS * (self.round_trip_s or 0.0)
 
+    def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
+        """Each step's length as the instrument will time it (None: as asked; drivers
+        whose instrument rounds a delay override this)."""
+        return None
+
     def timing_for(self, program: Program) -> Timing:
         """How this driver will time ``program`` with its present settings: hardware or
         host, the predicted duration, how many sampled steps cannot be met, and the
@@ -353,9 +359,13 @@ class DriverBase:
         min_step, basis = min(options)
         runs = self.hardware_runs(program) if hw_min is not None else None
         if runs is not None:
-            return Timing(
-                "hardware", self.hardware_duration_s(program, runs), min_step, basis, shortest, 0
-            )
+            steps = self.hardware_steps_s(program, runs)
+            off = 0
+            if steps is not None:  # a step the delay's resolution makes another length
+                wrong = np.abs(steps - program.duration) > STRETCH_TOLERANCE * program.duration
+                off = int(np.count_nonzero(program.sample & wrong))
+            duration = self.hardware_duration_s(program, runs)
+            return Timing("hardware", duration, min_step, basis, shortest, off)
         if self.timing == "hardware":
             short = program.sample & (program.duration < min_step * (1 - 1e-9))
             unmet = max(1, int(np.count_nonzero(short)))
@@ -372,8 +382,9 @@ class DriverBase:
             freq = getattr(self, "line_frequency_hz", None)
             at = f" at NPLC {nplc:g}, {freq:g} Hz" if nplc and freq else ""
             parts.append(f"aperture {describe_s(ap)}{at}")
-        if facts is not None and not facts.zero_delay:
-            parts.append(f"delay >= {describe_s(facts.min_delay_s)}")
+        if facts is not None and facts.min_delay_s:
+            zero = "0 or " if facts.zero_delay else ""
+            parts.append(f"delay {zero}>= {describe_s(facts.min_delay_s)}")
         if facts is not None and facts.min_period_s:
             parts.append(f"period >= {describe_s(facts.min_period_s)}")
         return ", ".join(parts)

@@ -164,6 +164,13 @@ class Keithley2450(SourceMeterBase):
             sweeps.extend(self._split_run(program.level, int(a), int(b), float(delay[a])))
         return sweeps
 
+    def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray:
+        """A point lasts its delay, 0 or 50 us at least (rounded so), plus the aperture."""
+        steps = np.empty(len(program))
+        for sw in runs:
+            steps[sw.row0 : sw.row0 + sw.n] = sw.delay_s + self.aperture_s
+        return steps
+
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """The sweeps as they run: every point lasts its (rounded) delay plus the aperture."""
         rt = self.round_trip_s or 0.0

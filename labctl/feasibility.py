@@ -99,8 +99,8 @@ def unmet_message(
     took_s = sum(t.duration_s for _k, p, t in bad)
     how = bad[0][2].method
     return (
-        f"{driver.name} cannot time {asked}: {unmet} of {sampled} sampled steps would be late "
-        f"or held longer than asked ({how}-timed, {describe_s(took_s)} instead of "
+        f"{driver.name} cannot time {asked}: {unmet} of {sampled} sampled steps would not "
+        f"last as asked ({how}-timed, {describe_s(took_s)} instead of "
         f"{describe_s(asked_s)}); the shortest sampled step it can time here is {basis}. "
         f"Fastest feasible: {alternative}"
     )

@@ -311,3 +311,25 @@ def test_a_sequence_whose_later_step_cannot_be_timed_never_turns_the_output_on(s
     )
     assert [r.status for r in forced] == ["completed", "completed"]
     assert forced[0].warnings == [] and forced[1].warnings
+
+
+def test_a_step_the_2450_delay_cannot_make_is_refused(store):
+    # 220 us a step at 0.01 PLC (200 us): the 20 us delay would be 0 (delays are 0 or
+    # 50 us and more), every step 9 % short
+    driver = recorded("keithley2450")
+    result = labctl.run(
+        "iv_hysteresis",
+        driver,
+        sample="chip",
+        store=store,
+        max_v=1.5,
+        max_i=1e-5,
+        nplc=0.01,
+        frequencies_hz=[1 / (400 * 220e-6)],
+        points_per_cycle=400,
+    )
+    assert result.status == "failed"
+    assert "1200 of 1200 sampled steps would not last as asked" in result.error
+    assert "hardware-timed, 240 ms instead of 264 ms" in result.error
+    assert "delay 0 or >= 50 µs" in result.error
+    assert never_on(driver.transport.written)
