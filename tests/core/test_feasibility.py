@@ -39,6 +39,13 @@ def recorded(model: str, extra: str = ""):
     return driver
 
 
+def run_iv(driver, store, **params):
+    """iv_hysteresis on ``driver`` for sample chip (1.5 V, 10 uA) through the Python API."""
+    return labctl.run(
+        "iv_hysteresis", driver, sample="chip", store=store, max_v=1.5, max_i=1e-5, **params
+    )
+
+
 def never_on(sent: list[str]) -> bool:
     return not any(word in m for m in sent for word in OUTPUT_ON)
 
@@ -59,9 +66,7 @@ def segment_rows(metrics, name):
 @pytest.mark.parametrize("model", SMUS)
 def test_the_800_hz_sweep_is_refused_before_output_on_naming_the_alternative(store, model):
     driver = recorded(model)
-    result = labctl.run(
-        "iv_hysteresis", driver, sample="chip", store=store, max_v=1.5, max_i=1e-5, **FAST
-    )
+    result = run_iv(driver, store, **FAST)
     assert result.status == "failed" and result.n_points == 0
     assert "TimingError" in result.error and "100 and 800 Hz at 400 points a cycle" in result.error
     # the fastest feasible alternative, concrete (0.01 PLC: 200 us at 50 Hz, 167 us at 60 Hz)
@@ -74,30 +79,19 @@ def test_the_800_hz_sweep_is_refused_before_output_on_naming_the_alternative(sto
 
 def test_the_alternative_is_what_the_instrument_can_time(store):
     driver = recorded("keithley2450")
-    result = labctl.run(
-        "iv_hysteresis", driver, sample="chip", store=store, max_v=1.5, max_i=1e-5, **FAST
-    )
+    result = run_iv(driver, store, **FAST)
     # 0.01 PLC at 50 Hz = 200 us a step: 12.5 Hz at 400 points, 48 points at 100 Hz
     assert "at most 12.5 Hz at 400 points a cycle, or 48 points a cycle at 100 Hz" in result.error
     assert "800 Hz would need fewer than the 8 points a cycle allowed" in result.error
     # and it is feasible: the alternative runs hardware-timed, no warning
-    ok = labctl.run(
-        "iv_hysteresis",
-        sim("keithley2450"),
-        sample="chip",
-        store=store,
-        frequencies_hz=[12.5, 100],
-        points_per_cycle=48,
-    )
+    ok = run_iv(sim("keithley2450"), store, frequencies_hz=[12.5, 100], points_per_cycle=48)
     assert ok.status == "completed", ok.error
     assert ok.warnings == []
 
 
 def test_a_potentiostat_refuses_what_its_1_ms_floor_cannot_time(store):
     driver = recorded("emstat")
-    result = labctl.run(
-        "iv_hysteresis", driver, sample="cell", store=store, max_v=1.5, max_i=1e-5, **FAST
-    )
+    result = run_iv(driver, store, **FAST)
     assert result.status == "failed"
     assert "at most 2.5 Hz at 400 points a cycle" in result.error
     assert not any("cell_on" in m for m in driver.transport.written)
@@ -105,9 +99,7 @@ def test_a_potentiostat_refuses_what_its_1_ms_floor_cannot_time(store):
 
 def test_a_bad_timing_choice_is_refused_naming_the_choices(store):
     driver = recorded("keithley2450")
-    result = labctl.run(
-        "iv_hysteresis", driver, sample="chip", store=store, max_v=1.5, max_i=1e-5, timing="fast"
-    )
+    result = run_iv(driver, store, timing="fast")
     assert result.status == "failed"
     assert "timing: 'fast'; allowed: auto, hardware, software, best_effort" in result.error
     assert never_on(driver.transport.written)
@@ -115,16 +107,7 @@ def test_a_bad_timing_choice_is_refused_naming_the_choices(store):
 
 # -- best effort ---------------------------------------------------------------------------
 def test_best_effort_runs_it_with_a_warning_and_stores_the_achieved_rate(store):
-    result = labctl.run(
-        "iv_hysteresis",
-        sim("keithley2450"),
-        sample="chip",
-        store=store,
-        max_v=1.5,
-        max_i=1e-5,
-        timing="best_effort",
-        **FAST,
-    )
+    result = run_iv(sim("keithley2450"), store, timing="best_effort", **FAST)
     assert result.status == "completed", result.error
     assert result.warnings[0].startswith('timing = "best_effort": keithley2450 cannot time')
     assert store.warnings(result.run_id)[0] == result.warnings[0]
@@ -228,18 +211,7 @@ def test_the_estimate_is_within_10_percent_of_the_run(store, model, timing, para
     if timing == "best_effort":
         driver.configure(timing="software")  # as a real instrument without a fast sweep
     total = Total()
-    result = labctl.run(
-        "iv_hysteresis",
-        driver,
-        sample="chip",
-        store=store,
-        max_v=1.5,
-        max_i=1e-5,
-        listeners=[total],
-        timing=timing,
-        cycles=2,
-        **params,
-    )
+    result = run_iv(driver, store, listeners=[total], timing=timing, cycles=2, **params)
     assert result.status == "completed", result.error
     assert total.total == pytest.approx(result.duration_s, rel=0.1)
     host = segment_rows(result.metrics, "n_samples")[0] and any(
@@ -317,17 +289,7 @@ def test_a_step_the_2450_delay_cannot_make_is_refused(store):
     # 220 us a step at 0.01 PLC (200 us): the 20 us delay would be 0 (delays are 0 or
     # 50 us and more), every step 9 % short
     driver = recorded("keithley2450")
-    result = labctl.run(
-        "iv_hysteresis",
-        driver,
-        sample="chip",
-        store=store,
-        max_v=1.5,
-        max_i=1e-5,
-        nplc=0.01,
-        frequencies_hz=[1 / (400 * 220e-6)],
-        points_per_cycle=400,
-    )
+    result = run_iv(driver, store, nplc=0.01, frequencies_hz=[1 / 0.088], points_per_cycle=400)
     assert result.status == "failed"
     assert "1200 of 1200 sampled steps would not last as asked" in result.error
     assert "hardware-timed, 240 ms instead of 264 ms" in result.error
