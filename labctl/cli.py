@@ -299,6 +299,8 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         )
         if result.error:
             print(f"  reason: {result.error}")
+        for warning in result.warnings:
+            print(f"  warning: {warning}")
         _print_metrics(result.metrics)
         if plot_path is not None and result.n_points:
             from labctl.report import plot_run

@@ -295,3 +295,24 @@ def test_a_step_the_2450_delay_cannot_make_is_refused(store):
     assert "hardware-timed, 240 ms instead of 264 ms" in result.error
     assert "delay 0 or >= 50 µs" in result.error
     assert never_on(driver.transport.written)
+
+
+def test_a_fingerprint_too_fast_for_the_instrument_names_its_fastest_sweep(store):
+    driver = recorded("keithley2450")
+    result = labctl.run(
+        "iv_fingerprint",
+        driver,
+        sample="chip",
+        store=store,
+        max_v=1.5,
+        max_i=1e-5,
+        f_min_hz=1,
+        f_max_hz=300,
+        points_per_cycle=200,
+        cycles=2,
+    )
+    assert result.status == "failed"
+    # 0.01 PLC at 50 Hz: 200 us steps, 25 Hz at 200 points; 300 Hz would need 16
+    assert "Fastest feasible: at most 25 Hz at 200 points a cycle" in result.error
+    assert "16 points a cycle at 300 Hz" in result.error
+    assert never_on(driver.transport.written)

@@ -24,6 +24,7 @@ def test_the_cli_refuses_then_runs_best_effort(db_url):
     # host-timed at 200 us a step: 2400 steps take 0.48 s, not the asked 33.8 ms
     assert "estimated 0.48 s of instrument time" in forced.stdout
     assert "2400 points, 0.48 s instrument time" in forced.stdout
+    assert '  warning: timing = "best_effort": keithley2450 cannot time' in forced.stdout
     store = Store.open(db_url)
     run_id = int(store.runs(status="completed")["id"].iloc[0])
     assert any("best_effort" in w for w in store.warnings(run_id))
