@@ -12,6 +12,16 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from drivers.timing import (
+    LATE_TOLERANCE_S,
+    STRETCH_TOLERANCE,
+    HardwareTiming,
+    HostCosts,
+    Timing,
+    host_timing,
+    probe_round_trip,
+    shortest_sampled_s,
+)
 from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, STALL, Chunk
 from labctl.errors import (
@@ -23,7 +33,7 @@ from labctl.errors import (
     TransportError,
     ValidationError,
 )
-from labctl.program import Program
+from labctl.program import Program, describe_s
 
 
 @dataclass(frozen=True)
@@ -279,7 +289,7 @@ def pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
 
 
 OVERRANGE_VALUE = 9.9e37  # what SCPI instruments return for an over-range reading
-LATE_TOLERANCE_S = 2e-3  # a host-timed step starting later than this is flagged LATE
+RUN_SETUP_TRIPS = 4  # round trips the host spends starting each hardware run (load, INIT)
 FLUSH_S = 0.25  # host-timed samples are handed on at least this often
 
 
@@ -573,14 +583,21 @@ class StreamingRun(HardwareRun):
 
 class DriverBase:
     """The skeleton every driver shares: the transport and clock it runs on, the sample's
-    limits, closing, a context manager that always ends in safe state, and :meth:`follow`,
-    the one loop that follows a hardware-timed run."""
+    limits, closing, a context manager that always ends in safe state, :meth:`follow`, the
+    one loop that follows a hardware-timed run, and what it can time (:meth:`timing_for`,
+    the feasibility model of drivers/timing.py)."""
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
     poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
     # the settings configure() takes, each with its strict check; anything else is refused
     settings: ClassVar[Mapping[str, Setting]] = {}
+    # the instrument's hardware-timing facts with their source (None: no hardware timing)
+    hardware_facts: ClassVar[HardwareTiming | None] = None
+    # a host-timed level change costs this many round trips (a write is not answered: the
+    # next query's round trip carries it), a reading this many besides its aperture
+    host_level_trips: ClassVar[float] = 0.0
+    host_read_trips: ClassVar[float] = 1.0
 
     def __init__(self, transport, clock: Clock | None = None) -> None:
         self.transport = transport
@@ -595,6 +612,7 @@ class DriverBase:
         # what the driver did otherwise than asked (a level clipped inside the sample's
         # limit by the instrument's resolution): the engine records each as a warning
         self.adjustments: list[str] = []
+        self.round_trip_s: float | None = None  # measured at connect (probe_timing)
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
@@ -610,6 +628,116 @@ class DriverBase:
                 f"unknown setting of the {self.name} driver; allowed: {', '.join(self.settings)}",
             )
         return {key: self.settings[key].check(key, value) for key, value in settings.items()}
+
+    # -- what it can time -------------------------------------------------------------------
+    def probe_timing(self) -> float:
+        """Time a few queries that change nothing on the connected instrument (on the
+        driver's clock) and keep their round trip: what every host-timed reading costs on
+        top of its aperture. Called at connect; at most about 0.2 s."""
+        self.round_trip_s = probe_round_trip(self.clock, self._probe_query)
+        return self.round_trip_s
+
+    def _probe_query(self) -> None:
+        """One query that changes nothing (IEEE 488.2 ``*STB?``; other languages override)."""
+        self.transport.query("*STB?")
+
+    def hardware_runs(self, program: Program) -> list | None:
+        """The hardware-timed runs ``execute`` will use for ``program``; None: host timing."""
+        return None if self.timing == "software" else self.compile(program)
+
+    def compile(self, program: Program) -> list | None:
+        raise NotImplementedError
+
+    def hardware_aperture_s(self) -> float:
+        """How long a hardware-timed reading integrates (NPLC / line frequency)."""
+        return float(getattr(self, "aperture_s", 0.0))
+
+    def host_aperture_s(self) -> float:
+        """How long one host-timed reading integrates (every channel's, when they measure
+        one after the other)."""
+        return float(getattr(self, "aperture_s", 0.0))
+
+    def hardware_min_step_s(self) -> float | None:
+        """The shortest sampled step the instrument times with the present settings (its
+        shortest delay, none if 0 is allowed, plus the aperture, and at least its timer's
+        shortest period); None without hardware timing or with timing = software."""
+        facts = self.hardware_facts
+        if facts is None or self.timing == "software":
+            return None
+        delay = 0.0 if facts.zero_delay else facts.min_delay_s
+        return max(facts.min_period_s, self.hardware_aperture_s() + delay)
+
+    def host_costs(self) -> HostCosts:
+        """What a host-timed step costs here (round trip as measured at connect, else 0)."""
+        rt = self.round_trip_s or 0.0
+        ap = self.host_aperture_s()
+        return HostCosts(
+            read_s=ap + self.host_read_trips * rt,
+            level_s=self.host_level_trips * rt,
+            aperture_s=ap,
+        )
+
+    def hardware_duration_s(self, program: Program, runs: list) -> float:
+        """How long the hardware runs of ``program`` take (the steps as the instrument
+        receives them; drivers that round a delay override this)."""
+        return program.total_duration + len(runs) * RUN_SETUP_TRIPS * (self.round_trip_s or 0.0)
+
+    def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
+        """Each step's length as the instrument will time it (None: as asked; drivers
+        whose instrument rounds a delay override this)."""
+        return None
+
+    def timing_for(self, program: Program) -> Timing:
+        """How this driver will time ``program`` with its present settings: hardware or
+        host, the predicted duration, how many sampled steps cannot be met, and the
+        shortest sampled step it can time here (for the engine's refusal)."""
+        shortest = shortest_sampled_s(program)
+        host = self.host_costs()
+        hw_min = self.hardware_min_step_s()
+        options: list[tuple[float, str]] = []
+        if hw_min is not None:
+            options.append((hw_min, f"hardware-timed {describe_s(hw_min)} ({self._hw_basis()})"))
+        if self.timing != "hardware":
+            rt = self.round_trip_s or 0.0
+            options.append(
+                (
+                    host.min_step_s,
+                    f"host-timed {describe_s(host.min_step_s)} (a {describe_s(host.aperture_s)} "
+                    f"reading, {describe_s(rt)} round trip measured at connect)",
+                )
+            )
+        min_step, basis = min(options)
+        runs = self.hardware_runs(program) if hw_min is not None else None
+        if runs is not None:
+            steps = self.hardware_steps_s(program, runs)
+            off = 0
+            if steps is not None:  # a step the delay's resolution makes another length
+                wrong = np.abs(steps - program.duration) > STRETCH_TOLERANCE * program.duration
+                off = int(np.count_nonzero(program.sample & wrong))
+            duration = self.hardware_duration_s(program, runs)
+            return Timing("hardware", duration, min_step, basis, shortest, off)
+        if self.timing == "hardware":
+            short = program.sample & (program.duration < min_step * (1 - 1e-9))
+            unmet = max(1, int(np.count_nonzero(short)))
+            return Timing("hardware", program.total_duration, min_step, basis, shortest, unmet)
+        end, unmet, late = host_timing(program, host)
+        return Timing("host", end, min_step, basis, shortest, unmet, late)
+
+    def _hw_basis(self) -> str:
+        facts = self.hardware_facts
+        ap = self.hardware_aperture_s()
+        parts = []
+        if ap:
+            nplc = getattr(self, "nplc", None)
+            freq = getattr(self, "line_frequency_hz", None)
+            at = f" at NPLC {nplc:g}, {freq:g} Hz" if nplc and freq else ""
+            parts.append(f"aperture {describe_s(ap)}{at}")
+        if facts is not None and facts.min_delay_s:
+            zero = "0 or " if facts.zero_delay else ""
+            parts.append(f"delay {zero}>= {describe_s(facts.min_delay_s)}")
+        if facts is not None and facts.min_period_s:
+            parts.append(f"period >= {describe_s(facts.min_period_s)}")
+        return ", ".join(parts)
 
     def safe_state(self) -> None:
         raise NotImplementedError
@@ -836,7 +964,7 @@ class SourceMeterBase(DriverBase):
             # before any output is on: the instrument's limit is the one checked
             self.transport.write(self._compliance_command())
             self._compliance_sent = self.compliance_a
-        runs = None if self.timing == "software" else self.plan(program)
+        runs = self.hardware_runs(program)
         if runs is None and self.timing == "hardware":
             ms = self.aperture_s * 1e3
             raise ValidationError(
@@ -849,8 +977,8 @@ class SourceMeterBase(DriverBase):
         """The hardware-timed runs for ``program``; None if it needs host timing."""
         return self.compile(program)
 
-    def compile(self, program: Program) -> list | None:
-        raise NotImplementedError
+    def hardware_runs(self, program: Program) -> list | None:
+        return None if self.timing == "software" else self.plan(program)
 
     def _prepare(self) -> None:
         """What a run needs set up first (nothing by default)."""

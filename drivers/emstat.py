@@ -52,6 +52,7 @@ from drivers.base import (
     run_host_timed,
     strict_range,
 )
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import LATE, Chunk
 from labctl.errors import InstrumentError, LimitError, ValidationError
@@ -59,6 +60,15 @@ from labctl.program import Program
 from labctl.transport import Transport
 
 MIN_INTERVAL_S = 1e-3  # shortest measurement interval the driver asks for [I]
+# a measurement loop's interval is the shortest step the script times; the manual gives no
+# minimum for every family, this driver asks 1 ms at least [I] (MethodSCRIPT v1.x,
+# meas_loop_ca t_interval)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=0.0,
+    min_period_s=MIN_INTERVAL_S,
+    zero_delay=True,
+    source="MethodSCRIPT v1.x meas_loop_ca/lsv t_interval; the 1 ms floor is inferred [I]",
+)
 MAX_SCRIPT_LINES = 1000  # script size per upload [I]; longer programs run as several
 LINE_LIMIT = 100_000  # stale lines (a script left running) skipped while awaiting a reply
 OFFSET = 1 << 27
@@ -318,6 +328,11 @@ class EmStat(DriverBase):
 
     name = "emstat"
     capabilities = _capabilities(_PICO)
+    hardware_facts = HARDWARE_TIMING
+    # a host-timed level or reading is a script run: answered at its start ('e') and at
+    # its end (the empty line), two round trips [I]
+    host_level_trips = 2.0
+    host_read_trips = 2.0
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -511,7 +526,7 @@ class EmStat(DriverBase):
             return
         if program.compliance is not None:
             self.compliance_a = self._checked_current("compliance_a", program.compliance)
-        scripts = None if self.timing == "software" else self.compile(program)
+        scripts = self.hardware_runs(program)
         if scripts is None and self.timing == "hardware":
             raise ValidationError(
                 "timing",
@@ -522,6 +537,13 @@ class EmStat(DriverBase):
             yield from self._run_software(program, abort)
         else:
             yield from self._run_hardware(program, scripts, abort)
+
+    def hardware_aperture_s(self) -> float:
+        return 0.0  # a script's reading fills its interval: the interval is the step
+
+    def _probe_query(self) -> None:
+        self._write("v")
+        self._expect("v")
 
     def compile(self, program: Program) -> list[_Script] | None:
         """The scripts that run ``program``, or None if a sampled step is too short."""

@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
+    RUN_SETUP_TRIPS,
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -42,6 +43,7 @@ from drivers.base import (
     scpi_range_commands,
     smu_settings,
 )
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
@@ -56,6 +58,14 @@ STATUS_COMPLIANCE = 1 << 3
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MODELS = {"2400": 210.0, "2401": 21.0}  # largest |V| of each model
+# a sweep point is its source delay (0 to 9999.999 s) then the measurement (NPLC)
+# (K2400-UM 2400S-900-01 §10 "Setting delay", §3 source delay)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=0.0,
+    min_period_s=0.0,
+    zero_delay=True,
+    source="K2400-UM 2400S-900-01 Rev. K §10 Setting delay (source delay + NPLC per point)",
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Keithley2400(SourceMeterBase):
         channels=("1",),
         source_modes=("V",),
     )
+    hardware_facts = HARDWARE_TIMING
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -163,6 +174,12 @@ class Keithley2400(SourceMeterBase):
             delay = float(num(max(float(period[a]) - aperture, 0.0)))
             sweeps.append(_Sweep(rows[a:b], program.level[rows[a:b]], keep[a:b], delay))
         return sweeps
+
+    def hardware_duration_s(self, program: Program, runs: list) -> float:
+        """The sweeps as they run: every point lasts its delay (as sent) plus the aperture."""
+        rt = self.round_trip_s or 0.0
+        aperture = self.aperture_s
+        return sum(sw.n * (sw.delay_s + aperture) + RUN_SETUP_TRIPS * rt for sw in runs)
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None

@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
+    RUN_SETUP_TRIPS,
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -33,6 +34,7 @@ from drivers.base import (
     scpi_range_commands,
     smu_settings,
 )
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import InstrumentError
@@ -48,6 +50,14 @@ DEFAULT_BUFFER_POINTS = 100_000  # defbuffer1 after *RST; it wraps when full
 MIN_DELAY_S = 50e-6
 MAX_DELAY_S = 10e3
 FETCH_MAX = 100_000  # readings per bulk query
+# a sweep point is its source delay then the aperture; the delay is 0 or 50 us to 10 ks
+# (K2450-RM 2450-901-01 Rev. B, :SOURce:SWEep:<function>:LINear; SPEC-2450 Rev. A)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=MIN_DELAY_S,
+    min_period_s=0.0,
+    zero_delay=True,
+    source="K2450-RM 2450-901-01 Rev. B :SOUR:SWE:VOLT:LIN delay; SPEC-2450 Rev. A",
+)
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -86,6 +96,7 @@ class Keithley2450(SourceMeterBase):
         channels=("1",),
         source_modes=("V",),
     )
+    hardware_facts = HARDWARE_TIMING
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -159,6 +170,19 @@ class Keithley2450(SourceMeterBase):
         for a, b in itertools.pairwise(bounds):
             sweeps.extend(self._split_run(program.level, int(a), int(b), float(delay[a])))
         return sweeps
+
+    def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray:
+        """A point lasts its delay, 0 or 50 us at least (rounded so), plus the aperture."""
+        steps = np.empty(len(program))
+        for sw in runs:
+            steps[sw.row0 : sw.row0 + sw.n] = sw.delay_s + self.aperture_s
+        return steps
+
+    def hardware_duration_s(self, program: Program, runs: list) -> float:
+        """The sweeps as they run: every point lasts its (rounded) delay plus the aperture."""
+        rt = self.round_trip_s or 0.0
+        aperture = self.aperture_s
+        return sum(sw.n * (sw.delay_s + aperture) + RUN_SETUP_TRIPS * rt for sw in runs)
 
     @staticmethod
     def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:

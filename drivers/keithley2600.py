@@ -55,6 +55,7 @@ from drivers.base import (
     run_host_timed,
     smu_settings,
 )
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
 from labctl.errors import InstrumentError, ValidationError
@@ -67,6 +68,15 @@ LIN_MIN_POINTS = LIST_MAX + 1  # shorter arithmetic stretches fit a list just as
 BUFFER_POINTS = 60_000  # readings per nvbuffer: the longest run
 MIN_STEP_S = 100e-6  # shortest hardware-timed step
 MAX_STEP_S = 100e3  # longest timer delay
+# timer-triggered steps: a timer delay list must average >= 50 us (2601B-PULSE manual);
+# this driver asks 100 us at least, the measurement ending with the step
+# (K2600-RM 2600BS-901-01 trigger.timer[N].delay; instruments.md §3)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=0.0,
+    min_period_s=MIN_STEP_S,
+    zero_delay=True,
+    source="K2600-RM 2600BS-901-01 trigger.timer[N].delay; 2601B-PULSE timer delays >= 50 us",
+)
 FETCH_MAX = 10_000  # readings per printbuffer
 PRECISION = 10  # format.asciiprecision for the bulk readback (1 µs at 1e4 s)
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
@@ -120,6 +130,7 @@ class Keithley2600(SourceMeterBase):
         channels=SMU,
         source_modes=("V",),
     )
+    hardware_facts = HARDWARE_TIMING
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -312,6 +323,10 @@ class Keithley2600(SourceMeterBase):
                 sweeps.append(_Sweep(row0, levels, step, linear, measure))
         return sweeps
 
+    def host_aperture_s(self) -> float:
+        """Host-timed, the selected SMUs measure one after the other."""
+        return self.aperture_s * len(self.channels)
+
     def _output_on_command(self, level: float) -> str:
         return " ".join(
             f"{SMU[c]}.source.levelv = {num(level)} {SMU[c]}.source.output = {SMU[c]}.OUTPUT_ON"
@@ -447,7 +462,7 @@ class Keithley2600(SourceMeterBase):
             self.clock,
             set_level=self._set_level,
             read=read,
-            aperture_s=self.aperture_s * len(chans),
+            aperture_s=self.host_aperture_s(),
             abort=abort,
             watch=self.watch,
             compliance=self.compliance_a,

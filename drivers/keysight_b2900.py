@@ -66,6 +66,7 @@ from drivers.base import (
     smu_settings,
 )
 from drivers.keithley2400 import plan_points, runs_of_equal
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import LATE, SOFTWARE_TIMED, Chunk
 from labctl.errors import InstrumentError, ValidationError
@@ -81,6 +82,14 @@ MAX_TRACE = 100_000  # readings per trace buffer [V B29-UG]
 MIN_PULSE_S = 5e-5  # pulse width 50 us to 100 ks in 1 us steps [V B29-UG]
 MAX_PULSE_S = 1e5
 PULSE_RESOLUTION_S = 1e-6
+# a timer-triggered point: the trigger interval (>= 20 us) holds the acquire delay and the
+# aperture (B2900 User's Guide / data sheet B29-DS, :TRIG:TIM, :TRIG:ACQ:DEL)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=0.0,
+    min_period_s=MIN_PERIOD_S,
+    zero_delay=True,
+    source="B29-REF B2910-90030 :TRIG:TIM (>= 20 us), :TRIG:ACQ:DEL; B2900A data sheet",
+)
 MAX_PULSE_DELAY_S = 99999.9  # [I]
 PERIOD_DIVISORS = 64  # a pulse period may be the shortest spacing divided by up to this
 PULSE_CELL_EXPANSION = 8  # ... as long as the triggers stay within this many per step (+ 64)
@@ -154,6 +163,7 @@ class KeysightB2900(SourceMeterBase):
     )
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
     visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 30.0}
+    hardware_facts = HARDWARE_TIMING
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,

@@ -39,6 +39,7 @@ from drivers.base import (
     run_host_timed,
     strict_range,
 )
+from drivers.timing import HardwareTiming
 from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import InstrumentError, LimitError, TransportError, ValidationError
@@ -48,6 +49,14 @@ from labctl.transport import Transport
 MAX_STEPS = 50
 DAC_CODES = 4095  # the output DAC: 12 bits over the voltage range
 PERIOD_MIN_MS, PERIOD_MAX_MS = 1, 1000
+# a test samples every samplePeriod ms (1 to 1000 ms, whole ms), steps in whole ms
+# (iorodeo/potentiostat docs json.rst setSamplePeriod; instruments.md §6)
+HARDWARE_TIMING = HardwareTiming(
+    min_delay_s=0.0,
+    min_period_s=PERIOD_MIN_MS / 1e3,
+    zero_delay=True,
+    source="iorodeo-potentiostat 0.0.9 docs/json.rst samplePeriod 1-1000 ms, whole ms",
+)
 LINE_LIMIT = 100_000  # lines skipped while waiting for a reply (samples of a test in flight)
 VOLT_RANGES: tuple[tuple[str, float], ...] = (("1V", 1.0), ("2V", 2.0), ("5V", 5.0), ("10V", 10.0))
 # variant -> current ranges (label, full scale in A) [V IOR firmware ps_constants.cpp: the
@@ -101,6 +110,8 @@ class Rodeostat(DriverBase):
 
     name = "rodeostat"
     capabilities = _capabilities(DEFAULT_VARIANT)
+    hardware_facts = HARDWARE_TIMING
+    host_level_trips = 1.0  # setVolt waits for its reply
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
@@ -300,7 +311,7 @@ class Rodeostat(DriverBase):
         self._set_volt_range(label)
         program = self._inside_dac(program, dict(VOLT_RANGES)[label])
         full_scale = self._full_scale()
-        tests = None if self.timing == "software" else self.compile(program)
+        tests = self.hardware_runs(program)
         if tests is None and self.timing == "hardware":
             raise ValidationError(
                 "timing", "step durations must be whole milliseconds for hardware timing"
@@ -333,6 +344,9 @@ class Rodeostat(DriverBase):
             f"the ±{span:g} V range)"
         )
         return dataclasses.replace(program, level=level)
+
+    def _probe_query(self) -> None:
+        self.command("getVariant")
 
     def compile(self, program: Program) -> list[_Test] | None:
         """The multiStep tests for ``program``, or None if a step is not whole ms."""

@@ -31,9 +31,12 @@ def running_runs(store, recover: bool = False) -> list[dict[str, Any]]:
 
 
 def watch_start(store, run_id: int) -> tuple[dict[str, Any], float | None]:
-    """The run record and the planned duration of its protocol (None if unknown)."""
+    """The run record and its estimated duration: what the engine predicted from what its
+    instrument can time, else the asked duration of its protocol (None if unknown)."""
     run = store.run(run_id)
-    total = None
+    total = (run.get("metadata") or {}).get("estimated_duration_s")
+    if total is not None:
+        return run, float(total)
     try:
         from protocols.base import get_protocol
 

@@ -86,6 +86,7 @@ def run(
     recipe_text: str | None = None,
     operator: str | None = None,
     settings: dict[str, Any] | None = None,
+    timing: str | None = None,
     **params: Any,
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
@@ -98,6 +99,9 @@ def run(
     ``settings`` go to the driver's ``configure`` (``{"nplc": 0.5, "current_range_a":
     1e-6}``): a key the driver does not take is refused (ValidationError naming it and the
     allowed keys) before a run is made.
+    ``timing``: the driver's ``"auto"`` (default), ``"hardware"`` or ``"software"``, or
+    ``"best_effort"`` to run a Program the instrument cannot time as asked anyway (it is
+    refused otherwise), with a warning; the achieved timing is stored either way.
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
@@ -117,6 +121,7 @@ def run(
         "recipe_text": recipe_text,
         "operator": operator,
         "settings": dict(settings or {}),
+        "timing": timing,
     }
     if sample2 is not None:
         options["channel_samples"] = {
@@ -175,6 +180,9 @@ def run_recipe(
 
     steps = recipe.steps or [recipe]
     protocols = [step.build() for step in steps]  # refuse any bad step before connecting
+    for protocol in protocols:  # and any plan that cannot be made (too many steps)
+        if not protocol.closed_loop:
+            protocol.programs()
     check_second_sample(recipe, named=bool(sample2), field="--sample2" if sample2 else "sample2")
     resource = instrument or recipe.instrument.get("resource")
     if not resource:

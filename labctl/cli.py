@@ -310,15 +310,27 @@ def _open_store(args):
 
 
 class _Progress:
-    """A rich progress bar fed by the engine (instrument time against the plan's total)."""
+    """The duration estimate of each run (printed before its output is enabled, from what
+    the connected instrument can time) and a rich progress bar fed by the engine
+    (instrument time against that estimate)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self._bar = None
         self._task = None
         self.points = 0
+        self._step = ""
+
+    def on_step(self, index: int, count: int, protocol) -> None:
+        self._step = f"step {index + 1} of {count} ({protocol.name}), " if count > 1 else ""
 
     def on_start(self, run_id: int, total_s: float | None) -> None:
+        estimate = (
+            f"estimated {_duration(total_s)} of instrument time"
+            if total_s is not None
+            else "closed loop: its duration depends on the data"
+        )
+        print(f"{self._step}run {run_id}: {estimate}", flush=True)
         if not self.enabled:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -350,13 +362,6 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
     from labctl.engine import RunEngine
 
     steps = recipe.steps or [recipe]
-    estimates = [step.build().estimated_duration_s() for step in steps]
-    known = [e for e in estimates if e is not None]
-    closed = (
-        " (plus the closed-loop steps, which depend on the data)" if len(known) < len(steps) else ""
-    )
-    what = f"{len(steps)} steps" if recipe.steps else steps[0].protocol
-    print(f"{what}: estimated {_duration(sum(known))} of instrument time{closed}")
     sample2 = getattr(args, "sample2", None)
     channels = recipe.channels
     pair = len(channels) == 2 and all(isinstance(c, int) for c in channels)

@@ -216,6 +216,11 @@ def connect(
     if identify:
         try:
             drv.identify()
+            # what host timing costs on this link, for the feasibility check (<= 0.2 s);
+            # a third-party driver without the probe is checked without a round trip
+            probe = getattr(drv, "probe_timing", None)
+            if probe is not None:
+                probe()
         except Exception:
             drv.close()
             raise

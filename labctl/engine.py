@@ -25,8 +25,13 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Limits, check_program, raise_if_aborted
-from labctl.analysis.timing import TIMING_METRICS, lateness_metrics
-from labctl.data import SOFTWARE_TIMED, Chunk
+from labctl.analysis.timing import (
+    TIMING_METRICS,
+    lateness_metrics,
+    off_timing,
+    segment_timing_metrics,
+)
+from labctl.data import Chunk
 from labctl.errors import (
     Aborted,
     LabctlError,
@@ -35,7 +40,8 @@ from labctl.errors import (
     ValidationError,
     sample_set_command,
 )
-from labctl.program import Program
+from labctl.feasibility import HOW_TO_FORCE, TimingError, split_timing, timing_of
+from labctl.program import Program, describe_s
 from protocols.base import Protocol, field_info, get_protocol
 from protocols.recipe import check_channels
 
@@ -188,8 +194,9 @@ def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None)
     """Metric rows of a run's points: the protocol's analysis of each channel's points
     alone (a device per channel), or of all of them together for a protocol with
     ``analyze_channels_together`` (tagged as the first channel's); with ``executed`` (the
-    Programs run host-timed) also the requested against achieved timing per channel.
-    Each row carries its ``channel``."""
+    Programs as run) also the achieved against the requested timing per channel: the
+    run's flag counts and lateness, and each segment's achieved step timing. Each row
+    carries its ``channel``."""
     if not len(points):
         return []
     has_analysis = type(protocol).analyze is not Protocol.analyze
@@ -207,6 +214,7 @@ def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None)
             metrics += _on_channel(protocol.analyze(part), channel)
         if executed is not None:
             metrics += _on_channel(lateness_metrics(part, executed), channel)
+            metrics += _on_channel(segment_timing_metrics(part, executed), channel)
     return metrics
 
 
@@ -484,8 +492,16 @@ class RunEngine:
         group_id: str | None = None,
         settings: dict[str, Any] | None = None,
         channel_samples: Mapping[int, Any] | None = None,
+        timing: str | None = None,
     ) -> RunResult:
         """Run ``protocol`` on ``driver`` for ``sample``; always returns a final status.
+
+        Before the output is enabled every Program is checked against what the driver can
+        time (:mod:`labctl.feasibility`); one it cannot is refused naming the fastest
+        feasible alternative. ``timing`` (or ``settings["timing"]``): the driver's
+        ``auto | hardware | software``, or ``"best_effort"``: run what cannot be met
+        anyway, as the driver times it, with a warning; the achieved timing is stored per
+        segment either way.
 
         ``channel_samples`` (two-channel instruments): the sample on each 0-based channel
         to drive, e.g. ``{0: chip_a, 1: chip_b}``. The Program is checked against every
@@ -506,6 +522,7 @@ class RunEngine:
             resource=resource,
             settings=settings,
             channel_samples=channel_samples,
+            timing=timing,
         )[0]
 
     def run_sequence(
@@ -521,7 +538,7 @@ class RunEngine:
         """Run ``protocols`` in order on one connected instrument, one run each, as one
         group (``group_id``; a new one for two steps or more); returns one result per run
         made. ``options`` are those of :meth:`run` (recipe_text, operator, resource,
-        settings, channel_samples), the same for every step. A single run is a sequence
+        settings, channel_samples, timing), the same for every step. A single run is a sequence
         of one step.
 
         The sequence stops at the first step that does not complete (refused, failed,
@@ -546,6 +563,9 @@ class RunEngine:
         refused = self._check_all(
             protocols, driver, sample, options.get("channel_samples"), options.get("settings")
         )
+        if refused is None:
+            # a later step the instrument cannot time refuses the sequence before any output
+            refused = self._timing_preflight(protocols, driver, sample, options)
         if refused is not None:  # nothing runs: one failed run of the refused step
             k, exc = refused
             self._notify("on_step", k, len(protocols), protocols[k])
@@ -596,6 +616,39 @@ class RunEngine:
             self._limits = run_limits(self.store, [sample, *per_channel.values()])
         except LimitError as exc:
             return LimitError(f"step {k + 1} of {len(protocols)} ({protocols[k].name}): {exc}")
+
+    def _timing_preflight(
+        self, protocols: Sequence[Any], driver: Any, sample: Any, options: Mapping[str, Any]
+    ) -> tuple[int, TimingError] | None:
+        """Each open-loop step of a sequence of several checked against what the driver can
+        time with that step's settings (sent with the output off): the first refusal (its
+        step and the error naming it), or None. A step that fails otherwise is left to its
+        own run."""
+        if len(protocols) < 2:
+            return None
+        chosen = options.get("channel_samples")
+        for k, protocol in enumerate(protocols):
+            if protocol.closed_loop:
+                continue
+            try:
+                settings = {**protocol.instrument_settings(), **(options.get("settings") or {})}
+                if options.get("timing") is not None:
+                    settings["timing"] = options["timing"]
+                self._channel_map(driver, sample, settings, chosen)
+                driver_settings, best_effort = split_timing(settings, None)
+                if best_effort:
+                    continue
+                programs, limits = check_protocol(protocol, driver, sample, chosen)
+                driver.set_limits(limits)
+                driver.configure(**driver_settings)
+                _total, message = timing_of(protocol, driver, list(enumerate(programs or [])))
+            except LabctlError:
+                continue
+            if message is not None:
+                return k, TimingError(
+                    f"step {k + 1} of {len(protocols)} ({protocol.name}): {message}; "
+                    f"{HOW_TO_FORCE}; no step was run"
+                )
         return None
 
     def _hold_between_steps(self, run_id: int, next_step: int, count: int) -> None:
@@ -621,6 +674,7 @@ class RunEngine:
         group_id: str | None = None,
         settings: dict[str, Any] | None = None,
         channel_samples: Mapping[int, Any] | None = None,
+        timing: str | None = None,
         refusal: Exception | None = None,
     ) -> RunResult:
         instrument_id = self.store.ensure_instrument(
@@ -632,9 +686,14 @@ class RunEngine:
         # a bad choice fails the run below, in the same place as before
         setup_error: Exception | None = None
         on_channels: dict[int, Any] = {}
+        best_effort = False
+        driver_settings: dict[str, Any] = {}
         try:
             settings = {**protocol.instrument_settings(), **(settings or {})}
+            if timing is not None:
+                settings["timing"] = timing
             on_channels = self._channel_map(driver, sample, settings, channel_samples)
+            driver_settings, best_effort = split_timing(settings, None)
         except Exception as exc:
             setup_error = exc
         run_id = self.store.create_run(
@@ -660,8 +719,9 @@ class RunEngine:
         status, error = "completed", None
         writer = None
         n_points = 0
-        n_host_timed = 0
         self._executed: list[Program] = []
+        self._best_effort = best_effort
+        self._timing_warned = False
         self._pausable = bool(getattr(type(protocol), "pausable", False))
         try:
             self._record_limits(run_id)
@@ -680,19 +740,27 @@ class RunEngine:
             programs, limits = check_protocol(
                 protocol, driver, sample, channel_samples, settings=settings
             )
-            total = sum(p.total_duration for p in programs) if programs is not None else None
-            self._notify("on_start", run_id, total)
             driver.set_limits(limits)
-            driver.configure(**settings)
+            driver.configure(**driver_settings)
             ahead = programs if programs is not None else [protocol.envelope()]
             check_configured([p for p in ahead if p is not None], driver, limits)
             if configured_limit(driver) is not None:
                 self.store.update_run_metadata(run_id, current_limit_a=configured_limit(driver))
+            # what the driver can time, with the settings it now has; the output is off
+            if programs is not None:
+                total = self._check_timing(protocol, driver, list(enumerate(programs)))
+            else:
+                envelope = protocol.envelope()
+                if envelope is not None:
+                    self._check_timing(protocol, driver, [(0, envelope)])
+                total = None
+            if total is not None:  # for another process watching the run (the app's ETA)
+                self.store.update_run_metadata(run_id, estimated_duration_s=total)
+            self._notify("on_start", run_id, total)
             writer = self.store.writer(run_id)
             for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
                 writer.put(chunk)
                 n_points += len(chunk)
-                n_host_timed += int(np.count_nonzero(chunk.flags & SOFTWARE_TIMED))
                 self._notify("on_chunk", chunk)
         except (Aborted, KeyboardInterrupt):
             status, error = "aborted", "aborted by the operator"
@@ -719,7 +787,7 @@ class RunEngine:
                         status, error = "failed", f"store writer: {exc}"
         metrics: list[dict[str, Any]] = []
         if n_points and status in ("completed", "aborted"):
-            metrics = self._analyze(run_id, protocol, n_host_timed)
+            metrics = self._analyze(run_id, protocol)
         kept = self.store.finish_run(run_id, status, error)
         if kept is not None:  # the store could not take it: journalled (labctl.store.journal)
             self._warnings.append(
@@ -757,21 +825,60 @@ class RunEngine:
                     rec,
                 )
 
-    def _analyze(self, run_id: int, protocol: Any, n_host_timed: int) -> list[dict[str, Any]]:
-        """:func:`analyze_points` of the run, stored. Never raises: analysis never costs
-        the data."""
-        has_analysis = type(protocol).analyze is not Protocol.analyze
-        if not (has_analysis or n_host_timed):
-            return []
+    def _analyze(self, run_id: int, protocol: Any) -> list[dict[str, Any]]:
+        """:func:`analyze_points` of the run with its achieved timing, stored; a warning
+        for every segment whose samples came more than 5 % faster or slower than asked.
+        Never raises: analysis never costs the data."""
         metrics: list[dict[str, Any]] = []
         try:
             points = self.store.points(run_id)
-            executed = self._executed if n_host_timed else None
-            metrics = analyze_points(points, protocol, executed)
+            metrics = analyze_points(points, protocol, self._executed)
             self.store.add_metrics(run_id, metrics)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
+        said: set[tuple[int, str]] = set()
+        for row in off_timing(metrics):
+            key = (row["index"], f"{row['value']:.3g}")
+            if key in said:  # the other channel of a two-channel run, timed alike
+                continue
+            said.add(key)
+            same = {
+                r["name"]: r["value"]
+                for r in metrics
+                if r["scope"] == "segment"
+                and r["index"] == row["index"]
+                and r.get("channel") == row.get("channel")
+            }
+            what = f"segment {row['index']}" + (
+                f" on channel {row['channel']}" if row.get("channel") else ""
+            )
+            self._warn(
+                run_id,
+                f"{what}: sampled every {describe_s(same['sample_interval_s'])}, asked "
+                f"{describe_s(same['sample_interval_asked_s'])} ({row['value']:.3g}x); the "
+                "stored times and the segment's timing metrics are what was achieved",
+                {"segment": row["index"], "step_ratio": row["value"]},
+            )
         return metrics
+
+    def _check_timing(
+        self, protocol: Any, driver: Any, indexed: list[tuple[int, Program]]
+    ) -> float:
+        """Refuse Programs whose sampled steps the driver cannot time (a best-effort run:
+        warn, once); the predicted duration of them all (their own when the driver states
+        nothing)."""
+        total, message = timing_of(protocol, driver, indexed)
+        if message is not None:
+            if not self._best_effort:
+                raise TimingError(f"{message}; {HOW_TO_FORCE}")
+            if not self._timing_warned:
+                self._timing_warned = True
+                self._warn(
+                    self._run_id,
+                    f'timing = "best_effort": {message}; run anyway as the driver times it '
+                    "(the achieved timing is stored per segment)",
+                )
+        return total
 
     def _make_safe(self, run_id: int, driver: Any, clock: Any) -> tuple[bool, str | None]:
         """``safe_state()``, then reconnect attempts if the link failed; (confirmed, note for
@@ -838,6 +945,7 @@ class RunEngine:
             program = next(plan)
             while True:
                 check_configured([program], driver, limits, "refused by the engine")
+                self._check_timing(protocol, driver, [(k, program)])
                 got: list[Chunk] = []
                 for chunk in self._one(k, program, driver, clock, t0):
                     got.append(chunk)

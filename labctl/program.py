@@ -212,6 +212,15 @@ class Program:
         return float(np.abs(self.level).max()) if len(self) else 0.0
 
 
+def describe_s(seconds: float) -> str:
+    """A step length as people read it: 3.12 µs, 200 µs, 1.5 ms, 2 s."""
+    if seconds >= 1 - 5e-4:  # what rounds to 1000 ms reads 1 s
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3 - 5e-7:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def _positive(name: str, value: float) -> float:
     if not (np.isfinite(value) and value > 0):

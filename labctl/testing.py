@@ -61,6 +61,31 @@ class ScriptedTransport:
             raise ScriptMismatch(f"script not finished; next expected {self.script[0][0]!r}")
 
 
+class RecordingTransport:
+    """Passes every message on to ``inner`` and keeps what was sent (``written``), so a
+    test can check what reached the instrument, e.g. that a refused run never turned an
+    output on."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.written: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def write(self, message: str) -> None:
+        self.written.append(message)
+        self.inner.write(message)
+
+    def query(self, message: str) -> str:
+        self.written.append(message)
+        return self.inner.query(message)
+
+    def query_block(self, message: str) -> bytes:
+        self.written.append(message)
+        return self.inner.query_block(message)
+
+
 def block(values, dtype: str = "<f8") -> bytes:
     """An IEEE 488.2 definite-length block of ``values`` (what REAL format sends)."""
     import numpy as np

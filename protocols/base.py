@@ -193,6 +193,18 @@ class Protocol:
         """Settings passed to ``driver.configure`` (compliance_a, nplc, ...)."""
         return {}
 
+    def timing_asked(self, indices: Sequence[int]) -> str | None:
+        """What Programs ``indices`` ask for, in the protocol's terms ("100 and 800 Hz at
+        400 points a cycle"), for the engine's refusal; None: the engine names the steps."""
+        return None
+
+    def timing_alternative(self, indices: Sequence[int], min_step_s: float) -> str | None:
+        """The fastest variant of Programs ``indices`` whose sampled steps last at least
+        ``min_step_s`` (the shortest the instrument can time), in the protocol's terms ("at
+        most 12.5 Hz at 400 points a cycle, or 48 points a cycle at 100 Hz"); None: the
+        engine names the shortest step."""
+        return None
+
     def analyze(self, points) -> list[dict[str, Any]]:  # points: pandas DataFrame
         """Metrics rows: dicts with name, value, unit, scope, index."""
         return []

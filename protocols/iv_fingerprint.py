@@ -19,6 +19,7 @@ the loop area and its normalised form (physics.md §2.3), and per run:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +37,7 @@ from labctl.analysis.hysteresis import UNITS, loop_metrics
 from labctl.program import sine, triangle
 from protocols.base import Plan, Protocol, register
 from protocols.common import SourceParams, auto_nplc, finite, metric, refuse, volts
+from protocols.iv_hysteresis import sweep_alternative, sweeps_asked
 
 # omega*tau of the template grid; wide enough for any frequency range we accept
 _X_GRID = np.logspace(-3.5, 3.5, 113)
@@ -117,6 +119,15 @@ class IVFingerprint(Protocol):
     def instrument_settings(self) -> dict[str, Any]:
         p: IVFingerprintParams = self.params  # type: ignore[assignment]
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
+
+    def timing_asked(self, indices: Sequence[int]) -> str | None:
+        freqs = self.frequencies()
+        return sweeps_asked([freqs[k] for k in indices], self.params.points_per_cycle)
+
+    def timing_alternative(self, indices: Sequence[int], min_step_s: float) -> str | None:
+        freqs = self.frequencies()
+        n = self.params.points_per_cycle
+        return sweep_alternative([freqs[k] for k in indices], n, min_step_s, min_points=16)
 
     def analyze(self, points) -> list[dict[str, Any]]:
         p: IVFingerprintParams = self.params  # type: ignore[assignment]

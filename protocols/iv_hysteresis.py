@@ -8,13 +8,15 @@ of the largest loop.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from labctl.analysis.hysteresis import UNITS, loop_metrics
-from labctl.program import sine, triangle
+from labctl.program import describe_s, sine, triangle
 from protocols.base import Params, Plan, Protocol, register
 
 
@@ -81,6 +83,15 @@ class IVHysteresis(Protocol):
             # 80% of the step at 60 Hz mains leaves room for the source delay anywhere
             nplc = float(np.clip(round(0.8 * fastest_step_s * 60, 3), 0.01, 1.0))
         return {"compliance_a": p.compliance_a, "nplc": nplc}
+
+    def timing_asked(self, indices: Sequence[int]) -> str | None:
+        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        return sweeps_asked([p.frequencies_hz[k] for k in indices], p.points_per_cycle)
+
+    def timing_alternative(self, indices: Sequence[int], min_step_s: float) -> str | None:
+        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        freqs = [p.frequencies_hz[k] for k in indices]
+        return sweep_alternative(freqs, p.points_per_cycle, min_step_s, min_points=8)
 
     def analyze(self, points) -> list[dict[str, Any]]:
         p: IVHysteresisParams = self.params  # type: ignore[assignment]
@@ -152,3 +163,38 @@ class IVHysteresis(Protocol):
                 }
             )
         return rows
+
+
+def sweeps_asked(freqs: Sequence[float], points_per_cycle: int) -> str:
+    """'100 and 800 Hz at 400 points a cycle (steps of 25 µs, 3.12 µs)'."""
+    names = [f"{f:g}" for f in freqs]
+    hz = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    steps = ", ".join(describe_s(1 / (f * points_per_cycle)) for f in freqs)
+    return f"{hz} Hz at {points_per_cycle} points a cycle (steps of {steps})"
+
+
+def sweep_alternative(
+    freqs: Sequence[float], points_per_cycle: int, min_step_s: float, *, min_points: int
+) -> str | None:
+    """The fastest sweeps steps of ``min_step_s`` allow: the highest frequency at the points
+    asked, and the most points a cycle (a multiple of 4, so the sweep hits 0 and ±A) at
+    the frequencies asked."""
+    if min_step_s <= 0:
+        return None
+    f_max = _floor_3(1 / (points_per_cycle * min_step_s))
+    out = f"at most {f_max:g} Hz at {points_per_cycle} points a cycle"
+    fits, too_fast = [], []
+    for f in freqs:
+        n = int(1 / (f * min_step_s) * (1 + 1e-9)) // 4 * 4
+        (fits if n >= min_points else too_fast).append((f, n))
+    out += "".join(f", or {n} points a cycle at {f:g} Hz" for f, n in fits)
+    if too_fast:
+        hz = ", ".join(f"{f:g}" for f, _n in too_fast)
+        out += f" ({hz} Hz would need fewer than the {min_points} points a cycle allowed)"
+    return out
+
+
+def _floor_3(x: float) -> float:
+    """``x`` rounded down to 3 significant digits (a rate that stays feasible)."""
+    scale = 10 ** (math.floor(math.log10(x)) - 2)
+    return math.floor(x * (1 + 1e-9) / scale) * scale

@@ -1,6 +1,13 @@
-"""Achieved against requested timing: how late the software-timed samples of a run were.
+"""Achieved against requested timing: what step timing a run achieved, from its own time
+stamps, and how late its software-timed samples were.
 
-Two sources, used together when both are there:
+Every run stores, per segment (:func:`segment_timing_metrics`, scope ``segment``), the
+achieved sample interval and rate from the ``t`` column (the instrument's time stamps when
+hardware-timed, the host's when host-timed) beside the asked ones, the jitter of the
+intervals and the fraction of late samples: the record of what was done, not what was
+asked. The run-scope rows (:func:`lateness_metrics`) count the flags.
+
+Two sources for lateness, used together when both are there:
 
 - the ``flags`` column: drivers mark host-timed samples SOFTWARE_TIMED, and LATE when the
   step started later than requested by more than their tolerance;
@@ -62,6 +69,14 @@ TIMING_METRICS = frozenset(
         "lateness_mean",
         "lateness_p95",
         "n_late_measured",
+        # segment_timing_metrics (scope 'segment')
+        "n_samples",
+        "sample_interval_s",
+        "sample_interval_asked_s",
+        "sample_rate_hz",
+        "sample_rate_asked_hz",
+        "step_ratio",
+        "jitter_s",
     }
 )
 
@@ -96,5 +111,67 @@ def lateness_metrics(
     return rows
 
 
-def _row(name: str, value: float, unit: str) -> dict[str, Any]:
-    return {"scope": "run", "index": 0, "name": name, "value": float(value), "unit": unit}
+def segment_timing_metrics(
+    points, programs: Sequence[Program], *, tolerance_s: float = 2e-3
+) -> list[dict[str, Any]]:
+    """Per segment the achieved step timing of the samples, from their time stamps, against
+    the programs' (matched in order as in :func:`sample_lateness`): ``n_samples``, the mean
+    interval between consecutive samples achieved and asked (``sample_interval_s``,
+    ``sample_interval_asked_s``) and their rates, ``step_ratio`` (achieved over asked: 1 is
+    as asked, 8 eight times slower), ``jitter_s`` (standard deviation of each interval's
+    error) and ``late_fraction`` (samples later than ``tolerance_s`` against the most
+    punctual). Intervals are taken within one Program and one segment only."""
+    t = points["t"].to_numpy(dtype=float) if len(points) else np.zeros(0)
+    late = sample_lateness(points, programs) if len(points) else np.zeros(0)
+    per: dict[int, dict[str, list]] = {}
+    start = 0
+    for program in programs:
+        due = program.step_ends()[program.sample]
+        seg = program.segment[program.sample]
+        n = min(len(due), len(t) - start)
+        if n <= 0:
+            break
+        got, due, seg = t[start : start + n], due[:n], seg[:n]
+        lat = late[start : start + n]
+        start += n
+        for s in np.unique(seg):
+            mine = seg == s
+            # consecutive samples of this segment in this program (a segment may be split)
+            idx = np.flatnonzero(mine)
+            adjacent = np.diff(idx) == 1
+            acc = per.setdefault(int(s), {"achieved": [], "asked": [], "late": []})
+            acc["achieved"].append(np.diff(got[idx])[adjacent])
+            acc["asked"].append(np.diff(due[idx])[adjacent])
+            acc["late"].append(lat[idx])
+    rows: list[dict[str, Any]] = []
+    for s, acc in sorted(per.items()):
+        achieved = np.concatenate(acc["achieved"])
+        asked = np.concatenate(acc["asked"])
+        lat = np.concatenate(acc["late"])
+        lat = lat[np.isfinite(lat)]
+        rows.append(_row("n_samples", len(lat), "", "segment", s))
+        if len(lat):
+            frac = float(np.count_nonzero(lat > tolerance_s)) / len(lat)
+            rows.append(_row("late_fraction", frac, "", "segment", s))
+        if not len(achieved) or asked.sum() <= 0 or achieved.sum() <= 0:
+            continue
+        got_s, asked_s = achieved.mean(), asked.mean()
+        rows += [
+            _row("sample_interval_s", got_s, "s", "segment", s),
+            _row("sample_interval_asked_s", asked_s, "s", "segment", s),
+            _row("sample_rate_hz", 1 / got_s, "Hz", "segment", s),
+            _row("sample_rate_asked_hz", 1 / asked_s, "Hz", "segment", s),
+            _row("step_ratio", got_s / asked_s, "", "segment", s),
+            _row("jitter_s", float(np.std(achieved - asked)), "s", "segment", s),
+        ]
+    return rows
+
+
+def off_timing(rows: Sequence[dict[str, Any]], tolerance: float = 0.05) -> list[dict[str, Any]]:
+    """The ``step_ratio`` rows more than ``tolerance`` from 1: segments whose samples came
+    faster or slower than asked."""
+    return [r for r in rows if r["name"] == "step_ratio" and abs(r["value"] - 1) > tolerance]
+
+
+def _row(name: str, value: float, unit: str, scope: str = "run", index: int = 0) -> dict[str, Any]:
+    return {"scope": scope, "index": int(index), "name": name, "value": float(value), "unit": unit}

@@ -80,3 +80,30 @@ def test_empty_points_give_zero_counts():
     df = points_for([prog], [0.0]).iloc[:0]
     m = as_dict(lateness_metrics(df, [prog]))
     assert m["n_software_timed"] == 0 and m["late_fraction"] == 0.0
+
+
+def test_segment_timing_is_what_the_time_stamps_say():
+    from labctl.analysis.timing import off_timing, segment_timing_metrics
+
+    # segment 0 sampled every 10 ms as asked; segment 1 asked 1 ms, came every 1.5 ms with
+    # a 0.1 ms wobble, its last samples more than 2 ms behind
+    a = Program.from_steps([0.1] * 5, 0.01, segment=0)
+    b = Program.from_steps([0.2] * 9, 0.001, segment=1)
+    prog = Program.concat([a, b])
+    wobble = np.array([0, 1, -1, 1, -1, 1, -1, 1, 0]) * 1e-4
+    delays = [0.0] * 5 + list(np.arange(9) * 0.5e-3 + wobble)
+    rows = segment_timing_metrics(points_for([prog], delays), [prog])
+    m = {(r["index"], r["name"]): r["value"] for r in rows}
+    assert all(r["scope"] == "segment" for r in rows)
+    assert m[(0, "sample_interval_s")] == pytest.approx(0.01)
+    assert m[(0, "step_ratio")] == pytest.approx(1.0)
+    assert m[(0, "jitter_s")] == pytest.approx(0, abs=1e-12)
+    assert m[(1, "n_samples")] == 9
+    assert m[(1, "sample_interval_asked_s")] == pytest.approx(1e-3)
+    assert m[(1, "sample_interval_s")] == pytest.approx(1.5e-3)
+    assert m[(1, "sample_rate_hz")] == pytest.approx(1 / 1.5e-3)
+    assert m[(1, "step_ratio")] == pytest.approx(1.5)
+    errors = np.diff(np.arange(9) * 0.5e-3 + wobble)
+    assert m[(1, "jitter_s")] == pytest.approx(np.std(errors))
+    assert m[(1, "late_fraction")] == pytest.approx(4 / 9)  # 2.5, 3, 3.5, 4 ms late
+    assert [r["index"] for r in off_timing(rows)] == [1]

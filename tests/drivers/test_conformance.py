@@ -26,6 +26,7 @@ from labctl.data import COMPLIANCE
 from labctl.engine import Listener, RunEngine
 from labctl.errors import ConnectionLost
 from labctl.sim.instruments.registry import EMULATORS
+from labctl.testing import RecordingTransport
 from protocols.base import get_protocol, validate_params
 from protocols.recipe import parse_recipe
 
@@ -323,29 +324,6 @@ def test_pulse_train_gives_the_reference_conductance(name, store, recipe, refere
     assert got.status == "completed", got.error
     assert len(got.points["t"]) == 1 + 4 * 3  # baseline read; each pulse's end and two reads
     assert_same_conductance(name, got, ref, ref.driver)
-
-
-class RecordingTransport:
-    """Passes every message on and keeps what was written."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.written: list[str] = []
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def write(self, message: str) -> None:
-        self.written.append(message)
-        self.inner.write(message)
-
-    def query(self, message: str) -> str:
-        self.written.append(message)
-        return self.inner.query(message)
-
-    def query_block(self, message: str) -> bytes:
-        self.written.append(message)
-        return self.inner.query_block(message)
 
 
 def _with_pulse_mode() -> list:

@@ -195,7 +195,9 @@ def test_a_sequence_recipe_runs_every_step(db_url):
     out = run_cli("run", "form_fingerprint_retention", "--db", db_url, "--quiet")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(" completed: ") == 3
-    assert "3 steps: estimated" in out.stdout
+    # each step's estimate, from what the connected instrument can time, before its run
+    assert all(f"step {k} of 3" in out.stdout for k in (1, 2, 3))
+    assert out.stdout.count(": estimated ") + out.stdout.count(": closed loop") == 3
 
 
 def test_sigterm_aborts_into_safe_state_and_keeps_the_points(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from labctl.analysis.tasks import DIGITS_5X4
+from labctl.analysis.timing import TIMING_METRICS
 from labctl.errors import ValidationError
 from labctl.program import PHASE_CODE, PHASES, Program
 from protocols.base import field_info, get_protocol
@@ -335,7 +336,9 @@ def test_two_channels_play_the_same_streams_and_double_the_states(store):
     assert m[("run", "channels")] == 2
     assert m[("run", "n_features")] == 40
     # one readout of both devices' states: analysed together, stored as the first channel's
-    assert set(store.metrics(result.run_id)["channel"]) == {0}
+    # (each channel's achieved timing is its own)
+    stored = store.metrics(result.run_id)
+    assert set(stored[~stored["name"].isin(TIMING_METRICS)]["channel"]) == {0}
     assert m[("run", "accuracy")] >= 0.7
 
 
