@@ -28,6 +28,7 @@ from drivers.base import Limits, check_program, raise_if_aborted
 from labctl.analysis.timing import TIMING_METRICS, lateness_metrics
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, LabctlError, TransportError, ValidationError
+from labctl.metric import metric_warnings
 from labctl.program import Program
 from protocols.base import Protocol, get_protocol
 
@@ -165,19 +166,34 @@ def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
     return ids or None
 
 
+def noise_table(driver: Any) -> list[list[float]]:
+    """[[range (A), rms noise at 1 PLC (A)], ...] of the driver's current ranges, for the
+    run metadata (the analyses judge a signal against the noise of the range it used)."""
+    caps = getattr(driver, "capabilities", None)
+    table = caps.current_noise_a() if caps is not None and caps.i_ranges else {}
+    return [[float(r), float(n)] for r, n in sorted(table.items())]
+
+
 def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
     """Metric rows tagged with the channel whose points they describe."""
     return [{**row, "channel": channel} for row in rows]
 
 
-def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None) -> list[dict]:
+def analyze_points(
+    points,
+    protocol: Any,
+    executed: Sequence[Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[dict]:
     """Metric rows of a run's points: the protocol's analysis of each channel's points
     alone (a device per channel), or of all of them together for a protocol with
     ``analyze_channels_together`` (tagged as the first channel's); with ``executed`` (the
     Programs run host-timed) also the requested against achieved timing per channel.
-    Each row carries its ``channel``."""
+    ``metadata`` (the run's: instrument settings, the ranges' noise) is given to the
+    protocol as ``run_metadata``. Each row carries its ``channel``."""
     if not len(points):
         return []
+    protocol.run_metadata = dict(metadata or {})
     has_analysis = type(protocol).analyze is not Protocol.analyze
     channels = sorted(int(c) for c in points["channel"].unique())
     if len(channels) == 1:
@@ -203,7 +219,7 @@ def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
     before, rows after)."""
     run = store.run(run_id)
     protocol = get_protocol(run["protocol"])(run.get("parameters") or {})
-    rows = analyze_points(store.points(run_id), protocol)
+    rows = analyze_points(store.points(run_id), protocol, metadata=run.get("metadata"))
     return store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
 
 
@@ -431,6 +447,7 @@ class RunEngine:
                 run_id,
                 instrument_settings=settings,
                 driver=driver.name,
+                current_noise_a=noise_table(driver),
                 **({"channels": per_channel} if per_channel else {}),
             )
             programs, limits = check_protocol(protocol, driver, sample, channel_samples)
@@ -487,8 +504,13 @@ class RunEngine:
         try:
             points = self.store.points(run_id)
             executed = self._executed if n_host_timed else None
-            metrics = analyze_points(points, protocol, executed)
+            metadata = self.store.run(run_id).get("metadata") or {}
+            metrics = analyze_points(points, protocol, executed, metadata)
             self.store.add_metrics(run_id, metrics)
+            # what the analysis found differs from what was asked, and each number that
+            # cannot be trusted: warnings of the run
+            for message in [*protocol.warnings(points), *metric_warnings(metrics)]:
+                self._warn(run_id, message)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
         return metrics

@@ -3,7 +3,9 @@
 Each frequency is one Program (one segment); cycles are numbered across the whole run.
 ``analyze`` gives per cycle the lobe areas, G at +V and -V, the on/off ratio and the current
 at V = 0 (the pinch), per frequency the loop area of the settled cycles, and the frequency
-of the largest loop.
+of the largest loop. Frequencies are the achieved ones (from the points' timestamps); a
+rate that differs from the asked one by more than 5 % is a warning of the run, and uneven
+host-timed steps mark the loop areas and f_peak unreliable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 from pydantic import Field
 
 from labctl.analysis.hysteresis import UNITS, loop_metrics
+from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
+from labctl.metric import Metric, metric
 from labctl.program import sine, triangle
 from protocols.base import Params, Plan, Protocol, register
 
@@ -82,11 +86,12 @@ class IVHysteresis(Protocol):
             nplc = float(np.clip(round(0.8 * fastest_step_s * 60, 3), 0.01, 1.0))
         return {"compliance_a": p.compliance_a, "nplc": nplc}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
+    def analyze(self, points) -> list[Metric]:
         p: IVHysteresisParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+        rows: list[Metric] = []
         if len(points) == 0:
             return rows
+        sweeps = achieved_sweep(points, p.points_per_cycle)
         per_freq: dict[int, list[float]] = {}
         for cycle, g in points.groupby("cycle", sort=True):
             m = loop_metrics(
@@ -95,60 +100,34 @@ class IVHysteresis(Protocol):
             )
             fi = int(g["segment"].iloc[0])
             for name, value in m.items():
-                rows.append(
-                    {
-                        "scope": "cycle",
-                        "index": int(cycle),
-                        "name": name,
-                        "value": value,
-                        "unit": UNITS[name],
-                    }
-                )
+                rows.append(metric("cycle", int(cycle), name, value, UNITS[name]))
             first = fi * p.cycles
             # the first cycle at a frequency carries the start-up transient: leave it out
             if p.cycles == 1 or cycle != first:
                 per_freq.setdefault(fi, []).append(m["loop_area"])
-        areas = {}
+        areas: dict[int, float] = {}
+        freqs: dict[int, float] = {}
         for fi, values in sorted(per_freq.items()):
-            if fi >= len(p.frequencies_hz):
+            if fi >= len(p.frequencies_hz) or fi not in sweeps:
                 continue
             areas[fi] = float(np.mean(values))
+            # the rate the instrument achieved, not the one asked
+            freqs[fi] = sweeps[fi]["frequency_hz"]
+            irregular = irregular_reason(sweeps[fi])
+            se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+            rows.append(metric("frequency", fi, "frequency", freqs[fi], "Hz"))
+            rows.append(metric("frequency", fi, "frequency_asked", p.frequencies_hz[fi], "Hz"))
             rows.append(
-                {
-                    "scope": "frequency",
-                    "index": fi,
-                    "name": "frequency",
-                    "value": p.frequencies_hz[fi],
-                    "unit": "Hz",
-                }
-            )
-            rows.append(
-                {
-                    "scope": "frequency",
-                    "index": fi,
-                    "name": "loop_area",
-                    "value": areas[fi],
-                    "unit": "V*A",
-                }
+                metric("frequency", fi, "loop_area", areas[fi], "V*A", stderr=se, reason=irregular)
             )
         if areas:
             best = max(areas, key=areas.get)
-            rows.append(
-                {
-                    "scope": "run",
-                    "index": 0,
-                    "name": "f_peak",
-                    "value": p.frequencies_hz[best],
-                    "unit": "Hz",
-                }
-            )
-            rows.append(
-                {
-                    "scope": "run",
-                    "index": 0,
-                    "name": "loop_area_max",
-                    "value": areas[best],
-                    "unit": "V*A",
-                }
-            )
+            irregular = [r for k in areas if (r := irregular_reason(sweeps[k]))]
+            reason = irregular[0] if irregular else None
+            rows.append(metric("run", 0, "f_peak", freqs[best], "Hz", reason=reason))
+            rows.append(metric("run", 0, "loop_area_max", areas[best], "V*A", reason=reason))
         return rows
+
+    def warnings(self, points) -> list[str]:
+        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        return rate_warnings(p.frequencies_hz, achieved_sweep(points, p.points_per_cycle))

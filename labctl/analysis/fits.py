@@ -281,3 +281,38 @@ def fit_template(
     u = np.log(omega) + log_tau
     log_k = float(np.mean(la - np.interp(u, lx, lt)))
     return math.exp(log_k), math.exp(log_tau), math.sqrt(sse(log_tau) / len(omega))
+
+
+def template_tau_stderr(
+    f: np.ndarray,
+    area: np.ndarray,
+    area_se: np.ndarray,
+    x_grid: np.ndarray,
+    template: np.ndarray,
+    tau: float,
+) -> float:
+    """Standard error (s) of the ``tau`` :func:`fit_template` found, from the areas' standard
+    errors ``area_se``: the Fisher information of log tau, scaled up by the reduced chi-square
+    when the curve fits worse than the errors say.
+
+    With the amplitude free, only the change of the template's log-slope across the points
+    tells tau: on a straight stretch of the curve (all points far on one side of the peak)
+    the information vanishes and the error grows without bound, as it should.
+    """
+    f, area, se = (np.asarray(x, float) for x in (f, area, area_se))
+    ok = np.isfinite(f) & np.isfinite(area) & np.isfinite(se) & (f > 0) & (area > 0) & (se > 0)
+    good = template > 0
+    if ok.sum() < 3 or good.sum() < 3 or not (math.isfinite(tau) and tau > 0):
+        return float("nan")
+    lx, lt = np.log(x_grid[good]), np.log(template[good])
+    u = np.log(2 * np.pi * f[ok] * tau)
+    slope = np.interp(u, lx, np.gradient(lt, lx))
+    w = (area[ok] / se[ok]) ** 2  # 1 / variance of log area
+    s_mean = float(np.sum(w * slope) / np.sum(w))
+    info = float(np.sum(w * (slope - s_mean) ** 2))
+    if not info > 0:
+        return float("inf")
+    r = np.log(area[ok]) - np.interp(u, lx, lt)
+    r = r - np.sum(w * r) / np.sum(w)
+    chi2 = float(np.sum(w * r * r)) / max(int(ok.sum()) - 2, 1)
+    return tau * math.sqrt(max(1.0, chi2) / info)

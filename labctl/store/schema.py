@@ -53,7 +53,7 @@ from sqlalchemy.types import TypeDecorator
 from labctl.data import COLUMNS
 
 # The newest Alembic revision; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 SCHEMA_VERSION = int(HEAD_REVISION)
 
 # Run status values. 'running' is the only live one; 'interrupted' is set by the store when
@@ -227,6 +227,11 @@ metrics = Table(
     # The source channel whose points the row describes (0-based, as points.channel); a
     # two-channel run is analysed channel by channel. Revision 0003.
     Column("channel", Integer, nullable=False, default=0, server_default=text("0")),
+    # Its standard error (same unit; NULL: not known), whether it can be trusted ('ok' |
+    # 'unreliable') and why not (labctl.metric). Revision 0004.
+    Column("stderr", Double),
+    Column("quality", String(20), nullable=False, default="ok", server_default=text("'ok'")),
+    Column("reason", Text),
     Index(None, "run_id"),
 )
 

@@ -1,0 +1,106 @@
+"""One metric row, declared once: what an analysis found, its uncertainty and whether to trust it.
+
+Every analysis (labctl.analysis, the protocols) builds its rows with :func:`metric`, the
+store takes and gives back the same keys, and the CLI, exports and app show them. A number
+that cannot be trusted (a poor fit, a signal below the noise floor of the range used,
+host-timed samples that came late, a protocol that disturbed the state it measures) keeps
+its value but says ``quality="unreliable"`` and why (``reason``); the engine turns each such
+row into a warning of the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal, TypedDict
+
+Quality = Literal["ok", "unreliable"]
+QUALITIES: tuple[str, ...] = ("ok", "unreliable")
+
+
+class Metric(TypedDict):
+    """A metrics row; ``channel`` (0-based source channel) is added by the engine."""
+
+    scope: str  # run | cycle | pulse | frequency | read | ...
+    index: int  # which cycle, pulse, ... (0 for scope 'run')
+    name: str
+    value: float
+    unit: str
+    stderr: float | None  # standard error of ``value`` (same unit); None: not known
+    quality: Quality
+    reason: str | None  # why it is unreliable; None when ok
+
+
+METRIC_FIELDS: tuple[str, ...] = tuple(Metric.__annotations__)
+
+
+def metric(
+    scope: str,
+    index: int,
+    name: str,
+    value: float | None,
+    unit: str = "",
+    *,
+    stderr: float | None = None,
+    quality: Quality = "ok",
+    reason: str | None = None,
+) -> Metric:
+    """One metrics row as the store takes it. ``quality="unreliable"`` needs a ``reason``;
+    passing a ``reason`` alone marks the row unreliable."""
+    if reason and quality == "ok":
+        quality = "unreliable"
+    if quality not in QUALITIES:
+        raise ValueError(f"metric {name!r}: quality {quality!r}; allowed: {', '.join(QUALITIES)}")
+    if quality == "unreliable" and not reason:
+        raise ValueError(f"metric {name!r}: an unreliable metric needs a reason")
+    v = float(value) if value is not None else float("nan")
+    se = float(stderr) if stderr is not None and math.isfinite(float(stderr)) else None
+    return Metric(
+        scope=scope,
+        index=int(index),
+        name=name,
+        value=v,
+        unit=unit,
+        stderr=se,
+        quality=quality,
+        reason=reason if quality == "unreliable" else None,
+    )
+
+
+def unreliable(row: Metric, reason: str) -> Metric:
+    """``row`` marked unreliable; a second reason is added to the first."""
+    if row.get("quality") == "unreliable" and row.get("reason"):
+        if reason in str(row["reason"]):
+            return row
+        reason = f"{row['reason']}; {reason}"
+    return Metric(**{**row, "quality": "unreliable", "reason": reason})  # type: ignore[typeddict-item]
+
+
+def mark(rows: Iterable[Metric], names: Iterable[str], reason: str | None) -> list[Metric]:
+    """``rows`` with those named in ``names`` marked unreliable for ``reason`` (no-op for None)."""
+    rows = list(rows)
+    if not reason:
+        return rows
+    wanted = set(names)
+    return [unreliable(r, reason) if r["name"] in wanted else r for r in rows]
+
+
+def metric_warnings(rows: Iterable[Metric]) -> list[str]:
+    """The run warnings the unreliable rows give: one per name, reason and channel (a
+    reason shared by many cycles is said once, with the count)."""
+    groups: dict[tuple, list[Metric]] = {}
+    for row in rows:
+        if row.get("quality") == "unreliable":
+            key = (row.get("channel", 0), row["scope"], row["name"], row.get("reason"))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (channel, scope, name, reason), group in groups.items():
+        if scope == "run":
+            where = ""
+        elif len(group) == 1:
+            where = f" ({scope} {group[0]['index']})"
+        else:
+            where = f" ({len(group)} {scope} rows)"
+        on = f" on channel {channel}" if channel else ""
+        out.append(f"{name}{where}{on} is unreliable: {reason}")
+    return out
