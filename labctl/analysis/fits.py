@@ -203,8 +203,11 @@ def peak_log_parabola(f: np.ndarray, a: np.ndarray, half_width: int = 1) -> floa
     f, a = f[ok], a[ok]
     if not len(f):
         return float("nan")
-    order = np.argsort(f)
-    f, a = f[order], a[order]
+    # sweeps that ran at the same achieved rate (host timing caps it) are one frequency
+    key = np.round(np.log(f), 6)
+    uniq, which = np.unique(key, return_inverse=True)
+    f = np.exp(uniq)
+    a = np.bincount(which, a) / np.bincount(which)
     k = int(np.argmax(a))
     lo, hi = max(0, k - half_width), min(len(f), k + half_width + 1)
     if hi - lo < 3 or k in (0, len(f) - 1):
