@@ -86,21 +86,25 @@ def mark(rows: Iterable[Metric], names: Iterable[str], reason: str | None) -> li
 
 
 def metric_warnings(rows: Iterable[Metric]) -> list[str]:
-    """The run warnings the unreliable rows give: one per name, reason and channel (a
-    reason shared by many cycles is said once, with the count)."""
-    groups: dict[tuple, list[Metric]] = {}
+    """The run warnings the unreliable rows give: one per reason and channel, naming the
+    metrics it makes unreliable (rows of other scopes counted: "loop_area (12 frequency
+    rows)")."""
+    groups: dict[tuple, dict[tuple[str, str], list[Metric]]] = {}
     for row in rows:
         if row.get("quality") == "unreliable":
-            key = (row.get("channel", 0), row["scope"], row["name"], row.get("reason"))
-            groups.setdefault(key, []).append(row)
+            key = (row.get("channel", 0), row.get("reason"))
+            groups.setdefault(key, {}).setdefault((row["scope"], row["name"]), []).append(row)
     out = []
-    for (channel, scope, name, reason), group in groups.items():
-        if scope == "run":
-            where = ""
-        elif len(group) == 1:
-            where = f" ({scope} {group[0]['index']})"
-        else:
-            where = f" ({len(group)} {scope} rows)"
+    for (channel, reason), named in groups.items():
+        names = []
+        for (scope, name), group in named.items():
+            if scope == "run":
+                names.append(name)
+            elif len(group) == 1:
+                names.append(f"{name} ({scope} {group[0]['index']})")
+            else:
+                names.append(f"{name} ({len(group)} {scope} rows)")
         on = f" on channel {channel}" if channel else ""
-        out.append(f"{name}{where}{on} is unreliable: {reason}")
+        verb = "is" if len(names) == 1 else "are"
+        out.append(f"{', '.join(names)}{on} {verb} unreliable: {reason}")
     return out

@@ -71,6 +71,8 @@ class ExpFit:
     r2: float
     ok: bool  # False: too few points, or the best tau sits at the edge of the searched range
     slope: float = 0.0  # per s, when fitted with a drift line
+    tau_stderr: float = float("nan")  # s, from the covariance of the least-squares fit
+    beta_stderr: float = float("nan")
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
         t = np.asarray(t, float)
@@ -144,7 +146,7 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, drift: bool = False) -> Exp
     fit = _finish(t, y, coef, float(resid @ resid), tau, 1.0, interior)
     if drift:
         fit = replace(fit, slope=float(coef[2]) / t_scale)
-    return fit
+    return _with_stderr(fit, t, y, beta_free=False, drift=drift)
 
 
 def fit_stretched_exponential(
@@ -179,7 +181,56 @@ def fit_stretched_exponential(
     resid = y - basis @ coef
     # a beta on the edge of its range is a valid answer (e.g. a plain exponential at 1 is
     # interior); only the tau search must be interior for the fit to mean something
-    return _finish(t, y, coef, float(resid @ resid), tau, beta, flags.get(beta, False))
+    fit = _finish(t, y, coef, float(resid @ resid), tau, beta, flags.get(beta, False))
+    return _with_stderr(fit, t, y, beta_free=True, drift=False)
+
+
+def _with_stderr(fit: ExpFit, t: np.ndarray, y: np.ndarray, *, beta_free: bool, drift: bool):
+    """``fit`` with the standard errors of tau (and beta) from the least-squares covariance
+    sigma^2 (J^T J)^-1, J the model's Jacobian in (y_inf, amplitude, log tau[, beta][, slope])
+    by central differences, sigma^2 the residual variance."""
+    if not np.isfinite(fit.tau) or fit.tau <= 0:
+        return fit
+    base = [fit.y_inf, fit.amplitude, math.log(fit.tau)]
+    if beta_free:
+        base.append(fit.beta)
+    if drift:
+        base.append(fit.slope)
+
+    def model(q: list[float]) -> np.ndarray:
+        beta = q[3] if beta_free else fit.beta
+        slope = q[-1] if drift else 0.0
+        return q[0] + q[1] * np.exp(-((t / math.exp(q[2])) ** beta)) + slope * t
+
+    level = max(abs(fit.y_inf), abs(fit.amplitude), 1e-300)
+    # a step of 1e-6 of each parameter's natural scale
+    scales = [level, level, 1.0, 1.0][: 3 + beta_free]
+    if drift:
+        scales.append(level / max(float(t.max()), 1e-300))
+    cols = []
+    for j, scale in enumerate(scales):
+        h = 1e-6 * max(abs(base[j]), scale)
+        up, down = list(base), list(base)
+        up[j] += h
+        down[j] -= h
+        cols.append((model(up) - model(down)) / (2 * h))
+    jac = np.column_stack(cols)
+    dof = len(y) - len(base)
+    if dof <= 0:
+        return fit
+    sigma2 = float(np.sum((y - model(base)) ** 2)) / dof
+    # columns of very different scale (1 against amplitudes of nS) make J^T J look
+    # singular: invert it with its columns normalised
+    norms = np.linalg.norm(jac, axis=0)
+    norms[norms == 0] = 1.0
+    js = jac / norms
+    try:
+        cov = sigma2 * np.linalg.pinv(js.T @ js) / np.outer(norms, norms)
+    except np.linalg.LinAlgError:
+        return fit
+    tau_se = fit.tau * math.sqrt(max(float(cov[2, 2]), 0.0))
+    beta_se = math.sqrt(max(float(cov[3, 3]), 0.0)) if beta_free else float("nan")
+    return replace(fit, tau_stderr=tau_se, beta_stderr=beta_se)
 
 
 def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
