@@ -325,8 +325,8 @@ POOR_FIT_RMS_LOG = 0.10
 TAU_REL_STDERR = 0.025
 # the largest loop must stand this many standard errors above zero
 SNR_MIN = 10.0
-# consecutive settled cycles whose mean |I| differs by more than this are not steady
-DRIFT_MAX = 0.01
+# consecutive settled cycles that differ by more than this (rms, relative) are not steady
+DRIFT_MAX = 0.005
 
 
 def _disagrees(value: float, tau: float, name: str) -> str | None:

@@ -64,3 +64,14 @@ def test_sweeps_that_fall_back_to_host_timing_are_analysed_at_their_achieved_rat
     assert len([w for w in result.warnings if "achieved" in w]) == len(slow)
     tau = next(m for m in result.metrics if m["scope"] == "run" and m["name"] == "tau")
     assert tau["quality"] == "unreliable" or tau["value"] == pytest.approx(3e-3, rel=0.05)
+
+
+def test_the_slow_state_a_1_v_sweep_switches_on_is_not_a_steady_state(run_sim):
+    """slit_bipolar: above v_th = 0.5 V the sweep drives the slow long-term state, so the
+    settled cycles at the lowest frequency still drift; tau says so."""
+    result, _points, _table = run_sim(
+        "iv_fingerprint", "sim://keithley2450?device=slit_bipolar&seed=1"
+    )
+    tau = next(m for m in result.metrics if m["scope"] == "run" and m["name"] == "tau")
+    assert tau["quality"] == "unreliable" and "not in a steady state" in tau["reason"]
+    assert any("not in a steady state" in w for w in result.warnings)
