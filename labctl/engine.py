@@ -509,7 +509,9 @@ class RunEngine:
             self.store.add_metrics(run_id, metrics)
             # what the analysis found differs from what was asked, and each number that
             # cannot be trusted: warnings of the run
-            for message in [*protocol.warnings(points), *metric_warnings(metrics)]:
+            asked = getattr(protocol, "warnings", None)  # duck-typed protocols may lack it
+            said = asked(points) if callable(asked) else []
+            for message in [*said, *metric_warnings(metrics)]:
                 self._warn(run_id, message)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
