@@ -37,8 +37,7 @@ from labctl.analysis.fits import (
     peak_log_parabola,
     template_tau_stderr,
 )
-from labctl.analysis.hysteresis import UNITS, loop_metrics
-from labctl.analysis.noise import current_noise_floor
+from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_area_stderr
 from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
 from labctl.metric import Metric
 from labctl.program import sine, triangle
@@ -151,7 +150,10 @@ class IVFingerprint(Protocol):
         per_cycle = [[loop_metrics(v, i)["loop_area"] for v, i in loops[k]] for k in ks]
         area = np.array([np.mean(a) for a in per_cycle])
         area_se = np.array(
-            [self._area_stderr(loops[k], a) for k, a in zip(ks, per_cycle, strict=True)]
+            [
+                mean_area_stderr(loops[k], a, p.amplitude_v, self.run_metadata)
+                for k, a in zip(ks, per_cycle, strict=True)
+            ]
         )
         unsettled = {k: r for k in ks if (r := _unsettled(loops[k], f[ks.index(k)]))}
         uneven = {k: r for k in ks if (r := irregular_reason(sweeps[k]))}
@@ -215,7 +217,7 @@ class IVFingerprint(Protocol):
         kept = [k for k, keep_k in zip(ks, keep, strict=True) if keep_k]
         run_wide = [
             next((uneven[k] for k in kept if k in uneven), None),
-            self._below_noise(area, area_se),
+            below_noise(float(area.max()), float(area_se[int(np.argmax(area))]), "largest loop"),
             next((unsettled[k] for k in kept if k in unsettled), None),
         ]
         run_wide = [r for r in run_wide if r]
@@ -296,35 +298,11 @@ class IVFingerprint(Protocol):
         p: IVFingerprintParams = self.params  # type: ignore[assignment]
         return rate_warnings(self.frequencies(), achieved_sweep(points, p.points_per_cycle))
 
-    def _area_stderr(self, loops: list[tuple[np.ndarray, np.ndarray]], areas: list[float]) -> float:
-        """Standard error (V*A) of a frequency's mean loop area: the cycle-to-cycle spread,
-        at least what the range's noise gives (shoelace area of N samples with current noise
-        sigma: pi sqrt(2) A sigma / sqrt(N) for a sine of amplitude A)."""
-        n = len(areas)
-        spread = float(np.std(areas, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-        i_peak = max(float(np.nanmax(np.abs(i))) for _v, i in loops)
-        sigma, _rng = current_noise_floor(self.run_metadata, i_peak)
-        samples = sum(len(i) for _v, i in loops)
-        floor = math.pi * math.sqrt(2) * self.params.amplitude_v * sigma / math.sqrt(samples)
-        return max(spread, floor)
-
-    def _below_noise(self, area: np.ndarray, area_se: np.ndarray) -> str | None:
-        k = int(np.argmax(area))
-        if area[k] >= SNR_MIN * area_se[k]:
-            return None
-        return (
-            f"signal below the noise floor: the largest loop ({area[k]:.3g} V*A) is within "
-            f"{SNR_MIN:g}x its noise ({area_se[k]:.2g} V*A); a larger amplitude_v, a longer "
-            "nplc or more cycles lift it"
-        )
-
 
 # a tau is trusted when the area curve is the kernel's within this rms (log) error
 POOR_FIT_RMS_LOG = 0.10
 # ... and its standard error is at most this fraction: 2 sigma within the 5 % we promise
 TAU_REL_STDERR = 0.025
-# the largest loop must stand this many standard errors above zero
-SNR_MIN = 10.0
 # consecutive settled cycles that differ by more than this (rms, relative) are not steady
 DRIFT_MAX = 0.005
 

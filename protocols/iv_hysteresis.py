@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from labctl.analysis.hysteresis import UNITS, loop_metrics
+from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_area_stderr
 from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
 from labctl.metric import Metric, metric
 from labctl.program import sine, triangle
@@ -93,11 +93,11 @@ class IVHysteresis(Protocol):
             return rows
         sweeps = achieved_sweep(points, p.points_per_cycle)
         per_freq: dict[int, list[float]] = {}
+        loops: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for cycle, g in points.groupby("cycle", sort=True):
-            m = loop_metrics(
-                g["v_set"].to_numpy() if g["v"].isna().all() else g["v"].to_numpy(),
-                g["i"].to_numpy(),
-            )
+            v = g["v_set"].to_numpy() if g["v"].isna().all() else g["v"].to_numpy()
+            i = g["i"].to_numpy()
+            m = loop_metrics(v, i)
             fi = int(g["segment"].iloc[0])
             for name, value in m.items():
                 rows.append(metric("cycle", int(cycle), name, value, UNITS[name]))
@@ -105,7 +105,9 @@ class IVHysteresis(Protocol):
             # the first cycle at a frequency carries the start-up transient: leave it out
             if p.cycles == 1 or cycle != first:
                 per_freq.setdefault(fi, []).append(m["loop_area"])
+                loops.setdefault(fi, []).append((v, i))
         areas: dict[int, float] = {}
+        errors: dict[int, float] = {}
         freqs: dict[int, float] = {}
         for fi, values in sorted(per_freq.items()):
             if fi >= len(p.frequencies_hz) or fi not in sweeps:
@@ -113,17 +115,19 @@ class IVHysteresis(Protocol):
             areas[fi] = float(np.mean(values))
             # the rate the instrument achieved, not the one asked
             freqs[fi] = sweeps[fi]["frequency_hz"]
-            irregular = irregular_reason(sweeps[fi])
-            se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+            se = errors[fi] = mean_area_stderr(loops[fi], values, p.amplitude_v, self.run_metadata)
+            why = irregular_reason(sweeps[fi]) or below_noise(areas[fi], se)
             rows.append(metric("frequency", fi, "frequency", freqs[fi], "Hz"))
             rows.append(metric("frequency", fi, "frequency_asked", p.frequencies_hz[fi], "Hz"))
             rows.append(
-                metric("frequency", fi, "loop_area", areas[fi], "V*A", stderr=se, reason=irregular)
+                metric(
+                    "frequency", fi, "loop_area", areas[fi], "V*A", stderr=se or None, reason=why
+                )
             )
         if areas:
             best = max(areas, key=areas.get)
             irregular = [r for k in areas if (r := irregular_reason(sweeps[k]))]
-            reason = irregular[0] if irregular else None
+            reason = irregular[0] if irregular else below_noise(areas[best], errors[best])
             rows.append(metric("run", 0, "f_peak", freqs[best], "Hz", reason=reason))
             rows.append(metric("run", 0, "loop_area_max", areas[best], "V*A", reason=reason))
         return rows

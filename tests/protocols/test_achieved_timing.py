@@ -60,3 +60,21 @@ def test_uneven_steps_mark_the_loop_areas_unreliable(synth):
     area = rows[("frequency", 0, "loop_area")]
     assert area["quality"] == "unreliable" and "uneven" in area["reason"]
     assert rows[("run", 0, "f_peak")]["quality"] == "unreliable"
+
+
+def test_a_loop_within_the_noise_of_its_range_is_unreliable(run_sim):
+    """A 100 GOhm resistor has no loop: its area (10 pA through it) is noise, and the
+    range's noise says so."""
+    result, _points, _table = run_sim(
+        "iv_hysteresis",
+        "sim://keithley2450?device=resistor&seed=1&noise=1&R=1e11",
+        frequencies_hz=[1.0],
+        points_per_cycle=100,
+        cycles=3,
+    )
+    rows = {(m["scope"], m["name"]): m for m in result.metrics if m["scope"] != "cycle"}
+    area = rows[("frequency", "loop_area")]
+    assert area["quality"] == "unreliable" and "noise floor" in area["reason"]
+    assert area["stderr"] > 0
+    assert rows[("run", "f_peak")]["quality"] == "unreliable"
+    assert any("noise floor" in w for w in result.warnings)
