@@ -215,12 +215,20 @@ def analyze_points(
 def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
     """Run the protocol's analysis again on a stored run's points (analysis code changed,
     or a two-channel run stored before each channel was analysed alone) and replace its
-    metrics, keeping the timing metrics (those need the Programs as run). Returns (rows
-    before, rows after)."""
+    metrics, keeping the timing metrics (those need the Programs as run); the warnings it
+    gives that the run does not have yet are added. Returns (rows before, rows after)."""
     run = store.run(run_id)
     protocol = get_protocol(run["protocol"])(run.get("parameters") or {})
-    rows = analyze_points(store.points(run_id), protocol, metadata=run.get("metadata"))
-    return store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
+    points = store.points(run_id)
+    rows = analyze_points(points, protocol, metadata=run.get("metadata"))
+    counts = store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
+    # what the new analysis finds untrustworthy becomes a warning of the run, once
+    said = set(store.warnings(run_id))
+    for message in [*protocol.warnings(points), *metric_warnings(rows)]:
+        if message not in said:
+            said.add(message)
+            store.add_event(run_id, "warning", message)
+    return counts
 
 
 def check_protocol(

@@ -78,3 +78,22 @@ def test_a_loop_within_the_noise_of_its_range_is_unreliable(run_sim):
     assert area["stderr"] > 0
     assert rows[("run", "f_peak")]["quality"] == "unreliable"
     assert any("noise floor" in w for w in result.warnings)
+
+
+def test_reanalysis_keeps_the_quality_and_says_each_warning_once(run_sim, store):
+    from labctl.engine import reanalyze_run
+
+    result, _points, _table = run_sim(
+        "iv_hysteresis",
+        "sim://keithley2450?device=resistor&seed=1&noise=1&R=1e11",
+        frequencies_hz=[1.0],
+        points_per_cycle=100,
+        cycles=3,
+    )
+    before = store.warnings(result.run_id)
+    assert before
+    reanalyze_run(store, result.run_id)
+    assert store.warnings(result.run_id) == before
+    m = store.metrics(result.run_id)
+    area = m[(m["scope"] == "frequency") & (m["name"] == "loop_area")].iloc[0]
+    assert area["quality"] == "unreliable" and "noise floor" in area["reason"]
