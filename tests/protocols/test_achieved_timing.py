@@ -62,16 +62,21 @@ def test_uneven_steps_mark_the_loop_areas_unreliable(synth):
     assert rows[("run", 0, "f_peak")]["quality"] == "unreliable"
 
 
-def test_a_loop_within_the_noise_of_its_range_is_unreliable(run_sim):
-    """A 100 GOhm resistor has no loop: its area (10 pA through it) is noise, and the
-    range's noise says so."""
-    result, _points, _table = run_sim(
+def _noisy_loop(run_sim):
+    """One 1 Hz loop on a 100 GOhm resistor: 10 pA through it, no memory."""
+    return run_sim(
         "iv_hysteresis",
         "sim://keithley2450?device=resistor&seed=1&noise=1&R=1e11",
         frequencies_hz=[1.0],
         points_per_cycle=100,
         cycles=3,
     )
+
+
+def test_a_loop_within_the_noise_of_its_range_is_unreliable(run_sim):
+    """A 100 GOhm resistor has no loop: its area (10 pA through it) is noise, and the
+    range's noise says so."""
+    result, _points, _table = _noisy_loop(run_sim)
     rows = {(m["scope"], m["name"]): m for m in result.metrics if m["scope"] != "cycle"}
     area = rows[("frequency", "loop_area")]
     assert area["quality"] == "unreliable" and "noise floor" in area["reason"]
@@ -83,13 +88,7 @@ def test_a_loop_within_the_noise_of_its_range_is_unreliable(run_sim):
 def test_reanalysis_keeps_the_quality_and_says_each_warning_once(run_sim, store):
     from labctl.engine import reanalyze_run
 
-    result, _points, _table = run_sim(
-        "iv_hysteresis",
-        "sim://keithley2450?device=resistor&seed=1&noise=1&R=1e11",
-        frequencies_hz=[1.0],
-        points_per_cycle=100,
-        cycles=3,
-    )
+    result, _points, _table = _noisy_loop(run_sim)
     before = store.warnings(result.run_id)
     assert before
     reanalyze_run(store, result.run_id)
