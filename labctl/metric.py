@@ -67,24 +67,6 @@ def metric(
     )
 
 
-def unreliable(row: Metric, reason: str) -> Metric:
-    """``row`` marked unreliable; a second reason is added to the first."""
-    if row.get("quality") == "unreliable" and row.get("reason"):
-        if reason in str(row["reason"]):
-            return row
-        reason = f"{row['reason']}; {reason}"
-    return Metric(**{**row, "quality": "unreliable", "reason": reason})  # type: ignore[typeddict-item]
-
-
-def mark(rows: Iterable[Metric], names: Iterable[str], reason: str | None) -> list[Metric]:
-    """``rows`` with those named in ``names`` marked unreliable for ``reason`` (no-op for None)."""
-    rows = list(rows)
-    if not reason:
-        return rows
-    wanted = set(names)
-    return [unreliable(r, reason) if r["name"] in wanted else r for r in rows]
-
-
 def metric_warnings(rows: Iterable[Metric]) -> list[str]:
     """The run warnings the unreliable rows give: one per reason and channel, naming the
     metrics it makes unreliable (rows of other scopes counted: "loop_area (12 frequency
