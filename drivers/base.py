@@ -51,6 +51,17 @@ class Capabilities:
     channels: tuple[str, ...] = ("1",)
     source_modes: tuple[str, ...] = ("V", "I")
     pulse_widths_s: tuple[float, float] | None = None  # a pulse mode's shortest, longest pulse
+    # rms current noise of each of i_ranges at 1 PLC (A), from the manual; () where the
+    # manual gives none (current_noise_a then estimates it)
+    i_noise_a: tuple[float, ...] = ()
+
+    def current_noise_a(self) -> dict[float, float]:
+        """rms current noise at 1 PLC (A) of each current range: the manual's figure, else an
+        estimate of 5 ppm of the range (the Keithley 2450's ratio on its 1 uA-100 uA ranges,
+        SPEC-2450 Rev. A, current specifications, noise (RMS) < 10 Hz)."""
+        if len(self.i_noise_a) == len(self.i_ranges):
+            return dict(zip(self.i_ranges, self.i_noise_a, strict=True))
+        return {r: 5e-6 * r for r in self.i_ranges}
 
 
 @dataclass

@@ -60,6 +60,9 @@ HARDWARE_TIMING = HardwareTiming(
 )
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# measurement noise (RMS, < 10 Hz, 1 PLC) of each current range: 2450 datasheet
+# SPEC-2450 Rev. A, current specifications
+I_NOISE_A = (500e-15, 500e-15, 5e-12, 40e-12, 400e-12, 5e-9, 40e-9, 100e-9, 3e-6)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Keithley2450(SourceMeterBase):
         i_max=1.05,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
+        i_noise_a=I_NOISE_A,
         channels=("1",),
         source_modes=("V",),
     )

@@ -30,6 +30,7 @@ from PyQt5.QtWidgets import (
 )
 
 from gui.plots import OverlayPlots
+from gui.run_quality import RunQualityView
 from gui.storeio import load_run_for_display, records, run_summary, set_run_notes
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration, fmt_si
@@ -175,6 +176,9 @@ class HistoryPanel(QWidget):
         side_lay.setContentsMargins(0, 0, 0, 0)
         side_lay.addWidget(QLabel("Run details"))
         side_lay.addWidget(self.details, 1)
+        # its warnings and run metrics, unreliable ones greyed with the reason as tooltip
+        self.quality = RunQualityView()
+        side_lay.addWidget(self.quality, 1)
         side_lay.addWidget(self.notes)
         side_lay.addWidget(self.notes_btn)
         upper = QSplitter(Qt.Horizontal)
@@ -315,6 +319,7 @@ class HistoryPanel(QWidget):
             self.current_run = None
             self.details.setPlainText(f"{len(ids)} runs selected" if ids else "")
             self.notes.setPlainText("")
+            self.quality.clear()
             return
         self.current_run = ids[0]
         self.tasks.submit(
@@ -343,12 +348,16 @@ class HistoryPanel(QWidget):
             lines.append(
                 "samples: " + "; ".join(f"channel {c}: {n}" for c, n in sorted(samples.items()))
             )
+        warnings = summary.get("warnings") or []
+        lines += [f"warning: {w}" for w in warnings]
         metrics = summary["metrics"]
         run_level = metrics[metrics["scope"] == "run"] if len(metrics) else metrics
         several = len(samples) > 1 or (len(run_level) and run_level["channel"].nunique() > 1)
         for _, m in run_level.iterrows():
             on = f"channel {m['channel']} ({samples.get(m['channel'], '?')}): " if several else ""
-            lines.append(f"  {on}{m['name']} = {fmt_si(m['value'], m['unit'] or '')}")
+            bad = f"  unreliable: {m['reason']}" if m.get("quality") == "unreliable" else ""
+            lines.append(f"  {on}{m['name']} = {fmt_si(m['value'], m['unit'] or '')}{bad}")
+        self.quality.show_quality(warnings, run_level.to_dict("records"), several=bool(several))
         events = summary["events"]
         for _, e in events.tail(8).iterrows():
             lines.append(f"event {e['kind']}: {e['message']}")

@@ -37,6 +37,7 @@ from gui.instrument_panel import InstrumentPanel
 from gui.live import DEFAULT_CAPACITY, EngineBridge, Inbox, LiveModel
 from gui.plots import LivePlots
 from gui.protocol_panel import ProtocolPanel
+from gui.run_quality import RunQualityView
 from gui.sample_panel import SamplePanel
 from gui.sequence_view import SequenceProgress, StepBridge, WindowListener
 from gui.tasks import TaskRunner, describe_error
@@ -361,6 +362,12 @@ class MainWindow(QMainWindow):
         live_lay.addLayout(head)
         live_lay.addLayout(pick)
         live_lay.addWidget(self.live, 1)
+        # the finished run's warnings and metrics (unreliable ones greyed), under the plots
+        self.live_quality = RunQualityView(side_by_side=True)
+        self.live_quality.setObjectName("live_quality")
+        self.live_quality.setMaximumHeight(160)
+        self.live_quality.setVisible(False)
+        live_lay.addWidget(self.live_quality)
 
         self.right = QTabWidget()
         self.right.setObjectName("view_tabs")
@@ -746,6 +753,8 @@ class MainWindow(QMainWindow):
         return True
 
     def _run_started(self, run_id: int, total_s) -> None:
+        self.live_quality.clear()
+        self.live_quality.setVisible(False)
         self.run_id = run_id
         self.watcher.own_runs.add(run_id)
         self.run_total_s = total_s
@@ -820,6 +829,10 @@ class MainWindow(QMainWindow):
             self.protocol.steps.set_status(seq.index, f"{result.status} (run {result.run_id})")
             text = f"{seq.label()}: {text}"
         self.run_status.setText(text)
+        self.live_quality.show_quality(result.warnings, result.metrics)
+        self.live_quality.setVisible(bool(result.warnings or result.metrics))
+        for warning in result.warnings:
+            self.show_message("warning", f"run {result.run_id}: {warning}")
         if result.status == "completed":
             if seq is None or len(seq.results) == seq.count:
                 self.progress.setValue(1000)

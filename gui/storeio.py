@@ -94,6 +94,11 @@ def coprime_step(k: int) -> int:
 
 
 def run_summary(store, run_id: int) -> dict[str, Any]:
-    """The run record, its metrics and events, for the history details pane."""
+    """The run record, its warnings, metrics and events, for the history details pane."""
     run = store.run(run_id)
-    return {"run": run, "metrics": store.metrics(run_id), "events": store.events(run_id)}
+    return {
+        "run": run,
+        "warnings": store.warnings(run_id),
+        "metrics": store.metrics(run_id),
+        "events": store.events(run_id),
+    }

@@ -4,12 +4,14 @@ needs them, so ``labctl --help`` answers at once. Failures print one line and ex
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from labctl.errors import PlausibilityWarning
 
@@ -146,8 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_arg(s)
 
-    p = sub.add_parser("show", help="show one run: parameters, status, metrics, events")
+    p = sub.add_parser("show", help="show one run: parameters, status, warnings, metrics, events")
     p.add_argument("run", type=RUN_ID)
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object with the run's fields, warnings, metrics and events",
+    )
     _db_arg(p)
 
     p = sub.add_parser("analyze", help="run a stored run's analysis again and replace its metrics")
@@ -447,16 +455,21 @@ def _print_metrics_of(metrics, indent: str) -> None:
     run_level = [m for m in metrics if m.get("scope") == "run"]
     freq = [m for m in metrics if m.get("scope") == "frequency"]
     if freq:
-        by_index: dict[int, dict[str, float]] = {}
+        by_index: dict[int, dict[str, Any]] = {}
         for m in freq:
-            by_index.setdefault(m["index"], {})[m["name"]] = m["value"]
+            by_index.setdefault(m["index"], {})[m["name"]] = m
         print(f"{indent}frequency (Hz)   loop area (V*A)")
         for _k, row in sorted(by_index.items()):
-            f_hz = row.get("frequency", float("nan"))
-            print(f"{indent}{f_hz:>14.4g}   {row.get('loop_area', float('nan')):.4g}")
+            f_hz = row["frequency"]["value"] if "frequency" in row else float("nan")
+            area = row.get("loop_area") or {"value": float("nan")}
+            bad = "  unreliable" if area.get("quality") == "unreliable" else ""
+            print(f"{indent}{f_hz:>14.4g}   {area['value']:.4g}{bad}")
     for m in run_level:
         unit = f" {m['unit']}" if m.get("unit") else ""
-        print(f"{indent}{m['name']} = {m['value']:.4g}{unit}")
+        se = m.get("stderr")
+        pm = f" ± {se:.2g}" if se is not None and math.isfinite(se) else ""
+        bad = f"  unreliable: {m['reason']}" if m.get("quality") == "unreliable" else ""
+        print(f"{indent}{m['name']} = {m['value']:.4g}{pm}{unit}{bad}")
 
 
 def cmd_demo(args) -> int:
@@ -634,6 +647,9 @@ def cmd_show(args) -> int:
 
     store = _open_store(args)
     run = store.run(args.run)
+    if args.format == "json":
+        print(json.dumps(_run_record(store, args.run, run), default=_json_default, indent=1))
+        return 0
     for key in (
         "id",
         "protocol",
@@ -656,7 +672,11 @@ def cmd_show(args) -> int:
         on = "; ".join(f"{names.get(c, c)}: {name}" for c, name in sorted(samples.items()))
         print(f"{'samples':>20}: {on}")
     print(f"{'parameters':>20}: {json.dumps(run.get('parameters'), sort_keys=True)}")
-    metrics = store.metrics(args.run)
+    warnings = store.warnings(args.run)
+    print("warnings:" + ("" if warnings else " none"))
+    for warning in warnings:
+        print(f"  - {warning}")
+    metrics = _metrics_table(store.metrics(args.run))
     channels = sorted(set(metrics["channel"]) | set(samples)) if len(metrics) else []
     if len(channels) > 1:  # a device per channel: each one's metrics apart
         for channel in channels:
@@ -672,6 +692,44 @@ def cmd_show(args) -> int:
         print("events:")
         print(events.to_string(index=False, max_rows=30))
     return 0
+
+
+def _metrics_table(metrics):
+    """The metrics as ``labctl show`` prints them: stderr only where some row has one, and
+    the quality column saying ``unreliable: <reason>`` where a number cannot be trusted."""
+    out = metrics.drop(columns=["reason"])
+    if out["stderr"].isna().all():
+        out = out.drop(columns=["stderr"])
+    bad = metrics["quality"] == "unreliable"
+    out["quality"] = metrics["quality"].where(~bad, "unreliable: " + metrics["reason"].astype(str))
+    return out
+
+
+def _json_default(value):
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _run_record(store, run_id: int, run: dict) -> dict:
+    """``labctl show --format json``: the run's fields, its warnings, its metrics (scope,
+    index, name, value, unit, stderr, quality, reason, channel) and its events."""
+    from labctl.store.export import metric_rows
+
+    events = store.events(run_id)
+    return {
+        **run,
+        "warnings": store.warnings(run_id),
+        "metrics": metric_rows(store, run_id),
+        "events": [
+            {
+                "at": e["at"].isoformat() if hasattr(e["at"], "isoformat") else e["at"],
+                "t": None if e["t"] != e["t"] else e["t"],
+                "kind": e["kind"],
+                "message": e["message"],
+                "data": e["data"],
+            }
+            for e in events.to_dict("records")
+        ],
+    }
 
 
 def cmd_export(args) -> int:

@@ -41,6 +41,7 @@ from labctl.errors import (
     sample_set_command,
 )
 from labctl.feasibility import HOW_TO_FORCE, TimingError, split_timing, timing_of
+from labctl.metric import metric_warnings
 from labctl.program import Program, describe_s
 from protocols.base import Protocol, field_info, get_protocol
 from protocols.recipe import check_channels
@@ -185,20 +186,35 @@ def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
     return ids or None
 
 
+def noise_table(driver: Any) -> list[list[float]]:
+    """[[range (A), rms noise at 1 PLC (A)], ...] of the driver's current ranges, for the
+    run metadata (the analyses judge a signal against the noise of the range it used)."""
+    caps = getattr(driver, "capabilities", None)
+    table = caps.current_noise_a() if caps is not None and caps.i_ranges else {}
+    return [[float(r), float(n)] for r, n in sorted(table.items())]
+
+
 def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
     """Metric rows tagged with the channel whose points they describe."""
     return [{**row, "channel": channel} for row in rows]
 
 
-def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None) -> list[dict]:
+def analyze_points(
+    points,
+    protocol: Any,
+    executed: Sequence[Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[dict]:
     """Metric rows of a run's points: the protocol's analysis of each channel's points
     alone (a device per channel), or of all of them together for a protocol with
     ``analyze_channels_together`` (tagged as the first channel's); with ``executed`` (the
     Programs as run) also the achieved against the requested timing per channel: the
-    run's flag counts and lateness, and each segment's achieved step timing. Each row
-    carries its ``channel``."""
+    run's flag counts and lateness, and each segment's achieved step timing. ``metadata``
+    (the run's: instrument settings, the ranges' noise) is given to the protocol as
+    ``run_metadata``. Each row carries its ``channel``."""
     if not len(points):
         return []
+    protocol.run_metadata = dict(metadata or {})
     has_analysis = type(protocol).analyze is not Protocol.analyze
     channels = sorted(int(c) for c in points["channel"].unique())
     if len(channels) == 1:
@@ -221,12 +237,20 @@ def analyze_points(points, protocol: Any, executed: Sequence[Any] | None = None)
 def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
     """Run the protocol's analysis again on a stored run's points (analysis code changed,
     or a two-channel run stored before each channel was analysed alone) and replace its
-    metrics, keeping the timing metrics (those need the Programs as run). Returns (rows
-    before, rows after)."""
+    metrics, keeping the timing metrics (those need the Programs as run); the warnings it
+    gives that the run does not have yet are added. Returns (rows before, rows after)."""
     run = store.run(run_id)
     protocol = get_protocol(run["protocol"])(run.get("parameters") or {})
-    rows = analyze_points(store.points(run_id), protocol)
-    return store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
+    points = store.points(run_id)
+    rows = analyze_points(points, protocol, metadata=run.get("metadata"))
+    counts = store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
+    # what the new analysis finds untrustworthy becomes a warning of the run, once
+    said = set(store.warnings(run_id))
+    for message in [*protocol.warnings(points), *metric_warnings(rows)]:
+        if message not in said:
+            said.add(message)
+            store.add_event(run_id, "warning", message)
+    return counts
 
 
 def check_protocol_limits(
@@ -733,6 +757,7 @@ class RunEngine:
                 run_id,
                 instrument_settings=settings,
                 driver=driver.name,
+                current_noise_a=noise_table(driver),
                 **({"channels": per_channel} if per_channel else {}),
             )
             if refusal is not None:
@@ -830,10 +855,18 @@ class RunEngine:
         for every segment whose samples came more than 5 % faster or slower than asked.
         Never raises: analysis never costs the data."""
         metrics: list[dict[str, Any]] = []
+        found: list[str] = []
         try:
             points = self.store.points(run_id)
-            metrics = analyze_points(points, protocol, self._executed)
+            metadata = self.store.run(run_id).get("metadata") or {}
+            metrics = analyze_points(points, protocol, self._executed, metadata)
             self.store.add_metrics(run_id, metrics)
+            # what the analysis found differs from what was asked, and each number that
+            # cannot be trusted: warnings of the run
+            asked = getattr(protocol, "warnings", None)  # duck-typed protocols may lack it
+            found = asked(points) if callable(asked) else []
+            for message in [*found, *metric_warnings(metrics)]:
+                self._warn(run_id, message)
         except Exception as exc:  # analysis never costs the data
             self._event(run_id, "error", f"analysis failed: {type(exc).__name__}: {exc}")
         said: set[tuple[int, str]] = set()
@@ -852,6 +885,8 @@ class RunEngine:
             what = f"segment {row['index']}" + (
                 f" on channel {row['channel']}" if row.get("channel") else ""
             )
+            if any(message.startswith(f"{what}:") for message in found):
+                continue  # the protocol said it in its own terms (asked and achieved Hz)
             self._warn(
                 run_id,
                 f"{what}: sampled every {describe_s(same['sample_interval_s'])}, asked "

@@ -151,6 +151,8 @@ class Protocol:
     # every channel's points (the protocol tells them apart by their ``channel`` column),
     # stored as the first channel's metrics.
     analyze_channels_together: ClassVar[bool] = False
+    # the run's metadata while the engine analyses it (see analyze)
+    run_metadata: dict[str, Any] = {}  # noqa: RUF012  (replaced per run, never mutated)
 
     def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
         if isinstance(params, Params):
@@ -206,7 +208,15 @@ class Protocol:
         return None
 
     def analyze(self, points) -> list[dict[str, Any]]:  # points: pandas DataFrame
-        """Metrics rows: dicts with name, value, unit, scope, index."""
+        """Metrics rows (labctl.metric.metric): name, value, unit, scope, index, stderr,
+        quality and reason. ``self.run_metadata`` holds the run's metadata when the engine
+        analyses a run (instrument settings, ``current_noise_a``); {} otherwise."""
+        return []
+
+    def warnings(self, points) -> list[str]:
+        """What the run did that differs from what was asked, as the analysis sees it in the
+        points (e.g. the achieved against the asked sweep rate); the engine stores each as
+        a warning of the run."""
         return []
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from labctl.errors import ValidationError
+from labctl.metric import metric  # noqa: F401  (re-exported: the one place rows are made)
 from labctl.program import Program, hold
 from protocols.base import Params, check_list  # noqa: F401  (re-exported)
 
@@ -108,12 +109,6 @@ def reads_block(p: ReadParams, n: int, gap_s: float, **tags: Any) -> Program:
 def refuse(name: str, message: str) -> None:
     """Raise the one-line message for a parameter that conflicts with another."""
     raise ValidationError(f"parameters.{name}", message)
-
-
-def metric(scope: str, index: int, name: str, value: float, unit: str = "") -> dict[str, Any]:
-    """One metrics row as the store takes it."""
-    v = float(value) if value is not None else float("nan")
-    return {"scope": scope, "index": int(index), "name": name, "value": v, "unit": unit}
 
 
 def finite(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@
 Each frequency is one Program (one segment); cycles are numbered across the whole run.
 ``analyze`` gives per cycle the lobe areas, G at +V and -V, the on/off ratio and the current
 at V = 0 (the pinch), per frequency the loop area of the settled cycles, and the frequency
-of the largest loop.
+of the largest loop. Frequencies are the achieved ones (from the points' timestamps); a
+rate that differs from the asked one by more than 5 % is a warning of the run, and uneven
+host-timed steps mark the loop areas and f_peak unreliable.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from labctl.analysis.hysteresis import UNITS, loop_metrics
+from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_area_stderr
+from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
+from labctl.metric import Metric, metric
 from labctl.program import describe_s, sine, triangle
 from protocols.base import Params, Plan, Protocol, register
 
@@ -93,76 +97,55 @@ class IVHysteresis(Protocol):
         freqs = [p.frequencies_hz[k] for k in indices]
         return sweep_alternative(freqs, p.points_per_cycle, min_step_s, min_points=8)
 
-    def analyze(self, points) -> list[dict[str, Any]]:
+    def analyze(self, points) -> list[Metric]:
         p: IVHysteresisParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+        rows: list[Metric] = []
         if len(points) == 0:
             return rows
+        sweeps = achieved_sweep(points, p.points_per_cycle)
         per_freq: dict[int, list[float]] = {}
+        loops: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for cycle, g in points.groupby("cycle", sort=True):
-            m = loop_metrics(
-                g["v_set"].to_numpy() if g["v"].isna().all() else g["v"].to_numpy(),
-                g["i"].to_numpy(),
-            )
+            v = g["v_set"].to_numpy() if g["v"].isna().all() else g["v"].to_numpy()
+            i = g["i"].to_numpy()
+            m = loop_metrics(v, i)
             fi = int(g["segment"].iloc[0])
             for name, value in m.items():
-                rows.append(
-                    {
-                        "scope": "cycle",
-                        "index": int(cycle),
-                        "name": name,
-                        "value": value,
-                        "unit": UNITS[name],
-                    }
-                )
+                rows.append(metric("cycle", int(cycle), name, value, UNITS[name]))
             first = fi * p.cycles
             # the first cycle at a frequency carries the start-up transient: leave it out
             if p.cycles == 1 or cycle != first:
                 per_freq.setdefault(fi, []).append(m["loop_area"])
-        areas = {}
+                loops.setdefault(fi, []).append((v, i))
+        areas: dict[int, float] = {}
+        errors: dict[int, float] = {}
+        freqs: dict[int, float] = {}
         for fi, values in sorted(per_freq.items()):
-            if fi >= len(p.frequencies_hz):
+            if fi >= len(p.frequencies_hz) or fi not in sweeps:
                 continue
             areas[fi] = float(np.mean(values))
+            # the rate the instrument achieved, not the one asked
+            freqs[fi] = sweeps[fi]["frequency_hz"]
+            se = errors[fi] = mean_area_stderr(loops[fi], values, p.amplitude_v, self.run_metadata)
+            why = irregular_reason(sweeps[fi]) or below_noise(areas[fi], se)
+            rows.append(metric("frequency", fi, "frequency", freqs[fi], "Hz"))
+            rows.append(metric("frequency", fi, "frequency_asked", p.frequencies_hz[fi], "Hz"))
             rows.append(
-                {
-                    "scope": "frequency",
-                    "index": fi,
-                    "name": "frequency",
-                    "value": p.frequencies_hz[fi],
-                    "unit": "Hz",
-                }
-            )
-            rows.append(
-                {
-                    "scope": "frequency",
-                    "index": fi,
-                    "name": "loop_area",
-                    "value": areas[fi],
-                    "unit": "V*A",
-                }
+                metric(
+                    "frequency", fi, "loop_area", areas[fi], "V*A", stderr=se or None, reason=why
+                )
             )
         if areas:
             best = max(areas, key=areas.get)
-            rows.append(
-                {
-                    "scope": "run",
-                    "index": 0,
-                    "name": "f_peak",
-                    "value": p.frequencies_hz[best],
-                    "unit": "Hz",
-                }
-            )
-            rows.append(
-                {
-                    "scope": "run",
-                    "index": 0,
-                    "name": "loop_area_max",
-                    "value": areas[best],
-                    "unit": "V*A",
-                }
-            )
+            irregular = [r for k in areas if (r := irregular_reason(sweeps[k]))]
+            reason = irregular[0] if irregular else below_noise(areas[best], errors[best])
+            rows.append(metric("run", 0, "f_peak", freqs[best], "Hz", reason=reason))
+            rows.append(metric("run", 0, "loop_area_max", areas[best], "V*A", reason=reason))
         return rows
+
+    def warnings(self, points) -> list[str]:
+        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        return rate_warnings(p.frequencies_hz, achieved_sweep(points, p.points_per_cycle))
 
 
 def sweeps_asked(freqs: Sequence[float], points_per_cycle: int) -> str:

@@ -15,7 +15,8 @@ from pydantic import Field
 from labctl.analysis.fits import fit_exponential
 from labctl.analysis.pulses import (
     nonlinearity,
-    pulse_ends,
+    phase_names,
+    phase_rows,
     pulse_phases,
     reads,
     symmetry_error,
@@ -203,28 +204,31 @@ class PairedPulse(Protocol):
 
     def analyze(self, points) -> list[dict[str, Any]]:
         pairs = self.pairs()
-        ends = pulse_ends(points, "stim")
         rows: list[dict[str, Any]] = []
         by_interval: dict[float, list[float]] = {}
-        for j, g in ends.groupby("cycle", sort=True):
-            g = g.sort_values("pulse")
-            if len(g) < 2 or int(j) >= len(pairs):
-                continue
-            i1, i2 = abs(float(g["i"].iloc[0])), abs(float(g["i"].iloc[-1]))
+        achieved: dict[float, list[float]] = {}
+        for j, (i1, i2, gap) in sorted(self._pairs_measured(points).items()):
             if i1 <= 0:
                 continue
             index = i2 / i1
-            rows.append(metric("cycle", int(j), "interval_s", pairs[int(j)], "s"))
-            rows.append(metric("cycle", int(j), "ppf_index", index))
-            rows.append(metric("cycle", int(j), "i_first", i1, "A"))
-            rows.append(metric("cycle", int(j), "i_second", i2, "A"))
-            by_interval.setdefault(pairs[int(j)], []).append(index)
-        gaps = sorted(by_interval)
-        means = [float(np.mean(by_interval[dt])) for dt in gaps]
-        for k, (dt, m) in enumerate(zip(gaps, means, strict=True)):
-            rows.append(metric("interval", k, "interval_s", dt, "s"))
-            rows.append(metric("interval", k, "ppf_index", m))
-            if len(by_interval[dt]) > 1:
+            rows.append(metric("cycle", j, "interval_s", gap, "s"))
+            rows.append(metric("cycle", j, "interval_asked_s", pairs[j], "s"))
+            rows.append(metric("cycle", j, "ppf_index", index))
+            rows.append(metric("cycle", j, "i_first", i1, "A"))
+            rows.append(metric("cycle", j, "i_second", i2, "A"))
+            by_interval.setdefault(pairs[j], []).append(index)
+            achieved.setdefault(pairs[j], []).append(gap)
+        asked = sorted(by_interval)
+        # the intervals as they were run: the mean achieved gap of each asked one
+        gaps = [float(np.mean(achieved[dt])) for dt in asked]
+        means = [float(np.mean(by_interval[dt])) for dt in asked]
+        for k, (dt, gap, m) in enumerate(zip(asked, gaps, means, strict=True)):
+            n = len(by_interval[dt])
+            se = float(np.std(by_interval[dt], ddof=1) / np.sqrt(n)) if n > 1 else None
+            rows.append(metric("interval", k, "interval_s", gap, "s"))
+            rows.append(metric("interval", k, "interval_asked_s", dt, "s"))
+            rows.append(metric("interval", k, "ppf_index", m, stderr=se))
+            if n > 1:
                 rows.append(metric("interval", k, "ppf_index_std", np.std(by_interval[dt])))
         if means:
             rows.append(metric("run", 0, "ppf_max", max(means)))
@@ -233,10 +237,55 @@ class PairedPulse(Protocol):
         if len(gaps) >= 4:
             fit = fit_exponential(np.array(gaps), np.array(means))
             if fit.ok:
-                rows.append(metric("run", 0, "ppf_tau", fit.tau, "s"))
-                rows.append(metric("run", 0, "ppf_amplitude", fit.amplitude))
-                rows.append(metric("run", 0, "ppf_inf", fit.y_inf))
+                rel = fit.tau_stderr / fit.tau if fit.tau > 0 else float("inf")
+                why = (
+                    None
+                    if rel <= 0.1
+                    else f"ppf_tau is uncertain: ±{100 * rel:.3g} % (1 sigma; allowed 10 %)"
+                )
+                rows.append(
+                    metric("run", 0, "ppf_tau", fit.tau, "s", stderr=fit.tau_stderr, reason=why)
+                )
+                rows.append(metric("run", 0, "ppf_amplitude", fit.amplitude, reason=why))
+                rows.append(metric("run", 0, "ppf_inf", fit.y_inf, reason=why))
         return finite(rows)
+
+    def warnings(self, points) -> list[str]:
+        pairs = self.pairs()
+        out = []
+        for j, (_i1, _i2, gap) in sorted(self._pairs_measured(points).items()):
+            asked = pairs[j]
+            if abs(gap - asked) > max(0.05 * asked, 1e-3):
+                out.append(
+                    f"pair {j}: asked interval {asked:.4g} s, achieved {gap:.4g} s; its "
+                    "metrics use the achieved interval"
+                )
+        return out
+
+    def _pairs_measured(self, points) -> dict[int, tuple[float, float, float]]:
+        """Per pair j: |I| at the end of the first and the second pulse, and the achieved
+        0 V gap between them (from the samples' timestamps: end of the second pulse minus
+        end of the first minus the second pulse's own duration, itself measured from its
+        samples when it has several)."""
+        p: PairedPulseParams = self.params  # type: ignore[assignment]
+        stim = phase_rows(points, "stim")
+        out: dict[int, tuple[float, float, float]] = {}
+        n_pairs = len(self.pairs())
+        for j, g in stim.groupby("cycle", sort=True):
+            j = int(j)
+            pulses = sorted(set(g["pulse"]))
+            if len(pulses) < 2 or j >= n_pairs:
+                continue
+            first = g[g["pulse"] == pulses[0]].sort_values("t")
+            second = g[g["pulse"] == pulses[-1]].sort_values("t")
+            t2 = second["t"].to_numpy(float)
+            n = len(t2)
+            width = (t2[-1] - t2[0]) * n / (n - 1) if n > 1 else p.width_s
+            gap = float(t2[-1] - float(first["t"].iloc[-1]) - width)
+            i1 = abs(float(first["i"].iloc[-1]))
+            i2 = abs(float(second["i"].iloc[-1]))
+            out[j] = (i1, i2, gap)
+        return out
 
 
 # -- spike-timing-dependent plasticity --------------------------------------------------------
@@ -284,6 +333,18 @@ class STDPParams(ReadParams):
                 f"{self.spike_width_s:g} s is longer than spike_period_s = "
                 f"{self.spike_period_s:g} s; allowed: <= spike_period_s",
             )
+
+
+def _onset_marker(durations: np.ndarray, dt: float) -> np.ndarray:
+    """Which step of a pairing to sample: the one ending at |dt|, where the second event
+    starts (none for dt = 0, or when that edge merged away between equal levels)."""
+    mark = np.zeros(len(durations), bool)
+    if dt:
+        ends = np.cumsum(durations)
+        k = int(np.argmin(np.abs(ends - abs(dt))))
+        if abs(ends[k] - abs(dt)) <= 1e-9 * max(abs(dt), 1.0):
+            mark[k] = True
+    return mark
 
 
 def _superpose(signals: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
@@ -371,9 +432,13 @@ class STDP(Protocol):
             for k in range(1, p.pairs + 1):
                 if k > 1 and p.pair_interval_s > 0:
                     parts.append(rest(p.pair_interval_s, cycle=j, pulse=base + k))
+                # the first pairing samples the step that ends where the second event starts:
+                # with the read just before it (which ends where the first event starts) that
+                # gives the achieved delta-t from the instrument's timestamps
+                mark = _onset_marker(durations, dt) if k == 1 else np.zeros(len(levels), bool)
                 parts.append(
                     Program.from_steps(
-                        levels, durations, sample=False, phase="stim", cycle=j, pulse=base + k
+                        levels, durations, sample=mark, phase="stim", cycle=j, pulse=base + k
                     )
                 )
             if p.read_delay_s > 0:
@@ -385,9 +450,39 @@ class STDP(Protocol):
         p: STDPParams = self.params  # type: ignore[assignment]
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
+    def achieved_delays(self, points) -> dict[int, float]:
+        """Per delay j, delta-t as it ran: the sampled onset step of the second event in the
+        first pairing minus the end of the read before it (the first event's onset), signed
+        as asked; 0 s delays are 0. Delays whose onset was not sampled are left out."""
+        p: STDPParams = self.params  # type: ignore[assignment]
+        out: dict[int, float] = {}
+        names = phase_names(points)
+        for j, asked in enumerate(p.delays_s):
+            if asked == 0:
+                out[j] = 0.0
+                continue
+            base = j * (p.pairs + 2)
+            here = (points["cycle"].to_numpy() == j).astype(bool)
+            pulse = points["pulse"].to_numpy()
+            before = points["t"].to_numpy(float)[here & (pulse == base) & (names == "read")]
+            onset = points["t"].to_numpy(float)[here & (pulse == base + 1) & (names == "stim")]
+            if len(before) and len(onset):
+                out[j] = float(np.sign(asked)) * float(onset.min() - before.max())
+        return out
+
+    def warnings(self, points) -> list[str]:
+        p: STDPParams = self.params  # type: ignore[assignment]
+        return [
+            f"delay {j}: asked delta-t {p.delays_s[j]:.4g} s, achieved {dt:.4g} s; its metrics "
+            "use the achieved delta-t"
+            for j, dt in sorted(self.achieved_delays(points).items())
+            if abs(dt - p.delays_s[j]) > max(0.05 * abs(p.delays_s[j]), 1e-3)
+        ]
+
     def analyze(self, points) -> list[dict[str, Any]]:
         p: STDPParams = self.params  # type: ignore[assignment]
         r = reads(points)
+        achieved = self.achieved_delays(points)
         rows: list[dict[str, Any]] = []
         dts, dgs = [], []
         for j, g in r.groupby("cycle", sort=True):
@@ -400,10 +495,12 @@ class STDP(Protocol):
             if not len(before) or not len(after):
                 continue
             g_b, g_a = float(before.mean()), float(after.mean())
-            dt, dg = p.delays_s[j], g_a / g_b - 1
+            dt = achieved.get(j, p.delays_s[j])
+            dg = g_a / g_b - 1
             dts.append(dt)
             dgs.append(dg)
             rows.append(metric("cycle", j, "delta_t", dt, "s"))
+            rows.append(metric("cycle", j, "delta_t_asked", p.delays_s[j], "s"))
             rows.append(metric("cycle", j, "g_before", g_b, "S"))
             rows.append(metric("cycle", j, "g_after", g_a, "S"))
             rows.append(metric("cycle", j, "delta_g_rel", dg))

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from labctl.analysis.fits import fit_exponential, fit_stretched_exponential
+from labctl.analysis.fits import ExpFit, fit_exponential, fit_stretched_exponential
+from labctl.analysis.noise import current_noise_floor
 from labctl.analysis.pulses import pulse_ends, reads
 from labctl.program import Program
 from protocols.base import Plan, Protocol, register
@@ -97,6 +98,7 @@ class Retention(Protocol):
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
     def analyze(self, points) -> list[dict[str, Any]]:
+        p: RetentionParams = self.params  # type: ignore[assignment]
         rows: list[dict[str, Any]] = []
         r = reads(points)
         writes = pulse_ends(points, "write")
@@ -122,34 +124,114 @@ class Retention(Protocol):
         if np.isfinite(g_base) and g[0] != g_base:
             out["retained_fraction"] = ((g[-1] - g_base) / (g[0] - g_base), "")
         single = fit_exponential(t, g)
-        if single.ok:
-            out.update(
-                {
-                    "tau": (single.tau, "s"),
-                    "g_inf": (single.y_inf, "S"),
-                    "g_amplitude": (single.amplitude, "S"),
-                    "rmse_single": (single.rmse, "S"),
-                    "t_half": (single.tau * np.log(2), "s"),
-                }
-            )
         drifting = fit_exponential(t, g, drift=True)
-        if drifting.ok:
-            out.update(
-                {
-                    "tau_drift": (drifting.tau, "s"),
-                    "g_drift_slope": (drifting.slope, "S/s"),
-                    "rmse_drift": (drifting.rmse, "S"),
-                }
-            )
         stretched = fit_stretched_exponential(t, g)
-        if stretched.ok:
-            out.update(
-                {
-                    "tau_stretched": (stretched.tau, "s"),
-                    "beta": (stretched.beta, ""),
-                    "g_inf_stretched": (stretched.y_inf, "S"),
-                    "rmse_stretched": (stretched.rmse, "S"),
-                }
-            )
+        i_peak = float(np.nanmax(np.abs(g))) * abs(p.read_v)
+        sigma_i, _rng = current_noise_floor(self.run_metadata, i_peak)
+        g_noise = sigma_i / abs(p.read_v) / np.sqrt(p.read_points)
+        slow = _slow_process(single, drifting, len(t))
+        judged = {
+            "single": _judge(single, t, g_noise, slow),
+            "drift": _judge(drifting, t, g_noise, None),
+            "stretched": _judge(stretched, t, g_noise, slow),
+        }
         rows += [metric("run", 0, k, v, u) for k, (v, u) in out.items()]
+        if np.isfinite(single.tau):
+            why = judged["single"]
+            rows += [
+                metric("run", 0, "tau", single.tau, "s", stderr=single.tau_stderr, reason=why),
+                metric("run", 0, "g_inf", single.y_inf, "S", reason=why),
+                metric("run", 0, "g_amplitude", single.amplitude, "S", reason=why),
+                metric("run", 0, "rmse_single", single.rmse, "S"),
+                metric(
+                    "run",
+                    0,
+                    "t_half",
+                    single.tau * np.log(2),
+                    "s",
+                    stderr=single.tau_stderr * np.log(2),
+                    reason=why,
+                ),
+            ]
+        if np.isfinite(drifting.tau):
+            why = judged["drift"]
+            rows += [
+                metric(
+                    "run", 0, "tau_drift", drifting.tau, "s", stderr=drifting.tau_stderr, reason=why
+                ),
+                metric("run", 0, "g_drift_slope", drifting.slope, "S/s", reason=why),
+                metric("run", 0, "rmse_drift", drifting.rmse, "S"),
+            ]
+        if np.isfinite(stretched.tau):
+            why = judged["stretched"]
+            rows += [
+                metric(
+                    "run",
+                    0,
+                    "tau_stretched",
+                    stretched.tau,
+                    "s",
+                    stderr=stretched.tau_stderr,
+                    reason=why,
+                ),
+                metric("run", 0, "beta", stretched.beta, stderr=stretched.beta_stderr, reason=why),
+                metric("run", 0, "g_inf_stretched", stretched.y_inf, "S", reason=why),
+                metric("run", 0, "rmse_stretched", stretched.rmse, "S"),
+            ]
         return finite(rows)
+
+
+# a decay time is trusted when its standard error is at most this fraction (2 sigma: 5 %)
+TAU_REL_STDERR = 0.025
+# ... when the decay stands this many times above the noise
+SNR_MIN = 10.0
+# ... and when at least this many reads fall inside the first three time constants
+READS_IN_DECAY = 4
+# a drift line that lowers the residual sum of squares by more than this F ratio is real
+DRIFT_F = 10.0
+
+
+def _slow_process(single: ExpFit, drifting: ExpFit, n: int) -> str | None:
+    """Why a fit without the drift line is biased (None: no slower process is seen): the
+    drift line takes away much of what the single exponential leaves (an F ratio above
+    DRIFT_F), i.e. G keeps moving long after the decay."""
+    if not (np.isfinite(single.rmse) and np.isfinite(drifting.rmse)) or n <= 4:
+        return None
+    sse1, sse2 = n * single.rmse**2, n * drifting.rmse**2
+    if not sse2 > 0 or (sse1 - sse2) / (sse2 / (n - 4)) <= DRIFT_F:
+        return None
+    return (
+        f"a slower process moves G under the decay ({drifting.slope:.3g} S/s): the write "
+        f"disturbed a slow state (tau_drift = {drifting.tau:.4g} s takes it into account)"
+    )
+
+
+def _judge(fit: ExpFit, t: np.ndarray, g_noise: float, slow: str | None) -> str | None:
+    """Why a decay fit's tau cannot be trusted; None when it can."""
+    if not np.isfinite(fit.tau):
+        return None
+    reasons = [slow] if slow else []
+    noise = max(fit.rmse, g_noise)
+    if not abs(fit.amplitude) >= SNR_MIN * noise:
+        what = "below the noise floor" if g_noise >= fit.rmse else "lost in the fit's residual"
+        reasons.append(
+            f"signal {what}: the decay ({abs(fit.amplitude):.3g} S) is within {SNR_MIN:g}x "
+            f"{noise:.2g} S (fit residual {fit.rmse:.2g} S rms, the range's noise "
+            f"{g_noise:.2g} S); a larger read_v or longer reads lift it"
+        )
+    inside = int(np.count_nonzero(t <= 3 * fit.tau))
+    if fit.tau < t.min() or inside < READS_IN_DECAY:
+        reasons.append(
+            f"the decay (tau {fit.tau:.3g} s) is over before the reads see it: only {inside} "
+            f"reads within 3 tau, the first at {t.min():.3g} s; an earlier first_read_s helps"
+        )
+    elif fit.tau > t.max() or not fit.ok:
+        reasons.append(
+            f"tau ({fit.tau:.3g} s) is beyond what the reads span ({t.min():.3g}-{t.max():.3g} s)"
+        )
+    if not fit.tau_stderr <= TAU_REL_STDERR * fit.tau:
+        pm = (
+            f"±{100 * fit.tau_stderr / fit.tau:.3g} %" if np.isfinite(fit.tau_stderr) else "unknown"
+        )
+        reasons.append(f"tau is uncertain: {pm} (1 sigma; allowed {100 * TAU_REL_STDERR:g} %)")
+    return "; ".join(reasons) if reasons else None

@@ -71,6 +71,8 @@ class ExpFit:
     r2: float
     ok: bool  # False: too few points, or the best tau sits at the edge of the searched range
     slope: float = 0.0  # per s, when fitted with a drift line
+    tau_stderr: float = float("nan")  # s, from the covariance of the least-squares fit
+    beta_stderr: float = float("nan")
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
         t = np.asarray(t, float)
@@ -144,7 +146,7 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, drift: bool = False) -> Exp
     fit = _finish(t, y, coef, float(resid @ resid), tau, 1.0, interior)
     if drift:
         fit = replace(fit, slope=float(coef[2]) / t_scale)
-    return fit
+    return _with_stderr(fit, t, y, beta_free=False, drift=drift)
 
 
 def fit_stretched_exponential(
@@ -179,7 +181,56 @@ def fit_stretched_exponential(
     resid = y - basis @ coef
     # a beta on the edge of its range is a valid answer (e.g. a plain exponential at 1 is
     # interior); only the tau search must be interior for the fit to mean something
-    return _finish(t, y, coef, float(resid @ resid), tau, beta, flags.get(beta, False))
+    fit = _finish(t, y, coef, float(resid @ resid), tau, beta, flags.get(beta, False))
+    return _with_stderr(fit, t, y, beta_free=True, drift=False)
+
+
+def _with_stderr(fit: ExpFit, t: np.ndarray, y: np.ndarray, *, beta_free: bool, drift: bool):
+    """``fit`` with the standard errors of tau (and beta) from the least-squares covariance
+    sigma^2 (J^T J)^-1, J the model's Jacobian in (y_inf, amplitude, log tau[, beta][, slope])
+    by central differences, sigma^2 the residual variance."""
+    if not np.isfinite(fit.tau) or fit.tau <= 0:
+        return fit
+    base = [fit.y_inf, fit.amplitude, math.log(fit.tau)]
+    if beta_free:
+        base.append(fit.beta)
+    if drift:
+        base.append(fit.slope)
+
+    def model(q: list[float]) -> np.ndarray:
+        beta = q[3] if beta_free else fit.beta
+        slope = q[-1] if drift else 0.0
+        return q[0] + q[1] * np.exp(-((t / math.exp(q[2])) ** beta)) + slope * t
+
+    level = max(abs(fit.y_inf), abs(fit.amplitude), 1e-300)
+    # a step of 1e-6 of each parameter's natural scale
+    scales = [level, level, 1.0, 1.0][: 3 + beta_free]
+    if drift:
+        scales.append(level / max(float(t.max()), 1e-300))
+    cols = []
+    for j, scale in enumerate(scales):
+        h = 1e-6 * max(abs(base[j]), scale)
+        up, down = list(base), list(base)
+        up[j] += h
+        down[j] -= h
+        cols.append((model(up) - model(down)) / (2 * h))
+    jac = np.column_stack(cols)
+    dof = len(y) - len(base)
+    if dof <= 0:
+        return fit
+    sigma2 = float(np.sum((y - model(base)) ** 2)) / dof
+    # columns of very different scale (1 against amplitudes of nS) make J^T J look
+    # singular: invert it with its columns normalised
+    norms = np.linalg.norm(jac, axis=0)
+    norms[norms == 0] = 1.0
+    js = jac / norms
+    try:
+        cov = sigma2 * np.linalg.pinv(js.T @ js) / np.outer(norms, norms)
+    except np.linalg.LinAlgError:
+        return fit
+    tau_se = fit.tau * math.sqrt(max(float(cov[2, 2]), 0.0))
+    beta_se = math.sqrt(max(float(cov[3, 3]), 0.0)) if beta_free else float("nan")
+    return replace(fit, tau_stderr=tau_se, beta_stderr=beta_se)
 
 
 def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
@@ -203,8 +254,11 @@ def peak_log_parabola(f: np.ndarray, a: np.ndarray, half_width: int = 1) -> floa
     f, a = f[ok], a[ok]
     if not len(f):
         return float("nan")
-    order = np.argsort(f)
-    f, a = f[order], a[order]
+    # sweeps that ran at the same achieved rate (host timing caps it) are one frequency
+    key = np.round(np.log(f), 6)
+    uniq, which = np.unique(key, return_inverse=True)
+    f = np.exp(uniq)
+    a = np.bincount(which, a) / np.bincount(which)
     k = int(np.argmax(a))
     lo, hi = max(0, k - half_width), min(len(f), k + half_width + 1)
     if hi - lo < 3 or k in (0, len(f) - 1):
@@ -281,3 +335,38 @@ def fit_template(
     u = np.log(omega) + log_tau
     log_k = float(np.mean(la - np.interp(u, lx, lt)))
     return math.exp(log_k), math.exp(log_tau), math.sqrt(sse(log_tau) / len(omega))
+
+
+def template_tau_stderr(
+    f: np.ndarray,
+    area: np.ndarray,
+    area_se: np.ndarray,
+    x_grid: np.ndarray,
+    template: np.ndarray,
+    tau: float,
+) -> float:
+    """Standard error (s) of the ``tau`` :func:`fit_template` found, from the areas' standard
+    errors ``area_se``: the Fisher information of log tau, scaled up by the reduced chi-square
+    when the curve fits worse than the errors say.
+
+    With the amplitude free, only the change of the template's log-slope across the points
+    tells tau: on a straight stretch of the curve (all points far on one side of the peak)
+    the information vanishes and the error grows without bound, as it should.
+    """
+    f, area, se = (np.asarray(x, float) for x in (f, area, area_se))
+    ok = np.isfinite(f) & np.isfinite(area) & np.isfinite(se) & (f > 0) & (area > 0) & (se > 0)
+    good = template > 0
+    if ok.sum() < 3 or good.sum() < 3 or not (math.isfinite(tau) and tau > 0):
+        return float("nan")
+    lx, lt = np.log(x_grid[good]), np.log(template[good])
+    u = np.log(2 * np.pi * f[ok] * tau)
+    slope = np.interp(u, lx, np.gradient(lt, lx))
+    w = (area[ok] / se[ok]) ** 2  # 1 / variance of log area
+    s_mean = float(np.sum(w * slope) / np.sum(w))
+    info = float(np.sum(w * (slope - s_mean) ** 2))
+    if not info > 0:
+        return float("inf")
+    r = np.log(area[ok]) - np.interp(u, lx, lt)
+    r = r - np.sum(w * r) / np.sum(w)
+    chi2 = float(np.sum(w * r * r)) / max(int(ok.sum()) - 2, 1)
+    return tau * math.sqrt(max(1.0, chi2) / info)

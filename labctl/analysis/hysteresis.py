@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
+
+from labctl.analysis.noise import current_noise_floor
+
+# a loop area is told from zero when it stands this many standard errors above it
+SNR_MIN = 10.0
 
 
 def _shoelace(v: np.ndarray, i: np.ndarray) -> float:
@@ -84,6 +93,36 @@ def loop_metrics(v: np.ndarray, i: np.ndarray) -> dict[str, float]:
     peak = float(np.abs(i).max()) if len(i) else float("nan")
     out["pinch_ratio"] = out["i_pinch"] / peak if peak > 0 else float("nan")
     return out
+
+
+def mean_area_stderr(
+    loops: Sequence[tuple[np.ndarray, np.ndarray]],
+    areas: Sequence[float],
+    amplitude_v: float,
+    metadata: Mapping[str, Any],
+) -> float:
+    """Standard error (V*A) of the mean loop area of ``loops`` (their ``areas``): the
+    cycle-to-cycle spread, at least what the current range's noise gives (the shoelace area
+    of N samples with current noise sigma: pi sqrt(2) A sigma / sqrt(N) for a sine of
+    amplitude A; the run metadata's noise table, labctl.analysis.noise)."""
+    n = len(areas)
+    spread = float(np.std(areas, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    i_peak = max((float(np.nanmax(np.abs(i))) for _v, i in loops if len(i)), default=0.0)
+    sigma, _range = current_noise_floor(metadata, i_peak)
+    samples = sum(len(i) for _v, i in loops)
+    floor = math.pi * math.sqrt(2) * amplitude_v * sigma / math.sqrt(max(samples, 1))
+    return max(spread, floor)
+
+
+def below_noise(area: float, stderr: float, what: str = "loop") -> str | None:
+    """Why a loop area is not told from zero (None: it is)."""
+    if area >= SNR_MIN * stderr:
+        return None
+    return (
+        f"signal below the noise floor: the {what} ({area:.3g} V*A) is within {SNR_MIN:g}x "
+        f"its noise ({stderr:.2g} V*A); a larger amplitude_v, a longer nplc or more cycles "
+        "lift it"
+    )
 
 
 UNITS = {

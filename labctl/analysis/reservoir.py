@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from labctl.analysis.tasks import Task
+from labctl.metric import metric
 
 __all__ = [
     "ReadoutResult",
@@ -149,35 +150,31 @@ class ReadoutResult:
         """Metric rows for the store. ``prefix`` ('ngrc_' for the baseline) goes before every
         name; ``arrays`` adds the confusion matrix / test predictions / r^2 per delay."""
         rows = [
-            _metric("run", 0, f"{prefix}{self.score_name}", self.score, self.score_unit),
-            _metric("run", 0, f"{prefix}n_features", self.n_features),
-            _metric("run", 0, f"{prefix}train_s", self.train_s, "s"),
+            metric("run", 0, f"{prefix}{self.score_name}", self.score, self.score_unit),
+            metric("run", 0, f"{prefix}n_features", self.n_features),
+            metric("run", 0, f"{prefix}train_s", self.train_s, "s"),
         ]
         for name, value in self.extra.items():
-            rows.append(_metric("run", 0, f"{prefix}{name}", value))
+            rows.append(metric("run", 0, f"{prefix}{name}", value))
         if not arrays:
             return rows
         if self.confusion is not None:
             n = len(self.confusion)
             for (true, pred), count in np.ndenumerate(self.confusion):
-                rows.append(_metric(f"{prefix}confusion", true * n + pred, "count", count))
+                rows.append(metric(f"{prefix}confusion", true * n + pred, "count", count))
         elif self.r2 is not None:
             for k, r2 in enumerate(self.r2, start=1):
-                rows.append(_metric("delay", k, f"{prefix}r2", r2))
+                rows.append(metric("delay", k, f"{prefix}r2", r2))
         else:
             pred = self.prediction.reshape(len(self.prediction), -1)
             target = self.target.reshape(len(self.target), -1)
             for c in range(pred.shape[1]):
                 suffix = f"_{c}" if pred.shape[1] > 1 else ""
                 for t, p, y in zip(self.test_rows, pred[:, c], target[:, c], strict=True):
-                    rows.append(_metric("test", t, f"{prefix}prediction{suffix}", p))
+                    rows.append(metric("test", t, f"{prefix}prediction{suffix}", p))
                     if not prefix:
-                        rows.append(_metric("test", t, f"target{suffix}", y))
+                        rows.append(metric("test", t, f"target{suffix}", y))
         return [r for r in rows if np.isfinite(r["value"])]
-
-
-def _metric(scope: str, index: int, name: str, value: float, unit: str = "") -> dict[str, Any]:
-    return {"scope": scope, "index": int(index), "name": name, "value": float(value), "unit": unit}
 
 
 def evaluate(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED
+from labctl.metric import Metric, metric
 from labctl.program import Program
 
 
@@ -173,5 +174,83 @@ def off_timing(rows: Sequence[dict[str, Any]], tolerance: float = 0.05) -> list[
     return [r for r in rows if r["name"] == "step_ratio" and abs(r["value"] - 1) > tolerance]
 
 
-def _row(name: str, value: float, unit: str, scope: str = "run", index: int = 0) -> dict[str, Any]:
-    return {"scope": scope, "index": int(index), "name": name, "value": float(value), "unit": unit}
+def _row(name: str, value: float, unit: str, scope: str = "run", index: int = 0) -> Metric:
+    return metric(scope, index, name, value, unit)
+
+
+# host-timed steps whose durations vary by more than this (relative standard deviation) do
+# not make the even sweep the analyses assume. Late steps alone do not: every timing-derived
+# number comes from the achieved timestamps, so an evenly slow sweep is analysed as what it
+# was (and the asked-against-achieved rate is a warning); lateness that varies is jitter.
+IRREGULAR_JITTER = 0.10
+
+
+def achieved_sweep(points, points_per_cycle: int) -> dict[int, dict[str, float]]:
+    """Per segment, the sweep as the instrument timed it (from the ``t`` column, never the
+    asked rate): ``frequency_hz`` (1 / (points_per_cycle x mean step)), ``step_s`` (mean
+    time between samples), ``jitter`` (relative standard deviation of that time),
+    ``late_fraction`` (share of samples flagged LATE) and ``host_timed`` (share flagged
+    SOFTWARE_TIMED). Every step of a sweep is sampled, so sample k is at the end of step k.
+
+    ``jitter`` is robust: the median absolute deviation of the step time over its median,
+    or the share of steps more than 50 % longer than the median (the gap between two
+    hardware lists), whichever is larger; one pause in a long sweep does not make it uneven.
+    """
+    out: dict[int, dict[str, float]] = {}
+    if not len(points):
+        return out
+    for segment, g in points.groupby("segment", sort=True):
+        t = np.sort(g["t"].to_numpy(float))
+        if len(t) < 2 or not t[-1] > t[0]:
+            continue
+        dt = np.diff(t)
+        step = float((t[-1] - t[0]) / (len(t) - 1))
+        flags = g["flags"].to_numpy(np.int64)
+        out[int(segment)] = {
+            "frequency_hz": 1.0 / (points_per_cycle * step),
+            "step_s": step,
+            "jitter": _jitter(dt),
+            "late_fraction": float(np.mean((flags & LATE) != 0)),
+            "host_timed": float(np.mean((flags & SOFTWARE_TIMED) != 0)),
+        }
+    return out
+
+
+def _jitter(dt: np.ndarray) -> float:
+    median = float(np.median(dt))
+    if not median > 0:
+        return 1.0
+    mad = float(np.median(np.abs(dt - median))) / median
+    gaps = float(np.mean(dt > 1.5 * median))
+    return max(mad, gaps)
+
+
+def irregular_reason(sweep: dict[str, float]) -> str | None:
+    """Why a segment's timing does not make an even sweep (None: it does)."""
+    if sweep["jitter"] > IRREGULAR_JITTER:
+        timed = "host-timed " if sweep["host_timed"] > 0.5 else ""
+        return (
+            f"{timed}steps at {sweep['frequency_hz']:.4g} Hz were uneven (jitter "
+            f"{100 * sweep['jitter']:.0f} % of the step, {100 * sweep['late_fraction']:.0f} % "
+            "late): the analysis assumes even steps"
+        )
+    return None
+
+
+def rate_warnings(
+    asked_hz: Sequence[float], sweeps: dict[int, dict[str, float]], tolerance: float = 0.05
+) -> list[str]:
+    """One warning per segment whose achieved sweep rate differs from the asked one by more
+    than ``tolerance`` (relative)."""
+    out = []
+    for k, sweep in sorted(sweeps.items()):
+        if k >= len(asked_hz):
+            continue
+        asked, got = float(asked_hz[k]), sweep["frequency_hz"]
+        if abs(got / asked - 1) > tolerance:
+            timed = ", host-timed" if sweep["host_timed"] > 0.5 else ""
+            out.append(
+                f"segment {k}: asked {asked:.4g} Hz, achieved {got:.4g} Hz (mean step "
+                f"{1e3 * sweep['step_s']:.3g} ms{timed}); its metrics use the achieved rate"
+            )
+    return out

@@ -14,8 +14,8 @@ DataFrame; NetCDF uses plain names (t, v, i, ...) with a ``units`` attribute, as
 tools expect. The metadata is the same everywhere: run id, protocol, parameters, recipe,
 status, times, sample with limits and metadata, the sample on each channel (``samples``: a
 two-channel run drives a device on each), instrument identity, software version, host,
-operator, the run's own metadata, its metrics with their channel (``metrics``) and the unit
-of every column.
+operator, the run's own metadata, its warnings (``warnings``), its metrics with their channel,
+standard error, quality and reason (``metrics``) and the unit of every column.
 
 Points are read and written in blocks of :data:`BLOCK_ROWS`, so memory stays bounded however
 long the run. A file is written under a temporary name and renamed at the end: a reader
@@ -137,6 +137,7 @@ def run_header(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> list[
         ("recipe_text", run["recipe_text"]),
         ("run_metadata", run.get("metadata") or {}),
         ("samples", channel_samples(store, run_id)),
+        ("warnings", store.warnings(run_id)),
         ("metrics", metric_rows(store, run_id)),
         ("units", units),
         ("exported_by", f"labctl {__version__}"),
@@ -159,8 +160,8 @@ def channel_samples(store, run_id: int) -> list[dict[str, object]]:
 
 
 def metric_rows(store, run_id: int) -> list[dict[str, object]]:
-    """The run's metrics, each with its channel (``pandas.DataFrame(rows)`` gives them back);
-    missing values and indexes are None."""
+    """The run's metrics, each with its channel, stderr, quality and reason
+    (``pandas.DataFrame(rows)`` gives them back); missing values and indexes are None."""
     import pandas as pd
 
     out = []
@@ -174,6 +175,9 @@ def metric_rows(store, run_id: int) -> list[dict[str, object]]:
                 "name": m["name"],
                 "value": float(value) if math.isfinite(value) else None,
                 "unit": m["unit"] if isinstance(m["unit"], str) else None,
+                "stderr": float(m["stderr"]) if math.isfinite(m["stderr"]) else None,
+                "quality": m["quality"],
+                "reason": m["reason"] if isinstance(m["reason"], str) else None,
             }
         )
     return out

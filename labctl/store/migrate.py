@@ -82,7 +82,6 @@ alembic_version = Table(
 
 def known_revisions() -> list[str]:
     """The revisions this labctl has migrations for, oldest first (from the file names)."""
-    # a letter after the number ("0004s") names a revision written on a branch
     return sorted(p.name.split("_", 1)[0] for p in VERSIONS.glob("[0-9][0-9][0-9][0-9]*_*.py"))
 
 

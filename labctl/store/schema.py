@@ -22,7 +22,7 @@ Decisions that are not obvious from the table definitions:
 - A sample's limits and metadata change only by an explicit act (``Store.set_sample``:
   ``labctl sample set``, the app's sample editor), never by a run or a recipe; each change
   (and the sample's creation) is a row of ``sample_events`` with who (the operator given and
-  the OS user), where and when, and the values before and after (revision 0004s).
+  the OS user), where and when, and the values before and after (revision 0005).
 - The schema changes only through the Alembic migrations in ``labctl/store/migrations``
   (see labctl.store.migrate); these tables are the head revision :data:`HEAD_REVISION`.
   ``schema_version`` holds one row, :data:`SCHEMA_VERSION` (the head revision as a number),
@@ -57,9 +57,8 @@ from sqlalchemy.types import TypeDecorator
 from labctl.data import COLUMNS
 
 # The newest Alembic revision; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0004s"
-# the number of the head revision (a letter after it names a branch revision, see
-# migrations/versions/0004s_sample_events.py)
+HEAD_REVISION = "0005"
+# the number of the head revision (revision ids are four digits)
 SCHEMA_VERSION = int(HEAD_REVISION[:4])
 
 # Run status values. 'running' is the only live one; 'interrupted' is set by the store when
@@ -131,7 +130,7 @@ samples = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# Who made or changed a sample's limits or metadata, when, from where (revision 0004s).
+# Who made or changed a sample's limits or metadata, when, from where (revision 0005).
 sample_events = Table(
     "sample_events",
     metadata,
@@ -249,6 +248,11 @@ metrics = Table(
     # The source channel whose points the row describes (0-based, as points.channel); a
     # two-channel run is analysed channel by channel. Revision 0003.
     Column("channel", Integer, nullable=False, default=0, server_default=text("0")),
+    # Its standard error (same unit; NULL: not known), whether it can be trusted ('ok' |
+    # 'unreliable') and why not (labctl.metric). Revision 0004.
+    Column("stderr", Double),
+    Column("quality", String(20), nullable=False, default="ok", server_default=text("'ok'")),
+    Column("reason", Text),
     Index(None, "run_id"),
 )
 

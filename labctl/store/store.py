@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
 from labctl.errors import StoreError, ValidationError, sample_set_command
+from labctl.metric import METRIC_FIELDS, QUALITIES
 from labctl.store import db, journal, migrate, recovery, schema
 from labctl.store.readers import read_point_columns
 from labctl.store.schema import FINAL_STATUSES, RUNNING, utcnow
@@ -43,8 +44,8 @@ RUN_LIST_COLUMNS: tuple[str, ...] = (
     "software_version",
     "notes",
 )
-METRIC_ORDER: tuple[str, ...] = ("channel", "scope", "index", "name", "value", "unit")
-METRIC_KEYS = frozenset({"name", "value", "unit", "scope", "index", "channel"})
+METRIC_ORDER: tuple[str, ...] = ("channel", *METRIC_FIELDS)
+METRIC_KEYS = frozenset(METRIC_ORDER)
 
 
 @dataclass(frozen=True)
@@ -142,14 +143,19 @@ def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
                 f"use {', '.join(sorted(METRIC_KEYS))}",
             )
         name = _text(f"metrics[{k}].name", row.get("name"), 100)
-        value = row.get("value")
-        try:
-            value = None if value is None else float(value)
-        except (TypeError, ValueError):
-            raise ValidationError(
-                f"metrics[{k}].value", f"must be a number, got {value!r}"
-            ) from None
+        value = _number(f"metrics[{k}].value", row.get("value"))
         index = row.get("index")
+        stderr = _number(f"metrics[{k}].stderr", row.get("stderr"))
+        if stderr is not None and not math.isfinite(stderr):
+            stderr = None  # an error that could not be estimated is not known
+        quality = row.get("quality") or "ok"
+        if quality not in QUALITIES:
+            raise ValidationError(
+                f"metrics[{k}].quality", f"{quality!r}; allowed: {', '.join(QUALITIES)}"
+            )
+        reason = _text(f"metrics[{k}].reason", row.get("reason") or None, 10_000, required=False)
+        if quality == "unreliable" and not reason:
+            raise ValidationError(f"metrics[{k}].reason", "an unreliable metric needs a reason")
         values.append(
             dict(
                 run_id=run_id,
@@ -159,9 +165,19 @@ def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
                 name=name,
                 value=value,
                 unit=_text(f"metrics[{k}].unit", row.get("unit") or None, 20, required=False),
+                stderr=stderr,
+                quality=quality,
+                reason=reason if quality == "unreliable" else None,
             )
         )
     return values
+
+
+def _number(name: str, value: object) -> float | None:
+    try:
+        return None if value is None else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValidationError(name, f"must be a number, got {value!r}") from None
 
 
 def _text(name: str, value: object, max_len: int, *, required: bool = True) -> str | None:
@@ -712,7 +728,7 @@ class Store:
 
     def add_metrics(self, run_id: int, rows: Iterable[dict]) -> int:
         """Store analysis results; each row has name, value and optionally unit, scope,
-        index, channel.
+        index, channel, stderr, quality ('ok' | 'unreliable') and reason (labctl.metric).
 
         ``scope`` is 'run' (the default), 'cycle', 'pulse', 'frequency', ...; ``index`` says
         which cycle, pulse, ...; ``channel`` which source channel's points (0-based, as the
@@ -1095,7 +1111,8 @@ class Store:
         return frame_from_columns(self.points_arrays(run_id, columns, start=start, stop=stop))
 
     def metrics(self, run_id: int, channel: int | None = None):
-        """The run's metrics as a DataFrame: channel, scope, index, name, value, unit.
+        """The run's metrics as a DataFrame: channel, scope, index, name, value, unit,
+        stderr, quality ('ok' | 'unreliable') and reason (why unreliable, else None).
 
         A run on two channels has each channel's own rows (``channel`` as in the points);
         ``channel`` keeps one channel's only.
@@ -1105,7 +1122,17 @@ class Store:
         m = schema.metrics
         self._run_row(run_id, "id")
         stmt = (
-            select(m.c.channel, m.c.scope, m.c.idx.label("index"), m.c.name, m.c.value, m.c.unit)
+            select(
+                m.c.channel,
+                m.c.scope,
+                m.c.idx.label("index"),
+                m.c.name,
+                m.c.value,
+                m.c.unit,
+                m.c.stderr,
+                m.c.quality,
+                m.c.reason,
+            )
             .where(m.c.run_id == run_id)
             .order_by(m.c.id)
         )
@@ -1114,6 +1141,7 @@ class Store:
         df = _frame(pd, self._rows(stmt, f"read metrics of run {run_id}"), list(METRIC_ORDER))
         df["channel"] = df["channel"].astype("int64")
         df["value"] = df["value"].astype("float64")
+        df["stderr"] = df["stderr"].astype("float64")
         df["index"] = df["index"].astype("Int64")
         return df
 

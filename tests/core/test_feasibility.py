@@ -123,8 +123,11 @@ def test_best_effort_runs_it_with_a_warning_and_stores_the_achieved_rate(store):
     assert rate[0] * 1 / 400 == pytest.approx(12.5, rel=0.01)
     ratio = segment_rows(result.metrics, "step_ratio")
     assert ratio[0] == pytest.approx(8, rel=0.01) and ratio[1] == pytest.approx(64, rel=0.01)
-    # each segment that came slower than asked is a warning of its own
-    assert sum("sampled every 200 µs" in w for w in result.warnings) == 2
+    # each segment that came slower than asked is one warning of its own (the protocol's,
+    # in Hz; the engine's own words only where the protocol says nothing)
+    for seg in (0, 1):
+        assert sum(w.startswith(f"segment {seg}:") for w in result.warnings) == 1
+    assert "asked 800 Hz, achieved 12.5 Hz" in " ".join(result.warnings)
     stored = store.metrics(result.run_id)
     assert set(stored[stored["scope"] == "segment"]["index"]) == {0, 1}
 
@@ -151,7 +154,8 @@ def test_the_driver_keeps_its_own_timing_choice_under_best_effort(store):
     result = engine.run(proto, driver, sample, handle_signals=False, timing="best_effort")
     assert result.status == "completed", result.error
     assert driver.timing == "software"  # not reset to auto
-    assert result.warnings == []  # feasible host-timed: nothing to warn about
+    # feasible host-timed: nothing about timing to warn of (the analysis may warn of noise)
+    assert not [w for w in result.warnings if "timing" in w or w.startswith("segment")]
 
 
 # -- closed loop ---------------------------------------------------------------------------
@@ -282,7 +286,8 @@ def test_a_sequence_whose_later_step_cannot_be_timed_never_turns_the_output_on(s
         [fine, fast], sim("keithley2450"), sample, handle_signals=False, timing="best_effort"
     )
     assert [r.status for r in forced] == ["completed", "completed"]
-    assert forced[0].warnings == [] and forced[1].warnings
+    timing_words = [w for w in forced[0].warnings if "timing" in w or w.startswith("segment")]
+    assert timing_words == [] and forced[1].warnings
 
 
 def test_a_step_the_2450_delay_cannot_make_is_refused(store):

@@ -27,17 +27,27 @@ def run_sim(store):
     """run_sim(protocol, resource, max_v=..., max_i=..., timing=..., **params) ->
     (RunResult, points DataFrame or None, {(scope, index, name): value}).
 
-    ``timing`` is the 2450 driver's mode ("auto": hardware-timed where the Program allows).
+    ``timing`` is the 2450 driver's mode ("auto": hardware-timed where the Program allows);
+    ``best_effort`` runs a Program the driver cannot time as asked instead of refusing it.
     """
     import labctl.api
     from labctl.connect import connect
 
-    def run(protocol, resource, *, max_v=2.0, max_i=1e-6, timing="auto", **params):
+    def run(
+        protocol, resource, *, max_v=2.0, max_i=1e-6, timing="auto", best_effort=False, **params
+    ):
         driver = connect(resource, clock=VirtualClock())
         driver.timing = timing
         try:
             result = labctl.api.run(
-                protocol, driver, sample="chip", store=store, max_v=max_v, max_i=max_i, **params
+                protocol,
+                driver,
+                sample="chip",
+                store=store,
+                max_v=max_v,
+                max_i=max_i,
+                timing="best_effort" if best_effort else None,
+                **params,
             )
         finally:
             driver.close()

@@ -54,12 +54,31 @@ def test_analyze_a_first_order_kernel(synth):
     rows = proto.analyze(synth(proto.programs(), synth.kernel(law, TAU)))
     m = {(r["scope"], r["index"], r["name"]): r["value"] for r in rows}
     for k, gap in enumerate(gaps):
-        assert m[("interval", k, "interval_s")] == gap
+        assert m[("interval", k, "interval_s")] == pytest.approx(gap, abs=1e-9)
         assert m[("interval", k, "ppf_index")] == pytest.approx(expected_ppf(gap), rel=1e-6)
     # PPF - 1 decays exactly with the kernel's tau for a first-order device
     assert m[("run", 0, "ppf_tau")] == pytest.approx(TAU, rel=1e-3)
     assert m[("run", 0, "ppf_inf")] == pytest.approx(1.0, abs=1e-3)
     assert m[("run", 0, "ppf_max")] == pytest.approx(expected_ppf(0.1), rel=1e-6)
+
+
+def test_intervals_are_the_achieved_ones(synth):
+    """A gap that ran 40 ms long (host timing) is reported as it ran, with a warning."""
+    gaps = [0.1, 0.3]
+    proto = PairedPulse(
+        {"intervals_s": gaps, "width_s": 0.5, "recovery_s": 40.0, "pulse_points": 5}
+    )
+    points = synth(proto.programs(), synth.kernel(law, TAU))
+    late = (points["cycle"] == 0) & (points["pulse"] == 2)
+    points.loc[late, "t"] += 0.04  # the second pulse of pair 0 started 40 ms late
+    rows = proto.analyze(points)
+    m = {(r["scope"], r["index"], r["name"]): r["value"] for r in rows}
+    assert m[("interval", 0, "interval_s")] == pytest.approx(0.14, abs=1e-9)
+    assert m[("interval", 0, "interval_asked_s")] == 0.1
+    assert m[("interval", 1, "interval_s")] == pytest.approx(0.3, abs=1e-9)
+    assert m[("run", 0, "interval_shortest")] == pytest.approx(0.14, abs=1e-9)
+    (warning,) = proto.warnings(points)
+    assert warning.startswith("pair 0: asked interval 0.1 s, achieved 0.14 s")
 
 
 def test_facilitation_on_the_simulated_bipolar_slit(run_sim):

@@ -60,7 +60,12 @@ def test_plan_delay_by_delay():
         assert list(prog.pulse[reads]) == [base, base + 3]
         stim = prog.phase == PHASE_CODE["stim"]
         assert set(prog.pulse[stim]) == {base + 1, base + 2}
-        assert not prog.sample[stim].any()
+        # one stim sample: where the second event starts in the first pairing (delta-t)
+        sampled = np.flatnonzero(stim & prog.sample)
+        assert len(sampled) == 1 and prog.pulse[sampled[0]] == base + 1
+        t_end = np.cumsum(prog.duration)
+        first = np.flatnonzero(stim)[0]
+        assert t_end[sampled[0]] - t_end[first - 1] == pytest.approx(5.0)
         assert set(prog.cycle) == {j}
         assert np.sign(prog.level[stim & (np.abs(prog.level) > 0.5)]).tolist() == [
             np.sign(proto.params.delays_s[j])
@@ -131,3 +136,28 @@ def test_sign_of_delta_g_follows_delta_t_on_the_bipolar_slit(run_sim, params):
     delays = params.get("delays_s", STDP().params.delays_s)
     for j, dt in enumerate(delays):
         assert np.sign(m[("cycle", j, "delta_g_rel")]) == np.sign(dt)
+        # hardware-timed: delta-t as the instrument's timestamps give it, as asked
+        assert m[("cycle", j, "delta_t")] == pytest.approx(dt, abs=1e-6)
+    assert not [w for w in result.warnings if "delta-t" in w]
+
+
+def test_delta_t_is_the_achieved_one(synth):
+    """A second event that started 0.5 s late (host timing) is analysed at the delta-t it
+    had, with a warning; the others read as asked."""
+    from labctl.analysis.pulses import phase_names
+
+    delays = [-5.0, 2.0, 5.0, 10.0]
+    proto = STDP({"delays_s": delays})
+    points = synth(proto.programs(), window_current(delays))
+    onset = (points["cycle"] == 2).to_numpy() & (phase_names(points) == "stim")
+    assert onset.sum() == 1
+    later = points.index >= np.flatnonzero(onset)[0]
+    points.loc[later, "t"] += 0.5  # everything from the second event on ran 0.5 s later
+    rows = proto.analyze(points)
+    m = {(r["scope"], r["index"], r["name"]): r["value"] for r in rows}
+    assert m[("cycle", 2, "delta_t")] == pytest.approx(5.5, abs=1e-9)
+    assert m[("cycle", 2, "delta_t_asked")] == 5.0
+    for j in (0, 1, 3):
+        assert m[("cycle", j, "delta_t")] == pytest.approx(delays[j], abs=1e-9)
+    (warning,) = proto.warnings(points)
+    assert warning.startswith("delay 2: asked delta-t 5 s, achieved 5.5 s")

@@ -90,6 +90,20 @@ def finished_run(store, make_chunk):
     c.phase[:4] = [0, 1, 5, 11]
     with store.writer(run_id) as w:
         w.put(c)
+    store.add_metrics(
+        run_id,
+        [
+            {"name": "tau", "value": 3e-3, "unit": "s", "stderr": 1e-4},
+            {
+                "name": "f_peak",
+                "value": 26.0,
+                "unit": "Hz",
+                "quality": "unreliable",
+                "reason": "the area peak lies above the highest frequency",
+            },
+        ],
+    )
+    store.add_event(run_id, "warning", "asked 100 Hz, achieved 12 Hz")
     store.finish_run(run_id, "completed")
     return run_id, c
 
@@ -107,6 +121,19 @@ def _check_metadata(meta: dict, run_id: int, v: str = "v_V", t: str = "t_s") -> 
     assert meta["units"][v] == "V" and meta["units"][t] == "s"
     assert meta["status"] == "completed" and meta["operator"] == "ana"
     assert meta["started_at"].endswith("+00:00")
+    assert meta["warnings"] == ["asked 100 Hz, achieved 12 Hz"]
+    tau, f_peak = meta["metrics"]
+    assert (tau["stderr"], tau["quality"], tau["reason"]) == (1e-4, "ok", None)
+    assert f_peak["stderr"] is None and f_peak["quality"] == "unreliable"
+    assert f_peak["reason"] == "the area peak lies above the highest frequency"
+
+
+def test_csv_header_has_the_warnings_and_the_metric_quality(store, finished_run, tmp_path):
+    run_id, _c = finished_run
+    h = _header(export_run_csv(store, run_id, tmp_path / "run.csv"))
+    meta = {k: json.loads(h[k]) for k in ("warnings", "metrics")}
+    assert meta["warnings"] == ["asked 100 Hz, achieved 12 Hz"]
+    assert [m["quality"] for m in meta["metrics"]] == ["ok", "unreliable"]
 
 
 def test_parquet_has_the_points_and_the_metadata(store, finished_run, tmp_path):
@@ -148,7 +175,7 @@ def test_netcdf_has_the_points_and_the_metadata(store, finished_run, tmp_path):
         assert list(ds["flags"].attrs["flag_masks"]) == [1, 2, 4, 8, 16]
         attrs = dict(ds.attrs)
     assert attrs["Conventions"].startswith("CF-")
-    for key in ("parameters", "sample_metadata", "run_metadata", "units"):
+    for key in ("parameters", "sample_metadata", "run_metadata", "units", "warnings", "metrics"):
         attrs[key] = json.loads(attrs[key])
     plain = {k: v.item() if hasattr(v, "item") else v for k, v in attrs.items()}
     _check_metadata(plain, run_id, v="v", t="t")

@@ -235,8 +235,13 @@ def test_metrics_round_trip(store, run_id):
     ]
     assert store.add_metrics(run_id, rows) == 4
     m = store.metrics(run_id)
-    assert list(m.columns) == ["channel", "scope", "index", "name", "value", "unit"]
+    assert list(m.columns) == [
+        *("channel", "scope", "index", "name", "value", "unit"),
+        *("stderr", "quality", "reason"),
+    ]
     assert list(m["channel"]) == [0, 0, 0, 0]  # the default: the first channel
+    assert list(m["quality"]) == ["ok"] * 4  # the default: nothing judged it unreliable
+    assert m["stderr"].isna().all() and m["reason"].isna().all()
     assert list(m["scope"]) == ["run", "cycle", "cycle", "cycle"]
     assert m["index"].tolist()[1:] == [0, 1, 2]
     assert pd.isna(m["index"].iloc[0])
@@ -244,6 +249,28 @@ def test_metrics_round_trip(store, run_id):
     assert np.isnan(m["value"].iloc[3])
     assert pd.isna(m["unit"].iloc[3])  # "" means no unit
     assert store.add_metrics(run_id, []) == 0
+
+
+def test_metrics_carry_their_stderr_quality_and_reason(store, run_id):
+    from labctl.metric import metric
+
+    rows = [
+        metric("run", 0, "tau", 3e-3, "s", stderr=1e-4),
+        metric("run", 0, "f_peak", 26.0, "Hz", reason="the peak lies above 10 Hz"),
+        metric("run", 0, "g", 1e-9, "S", stderr=float("nan")),  # an unknown error: None
+    ]
+    assert rows[1]["quality"] == "unreliable"
+    store.add_metrics(run_id, rows)
+    m = store.metrics(run_id)
+    assert m["stderr"].tolist()[0] == 1e-4 and m["stderr"].isna().tolist()[1:] == [True, True]
+    assert list(m["quality"]) == ["ok", "unreliable", "ok"]
+    assert m["reason"].tolist()[1] == "the peak lies above 10 Hz"
+    with pytest.raises(ValidationError, match=r"metrics\[0\]\.quality.*allowed: ok, unreliable"):
+        store.add_metrics(run_id, [{"name": "x", "value": 1, "quality": "bad"}])
+    with pytest.raises(ValidationError, match=r"metrics\[0\]\.reason.*needs a reason"):
+        store.add_metrics(run_id, [{"name": "x", "value": 1, "quality": "unreliable"}])
+    with pytest.raises(ValueError, match="needs a reason"):
+        metric("run", 0, "x", 1.0, quality="unreliable")
 
 
 def test_replace_metrics_keeps_the_named_run_rows_only(store, run_id):

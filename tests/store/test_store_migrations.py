@@ -34,8 +34,11 @@ def db_url(new_db_url) -> str:
 RUNS_0001 = sa.table(
     "runs", *(sa.column(c.name, c.type) for c in schema.runs.c if c.name != "metadata")
 )
+# the metrics columns revisions 0003 (channel) and 0004 (stderr, quality, reason) added
+LATER_METRIC_COLUMNS = frozenset({"channel", "stderr", "quality", "reason"})
 METRICS_0002 = sa.table(
-    "metrics", *(sa.column(c.name, c.type) for c in schema.metrics.c if c.name != "channel")
+    "metrics",
+    *(sa.column(c.name, c.type) for c in schema.metrics.c if c.name not in LATER_METRIC_COLUMNS),
 )
 
 
@@ -343,7 +346,7 @@ OLD_TABLES = {
 def table_rows(url: str, table: str) -> list[tuple]:
     """Every row of a table of revision 0002, its columns in that revision's order."""
     columns = schema.metadata.tables[table].c
-    names = [c.name for c in columns if (table, c.name) != ("metrics", "channel")]
+    names = [c.name for c in columns if table != "metrics" or c.name not in LATER_METRIC_COLUMNS]
     return sql(url, f"SELECT {', '.join(names)} FROM {table} ORDER BY {OLD_TABLES[table]}")
 
 
@@ -439,10 +442,10 @@ def test_opening_an_up_to_date_store_does_not_load_alembic(db_url):
 
 
 def test_an_0003_store_gets_sample_events_and_keeps_its_samples(db_url):
-    """Revision 0004s: sample changes are recorded from then on; existing samples keep
+    """Revision 0005: sample changes are recorded from then on; existing samples keep
     their limits and metadata and have no history; the downgrade removes only the table."""
     engine = db.make_engine(db_url)
-    migrate.migrate_to(engine, "0003")
+    migrate.migrate_to(engine, "0004")
     now = schema.utcnow()
     with engine.begin() as conn:
         conn.execute(
@@ -465,9 +468,37 @@ def test_an_0003_store_gets_sample_events_and_keeps_its_samples(db_url):
     assert sql(db_url, "SELECT version FROM schema_version") == [(schema.SCHEMA_VERSION,)]
     engine = db.make_engine(db_url)
     try:
-        downgrade(engine, "0003")
+        downgrade(engine, "0004")
         assert "sample_events" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
     assert sql(db_url, "SELECT max_v FROM samples") == [(1.5,)]
-    assert sql(db_url, "SELECT version FROM schema_version") == [(3,)]
+    assert sql(db_url, "SELECT version FROM schema_version") == [(4,)]
+
+
+def test_old_metrics_read_ok_with_no_stderr_and_new_ones_keep_theirs(db_url):
+    """Revision 0004 adds metrics.stderr, quality and reason: the rows stored before read
+    'ok' with no stderr and no reason, every old value kept."""
+    old = make_0002_store(db_url)
+    run_id = old["runs"]["one"]
+    with Store.open(db_url) as store:
+        m = store.metrics(run_id)
+        assert list(m["value"]) == [1.25e-9, 3.0]
+        assert list(m["quality"]) == ["ok", "ok"]
+        assert m["stderr"].isna().all() and m["reason"].isna().all()
+        store.add_metrics(
+            run_id,
+            [
+                {
+                    "name": "f_peak",
+                    "value": 26.0,
+                    "stderr": 0.5,
+                    "quality": "unreliable",
+                    "reason": "r",
+                }
+            ],
+        )
+        row = store.metrics(run_id).iloc[-1]
+        assert (row["stderr"], row["quality"], row["reason"]) == (0.5, "unreliable", "r")
+    assert sql(db_url, "SELECT version_num FROM alembic_version") == [(schema.HEAD_REVISION,)]
+    assert sql(db_url, "SELECT version FROM schema_version") == [(schema.SCHEMA_VERSION,)]

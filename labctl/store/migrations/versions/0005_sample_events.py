@@ -6,14 +6,10 @@ Before this revision a run could rewrite a stored sample's limits and notes (a r
 ``[sample]`` table was written over them) and nothing recorded it. From now on only an
 explicit act changes a sample (``labctl sample set``, the app's sample editor:
 ``Store.set_sample``). Existing samples get no rows (their history is unknown). Nothing else
-changes. ``schema_version`` becomes 4.
+changes. ``schema_version`` becomes 5.
 
-The id "0004s" (down_revision 0003) is a branch name: revision 0004 (metric quality
-columns) is written at the same time elsewhere; the two are chained (this one after 0004)
-when merged.
-
-Revision ID: 0004s
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -25,8 +21,8 @@ from sqlalchemy.dialects import postgresql
 from labctl.store.migrations import set_schema_version
 from labctl.store.schema import UTCDateTime
 
-revision = "0004s"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -54,10 +50,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_sample_events"),
     )
     op.create_index("ix_sample_events_sample_id", "sample_events", ["sample_id"])
-    set_schema_version(4)
+    set_schema_version(5)
 
 
 def downgrade() -> None:
     op.drop_index("ix_sample_events_sample_id", table_name="sample_events")
     op.drop_table("sample_events")
-    set_schema_version(3)
+    set_schema_version(4)
