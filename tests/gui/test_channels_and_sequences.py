@@ -178,6 +178,36 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
     assert "channel 0 (chipA): f_peak" in details and "channel 1 (chipB): f_peak" in details
 
 
+def two_channels(qtbot, w: MainWindow) -> None:
+    """The two-channel emulator connected, a slit on smua and a resistor on smub, both
+    channels chosen."""
+    w.instrument.resource.setEditText(TWO)
+    w.instrument.preset2.setCurrentText("resistor")
+    connect_sim(qtbot, w, w.instrument.current_resource())
+    assert w.instrument.select_channels((0, 1))
+
+
+def test_a_saved_sample_is_listed_with_its_new_limits_at_once(qtbot, window):
+    w = window
+    two_channels(qtbot, w)
+    use_sample(qtbot, w, name="chipB", max_v="0.3", max_i="1e-5")
+    qtbot.waitUntil(lambda: w.samples.choose_second("chipB"))  # once listed
+    assert w.samples.second_sample_row()["max_v"] == 0.3
+    use_sample(qtbot, w, name="chipB", max_v="1", max_i="2e-5")
+    # in the callback that made it the sample in use, before the list is read again
+    assert (w.samples.row("chipB")["max_v"], w.samples.row("chipB")["max_i"]) == (1.0, 2e-5)
+    assert w.samples.second_sample_row()["max_v"] == 1.0
+    assert "1 V" in w.samples.second_limits.text()
+    use_sample(qtbot, w, name="chipC", max_v="0.5", max_i="1e-6")  # a new one: listed too
+    assert w.samples.names() == ["chipB", "chipC"]
+    assert w.samples.choose_second("chipC")
+    assert w.recipe_context(saved=True)["sample2"] == {
+        "name": "chipC",
+        "max_v": 0.5,
+        "max_i": 1e-6,
+    }
+
+
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):
     w = window
     w.instrument.resource.setEditText(VIRTUAL)
