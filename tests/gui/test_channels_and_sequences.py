@@ -208,6 +208,41 @@ def test_a_saved_sample_is_listed_with_its_new_limits_at_once(qtbot, window):
     }
 
 
+def test_the_recipe_stored_with_a_run_names_the_limits_it_ran_under(qtbot, window, db_url):
+    """The window's list of samples can be behind the database (here both samples are
+    lowered with the store's own set_sample, as ``labctl sample set`` does, after the window
+    listed them): the run reads the stored limits, and the recipe stored with it is written
+    from the samples as the run read them, so its [sample]/[sample2] are what happened."""
+    from protocols.recipe import parse_recipe
+
+    w = window
+    two_channels(qtbot, w)
+    use_sample(qtbot, w, name="chipB", max_v="1", max_i="1e-5")
+    use_sample(qtbot, w, name="chipA", max_v="1.5", max_i="1e-5")
+    qtbot.waitUntil(lambda: w.samples.choose_second("chipB"))
+    qtbot.waitUntil(lambda: w.db_tasks.pending == 0)  # no list of samples on its way
+    store = Store.open(db_url)
+    store.set_sample("chipA", max_v=1.2, operator="elsewhere")
+    store.set_sample("chipB", max_v=0.8, max_i=5e-6, operator="elsewhere")
+    assert w.samples.row("chipA")["max_v"] == 1.5 and w.samples.row("chipB")["max_v"] == 1.0
+    fill(w, "iv_hysteresis", {**SMALL_IV, "amplitude_v": "0.5"})
+    result = run_to_end(qtbot, w)
+    assert result.status == "completed", result.error
+    run = store.run(result.run_id)
+    ran = {c["sample"]: (c["max_v"], c["max_i"]) for c in run["metadata"]["channels"]}
+    assert ran == {"chipA": (1.2, 1e-5), "chipB": (0.8, 5e-6)}
+    held = {r["sample"]: (r["max_v"], r["max_i"]) for r in run["metadata"]["limits"]}
+    assert held == ran
+    recipe = parse_recipe(run["recipe_text"])
+    assert (recipe.sample["name"], recipe.sample2["name"]) == ("chipA", "chipB")
+    written = {t["name"]: (t["max_v"], t["max_i"]) for t in (recipe.sample, recipe.sample2)}
+    assert written == ran
+    # the run lists the samples again after it: Save recipe then names the stored limits too
+    qtbot.waitUntil(lambda: w.samples.row("chipB")["max_v"] == 0.8)
+    saved = parse_recipe(w.protocol.recipe_toml(**w.recipe_context(saved=True)))
+    assert (saved.sample2["max_v"], saved.sample2["max_i"]) == (0.8, 5e-6)
+
+
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):
     w = window
     w.instrument.resource.setEditText(VIRTUAL)
