@@ -394,7 +394,7 @@ class SamplePanel(QWidget):
 
 def _with_row(rows: list[dict[str, Any]], sample) -> list[dict[str, Any]]:
     """``rows`` (as listed) with the row of ``sample`` (a labctl.store.Sample just saved)
-    replaced or added, in name order as the store lists them."""
+    replaced or added, sorted by name (until the store's next listing replaces them)."""
     saved = {
         "id": sample.id,
         "name": sample.name,
