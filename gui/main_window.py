@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +82,11 @@ def held_to(sample, limits: dict[str, float] | None):
     return dataclasses.replace(sample, **lower) if lower else sample
 
 
+def sample_table(sample) -> dict[str, Any]:
+    """A recipe's ``[sample]`` (or ``[sample2]``) table of ``sample``: its name and limits."""
+    return {"name": sample.name, "max_v": sample.max_v, "max_i": sample.max_i}
+
+
 def run_on_instrument(
     engine,
     protocols,
@@ -91,10 +97,13 @@ def run_on_instrument(
     channel_samples: dict[int, str] | None = None,
     sequence: bool = False,
     lower: dict[str, dict[str, float]] | None = None,
+    recipe_of: Callable[[dict, dict | None], str] | None = None,
     **kwargs,
 ):
     """The run(s), on the instrument thread: fresh sample limits (``lower``: sample name
-    -> limits a loaded recipe holds it to, below the stored ones), every Program of every
+    -> limits a loaded recipe holds it to, below the stored ones; ``recipe_of``: writes
+    the recipe stored with the run from those samples' ``[sample]``/``[sample2]`` tables,
+    so it names the limits the run ran under, not the window's list), every Program of every
     step checked against the limits of the sample on each channel before anything is
     sent (refused without a run), then the engine: one run, or the steps of a sequence
     through labctl's own sequence runner (``RunEngine.run_sequence``, which ``labctl run``
@@ -122,6 +131,11 @@ def run_on_instrument(
     )
     if refused is not None:
         raise refused[1]
+    if recipe_of is not None:
+        second = list((per_channel or {}).values())[1:2]
+        kwargs["recipe_text"] = recipe_of(
+            sample_table(sample), sample_table(second[0]) if second else None
+        )
     common = dict(handle_signals=False, channel_samples=per_channel, **kwargs)
     if sequence:
         return engine.run_sequence(protocols, driver, sample, **common)
@@ -623,7 +637,7 @@ class MainWindow(QMainWindow):
                 sample = self.samples.form_values()
         s = self.samples.sample
         if sample is None and s is not None:
-            sample = {"name": s.name, "max_v": s.max_v, "max_i": s.max_i}
+            sample = sample_table(s)
         resource = self.instrument.resource_in_use or self.instrument.current_resource()
         context: dict[str, Any] = {"sample": sample, "resource": resource or None}
         channels = self.instrument.selected_channels()
@@ -682,11 +696,14 @@ class MainWindow(QMainWindow):
         sample = self.samples.sample
         driver = self.instrument.driver
         resource = self.instrument.resource_in_use
-        if sequence:
-            recipe_text = self.protocol.recipe_text
-        else:
-            recipe_text = self.protocol.recipe_text or self.protocol.recipe_toml(
-                **self.recipe_context(saved=True)
+        # a loaded recipe (or sequence) is stored as loaded; the form's recipe is written on
+        # the instrument thread from the samples as the run reads them (the window's list of
+        # samples may not show a limit saved a moment ago yet)
+        recipe_text, recipe_of = self.protocol.recipe_text, None
+        if not sequence and not recipe_text:
+            context = self.recipe_context(saved=True)
+            recipe_of = self.protocol.recipe_writer(
+                context["resource"], channels=context.get("channels")
             )
         from labctl.engine import RunEngine
 
@@ -743,6 +760,7 @@ class MainWindow(QMainWindow):
             # a loaded recipe's lower limits hold while its form is unchanged
             lower=dict(self._recipe_limits) if self.protocol.recipe_text else None,
             recipe_text=recipe_text,
+            recipe_of=recipe_of,
             resource=resource,
             operator=operator,
             # the loaded recipe's [instrument] settings, while it is the recipe run

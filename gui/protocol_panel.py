@@ -4,6 +4,7 @@ edits the step selected (gui.sequence_editor); the window runs them all, in orde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -400,16 +401,30 @@ class ProtocolPanel(QWidget):
     ) -> str:
         """The form as a recipe on ``sample`` and ``resource``; on two channels also
         ``[instrument] channels`` and the second channel's sample as ``[sample2]``."""
+        return self.recipe_writer(resource, channels=channels)(sample, sample2)
+
+    def recipe_writer(
+        self, resource: str | None = None, *, channels: tuple[int, ...] | None = None
+    ) -> Callable[[dict | None, dict | None], str]:
+        """:meth:`recipe_toml` with the form as it is now, given the samples (``sample``,
+        ``sample2``) later: it reads no widget, so a worker thread can write the recipe of a
+        run from the samples as the run reads them from the store."""
+        name, values = self.protocol_name, self.form.raw_values()
         instrument: dict = {"resource": resource} if resource else {}
         if channels:
             instrument["channels"] = list(channels)
-        return dump_recipe(
-            self.protocol_name,
-            self.form.raw_values(),
-            sample=sample,
-            sample2=sample2 if channels and len(channels) > 1 else None,
-            instrument=instrument or None,
-        )
+        two = bool(channels) and len(channels) > 1
+
+        def write(sample: dict | None, sample2: dict | None = None) -> str:
+            return dump_recipe(
+                name,
+                values,
+                sample=sample,
+                sample2=sample2 if two else None,
+                instrument=instrument or None,
+            )
+
+        return write
 
     def save_recipe(self, path: str | None = None, **context) -> Path | None:
         """Write the form (or the sequence) as a recipe to ``path`` (asked if None).

@@ -369,6 +369,9 @@ class SamplePanel(QWidget):
         self._use(sample)
         self._show_history(sample.name)
         self.message.emit("info", f"Sample {sample.name!r} saved")
+        # listed as saved at once (a run, the second channel's choice and a recipe written
+        # now see the new limits), then listed again from the database
+        self._fill(_with_row(self._rows, sample), sample.name)
         self.refresh(select=sample.name)
 
     def _save_failed(self, exc: BaseException) -> None:
@@ -387,6 +390,21 @@ class SamplePanel(QWidget):
             )
         if announce:
             self.selected.emit(sample)
+
+
+def _with_row(rows: list[dict[str, Any]], sample) -> list[dict[str, Any]]:
+    """``rows`` (as listed) with the row of ``sample`` (a labctl.store.Sample just saved)
+    replaced or added, sorted by name (until the store's next listing replaces them)."""
+    saved = {
+        "id": sample.id,
+        "name": sample.name,
+        "max_v": sample.max_v,
+        "max_i": sample.max_i,
+        "metadata": dict(sample.metadata or {}),
+    }
+    old = next((r for r in rows if r["name"] == sample.name), {"n_runs": 0})
+    others = [r for r in rows if r["name"] != sample.name]
+    return sorted([*others, {**old, **saved}], key=lambda r: r["name"])
 
 
 def _last_change(rows: list[dict[str, Any]]) -> str:

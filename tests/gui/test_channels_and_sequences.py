@@ -178,6 +178,71 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
     assert "channel 0 (chipA): f_peak" in details and "channel 1 (chipB): f_peak" in details
 
 
+def two_channels(qtbot, w: MainWindow) -> None:
+    """The two-channel emulator connected, a slit on smua and a resistor on smub, both
+    channels chosen."""
+    w.instrument.resource.setEditText(TWO)
+    w.instrument.preset2.setCurrentText("resistor")
+    connect_sim(qtbot, w, w.instrument.current_resource())
+    assert w.instrument.select_channels((0, 1))
+
+
+def test_a_saved_sample_is_listed_with_its_new_limits_at_once(qtbot, window):
+    w = window
+    two_channels(qtbot, w)
+    use_sample(qtbot, w, name="chipB", max_v="0.3", max_i="1e-5")
+    qtbot.waitUntil(lambda: w.samples.choose_second("chipB"))  # once listed
+    assert w.samples.second_sample_row()["max_v"] == 0.3
+    use_sample(qtbot, w, name="chipB", max_v="1", max_i="2e-5")
+    # in the callback that made it the sample in use, before the list is read again
+    assert (w.samples.row("chipB")["max_v"], w.samples.row("chipB")["max_i"]) == (1.0, 2e-5)
+    assert w.samples.second_sample_row()["max_v"] == 1.0
+    assert "1 V" in w.samples.second_limits.text()
+    use_sample(qtbot, w, name="chipC", max_v="0.5", max_i="1e-6")  # a new one: listed too
+    assert w.samples.names() == ["chipB", "chipC"]
+    assert w.samples.choose_second("chipC")
+    assert w.recipe_context(saved=True)["sample2"] == {
+        "name": "chipC",
+        "max_v": 0.5,
+        "max_i": 1e-6,
+    }
+
+
+def test_the_recipe_stored_with_a_run_names_the_limits_it_ran_under(qtbot, window, db_url):
+    """The window's list of samples can be behind the database (here both samples are
+    lowered with the store's own set_sample, as ``labctl sample set`` does, after the window
+    listed them): the run reads the stored limits, and the recipe stored with it is written
+    from the samples as the run read them, so its [sample]/[sample2] are what happened."""
+    from protocols.recipe import parse_recipe
+
+    w = window
+    two_channels(qtbot, w)
+    use_sample(qtbot, w, name="chipB", max_v="1", max_i="1e-5")
+    use_sample(qtbot, w, name="chipA", max_v="1.5", max_i="1e-5")
+    qtbot.waitUntil(lambda: w.samples.choose_second("chipB"))
+    qtbot.waitUntil(lambda: w.db_tasks.pending == 0)  # no list of samples on its way
+    store = Store.open(db_url)
+    store.set_sample("chipA", max_v=1.2, operator="elsewhere")
+    store.set_sample("chipB", max_v=0.8, max_i=5e-6, operator="elsewhere")
+    assert w.samples.row("chipA")["max_v"] == 1.5 and w.samples.row("chipB")["max_v"] == 1.0
+    fill(w, "iv_hysteresis", {**SMALL_IV, "amplitude_v": "0.5"})
+    result = run_to_end(qtbot, w)
+    assert result.status == "completed", result.error
+    run = store.run(result.run_id)
+    ran = {c["sample"]: (c["max_v"], c["max_i"]) for c in run["metadata"]["channels"]}
+    assert ran == {"chipA": (1.2, 1e-5), "chipB": (0.8, 5e-6)}
+    held = {r["sample"]: (r["max_v"], r["max_i"]) for r in run["metadata"]["limits"]}
+    assert held == ran
+    recipe = parse_recipe(run["recipe_text"])
+    assert (recipe.sample["name"], recipe.sample2["name"]) == ("chipA", "chipB")
+    written = {t["name"]: (t["max_v"], t["max_i"]) for t in (recipe.sample, recipe.sample2)}
+    assert written == ran
+    # the run lists the samples again after it: Save recipe then names the stored limits too
+    qtbot.waitUntil(lambda: w.samples.row("chipB")["max_v"] == 0.8)
+    saved = parse_recipe(w.protocol.recipe_toml(**w.recipe_context(saved=True)))
+    assert (saved.sample2["max_v"], saved.sample2["max_i"]) == (0.8, 5e-6)
+
+
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):
     w = window
     w.instrument.resource.setEditText(VIRTUAL)

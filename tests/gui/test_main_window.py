@@ -12,6 +12,7 @@ from pathlib import Path
 from PyQt5.QtCore import Qt
 
 from gui.main_window import MainWindow
+from gui.units import parse_number
 from labctl.store import Store
 from tests.gui.windows import history_window, make_window
 
@@ -39,7 +40,12 @@ def use_sample(qtbot, w: MainWindow, name="chip7", max_v="1.5", max_i="1e-5") ->
     w.samples.device_type.setCurrentText("2-D slit channel")
     w.samples.electrolyte.setText("10 mM KCl")
     qtbot.mouseClick(w.samples.save_btn, Qt.LeftButton)
-    qtbot.waitUntil(lambda: w.samples.sample is not None and w.samples.sample.name == name)
+    # saved with these limits (the sample in use may have this name already): the list of
+    # samples is not waited for
+    saved = (name, parse_number(max_v), parse_number(max_i))
+    qtbot.waitUntil(
+        lambda: (s := w.samples.sample) is not None and (s.name, s.max_v, s.max_i) == saved
+    )
 
 
 def fill(w: MainWindow, protocol: str, values: dict[str, str]) -> None:
