@@ -51,17 +51,41 @@ class Capabilities:
     channels: tuple[str, ...] = ("1",)
     source_modes: tuple[str, ...] = ("V", "I")
     pulse_widths_s: tuple[float, float] | None = None  # a pulse mode's shortest, longest pulse
-    # rms current noise of each of i_ranges at 1 PLC (A), from the manual; () where the
-    # manual gives none (current_noise_a then estimates it)
+    # rms current noise of each of i_ranges at 1 PLC (A): each driver's table, with its
+    # source beside it (datasheet figures, or noise_estimate_a where a datasheet gives none);
+    # () leaves every range to the estimate
     i_noise_a: tuple[float, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.i_noise_a and len(self.i_noise_a) != len(self.i_ranges):
+            raise ValueError(
+                f"i_noise_a has {len(self.i_noise_a)} figures for {len(self.i_ranges)} ranges"
+            )
+
     def current_noise_a(self) -> dict[float, float]:
-        """rms current noise at 1 PLC (A) of each current range: the manual's figure, else an
-        estimate of 5 ppm of the range (the Keithley 2450's ratio on its 1 uA-100 uA ranges,
-        SPEC-2450 Rev. A, current specifications, noise (RMS) < 10 Hz)."""
-        if len(self.i_noise_a) == len(self.i_ranges):
-            return dict(zip(self.i_ranges, self.i_noise_a, strict=True))
-        return {r: 5e-6 * r for r in self.i_ranges}
+        """rms current noise at 1 PLC (A) of each current range: the driver's table, else
+        :func:`noise_estimate_a` of each range."""
+        noise = self.i_noise_a or tuple(noise_estimate_a(r) for r in self.i_ranges)
+        return dict(zip(self.i_ranges, noise, strict=True))
+
+
+# Where a datasheet gives no noise figure for a range: 5 ppm of the range, the Keithley
+# 2450's ratio on its 1 uA-100 uA ranges (SPEC-2450 Rev. A, current specifications, noise
+# (RMS) < 10 Hz, 1 PLC). An estimate, no datasheet figure; a table says so where it uses it.
+NOISE_ESTIMATE_OF_RANGE = 5e-6
+# peak-to-peak over rms of Gaussian noise: the band holding 99.9 % of the readings (+-3.3
+# sigma), the usual factor for a datasheet's "noise (peak-peak)"
+PEAK_TO_PEAK_PER_RMS = 6.6
+
+
+def noise_estimate_a(current_range_a: float) -> float:
+    """The estimated rms noise (A) at 1 PLC of a current range with no datasheet figure."""
+    return NOISE_ESTIMATE_OF_RANGE * current_range_a
+
+
+def rms_of_peak_to_peak(noise_pp_a: float) -> float:
+    """rms noise (A) of a datasheet's peak-to-peak figure (Gaussian: p-p = 6.6 rms)."""
+    return noise_pp_a / PEAK_TO_PEAK_PER_RMS
 
 
 @dataclass

@@ -48,6 +48,7 @@ from drivers.base import (
     check_program,
     intended,
     make_chunk,
+    noise_estimate_a,
     raise_if_aborted,
     run_host_timed,
     strict_range,
@@ -301,6 +302,9 @@ def _capabilities(family: _Family) -> Capabilities:
         i_max=family.i_ranges[-1],
         v_ranges=(),
         i_ranges=family.i_ranges,
+        # estimate, no datasheet figure: PalmSens states resolution and accuracy per
+        # current range, no noise figure found for the Pico, EmStat4 or Nexus
+        i_noise_a=tuple(noise_estimate_a(r) for r in family.i_ranges),
         channels=("1",),
         source_modes=("V",),
     )

@@ -37,6 +37,7 @@ from drivers.base import (
     SourceMeterBase,
     Tally,
     make_chunk,
+    noise_estimate_a,
     num,
     raise_if_aborted,
     run_host_timed,
@@ -57,6 +58,11 @@ ELEMENTS = "VOLT,CURR,TIME,STAT"
 STATUS_COMPLIANCE = 1 << 3
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# rms noise at 1 PLC of each of I_RANGES: estimate, no datasheet figure. SPEC-2400 Rev. H
+# (current measurement accuracy) gives default resolution (10 ppm of range, 10 pA on 1 uA)
+# and accuracy, no noise; the resolution's quantisation (10 ppm / sqrt(12) = 2.9 ppm rms)
+# is below the estimate.
+I_NOISE_A = tuple(noise_estimate_a(r) for r in I_RANGES)  # estimate, no datasheet figure
 MODELS = {"2400": 210.0, "2401": 21.0}  # largest |V| of each model
 # a sweep point is its source delay (0 to 9999.999 s) then the measurement (NPLC)
 # (K2400-UM 2400S-900-01 §10 "Setting delay", §3 source delay)
@@ -99,6 +105,7 @@ class Keithley2400(SourceMeterBase):
         i_max=1.05,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
+        i_noise_a=I_NOISE_A,
         channels=("1",),
         source_modes=("V",),
     )

@@ -49,9 +49,11 @@ from drivers.base import (
     SourceMeterBase,
     Tally,
     make_chunk,
+    noise_estimate_a,
     num,
     pick_range,
     raise_if_aborted,
+    rms_of_peak_to_peak,
     run_host_timed,
     smu_settings,
 )
@@ -81,6 +83,23 @@ FETCH_MAX = 10_000  # readings per printbuffer
 PRECISION = 10  # format.asciiprecision for the bulk readback (1 µs at 1e4 s)
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 1.5)
+# rms noise at 1 PLC of each of I_RANGES. 100 nA-1.5 A: the 2600B data sheet (Tektronix
+# "2600B System SourceMeter SMU Instruments", Current Source Specifications, Current
+# Programming Accuracy table, column "Typical Noise (peak-peak) 0.1Hz-10Hz"; the
+# 2611B-2636B table, 1.5 A top range). It is the source's noise: the data sheet gives none
+# for the measure side (display resolution and accuracy only), and source and measure share
+# the range. Peak-peak to rms by 6.6 (Gaussian); the 0.1-10 Hz band is taken as what a 1 PLC
+# reading sees, as the 2450's "< 10 Hz" figure is (no bandwidth scaling).
+# 1 nA, 10 nA: estimate, no datasheet figure (the low-current ranges' noise is not in the
+# pages of the data sheet found).
+I_NOISE_A = (
+    noise_estimate_a(1e-9),  # estimate, no datasheet figure
+    noise_estimate_a(1e-8),  # estimate, no datasheet figure
+    *(
+        rms_of_peak_to_peak(pp)
+        for pp in (5e-12, 25e-12, 60e-12, 3e-9, 6e-9, 200e-9, 600e-9, 70e-6, 150e-6)
+    ),
+)
 # 2601B/2602B/2604B: 40 V, 3 A (instruments.md §3 and the QCoDeS tables it cites)
 LOW_V_MODELS = ("2601B", "2602B", "2604B")
 SINGLE_CHANNEL_MODELS = ("2601B", "2611B", "2635B")
@@ -127,6 +146,7 @@ class Keithley2600(SourceMeterBase):
         i_max=1.515,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
+        i_noise_a=I_NOISE_A,
         channels=SMU,
         source_modes=("V",),
     )

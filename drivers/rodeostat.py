@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -72,6 +73,19 @@ VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
     ),
 }
 DEFAULT_VARIANT = "10V_microAmpV0.2"
+# Noise floor of each current range: the reading's quantisation. The current is read with
+# 16 bits over +-range (iorodeo-potentiostat 0.0.8 README, Hardware: "16-bit current
+# measurement", +-1/10/100/1000 uA ranges); IO Rodeo states no noise figure. LSB = 2 range /
+# 2**16 (30.5 ppm of range), rms LSB / sqrt(12) = 8.8 ppm (above drivers.base's 5 ppm
+# estimate): a lower bound, the ADC's effective bits being fewer. The nanoAmp and milliAmp
+# variants are taken to read with the same 16 bits (an assumption: no figure of theirs).
+# No PLC setting: the figure stands for every sample period.
+ADC_BITS = 16
+
+
+def quantisation_noise_a(current_range_a: float) -> float:
+    """rms quantisation noise (A) of a reading on a +-``current_range_a`` range."""
+    return 2.0 * current_range_a / 2**ADC_BITS / math.sqrt(12)
 
 
 def _capabilities(variant: str) -> Capabilities:
@@ -85,6 +99,7 @@ def _capabilities(variant: str) -> Capabilities:
         i_max=ranges[-1][1],
         v_ranges=tuple(r[1] for r in VOLT_RANGES),
         i_ranges=tuple(r[1] for r in ranges),
+        i_noise_a=tuple(quantisation_noise_a(r[1]) for r in ranges),
         channels=("1",),
         source_modes=("V",),
     )

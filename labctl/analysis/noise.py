@@ -1,6 +1,7 @@
 """The noise floor a measurement had: the rms current noise of the range it used.
 
-The engine puts each driver's table (range -> rms noise at 1 PLC, from the manual; see
+The engine puts each driver's table (range -> rms noise at 1 PLC: the datasheet's figure, or
+an estimate where it gives none, each with its source in the driver; see
 ``drivers.base.Capabilities.current_noise_a``) in the run metadata as ``current_noise_a``
 with the instrument settings beside it; the analyses judge a signal against it. White noise
 averages down with the integration time, so the noise at ``nplc`` is the 1 PLC figure times
