@@ -110,8 +110,8 @@ def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | No
     ``sample2``, ``[sample2]``) the name and limits of ``sample``/``sample2``: the samples a
     run ran on, with the limits it ran under. The text itself if it names them already
     (comments kept); else written again from its values with those tables' name and limits
-    replaced (every other key and table kept, its comments not: a TOML reader does not keep
-    them)."""
+    replaced (every other key and table kept, a table's other keys only if it names the
+    sample that ran; its comments not: a TOML reader does not keep them)."""
     import tomllib
 
     data = tomllib.loads(text)
@@ -120,7 +120,9 @@ def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | No
         if table is None:
             continue
         old = data.get(key) or {}
-        new = {k: v for k, v in {**old, **table}.items() if v is not None}
+        # the other keys (notes, ...) describe the recipe's sample: kept if it ran on that
+        kept = old if old.get("name") == table.get("name") else {}
+        new = {k: v for k, v in {**kept, **table}.items() if v is not None}
         if new != old:
             data[key], changed = new, True
     if not changed:

@@ -158,6 +158,8 @@ def test_with_samples_names_what_ran_and_keeps_everything_else():
     want = tomllib.loads(text)
     want["sample"]["max_v"] = 0.6
     assert out == {**want, "sample2": {"name": "b", "max_i": 1e-6}}
+    other = tomllib.loads(with_samples(text, {**same, "name": "chip8"}))
+    assert other["sample"] == {**same, "name": "chip8"}  # chip7's notes are not chip8's
     bare = 'protocol = "iv_hysteresis"\n[parameters]\namplitude_v = 0.5\n'
     written = with_samples(bare, same)
     assert written.index("[sample]") < written.index("[parameters]")
