@@ -4,6 +4,7 @@ the right; the output state and the OUTPUT OFF / ABORT button always in view at 
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import logging
 import time
@@ -38,6 +39,7 @@ from gui.instrument_panel import InstrumentPanel
 from gui.live import DEFAULT_CAPACITY, EngineBridge, Inbox, LiveModel
 from gui.plots import LivePlots
 from gui.protocol_panel import ProtocolPanel
+from gui.recipe_io import with_samples
 from gui.run_quality import RunQualityView
 from gui.sample_panel import SamplePanel
 from gui.sequence_view import SequenceProgress, StepBridge, WindowListener
@@ -101,9 +103,10 @@ def run_on_instrument(
     **kwargs,
 ):
     """The run(s), on the instrument thread: fresh sample limits (``lower``: sample name
-    -> limits a loaded recipe holds it to, below the stored ones; ``recipe_of``: writes
-    the recipe stored with the run from those samples' ``[sample]``/``[sample2]`` tables,
-    so it names the limits the run ran under, not the window's list), every Program of every
+    -> limits a loaded recipe holds it to: the lower of them and the stored ones hold;
+    ``recipe_of``: writes the recipe stored with the run from those samples'
+    ``[sample]``/``[sample2]`` tables, the form's or a loaded recipe's with those tables, so
+    it names the limits the run ran under, not the window's list), every Program of every
     step checked against the limits of the sample on each channel before anything is
     sent (refused without a run), then the engine: one run, or the steps of a sequence
     through labctl's own sequence runner (``RunEngine.run_sequence``, which ``labctl run``
@@ -178,7 +181,7 @@ class MainWindow(QMainWindow):
         self._live_on = ""  # the sample(s) of the run, and their channels
         self._recipe_channels = None  # a loaded recipe's [instrument] channels
         self._recipe_settings: dict = {}  # ... and its instrument settings (nplc, ...)
-        self._recipe_limits: dict[str, dict[str, float]] = {}  # its lower sample limits
+        self._recipe_samples: dict[str, dict] = {}  # its [sample]/[sample2] tables
         self._paused_now = False  # the engine reported that it waits
         self.sequence: SequenceProgress | None = None  # the sequence running, if any
 
@@ -458,6 +461,7 @@ class MainWindow(QMainWindow):
 
     def _samples_listed(self, names: list[str]) -> None:
         self.history.set_sample_names(names)
+        self._update_controls()  # a loaded recipe's limits against the stored ones again
 
     # --- messages ---
 
@@ -498,7 +502,10 @@ class MainWindow(QMainWindow):
         bad_values = self.protocol.problem()  # a parameter marked wrong: no Start
         if bad_values:
             reasons.append(f"fix {bad_values} (Protocol tab)")
-        self.start_btn.setEnabled(not busy and not bad_values)
+        above = self.recipe_limit_problem()  # a loaded recipe would raise a stored limit
+        if above:
+            reasons.append(above)
+        self.start_btn.setEnabled(not busy and not bad_values and not above)
         can_pause = self.run_active and self._pausable and self.engine is not None
         self.pause_btn.setEnabled(can_pause)
         tip = PAUSE_SEQ_TIP if self.sequence is not None else PAUSE_OK_TIP
@@ -537,12 +544,27 @@ class MainWindow(QMainWindow):
 
     def _recipe_loaded(self, recipe) -> None:
         # a stored sample keeps its stored limits and notes: the recipe may only lower the
-        # limits, for its runs (while its form is unchanged)
-        self._recipe_limits = {}
-        for label, table in (("sample", recipe.sample), ("sample2", recipe.sample2)):
-            row = self.samples.row(table.get("name") or "")
-            if row is not None:
-                self._hold_recipe_limits(label, table, row)
+        # limits, for its runs (while its form is unchanged); one above them keeps Start off
+        self._recipe_samples = {"sample": recipe.sample, "sample2": recipe.sample2}
+        held = self._recipe_limits()
+        for label, table in self._recipe_samples.items():
+            name = table.get("name") or ""
+            row = self.samples.row(name)
+            lower = {
+                k: v
+                for k, v in held.get(name, {}).items()
+                if row is not None and (row.get(k) is None or v < row[k])
+            }
+            if lower:
+                text = ", ".join(f"{k} = {v:g}" for k, v in lower.items())
+                self.show_message(
+                    "info",
+                    f"Recipe [{label}] holds sample {name!r} to {text} for its runs; the "
+                    "stored sample is unchanged",
+                )
+        above = self.recipe_limit_problem()
+        if above:
+            self.show_message("error", f"Cannot start this recipe: {above}")
         if recipe.sample:
             name = recipe.sample.get("name")
             if name and name in self.samples.names() and self.store is not None:
@@ -570,33 +592,40 @@ class MainWindow(QMainWindow):
         }
         self._apply_recipe_channels()
 
-    def _hold_recipe_limits(self, label: str, table: dict, row: dict) -> None:
-        """A recipe's [sample]/[sample2] limits on a stored sample: lower ones hold for the
-        recipe's runs, higher ones are refused (the stored ones apply); said in a message."""
-        name, held, above = row["name"], {}, []
-        for key, unit in (("max_v", "V"), ("max_i", "A")):
-            asked, have = table.get(key), row.get(key)
-            if asked is None:
-                continue
-            if have is not None and have == have and asked > have:
-                above.append(f"{key} = {asked:g} {unit} is above the stored {have:g} {unit}")
-            elif have is None or have != have or asked < have:
-                held[key] = float(asked)
-        if held:
-            self._recipe_limits[name] = held
-            text = ", ".join(f"{k} = {v:g}" for k, v in held.items())
-            self.show_message(
-                "info",
-                f"Recipe [{label}] holds sample {name!r} to {text} for its runs; the stored "
-                "sample is unchanged",
-            )
-        if above:
-            self.show_message(
-                "error",
-                f"Recipe [{label}]: {'; '.join(above)} of sample {name!r}: the stored limits "
-                "apply. To raise them, change the sample in the Sample tab and press Save "
-                "(recorded with your name)",
-            )
+    def _recipe_limits(self) -> dict[str, dict[str, float]]:
+        """The loaded recipe's sample limits by sample name: each run is held to the lower
+        of them and the stored ones as the run reads them (run_on_instrument)."""
+        out: dict[str, dict[str, float]] = {}
+        for table in self._recipe_samples.values():
+            limits = {k: float(table[k]) for k in ("max_v", "max_i") if table.get(k) is not None}
+            if table.get("name") and limits:
+                out[str(table["name"])] = limits
+        return out
+
+    def recipe_limit_problem(self) -> str:
+        """What keeps a loaded recipe from starting ('' if nothing): a [sample]/[sample2]
+        limit above the stored sample's as listed, as ``labctl run`` refuses it, naming the
+        field, the stored value and the explicit way to raise it."""
+        from labctl.errors import sample_set_command
+
+        if not self.protocol.recipe_text:
+            return ""  # the form, edited since: it runs on the samples as stored
+        problems = []
+        for label, table in self._recipe_samples.items():
+            name = table.get("name") or ""
+            row = self.samples.row(name)
+            for key, unit in (("max_v", "V"), ("max_i", "A")):
+                asked, have = table.get(key), (row or {}).get(key)
+                if asked is None or have is None or have != have or asked <= have:
+                    continue
+                problems.append(
+                    f"{label}.{key}: {asked:g} {unit} is above the stored {key} = {have:g} "
+                    f"{unit} of sample {name!r}; a recipe may only lower a stored sample's "
+                    f"limits. Raise the stored limit explicitly: "
+                    f"{sample_set_command(name, f'{key}={asked:g}')} (or the Sample tab's "
+                    "Save, recorded with your name)"
+                )
+        return "; ".join(problems)
 
     def _apply_recipe_channels(self) -> None:
         """A recipe's ``[instrument] channels`` choose the channels once an instrument that
@@ -676,6 +705,9 @@ class MainWindow(QMainWindow):
             problems.append("connect an instrument (Instrument tab)")
         if self.samples.sample is None:
             problems.append("choose or save a sample (Sample tab)")
+        above = self.recipe_limit_problem()
+        if above:
+            problems.append(above)
         channels = self.instrument.selected_channels()
         labels = self.instrument.channel_labels()
         channel_samples = None
@@ -696,11 +728,15 @@ class MainWindow(QMainWindow):
         sample = self.samples.sample
         driver = self.instrument.driver
         resource = self.instrument.resource_in_use
-        # a loaded recipe (or sequence) is stored as loaded; the form's recipe is written on
-        # the instrument thread from the samples as the run reads them (the window's list of
-        # samples may not show a limit saved a moment ago yet)
-        recipe_text, recipe_of = self.protocol.recipe_text, None
-        if not sequence and not recipe_text:
+        # the recipe stored with the run names the samples and limits it ran under: written
+        # on the instrument thread from the samples as the run reads them (the window's list
+        # of samples may not show a limit saved or lowered a moment ago yet); a loaded recipe
+        # (or sequence) as loaded with its [sample]/[sample2] name and limits those, the
+        # form's written from the form
+        loaded = self.protocol.recipe_text
+        if loaded:
+            recipe_of = functools.partial(with_samples, loaded)
+        else:
             context = self.recipe_context(saved=True)
             recipe_of = self.protocol.recipe_writer(
                 context["resource"], channels=context.get("channels")
@@ -758,8 +794,7 @@ class MainWindow(QMainWindow):
             channel_samples=channel_samples,
             sequence=sequence,
             # a loaded recipe's lower limits hold while its form is unchanged
-            lower=dict(self._recipe_limits) if self.protocol.recipe_text else None,
-            recipe_text=recipe_text,
+            lower=self._recipe_limits() if loaded else None,
             recipe_of=recipe_of,
             resource=resource,
             operator=operator,

@@ -103,3 +103,32 @@ def dump_sequence(top: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         for key, value in subtables:
             lines.extend(_table(f"steps.{_key(key)}", value))
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | None = None) -> str:
+    """``text`` (a recipe or sequence as loaded) naming in its ``[sample]`` (and, given
+    ``sample2``, ``[sample2]``) the name and limits of ``sample``/``sample2``: the samples a
+    run ran on, with the limits it ran under. The text itself if it names them already
+    (comments kept); else written again from its values with those tables' name and limits
+    replaced (every other key and table kept, a table's other keys only if it names the
+    sample that ran; its comments not: a TOML reader does not keep them)."""
+    import tomllib
+
+    data = tomllib.loads(text)
+    changed = False
+    for key, table in (("sample", sample), ("sample2", sample2)):
+        if table is None:
+            continue
+        old = data.get(key) or {}
+        # the other keys (notes, ...) describe the recipe's sample: kept if it ran on that
+        kept = old if old.get("name") == table.get("name") else {}
+        new = {k: v for k, v in {**kept, **table}.items() if v is not None}
+        if new != old:
+            data[key], changed = new, True
+    if not changed:
+        return text
+    from protocols.recipe import TOP_KEYS
+
+    order = {k: n for n, k in enumerate(TOP_KEYS)}  # a [sample] added goes first, as written
+    top = dict(sorted(data.items(), key=lambda kv: order.get(kv[0], len(order))))
+    return dump_sequence(top, top.pop("steps", []))

@@ -243,6 +243,29 @@ def test_the_recipe_stored_with_a_run_names_the_limits_it_ran_under(qtbot, windo
     assert (saved.sample2["max_v"], saved.sample2["max_i"]) == (0.8, 5e-6)
 
 
+def test_a_recipe_above_the_second_samples_stored_current_keeps_start_off(
+    qtbot, window, db_url, tmp_path
+):
+    w = window
+    two_channels(qtbot, w)
+    use_sample(qtbot, w, name="chipB", max_v="1", max_i="1e-6")
+    use_sample(qtbot, w, name="chipA", max_v="1", max_i="1e-5")
+    qtbot.waitUntil(lambda: w.samples.row("chipB") is not None)
+    path = tmp_path / "two.toml"
+    path.write_text(
+        'protocol = "iv_hysteresis"\n[sample]\nname = "chipA"\n'
+        '[sample2]\nname = "chipB"\nmax_i = 1e-5\n[instrument]\nchannels = [0, 1]\n'
+        "[parameters]\namplitude_v = 0.5\nfrequencies_hz = [8]\ncycles = 1\n",
+        encoding="utf-8",
+    )
+    assert w.protocol.load_recipe(str(path)) is not None
+    qtbot.waitUntil(lambda: not w.start_btn.isEnabled())
+    said = "sample2.max_i: 1e-05 A is above the stored max_i = 1e-06 A of sample 'chipB'"
+    assert said in w.why_not.text() and "labctl sample set chipB max_i=1e-05" in w.why_not.text()
+    assert w.start_run() is False
+    assert len(Store.open(db_url).runs()) == 0 and w.instrument.output_state == "off"
+
+
 def test_a_one_channel_instrument_offers_no_channel_choice(qtbot, window):
     w = window
     w.instrument.resource.setEditText(VIRTUAL)
@@ -307,17 +330,31 @@ def test_a_step_above_the_limits_refuses_the_sequence_with_a_message(
     qtbot, window, db_url, tmp_path
 ):
     w = window
-    load_sequence(qtbot, w, tmp_path, amplitude=1.4)
+    load_sequence(qtbot, w, tmp_path, amplitude=1.6)  # its [sample] max_v is 1.5 V
     connect_sim(qtbot, w, VIRTUAL)
-    use_sample(qtbot, w, name="seq-chip", max_v="1.2")
+    use_sample(qtbot, w, name="seq-chip", max_v="1.5")
     assert w.start_run() is True
     qtbot.waitUntil(lambda: not w.run_active, timeout=10_000)
     text = w.banner.text()
-    assert "step 2 of 2 (iv_hysteresis)" in text and "max_v = 1.2 V" in text
+    assert "step 2 of 2 (iv_hysteresis)" in text and "max_v = 1.5 V" in text
     assert "Traceback" not in text
     assert len(Store.open(db_url).runs()) == 0  # refused before step 1 switched anything on
     assert w.protocol.steps.status(0) == "not started"
     assert w.instrument.output_state == "off"
+
+
+def test_a_sequence_whose_sample_limit_is_above_the_stored_keeps_start_off(
+    qtbot, window, db_url, tmp_path
+):
+    w = window
+    load_sequence(qtbot, w, tmp_path)  # its [sample] max_v is 1.5 V
+    connect_sim(qtbot, w, VIRTUAL)
+    use_sample(qtbot, w, name="seq-chip", max_v="1.2")
+    qtbot.waitUntil(lambda: not w.start_btn.isEnabled())
+    said = "sample.max_v: 1.5 V is above the stored max_v = 1.2 V of sample 'seq-chip'"
+    assert said in w.why_not.text() and "labctl sample set seq-chip max_v=1.5" in w.why_not.text()
+    assert w.start_run() is False and said in w.banner.text()
+    assert len(Store.open(db_url).runs()) == 0 and w.instrument.output_state == "off"
 
 
 def test_abort_during_a_sequence_stops_the_step_and_skips_the_rest(qtbot, window, db_url, tmp_path):
