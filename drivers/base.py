@@ -424,22 +424,32 @@ def _sleep_until(clock: Clock, t: float, abort: threading.Event | None) -> None:
         clock.sleep(min(left, ABORT_CHECK_S))
 
 
-EXPECTED_REPLY_S = 0.5  # a reply may take this long beyond its measurement, then it stalled
+# a reply may take this long beyond its measurement before it counts as stalled: as many
+# round trips as measured at connect, and never less than the floor (a loaded host's
+# scheduling and a garbage collection take tens of ms; past 250 ms the readings' hand-on
+# promise is broken, which is what a stall costs the record)
+STALL_ROUND_TRIPS = 20
+STALL_FLOOR_S = 0.25
 FETCH_S_PER_READING = 10e-6  # ... and this per reading of a bulk read (100 k readings/s)
 
 
 class LinkWatch:
     """Notices the replies of a driver's link that stall: slower than the measurement they
-    wait for plus ``expected_reply_s``. Each stall is kept in ``stalls`` (message, data) for
-    the engine to record as an event of kind ``stall``; the points read across it are
-    flagged STALL by the loop that read them."""
-
-    expected_reply_s: float = EXPECTED_REPLY_S
+    wait for plus ``expected_reply_s`` (from the round trip measured at connect). Each stall
+    is kept in ``stalls`` (message, data) for the engine to record as an event of kind
+    ``stall``; the points read across it are flagged STALL by the loop that read them."""
 
     def __init__(self, resource: str, clock: Clock) -> None:
         self.resource = resource
         self.clock = clock
         self.stalls: list[tuple[str, dict]] = []
+        self.round_trip_s: float | None = None  # set at connect (DriverBase.probe_timing)
+
+    @property
+    def expected_reply_s(self) -> float:
+        """How long a reply may take beyond its measurement: STALL_ROUND_TRIPS round trips
+        of this link, at least STALL_FLOOR_S (also before the round trip is known)."""
+        return max(STALL_FLOOR_S, STALL_ROUND_TRIPS * (self.round_trip_s or 0.0))
 
     def stalled(self, took_s: float, expected_s: float, what: str) -> bool:
         """True (and the stall kept) when ``what`` took ``took_s`` against ``expected_s``
@@ -635,6 +645,7 @@ class DriverBase:
         driver's clock) and keep their round trip: what every host-timed reading costs on
         top of its aperture. Called at connect; at most about 0.2 s."""
         self.round_trip_s = probe_round_trip(self.clock, self._probe_query)
+        self.watch.round_trip_s = self.round_trip_s  # the stall threshold follows the link
         return self.round_trip_s
 
     def _probe_query(self) -> None:
