@@ -209,6 +209,28 @@ def test_a_host_timed_reading_across_a_stall_is_flagged():
     assert len(d.watch.take()) == 1
 
 
+@pytest.mark.parametrize("model", ["emstat", "rodeostat"])
+def test_a_potentiostat_host_timed_reading_across_a_stall_is_flagged(model):
+    from labctl.data import STALL
+
+    program = staircase(np.linspace(0.1, 1.0, 20), 0.1)
+
+    def host_timed(fault: str):
+        d = connect_sim(model, "resistor", R=1e6, noise=0, fault=fault)
+        d.configure(timing="software")
+        before = d.transport.emulator.messages
+        data = Chunk.concat(list(d.execute(program)))
+        return d, data, before, d.transport.emulator.messages
+
+    _d, _data, before, after = host_timed("seed:1")  # the messages of a fault-free run
+    n = (before + after) // 2  # a script's or a command's replies half way, a second late
+    d, data, _b, _a = host_timed(f"late:0.8@{n}-{n + 20}")
+    assert len(data) == 20
+    assert 1 <= np.count_nonzero(data.flags & STALL) < 20  # the points around it, not all
+    stalls = d.watch.take()
+    assert stalls and all("the link stalled 0.8" in message for message, _info in stalls)
+
+
 def test_the_stall_threshold_follows_the_round_trip_measured_at_connect():
     from labctl.data import STALL
 
