@@ -449,7 +449,9 @@ FETCH_S_PER_READING = 10e-6  # ... and this per reading of a bulk read (100 k re
 # what the host loop's replies are (LinkWatch keys its measured costs by them)
 LEVEL = "setting a level"
 READING = "a reading"
-REPLY_SAMPLES = 16  # a reply's cost is the median of this many recent ones of its kind
+HARDWARE_RUN = "a hardware run"  # its time beyond its planned steps (DriverBase.follow)
+PROGRAM = "a program"  # its time beyond its steps and runs (DriverBase.note_program)
+REPLY_SAMPLES = 32  # a reply's cost is the mean of this many recent ones of its kind
 
 
 class LinkWatch:
@@ -462,7 +464,7 @@ class LinkWatch:
     reading's time beyond its aperture is the query's round trip plus what the instrument
     adds per measurement (autozero, the source delay, its own processing), which the
     connect probe (a query that measures nothing) cannot see. :meth:`cost_s` gives the
-    median of the recent ones; the driver's cost model takes it over the probe's figure
+    mean of the recent ones; the driver's cost model takes it over the probe's figure
     (:meth:`DriverBase.host_costs`)."""
 
     def __init__(self, resource: str, clock: Clock) -> None:
@@ -489,8 +491,7 @@ class LinkWatch:
         limit = expected_s + self.expected_reply_s
         self.replies += 1
         if took_s <= limit:
-            kept = self._costs.setdefault(what, deque(maxlen=REPLY_SAMPLES))
-            kept.append(max(took_s - expected_s if cost_s is None else cost_s, 0.0))
+            self.note(what, took_s - expected_s if cost_s is None else cost_s)
             return False
         self.stalls.append(
             (
@@ -501,11 +502,16 @@ class LinkWatch:
         )
         return True
 
+    def note(self, what: str, cost_s: float) -> None:
+        """Keep what one ``what`` cost beyond its measurement (never below 0)."""
+        kept = self._costs.setdefault(what, deque(maxlen=REPLY_SAMPLES))
+        kept.append(max(cost_s, 0.0))
+
     def cost_s(self, what: str) -> float | None:
-        """The median time beyond its measurement of the recent replies to ``what`` that
-        did not stall (None: none seen yet)."""
+        """The mean time beyond its measurement of the recent replies to ``what`` that did
+        not stall (None: none seen yet): a run's duration is their sum, hiccups included."""
         kept = self._costs.get(what)
-        return float(np.median(kept)) if kept else None
+        return float(np.mean(kept)) if kept else None
 
     def take(self) -> list[tuple[str, dict]]:
         """The stalls noticed since the last call."""
@@ -734,10 +740,30 @@ class DriverBase:
             aperture_s=ap,
         )
 
+    def run_setup_s(self) -> float:
+        """What each hardware run costs beyond its steps: what the recent ones on this link
+        took (:meth:`follow`), before any RUN_SETUP_TRIPS round trips as measured at
+        connect."""
+        learned = self.watch.cost_s(HARDWARE_RUN)
+        return RUN_SETUP_TRIPS * (self.round_trip_s or 0.0) if learned is None else learned
+
+    def program_setup_s(self) -> float:
+        """What running a Program costs beyond its steps and runs on this link (the output
+        switched on, the settings and errors checked before and after), as the recent ones
+        took (:meth:`note_program`); 0 before any."""
+        return self.watch.cost_s(PROGRAM) or 0.0
+
+    def note_program(self, program: Program, took_s: float) -> None:
+        """``program`` ran in ``took_s`` (the engine says so after each one): keep what it
+        took beyond the model's steps and runs, for the next estimates."""
+        self.watch.note(
+            PROGRAM, took_s - (self.timing_for(program).duration_s - self.program_setup_s())
+        )
+
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """How long the hardware runs of ``program`` take (the steps as the instrument
         receives them; drivers that round a delay override this)."""
-        return program.total_duration + len(runs) * RUN_SETUP_TRIPS * (self.round_trip_s or 0.0)
+        return program.total_duration + len(runs) * self.run_setup_s()
 
     def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
         """Each step's length as the instrument will time it (None: as asked; drivers
@@ -776,12 +802,14 @@ class DriverBase:
                 wrong = np.abs(steps - program.duration) > STRETCH_TOLERANCE * program.duration
                 off = int(np.count_nonzero(program.sample & wrong))
             duration = self.hardware_duration_s(program, runs)
+            duration += self.program_setup_s()
             return Timing("hardware", duration, min_step, basis, shortest, off)
         if self.timing == "hardware":
             short = program.sample & (program.duration < min_step * (1 - 1e-9))
             unmet = max(1, int(np.count_nonzero(short)))
             return Timing("hardware", program.total_duration, min_step, basis, shortest, unmet)
         end, unmet, late = host_timing(program, host)
+        end += self.program_setup_s()
         return Timing("host", end, min_step, basis, shortest, unmet, late)
 
     def _hw_basis(self) -> str:
@@ -847,6 +875,7 @@ class DriverBase:
         read before are yielded first, and the caller's safe state follows.
         """
         clock = self.clock
+        started = clock.now()
         run.start()
         end = clock.now() + run.planned_s  # the run cannot begin before it was started
         # the instrument's own sum of its step times may end a rounding error later: one
@@ -900,6 +929,9 @@ class DriverBase:
             if ended is True and not complete:
                 raise InstrumentError(f"{resource}: the run ended short ({of()})")
             if complete and ended is not False:
+                # what a hardware run costs beyond its steps here: starting it, the polls,
+                # the last fetch (the model's figure for the next ones, run_setup_s)
+                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s)
                 return
             if clock.now() >= deadline:
                 try:  # keep what the instrument took; a dead link must not hide the error

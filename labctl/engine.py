@@ -1020,10 +1020,14 @@ class RunEngine:
         t_start = clock.now() - t0
         self._executed.append(program)
         self._notify("on_program", k, program, t_start)
+        began = clock.now()
         try:
             for chunk in driver.execute(program, self.abort_event):
                 yield chunk.shifted(t_start)
                 self._record_stalls(driver)
+            note = getattr(driver, "note_program", None)  # what it took, for the next estimate
+            if note is not None:
+                note(program, clock.now() - began)
         finally:
             self._record_stalls(driver)
             notes = getattr(driver, "adjustments", None)

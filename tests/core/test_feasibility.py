@@ -260,6 +260,21 @@ def test_the_readings_cost_corrects_the_estimate_and_a_run_far_off_it_is_warned(
     assert not [w for w in second.warnings if "before it started" in w]
 
 
+def test_the_next_hardware_timed_run_is_estimated_from_what_the_last_ones_took(store):
+    # replies 5 ms late: each of the 2450's sweeps (at most 100 levels) is loaded, started,
+    # polled and fetched over it; the connect probe's 4 round trips a sweep are a guess
+    driver = sim("keithley2450", "&fault=late:0.005")
+    sweep = {"frequencies_hz": [12.5], "points_per_cycle": 400, "cycles": 2}
+    ratios = []
+    for _ in range(2):
+        est = Estimates()
+        result = run_iv(driver, store, listeners=[est], **sweep)
+        assert result.status == "completed", result.error
+        ratios.append(est.first / store.run(result.run_id)["metadata"]["achieved_duration_s"])
+    assert abs(ratios[0] - 1) > 0.05  # the probe's guess
+    assert ratios[1] == pytest.approx(1.0, abs=0.02)  # what this link's runs cost
+
+
 # -- the host model against the host loop --------------------------------------------------
 def test_the_host_model_predicts_the_host_loop_step_by_step():
     rng = np.random.default_rng(3)
