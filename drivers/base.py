@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
@@ -384,6 +385,10 @@ def run_host_timed(
     marks: list[int] = []  # LATE and STALL of each reading
     flush_at = math.inf  # clock time by which the readings read so far must be handed on
     last_level: float | None = None
+    # a loop that never waits (behind its schedule) costs per reading the time between
+    # readings: the query and what the loop itself adds, all of which the watch keeps
+    waited = False
+    last_read: tuple[int, float] | None = None  # (step, clock time) of the last reading
 
     def chunk() -> Chunk:
         nonlocal rows, ts, vs, is_, marks, flush_at
@@ -405,8 +410,10 @@ def run_host_timed(
     def wait_until(t: float) -> Iterator[Chunk]:
         """Sleep until clock time ``t``; readings that would be held past their promise go
         first, and a real clock wakes for an abort."""
+        nonlocal waited
         if rows and t > flush_at:
             yield chunk()
+        waited = waited or t > clock.now()
         _sleep_until(clock, t, abort)
         if abort is not None and abort.is_set():
             if rows:
@@ -416,22 +423,30 @@ def run_host_timed(
     for k in range(len(program)):
         level = float(program.level[k])
         target = t_start + starts[k]
+        waited = False
         yield from wait_until(target)
         late_now = LATE if clock.now() - target > LATE_TOLERANCE_S else 0
         stalled = 0
+        level_took = 0.0
         if level != last_level:
             began = clock.now()
             set_level(level)
             last_level = level
-            if watch is not None and watch.stalled(clock.now() - began, 0.0, "setting a level"):
+            level_took = clock.now() - began
+            if watch is not None and watch.stalled(level_took, 0.0, LEVEL):
                 stalled = STALL
         if program.sample[k]:
             yield from wait_until(t_start + ends[k] - aperture_s)
             ts.append(clock.now() - t_start + aperture_s)
             began = clock.now()
             source, reading = read()
-            if watch is not None and watch.stalled(clock.now() - began, aperture_s, "a reading"):
+            now = clock.now()
+            cost = None
+            if not waited and last_read is not None and last_read[0] == k - 1:
+                cost = now - last_read[1] - level_took - aperture_s
+            if watch is not None and watch.stalled(now - began, aperture_s, READING, cost):
                 stalled = STALL
+            last_read = (k, now)
             rows.append(k)
             vs.append(source)
             is_.append(reading)
@@ -459,28 +474,59 @@ def _sleep_until(clock: Clock, t: float, abort: threading.Event | None) -> None:
         clock.sleep(min(left, ABORT_CHECK_S))
 
 
-EXPECTED_REPLY_S = 0.5  # a reply may take this long beyond its measurement, then it stalled
+# a reply may take this long beyond its measurement before it counts as stalled: as many
+# round trips as measured at connect, and never less than the floor (a loaded host's
+# scheduling and a garbage collection take tens of ms; past 250 ms the readings' hand-on
+# promise is broken, which is what a stall costs the record)
+STALL_ROUND_TRIPS = 20
+STALL_FLOOR_S = 0.25
 FETCH_S_PER_READING = 10e-6  # ... and this per reading of a bulk read (100 k readings/s)
+# what the host loop's replies are (LinkWatch keys its measured costs by them)
+LEVEL = "setting a level"
+READING = "a reading"
+HARDWARE_RUN = "a hardware run"  # its time beyond its planned steps (DriverBase.follow)
+PROGRAM = "a program"  # its time beyond its steps and runs (DriverBase.note_program)
+REPLY_SAMPLES = 32  # a reply's cost is the mean of this many recent ones of its kind
 
 
 class LinkWatch:
     """Notices the replies of a driver's link that stall: slower than the measurement they
-    wait for plus ``expected_reply_s``. Each stall is kept in ``stalls`` (message, data) for
-    the engine to record as an event of kind ``stall``; the points read across it are
-    flagged STALL by the loop that read them."""
+    wait for plus ``expected_reply_s`` (from the round trip measured at connect). Each stall
+    is kept in ``stalls`` (message, data) for the engine to record as an event of kind
+    ``stall``; the points read across it are flagged STALL by the loop that read them.
 
-    expected_reply_s: float = EXPECTED_REPLY_S
+    The replies that did not stall are what host timing really costs on this link: a
+    reading's time beyond its aperture is the query's round trip plus what the instrument
+    adds per measurement (autozero, the source delay, its own processing), which the
+    connect probe (a query that measures nothing) cannot see. :meth:`cost_s` gives the
+    mean of the recent ones; the driver's cost model takes it over the probe's figure
+    (:meth:`DriverBase.host_costs`)."""
 
     def __init__(self, resource: str, clock: Clock) -> None:
         self.resource = resource
         self.clock = clock
         self.stalls: list[tuple[str, dict]] = []
+        self.round_trip_s: float | None = None  # set at connect (DriverBase.probe_timing)
+        self._costs: dict[str, deque[float]] = {}
+        self.replies = 0  # replies timed so far (a reader knows when costs may have moved)
 
-    def stalled(self, took_s: float, expected_s: float, what: str) -> bool:
+    @property
+    def expected_reply_s(self) -> float:
+        """How long a reply may take beyond its measurement: STALL_ROUND_TRIPS round trips
+        of this link, at least STALL_FLOOR_S (also before the round trip is known)."""
+        return max(STALL_FLOOR_S, STALL_ROUND_TRIPS * (self.round_trip_s or 0.0))
+
+    def stalled(
+        self, took_s: float, expected_s: float, what: str, cost_s: float | None = None
+    ) -> bool:
         """True (and the stall kept) when ``what`` took ``took_s`` against ``expected_s``
-        of measurement."""
+        of measurement; else its cost is kept: ``cost_s`` when the caller knows it (a host
+        loop behind its schedule: the time between readings beyond what else it did), by
+        default ``took_s - expected_s``."""
         limit = expected_s + self.expected_reply_s
+        self.replies += 1
         if took_s <= limit:
+            self.note(what, took_s - expected_s if cost_s is None else cost_s)
             return False
         self.stalls.append(
             (
@@ -490,6 +536,17 @@ class LinkWatch:
             )
         )
         return True
+
+    def note(self, what: str, cost_s: float) -> None:
+        """Keep what one ``what`` cost beyond its measurement (never below 0)."""
+        kept = self._costs.setdefault(what, deque(maxlen=REPLY_SAMPLES))
+        kept.append(max(cost_s, 0.0))
+
+    def cost_s(self, what: str) -> float | None:
+        """The mean time beyond its measurement of the recent replies to ``what`` that did
+        not stall (None: none seen yet): a run's duration is their sum, hiccups included."""
+        kept = self._costs.get(what)
+        return float(np.mean(kept)) if kept else None
 
     def take(self) -> list[tuple[str, dict]]:
         """The stalls noticed since the last call."""
@@ -670,6 +727,7 @@ class DriverBase:
         driver's clock) and keep their round trip: what every host-timed reading costs on
         top of its aperture. Called at connect; at most about 0.2 s."""
         self.round_trip_s = probe_round_trip(self.clock, self._probe_query)
+        self.watch.round_trip_s = self.round_trip_s  # the stall threshold follows the link
         return self.round_trip_s
 
     def _probe_query(self) -> None:
@@ -703,19 +761,44 @@ class DriverBase:
         return max(facts.min_period_s, self.hardware_aperture_s() + delay)
 
     def host_costs(self) -> HostCosts:
-        """What a host-timed step costs here (round trip as measured at connect, else 0)."""
+        """What a host-timed step costs here: a reading its aperture plus what the recent
+        host-timed readings on this link took beyond theirs, a level change what the recent
+        ones took (:meth:`LinkWatch.cost_s`); before any, the round trips measured at
+        connect (else 0)."""
         rt = self.round_trip_s or 0.0
         ap = self.host_aperture_s()
+        read = self.watch.cost_s(READING)
+        level = self.watch.cost_s(LEVEL)
         return HostCosts(
-            read_s=ap + self.host_read_trips * rt,
-            level_s=self.host_level_trips * rt,
+            read_s=ap + (self.host_read_trips * rt if read is None else read),
+            level_s=self.host_level_trips * rt if level is None else level,
             aperture_s=ap,
+        )
+
+    def run_setup_s(self) -> float:
+        """What each hardware run costs beyond its steps: what the recent ones on this link
+        took (:meth:`follow`), before any RUN_SETUP_TRIPS round trips as measured at
+        connect."""
+        learned = self.watch.cost_s(HARDWARE_RUN)
+        return RUN_SETUP_TRIPS * (self.round_trip_s or 0.0) if learned is None else learned
+
+    def program_setup_s(self) -> float:
+        """What running a Program costs beyond its steps and runs on this link (the output
+        switched on, the settings and errors checked before and after), as the recent ones
+        took (:meth:`note_program`); 0 before any."""
+        return self.watch.cost_s(PROGRAM) or 0.0
+
+    def note_program(self, program: Program, took_s: float) -> None:
+        """``program`` ran in ``took_s`` (the engine says so after each one): keep what it
+        took beyond the model's steps and runs, for the next estimates."""
+        self.watch.note(
+            PROGRAM, took_s - (self.timing_for(program).duration_s - self.program_setup_s())
         )
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """How long the hardware runs of ``program`` take (the steps as the instrument
         receives them; drivers that round a delay override this)."""
-        return program.total_duration + len(runs) * RUN_SETUP_TRIPS * (self.round_trip_s or 0.0)
+        return program.total_duration + len(runs) * self.run_setup_s()
 
     def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
         """Each step's length as the instrument will time it (None: as asked; drivers
@@ -734,11 +817,15 @@ class DriverBase:
             options.append((hw_min, f"hardware-timed {describe_s(hw_min)} ({self._hw_basis()})"))
         if self.timing != "hardware":
             rt = self.round_trip_s or 0.0
+            if self.watch.cost_s(READING) is None:
+                how = f"{describe_s(rt)} round trip measured at connect"
+            else:
+                how = f"{describe_s(host.read_s)} a reading as the last ones on this link took"
             options.append(
                 (
                     host.min_step_s,
                     f"host-timed {describe_s(host.min_step_s)} (a {describe_s(host.aperture_s)} "
-                    f"reading, {describe_s(rt)} round trip measured at connect)",
+                    f"reading, {how})",
                 )
             )
         min_step, basis = min(options)
@@ -750,12 +837,14 @@ class DriverBase:
                 wrong = np.abs(steps - program.duration) > STRETCH_TOLERANCE * program.duration
                 off = int(np.count_nonzero(program.sample & wrong))
             duration = self.hardware_duration_s(program, runs)
+            duration += self.program_setup_s()
             return Timing("hardware", duration, min_step, basis, shortest, off)
         if self.timing == "hardware":
             short = program.sample & (program.duration < min_step * (1 - 1e-9))
             unmet = max(1, int(np.count_nonzero(short)))
             return Timing("hardware", program.total_duration, min_step, basis, shortest, unmet)
         end, unmet, late = host_timing(program, host)
+        end += self.program_setup_s()
         return Timing("host", end, min_step, basis, shortest, unmet, late)
 
     def _hw_basis(self) -> str:
@@ -821,6 +910,7 @@ class DriverBase:
         read before are yielded first, and the caller's safe state follows.
         """
         clock = self.clock
+        started = clock.now()
         run.start()
         end = clock.now() + run.planned_s  # the run cannot begin before it was started
         # the instrument's own sum of its step times may end a rounding error later: one
@@ -874,6 +964,9 @@ class DriverBase:
             if ended is True and not complete:
                 raise InstrumentError(f"{resource}: the run ended short ({of()})")
             if complete and ended is not False:
+                # what a hardware run costs beyond its steps here: starting it, the polls,
+                # the last fetch (the model's figure for the next ones, run_setup_s)
+                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s)
                 return
             if clock.now() >= deadline:
                 try:  # keep what the instrument took; a dead link must not hide the error

@@ -20,7 +20,6 @@ from typing import ClassVar
 import numpy as np
 
 from drivers.base import (
-    RUN_SETUP_TRIPS,
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -184,9 +183,9 @@ class Keithley2450(SourceMeterBase):
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """The sweeps as they run: every point lasts its (rounded) delay plus the aperture."""
-        rt = self.round_trip_s or 0.0
+        setup = self.run_setup_s()
         aperture = self.aperture_s
-        return sum(sw.n * (sw.delay_s + aperture) + RUN_SETUP_TRIPS * rt for sw in runs)
+        return sum(sw.n * (sw.delay_s + aperture) + setup for sw in runs)
 
     @staticmethod
     def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:

@@ -358,6 +358,7 @@ class EngineBridge(QObject):
     """Signals from the engine's thread; connected to GUI slots they arrive queued."""
 
     started = pyqtSignal(int, object)  # run_id, total instrument time (s) or None
+    estimated = pyqtSignal(int, float)  # run_id, the total again after the first readings
     program = pyqtSignal(int, float)  # program index, its start time (s)
     finished = pyqtSignal(object)  # RunResult
 
@@ -378,6 +379,10 @@ class GuiListener(Listener):
         self.started_at = time.monotonic()
         with contextlib.suppress(RuntimeError):
             self.bridge.started.emit(int(run_id), total_s)
+
+    def on_estimate(self, run_id: int, total_s: float) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.bridge.estimated.emit(int(run_id), float(total_s))
 
     def on_program(self, index: int, program, t_start: float) -> None:
         with contextlib.suppress(RuntimeError):

@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self.model = LiveModel(capacity)
         self.bridge = EngineBridge(self)
         self.bridge.started.connect(self._run_started)
+        self.bridge.estimated.connect(self._run_estimated)
         self.bridge.finished.connect(self._run_finished)
         self.step_bridge = StepBridge(self)
         self.step_bridge.step.connect(self._step_started)
@@ -214,6 +215,7 @@ class MainWindow(QMainWindow):
         self.instrument.output_changed.connect(self._output_changed)
         self.instrument.connected.connect(self._instrument_connected)
         self.instrument.disconnected.connect(self._update_controls)
+        self.instrument.disconnected.connect(lambda: self.protocol.set_driver(None))
         self.instrument.channels_changed.connect(self._channels_changed)
         self.samples.selected.connect(lambda _s: self._update_controls())
         self.samples.second_chosen.connect(lambda _n: self._update_controls())
@@ -590,6 +592,7 @@ class MainWindow(QMainWindow):
         self._recipe_settings = {
             k: v for k, v in recipe.instrument_settings.items() if k != "channels"
         }
+        self.protocol.settings = dict(self._recipe_settings)  # its estimate's, as the run's
         self._apply_recipe_channels()
 
     def _recipe_limits(self) -> dict[str, dict[str, float]]:
@@ -643,7 +646,8 @@ class MainWindow(QMainWindow):
                     f"{self.instrument.driver.name}; choose the channels in the Instrument tab",
                 )
 
-    def _instrument_connected(self, _driver) -> None:
+    def _instrument_connected(self, driver) -> None:
+        self.protocol.set_driver(driver)  # the estimate is what it can time
         self._apply_recipe_channels()
         self._update_controls()
 
@@ -815,6 +819,12 @@ class MainWindow(QMainWindow):
         self.instrument.set_output_state("on")
         self.run_status.setText(f"run {run_id}: running")
         self._set_live_title(f"run {run_id}: {self._live_what}")
+
+    def _run_estimated(self, run_id: int, total_s: float) -> None:
+        """The run's first host-timed readings showed what a reading costs: the ETA's
+        total from the engine's estimate again."""
+        if run_id == self.run_id:
+            self.run_total_s = total_s
 
     def _step_started(self, index: int, count: int, name: str) -> None:
         """A sequence's step begins (its run starts next)."""

@@ -4,6 +4,7 @@ edits the step selected (gui.sequence_editor); the window runs them all, in orde
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,26 +30,57 @@ from gui.sequence_editor import SequenceEditor
 from gui.tasks import TaskRunner, describe_error
 from gui.units import fmt_duration
 from labctl.errors import LabctlError, ValidationError
+from labctl.feasibility import split_timing
 from protocols.base import Protocol, all_protocols
 from protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
 
 
-def estimate(protocol: Protocol) -> tuple[float | None, int | None]:
-    """(duration in s, number of points) of an open-loop protocol; (None, None) if closed."""
+def estimate(
+    protocol: Protocol, driver=None, settings: dict | None = None
+) -> tuple[float | None, int | None]:
+    """(duration in s, number of points) of an open-loop protocol; (None, None) if closed.
+
+    With a connected ``driver`` the duration is the engine's (:func:`timed_as`: the driver's
+    feasibility model with the run's instrument settings, arithmetic on the round trip
+    probed at connect, no I/O, so it may run off the GUI thread); without, the asked one."""
     if protocol.closed_loop:
         return None, None
     programs = protocol.programs()
-    total = float(sum(p.total_duration for p in programs))
+    timed = timed_as(driver, {**protocol.instrument_settings(), **(settings or {})})
+    if timed is None:
+        total = float(sum(p.total_duration for p in programs))
+    else:
+        total = float(sum(timed.timing_for(p).duration_s for p in programs))
     points = int(sum(int(np.count_nonzero(p.sample)) for p in programs))
     return total, points
 
 
+def timed_as(driver, settings: dict):
+    """A copy of ``driver`` holding ``settings`` (nplc, timing, ...) as the run will
+    configure it, for its ``timing_for``; nothing is sent (only the attributes a
+    configure sets are taken). The driver itself with settings it cannot take so; None
+    for no driver or one that states nothing about its timing."""
+    if driver is None or not hasattr(driver, "timing_for"):
+        return None
+    apply = getattr(driver, "_apply_settings", None)
+    if apply is None:
+        return driver
+    twin = copy.copy(driver)
+    try:
+        driver_settings, _best_effort = split_timing(settings, None)
+        known = {k: v for k, v in driver_settings.items() if k in driver.settings}
+        twin._apply_settings(twin.checked_settings(known))
+    except LabctlError:  # refused here, refused by the run: the present settings' figure
+        return driver
+    return twin
+
+
 def estimate_steps(
-    protocols: list[Protocol | None],
+    protocols: list[Protocol | None], driver=None
 ) -> list[tuple[float | None, int | None] | None]:
     """(duration in s, number of points) of each step; (None, None) for closed-loop ones,
     None for a step that is not valid (None)."""
-    return [estimate(p) if p is not None else None for p in protocols]
+    return [estimate(p, driver) if p is not None else None for p in protocols]
 
 
 class ProtocolPanel(QWidget):
@@ -70,6 +102,8 @@ class ProtocolPanel(QWidget):
         self.sequence: Recipe | None = None  # a loaded sequence recipe: run instead of the form
         self.step_estimates: list[tuple[float | None, int | None]] = []  # all valid steps'
         self._edits = 0  # edits of the sequence so far: an estimate of older steps is dropped
+        self.driver = None  # the connected instrument: estimates are what it can time
+        self.settings: dict = {}  # the run's [instrument] settings (a loaded recipe's)
 
         self.picker = QComboBox()
         self.picker.setObjectName("protocol")
@@ -185,7 +219,13 @@ class ProtocolPanel(QWidget):
             return
         self.estimate_label.setText("estimating…")
         self.tasks.submit(
-            estimate, protocol, on_done=self._estimated, on_error=self._estimate_failed, key="est"
+            estimate,
+            protocol,
+            self.driver,
+            dict(self.settings) if self.recipe_text else {},  # as the window's run takes them
+            on_done=self._estimated,
+            on_error=self._estimate_failed,
+            key="est",
         )
 
     def _estimated(self, result) -> None:
@@ -196,8 +236,13 @@ class ProtocolPanel(QWidget):
                 "Duration depends on the device (closed-loop protocol): no estimate"
             )
         else:
+            how = (
+                f", as the {self.driver.name} times it"
+                if self.driver is not None
+                else ", as asked (connect the instrument for what it can time)"
+            )
             self.estimate_label.setText(
-                f"Estimated duration: {fmt_duration(total)} ({points:,} points)"
+                f"Estimated duration: {fmt_duration(total)} ({points:,} points){how}"
             )
         self.estimate_changed.emit(total)
 
@@ -205,6 +250,14 @@ class ProtocolPanel(QWidget):
         self.estimated_s = None
         self.estimate_label.setText(describe_error(exc))
         self.estimate_changed.emit(None)
+
+    def set_driver(self, driver, settings: dict | None = None) -> None:
+        """The connected instrument (None: none) and the run's instrument settings: the
+        estimate again, as the engine will make it before the run."""
+        self.driver = driver
+        if settings is not None:
+            self.settings = dict(settings)
+        self._revalidate()
 
     def build(self) -> Protocol | None:
         """The protocol from the form, or None with the messages shown beside the fields."""
@@ -319,6 +372,7 @@ class ProtocolPanel(QWidget):
         self.tasks.submit(
             estimate_steps,
             protocols,
+            self.driver,
             on_done=lambda estimates: self._sequence_estimated(estimates, edits),
             on_error=self._estimate_failed,
             key="est",

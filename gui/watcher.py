@@ -32,9 +32,11 @@ def running_runs(store, recover: bool = False) -> list[dict[str, Any]]:
 
 def watch_start(store, run_id: int) -> tuple[dict[str, Any], float | None]:
     """The run record and its estimated duration: what the engine predicted from what its
-    instrument can time, else the asked duration of its protocol (None if unknown)."""
+    instrument can time (again after the first host-timed readings, when it has), else the
+    asked duration of its protocol (None if unknown)."""
     run = store.run(run_id)
-    total = (run.get("metadata") or {}).get("estimated_duration_s")
+    meta = run.get("metadata") or {}
+    total = meta.get("revised_duration_s", meta.get("estimated_duration_s"))
     if total is not None:
         return run, float(total)
     try:

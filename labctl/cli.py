@@ -328,6 +328,7 @@ class _Progress:
         self._task = None
         self.points = 0
         self._step = ""
+        self._total: float | None = None
 
     def on_step(self, index: int, count: int, protocol) -> None:
         self._step = f"step {index + 1} of {count} ({protocol.name}), " if count > 1 else ""
@@ -339,6 +340,7 @@ class _Progress:
             else "closed loop: its duration depends on the data"
         )
         print(f"{self._step}run {run_id}: {estimate}", flush=True)
+        self._total = total_s
         if not self.enabled:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -352,6 +354,19 @@ class _Progress:
         )
         self._bar.start()
         self._task = self._bar.add_task("run", total=total_s or None, points=0)
+
+    def on_estimate(self, run_id: int, total_s: float) -> None:
+        """The estimate again after the first host-timed readings: said when it moved by
+        more than a tenth, and the bar's total."""
+        if self._total and abs(total_s - self._total) > 0.1 * self._total:
+            print(
+                f"{self._step}run {run_id}: estimated again {_duration(total_s)} from what "
+                "its first readings cost",
+                flush=True,
+            )
+        self._total = total_s
+        if self._bar is not None:
+            self._bar.update(self._task, total=total_s or None)
 
     def on_program(self, *_a) -> None: ...
 

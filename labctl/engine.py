@@ -31,7 +31,7 @@ from labctl.analysis.timing import (
     off_timing,
     segment_timing_metrics,
 )
-from labctl.data import Chunk
+from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import (
     Aborted,
     LabctlError,
@@ -46,11 +46,29 @@ from labctl.program import Program, describe_s
 from protocols.base import Protocol, field_info, get_protocol
 from protocols.recipe import check_channels
 
+DURATION_TOLERANCE = 0.10  # a run's duration within this of its estimate (issue 12, item 6)
+DURATION_NOISE_S = 0.02  # ... or within this much: a host's scheduling on a real clock
+
+
+@dataclass
+class Estimate:
+    """A run's duration as estimated before its output was on (``total``; None: closed
+    loop), and again after its first host-timed readings (``revised``)."""
+
+    total: float | None
+    protocol: Any
+    programs: list[Program] | None
+    revised: float | None = None
+
 
 class Listener:
     """Receives a run's progress; override what you need. Called on the engine's thread."""
 
     def on_start(self, run_id: int, total_s: float | None) -> None: ...
+
+    def on_estimate(self, run_id: int, total_s: float) -> None:
+        """The run's duration estimated again once its first host-timed readings showed
+        what a reading costs on this link (the ETA's new total)."""
 
     def on_program(self, index: int, program: Program, t_start: float) -> None: ...
 
@@ -743,6 +761,8 @@ class RunEngine:
         status, error = "completed", None
         writer = None
         n_points = 0
+        took: float | None = None  # from the first Program's start to the last one's end
+        self._estimate = Estimate(None, protocol, None)
         self._executed: list[Program] = []
         self._best_effort = best_effort
         self._timing_warned = False
@@ -781,12 +801,16 @@ class RunEngine:
                 total = None
             if total is not None:  # for another process watching the run (the app's ETA)
                 self.store.update_run_metadata(run_id, estimated_duration_s=total)
+            self._estimate = Estimate(total, protocol, programs)
             self._notify("on_start", run_id, total)
             writer = self.store.writer(run_id)
+            began = clock.now()
             for chunk in self._execute(protocol, driver, programs, limits, clock, t0):
                 writer.put(chunk)
                 n_points += len(chunk)
                 self._notify("on_chunk", chunk)
+                self._revise_estimate(driver, chunk)
+            took = clock.now() - began
         except (Aborted, KeyboardInterrupt):
             status, error = "aborted", "aborted by the operator"
         except LabctlError as exc:
@@ -810,6 +834,8 @@ class RunEngine:
                     self._event(run_id, "error", f"store writer: {exc}")
                     if status == "completed":
                         status, error = "failed", f"store writer: {exc}"
+        if status == "completed" and took is not None:
+            self._record_duration(run_id, took)
         metrics: list[dict[str, Any]] = []
         if n_points and status in ("completed", "aborted"):
             metrics = self._analyze(run_id, protocol)
@@ -1029,10 +1055,14 @@ class RunEngine:
         t_start = clock.now() - t0
         self._executed.append(program)
         self._notify("on_program", k, program, t_start)
+        began = clock.now()
         try:
             for chunk in driver.execute(program, self.abort_event):
                 yield chunk.shifted(t_start)
                 self._record_stalls(driver)
+            note = getattr(driver, "note_program", None)  # what it took, for the next estimate
+            if note is not None:
+                note(program, clock.now() - began)
         finally:
             self._record_stalls(driver)
             notes = getattr(driver, "adjustments", None)
@@ -1040,6 +1070,46 @@ class RunEngine:
                 self._warn(self._run_id, f"program {k + 1}: {notes.pop(0)}")
         if self.abort_event.is_set():
             raise Aborted("run aborted")
+
+    def _revise_estimate(self, driver: Any, chunk: Chunk) -> None:
+        """Once, after the run's first host-timed readings: the duration again, from what
+        they cost (the driver's model takes the link's measured reading cost over the
+        connect probe's round trip), to the listeners and the run's metadata."""
+        est = self._estimate
+        if est.revised is not None or est.total is None or est.programs is None:
+            return
+        if not len(chunk) or not np.any(chunk.flags & SOFTWARE_TIMED):
+            return
+        revised, _unmet = timing_of(est.protocol, driver, list(enumerate(est.programs)))
+        est.revised = revised
+        self.store.update_run_metadata(self._run_id, revised_duration_s=revised)
+        self._notify("on_estimate", self._run_id, revised)
+
+    def _record_duration(self, run_id: int, took: float) -> None:
+        """The duration achieved beside the one estimated before the run, in its metadata;
+        a warning when they differ by more than DURATION_TOLERANCE (and a host's timing
+        noise)."""
+        est = self._estimate
+        if est.total is None:
+            return
+        ratio = took / est.total if est.total > 0 else float("inf")
+        self.store.update_run_metadata(
+            run_id, achieved_duration_s=took, duration_ratio=ratio if est.total > 0 else None
+        )
+        if abs(took - est.total) <= max(DURATION_TOLERANCE * est.total, DURATION_NOISE_S):
+            return
+        again = (
+            f"; estimated again after the first host-timed readings: {describe_s(est.revised)}"
+            if est.revised is not None
+            else ""
+        )
+        self._warn(
+            run_id,
+            f"the run took {describe_s(took)}, estimated {describe_s(est.total)} before it "
+            f"started ({ratio:.3g}x){again}: the instrument or the link cost more or less than "
+            "the feasibility model predicted; the stored times are what was achieved",
+            {"achieved_s": took, "estimated_s": est.total, "revised_s": est.revised},
+        )
 
     def _record_stalls(self, driver) -> None:
         """The link stalls the driver noticed (``driver.watch``), as events of kind

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED
+from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, STALL
 from labctl.metric import Metric, metric
 from labctl.program import Program
 
@@ -38,6 +38,7 @@ def flag_counts(points) -> dict[str, int]:
         "n_late": int(np.count_nonzero(flags & LATE)),
         "n_compliance": int(np.count_nonzero(flags & COMPLIANCE)),
         "n_overrange": int(np.count_nonzero(flags & OVERRANGE)),
+        "n_stall": int(np.count_nonzero(flags & STALL)),
     }
 
 
@@ -66,6 +67,7 @@ TIMING_METRICS = frozenset(
         "late_fraction",
         "n_compliance",
         "n_overrange",
+        "n_stall",
         "lateness_max",
         "lateness_mean",
         "lateness_p95",
@@ -98,6 +100,7 @@ def lateness_metrics(
         _row("late_fraction", counts["n_late"] / n_sw if n_sw else 0.0, ""),
         _row("n_compliance", counts["n_compliance"], ""),
         _row("n_overrange", counts["n_overrange"], ""),
+        _row("n_stall", counts["n_stall"], ""),
     ]
     if programs is not None and len(points):
         late = sample_lateness(points, programs)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from labctl.analysis.timing import flag_counts, lateness_metrics, sample_lateness
-from labctl.data import COMPLIANCE, LATE, SOFTWARE_TIMED, Chunk
+from labctl.data import COMPLIANCE, LATE, SOFTWARE_TIMED, STALL, Chunk
 from labctl.program import Program
 
 
@@ -29,7 +29,7 @@ def as_dict(rows):
 
 def test_flag_counts():
     prog = Program.from_steps([0.1] * 4, 0.1)
-    flags = [SOFTWARE_TIMED, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED, COMPLIANCE]
+    flags = [SOFTWARE_TIMED, SOFTWARE_TIMED | LATE, SOFTWARE_TIMED | STALL, COMPLIANCE]
     counts = flag_counts(points_for([prog], [0] * 4, flags))
     assert counts == {
         "n_points": 4,
@@ -37,7 +37,9 @@ def test_flag_counts():
         "n_late": 1,
         "n_compliance": 1,
         "n_overrange": 0,
+        "n_stall": 1,
     }
+    assert as_dict(lateness_metrics(points_for([prog], [0] * 4, flags)))["n_stall"] == 1
 
 
 def test_lateness_from_flags_only():

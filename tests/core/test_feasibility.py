@@ -11,7 +11,7 @@ from drivers.timing import HostCosts, host_schedule, host_timing
 from labctl.api import run_recipe
 from labctl.clock import VirtualClock
 from labctl.engine import Listener, RunEngine
-from labctl.program import Program, triangle
+from labctl.program import Program, describe_s, triangle
 from labctl.testing import RecordingTransport
 from protocols.base import Plan, Protocol, register
 from protocols.iv_hysteresis import IVHysteresis, IVHysteresisParams
@@ -224,6 +224,59 @@ def test_the_estimate_is_within_10_percent_of_the_run(store, model, timing, para
     assert host == (timing != "auto")
     if timing == "best_effort":  # the asked 20 ms, the run and its estimate 10 times that
         assert total.total > 5 * 2 / 100
+
+
+class Estimates(Listener):
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.again: list[float] = []
+
+    def on_start(self, run_id, total_s):
+        self.first = total_s
+
+    def on_estimate(self, run_id, total_s):
+        self.again.append(total_s)
+
+
+def test_the_readings_cost_corrects_the_estimate_and_a_run_far_off_it_is_warned(store):
+    # after connect (8 messages, the probe's among them) every reply comes 2 ms late: a
+    # reading costs what the connect probe cannot see, as :READ? does on a real link
+    driver = sim("keithley2450", "&fault=late:0.002@30")
+    assert driver.round_trip_s == 0.0
+    driver.configure(timing="software")
+    fast = {"frequencies_hz": [100], "points_per_cycle": 400, "cycles": 2}
+    est = Estimates()
+    first = run_iv(driver, store, listeners=[est], timing="best_effort", **fast)
+    assert first.status == "completed", first.error
+    meta = store.run(first.run_id)["metadata"]
+    took = meta["achieved_duration_s"]
+    assert meta["estimated_duration_s"] == est.first < 0.5 * took  # 0.1 ms readings predicted
+    (again,) = est.again  # after the first readings: what they cost
+    assert again == meta["revised_duration_s"] == pytest.approx(took, rel=0.1)
+    assert meta["duration_ratio"] == pytest.approx(took / est.first)
+    (off,) = [w for w in first.warnings if "before it started" in w]
+    assert f"estimated again after the first host-timed readings: {describe_s(again)}" in off
+    # the next run on this link is estimated from what its readings cost, before it starts
+    est = Estimates()
+    second = run_iv(driver, store, listeners=[est], timing="best_effort", **fast)
+    took = store.run(second.run_id)["metadata"]["achieved_duration_s"]
+    assert est.first == pytest.approx(took, rel=0.1)
+    assert not [w for w in second.warnings if "before it started" in w]
+
+
+def test_the_next_hardware_timed_run_is_estimated_from_what_the_last_ones_took(store):
+    # replies 5 ms late: each of the 2450's sweeps (at most 100 levels) is loaded, started,
+    # polled and fetched over it; the connect probe's 4 round trips a sweep are a guess
+    driver = sim("keithley2450", "&fault=late:0.005")
+    sweep = {"frequencies_hz": [12.5], "points_per_cycle": 400, "cycles": 2}
+    ratios = []
+    for _ in range(2):
+        est = Estimates()
+        result = run_iv(driver, store, listeners=[est], **sweep)
+        assert result.status == "completed", result.error
+        ratios.append(est.first / store.run(result.run_id)["metadata"]["achieved_duration_s"])
+    assert abs(ratios[0] - 1) > 0.05  # the probe's guess
+    assert ratios[1] == pytest.approx(1.0, abs=0.02)  # what this link's runs cost
 
 
 # -- the host model against the host loop --------------------------------------------------

@@ -209,6 +209,59 @@ def test_a_host_timed_reading_across_a_stall_is_flagged():
     assert len(d.watch.take()) == 1
 
 
+@pytest.mark.parametrize("model", ["emstat", "rodeostat"])
+def test_a_potentiostat_host_timed_reading_across_a_stall_is_flagged(model):
+    from labctl.data import STALL
+
+    program = staircase(np.linspace(0.1, 1.0, 20), 0.1)
+
+    def host_timed(fault: str):
+        d = connect_sim(model, "resistor", R=1e6, noise=0, fault=fault)
+        d.configure(timing="software")
+        before = d.transport.emulator.messages
+        data = Chunk.concat(list(d.execute(program)))
+        return d, data, before, d.transport.emulator.messages
+
+    _d, _data, before, after = host_timed("seed:1")  # the messages of a fault-free run
+    n = (before + after) // 2  # a script's or a command's replies half way, a second late
+    d, data, _b, _a = host_timed(f"late:0.8@{n}-{n + 20}")
+    assert len(data) == 20
+    assert 1 <= np.count_nonzero(data.flags & STALL) < 20  # the points around it, not all
+    stalls = d.watch.take()
+    assert stalls and all("the link stalled 0.8" in message for message, _info in stalls)
+
+
+def test_the_stall_threshold_follows_the_round_trip_measured_at_connect():
+    from labctl.data import STALL
+
+    def stalls(round_trip_s: float | None) -> int:
+        d = connect_sim("keithley2450", "resistor", R=1e6, noise=0, fault="late:0.3@12-13")
+        d.configure(timing="software", compliance_a=1e-3)
+        d.watch.round_trip_s = round_trip_s
+        data = Chunk.concat(list(d.execute(staircase(np.linspace(0.1, 1.0, 20), 0.1))))
+        assert len(data) == 20
+        return int(np.count_nonzero(data.flags & STALL))
+
+    # a fast link (the virtual clock's 0 s round trip): the 250 ms floor, a 0.3 s reply stalled
+    assert stalls(0.0) == 1
+    # a slow link of 50 ms round trips waits 20 of them (1 s): the same reply did not stall
+    assert stalls(0.05) == 0
+
+
+def test_the_probe_at_connect_sets_the_stall_threshold():
+    class Slow:  # a link whose every query takes 30 ms, as the driver's clock sees it
+        t = 0.0
+
+        def now(self) -> float:
+            self.t += 0.03
+            return self.t
+
+    d = connect_sim("keithley2450", "resistor", R=1e6, noise=0)
+    d.clock = Slow()
+    assert d.probe_timing() == pytest.approx(0.03)
+    assert d.watch.expected_reply_s == pytest.approx(0.6)  # 20 round trips, above the floor
+
+
 # -- the same deadline in wall time, over real links ------------------------------------------
 
 

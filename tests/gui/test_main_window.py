@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from PyQt5.QtCore import Qt
 
 from gui.main_window import MainWindow
@@ -401,3 +402,37 @@ def test_the_window_refuses_a_setting_its_driver_does_not_take(db_url):
             RunEngine(store), protocol, driver, "chip", store, settings={"pulse_mode": False}
         )
     assert store.runs().empty
+
+
+def test_the_estimate_is_what_the_connected_instrument_can_time(qtbot, window):
+    """Before a connection the protocol panel says the asked duration; once the instrument
+    is connected, the engine's model (driver.timing_for with the run's settings)."""
+    import labctl
+    from gui.units import fmt_duration
+    from protocols.base import get_protocol, validate_params
+
+    w = window
+    # 400 points a cycle at 100 Hz: 25 us steps, no instrument times them as asked
+    values = {"frequencies_hz": "100", "points_per_cycle": "400", "cycles": "1"}
+    fill(w, "iv_hysteresis", values)
+    p = w.protocol
+    qtbot.waitUntil(lambda: p.estimated_s == pytest.approx(0.01))  # as asked
+    assert "as asked" in p.estimate_label.text()
+    resource = "sim://keithley2450?device=resistor&seed=1&fault=late:0.001"
+    w.left.setCurrentWidget(w.instrument)
+    w.instrument.real_time.setChecked(False)
+    w.instrument.set_resource(resource)
+    qtbot.mouseClick(w.instrument.connect_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: w.instrument.is_connected, timeout=10_000)
+    qtbot.waitUntil(lambda: "as the keithley2450 times it" in p.estimate_label.text())
+    # what the engine estimates before the output is on, on the same instrument
+    cls = get_protocol("iv_hysteresis")
+    protocol = cls(
+        validate_params(cls.Params, {"frequencies_hz": [100], "points_per_cycle": 400, "cycles": 1})
+    )
+    driver = labctl.connect(resource)
+    driver.configure(**protocol.instrument_settings())
+    expected = sum(driver.timing_for(prog).duration_s for prog in protocol.programs())
+    assert expected > 10 * 0.01  # host-timed: a reading and a 1 ms round trip a point
+    assert p.estimated_s == pytest.approx(expected, rel=1e-9)
+    assert fmt_duration(expected) in p.estimate_label.text()
