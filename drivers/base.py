@@ -145,7 +145,8 @@ def check_program(
         key = "max_v" if program.mode == "V" else "max_i"
         raise LimitError(
             f"{who}: level {peak:g} {source} exceeds the sample's limit {key} = "
-            f"{max_level:g} {source}; lower the amplitude or raise the sample's {key}"
+            f"{max_level:g} {source}; lower the amplitude, or raise the sample's stored {key} "
+            f"(labctl sample set NAME {key}=..., or the app's Sample tab)"
         )
     top = caps.v_max if program.mode == "V" else caps.i_max
     if peak > top:
