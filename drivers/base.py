@@ -687,6 +687,9 @@ class DriverBase:
     settings: ClassVar[Mapping[str, Setting]] = {}
     # the instrument's hardware-timing facts with their source (None: no hardware timing)
     hardware_facts: ClassVar[HardwareTiming | None] = None
+    # whether a reading integrates over ``nplc`` power-line cycles (its white noise then
+    # averages down as sqrt(1 / nplc)); an instrument that samples (the Rodeostat) does not
+    integrates: ClassVar[bool] = True
     # a host-timed level change costs this many round trips (a write is not answered: the
     # next query's round trip carries it), a reading this many besides its aperture
     host_level_trips: ClassVar[float] = 0.0

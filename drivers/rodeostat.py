@@ -127,6 +127,7 @@ class Rodeostat(DriverBase):
     capabilities = _capabilities(DEFAULT_VARIANT)
     hardware_facts = HARDWARE_TIMING
     host_level_trips = 1.0  # setVolt waits for its reply
+    integrates = False  # it samples; its nplc setting is taken and ignored
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)

@@ -212,6 +212,15 @@ def noise_table(driver: Any) -> list[list[float]]:
     return [[float(r), float(n)] for r, n in sorted(table.items())]
 
 
+def noise_nplc(driver: Any) -> float | None:
+    """The power-line cycles a reading of ``driver`` integrates over as configured (its
+    default when the protocol chose none); None for an instrument that samples."""
+    nplc = getattr(driver, "nplc", None)
+    if not getattr(driver, "integrates", True) or not isinstance(nplc, int | float):
+        return None
+    return float(nplc)
+
+
 def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
     """Metric rows tagged with the channel whose points they describe."""
     return [{**row, "channel": channel} for row in rows]
@@ -791,6 +800,8 @@ class RunEngine:
             check_configured([p for p in ahead if p is not None], driver, limits)
             if configured_limit(driver) is not None:
                 self.store.update_run_metadata(run_id, current_limit_a=configured_limit(driver))
+            # the integration the noise floor scales with, as configured (None: it samples)
+            self.store.update_run_metadata(run_id, noise_nplc=noise_nplc(driver))
             # what the driver can time, with the settings it now has; the output is off
             if programs is not None:
                 total = self._check_timing(protocol, driver, list(enumerate(programs)))
