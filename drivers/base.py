@@ -764,16 +764,29 @@ class DriverBase:
         """What a host-timed step costs here: a reading its aperture plus what the recent
         host-timed readings on this link took beyond theirs, a level change what the recent
         ones took (:meth:`LinkWatch.cost_s`); before any, the round trips measured at
-        connect (else 0)."""
+        connect plus what the instrument's speed specification says a reading costs it
+        (:meth:`read_extra_s`; else 0)."""
         rt = self.round_trip_s or 0.0
         ap = self.host_aperture_s()
         read = self.watch.cost_s(READING)
         level = self.watch.cost_s(LEVEL)
+        if read is None:
+            read = self.host_read_trips * rt + self.read_extra_s()
+        if level is None:
+            facts = self.hardware_facts
+            level = self.host_level_trips * rt + (facts.level_extra_s if facts else 0.0)
         return HostCosts(
-            read_s=ap + (self.host_read_trips * rt if read is None else read),
-            level_s=self.host_level_trips * rt if level is None else level,
+            read_s=ap + read,
+            level_s=level,
             aperture_s=ap,
         )
+
+    def read_extra_s(self) -> float:
+        """What one host-timed reading costs the instrument beyond its aperture and the
+        link's round trip, from its speed specification (:class:`HardwareTiming`); 0 for an
+        instrument without a published figure."""
+        facts = self.hardware_facts
+        return facts.read_extra_s if facts is not None else 0.0
 
     def run_setup_s(self) -> float:
         """What each hardware run costs beyond its steps: what the recent ones on this link
@@ -819,6 +832,8 @@ class DriverBase:
             rt = self.round_trip_s or 0.0
             if self.watch.cost_s(READING) is None:
                 how = f"{describe_s(rt)} round trip measured at connect"
+                if self.read_extra_s():
+                    how += f" + {describe_s(self.read_extra_s())} the instrument's own per reading"
             else:
                 how = f"{describe_s(host.read_s)} a reading as the last ones on this link took"
             options.append(

@@ -14,7 +14,10 @@ Time. Every statement first brings both devices up to ``clock.now()``: a held le
 the device, output off holds 0 V, and a running trigger model computes the points whose time
 has passed in one vectorised ``device.step`` call per channel. A measurement lasts
 ``measure.delay`` + ``measure.count`` apertures (NPLC / line frequency, or ``measure.interval``
-apart); the clock sleeps for it (a virtual clock just moves).
+apart), a spot measurement's reply comes its data sheet's overhead per reading after that and
+a level change of an output that is on costs its overhead per source change (the driver's
+``HARDWARE_TIMING.read_extra_s``, ``level_extra_s``); the clock sleeps for it (a virtual
+clock just moves).
 
 The trigger model. At ``smuX.trigger.initiate()`` the run is latched (levels, counts,
 stimuli, delays, limits, actions) and its whole schedule is computed from event streams: a
@@ -87,6 +90,7 @@ from typing import Any
 
 import numpy as np
 
+from drivers.keithley2600 import HARDWARE_TIMING
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
 from labctl.sim.smu import SmuCore
@@ -1017,6 +1021,8 @@ class _Smu(_Node):
         elif abs(level) > self.s[f"source.range{q}"] * OVERRANGE * (1 + 1e-12):
             raise _err(OUT_OF_RANGE, f"level{q} {level:g} is beyond the source range")
         self.s[f"source.level{q}"] = level
+        if self.output_on:  # a source change costs its data sheet's overhead (the driver's)
+            self.emu.clock.sleep_until(self.emu.arrived + HARDWARE_TIMING.level_extra_s)
 
     def _set_source_range(self, q: str, v: Any) -> None:
         ranges = V_RANGES if q == "v" else I_SOURCE_RANGES
@@ -1111,7 +1117,13 @@ class _Smu(_Node):
         for k, q in enumerate(quantities):
             if k < len(bufs) and bufs[k] is not None:
                 self.store(bufs[k], q, values, ends - ap, sources, trip, clear=True)
-        self.emu.clock.sleep_until(float(ends[-1]))
+        # the reply comes the instrument's own overhead per reading (its data sheet's single
+        # measurement rate; the driver's figure, one fact) after the message came in plus
+        # the measurement; on a real clock the emulator's own work so far is part of it
+        took = float(ends[-1]) - t0
+        self.emu.clock.sleep_until(
+            max(float(ends[-1]), self.emu.arrived + took + HARDWARE_TIMING.read_extra_s)
+        )
         if kind == "iv":
             return Multi((float(values["i"][0][-1]), float(values["v"][0][-1])))
         return float(values[kind][0][-1])
@@ -1199,6 +1211,7 @@ class Keithley2600Emulator:
         if line_frequency not in (50.0, 60.0):
             raise ValueError("line_frequency must be 50 or 60 Hz")
         self.clock = clock
+        self.arrived = clock.now()  # when the message being answered came (handle)
         self.serial = serial
         self.firmware = firmware
         self.line_frequency = float(line_frequency)
@@ -1231,6 +1244,7 @@ class Keithley2600Emulator:
         line by line. Thread-safe.
         """
         with self._lock:
+            self.arrived = self.clock.now()  # a reply's overhead runs from here
             self._out = []
             for line in message.replace("\r\n", "\n").split("\n"):
                 self._line(line.rstrip("\r"))
