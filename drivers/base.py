@@ -325,7 +325,6 @@ def pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
 
 
 OVERRANGE_VALUE = 9.9e37  # what SCPI instruments return for an over-range reading
-RUN_SETUP_TRIPS = 4  # round trips the host spends starting each hardware run (load, INIT)
 FLUSH_S = 0.25  # host-timed samples are handed on at least this often
 
 
@@ -788,12 +787,24 @@ class DriverBase:
         facts = self.hardware_facts
         return facts.read_extra_s if facts is not None else 0.0
 
-    def run_setup_s(self) -> float:
-        """What each hardware run costs beyond its steps: what the recent ones on this link
-        took (:meth:`follow`), before any RUN_SETUP_TRIPS round trips as measured at
-        connect."""
+    def run_queries(self) -> tuple[int, int]:
+        """(queries that starting one hardware run waits for, queries one poll of it sends
+        while its readings come), counted from the driver's own command sequence; a write is
+        not answered (the next query's round trip carries it). Drivers with hardware runs
+        override it."""
+        return (0, 1)
+
+    def run_setup_s(self, planned_s: float = 0.0) -> float:
+        """What a hardware run of ``planned_s`` costs beyond its steps: what the recent ones
+        on this link took (:meth:`follow`); before any, the round trips measured at connect
+        of the queries it sends (:meth:`run_queries`: its start, and a poll every poll
+        interval and one at its end)."""
         learned = self.watch.cost_s(HARDWARE_RUN)
-        return RUN_SETUP_TRIPS * (self.round_trip_s or 0.0) if learned is None else learned
+        if learned is not None:
+            return learned
+        start, per_poll = self.run_queries()
+        polls = 1 + int(planned_s // self._poll_interval(planned_s))
+        return (start + per_poll * polls) * (self.round_trip_s or 0.0)
 
     def program_setup_s(self) -> float:
         """What running a Program costs beyond its steps and runs on this link (the output
@@ -811,7 +822,8 @@ class DriverBase:
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """How long the hardware runs of ``program`` take (the steps as the instrument
         receives them; drivers that round a delay override this)."""
-        return program.total_duration + len(runs) * self.run_setup_s()
+        each = program.total_duration / max(len(runs), 1)
+        return program.total_duration + len(runs) * self.run_setup_s(each)
 
     def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
         """Each step's length as the instrument will time it (None: as asked; drivers

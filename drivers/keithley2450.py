@@ -183,9 +183,15 @@ class Keithley2450(SourceMeterBase):
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """The sweeps as they run: every point lasts its (rounded) delay plus the aperture."""
-        setup = self.run_setup_s()
         aperture = self.aperture_s
-        return sum(sw.n * (sw.delay_s + aperture) + setup for sw in runs)
+        steps = [sw.n * (sw.delay_s + aperture) for sw in runs]
+        return sum(s + self.run_setup_s(s) for s in steps)
+
+    def run_queries(self) -> tuple[int, int]:
+        """A sweep is loaded and started by writes (:meth:`_run_hardware`,
+        :meth:`_SweepRun.start`); each poll asks ``:TRIG:STAT?`` and ``:TRAC:ACT?`` and reads
+        the new readings with ``:TRAC:DATA?`` (:class:`_SweepRun`)."""
+        return (0, 3)
 
     @staticmethod
     def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:

@@ -361,6 +361,12 @@ class Keithley2600(SourceMeterBase):
         """Each selected SMU's measurement costs the instrument its own overhead."""
         return super().read_extra_s() * len(self.channels)
 
+    def run_queries(self) -> tuple[int, int]:
+        """Starting a run waits for the error count printed after ``trigger.initiate()``;
+        each poll asks the status and buffer counts in one query and reads each selected
+        SMU's new readings with a ``printbuffer`` (:class:`_TriggerRun`)."""
+        return (1, 1 + len(self.channels))
+
     def _output_on_command(self, level: float) -> str:
         return " ".join(
             f"{SMU[c]}.source.levelv = {num(level)} {SMU[c]}.source.output = {SMU[c]}.OUTPUT_ON"

@@ -334,6 +334,12 @@ class KeysightB2900(SourceMeterBase):
         shape = "PULS" if pulse else "DC"
         return "".join(f":SOUR{c + 1}:FUNC:SHAP {shape};" for c in self.channels)
 
+    def run_queries(self) -> tuple[int, int]:
+        """A run is set up and started by writes; each poll asks every channel's count in
+        one ``:TRAC:POIN:ACT?`` query and reads each one's new readings with ``:TRAC:DATA?``
+        (:class:`_TimerRun`)."""
+        return (0, 1 + len(self.channels))
+
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
     ) -> Iterator[Chunk]:
