@@ -56,6 +56,8 @@ HARDWARE_TIMING = HardwareTiming(
     min_period_s=0.0,
     zero_delay=True,
     source="K2450-RM 2450-901-01 Rev. B :SOUR:SWE:VOLT:LIN delay; SPEC-2450 Rev. A",
+    # read_extra_s, level_extra_s: 0, no single-reading rate found for the 2450 (the first
+    # host-timed estimate counts the round trip only; the link's readings then correct it)
 )
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

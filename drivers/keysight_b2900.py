@@ -90,6 +90,7 @@ HARDWARE_TIMING = HardwareTiming(
     min_period_s=MIN_PERIOD_S,
     zero_delay=True,
     source="B29-REF B2910-90030 :TRIG:TIM (>= 20 us), :TRIG:ACQ:DEL; B2900A data sheet",
+    # read_extra_s, level_extra_s: 0, no single-reading rate found in the B2900A data sheet
 )
 MAX_PULSE_DELAY_S = 99999.9  # [I]
 PERIOD_DIVISORS = 64  # a pulse period may be the shortest spacing divided by up to this
