@@ -357,10 +357,6 @@ class Keithley2600(SourceMeterBase):
         """Host-timed, the selected SMUs measure one after the other."""
         return self.aperture_s * len(self.channels)
 
-    def read_extra_s(self) -> float:
-        """Each selected SMU's measurement costs the instrument its own overhead."""
-        return super().read_extra_s() * len(self.channels)
-
     def run_queries(self) -> tuple[int, int]:
         """Starting a run waits for the error count printed after ``trigger.initiate()``;
         each poll asks the status and buffer counts in one query and reads each selected
