@@ -326,7 +326,6 @@ def pick_range(field: str, value: float, ranges: Sequence[float]) -> float:
 
 
 OVERRANGE_VALUE = 9.9e37  # what SCPI instruments return for an over-range reading
-RUN_SETUP_TRIPS = 4  # round trips the host spends starting each hardware run (load, INIT)
 FLUSH_S = 0.25  # host-timed samples are handed on at least this often
 
 
@@ -768,23 +767,48 @@ class DriverBase:
         """What a host-timed step costs here: a reading its aperture plus what the recent
         host-timed readings on this link took beyond theirs, a level change what the recent
         ones took (:meth:`LinkWatch.cost_s`); before any, the round trips measured at
-        connect (else 0)."""
+        connect plus what the instrument's speed specification says a reading costs it
+        (:meth:`read_extra_s`; else 0)."""
         rt = self.round_trip_s or 0.0
         ap = self.host_aperture_s()
         read = self.watch.cost_s(READING)
         level = self.watch.cost_s(LEVEL)
+        if read is None:
+            read = self.host_read_trips * rt + self.read_extra_s()
+        if level is None:
+            facts = self.hardware_facts
+            level = self.host_level_trips * rt + (facts.level_extra_s if facts else 0.0)
         return HostCosts(
-            read_s=ap + (self.host_read_trips * rt if read is None else read),
-            level_s=self.host_level_trips * rt if level is None else level,
+            read_s=ap + read,
+            level_s=level,
             aperture_s=ap,
         )
 
-    def run_setup_s(self) -> float:
-        """What each hardware run costs beyond its steps: what the recent ones on this link
-        took (:meth:`follow`), before any RUN_SETUP_TRIPS round trips as measured at
-        connect."""
+    def read_extra_s(self) -> float:
+        """What one host-timed reading costs the instrument beyond its aperture and the
+        link's round trip, from its speed specification (:class:`HardwareTiming`); 0 for an
+        instrument without a published figure."""
+        facts = self.hardware_facts
+        return facts.read_extra_s if facts is not None else 0.0
+
+    def run_queries(self) -> tuple[int, int]:
+        """(queries that starting one hardware run waits for, queries one poll of it sends
+        while its readings come), counted from the driver's own command sequence; a write is
+        not answered (the next query's round trip carries it). Drivers with hardware runs
+        override it."""
+        return (0, 1)
+
+    def run_setup_s(self, planned_s: float = 0.0) -> float:
+        """What a hardware run of ``planned_s`` costs beyond its steps: what the recent ones
+        on this link took (:meth:`follow`); before any, the round trips measured at connect
+        of the queries it sends (:meth:`run_queries`: its start, and a poll every poll
+        interval and one at its end)."""
         learned = self.watch.cost_s(HARDWARE_RUN)
-        return RUN_SETUP_TRIPS * (self.round_trip_s or 0.0) if learned is None else learned
+        if learned is not None:
+            return learned
+        start, per_poll = self.run_queries()
+        polls = 1 + int(planned_s // self._poll_interval(planned_s))
+        return (start + per_poll * polls) * (self.round_trip_s or 0.0)
 
     def program_setup_s(self) -> float:
         """What running a Program costs beyond its steps and runs on this link (the output
@@ -802,7 +826,8 @@ class DriverBase:
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """How long the hardware runs of ``program`` take (the steps as the instrument
         receives them; drivers that round a delay override this)."""
-        return program.total_duration + len(runs) * self.run_setup_s()
+        each = program.total_duration / max(len(runs), 1)
+        return program.total_duration + len(runs) * self.run_setup_s(each)
 
     def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
         """Each step's length as the instrument will time it (None: as asked; drivers
@@ -823,6 +848,8 @@ class DriverBase:
             rt = self.round_trip_s or 0.0
             if self.watch.cost_s(READING) is None:
                 how = f"{describe_s(rt)} round trip measured at connect"
+                if self.read_extra_s():
+                    how += f" + {describe_s(self.read_extra_s())} the instrument's own per reading"
             else:
                 how = f"{describe_s(host.read_s)} a reading as the last ones on this link took"
             options.append(

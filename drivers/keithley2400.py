@@ -183,9 +183,14 @@ class Keithley2400(SourceMeterBase):
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """The sweeps as they run: every point lasts its delay (as sent) plus the aperture."""
-        setup = self.run_setup_s()
         aperture = self.aperture_s
-        return sum(sw.n * (sw.delay_s + aperture) + setup for sw in runs)
+        steps = [sw.n * (sw.delay_s + aperture) for sw in runs]
+        return sum(s + self.run_setup_s(s) for s in steps)
+
+    def run_queries(self) -> tuple[int, int]:
+        """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?`` and
+        reads the new readings with ``:TRAC:DATA?`` (:class:`_SweepRun`)."""
+        return (0, 2)
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None

@@ -56,6 +56,8 @@ HARDWARE_TIMING = HardwareTiming(
     min_period_s=0.0,
     zero_delay=True,
     source="K2450-RM 2450-901-01 Rev. B :SOUR:SWE:VOLT:LIN delay; SPEC-2450 Rev. A",
+    # read_extra_s, level_extra_s: 0, no single-reading rate found for the 2450 (the first
+    # host-timed estimate counts the round trip only; the link's readings then correct it)
 )
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -183,9 +185,15 @@ class Keithley2450(SourceMeterBase):
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
         """The sweeps as they run: every point lasts its (rounded) delay plus the aperture."""
-        setup = self.run_setup_s()
         aperture = self.aperture_s
-        return sum(sw.n * (sw.delay_s + aperture) + setup for sw in runs)
+        steps = [sw.n * (sw.delay_s + aperture) for sw in runs]
+        return sum(s + self.run_setup_s(s) for s in steps)
+
+    def run_queries(self) -> tuple[int, int]:
+        """A sweep is loaded and started by writes (:meth:`_run_hardware`,
+        :meth:`_SweepRun.start`); each poll asks ``:TRIG:STAT?`` and ``:TRAC:ACT?`` and reads
+        the new readings with ``:TRAC:DATA?`` (:class:`_SweepRun`)."""
+        return (0, 3)
 
     @staticmethod
     def _split_run(level: np.ndarray, a: int, b: int, delay: float) -> list[_Sweep]:

@@ -77,7 +77,17 @@ HARDWARE_TIMING = HardwareTiming(
     min_delay_s=0.0,
     min_period_s=MIN_STEP_S,
     zero_delay=True,
-    source="K2600-RM 2600BS-901-01 trigger.timer[N].delay; 2601B-PULSE timer delays >= 50 us",
+    source=(
+        "K2600-RM 2600BS-901-01 trigger.timer[N].delay; 2601B-PULSE timer delays >= 50 us; "
+        "SPEC-2602B Rev. B (2600B family) maximum single measurement rate, measure to GPIB "
+        "at 0.01 NPLC: 1450/s at 60 Hz, 1400/s at 50 Hz; source measure to GPIB 1200/s at both"
+    ),
+    # one measure.iv() to the bus beyond its aperture: 1/1450 s - 0.01/60 s = 0.52 ms and
+    # 1/1400 s - 0.01/50 s = 0.51 ms (the rate's test PC's GPIB transfer included, so the
+    # link's round trip is counted twice by a GPIB trip, about a tenth of a millisecond)
+    read_extra_s=0.52e-3,
+    # a source change with it: 1/1200 s - 1/1450 s = 0.14 ms, 1/1200 s - 1/1400 s = 0.12 ms
+    level_extra_s=0.14e-3,
 )
 FETCH_MAX = 10_000  # readings per printbuffer
 PRECISION = 10  # format.asciiprecision for the bulk readback (1 µs at 1e4 s)
@@ -346,6 +356,12 @@ class Keithley2600(SourceMeterBase):
     def host_aperture_s(self) -> float:
         """Host-timed, the selected SMUs measure one after the other."""
         return self.aperture_s * len(self.channels)
+
+    def run_queries(self) -> tuple[int, int]:
+        """Starting a run waits for the error count printed after ``trigger.initiate()``;
+        each poll asks the status and buffer counts in one query and reads each selected
+        SMU's new readings with a ``printbuffer`` (:class:`_TriggerRun`)."""
+        return (1, 1 + len(self.channels))
 
     def _output_on_command(self, level: float) -> str:
         return " ".join(

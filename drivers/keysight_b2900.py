@@ -90,6 +90,7 @@ HARDWARE_TIMING = HardwareTiming(
     min_period_s=MIN_PERIOD_S,
     zero_delay=True,
     source="B29-REF B2910-90030 :TRIG:TIM (>= 20 us), :TRIG:ACQ:DEL; B2900A data sheet",
+    # read_extra_s, level_extra_s: 0, no single-reading rate found in the B2900A data sheet
 )
 MAX_PULSE_DELAY_S = 99999.9  # [I]
 PERIOD_DIVISORS = 64  # a pulse period may be the shortest spacing divided by up to this
@@ -333,6 +334,12 @@ class KeysightB2900(SourceMeterBase):
         self._pulse_shape = pulse
         shape = "PULS" if pulse else "DC"
         return "".join(f":SOUR{c + 1}:FUNC:SHAP {shape};" for c in self.channels)
+
+    def run_queries(self) -> tuple[int, int]:
+        """A run is set up and started by writes; each poll asks every channel's count in
+        one ``:TRAC:POIN:ACT?`` query and reads each one's new readings with ``:TRAC:DATA?``
+        (:class:`_TimerRun`)."""
+        return (0, 1 + len(self.channels))
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None

@@ -13,12 +13,14 @@ Two ways of timing a step:
   (:class:`HardwareTiming`), and compiles the Program exactly as it will run it.
 - **host**: the driver steps the Program on the host clock (:func:`drivers.base.run_host_timed`).
   A level change costs a write, a reading its aperture plus the query's round trip, measured
-  on the connected instrument at connect (:func:`probe_round_trip`). :func:`host_schedule`
+  on the connected instrument at connect (:func:`probe_round_trip`), plus what the
+  instrument's speed specification says a single reading costs it beyond its aperture
+  (:attr:`HardwareTiming.read_extra_s`). :func:`host_schedule`
   replays that loop step by step (vectorised) to predict when every reading ends, how late
   it is, and when the Program ends.
 
-The model adds no per-point overhead the manuals do not give: a real instrument's trigger
-latency and autozero show in the achieved timing every run stores
+The model adds no per-point overhead the manuals and data sheets do not give: a real
+instrument's trigger latency and autozero show in the achieved timing every run stores
 (:func:`labctl.analysis.timing.segment_timing_metrics`).
 """
 
@@ -40,12 +42,19 @@ PROBE_BUDGET_S = 0.2  # ... stopping early once they took this long
 
 @dataclass(frozen=True)
 class HardwareTiming:
-    """An instrument's hardware-timing facts, from its manual (``source``)."""
+    """An instrument's timing facts, from its manual and data sheet (``source``)."""
 
     min_delay_s: float  # shortest delay between source and measurement besides 0
     min_period_s: float  # shortest step its sweep, timer or script times (0: the aperture)
     zero_delay: bool  # a delay of 0 is allowed (a sampled step may be just the aperture)
     source: str
+    # what one host-timed reading costs the instrument besides its aperture and the link's
+    # round trip (its trigger, conversion and formatting overhead), from its own speed
+    # specification (named in ``source``); 0: no published figure. The connect probe times a
+    # query that measures nothing, so it cannot see this; the readings of a run on the link
+    # then replace the figure with what they took (drivers.base.DriverBase.host_costs).
+    read_extra_s: float = 0.0
+    level_extra_s: float = 0.0  # the same for one host-timed level change
 
 
 @dataclass(frozen=True)

@@ -264,9 +264,30 @@ def test_the_readings_cost_corrects_the_estimate_and_a_run_far_off_it_is_warned(
     assert not [w for w in second.warnings if "before it started" in w]
 
 
+def test_the_first_run_counts_what_the_data_sheet_says_a_reading_costs(store):
+    # the 2636B emulator answers a spot measurement as its data sheet's single-measurement
+    # rate has it (0.52 ms beyond the aperture, 0.14 ms a level change); the connect probe's
+    # *STB? sees none of that (0 here): the first estimate takes it from the driver's facts
+    driver = sim("keithley2636b")
+    assert driver.round_trip_s == 0.0
+    driver.configure(timing="software", nplc=0.01)
+    costs = driver.host_costs()
+    assert costs.read_s == pytest.approx(costs.aperture_s + 0.52e-3)
+    assert costs.level_s == pytest.approx(0.14e-3)
+    fast = {"frequencies_hz": [100], "points_per_cycle": 400, "cycles": 2}
+    est = Estimates()
+    result = run_iv(driver, store, listeners=[est], timing="best_effort", **fast)
+    assert result.status == "completed", result.error
+    took = store.run(result.run_id)["metadata"]["achieved_duration_s"]
+    assert est.first == pytest.approx(took, rel=0.1)
+    assert took > 3 * 2 / 100  # 800 readings of about 0.9 ms, not the asked 20 ms
+    assert not [w for w in result.warnings if "before it started" in w]
+
+
 def test_the_next_hardware_timed_run_is_estimated_from_what_the_last_ones_took(store):
     # replies 5 ms late: each of the 2450's sweeps (at most 100 levels) is loaded, started,
-    # polled and fetched over it; the connect probe's 4 round trips a sweep are a guess
+    # polled and fetched over it; the first estimate counts the queries the driver sends a
+    # sweep at the round trip the connect probe measured, the next ones what they took
     driver = sim("keithley2450", "&fault=late:0.005")
     sweep = {"frequencies_hz": [12.5], "points_per_cycle": 400, "cycles": 2}
     ratios = []
@@ -275,7 +296,7 @@ def test_the_next_hardware_timed_run_is_estimated_from_what_the_last_ones_took(s
         result = run_iv(driver, store, listeners=[est], **sweep)
         assert result.status == "completed", result.error
         ratios.append(est.first / store.run(result.run_id)["metadata"]["achieved_duration_s"])
-    assert abs(ratios[0] - 1) > 0.05  # the probe's guess
+    assert ratios[0] == pytest.approx(1.0, abs=0.05)  # the queries x the probe's trip
     assert ratios[1] == pytest.approx(1.0, abs=0.02)  # what this link's runs cost
 
 

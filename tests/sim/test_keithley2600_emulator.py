@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from drivers.keithley2600 import HARDWARE_TIMING
 from labctl.clock import VirtualClock
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2600 import Keithley2600Emulator
@@ -158,24 +159,32 @@ def test_smua_reset_and_reset_restore_defaults():
 # --- measurements -----------------------------------------------------------------------------
 
 
-def test_measurements_on_a_resistor_take_their_aperture():
+def test_measurements_on_a_resistor_take_their_aperture_and_the_data_sheets_overhead():
+    extra = HARDWARE_TIMING.read_extra_s  # a spot measurement's reply, beyond its aperture
     emu, clock = make()
     emu.handle("smua.source.levelv = 0.5 smua.source.output = smua.OUTPUT_ON")
     assert emu.handle("print(smua.measure.i())") == "5.00000e-07"
-    assert clock.now() == pytest.approx(APERTURE_1PLC)
+    assert clock.now() == pytest.approx(APERTURE_1PLC + extra)
     assert emu.handle("print(smua.measure.v())") == "5.00000e-01"
     assert emu.handle("print(smua.measure.r())") == "1.00000e+06"
     assert emu.handle("print(smua.measure.p())") == "2.50000e-07"
     assert emu.handle("print(smua.measure.iv())") == "5.00000e-07\t5.00000e-01"
-    assert clock.now() == pytest.approx(5 * APERTURE_1PLC)
+    assert clock.now() == pytest.approx(5 * (APERTURE_1PLC + extra))
     emu.handle("smua.measure.nplc = 0.01 smua.measure.delay = 0.01 smua.measure.count = 3")
     t0 = clock.now()
     emu.handle("smua.measure.i()")  # a bare call, as PyMeasure sends it
-    assert clock.now() - t0 == pytest.approx(0.01 + 3 * 0.01 / 60)
+    assert clock.now() - t0 == pytest.approx(0.01 + 3 * 0.01 / 60 + extra)
     emu.handle("smua.measure.interval = 0.1")
     t0 = clock.now()
     emu.handle("smua.measure.i()")
-    assert clock.now() - t0 == pytest.approx(0.01 + 2 * 0.1 + 0.01 / 60)
+    assert clock.now() - t0 == pytest.approx(0.01 + 2 * 0.1 + 0.01 / 60 + extra)
+    emu.handle("smua.measure.interval = 0 smua.measure.count = 1 smua.measure.delay = 0")
+    t0 = clock.now()  # two in one message: its overhead once (a script measures faster)
+    emu.handle("print(smua.measure.i(), smua.measure.i())")
+    assert clock.now() - t0 == pytest.approx(2 * 0.01 / 60 + extra)
+    t0 = clock.now()  # a level change of an output that is on
+    emu.handle("smua.source.levelv = 0.4")
+    assert clock.now() - t0 == pytest.approx(HARDWARE_TIMING.level_extra_s)
 
 
 def test_smub_drives_the_second_device_and_output_off_holds_zero_volts():

@@ -14,7 +14,11 @@ Time. Every statement first brings both devices up to ``clock.now()``: a held le
 the device, output off holds 0 V, and a running trigger model computes the points whose time
 has passed in one vectorised ``device.step`` call per channel. A measurement lasts
 ``measure.delay`` + ``measure.count`` apertures (NPLC / line frequency, or ``measure.interval``
-apart); the clock sleeps for it (a virtual clock just moves).
+apart); a spot measurement (no buffer) answers its data sheet's overhead for a single reading
+after that, once a message, and a message that only sets the level of an output that is on
+takes its overhead for a source change (the driver's
+``HARDWARE_TIMING.read_extra_s``, ``level_extra_s``); the clock sleeps for it (a virtual
+clock just moves).
 
 The trigger model. At ``smuX.trigger.initiate()`` the run is latched (levels, counts,
 stimuli, delays, limits, actions) and its whole schedule is computed from event streams: a
@@ -78,6 +82,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 import struct
 import threading
 import time
@@ -87,6 +92,7 @@ from typing import Any
 
 import numpy as np
 
+from drivers.keithley2600 import HARDWARE_TIMING
 from labctl.clock import Clock
 from labctl.sim.devices.base import DeviceModel
 from labctl.sim.smu import SmuCore
@@ -110,6 +116,8 @@ V_RANGES = np.array([0.2, 2.0, 20.0, 200.0])
 I_SOURCE_RANGES = np.array([1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 1.5])
 I_MEASURE_RANGES = np.concatenate([[1e-10], I_SOURCE_RANGES])
 OVERRANGE = 1.01  # levels and readings reach 101 % of a range
+# a message that only sets source levels (what a host-timed step sends)
+LEVEL_ONLY = re.compile(r"(?:smu[ab]\.source\.level[vi]\s*=\s*[-+0-9.eE]+\s*)+")
 V_MAX = 202.0
 I_MAX = 1.515
 LIMIT_I = (100e-12, 1.515)
@@ -1111,7 +1119,13 @@ class _Smu(_Node):
         for k, q in enumerate(quantities):
             if k < len(bufs) and bufs[k] is not None:
                 self.store(bufs[k], q, values, ends - ap, sources, trip, clear=True)
-        self.emu.clock.sleep_until(float(ends[-1]))
+        # a spot measurement (no buffer: its value is the reply) answers the instrument's
+        # overhead for a single reading (its data sheet's single measurement rate; the
+        # driver's figure, one fact) after the message came plus the measurement, once a
+        # message; on a real clock the emulator's own work is part of it
+        extra = 0.0 if any(b is not None for b in bufs) else HARDWARE_TIMING.read_extra_s
+        self.emu.clock.sleep_until(max(float(ends[-1]), self.emu.arrived + ends[-1] - t0 + extra))
+        self.emu.arrived = -math.inf  # once a message: a script's next ones are faster
         if kind == "iv":
             return Multi((float(values["i"][0][-1]), float(values["v"][0][-1])))
         return float(values[kind][0][-1])
@@ -1199,6 +1213,7 @@ class Keithley2600Emulator:
         if line_frequency not in (50.0, 60.0):
             raise ValueError("line_frequency must be 50 or 60 Hz")
         self.clock = clock
+        self.arrived = clock.now()  # when the message being answered came (handle)
         self.serial = serial
         self.firmware = firmware
         self.line_frequency = float(line_frequency)
@@ -1231,9 +1246,14 @@ class Keithley2600Emulator:
         line by line. Thread-safe.
         """
         with self._lock:
+            self.arrived = self.clock.now()  # a reply's overhead runs from here
             self._out = []
             for line in message.replace("\r\n", "\n").split("\n"):
                 self._line(line.rstrip("\r"))
+            if LEVEL_ONLY.fullmatch(message.strip()) and any(c.output_on for c in self.smus):
+                # a bare level change (a host-timed step) of an output that is on: its data
+                # sheet's overhead for a source change (the driver's figure)
+                self.clock.sleep_until(self.arrived + HARDWARE_TIMING.level_extra_s)
             out, self._out = self._out, []
         if not out:
             return None
