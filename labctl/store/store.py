@@ -341,21 +341,15 @@ class Store:
         max_v = _limit("max_v", max_v, "volts")
         max_i = _limit("max_i", max_i, "amperes")
         _json_safe("metadata", metadata)
-        s = schema.samples
-        for _attempt in range(2):
-            try:
-                with self._writes.begin() as conn:
-                    row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
-                    if row is None:
-                        return self._create_sample(conn, name, max_v, max_i, metadata, operator)
-                stored = _sample_of(row)
-                _same_as_stored(stored, {"max_v": max_v, "max_i": max_i}, metadata)
-                return stored
-            except IntegrityError:
-                continue  # created by another process meanwhile: read it on the next pass
-            except SQLAlchemyError as exc:
-                raise self._fail(f"store sample {name!r}", exc) from None
-        raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
+
+        def ensure(conn, row) -> Sample:
+            if row is None:
+                return self._create_sample(conn, name, max_v, max_i, metadata, operator)
+            stored = _sample_of(row)
+            _same_as_stored(stored, {"max_v": max_v, "max_i": max_i}, metadata)
+            return stored
+
+        return self._on_sample_row(name, ensure)
 
     def set_sample(
         self,
@@ -383,51 +377,62 @@ class Store:
         meta = dict(metadata or {})
         _json_safe("metadata", meta)
         s = schema.samples
+
+        def change(conn, row) -> Sample:
+            if row is None:
+                kept = {k: v for k, v in meta.items() if v not in (None, "")}
+                return self._create_sample(conn, name, max_v, max_i, kept, operator)
+            old_meta = dict(row["metadata"] or {})
+            new_meta = {**old_meta, **meta}
+            for key in [k for k, v in meta.items() if v in (None, "")]:
+                new_meta.pop(key, None)
+            before = {"max_v": row["max_v"], "max_i": row["max_i"]}
+            after = {
+                "max_v": row["max_v"] if max_v is None else max_v,
+                "max_i": row["max_i"] if max_i is None else max_i,
+            }
+            changed = {k for k in before if before[k] != after[k]}
+            changed |= {
+                f"metadata.{k}"
+                for k in set(old_meta) | set(new_meta)
+                if old_meta.get(k) != new_meta.get(k)
+            }
+            stored = Sample(row["id"], name, after["max_v"], after["max_i"], new_meta)
+            if not changed:
+                return stored
+            now = utcnow()
+            conn.execute(
+                update(s)
+                .where(s.c.id == row["id"])
+                .values(**after, metadata=new_meta, updated_at=now)
+            )
+            old = {**before, "metadata": old_meta}
+            new = {**after, "metadata": new_meta}
+            self._sample_event(
+                conn,
+                row["id"],
+                "changed",
+                _change_text(old, new, changed),
+                operator,
+                {"before": old, "after": new, "changed": sorted(changed)},
+                now,
+            )
+            return stored
+
+        return self._on_sample_row(name, change)
+
+    def _on_sample_row(self, name: str, body):
+        """``body(conn, row)`` with the stored row of sample ``name`` (None: not stored) in
+        one write transaction; tried once more when another process created the sample
+        meanwhile (the insert's IntegrityError)."""
+        s = schema.samples
         for _attempt in range(2):
             try:
                 with self._writes.begin() as conn:
                     row = conn.execute(select(s).where(s.c.name == name)).mappings().first()
-                    if row is None:
-                        kept = {k: v for k, v in meta.items() if v not in (None, "")}
-                        return self._create_sample(conn, name, max_v, max_i, kept, operator)
-                    old_meta = dict(row["metadata"] or {})
-                    new_meta = {**old_meta, **meta}
-                    for key in [k for k, v in meta.items() if v in (None, "")]:
-                        new_meta.pop(key, None)
-                    before = {"max_v": row["max_v"], "max_i": row["max_i"]}
-                    after = {
-                        "max_v": row["max_v"] if max_v is None else max_v,
-                        "max_i": row["max_i"] if max_i is None else max_i,
-                    }
-                    changed = {k for k in before if before[k] != after[k]}
-                    changed |= {
-                        f"metadata.{k}"
-                        for k in set(old_meta) | set(new_meta)
-                        if old_meta.get(k) != new_meta.get(k)
-                    }
-                    stored = Sample(row["id"], name, after["max_v"], after["max_i"], new_meta)
-                    if not changed:
-                        return stored
-                    now = utcnow()
-                    conn.execute(
-                        update(s)
-                        .where(s.c.id == row["id"])
-                        .values(**after, metadata=new_meta, updated_at=now)
-                    )
-                    old = {**before, "metadata": old_meta}
-                    new = {**after, "metadata": new_meta}
-                    self._sample_event(
-                        conn,
-                        row["id"],
-                        "changed",
-                        _change_text(old, new, changed),
-                        operator,
-                        {"before": old, "after": new, "changed": sorted(changed)},
-                        now,
-                    )
-                    return stored
+                    return body(conn, row)
             except IntegrityError:
-                continue  # created by another process meanwhile: change it on the next pass
+                continue  # created by another process meanwhile: read it on the next pass
             except SQLAlchemyError as exc:
                 raise self._fail(f"store sample {name!r}", exc) from None
         raise StoreError(f"cannot store sample {name!r} in the run store {self.where}")
