@@ -29,10 +29,10 @@ import sys
 import time
 
 import numpy as np
+from labctl.drivers.base import Limits
 
-import drivers
 import labctl
-from drivers.base import Limits
+from labctl import drivers
 from labctl.data import SOFTWARE_TIMED
 from labctl.program import Program, hold, staircase
 from labctl.sim.instruments.registry import EMULATORS

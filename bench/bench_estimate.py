@@ -22,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from labctl.protocols.base import get_protocol, validate_params
+
 import labctl
 from bench.bench_feasibility import free_port
 from labctl.engine import RunEngine
 from labctl.store import Store
-from protocols.base import get_protocol, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("keithley2450", "keithley2636b")

@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from labctl.drivers.base import Limits
+
 import labctl
-from drivers.base import Limits
 from labctl.program import staircase
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ Run: .venv/bin/python bench/bench_follow.py [driver ...]   (default: keithley245
 A staircase of 10^6 steps of 1 ms (1000 s of instrument time) runs hardware-timed on the
 driver's emulator (in-process, virtual clock, so the wall time is what the host side costs:
 compiling, polling, bulk reads, chunks), once as shipped and once with the deadline rule
-switched off (``drivers.base.deadline_grace_s`` returning infinity: no run is ever past its
+switched off (``labctl.drivers.base.deadline_grace_s`` returning infinity: no run is ever past its
 deadline), alternately, best of five each:
 
 - ``<driver>_sweep_1e6_with_deadline`` and ``..._without_deadline``: points/s;
@@ -27,11 +27,11 @@ import math
 import sys
 import time
 
+import labctl.drivers.base
 import numpy as np
+from labctl.drivers.base import HardwareRun, Limits
 
-import drivers.base
 import labctl
-from drivers.base import HardwareRun, Limits
 from labctl.clock import VirtualClock
 from labctl.program import staircase
 
@@ -90,7 +90,7 @@ def counted_polls(name: str, program) -> tuple[int, float]:
 
 def main(names: list[str]) -> int:
     program = staircase(np.linspace(-1.0, 1.0, POINTS), STEP_S).with_compliance(1e-3)
-    shipped = drivers.base.deadline_grace_s
+    shipped = labctl.drivers.base.deadline_grace_s
     for name in names or DEFAULT:
         best = {"with": math.inf, "without": math.inf}
         runs = 0
@@ -98,7 +98,7 @@ def main(names: list[str]) -> int:
             one_sweep(name, program)  # warm-up
             for _ in range(REPEATS):
                 for kind in ("with", "without"):
-                    drivers.base.deadline_grace_s = (
+                    labctl.drivers.base.deadline_grace_s = (
                         shipped if kind == "with" else (lambda _planned_s: math.inf)
                     )
                     took, runs = one_sweep(name, program)
@@ -107,7 +107,7 @@ def main(names: list[str]) -> int:
             print(f"# {name}: {type(exc).__name__}: {exc}")
             continue
         finally:
-            drivers.base.deadline_grace_s = shipped
+            labctl.drivers.base.deadline_grace_s = shipped
         report(f"{name}_sweep_1e6_with_deadline", POINTS / best["with"], "points/s")
         report(f"{name}_sweep_1e6_without_deadline", POINTS / best["without"], "points/s")
         report(f"{name}_deadline_overhead", 100 * (best["with"] / best["without"] - 1), "%")

@@ -29,12 +29,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from labctl.gui.live import Inbox, LiveModel
+from labctl.gui.main_window import FRAME_MS
+from labctl.gui.plots import LivePlots
 from PyQt5.QtCore import QElapsedTimer, QEventLoop, QTimer
 from PyQt5.QtWidgets import QApplication
-
-from gui.live import Inbox, LiveModel
-from gui.main_window import FRAME_MS
-from gui.plots import LivePlots
 
 POINTS_PER_CYCLE = 200
 OUT = Path(__file__).resolve().parent / "out"
@@ -81,9 +80,12 @@ def bench_fps(app: QApplication, n_points: int, frames: int) -> tuple[float, flo
     Returns (frames/s of wall time, frames/s of this process's CPU time); the second is
     what the plots reach when the machine is not shared with other work.
     """
-    import gui.plots
+    import labctl.gui.plots
 
-    cap, gui.plots.MAX_PLOT_FPS = gui.plots.MAX_PLOT_FPS, math.inf  # what the plots can reach
+    cap, labctl.gui.plots.MAX_PLOT_FPS = (
+        labctl.gui.plots.MAX_PLOT_FPS,
+        math.inf,
+    )  # what the plots can reach
     plots = LivePlots(LiveModel(n_points))
     plots.resize(1200, 800)
     plots.show()
@@ -104,7 +106,7 @@ def bench_fps(app: QApplication, n_points: int, frames: int) -> tuple[float, flo
     frames = plots.frames - frames0
     OUT.mkdir(exist_ok=True)
     plots.grab().save(str(OUT / "live_plots_1e6_points.png"), "PNG")
-    gui.plots.MAX_PLOT_FPS = cap
+    labctl.gui.plots.MAX_PLOT_FPS = cap
     plots.close()
     plots.deleteLater()
     app.processEvents()
@@ -231,7 +233,7 @@ def _probe(interval_ms: int = 10):
 
 
 def _open_window(app: QApplication):
-    from gui.main_window import MainWindow
+    from labctl.gui.main_window import MainWindow
 
     db = Path(tempfile.mkdtemp()) / "bench.db"
     w = MainWindow(f"sqlite:///{db}", scan_visa=False)
@@ -254,7 +256,8 @@ def _close_window(app: QApplication, w) -> None:
 def bench_window_feed(app: QApplication, seconds: float, rate: float) -> dict:
     """The whole window while an acquisition thread does what the engine does at ``rate``
     points/s: hands chunks to the store's writer thread (SQLite) and to the GUI listener."""
-    from gui.live import GuiListener
+    from labctl.gui.live import GuiListener
+
     from labctl.data import Chunk
 
     w = _open_window(app)
@@ -391,7 +394,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    from gui.app import configure_threads
+    from labctl.gui.app import configure_threads
 
     configure_threads()  # as `labctl gui` does
     app = QApplication.instance() or QApplication(["bench_gui"])

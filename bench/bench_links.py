@@ -17,9 +17,9 @@ import socket
 import time
 
 import serial
+from labctl.drivers.base import Limits
 
 import labctl
-from drivers.base import Limits
 from labctl.program import staircase
 from labctl.sim.serve import make_pty_server, start_tcp_server
 

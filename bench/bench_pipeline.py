@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from labctl.protocols.base import Protocol
+from labctl.protocols.iv_hysteresis import IVHysteresis
+
 import labctl
 from labctl.engine import RunEngine
-from protocols.base import Protocol
-from protocols.iv_hysteresis import IVHysteresis
 
 
 class SweepOnly(IVHysteresis):

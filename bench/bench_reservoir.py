@@ -16,10 +16,10 @@ import argparse
 import time
 
 import numpy as np
+from labctl.protocols.reservoir_sim import SETUPS, score_seeds, setup, simulate
 
 from labctl.analysis.ngrc import lorenz_benchmark, ngrc_evaluate
 from labctl.analysis.tasks import LORENZ_CENTER
-from protocols.reservoir_sim import SETUPS, score_seeds, setup, simulate
 
 UNITS = {"accuracy": "fraction", "nrmse": "", "memory_capacity": "delays"}
 LABELS = {"accuracy": "accuracy", "nrmse": "nrmse", "memory_capacity": "mc"}

@@ -9,12 +9,15 @@ from labctl.errors import ValidationError
 
 # name -> (module:Class, identity pattern matched against the *IDN? reply)
 DRIVERS: dict[str, tuple[str, str]] = {
-    "keithley2450": ("drivers.keithley2450:Keithley2450", r"MODEL 2450"),
-    "keithley2636b": ("drivers.keithley2600:Keithley2600", r"MODEL 26\d\dB\b"),
-    "rodeostat": ("drivers.rodeostat:Rodeostat", r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"),
-    "emstat": ("drivers.emstat:EmStat", r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)"),
-    "keithley2400": ("drivers.keithley2400:Keithley2400", r"MODEL 240[01]\b"),
-    "keysight_b2900": ("drivers.keysight_b2900:KeysightB2900", r"\bB290[12]"),
+    "keithley2450": ("labctl.drivers.keithley2450:Keithley2450", r"MODEL 2450"),
+    "keithley2636b": ("labctl.drivers.keithley2600:Keithley2600", r"MODEL 26\d\dB\b"),
+    "rodeostat": ("labctl.drivers.rodeostat:Rodeostat", r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"),
+    "emstat": (
+        "labctl.drivers.emstat:EmStat",
+        r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)",
+    ),
+    "keithley2400": ("labctl.drivers.keithley2400:Keithley2400", r"MODEL 240[01]\b"),
+    "keysight_b2900": ("labctl.drivers.keysight_b2900:KeysightB2900", r"\bB290[12]"),
 }
 
 

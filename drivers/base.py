@@ -12,8 +12,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-
-from drivers.timing import (
+from labctl.drivers.timing import (
     LATE_TOLERANCE_S,
     STRETCH_TOLERANCE,
     HardwareTiming,
@@ -23,6 +22,7 @@ from drivers.timing import (
     probe_round_trip,
     shortest_sampled_s,
 )
+
 from labctl.clock import Clock, RealClock
 from labctl.data import COMPLIANCE, LATE, OVERRANGE, SOFTWARE_TIMED, STALL, Chunk
 from labctl.errors import (

@@ -33,8 +33,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import ClassVar, NamedTuple
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     NPLC,
     OVERRANGE_VALUE,
     TIMING,
@@ -53,7 +52,8 @@ from drivers.base import (
     run_host_timed,
     strict_range,
 )
-from drivers.timing import HardwareTiming
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import LATE, Chunk
 from labctl.errors import InstrumentError, LimitError, ValidationError

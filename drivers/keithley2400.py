@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -43,7 +42,8 @@ from drivers.base import (
     scpi_range_commands,
     smu_settings,
 )
-from drivers.timing import HardwareTiming
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError

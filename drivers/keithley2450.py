@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -33,7 +32,8 @@ from drivers.base import (
     scpi_range_commands,
     smu_settings,
 )
-from drivers.timing import HardwareTiming
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import InstrumentError

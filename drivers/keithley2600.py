@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     Capabilities,
     HardwareRun,
     Setting,
@@ -57,7 +56,8 @@ from drivers.base import (
     run_host_timed,
     smu_settings,
 )
-from drivers.timing import HardwareTiming
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
 from labctl.errors import InstrumentError, ValidationError

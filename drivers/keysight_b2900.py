@@ -49,8 +49,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     SCPI_LINES,
     Capabilities,
     HardwareRun,
@@ -66,8 +65,9 @@ from drivers.base import (
     scpi_range_commands,
     smu_settings,
 )
-from drivers.keithley2400 import plan_points, runs_of_equal
-from drivers.timing import HardwareTiming
+from labctl.drivers.keithley2400 import plan_points, runs_of_equal
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import LATE, SOFTWARE_TIMED, Chunk
 from labctl.errors import InstrumentError, ValidationError

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-
-from drivers.base import (
+from labctl.drivers.base import (
     OVERRANGE_VALUE,
     TIMING,
     Capabilities,
@@ -40,7 +39,8 @@ from drivers.base import (
     run_host_timed,
     strict_range,
 )
-from drivers.timing import HardwareTiming
+from labctl.drivers.timing import HardwareTiming
+
 from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import InstrumentError, LimitError, TransportError, ValidationError

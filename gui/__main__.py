@@ -1,5 +1,5 @@
-"""``python -m gui [--db URL]`` (the same as ``labctl gui``)."""
+"""``python -m labctl.gui [--db URL]`` (the same as ``labctl gui``)."""
 
-from gui.app import main
+from labctl.gui.app import main
 
 raise SystemExit(main())

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     QApplication.setAttribute(Qt.AA_EnableHighDpiScaling, True)
     app = QApplication.instance() or QApplication(["labctl"])
     app.setApplicationName("labctl")
-    from gui.main_window import MainWindow
+    from labctl.gui.main_window import MainWindow
 
     window = MainWindow(args.db, scan_visa=not args.no_scan)
     previous_hook = sys.excepthook

@@ -13,10 +13,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from labctl.gui.live import LiveModel
+from labctl.gui.plots import LivePlots
 from PyQt5.QtWidgets import QComboBox, QLabel, QStackedWidget, QVBoxLayout, QWidget
-
-from gui.live import LiveModel
-from gui.plots import LivePlots
 
 
 class ChannelViews(QWidget):

@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any
 
+from labctl.gui.units import parse_number
+from labctl.protocols.base import Protocol, allowed_text, field_info
 from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QCheckBox,
@@ -22,9 +24,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.units import parse_number
 from labctl.errors import LabctlError, ValidationError
-from protocols.base import Protocol, allowed_text, field_info
 
 ERROR_STYLE = "color: #b00020;"
 HINT_STYLE = "color: #666; font-size: 8pt;"

@@ -9,6 +9,11 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from labctl.gui.plots import OverlayPlots
+from labctl.gui.run_quality import RunQualityView
+from labctl.gui.storeio import load_run_for_display, records, run_summary, set_run_notes
+from labctl.gui.tasks import TaskRunner, describe_error
+from labctl.gui.units import fmt_duration, fmt_si
 from PyQt5.QtCore import QDate, Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QAbstractItemView,
@@ -29,11 +34,6 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.plots import OverlayPlots
-from gui.run_quality import RunQualityView
-from gui.storeio import load_run_for_display, records, run_summary, set_run_notes
-from gui.tasks import TaskRunner, describe_error
-from gui.units import fmt_duration, fmt_si
 from labctl.store import STATUSES
 
 COLUMNS = ["id", "started", "protocol", "sample", "status", "points", "duration", "notes"]
@@ -415,7 +415,7 @@ class HistoryPanel(QWidget):
 
     def _open_reservoir(self, run_id: int) -> None:
         """A reservoir-computing run: its scores, confusion matrix or prediction."""
-        from gui.reservoir_view import ReservoirView, load_reservoir_run
+        from labctl.gui.reservoir_view import ReservoirView, load_reservoir_run
 
         if self.reservoir is None:
             self.reservoir = ReservoirView()

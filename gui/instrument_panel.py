@@ -7,6 +7,8 @@ from __future__ import annotations
 import warnings
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from labctl.gui.tasks import TaskRunner, describe_error
+from labctl.gui.units import fmt_si
 from PyQt5.QtCore import pyqtSignal
 from PyQt5.QtWidgets import (
     QCheckBox,
@@ -21,13 +23,11 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.tasks import TaskRunner, describe_error
-from gui.units import fmt_si
-
 
 def sim_models() -> dict[str, str]:
     """Instrument models that have both a driver and an in-process emulator."""
-    from drivers import DRIVERS
+    from labctl.drivers import DRIVERS
+
     from labctl.sim.instruments.registry import EMULATORS
 
     out = {}

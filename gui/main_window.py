@@ -12,6 +12,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from labctl.gui.channel_views import ChannelViews
+from labctl.gui.history_panel import HistoryPanel
+from labctl.gui.instrument_panel import InstrumentPanel
+from labctl.gui.live import DEFAULT_CAPACITY, EngineBridge, Inbox, LiveModel
+from labctl.gui.plots import LivePlots
+from labctl.gui.protocol_panel import ProtocolPanel
+from labctl.gui.recipe_io import with_samples
+from labctl.gui.run_quality import RunQualityView
+from labctl.gui.sample_panel import SamplePanel
+from labctl.gui.sequence_view import SequenceProgress, StepBridge, WindowListener
+from labctl.gui.tasks import TaskRunner, describe_error
+from labctl.gui.units import fmt_duration
+from labctl.gui.watcher import RunWatcher
 from PyQt5.QtCore import QElapsedTimer, Qt, QTimer
 from PyQt5.QtGui import QKeySequence
 from PyQt5.QtWidgets import (
@@ -33,19 +46,6 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.channel_views import ChannelViews
-from gui.history_panel import HistoryPanel
-from gui.instrument_panel import InstrumentPanel
-from gui.live import DEFAULT_CAPACITY, EngineBridge, Inbox, LiveModel
-from gui.plots import LivePlots
-from gui.protocol_panel import ProtocolPanel
-from gui.recipe_io import with_samples
-from gui.run_quality import RunQualityView
-from gui.sample_panel import SamplePanel
-from gui.sequence_view import SequenceProgress, StepBridge, WindowListener
-from gui.tasks import TaskRunner, describe_error
-from gui.units import fmt_duration
-from gui.watcher import RunWatcher
 from labctl.errors import ConnectionLost, LabctlError, TransportError
 
 log = logging.getLogger("labctl.gui")
@@ -1234,7 +1234,7 @@ class MainWindow(QMainWindow):
             self.watcher.stop_all()
             driver = self.instrument.driver
             if driver is not None:
-                from gui.instrument_panel import disconnect_instrument
+                from labctl.gui.instrument_panel import disconnect_instrument
 
                 self.run_status.setText("switching the output off and disconnecting…")
                 self.instrument_tasks.submit(

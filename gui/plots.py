@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
+from labctl.gui.live import LiveModel
+from labctl.gui.units import fmt_si
 from PyQt5.QtCore import QRectF, Qt
 from PyQt5.QtWidgets import (
     QCheckBox,
@@ -39,9 +41,6 @@ from PyQt5.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from gui.live import LiveModel
-from gui.units import fmt_si
 
 pg.setConfigOptions(antialias=False, background="w", foreground="k")
 

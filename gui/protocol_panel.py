@@ -9,6 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from labctl.gui.forms import ParamForm
+from labctl.gui.recipe_io import dump_recipe
+from labctl.gui.sequence_editor import SequenceEditor
+from labctl.gui.tasks import TaskRunner, describe_error
+from labctl.gui.units import fmt_duration
+from labctl.protocols.base import Protocol, all_protocols
+from labctl.protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
 from PyQt5.QtCore import Qt, QTimer, pyqtSignal
 from PyQt5.QtWidgets import (
     QComboBox,
@@ -24,15 +31,8 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.forms import ParamForm
-from gui.recipe_io import dump_recipe
-from gui.sequence_editor import SequenceEditor
-from gui.tasks import TaskRunner, describe_error
-from gui.units import fmt_duration
 from labctl.errors import LabctlError, ValidationError
 from labctl.feasibility import split_timing
-from protocols.base import Protocol, all_protocols
-from protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
 
 
 def estimate(

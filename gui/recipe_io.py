@@ -127,7 +127,7 @@ def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | No
             data[key], changed = new, True
     if not changed:
         return text
-    from protocols.recipe import TOP_KEYS
+    from labctl.protocols.recipe import TOP_KEYS
 
     order = {k: n for n, k in enumerate(TOP_KEYS)}  # a [sample] added goes first, as written
     top = dict(sorted(data.items(), key=lambda kv: order.get(kv[0], len(order))))

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from labctl.gui.units import fmt_si
 from PyQt5.QtCore import Qt
 from PyQt5.QtGui import QBrush, QColor
 from PyQt5.QtWidgets import (
@@ -25,8 +26,6 @@ from PyQt5.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from gui.units import fmt_si
 
 GREY = QColor(150, 150, 150)
 WARNING_COLOUR = QColor(160, 90, 0)

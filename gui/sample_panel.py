@@ -11,6 +11,10 @@ import json
 import math
 from typing import Any
 
+from labctl.gui.forms import ERROR_STYLE
+from labctl.gui.storeio import records
+from labctl.gui.tasks import TaskRunner, describe_error
+from labctl.gui.units import fmt_si, parse_number
 from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QAbstractItemView,
@@ -28,11 +32,6 @@ from PyQt5.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from gui.forms import ERROR_STYLE
-from gui.storeio import records
-from gui.tasks import TaskRunner, describe_error
-from gui.units import fmt_si, parse_number
 
 DEVICE_TYPES = ["2-D slit channel", "conical channel", "nanopore", "solid-state", "other"]
 META_KEYS = ("device_type", "geometry", "electrolyte", "notes")

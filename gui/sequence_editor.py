@@ -10,6 +10,11 @@ import tomllib
 from dataclasses import replace
 from typing import Any
 
+from labctl.gui.forms import ParamForm
+from labctl.gui.recipe_io import dump_sequence
+from labctl.gui.sequence_view import StepsTable
+from labctl.protocols.base import Protocol
+from labctl.protocols.recipe import Recipe
 from PyQt5.QtCore import pyqtSignal
 from PyQt5.QtWidgets import (
     QHBoxLayout,
@@ -21,12 +26,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from gui.forms import ParamForm
-from gui.recipe_io import dump_sequence
-from gui.sequence_view import StepsTable
 from labctl.errors import LabctlError, ValidationError
-from protocols.base import Protocol
-from protocols.recipe import Recipe
 
 
 def step_values(form: ParamForm, step: Recipe) -> dict[str, Any]:

@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from labctl.gui.forms import format_value
+from labctl.gui.live import GuiListener
+from labctl.gui.units import fmt_duration
+from labctl.protocols.base import field_info, get_protocol
 from PyQt5.QtCore import QObject, Qt, pyqtSignal
 from PyQt5.QtGui import QBrush, QColor
 from PyQt5.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
-
-from gui.forms import format_value
-from gui.live import GuiListener
-from gui.units import fmt_duration
-from protocols.base import field_info, get_protocol
 
 STATUS_COLOURS = {
     "running": "#1565c0",

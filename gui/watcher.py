@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from labctl.gui.live import Inbox
+from labctl.gui.storeio import records
+from labctl.gui.tasks import TaskRunner, describe_error
 from PyQt5.QtCore import QObject, QTimer, pyqtSignal
-
-from gui.live import Inbox
-from gui.storeio import records
-from gui.tasks import TaskRunner, describe_error
 
 BLOCK_POINTS = 200_000
 COLUMNS = ("t", "v_set", "v", "i", "cycle", "pulse", "phase")
@@ -40,7 +39,7 @@ def watch_start(store, run_id: int) -> tuple[dict[str, Any], float | None]:
     if total is not None:
         return run, float(total)
     try:
-        from protocols.base import get_protocol
+        from labctl.protocols.base import get_protocol
 
         total = get_protocol(run["protocol"])(run["parameters"]).estimated_duration_s()
     except Exception:

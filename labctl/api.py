@@ -46,7 +46,7 @@ def resolve_sample(
     import dataclasses
 
     from labctl.errors import ValidationError, sample_set_command
-    from protocols.recipe import check_sample_name
+    from labctl.protocols.recipe import check_sample_name
 
     name = check_sample_name(name, name_field)
     stored = store.get_sample(name)
@@ -108,7 +108,7 @@ def run(
     in safe state afterwards.
     """
     from labctl.connect import connect
-    from protocols.base import Protocol, get_protocol
+    from labctl.protocols.base import Protocol, get_protocol
 
     if isinstance(protocol, Protocol):
         proto = protocol
@@ -176,7 +176,7 @@ def run_recipe(
     """
     from labctl.connect import connect
     from labctl.errors import ValidationError
-    from protocols.recipe import check_second_sample
+    from labctl.protocols.recipe import check_second_sample
 
     steps = recipe.steps or [recipe]
     protocols = [step.build() for step in steps]  # refuse any bad step before connecting
@@ -241,7 +241,7 @@ def _recipe_sample(
     does.
     """
     from labctl.errors import ValidationError
-    from protocols.recipe import check_sample_name
+    from labctl.protocols.recipe import check_sample_name
 
     table: dict[str, Any] = getattr(recipe, field)
     where = flag if name else f"{field}.name"

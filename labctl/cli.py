@@ -300,7 +300,7 @@ def _sim_serve(rest: list[str]) -> int:
 
 
 def _gui(rest: list[str]) -> int:
-    from gui.app import main as gui_main
+    from labctl.gui.app import main as gui_main
 
     return int(gui_main(rest) or 0)
 
@@ -488,7 +488,7 @@ def _print_metrics_of(metrics, indent: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    from protocols.recipe import load_recipe
+    from labctl.protocols.recipe import load_recipe
 
     store = _open_store(args)
     recipe = load_recipe("iv_hysteresis")
@@ -502,7 +502,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from protocols.recipe import check_second_sample, load_recipe
+    from labctl.protocols.recipe import check_second_sample, load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     recipe.build()  # refuse bad parameters before anything is opened
@@ -606,7 +606,7 @@ def _sample_show(store, name: str) -> int:
 
 def _sample_set(store, name: str, items: list[str], operator: str | None) -> int:
     from labctl.errors import ValidationError, sample_set_command
-    from protocols.recipe import parse_set
+    from labctl.protocols.recipe import parse_set
 
     values = parse_set(items)
     limits: dict[str, float] = {}
@@ -832,14 +832,14 @@ def _sim_presets(only: str | None = None, params: dict[str, str] | None = None) 
 
 
 def cmd_protocols(args) -> int:
-    from protocols.base import all_protocols, allowed_text, field_info
+    from labctl.protocols.base import all_protocols, allowed_text, field_info
 
     protos = all_protocols()
     if not args.name:
         for name, cls in protos.items():
             print(f"{name:20} {cls.title}")
         return 0
-    from protocols.base import get_protocol
+    from labctl.protocols.base import get_protocol
 
     cls = get_protocol(args.name)
     print(f"{cls.name}: {cls.title}")

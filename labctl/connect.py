@@ -109,7 +109,7 @@ def connect(
     identify: bool = True,
 ):
     """Open ``resource`` and return a ready driver (identified unless ``identify=False``)."""
-    from drivers import driver_class, driver_for_identity
+    from labctl.drivers import driver_class, driver_for_identity
 
     if not isinstance(resource, str) or not resource.strip():
         raise ValidationError(
@@ -295,7 +295,7 @@ def parse_serial(resource: str) -> tuple[str, int | None, str | None] | None:
 
 def probe_serial(port: str, baud: int | None = None) -> tuple[str, int]:
     """(driver, baud rate) of the instrument on ``port``, found by asking it who it is."""
-    from drivers import driver_for_identity
+    from labctl.drivers import driver_for_identity
     from labctl.errors import LabctlError
     from labctl.transport import SerialTransport
 

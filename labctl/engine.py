@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import Limits, check_program, raise_if_aborted
 from labctl.analysis.timing import (
     TIMING_METRICS,
     lateness_metrics,
@@ -32,6 +31,7 @@ from labctl.analysis.timing import (
     segment_timing_metrics,
 )
 from labctl.data import SOFTWARE_TIMED, Chunk
+from labctl.drivers.base import Limits, check_program, raise_if_aborted
 from labctl.errors import (
     Aborted,
     LabctlError,
@@ -43,8 +43,8 @@ from labctl.errors import (
 from labctl.feasibility import HOW_TO_FORCE, TimingError, split_timing, timing_of
 from labctl.metric import metric_warnings
 from labctl.program import Program, describe_s
-from protocols.base import Protocol, field_info, get_protocol
-from protocols.recipe import check_channels
+from labctl.protocols.base import Protocol, field_info, get_protocol
+from labctl.protocols.recipe import check_channels
 
 DURATION_TOLERANCE = 0.10  # a run's duration within this of its estimate (issue 12, item 6)
 DURATION_NOISE_S = 0.02  # ... or within this much: a host's scheduling on a real clock

@@ -1,5 +1,5 @@
 """The protocol library: typed, validated plans shared by the CLI, scripts and the GUI."""
 
-from protocols.base import Protocol, all_protocols, get_protocol
+from labctl.protocols.base import Protocol, all_protocols, get_protocol
 
 __all__ = ["Protocol", "all_protocols", "get_protocol"]

@@ -244,7 +244,7 @@ def all_protocols() -> dict[str, type[Protocol]]:
 
 
 def _load() -> None:
-    from protocols import (  # noqa: F401
+    from labctl.protocols import (  # noqa: F401
         electrochem,
         endurance,
         iv_fingerprint,

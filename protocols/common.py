@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from labctl.protocols.base import Params, check_list  # noqa: F401  (re-exported)
 from pydantic import Field
 
 from labctl.errors import ValidationError
 from labctl.metric import metric  # noqa: F401  (re-exported: the one place rows are made)
 from labctl.program import Program, hold
-from protocols.base import Params, check_list  # noqa: F401  (re-exported)
 
 # The 2450 times a step in hardware only up to 10 ks; a longer rest is split into parts.
 LONGEST_STEP_S = 5000.0

@@ -13,16 +13,8 @@ import itertools
 from typing import Any
 
 import numpy as np
-from pydantic import Field
-
-from labctl.analysis.fingerprint import loop_class
-from labctl.analysis.fits import fit_exponential
-from labctl.analysis.hysteresis import UNITS as LOOP_UNITS
-from labctl.analysis.hysteresis import loop_metrics
-from labctl.analysis.pulses import phase_rows, reads, source_voltage
-from labctl.program import Program, hold, staircase
-from protocols.base import Plan, Protocol, register
-from protocols.common import (
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import (
     SourceParams,
     auto_nplc,
     finite,
@@ -31,6 +23,14 @@ from protocols.common import (
     seconds,
     volts,
 )
+from pydantic import Field
+
+from labctl.analysis.fingerprint import loop_class
+from labctl.analysis.fits import fit_exponential
+from labctl.analysis.hysteresis import UNITS as LOOP_UNITS
+from labctl.analysis.hysteresis import loop_metrics
+from labctl.analysis.pulses import phase_rows, reads, source_voltage
+from labctl.program import Program, hold, staircase
 
 FASTEST_STEP_S = 1e-4
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import ReadParams, auto_nplc, finite, metric, seconds, volts
 from pydantic import Field
 
 from labctl.analysis.pulses import pulse_phases, reads
 from labctl.program import PHASE_CODE, Program
-from protocols.base import Plan, Protocol, register
-from protocols.common import ReadParams, auto_nplc, finite, metric, seconds, volts
 
 CYCLES_PER_PROGRAM = 1000
 

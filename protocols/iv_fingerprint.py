@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import SourceParams, auto_nplc, finite, metric, refuse, volts
+from labctl.protocols.iv_hysteresis import sweep_alternative, sweeps_asked
 from pydantic import Field
 
 from labctl.analysis.fingerprint import (
@@ -42,9 +45,6 @@ from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_ar
 from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
 from labctl.metric import Metric
 from labctl.program import sine, triangle
-from protocols.base import Plan, Protocol, register
-from protocols.common import SourceParams, auto_nplc, finite, metric, refuse, volts
-from protocols.iv_hysteresis import sweep_alternative, sweeps_asked
 
 # omega*tau of the template grid; wide enough for any frequency range we accept
 _X_GRID = np.logspace(-3.5, 3.5, 113)

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+from labctl.protocols.base import Params, Plan, Protocol, register
 from pydantic import Field
 
 from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_area_stderr
 from labctl.analysis.timing import achieved_sweep, irregular_reason, rate_warnings
 from labctl.metric import Metric, metric
 from labctl.program import describe_s, sine, triangle
-from protocols.base import Params, Plan, Protocol, register
 
 
 class IVHysteresisParams(Params):

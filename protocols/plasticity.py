@@ -10,20 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
-
-from labctl.analysis.fits import fit_exponential
-from labctl.analysis.pulses import (
-    nonlinearity,
-    phase_names,
-    phase_rows,
-    pulse_phases,
-    reads,
-    symmetry_error,
-)
-from labctl.program import Program
-from protocols.base import Plan, Protocol, register
-from protocols.common import (
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import (
     ReadParams,
     SourceParams,
     auto_nplc,
@@ -36,6 +24,18 @@ from protocols.common import (
     square,
     volts,
 )
+from pydantic import Field
+
+from labctl.analysis.fits import fit_exponential
+from labctl.analysis.pulses import (
+    nonlinearity,
+    phase_names,
+    phase_rows,
+    pulse_phases,
+    reads,
+    symmetry_error,
+)
+from labctl.program import Program
 
 # -- potentiation / depression ----------------------------------------------------------------
 

@@ -12,12 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
-
-from labctl.analysis.pulses import pulse_ends, pulse_phases, reads
-from labctl.program import Program
-from protocols.base import Plan, Protocol, register
-from protocols.common import (
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import (
     ReadParams,
     auto_nplc,
     finite,
@@ -28,6 +24,10 @@ from protocols.common import (
     square,
     volts,
 )
+from pydantic import Field
+
+from labctl.analysis.pulses import pulse_ends, pulse_phases, reads
+from labctl.program import Program
 
 
 class PulseTrainParams(ReadParams):

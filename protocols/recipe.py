@@ -48,8 +48,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labctl.protocols.base import Protocol, get_protocol, validate_params
+
 from labctl.errors import ValidationError
-from protocols.base import Protocol, get_protocol, validate_params
 
 TOP_KEYS = (
     "protocol",
@@ -131,7 +132,7 @@ class Recipe:
 def builtin_recipes() -> dict[str, str]:
     """Name -> TOML text of the recipes shipped with labctl."""
     out = {}
-    for entry in resources.files("protocols").joinpath("recipes").iterdir():
+    for entry in resources.files("labctl.protocols").joinpath("recipes").iterdir():
         if entry.name.endswith(".toml"):
             out[entry.name[:-5]] = entry.read_text(encoding="utf-8")
     return dict(sorted(out.items()))
@@ -299,7 +300,7 @@ def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
     """Refuse an ``[instrument]`` key that is neither the recipe's (resource, driver,
     channels, timing) nor a setting of the named driver (of any driver when none is
     named), naming the key and what is allowed; the connected driver checks the values."""
-    from drivers import DRIVERS, setting_names
+    from labctl.drivers import DRIVERS, setting_names
 
     driver = table.get("driver")
     known = setting_names(driver if isinstance(driver, str) and driver in DRIVERS else None)

@@ -44,14 +44,14 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import SourceParams, auto_nplc, metric, refuse, rest, seconds, volts
 from pydantic import Field
 
 from labctl.analysis.ngrc import ngrc_evaluate
 from labctl.analysis.reservoir import evaluate, state_matrix
 from labctl.analysis.tasks import TASKS, Task, make_task
 from labctl.program import PHASE_CODE, Program, hold
-from protocols.base import Plan, Protocol, register
-from protocols.common import SourceParams, auto_nplc, metric, refuse, rest, seconds, volts
 
 # Ridge penalties and NG-RC taps per task, used where the parameters leave them unset.
 # alpha acts on standardised states; the NG-RC alpha on its raw features (as in its paper).

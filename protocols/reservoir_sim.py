@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from labctl.protocols.reservoir import Reservoir
 
 from labctl.data import Chunk
 from labctl.program import Program
-from protocols.reservoir import Reservoir
 
 __all__ = [
     "NO_MEMORY_TAU_S",

@@ -12,14 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field
-
-from labctl.analysis.fits import ExpFit, fit_exponential, fit_stretched_exponential
-from labctl.analysis.noise import current_noise_floor
-from labctl.analysis.pulses import pulse_ends, reads
-from labctl.program import Program
-from protocols.base import Plan, Protocol, register
-from protocols.common import (
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import (
     ReadParams,
     auto_nplc,
     finite,
@@ -31,6 +25,12 @@ from protocols.common import (
     square,
     volts,
 )
+from pydantic import Field
+
+from labctl.analysis.fits import ExpFit, fit_exponential, fit_stretched_exponential
+from labctl.analysis.noise import current_noise_floor
+from labctl.analysis.pulses import pulse_ends, reads
+from labctl.program import Program
 
 
 class RetentionParams(ReadParams):

@@ -13,14 +13,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.common import ReadParams, finite, metric, refuse, rest, seconds, square, volts
 from pydantic import Field
 
 from labctl.analysis.pulses import conductance, phase_names, pulse_ends
 from labctl.data import Chunk
 from labctl.errors import ProtocolError
 from labctl.program import Program, hold
-from protocols.base import Plan, Protocol, register
-from protocols.common import ReadParams, finite, metric, refuse, rest, seconds, square, volts
 
 
 class WriteVerifyParams(ReadParams):

@@ -2,9 +2,10 @@
 
 import threading
 
+from labctl.protocols.iv_hysteresis import IVHysteresis
+
 import labctl
 from labctl.engine import Listener, RunEngine
-from protocols.iv_hysteresis import IVHysteresis
 
 
 def test_pause_waits_in_safe_state_and_resume_completes(tmp_path):

@@ -4,12 +4,12 @@ channels with a sample each."""
 import threading
 
 import pytest
+from labctl.protocols.iv_hysteresis import IVHysteresis
+from labctl.protocols.pulse_train import PulseTrain
 
 import labctl
 from labctl.engine import Listener, RunEngine, check_protocol
 from labctl.errors import LimitError, ValidationError
-from protocols.iv_hysteresis import IVHysteresis
-from protocols.pulse_train import PulseTrain
 from tests.support import output_enabled, recording
 
 IV = {"frequencies_hz": [4, 8], "cycles": 1, "points_per_cycle": 40}
@@ -159,7 +159,7 @@ def test_a_sequence_whose_third_step_exceeds_max_v_runs_no_step(store):
 
 
 def test_a_closed_loop_envelope_later_in_the_sequence_is_checked_first(store):
-    from protocols.write_verify import WriteVerify
+    from labctl.protocols.write_verify import WriteVerify
 
     sample = store.ensure_sample("s", max_v=1.0, max_i=1e-6)
     driver = recording("sim://keithley2450?device=resistor&R=1e7")

@@ -4,18 +4,18 @@ warning and stores what it achieved, the estimate is what the run takes."""
 
 import numpy as np
 import pytest
+from labctl.drivers.base import run_host_timed
+from labctl.drivers.timing import HostCosts, host_schedule, host_timing
+from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.iv_hysteresis import IVHysteresis, IVHysteresisParams
+from labctl.protocols.recipe import parse_recipe
 
 import labctl
-from drivers.base import run_host_timed
-from drivers.timing import HostCosts, host_schedule, host_timing
 from labctl.api import run_recipe
 from labctl.clock import VirtualClock
 from labctl.engine import Listener, RunEngine
 from labctl.program import Program, describe_s, triangle
 from labctl.testing import RecordingTransport
-from protocols.base import Plan, Protocol, register
-from protocols.iv_hysteresis import IVHysteresis, IVHysteresisParams
-from protocols.recipe import parse_recipe
 
 SMUS = ["keithley2450", "keithley2400", "keithley2636b", "keysightb2900"]
 FAST = {"frequencies_hz": [100, 800], "points_per_cycle": 400}  # the finding: about 12 Hz

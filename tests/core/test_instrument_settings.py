@@ -4,14 +4,14 @@ reaches the driver, an unknown one is refused naming it and the allowed keys bef
 output is on."""
 
 import pytest
+from labctl.drivers import setting_names
+from labctl.protocols.iv_hysteresis import IVHysteresis
+from labctl.protocols.recipe import load_recipe, parse_recipe
 
 import labctl
-from drivers import setting_names
 from labctl.api import run_recipe
 from labctl.engine import RunEngine
 from labctl.errors import ValidationError
-from protocols.iv_hysteresis import IVHysteresis
-from protocols.recipe import load_recipe, parse_recipe
 from tests.drivers.wire_limits import record
 
 IV = {"frequencies_hz": [4], "cycles": 1, "points_per_cycle": 40, "amplitude_v": 0.5}

@@ -81,7 +81,7 @@ def test_api_max_v_below_the_stored_limit_lowers_it_for_that_run_only(store):
 
 def test_the_engine_refuses_a_sample_copy_above_the_stored_limits(store):
     """A stale or hand-made Sample cannot carry a higher limit past the engine either."""
-    from protocols.iv_hysteresis import IVHysteresis
+    from labctl.protocols.iv_hysteresis import IVHysteresis
 
     raised = dataclasses.replace(store.get_sample("chip7"), max_v=2.0)
     driver = recording(SIM)
@@ -150,7 +150,7 @@ def test_a_recipe_naming_a_stored_sample_may_lower_but_not_raise(store, db_url, 
 
 
 def labctl_recipe(path):
-    from protocols.recipe import load_recipe
+    from labctl.protocols.recipe import load_recipe
 
     return load_recipe(str(path))
 
@@ -196,7 +196,7 @@ def test_labctl_sample_set_show_list(store, db_url, capsys):
 
 
 def test_a_sample_table_without_a_name_describes_the_sample_given_by_name(store):
-    from protocols.recipe import parse_recipe
+    from labctl.protocols.recipe import parse_recipe
 
     recipe = parse_recipe(
         f'protocol = "iv_hysteresis"\n[sample]\nmax_v = 0.6\nmax_i = 1e-6\nnotes = "new one"\n'

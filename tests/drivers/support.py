@@ -1,8 +1,9 @@
 """Helpers the driver tests share: a driver on a scripted transport (wire level) or on its
 emulator (behaviour level), and a program run to one chunk."""
 
+from labctl.drivers.base import Limits
+
 import labctl
-from drivers.base import Limits
 from labctl.clock import VirtualClock
 from labctl.data import Chunk
 from labctl.testing import ScriptedTransport

@@ -4,10 +4,10 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.keysight_b2900 import KeysightB2900
 
 import labctl
-from drivers.base import Limits
-from drivers.keysight_b2900 import KeysightB2900
 from labctl.clock import VirtualClock
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError

@@ -4,8 +4,8 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.keysight_b2900 import KeysightB2900
 
-from drivers.keysight_b2900 import KeysightB2900
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, ValidationError
 from labctl.program import Program, hold, ramp, staircase

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from labctl.protocols.base import get_protocol, validate_params
+from labctl.protocols.recipe import parse_recipe
 
-import drivers
 import labctl
+from labctl import drivers
 from labctl.connect import parse_sim
 from labctl.data import COMPLIANCE
 from labctl.engine import Listener, RunEngine
 from labctl.errors import ConnectionLost
 from labctl.sim.instruments.registry import EMULATORS
 from labctl.testing import RecordingTransport
-from protocols.base import get_protocol, validate_params
-from protocols.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = "keithley2450"
@@ -327,7 +327,7 @@ def test_pulse_train_gives_the_reference_conductance(name, store, recipe, refere
 
 
 def _with_pulse_mode() -> list:
-    from drivers import driver_class
+    from labctl.drivers import driver_class
 
     return [p for p in DRIVER_NAMES if driver_class(p.values[0]).capabilities.pulse_widths_s]
 
@@ -355,7 +355,7 @@ def test_a_pulse_train_in_the_pulse_mode_gives_the_reference_conductance(
 def test_every_channel_of_a_multichannel_instrument_gives_the_reference_conductance(
     name, store, recipe, reference
 ):
-    from drivers import driver_class
+    from labctl.drivers import driver_class
 
     n = len(driver_class(name).capabilities.channels)
     if n < 2:
@@ -391,7 +391,7 @@ def test_noise_leaves_every_reading_near_the_noise_free_one(name, store, recipe)
     The 2636B emulator used to give the Johnson noise of a sliver of a step (a host poll
     landing a rounding error before a reading's end splits it) the sliver's own Nyquist band:
     about 1 µA rms, read at the half-cycle point and often clamped to the limit."""
-    from drivers import driver_class
+    from labctl.drivers import driver_class
 
     n = max(1, len(driver_class(name).capabilities.channels))
     params = {**recipe.parameters, **IV_OVERRIDES}

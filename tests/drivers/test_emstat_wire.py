@@ -9,9 +9,9 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.emstat import EmStat, decode_packet, decode_packets, format_value
 
-from drivers.base import Limits
-from drivers.emstat import EmStat, decode_packet, decode_packets, format_value
 from labctl.clock import VirtualClock
 from labctl.data import LATE, OVERRANGE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError

@@ -12,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits, deadline_grace_s
+from labctl.protocols.base import get_protocol, validate_params
 
 import labctl
-from drivers.base import Limits, deadline_grace_s
 from labctl.data import SOFTWARE_TIMED, Chunk
 from labctl.engine import RunEngine
 from labctl.errors import Aborted, InstrumentError
 from labctl.program import hold, staircase
-from protocols.base import get_protocol, validate_params
 from tests.drivers.support import connect_sim
 from tests.drivers.test_conformance import SafeStateSpy, output_is_off
 

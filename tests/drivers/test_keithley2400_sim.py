@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.keithley2400 import Keithley2400
 
 import labctl
-from drivers.base import Limits
-from drivers.keithley2400 import Keithley2400
 from labctl.clock import VirtualClock
 from labctl.data import SOFTWARE_TIMED
 from labctl.errors import InstrumentError, LimitError

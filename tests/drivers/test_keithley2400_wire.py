@@ -4,8 +4,8 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.keithley2400 import Keithley2400
 
-from drivers.keithley2400 import Keithley2400
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import hold, ramp, staircase

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from labctl.drivers.keithley2450 import Keithley2450
 
-from drivers.keithley2450 import Keithley2450
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED
 from labctl.errors import InstrumentError
 from labctl.program import hold, ramp, staircase, triangle

@@ -4,9 +4,9 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.keithley2600 import BUFFER_POINTS, LIST_MAX, Keithley2600
 
-from drivers.base import Limits
-from drivers.keithley2600 import BUFFER_POINTS, LIST_MAX, Keithley2600
 from labctl.clock import VirtualClock
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError

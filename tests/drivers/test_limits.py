@@ -5,11 +5,11 @@ by name."""
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits, num
+from labctl.drivers.emstat import format_value
+from labctl.drivers.rodeostat import dac_output
 
 import labctl
-from drivers.base import Limits, num
-from drivers.emstat import format_value
-from drivers.rodeostat import dac_output
 from labctl.errors import LimitError, ValidationError
 from labctl.program import hold, ramp, staircase
 from tests.drivers.support import run
@@ -205,8 +205,8 @@ def test_a_one_channel_instrument_takes_its_one_channel(model):
 
 
 def test_check_program_bounds_the_other_quantity_by_the_configured_limit_in_both_modes():
-    from drivers.base import check_program
-    from drivers.keithley2450 import Keithley2450
+    from labctl.drivers.base import check_program
+    from labctl.drivers.keithley2450 import Keithley2450
 
     caps, limits = Keithley2450.capabilities, Limits(max_v=1.0, max_i=1e-6)
     check_program(hold(0.5, 0.1), limits, caps, "t", limit=1e-6)
@@ -224,8 +224,9 @@ def test_check_program_bounds_the_other_quantity_by_the_configured_limit_in_both
 
 
 def test_a_level_clipped_inside_max_v_is_a_run_warning(tmp_path):
+    from labctl.protocols.electrochem import Chronoamperometry
+
     from labctl.engine import RunEngine
-    from protocols.electrochem import Chronoamperometry
 
     store = labctl.open_store(f"sqlite:///{tmp_path / 's.db'}")
     sample = store.ensure_sample("cell", max_v=0.2501, max_i=1e-4)

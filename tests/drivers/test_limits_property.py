@@ -17,13 +17,13 @@ from functools import cache
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from labctl.drivers.base import Limits
+from labctl.protocols.base import all_protocols, field_info
 
 import labctl
-from drivers.base import Limits
 from labctl.engine import RunEngine
 from labctl.errors import LabctlError
 from labctl.program import Program, hold, pulse, ramp, sine, staircase, triangle
-from protocols.base import all_protocols, field_info
 from tests.drivers.wire_limits import Wire, record
 
 MODELS = ("keithley2450", "keithley2400", "keysight_b2900", "keithley2636b", "emstat", "rodeostat")

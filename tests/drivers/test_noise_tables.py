@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from drivers import emstat, rodeostat
-from drivers.base import Capabilities, noise_estimate_a, rms_of_peak_to_peak
-from drivers.keithley2400 import Keithley2400
-from drivers.keithley2450 import Keithley2450
-from drivers.keithley2600 import Keithley2600
-from drivers.keysight_b2900 import KeysightB2900
+from labctl.drivers import emstat, rodeostat
+from labctl.drivers.base import Capabilities, noise_estimate_a, rms_of_peak_to_peak
+from labctl.drivers.keithley2400 import Keithley2400
+from labctl.drivers.keithley2450 import Keithley2450
+from labctl.drivers.keithley2600 import Keithley2600
+from labctl.drivers.keysight_b2900 import KeysightB2900
 
 CAPABILITIES = {
     **{c.name: c.capabilities for c in (Keithley2450, Keithley2400, Keithley2600, KeysightB2900)},

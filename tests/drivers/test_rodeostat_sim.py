@@ -4,9 +4,9 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
 
 import labctl
-from drivers.base import Limits
 from labctl.data import OVERRANGE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted
 from labctl.program import hold, ramp, staircase, triangle

@@ -4,9 +4,9 @@ import threading
 
 import numpy as np
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.rodeostat import Rodeostat, encode
 
-from drivers.base import Limits
-from drivers.rodeostat import Rodeostat, encode
 from labctl.clock import VirtualClock
 from labctl.data import OVERRANGE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, TransportError, ValidationError

@@ -3,12 +3,12 @@ sample's or the instrument's limits, current-sourced programs, settings out of r
 closing closes the transport."""
 
 import pytest
+from labctl.drivers.base import Limits
+from labctl.drivers.keithley2400 import Keithley2400
+from labctl.drivers.keithley2450 import Keithley2450
+from labctl.drivers.keithley2600 import Keithley2600
+from labctl.drivers.keysight_b2900 import KeysightB2900
 
-from drivers.base import Limits
-from drivers.keithley2400 import Keithley2400
-from drivers.keithley2450 import Keithley2450
-from drivers.keithley2600 import Keithley2600
-from drivers.keysight_b2900 import KeysightB2900
 from labctl.errors import LimitError, ValidationError
 from labctl.program import hold
 from tests.drivers.support import run, scripted

@@ -10,9 +10,8 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from drivers.emstat import SI_PREFIX
-from drivers.rodeostat import VOLT_RANGES, dac_output
+from labctl.drivers.emstat import SI_PREFIX
+from labctl.drivers.rodeostat import VOLT_RANGES, dac_output
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _MS_NUMBER = re.compile(r"^([-+]?\d+)([afpnumkMGTPE]?)$")

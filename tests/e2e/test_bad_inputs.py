@@ -13,13 +13,13 @@ import socket
 import threading
 
 import pytest
+from labctl.protocols.recipe import MAX_RECIPE_BYTES, load_recipe, parse_recipe, parse_set
 
 import labctl
 from labctl.cli import main
 from labctl.errors import TransportError, ValidationError
 from labctl.store import Store
 from labctl.transport import LoopbackTransport
-from protocols.recipe import MAX_RECIPE_BYTES, load_recipe, parse_recipe, parse_set
 from tests.support import run_cli
 
 SIM = "sim://keithley2450?device=slit_unipolar&seed=1"
@@ -116,7 +116,7 @@ def test_the_api_refuses_values_of_the_wrong_kind(store, wire, name, value, word
 
 
 def test_a_yes_no_parameter_takes_only_true_or_false():
-    from protocols.base import get_protocol
+    from labctl.protocols.base import get_protocol
 
     cls = get_protocol("reservoir")
     with pytest.raises(ValidationError, match=r"last_slot_only: 1 is not allowed.*true or false"):
@@ -176,8 +176,9 @@ def test_channels_from_set_are_checked_too(capsys, tmp_path):
 
 
 def test_the_engine_refuses_a_channel_the_instrument_lacks(store, wire):
+    from labctl.protocols.iv_hysteresis import IVHysteresis
+
     from labctl.engine import RunEngine
-    from protocols.iv_hysteresis import IVHysteresis
 
     chip = store.ensure_sample("chip7", max_v=1.5, max_i=1e-6)
     driver = labctl.connect(SIM)
@@ -396,10 +397,11 @@ def test_runs_status_is_one_of_the_statuses(capsys, tmp_path):
 )
 def test_a_plan_too_large_for_memory_is_refused(capsys, tmp_path, monkeypatch, protocol, params,
                                                 words):  # fmt: skip
-    import labctl.program
-    import protocols.base
+    import labctl.protocols.base
 
-    for module in (labctl.program, protocols.base):  # refused after 6 MB, not 600 MB
+    import labctl.program
+
+    for module in (labctl.program, labctl.protocols.base):  # refused after 6 MB, not 600 MB
         monkeypatch.setattr(module, "MAX_STEPS", 200_000)
     db = f"sqlite:///{tmp_path / 'r.db'}"
     sets = [x for p in params for x in ("--set", p)]

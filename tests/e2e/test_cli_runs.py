@@ -95,9 +95,10 @@ def test_level_above_the_sample_limit_is_refused(db_url):
 
 def test_refusal_never_sends_output_on(tmp_path):
     """The same refusal through the API, with every message to the instrument recorded."""
+    from labctl.protocols.recipe import load_recipe
+
     import labctl
     from labctl.engine import RunEngine
-    from protocols.recipe import load_recipe
 
     store = labctl.open_store(f"sqlite:///{tmp_path / 'r.db'}")
     recipe = load_recipe("iv_hysteresis", ["amplitude_v=2.0"])

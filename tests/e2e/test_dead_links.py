@@ -11,13 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from labctl.protocols.base import get_protocol, validate_params
 
 import labctl
 from labctl.data import STALL
 from labctl.engine import ReconnectPolicy, RunEngine
 from labctl.errors import ConnectionLost
 from labctl.sim.serve import make_pty_server, resource_string, start_tcp_server
-from protocols.base import get_protocol, validate_params
 
 pytest.importorskip("pyvisa_py")
 

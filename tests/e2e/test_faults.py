@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from labctl.protocols.base import get_protocol, validate_params
 
 import labctl
 from labctl.clock import VirtualClock
@@ -21,7 +22,6 @@ from labctl.data import COMPLIANCE, OVERRANGE
 from labctl.engine import ReconnectPolicy, RunEngine
 from labctl.sim.instruments.registry import EMULATORS
 from labctl.sim.serve import make_pty_server, resource_string, start_tcp_server
-from protocols.base import get_protocol, validate_params
 
 IV = {
     "waveform": "triangle",

@@ -4,9 +4,9 @@ whole sequence recipes (every step, pause between steps, abort), offscreen."""
 from __future__ import annotations
 
 import numpy as np
+from labctl.gui.main_window import MainWindow
 from PyQt5.QtCore import Qt
 
-from gui.main_window import MainWindow
 from labctl.engine import RunEngine
 from labctl.store import Store
 from tests.gui.test_main_window import (
@@ -115,7 +115,7 @@ def test_two_channels_run_two_devices_each_on_its_sample(qtbot, window, db_url):
     ]
     assert run["metadata"]["instrument_settings"]["channels"] == [0, 1]
     # the recipe stored with the run (and Save recipe) reproduces it: both channels, each sample
-    from protocols.recipe import parse_recipe
+    from labctl.protocols.recipe import parse_recipe
 
     for text in (run["recipe_text"], w.protocol.recipe_toml(**w.recipe_context(saved=True))):
         again = parse_recipe(text)
@@ -213,7 +213,7 @@ def test_the_recipe_stored_with_a_run_names_the_limits_it_ran_under(qtbot, windo
     lowered with the store's own set_sample, as ``labctl sample set`` does, after the window
     listed them): the run reads the stored limits, and the recipe stored with it is written
     from the samples as the run read them, so its [sample]/[sample2] are what happened."""
-    from protocols.recipe import parse_recipe
+    from labctl.protocols.recipe import parse_recipe
 
     w = window
     two_channels(qtbot, w)

@@ -7,14 +7,14 @@ import tomllib
 
 import numpy as np
 import pytest
+from labctl.gui.forms import ParamForm
+from labctl.gui.live import Inbox, LiveModel, RingColumns, batch_lobe_areas
+from labctl.gui.plots import Envelope, follow_range, nice_ceil
+from labctl.gui.recipe_io import dump_recipe
+from labctl.gui.units import fmt_duration, fmt_si, parse_number
+from labctl.protocols.base import get_protocol
 
-from gui.forms import ParamForm
-from gui.live import Inbox, LiveModel, RingColumns, batch_lobe_areas
-from gui.plots import Envelope, follow_range, nice_ceil
-from gui.recipe_io import dump_recipe
-from gui.units import fmt_duration, fmt_si, parse_number
 from labctl.analysis.hysteresis import lobe_areas
-from protocols.base import get_protocol
 
 
 def sweep_cols(start: int, n: int, per_cycle: int = 40) -> dict[str, np.ndarray]:
@@ -187,7 +187,8 @@ def test_form_fields_follow_the_parameter_types(qtbot):
 
 
 def test_history_thinning_keeps_every_phase_of_long_runs(tmp_path):
-    from gui.storeio import coprime_step, load_points_for_display
+    from labctl.gui.storeio import coprime_step, load_points_for_display
+
     from labctl.data import Chunk
     from labctl.store import Store
 
@@ -208,7 +209,7 @@ def test_history_thinning_keeps_every_phase_of_long_runs(tmp_path):
 
 
 def test_equal_loop_areas_are_shown_around_their_value_not_on_zero(qtbot):
-    from gui.plots import LivePlots
+    from labctl.gui.plots import LivePlots
 
     plots = LivePlots(LiveModel(capacity=10_000))
     qtbot.addWidget(plots)

@@ -10,10 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from labctl.gui.main_window import MainWindow
+from labctl.gui.units import parse_number
 from PyQt5.QtCore import Qt
 
-from gui.main_window import MainWindow
-from gui.units import parse_number
 from labctl.store import Store
 from tests.gui.windows import history_window, make_window
 
@@ -324,7 +324,7 @@ def test_recipe_round_trip(qtbot, window, tmp_path):
         str(tmp_path / "mine.toml"), sample={"name": "chip9", "max_v": 1.0, "max_i": 1e-6}
     )
     assert out is not None
-    from protocols.recipe import load_recipe
+    from labctl.protocols.recipe import load_recipe
 
     again = load_recipe(str(out))
     assert again.parameters["cycles"] == 7
@@ -386,12 +386,12 @@ def test_a_recipes_instrument_settings_are_checked_and_reach_the_run(
 
 def test_the_window_refuses_a_setting_its_driver_does_not_take(db_url):
     import pytest
+    from labctl.gui.main_window import run_on_instrument
+    from labctl.protocols.iv_hysteresis import IVHysteresis
 
     import labctl
-    from gui.main_window import run_on_instrument
     from labctl.engine import RunEngine
     from labctl.errors import ValidationError
-    from protocols.iv_hysteresis import IVHysteresis
 
     store = labctl.open_store(db_url)
     store.ensure_sample("chip", max_v=1.0, max_i=1e-6)
@@ -407,9 +407,10 @@ def test_the_window_refuses_a_setting_its_driver_does_not_take(db_url):
 def test_the_estimate_is_what_the_connected_instrument_can_time(qtbot, window):
     """Before a connection the protocol panel says the asked duration; once the instrument
     is connected, the engine's model (driver.timing_for with the run's settings)."""
+    from labctl.gui.units import fmt_duration
+    from labctl.protocols.base import get_protocol, validate_params
+
     import labctl
-    from gui.units import fmt_duration
-    from protocols.base import get_protocol, validate_params
 
     w = window
     # 400 points a cycle at 100 Hz: 25 us steps, no instrument times them as asked

@@ -3,7 +3,8 @@ live view when a run ends and in the history's run details."""
 
 from __future__ import annotations
 
-from gui.run_quality import GREY, RunQualityView
+from labctl.gui.run_quality import GREY, RunQualityView
+
 from tests.gui.test_main_window import connect, fill, run_to_end, save_screenshot, use_sample
 
 RESISTOR = "sim://keithley2450?device=resistor&seed=1"

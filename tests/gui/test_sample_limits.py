@@ -96,7 +96,7 @@ def test_a_recipe_above_the_stored_limits_keeps_start_off_until_the_sample_is_sa
 
 
 def test_a_lower_recipe_limit_holds_for_its_run_and_is_its_stored_recipe(qtbot, db_url, tmp_path):
-    from protocols.recipe import parse_recipe
+    from labctl.protocols.recipe import parse_recipe
 
     w = ready(qtbot, db_url)
     # lower: held for the recipe's runs (0.9 V refused under 0.8 V), recorded with the run
@@ -124,7 +124,7 @@ def test_the_store_lowered_after_loading_is_the_limit_its_recipe_names(qtbot, db
     and before the window lists it again: the run reads the stored limit and runs under it,
     and the recipe stored with it names that limit, its other keys as loaded; listed again,
     the recipe's higher limit keeps Start off."""
-    from protocols.recipe import parse_recipe
+    from labctl.protocols.recipe import parse_recipe
 
     w = ready(qtbot, db_url)
     text = load(qtbot, w, tmp_path, max_v=0.8, amplitude=0.5)
@@ -149,7 +149,7 @@ def test_the_store_lowered_after_loading_is_the_limit_its_recipe_names(qtbot, db
 def test_with_samples_names_what_ran_and_keeps_everything_else():
     import tomllib
 
-    from gui.recipe_io import with_samples
+    from labctl.gui.recipe_io import with_samples
 
     text = RECIPE.format(max_v=0.8, amplitude=0.5)
     same = {"name": "chip7", "max_v": 0.8, "max_i": 1e-5}

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import threading
 
+from labctl.gui.main_window import MainWindow
+from labctl.gui.sequence_view import WindowListener
+from labctl.protocols.recipe import load_recipe, parse_recipe
 from PyQt5.QtCore import Qt
 
-from gui.main_window import MainWindow
-from gui.sequence_view import WindowListener
 from labctl.store import Store
-from protocols.recipe import load_recipe, parse_recipe
 from tests.gui.test_channels_and_sequences import VIRTUAL, connect_sim, load_sequence
 from tests.gui.test_main_window import use_sample
 
@@ -264,7 +264,7 @@ def test_nothing_can_be_edited_while_the_sequence_runs(
 def test_a_sequence_written_as_toml_reads_back_to_the_same_tables():
     import tomllib
 
-    from gui.recipe_io import dump_sequence
+    from labctl.gui.recipe_io import dump_sequence
 
     top = {
         "description": 'slit "7", then "8"',

@@ -5,12 +5,12 @@ the second channel's sample."""
 from __future__ import annotations
 
 import numpy as np
+from labctl.gui.plots import colour
+from labctl.protocols.recipe import load_recipe, parse_recipe
 from PyQt5.QtGui import QColor, QImage
 
 import labctl
-from gui.plots import colour
 from labctl.store import Store
-from protocols.recipe import load_recipe, parse_recipe
 from tests.gui.test_channels_and_sequences import connect_sim
 from tests.gui.test_main_window import run_to_end, save_screenshot, use_sample
 from tests.gui.windows import history_window

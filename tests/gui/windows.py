@@ -3,7 +3,7 @@ and closed cleanly after each test (a run still going is aborted into safe state
 
 from __future__ import annotations
 
-from gui.main_window import MainWindow
+from labctl.gui.main_window import MainWindow
 
 
 def make_window(qtbot, db_url, **kwargs) -> MainWindow:

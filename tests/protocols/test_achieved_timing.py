@@ -51,7 +51,7 @@ def test_a_sweep_timed_as_asked_gives_no_rate_warning(run_sim):
 
 
 def test_uneven_steps_mark_the_loop_areas_unreliable(synth):
-    from protocols.iv_hysteresis import IVHysteresis
+    from labctl.protocols.iv_hysteresis import IVHysteresis
 
     proto = IVHysteresis({"frequencies_hz": [1.0], "points_per_cycle": 40, "cycles": 3})
     points = synth(proto.programs(), lambda cols: 1e-8 * cols["level"])

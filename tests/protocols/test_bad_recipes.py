@@ -2,9 +2,9 @@
 names the field and says what is allowed, before any output is enabled."""
 
 import pytest
+from labctl.protocols.recipe import parse_recipe
 
 from labctl.errors import ValidationError
-from protocols.recipe import parse_recipe
 
 
 def toml(value) -> str:

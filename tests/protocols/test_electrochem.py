@@ -2,16 +2,16 @@ import math
 
 import numpy as np
 import pytest
-
-from labctl.analysis.fingerprint import drive_cycle, kernel_loop_areas
-from labctl.errors import ValidationError
-from labctl.program import PHASE_CODE, PHASES
-from protocols.electrochem import (
+from labctl.protocols.electrochem import (
     Chronoamperometry,
     CyclicVoltammetry,
     LinearSweepVoltammetry,
     PulsedAmperometry,
 )
+
+from labctl.analysis.fingerprint import drive_cycle, kernel_loop_areas
+from labctl.errors import ValidationError
+from labctl.program import PHASE_CODE, PHASES
 
 R = 1e7  # Ohm
 

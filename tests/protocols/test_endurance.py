@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from labctl.protocols.endurance import CYCLES_PER_PROGRAM, Endurance
 
 from labctl.program import PHASE_CODE, PHASES
-from protocols.endurance import CYCLES_PER_PROGRAM, Endurance
 
 
 def cycle_steps(prog, c):

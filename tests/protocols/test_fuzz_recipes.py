@@ -22,10 +22,8 @@ from datetime import date, datetime, time, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from labctl.errors import LabctlError, ValidationError
-from protocols.base import all_protocols, field_info
-from protocols.recipe import (
+from labctl.protocols.base import all_protocols, field_info
+from labctl.protocols.recipe import (
     INSTRUMENT_KEYS,
     MAX_DEPTH,
     MAX_RECIPE_BYTES,
@@ -36,6 +34,8 @@ from protocols.recipe import (
     parse_set,
     read_recipe_text,
 )
+
+from labctl.errors import LabctlError, ValidationError
 
 FUZZ = settings(
     max_examples=100,
@@ -102,10 +102,11 @@ def plans_or_refuses(recipe) -> None:
 @pytest.fixture(autouse=True)
 def small_step_cap(monkeypatch):
     """Plans made within the examples' deadline: 200 000 steps a run, not 20 million."""
-    import labctl.program
-    import protocols.base
+    import labctl.protocols.base
 
-    for module in (labctl.program, protocols.base):
+    import labctl.program
+
+    for module in (labctl.program, labctl.protocols.base):
         monkeypatch.setattr(module, "MAX_STEPS", 200_000)
 
 

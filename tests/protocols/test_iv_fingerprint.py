@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from labctl.protocols.iv_fingerprint import IVFingerprint, frequencies
 
 from labctl.errors import ValidationError
-from protocols.iv_fingerprint import IVFingerprint, frequencies
 
 
 def sigmoid(v):

@@ -19,7 +19,7 @@ def test_a_pa_signal_on_the_lowest_range_is_below_the_noise_floor(run_sim, store
     assert i_peak < 1e-10  # pA: the 1 nA range
     assert area["quality"] == "unreliable" and "noise floor" in area["reason"]
     assert any("noise floor" in w for w in result.warnings)
-    from drivers.keithley2600 import Keithley2600
+    from labctl.drivers.keithley2600 import Keithley2600
 
     table = store.run(result.run_id)["metadata"]["current_noise_a"]
     assert table == [[r, n] for r, n in Keithley2600.capabilities.current_noise_a().items()]
@@ -53,7 +53,8 @@ def test_the_floor_scales_with_the_integration_the_driver_was_configured_with(ru
 
 
 def test_the_rodeostat_records_that_it_samples():
-    from drivers.rodeostat import Rodeostat
+    from labctl.drivers.rodeostat import Rodeostat
+
     from labctl.engine import noise_nplc
 
     class Bare:

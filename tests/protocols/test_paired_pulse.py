@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 import pytest
+from labctl.protocols.plasticity import PairedPulse
 
 from labctl.program import PHASES
-from protocols.plasticity import PairedPulse
 
 TAU = 2.0
 

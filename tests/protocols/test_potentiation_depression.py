@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from labctl.protocols.plasticity import PotentiationDepression
 
 from labctl.program import PHASE_CODE, PHASES
-from protocols.plasticity import PotentiationDepression
 
 G0 = 1.65e-7
 STEP = 0.004  # relative change per pulse

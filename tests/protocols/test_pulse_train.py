@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from labctl.protocols.pulse_train import PulseTrain
 
 from labctl.program import PHASE_CODE, PHASES
-from protocols.pulse_train import PulseTrain
 
 G_BASE, G_ON, G_OFF = 7e-8, 1e-7, 5e-8
 

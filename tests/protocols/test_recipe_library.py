@@ -4,10 +4,9 @@ limits hold every level and current limit, and it completes on the simulator."""
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from drivers.base import Limits, check_program
-from drivers.keithley2450 import Keithley2450
-from protocols.recipe import builtin_recipes, load_recipe
+from labctl.drivers.base import Limits, check_program
+from labctl.drivers.keithley2450 import Keithley2450
+from labctl.protocols.recipe import builtin_recipes, load_recipe
 
 LIBRARY = [
     "chronoamperometry",
@@ -69,7 +68,7 @@ UNIT_SUFFIXES = {"_v": "V", "_s": "s", "_hz": "Hz", "_a": "A", "_v_s": "V/s", "_
 
 @pytest.mark.parametrize("name", LIBRARY)
 def test_every_parameter_has_help_and_the_unit_its_name_promises(name):
-    from protocols.base import field_info, get_protocol
+    from labctl.protocols.base import field_info, get_protocol
 
     params = get_protocol(name).Params
     for field in params.model_fields:

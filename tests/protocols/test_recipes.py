@@ -1,7 +1,7 @@
 import pytest
+from labctl.protocols.recipe import builtin_recipes, load_recipe, parse_recipe
 
 from labctl.errors import ValidationError
-from protocols.recipe import builtin_recipes, load_recipe, parse_recipe
 
 
 def test_builtin_iv_recipe_builds_and_estimates_its_duration():

@@ -3,13 +3,8 @@ the simulated SMU (one channel time-multiplexed, and two channels)."""
 
 import numpy as np
 import pytest
-
-from labctl.analysis.tasks import DIGITS_5X4
-from labctl.analysis.timing import TIMING_METRICS
-from labctl.errors import ValidationError
-from labctl.program import PHASE_CODE, PHASES, Program
-from protocols.base import field_info, get_protocol
-from protocols.reservoir import (
+from labctl.protocols.base import field_info, get_protocol
+from labctl.protocols.reservoir import (
     Reservoir,
     ReservoirParams,
     analog_program,
@@ -17,6 +12,11 @@ from protocols.reservoir import (
     make_masks,
     masked_inputs,
 )
+
+from labctl.analysis.tasks import DIGITS_5X4
+from labctl.analysis.timing import TIMING_METRICS
+from labctl.errors import ValidationError
+from labctl.program import PHASE_CODE, PHASES, Program
 
 MS = 1e-3
 
@@ -343,7 +343,7 @@ def test_two_channels_play_the_same_streams_and_double_the_states(store):
 
 
 def test_narma10_recipe_runs_on_the_simulated_smu(run_sim):
-    from protocols.recipe import load_recipe
+    from labctl.protocols.recipe import load_recipe
 
     recipe = load_recipe("reservoir_narma10")
     result, _, m = run_sim(
@@ -359,9 +359,9 @@ def test_narma10_recipe_runs_on_the_simulated_smu(run_sim):
 
 @pytest.mark.parametrize("name", ["reservoir_digits", "reservoir_narma10"])
 def test_recipes_build_within_their_sample_limits(name):
-    from drivers.base import Limits, check_program
-    from drivers.keithley2450 import Keithley2450
-    from protocols.recipe import load_recipe
+    from labctl.drivers.base import Limits, check_program
+    from labctl.drivers.keithley2450 import Keithley2450
+    from labctl.protocols.recipe import load_recipe
 
     recipe = load_recipe(name)
     assert recipe.description and recipe.protocol == "reservoir"

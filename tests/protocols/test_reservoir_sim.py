@@ -3,10 +3,8 @@ memory is what computes (the same array with tau -> 0 fails), and runs are store
 
 import numpy as np
 import pytest
-
-from labctl.sim.devices import make_device
-from protocols.reservoir import Reservoir
-from protocols.reservoir_sim import (
+from labctl.protocols.reservoir import Reservoir
+from labctl.protocols.reservoir_sim import (
     NO_MEMORY_TAU_S,
     SETUPS,
     ArraySpec,
@@ -16,6 +14,8 @@ from protocols.reservoir_sim import (
     setup,
     simulate,
 )
+
+from labctl.sim.devices import make_device
 
 SEEDS = range(5)
 

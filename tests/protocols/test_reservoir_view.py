@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("PyQt5")
 pytest.importorskip("pyqtgraph")
 
-from gui.reservoir_view import ReservoirView, load_reservoir_run, summary_text
-from protocols.reservoir_sim import record, setup, simulate
+from labctl.gui.reservoir_view import ReservoirView, load_reservoir_run, summary_text
+from labctl.protocols.reservoir_sim import record, setup, simulate
 
 
 @pytest.fixture(scope="module")

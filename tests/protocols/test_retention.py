@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from labctl.protocols.retention import Retention, read_starts
 
 from labctl.errors import ValidationError
 from labctl.program import PHASE_CODE, PHASES
-from protocols.retention import Retention, read_starts
 
 TAU = 37.0
 G_INF, G_AMP = 1.65e-7, 1.6e-8

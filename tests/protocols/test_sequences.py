@@ -1,10 +1,10 @@
 """Sequences: one recipe, several steps, one group of runs on one sample."""
 
 import pytest
+from labctl.protocols.recipe import load_recipe, parse_recipe
 
 import labctl
 from labctl.errors import ValidationError
-from protocols.recipe import load_recipe, parse_recipe
 
 SEQ = """
 description = "two steps"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from labctl.protocols.plasticity import STDP
 
 from labctl.program import PHASE_CODE, PHASES
-from protocols.plasticity import STDP
 
 
 def levels_on_grid(levels, durations, t):

@@ -4,10 +4,10 @@
 import re
 
 import pytest
+from labctl.protocols.recipe import apply_overrides, load_recipe, parse_recipe, parse_set
 
 import labctl
 from labctl.errors import ValidationError
-from protocols.recipe import apply_overrides, load_recipe, parse_recipe, parse_set
 from tests.support import SMALL_IV, TWO_SAMPLES, two_sample_recipe
 
 RECIPE = two_sample_recipe()

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from labctl.protocols.write_verify import WriteVerify
 
 from labctl.data import Chunk
 from labctl.errors import ProtocolError
 from labctl.program import PHASE_CODE, PHASES, Program
-from protocols.write_verify import WriteVerify
 
 
 class ThresholdDevice:

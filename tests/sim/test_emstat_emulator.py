@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from labctl.drivers.emstat import decode_packet
 
-from drivers.emstat import decode_packet
 from labctl.clock import VirtualClock
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.emstat import EmStatEmulator, encode_value, parse_literal

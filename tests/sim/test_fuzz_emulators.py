@@ -165,8 +165,8 @@ def still_identifies(emulator, model: str, history: list[str]) -> None:
 @cache
 def vocabulary(model: str) -> tuple[str, ...]:
     """The distinct messages the model's driver sends in a short I-V run, plus extras."""
-    from drivers.base import Limits
-    from protocols.base import get_protocol, validate_params
+    from labctl.drivers.base import Limits
+    from labctl.protocols.base import get_protocol, validate_params
 
     driver = labctl.connect(
         f"sim://{DRIVER_OF.get(model, model)}?device=resistor&R=1e6&fault=seed:1"

@@ -6,8 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+from labctl.drivers.keithley2600 import HARDWARE_TIMING
 
-from drivers.keithley2600 import HARDWARE_TIMING
 from labctl.clock import VirtualClock
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2600 import Keithley2600Emulator

@@ -108,9 +108,10 @@ IV = {"frequencies_hz": [4, 16], "cycles": 2, "points_per_cycle": 100, "complian
 
 
 def iv_run(store, resource: str, sample, channel_samples):
+    from labctl.protocols.iv_hysteresis import IVHysteresis
+
     import labctl
     from labctl.engine import RunEngine
-    from protocols.iv_hysteresis import IVHysteresis
 
     driver = labctl.connect(resource)  # in-process emulator on a virtual clock
     try:

@@ -127,9 +127,10 @@ def test_a_store_read_only_at_finish_keeps_the_final_status(db_url, tmp_path, mo
 
 
 def test_a_run_whose_store_turns_read_only_at_its_end_reads_completed(tmp_path):
+    from labctl.protocols.iv_hysteresis import IVHysteresis
+
     import labctl
     from labctl.engine import RunEngine
-    from protocols.iv_hysteresis import IVHysteresis
 
     class TurnsReadOnly(Store):
         def add_metrics(self, run_id, rows):  # the last write before finish_run

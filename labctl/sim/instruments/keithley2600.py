@@ -92,8 +92,8 @@ from typing import Any
 
 import numpy as np
 
-from drivers.keithley2600 import HARDWARE_TIMING
 from labctl.clock import Clock
+from labctl.drivers.keithley2600 import HARDWARE_TIMING
 from labctl.sim.devices.base import DeviceModel
 from labctl.sim.smu import SmuCore
 from labctl.sim.tsp import (
