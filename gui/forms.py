@@ -13,7 +13,6 @@ import typing
 from typing import Any
 
 from labctl.gui.units import parse_number
-from labctl.protocols.base import Protocol, allowed_text, field_info
 from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QCheckBox,
@@ -24,6 +23,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+from labctl.catalog import Protocol, allowed_text, field_info
 from labctl.errors import LabctlError, ValidationError
 
 ERROR_STYLE = "color: #b00020;"

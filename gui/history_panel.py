@@ -11,7 +11,7 @@ from typing import Any
 
 from labctl.gui.plots import OverlayPlots
 from labctl.gui.run_quality import RunQualityView
-from labctl.gui.storeio import load_run_for_display, records, run_summary, set_run_notes
+from labctl.gui.storeio import load_run_for_display, records, run_summary
 from labctl.gui.tasks import TaskRunner, describe_error
 from labctl.gui.units import fmt_duration, fmt_si
 from PyQt5.QtCore import QDate, Qt, pyqtSignal
@@ -371,8 +371,7 @@ class HistoryPanel(QWidget):
             return
         text = self.notes.toPlainText()
         self.tasks.submit(
-            set_run_notes,
-            self.store,
+            self.store.set_notes,
             run_id,
             text,
             on_done=lambda _r: (

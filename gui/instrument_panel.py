@@ -4,7 +4,6 @@ a run drives."""
 
 from __future__ import annotations
 
-import warnings
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from labctl.gui.tasks import TaskRunner, describe_error
@@ -23,53 +22,32 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+import labctl
+from labctl import catalog
+
 
 def sim_models() -> dict[str, str]:
     """Instrument models that have both a driver and an in-process emulator."""
-    from labctl.drivers import DRIVERS
-
-    from labctl.sim.instruments.registry import EMULATORS
-
-    out = {}
-    for name in DRIVERS:
-        if name.lower().replace("-", "").replace("_", "") in EMULATORS:
-            out[name] = f"simulated {name} (in-process emulator)"
-    return out
+    return {
+        name: f"simulated {name} (in-process emulator)"
+        for name, instrument in catalog.instruments().items()
+        if instrument.emulator is not None
+    }
 
 
 def list_instruments() -> list[tuple[str, str]]:
     """(resource, description) of what this computer can reach: running emulators, serial
     ports, VISA resources. May take seconds: call it off the GUI thread."""
-    try:
-        from labctl.discovery import list_resources
-    except ImportError:  # an older labctl: ask pyvisa-py directly
-        import pyvisa
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pyvisa-py warns about optional packages
-            rm = pyvisa.ResourceManager("@py")
-            try:
-                return [(r, "VISA resource") for r in rm.list_resources()]
-            finally:
-                rm.close()
-    return [(r["resource"], f"{r['kind']}: {r.get('description', '')}") for r in list_resources()]
-
-
-def sim_presets() -> dict[str, str]:
-    """Device preset name -> description, for the simulated instruments."""
-    import labctl.sim.devices.presets  # noqa: F401  (importing it registers the presets)
-    from labctl.sim.devices import PRESETS
-
-    return {name: p.description for name, p in sorted(PRESETS.items())}
+    return [
+        (r["resource"], f"{r['kind']}: {r.get('description', '')}") for r in catalog.resources()
+    ]
 
 
 def sim_channels(resource: str) -> int:
     """How many devices the simulated instrument of a ``sim://`` resource drives (0: not a
     simulated instrument we know)."""
-    from labctl.sim.instruments.registry import EMULATORS, channels_of
-
-    model = urlsplit(resource.strip()).netloc.lower().replace("-", "").replace("_", "")
-    return channels_of(model) if model in EMULATORS else 0
+    model = catalog.model_key(urlsplit(resource.strip()).netloc)
+    return catalog.emulators().get(model, 0)
 
 
 def channel_label(name: str) -> str:
@@ -81,9 +59,7 @@ def channel_label(name: str) -> str:
 
 def connect_instrument(resource: str):
     """Connect, identify and put the instrument in its safe state (0 V, output off)."""
-    from labctl.connect import connect
-
-    driver = connect(resource)
+    driver = labctl.connect(resource)
     try:
         driver.safe_state()
     except Exception:
@@ -167,7 +143,7 @@ class InstrumentPanel(QWidget):
         self.preset2.setObjectName("preset2")
         self.preset2.setToolTip("The device on the second channel of a two-channel instrument")
         self.preset2.addItem(SAME_DEVICE)
-        presets = sim_presets()
+        presets = catalog.sim_presets()
         for name, desc in presets.items():
             for combo in (self.preset, self.preset2):
                 combo.addItem(name)

@@ -23,9 +23,9 @@ from collections import deque
 import numpy as np
 from PyQt5.QtCore import QObject, pyqtSignal
 
-from labctl.analysis.hysteresis import lobe_areas
+from labctl import catalog
+from labctl.analysis import lobe_areas
 from labctl.engine import Listener
-from labctl.program import PHASE_CODE
 
 DISPLAY_COLUMNS: dict[str, type] = {
     "t": np.float64,
@@ -36,9 +36,7 @@ DISPLAY_COLUMNS: dict[str, type] = {
     "phase": np.int8,
 }
 DEFAULT_CAPACITY = 1_000_000
-READ = PHASE_CODE["read"]
-VERIFY = PHASE_CODE["verify"]
-SWEEP = PHASE_CODE["sweep"]
+READ, VERIFY, SWEEP = (catalog.phases()[name] for name in ("read", "verify", "sweep"))
 MEASURE_BUDGET_S = 0.004  # time per frame spent on loop areas at most (the rest next frame)
 MAX_PENDING_CYCLES = 20_000
 MEASURE_BATCH = 64

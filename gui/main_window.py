@@ -111,11 +111,9 @@ def run_on_instrument(
     sent (refused without a run), then the engine: one run, or the steps of a sequence
     through labctl's own sequence runner (``RunEngine.run_sequence``, which ``labctl run``
     uses too)."""
-    from labctl.api import check_settings
-    from labctl.engine import bounded_defaults, check_sequence
+    from labctl.api import check_run
 
     protocols = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
-    check_settings(driver, kwargs.get("settings") or {})  # a key the driver does not take
     lower = lower or {}
 
     def fresh(name: str):
@@ -125,15 +123,7 @@ def run_on_instrument(
     per_channel = (
         {c: fresh(name) for c, name in channel_samples.items()} if channel_samples else None
     )
-    # as the engine runs them: a default current limit above max_i lowered to it
-    checked = [
-        p for p, _note in bounded_defaults(protocols, [sample, *(per_channel or {}).values()])
-    ]
-    refused, _records = check_sequence(
-        store, checked, driver, sample, per_channel, kwargs.get("settings")
-    )
-    if refused is not None:
-        raise refused[1]
+    check_run(store, protocols, driver, sample, per_channel, kwargs.get("settings"))
     if recipe_of is not None:
         second = list((per_channel or {}).values())[1:2]
         kwargs["recipe_text"] = recipe_of(

@@ -4,18 +4,14 @@ edits the step selected (gui.sequence_editor); the window runs them all, in orde
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from labctl.gui.forms import ParamForm
 from labctl.gui.recipe_io import dump_recipe
 from labctl.gui.sequence_editor import SequenceEditor
 from labctl.gui.tasks import TaskRunner, describe_error
 from labctl.gui.units import fmt_duration
-from labctl.protocols.base import Protocol, all_protocols
-from labctl.protocols.recipe import Recipe, builtin_recipes, parse_recipe, read_recipe_text
 from PyQt5.QtCore import Qt, QTimer, pyqtSignal
 from PyQt5.QtWidgets import (
     QComboBox,
@@ -31,48 +27,10 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+from labctl import catalog
+from labctl.api import estimate
+from labctl.catalog import Protocol, Recipe
 from labctl.errors import LabctlError, ValidationError
-from labctl.feasibility import split_timing
-
-
-def estimate(
-    protocol: Protocol, driver=None, settings: dict | None = None
-) -> tuple[float | None, int | None]:
-    """(duration in s, number of points) of an open-loop protocol; (None, None) if closed.
-
-    With a connected ``driver`` the duration is the engine's (:func:`timed_as`: the driver's
-    feasibility model with the run's instrument settings, arithmetic on the round trip
-    probed at connect, no I/O, so it may run off the GUI thread); without, the asked one."""
-    if protocol.closed_loop:
-        return None, None
-    programs = protocol.programs()
-    timed = timed_as(driver, {**protocol.instrument_settings(), **(settings or {})})
-    if timed is None:
-        total = float(sum(p.total_duration for p in programs))
-    else:
-        total = float(sum(timed.timing_for(p).duration_s for p in programs))
-    points = int(sum(int(np.count_nonzero(p.sample)) for p in programs))
-    return total, points
-
-
-def timed_as(driver, settings: dict):
-    """A copy of ``driver`` holding ``settings`` (nplc, timing, ...) as the run will
-    configure it, for its ``timing_for``; nothing is sent (only the attributes a
-    configure sets are taken). The driver itself with settings it cannot take so; None
-    for no driver or one that states nothing about its timing."""
-    if driver is None or not hasattr(driver, "timing_for"):
-        return None
-    apply = getattr(driver, "_apply_settings", None)
-    if apply is None:
-        return driver
-    twin = copy.copy(driver)
-    try:
-        driver_settings, _best_effort = split_timing(settings, None)
-        known = {k: v for k, v in driver_settings.items() if k in driver.settings}
-        twin._apply_settings(twin.checked_settings(known))
-    except LabctlError:  # refused here, refused by the run: the present settings' figure
-        return driver
-    return twin
 
 
 def estimate_steps(
@@ -94,7 +52,7 @@ class ProtocolPanel(QWidget):
     def __init__(self, calc_tasks: TaskRunner, parent=None) -> None:
         super().__init__(parent)
         self.tasks = calc_tasks
-        self.protocols = all_protocols()
+        self.protocols = catalog.protocols()
         self.recipe_source = ""
         # recorded with the run: the loaded recipe's text while unchanged; a sequence's as edited
         self.recipe_text: str | None = None
@@ -119,7 +77,7 @@ class ProtocolPanel(QWidget):
         self.builtin_btn.setText("Built-in recipes")
         self.builtin_btn.setPopupMode(QToolButton.InstantPopup)
         menu = QMenu(self.builtin_btn)
-        for name in builtin_recipes():
+        for name in catalog.recipes():
             menu.addAction(name, lambda n=name: self.load_recipe(n))
         self.builtin_btn.setMenu(menu)
         self.save_btn = QPushButton("Save recipe…")
@@ -408,8 +366,8 @@ class ProtocolPanel(QWidget):
             if not ref:
                 return None
         try:
-            text, source = read_recipe_text(ref)
-            recipe = parse_recipe(text, source)
+            text, source = catalog.read_recipe(ref)
+            recipe = catalog.parse_recipe(text, source)
             if recipe.is_sequence:
                 recipe.build()  # every step valid, else the message names step and field
             elif recipe.protocol not in self.protocols:
@@ -506,7 +464,7 @@ class ProtocolPanel(QWidget):
         else:
             text = self.recipe_toml(**context)
         try:
-            parse_recipe(text).build()  # never write a recipe that would not load
+            catalog.parse_recipe(text).build()  # never write a recipe that would not load
         except LabctlError as exc:
             self.message.emit("error", f"Not saved: {exc}")
             return None

@@ -127,8 +127,9 @@ def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | No
             data[key], changed = new, True
     if not changed:
         return text
-    from labctl.protocols.recipe import TOP_KEYS
+    from labctl import catalog
 
-    order = {k: n for n, k in enumerate(TOP_KEYS)}  # a [sample] added goes first, as written
+    # a [sample] added goes first, as written
+    order = {k: n for n, k in enumerate(catalog.recipe_keys())}
     top = dict(sorted(data.items(), key=lambda kv: order.get(kv[0], len(order))))
     return dump_sequence(top, top.pop("steps", []))

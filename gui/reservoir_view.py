@@ -32,7 +32,7 @@ SCORE_NAMES = ("accuracy", "nrmse", "memory_capacity")
 def load_reservoir_run(store: Any, run_id: int) -> dict[str, Any]:
     """Everything the view draws for ``run_id`` (call it off the GUI thread): the arrays
     of ``result_arrays`` plus ``run_id``, ``task`` and ``protocol``."""
-    from labctl.analysis.reservoir import result_arrays
+    from labctl.analysis import result_arrays
 
     run = store.run(run_id)
     out = result_arrays(store.metrics(run_id))

@@ -13,8 +13,6 @@ from typing import Any
 from labctl.gui.forms import ParamForm
 from labctl.gui.recipe_io import dump_sequence
 from labctl.gui.sequence_view import StepsTable
-from labctl.protocols.base import Protocol
-from labctl.protocols.recipe import Recipe
 from PyQt5.QtCore import pyqtSignal
 from PyQt5.QtWidgets import (
     QHBoxLayout,
@@ -26,6 +24,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+from labctl.catalog import Protocol, Recipe
 from labctl.errors import LabctlError, ValidationError
 
 

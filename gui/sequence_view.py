@@ -13,10 +13,11 @@ from typing import Any
 from labctl.gui.forms import format_value
 from labctl.gui.live import GuiListener
 from labctl.gui.units import fmt_duration
-from labctl.protocols.base import field_info, get_protocol
 from PyQt5.QtCore import QObject, Qt, pyqtSignal
 from PyQt5.QtGui import QBrush, QColor
 from PyQt5.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from labctl import catalog
 
 STATUS_COLOURS = {
     "running": "#1565c0",
@@ -32,14 +33,14 @@ STATUS_COLOURS = {
 def step_parameters(step: Any) -> str:
     """The parameters a recipe step sets, with their units: 'write_v = 1 V, count = 10'."""
     try:
-        model = get_protocol(step.protocol).Params
+        model = catalog.protocol(step.protocol).Params
     except Exception:  # an unknown protocol is reported by the recipe's check
         model = None
     parts = []
     for name, value in step.parameters.items():
         unit = ""
         if model is not None and name in model.model_fields:
-            unit = field_info(model, name)["unit"]
+            unit = catalog.field_info(model, name)["unit"]
         parts.append(f"{name} = {format_value(value)}{' ' + unit if unit else ''}")
     return ", ".join(parts) or "(the protocol's defaults)"
 

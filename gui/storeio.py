@@ -1,8 +1,6 @@
-"""Store reads and writes the window needs beyond the Store's public methods.
+"""Store reads the window needs beyond the Store's public methods.
 
 All of these are called on worker threads (gui.tasks), never on the GUI thread.
-Asked of the store's owner: ``Store.set_notes(run_id, text)``; until it exists,
-:func:`set_run_notes` writes the column through the Store's SQLAlchemy engine.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import math
 from typing import Any
 
 import numpy as np
-from sqlalchemy import update
 
 PLOT_COLUMNS = ("t", "v_set", "v", "i", "cycle", "pulse", "phase", "channel")
 READ_BLOCK = 250_000
@@ -20,19 +17,6 @@ READ_BLOCK = 250_000
 def records(df) -> list[dict[str, Any]]:
     """DataFrame rows as dicts with None for missing values (NaN, NaT, NA)."""
     return df.astype(object).where(df.notna(), None).to_dict("records")
-
-
-def set_run_notes(store, run_id: int, text: str) -> None:
-    """Replace the run's notes."""
-    setter = getattr(store, "set_notes", None)
-    if callable(setter):
-        setter(run_id, text)
-        return
-    from labctl.store import schema
-
-    store.run(run_id)  # raises StoreError naming the run if it does not exist
-    with store.engine.begin() as conn:
-        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(notes=text))
 
 
 def load_points_for_display(
@@ -72,7 +56,7 @@ def load_run_for_display(
     """The run's points for plotting (:func:`load_points_for_display`) and, for a run on
     several channels, each channel's label: its instrument name and sample ("smub: chipB");
     {} for a run on one channel."""
-    from labctl.engine import run_channel_names
+    from labctl.api import run_channel_names
 
     cols = load_points_for_display(store, run_id, n_points=n_points)
     channels = sorted(int(c) for c in np.unique(cols["channel"]))

@@ -39,9 +39,9 @@ def watch_start(store, run_id: int) -> tuple[dict[str, Any], float | None]:
     if total is not None:
         return run, float(total)
     try:
-        from labctl.protocols.base import get_protocol
+        from labctl import catalog
 
-        total = get_protocol(run["protocol"])(run["parameters"]).estimated_duration_s()
+        total = catalog.protocol(run["protocol"])(run["parameters"]).estimated_duration_s()
     except Exception:
         total = None
     return run, total

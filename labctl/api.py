@@ -151,6 +151,85 @@ def check_settings(driver: Any, settings: dict[str, Any]) -> None:
         checked({k: v for k, v in settings.items() if (k, v) != ("timing", "best_effort")})
 
 
+def check_run(
+    store: Any,
+    protocols: Any,
+    driver: Any,
+    sample: Any,
+    channel_samples: dict[int, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Everything the engine checks before any output is enabled, without making a run:
+    the settings the driver takes (:func:`check_settings`), the samples' limits against
+    the stored ones, every Program of every step (a sequence: ``protocols`` a list)
+    against the sample on each channel. Raises the refusal (naming the step, the field and
+    the limit). The protocols are checked as the engine runs them: a default current limit
+    above the samples' max_i lowered to it."""
+    from labctl.engine import bounded_defaults, check_sequence
+
+    steps = list(protocols) if isinstance(protocols, list | tuple) else [protocols]
+    check_settings(driver, settings or {})
+    samples = [sample, *(channel_samples or {}).values()]
+    checked = [p for p, _note in bounded_defaults(steps, samples)]
+    refused, _records = check_sequence(store, checked, driver, sample, channel_samples, settings)
+    if refused is not None:
+        raise refused[1]
+
+
+def estimate(
+    protocol: Any, driver: Any = None, settings: dict[str, Any] | None = None
+) -> tuple[float | None, int | None]:
+    """(duration in s, number of points) of an open-loop protocol; (None, None) for a
+    closed-loop one (its length depends on the device).
+
+    With a connected ``driver`` the duration is what the engine will estimate at the
+    run's start (the driver's timing model with the run's instrument ``settings``: the
+    protocol's, then these; arithmetic on the round trip probed at connect, nothing sent);
+    without one, the duration the protocol asks for."""
+    if protocol.closed_loop:
+        return None, None
+    programs = protocol.programs()
+    timed = _timed_as(driver, {**protocol.instrument_settings(), **(settings or {})})
+    if timed is None:
+        total = float(sum(p.total_duration for p in programs))
+    else:
+        total = float(sum(timed.timing_for(p).duration_s for p in programs))
+    points = int(sum(int(p.sample.sum()) for p in programs))
+    return total, points
+
+
+def _timed_as(driver: Any, settings: dict[str, Any]) -> Any:
+    """A copy of ``driver`` holding ``settings`` (nplc, timing, ...) as the run will
+    configure it, for its ``timing_for``; nothing is sent (only the attributes a configure
+    sets are taken). The driver itself with settings it cannot take so; None for no driver
+    or one that states nothing about its timing."""
+    import copy
+
+    from labctl.errors import LabctlError
+    from labctl.feasibility import split_timing
+
+    if driver is None or not hasattr(driver, "timing_for"):
+        return None
+    if getattr(driver, "_apply_settings", None) is None:
+        return driver
+    twin = copy.copy(driver)
+    try:
+        driver_settings, _best_effort = split_timing(settings, None)
+        known = {k: v for k, v in driver_settings.items() if k in driver.settings}
+        twin._apply_settings(twin.checked_settings(known))
+    except LabctlError:  # refused here, refused by the run: the present settings' figure
+        return driver
+    return twin
+
+
+def run_channel_names(run: dict[str, Any]) -> dict[int, str]:
+    """Channel -> the instrument's name for it (smua, ...) of a stored run (``store.run``);
+    {} for a run stored without channel names."""
+    from labctl.engine import run_channel_names as names
+
+    return names(run)
+
+
 def run_recipe(
     recipe: Any,
     *,
