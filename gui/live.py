@@ -357,7 +357,6 @@ class EngineBridge(QObject):
 
     started = pyqtSignal(int, object)  # run_id, total instrument time (s) or None
     estimated = pyqtSignal(int, float)  # run_id, the total again after the first readings
-    program = pyqtSignal(int, float)  # program index, its start time (s)
     finished = pyqtSignal(object)  # RunResult
 
 
@@ -371,20 +370,14 @@ class GuiListener(Listener):
     def __init__(self, bridge: EngineBridge, inbox: Inbox) -> None:
         self.bridge = bridge
         self.inbox = inbox
-        self.started_at = time.monotonic()
 
     def on_start(self, run_id: int, total_s: float | None) -> None:
-        self.started_at = time.monotonic()
         with contextlib.suppress(RuntimeError):
             self.bridge.started.emit(int(run_id), total_s)
 
     def on_estimate(self, run_id: int, total_s: float) -> None:
         with contextlib.suppress(RuntimeError):
             self.bridge.estimated.emit(int(run_id), float(total_s))
-
-    def on_program(self, index: int, program, t_start: float) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.bridge.program.emit(int(index), float(t_start))
 
     def on_chunk(self, chunk) -> None:
         with contextlib.suppress(Exception):

@@ -867,9 +867,6 @@ class LivePlots(QWidget):
             self._metric_pinned = False
             vb.enableAutoRange(y=True)
 
-    def plot_boxes(self) -> list[PlotBox]:
-        return [self.iv, self.it, self.vt, self.gt, self.metric]
-
 
 class OverlayPlots(QWidget):
     """Several stored runs on the same axes: I-V and I(t), one colour per run, and per

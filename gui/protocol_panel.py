@@ -56,7 +56,6 @@ class ProtocolPanel(QWidget):
         self.recipe_source = ""
         # recorded with the run: the loaded recipe's text while unchanged; a sequence's as edited
         self.recipe_text: str | None = None
-        self.estimated_s: float | None = None
         self.sequence: Recipe | None = None  # a loaded sequence recipe: run instead of the form
         self.step_estimates: list[tuple[float | None, int | None]] = []  # all valid steps'
         self._edits = 0  # edits of the sequence so far: an estimate of older steps is dropped
@@ -171,7 +170,6 @@ class ProtocolPanel(QWidget):
             return
         protocol = self.form.validate()
         if protocol is None:
-            self.estimated_s = None
             self.estimate_label.setText("Fix the marked fields to see the estimated duration")
             self.estimate_changed.emit(None)
             return
@@ -188,7 +186,6 @@ class ProtocolPanel(QWidget):
 
     def _estimated(self, result) -> None:
         total, points = result
-        self.estimated_s = total
         if total is None:
             self.estimate_label.setText(
                 "Duration depends on the device (closed-loop protocol): no estimate"
@@ -205,7 +202,6 @@ class ProtocolPanel(QWidget):
         self.estimate_changed.emit(total)
 
     def _estimate_failed(self, exc: BaseException) -> None:
-        self.estimated_s = None
         self.estimate_label.setText(describe_error(exc))
         self.estimate_changed.emit(None)
 
@@ -304,7 +300,6 @@ class ProtocolPanel(QWidget):
     def _show_problems(self) -> bool:
         problems = self.editor.problems
         if problems:
-            self.estimated_s = None
             self.estimate_label.setText("Cannot start: " + "\n".join(problems))
             self.estimate_changed.emit(None)
         return bool(problems)
@@ -347,7 +342,6 @@ class ProtocolPanel(QWidget):
         points = sum(n for _t, n in estimates if n is not None)
         total = float(sum(known))
         closed = len(known) < len(estimates)
-        self.estimated_s = total if not closed else None
         text = f"Estimated duration of the {len(estimates)} steps: {fmt_duration(total)}"
         text += f" ({points:,} points)"
         if closed:
