@@ -75,8 +75,6 @@ class Inbox:
         self._items: deque[dict[str, np.ndarray]] = deque()
         self._pending = 0
         self._max = max_pending_points
-        self.total_put = 0
-        self.dropped = 0
         self.last_t = 0.0  # instrument time of the newest point put
 
     def put(self, cols: dict[str, np.ndarray]) -> None:
@@ -86,13 +84,10 @@ class Inbox:
         with self._lock:
             self._items.append(cols)
             self._pending += n
-            self.total_put += n
             self.last_t = float(cols["t"][-1])
             while self._pending > self._max and len(self._items) > 1:
                 old = self._items.popleft()
-                k = len(old["t"])
-                self._pending -= k
-                self.dropped += k
+                self._pending -= len(old["t"])
 
     def drain(self) -> list[dict[str, np.ndarray]]:
         with self._lock:
@@ -105,8 +100,6 @@ class Inbox:
         with self._lock:
             self._items.clear()
             self._pending = 0
-            self.total_put = 0
-            self.dropped = 0
             self.last_t = 0.0
 
 
