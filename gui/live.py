@@ -45,7 +45,7 @@ MAX_METRIC_ROWS = 100_000
 
 def batch_lobe_areas(v: np.ndarray, i: np.ndarray) -> np.ndarray:
     """Loop area (V >= 0 lobe + V <= 0 lobe) of each row of ``v``, ``i`` (cycles of equal
-    length, finite values): the same numbers as labctl.analysis.hysteresis.lobe_areas, for
+    length, finite values): the same numbers as labctl.analysis.lobe_areas, for
     many cycles in one pass of numpy (the shoelace sum over each lobe's points in cyclic
     order does not depend on where the cycle starts, so no rotation is needed)."""
     k, n = v.shape

@@ -8,7 +8,7 @@ The view never touches the store. Load on a worker thread and hand the result ov
 
 (:func:`load_reservoir_run` is plain Python: no Qt, safe off the GUI thread), or give
 :meth:`ReservoirView.show_result` arrays made elsewhere (``result_arrays`` of
-labctl.analysis.reservoir, or a dict with the same keys).
+labctl.analysis, or a dict with the same keys).
 """
 
 from __future__ import annotations
