@@ -217,6 +217,8 @@ class RunHandle:
         self.engine = RunEngine(store, [self._tracker, *listeners, *extra])
         self._result: Any = None
         self._error: BaseException | None = None
+        # its own flag, not Thread.join: a join interrupted by Ctrl-C may return early after
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(target,), name=name)
         self._thread.start()
 
@@ -228,6 +230,8 @@ class RunHandle:
             with self._tracker.lock:
                 if self._tracker.status in ("starting", "running"):
                     self._tracker.status = "failed"
+        finally:
+            self._finished.set()
 
     @property
     def status(self) -> str:
@@ -245,7 +249,7 @@ class RunHandle:
 
     @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._finished.is_set()
 
     @property
     def error(self) -> BaseException | None:
@@ -274,12 +278,12 @@ class RunHandle:
         waiting aborts the run, waits for its safe state and raises :class:`RunInterrupted`
         (a KeyboardInterrupt) carrying the result."""
         try:
-            self._thread.join(timeout)
+            self._finished.wait(timeout)
         except KeyboardInterrupt:
             self.abort()
-            self._thread.join()
+            self._finished.wait()
             raise RunInterrupted(self._result) from None
-        if self._thread.is_alive():
+        if not self._finished.is_set():
             raise TimeoutError(f"run {self.run_id} is still {self.status} after {timeout:g} s")
         if self._error is not None:
             raise self._error

@@ -133,16 +133,16 @@ def test_ctrl_c_in_wait_aborts_to_safe_state_and_re_raises(store):
     driver = labctl.connect(SMU)
     gate = Gate(driver, until_abort=True)
     handle = gated_start(store, driver, gate)
-    join = handle._thread.join
+    wait = handle._finished.wait
     calls = []
 
-    def interrupted_join(timeout=None):
+    def interrupted_wait(timeout=None):
         calls.append(timeout)
         if len(calls) == 1:  # the operator presses Ctrl-C (the notebook's interrupt)
             raise KeyboardInterrupt
-        return join(timeout)
+        return wait(timeout)
 
-    handle._thread.join = interrupted_join
+    handle._finished.wait = interrupted_wait
     with pytest.raises(KeyboardInterrupt) as caught:
         handle.wait()
     assert isinstance(caught.value, RunInterrupted)
