@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from labctl.drivers.base import Capabilities, Limits, check_program, raise_if_aborted
 from labctl.drivers.timing import Timing
+from labctl.protocols.base import Plan
 from labctl.protocols.reservoir import Reservoir
 
 from labctl.clock import VirtualClock
@@ -254,7 +255,7 @@ class OnArray(Reservoir):
     def streams(self) -> list[Program]:
         return self.stream_programs()
 
-    def plan(self) -> Iterator[Program]:
+    def plan(self) -> Plan:
         yield from self.streams
 
 
