@@ -323,6 +323,12 @@ def start(
     params = {k: v for k, v in options.items() if k not in own}
     if "sample" not in kwargs:
         raise TypeError("start() needs sample=NAME, as run() does")
+    if instrument is None:
+        from labctl.errors import ValidationError
+
+        raise ValidationError(
+            "instrument", "no instrument given; pass a resource string or a connected driver"
+        )
     proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)(params)
     store = kwargs.pop("store", None)
     if store is None or isinstance(store, str):

@@ -194,6 +194,8 @@ def test_a_bad_input_is_refused_by_start_itself(store):
     store.ensure_sample("low", max_v=0.5, max_i=1e-6)
     with pytest.raises(ValidationError, match="above the stored max_v"):
         labctl.start("iv_hysteresis", driver, sample="low", max_v=1.0, store=store)
+    with pytest.raises(ValidationError, match="instrument: no instrument given"):
+        labctl.start("iv_hysteresis", sample="chip", store=store)
     assert threading.active_count() == threads  # no run was started
     assert len(store.runs()) == 0
 
