@@ -113,9 +113,11 @@ def run(
     points, then raises :class:`~labctl.background.RunInterrupted` (a KeyboardInterrupt
     carrying the result), so a notebook cell or a script stops there.
     """
+    from labctl.background import check_free
     from labctl.connect import connect
     from labctl.protocols.base import Protocol, get_protocol
 
+    check_free(instrument)  # a background run (labctl.start) is not using it
     if isinstance(protocol, Protocol):
         proto = protocol
     else:
@@ -308,7 +310,7 @@ def start(
     are refused here, before the thread starts; what fails later (the connection, a
     refusal by the instrument's ranges) is raised by ``wait()`` or stored with the run.
     """
-    from labctl.background import RunHandle
+    from labctl.background import RunHandle, check_free
     from labctl.protocols.base import Protocol, get_protocol
     from labctl.protocols.recipe import Recipe
 
@@ -329,6 +331,7 @@ def start(
         raise ValidationError(
             "instrument", "no instrument given; pass a resource string or a connected driver"
         )
+    check_free(instrument)  # before anything is made; RunHandle claims it for the run
     proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)(params)
     store = kwargs.pop("store", None)
     if store is None or isinstance(store, str):
@@ -349,6 +352,7 @@ def start(
         listeners,
         progress=progress,
         name=f"labctl run {proto.name}",
+        instrument=instrument,
     )
 
 
@@ -377,4 +381,5 @@ def start_recipe(
         listeners,
         progress=progress,
         name=f"labctl run {recipe.protocol}",
+        instrument=options.get("instrument") or recipe.instrument.get("resource"),
     )

@@ -24,6 +24,37 @@ import numpy as np
 
 from labctl.data import Chunk
 from labctl.engine import Listener, RunEngine, RunResult
+from labctl.errors import ValidationError
+
+# The instruments a background run is using (a resource string, or a driver by identity),
+# so that a cell run again while its run goes on cannot drive the same instrument twice.
+_RUNNING: dict[Any, RunHandle] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def _key(instrument: Any) -> Any:
+    return instrument if isinstance(instrument, str) else id(instrument)
+
+
+def _refuse_if_busy(instrument: Any, field: str) -> None:
+    """Under _RUNNING_LOCK: refuse ``instrument`` if a background run other than the
+    caller's own thread's is using it."""
+    handle = _RUNNING.get(_key(instrument))
+    if handle is None or handle._thread is threading.current_thread():
+        return
+    run = f"run {handle.run_id}" if handle.run_id is not None else "a run (starting)"
+    raise ValidationError(
+        field,
+        f"{run} is going on on this instrument in the background; handle.abort() or "
+        "handle.wait() first",
+    )
+
+
+def check_free(instrument: Any, field: str = "instrument") -> None:
+    """Refuse ``instrument`` while a background run is using it (ValidationError naming
+    ``field``, the run and how to end it)."""
+    with _RUNNING_LOCK:
+        _refuse_if_busy(instrument, field)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -210,8 +241,10 @@ class RunHandle:
         *,
         progress: bool = False,
         name: str = "labctl run",
+        instrument: Any = None,
     ) -> None:
         self.abort_requested = False
+        self._instrument = instrument
         self._tracker = _Tracker(self)
         extra = [ProgressBar()] if progress else []
         self.engine = RunEngine(store, [self._tracker, *listeners, *extra])
@@ -220,6 +253,10 @@ class RunHandle:
         # its own flag, not Thread.join: a join interrupted by Ctrl-C may return early after
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(target,), name=name)
+        if instrument is not None:  # claimed and checked at once: two cells cannot both win
+            with _RUNNING_LOCK:
+                _refuse_if_busy(instrument, "instrument")
+                _RUNNING[_key(instrument)] = self
         self._thread.start()
 
     def _main(self, target: Callable[[RunEngine], Any]) -> None:
@@ -231,6 +268,9 @@ class RunHandle:
                 if self._tracker.status in ("starting", "running"):
                     self._tracker.status = "failed"
         finally:
+            if self._instrument is not None:
+                with _RUNNING_LOCK:
+                    _RUNNING.pop(_key(self._instrument), None)
             self._finished.set()
 
     @property

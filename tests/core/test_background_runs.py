@@ -270,3 +270,20 @@ def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(block, "README.md", "exec"), {})
     assert out.getvalue().splitlines()[-1] == "completed 400"
+
+
+def test_an_instrument_in_a_background_run_is_refused_to_another_run(store):
+    """A cell run again while its run goes on: the second run is refused before anything is
+    sent, naming the run; once the first is final the instrument is free."""
+    driver = labctl.connect(SMU)
+    gate = Gate(driver)
+    handle = gated_start(store, driver, gate)
+    again = {"sample": "chip", "store": store, **IV}
+    with pytest.raises(ValidationError, match=f"run {handle.run_id} is going on"):
+        labctl.start("iv_hysteresis", driver, **again)
+    with pytest.raises(ValidationError, match=r"handle\.abort\(\) or handle\.wait\(\) first"):
+        labctl.run("iv_hysteresis", driver, **again)
+    gate.go.set()
+    assert handle.wait(timeout=WAIT_S).ok
+    assert labctl.start("iv_hysteresis", driver, **again).wait(timeout=WAIT_S).ok
+    assert len(store.runs()) == 2
