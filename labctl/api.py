@@ -320,7 +320,7 @@ def start(
         )
     import inspect
 
-    own = set(inspect.signature(run).parameters) - {"protocol", "instrument", "params"}
+    own = set(inspect.signature(run).parameters) - {"protocol", "instrument", "params", "engine"}
     kwargs = {k: v for k, v in options.items() if k in own}
     params = {k: v for k, v in options.items() if k not in own}
     if "sample" not in kwargs:
