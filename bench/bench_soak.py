@@ -4,7 +4,7 @@ for minutes.
     .venv/bin/python bench/bench_soak.py                    # 24 h at 2 Hz on the virtual clock
     .venv/bin/python bench/bench_soak.py --mode writer      # the same points put one by one
     .venv/bin/python bench/bench_soak.py --concurrent 300   # 2 writer processes + a reader, 5 min
-    ... --pg            # on a temporary PostgreSQL server (labctl.store.pgserver), else SQLite
+    ... --pg            # on a temporary PostgreSQL server (tests.pgserver), else SQLite
     ... --db URL        # on this store instead
 
 ``--mode engine`` (default) runs chronoamperometry (0.1 V held for 24 h, a sample every 0.5 s:
@@ -83,7 +83,8 @@ def open_target(args):
     if args.db:
         return args.db, lambda: None
     if args.pg:
-        from labctl.store.pgserver import TempPostgres
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not shipped
+        from tests.pgserver import TempPostgres
 
         server = TempPostgres().start()
         return server.create_database("soak"), server.stop

@@ -11,7 +11,7 @@ Prints ``name: value unit`` lines. SQLite:
 - read-back rows/s into a DataFrame: store.points against pandas.read_sql and a raw sqlite3
   fetchall into a DataFrame, of the same query.
 
-PostgreSQL (a temporary server started like the tests do, labctl.store.pgserver, unless
+PostgreSQL (a temporary server started like the tests do, tests.pgserver, unless
 ``--pg URL`` names one; its tables are reset):
 
 - raw_pg_copy_binary_plain / _store_schema: psycopg binary COPY of a prebuilt payload (no
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import sqlite3
+import sys
 import tempfile
 import time
 from itertools import repeat
@@ -315,7 +316,8 @@ def read_raw_pg_copy_csv(store: Store, run_id: int, n: int) -> float:
 def bench_pg(url: str | None, chunk: Chunk, repeats: int) -> None:
     server = None
     if url is None:
-        from labctl.store.pgserver import PostgresUnavailable, TempPostgres
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not shipped
+        from tests.pgserver import PostgresUnavailable, TempPostgres
 
         try:
             server = TempPostgres().start()

@@ -1,53 +1,50 @@
 """Writing recipe TOML (reading is protocols.recipe's job).
 
-A recipe holds only simple values (text, numbers, booleans, lists of them, and small
-tables of those for metadata), so a small writer is enough; what it writes reads back with
-``tomllib`` to the same values (tested).
+The values are written by ``tomli-w`` (strings escaped as TOML requires, floats that read
+back exactly, nan and inf); this module only lays out the tables in the order a recipe
+documents them and turns what TOML cannot hold into one clear refusal. A key whose value is
+None is an unset field and is left out; a None inside a list has no TOML form and is refused
+naming the field.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from typing import Any
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+import tomli_w
+
+from labctl.errors import ValidationError
 
 
-def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+def toml_ready(value: Any, field: str) -> Any:
+    """``value`` as tomli-w writes it: tuples as lists, numpy scalars and arrays as Python
+    values, keys of None left out of tables. None in a list, or a value TOML has no form
+    for, is refused (ValidationError naming ``field``, e.g. ``parameters.levels[2]``)."""
+    if value is None:
+        raise ValidationError(field, "None has no TOML form; give a value or leave the key out")
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy scalar or array
+        value = value.tolist()
+    if isinstance(value, bool | int | float | str):
+        return value
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value if v is not None) + "]"
+        return [toml_ready(v, f"{field}[{k}]") for k, v in enumerate(value)]
     if isinstance(value, dict):
-        items = [f"{_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{" + ", ".join(items) + "}"
-    if hasattr(value, "item"):  # numpy scalar
-        return toml_value(value.item())
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+        return {
+            str(k): toml_ready(v, f"{field}.{k}" if field else str(k))
+            for k, v in value.items()
+            if v is not None
+        }
+    raise ValidationError(
+        field,
+        f"a value of type {type(value).__name__} has no TOML form (text, numbers, booleans, "
+        "lists and tables only)",
+    )
 
 
-def _table(header: str, values: dict[str, Any]) -> list[str]:
-    """A blank line, ``[header]`` and its keys (nested tables written inline)."""
-    lines = ["", f"[{header}]"]
-    lines.extend(f"{_key(k)} = {toml_value(v)}" for k, v in values.items() if v is not None)
-    return lines
+def _toml(values: dict[str, Any], where: str = "") -> str:
+    """tomli-w's text of ``values`` (checked by :func:`toml_ready`; ``where`` prefixes the
+    fields named in a refusal)."""
+    return tomli_w.dumps(toml_ready(values, where))
 
 
 def dump_recipe(
@@ -61,9 +58,9 @@ def dump_recipe(
 ) -> str:
     """The TOML text of a recipe (keys in the order protocols.recipe documents them);
     ``sample2`` is the sample on the second channel of a two-channel run."""
-    lines = [f"protocol = {toml_value(protocol)}"]
+    doc: dict[str, Any] = {"protocol": protocol}
     if description:
-        lines.append(f"description = {toml_value(description)}")
+        doc["description"] = description
     for table, values in (
         ("sample", sample or {}),
         ("sample2", sample2 or {}),
@@ -71,38 +68,27 @@ def dump_recipe(
         ("parameters", parameters),
     ):
         values = {k: v for k, v in values.items() if v is not None and v != ""}
-        if not values and table != "parameters":
-            continue
-        lines.extend(_table(table, values))
-    return "\n".join(lines) + "\n"
+        if values or table == "parameters":
+            doc[table] = values
+    return _toml(doc)
 
 
 def dump_sequence(top: dict[str, Any], steps: list[dict[str, Any]]) -> str:
     """The TOML text of a sequence recipe: ``top`` holds everything but the steps (its
     description, [sample], [instrument] tables, as read), then one ``[[steps]]`` table per
     step (``protocol``, ``description`` and a ``[steps.parameters]`` table)."""
-    lines = []
-    tables = []
-    for key, value in top.items():
-        if key == "steps" or value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{_key(key)} = {toml_value(value)}")
-    for key, value in tables:
-        lines.extend(_table(_key(key), value))
-    for step in steps:
-        lines.extend(["", "[[steps]]"])
-        subtables = []
+    parts = [_toml({k: v for k, v in top.items() if k != "steps"})]
+    for n, step in enumerate(steps, start=1):
+        where = f"steps.{n}"
+        plain = {
+            k: v for k, v in step.items() if not isinstance(v, dict) and v is not None and v != ""
+        }
+        parts.append("[[steps]]\n" + _toml(plain, where))
         for key, value in step.items():
-            if isinstance(value, dict):
-                subtables.append((key, value))
-            elif value is not None and value != "":
-                lines.append(f"{_key(key)} = {toml_value(value)}")
-        for key, value in subtables:
-            lines.extend(_table(f"steps.{_key(key)}", value))
-    return "\n".join(lines).lstrip("\n") + "\n"
+            if isinstance(value, dict):  # [steps.parameters]: the last [[steps]]'s table
+                table = toml_ready(value, f"{where}.{key}")
+                parts.append(tomli_w.dumps({"steps": {key: table}}))
+    return "\n".join(p.strip("\n") + "\n" for p in parts if p.strip()).lstrip("\n")
 
 
 def with_samples(text: str, sample: dict[str, Any], sample2: dict[str, Any] | None = None) -> str:

@@ -9,7 +9,17 @@ __version__ = "0.1.0"
 
 from labctl.connect import connect
 
-__all__ = ["__version__", "connect", "open_store", "run", "run_recipe"]
+__all__ = [
+    "ProgressBar",
+    "RunHandle",
+    "__version__",
+    "connect",
+    "open_store",
+    "run",
+    "run_recipe",
+    "start",
+    "start_recipe",
+]
 
 
 def __getattr__(name: str):
@@ -17,4 +27,12 @@ def __getattr__(name: str):
         from labctl import api
 
         return getattr(api, name)
+    if name in ("start", "start_recipe"):  # background runs, for notebooks
+        from labctl import api
+
+        return getattr(api, name)
+    if name in ("ProgressBar", "RunHandle"):
+        from labctl import background
+
+        return getattr(background, name)
     raise AttributeError(f"module 'labctl' has no attribute {name!r}")

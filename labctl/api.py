@@ -87,6 +87,7 @@ def run(
     operator: str | None = None,
     settings: dict[str, Any] | None = None,
     timing: str | None = None,
+    engine: RunEngine | None = None,
     **params: Any,
 ) -> RunResult:
     """Run a protocol (name or instance) on an instrument (resource string or driver).
@@ -105,11 +106,18 @@ def run(
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
-    in safe state afterwards.
+    in safe state afterwards. ``engine``: the RunEngine to run on (its listeners, not
+    ``listeners``; :func:`start` passes its own).
+
+    Ctrl-C aborts the run to the instrument's safe state, stores it as 'aborted' with its
+    points, then raises :class:`~labctl.background.RunInterrupted` (a KeyboardInterrupt
+    carrying the result), so a notebook cell or a script stops there.
     """
+    from labctl.background import check_free
     from labctl.connect import connect
     from labctl.protocols.base import Protocol, get_protocol
 
+    check_free(instrument)  # a background run (labctl.start) is not using it
     if isinstance(protocol, Protocol):
         proto = protocol
     else:
@@ -130,16 +138,28 @@ def run(
                 store, sample2, max_v=max_v2, max_i=max_i2, field="sample2.", name_field="sample2"
             ),
         }
-    engine = RunEngine(store, listeners)
+    engine = engine or RunEngine(store, listeners)
     if isinstance(instrument, str):
         driver = connect(instrument)
         try:
             check_settings(driver, options["settings"])
-            return engine.run(proto, driver, smp, resource=instrument, **options)
+            result = engine.run(proto, driver, smp, resource=instrument, **options)
         finally:
             driver.close()
-    check_settings(instrument, options["settings"])
-    return engine.run(proto, instrument, smp, **options)
+    else:
+        check_settings(instrument, options["settings"])
+        result = engine.run(proto, instrument, smp, **options)
+    return _unless_interrupted(engine, result)
+
+
+def _unless_interrupted(engine: RunEngine, result: Any) -> Any:
+    """``result``, or RunInterrupted carrying it when Ctrl-C aborted the run: the run is
+    final and stored, and the caller stops as Ctrl-C asks."""
+    if engine.interrupted:
+        from labctl.background import RunInterrupted
+
+        raise RunInterrupted(result)
+    return result
 
 
 def check_settings(driver: Any, settings: dict[str, Any]) -> None:
@@ -348,3 +368,97 @@ def _recipe_sample(
         asked = getattr(recipe, "overrides", {}) or {}
         limits = {k: v if f"{field}.{k}" in asked else None for k, v in limits.items()}
     return resolve_sample(store, name, **limits, field=f"{field}.", name_field=where)
+
+
+def start(
+    protocol: str | Any,
+    instrument: str | Any = None,
+    *,
+    progress: bool = False,
+    listeners: Iterable[Listener] = (),
+    **options: Any,
+):  # -> labctl.background.RunHandle
+    """Start a run in a background thread and return its handle at once (for notebooks):
+    ``.progress``, ``.points()`` so far, ``.abort()``, ``.wait()`` -> RunResult, ``.status``
+    (:class:`labctl.background.RunHandle`). ``progress=True`` shows a progress bar (a
+    widget in Jupyter, text in a terminal; needs tqdm).
+
+    The arguments are :func:`run`'s (``sample=``, ``store=``, limits, settings, the
+    protocol's parameters); a loaded Recipe as ``protocol`` takes :func:`run_recipe`'s
+    instead (:func:`start_recipe`). A bad parameter, or limits above a stored sample's,
+    are refused here, before the thread starts; what fails later (the connection, a
+    refusal by the instrument's ranges) is raised by ``wait()`` or stored with the run.
+    """
+    from labctl.background import RunHandle, check_free
+    from labctl.protocols.base import Protocol, get_protocol
+    from labctl.protocols.recipe import Recipe
+
+    if isinstance(protocol, Recipe):
+        return start_recipe(
+            protocol, instrument=instrument, progress=progress, listeners=listeners, **options
+        )
+    import inspect
+
+    own = set(inspect.signature(run).parameters) - {"protocol", "instrument", "params", "engine"}
+    kwargs = {k: v for k, v in options.items() if k in own}
+    params = {k: v for k, v in options.items() if k not in own}
+    if "sample" not in kwargs:
+        raise TypeError("start() needs sample=NAME, as run() does")
+    if instrument is None:
+        from labctl.errors import ValidationError
+
+        raise ValidationError(
+            "instrument", "no instrument given; pass a resource string or a connected driver"
+        )
+    check_free(instrument)  # before anything is made; RunHandle claims it for the run
+    proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)(params)
+    store = kwargs.pop("store", None)
+    if store is None or isinstance(store, str):
+        store = open_store(store)
+    resolve_sample(store, kwargs["sample"], kwargs.get("max_v"), kwargs.get("max_i"))
+    if kwargs.get("sample2") is not None:
+        resolve_sample(
+            store,
+            kwargs["sample2"],
+            kwargs.get("max_v2"),
+            kwargs.get("max_i2"),
+            field="sample2.",
+            name_field="sample2",
+        )
+    return RunHandle(
+        lambda engine: run(proto, instrument, store=store, engine=engine, **kwargs),
+        store,
+        listeners,
+        progress=progress,
+        name=f"labctl run {proto.name}",
+        instrument=instrument,
+    )
+
+
+def start_recipe(
+    recipe: Any,
+    *,
+    progress: bool = False,
+    listeners: Iterable[Listener] = (),
+    **options: Any,
+):  # -> labctl.background.RunHandle
+    """:func:`run_recipe` in a background thread, as :func:`start` (``options`` are
+    run_recipe's: ``store``, ``instrument``, ``sample``, ...): the handle's ``wait()``
+    returns the list of results; ``progress`` and ``points()`` follow the step going on;
+    ``abort()`` stops it in safe state and skips the later steps. Every step's parameters
+    are checked here, before the thread starts."""
+    from labctl.background import RunHandle
+
+    for step in recipe.steps or [recipe]:
+        step.build()
+    store = options.pop("store", None)
+    if store is None or isinstance(store, str):
+        store = open_store(store)
+    return RunHandle(
+        lambda engine: run_recipe(recipe, store=store, engine=engine, **options),
+        store,
+        listeners,
+        progress=progress,
+        name=f"labctl run {recipe.protocol}",
+        instrument=options.get("instrument") or recipe.instrument.get("resource"),
+    )

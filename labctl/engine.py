@@ -507,6 +507,7 @@ class RunEngine:
         self.listeners = list(listeners)
         self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
         self.abort_event = threading.Event()
+        self.interrupted = False  # the last run was aborted by Ctrl-C (SIGINT)
         self._pause = threading.Event()
         self._resume = threading.Event()
 
@@ -609,6 +610,7 @@ class RunEngine:
         if group_id is None and len(protocols) > 1:
             group_id = uuid.uuid4().hex[:12]
         self.abort_event.clear()
+        self.interrupted = False
         self.resume()
         results: list[RunResult] = []
         refused = self._check_all(
@@ -822,8 +824,9 @@ class RunEngine:
                 self._notify("on_chunk", chunk)
                 self._revise_estimate(driver, chunk)
             took = clock.now() - began
-        except (Aborted, KeyboardInterrupt):
+        except (Aborted, KeyboardInterrupt) as exc:
             status, error = "aborted", "aborted by the operator"
+            self.interrupted = self.interrupted or isinstance(exc, KeyboardInterrupt)
         except LabctlError as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug or an unexpected library error: keep the trace
@@ -1159,6 +1162,7 @@ class RunEngine:
         def on_signal(signum, _frame):
             if signum == signal.SIGINT and self.abort_event.is_set():
                 raise KeyboardInterrupt
+            self.interrupted = self.interrupted or signum == signal.SIGINT
             self.abort_event.set()
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -4,8 +4,11 @@ Each stream of :meth:`Reservoir.stream_programs` (an image row, or a mask) plays
 device of ``make_device_array`` (lognormal device-to-device spread of G and tau), all
 devices side by side in one call. The samples come back as Chunks with the Programs' tags,
 so :meth:`Reservoir.analyze` reads them exactly as it reads a run measured on one SMU
-channel, where the same streams play in turn. :func:`record` stores such a run in the run
-store (protocol "reservoir", the array in its parameters), points and metrics included.
+channel, where the same streams play in turn. :func:`record` runs it through the RunEngine,
+as every run is made (limits checked before anything plays, points streamed to the store,
+the protocol's analysis and the timing metrics, a final status): :class:`ArrayDriver` is
+the array as the engine's instrument, and the protocol is "reservoir" with its own
+parameters, so the stored run reads, reanalyses and reruns on an SMU as any other.
 
     proto = Reservoir({"task": "narma10", "masks": 8})
     sim = simulate(proto, ArraySpec(seed=1, tau_s=0.08, tau_spread=1.0))
@@ -14,19 +17,29 @@ store (protocol "reservoir", the array in its parameters), points and metrics in
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+from labctl.drivers.base import Capabilities, Limits, check_program, raise_if_aborted
+from labctl.drivers.timing import Timing
+from labctl.protocols.base import Plan
 from labctl.protocols.reservoir import Reservoir
 
+from labctl.clock import VirtualClock
 from labctl.data import Chunk
+from labctl.engine import Listener, RunEngine
+from labctl.errors import LabctlError, ValidationError
 from labctl.program import Program
 
 __all__ = [
     "NO_MEMORY_TAU_S",
     "SETUPS",
+    "ArrayDriver",
     "ArraySpec",
     "SeedScores",
     "SimRun",
@@ -233,6 +246,166 @@ def score_seeds(
     )
 
 
+class OnArray(Reservoir):
+    """The reservoir protocol as an array plays it: its plan is :meth:`stream_programs`, one
+    Program per device, instead of the streams in turn on one channel. Name, parameters and
+    analysis are Reservoir's (it is not registered: the run is stored as "reservoir")."""
+
+    @cached_property
+    def streams(self) -> list[Program]:
+        return self.stream_programs()
+
+    def plan(self) -> Plan:
+        yield from self.streams
+
+
+# A simulated array has no instrument ranges: the sample's limits are all that bound it.
+ARRAY_CAPABILITIES = Capabilities(
+    kind="smu",
+    hardware_timing=True,
+    list_length=0,
+    min_step_s=0.0,
+    v_max=float("inf"),
+    i_max=float("inf"),
+    source_modes=("V",),
+)
+
+
+@dataclass(frozen=True)
+class _ArrayLink:
+    """What the engine reads of an instrument's link: the resource it names the array by."""
+
+    resource: str
+
+
+def array_resource(spec: ArraySpec, n: int) -> str:
+    """``array://slit_bipolar?n=5&seed=1&g_spread=0.1&tau_spread=0.2&tau=0.003``: the
+    array's identity, every number that makes it."""
+    query = "&".join(f"{k}={v:g}" for k, v in spec.preset_params().items())
+    resource = f"array://{spec.device}?n={n}&seed={spec.seed}"
+    resource += f"&g_spread={spec.g_spread:g}&tau_spread={spec.tau_spread:g}"
+    return resource + (f"&{query}" if query else "")
+
+
+class ArrayDriver:
+    """The simulated device array ``spec`` as the RunEngine's instrument, for the run of
+    ``streams`` (:attr:`OnArray.streams`): the engine's Program k is stream k, played on
+    device k. Every device plays side by side in one vectorised call (:func:`play`) when
+    the first stream starts, after the engine checked every stream against the sample's
+    limits; ``sim`` (a :class:`SimRun` of these streams) gives samples simulated already.
+
+    The devices play at the same time: each stream's samples keep their time from the
+    array's start (the engine adds a Program's start, which this removes), and the run
+    lasts as long as the longest stream (:meth:`timing_for`: what each stream adds to it).
+    """
+
+    name = "reservoir_sim"
+    capabilities = ARRAY_CAPABILITIES
+    integrates = False  # the model gives the current at the step's end: no integration
+
+    def __init__(
+        self, spec: ArraySpec, streams: list[Program], *, sim: SimRun | None = None
+    ) -> None:
+        if sim is not None and len(sim.chunks) != len(streams):
+            raise ValidationError(
+                "sim", f"{len(sim.chunks)} devices simulated for {len(streams)} streams"
+            )
+        self.spec = spec
+        self.streams = streams
+        self.identity = array_resource(spec, len(streams))
+        self.transport = _ArrayLink(self.identity)
+        self.clock = VirtualClock()
+        self.warnings: list[str] = []
+        self.limits = Limits()
+        self.compliance_a: float | None = None
+        self.nplc: float | None = None
+        self.sim = sim
+        self._played = 0
+        self._t_first = 0.0
+        self._ends = np.maximum.accumulate([p.total_duration for p in streams])
+
+    def identify(self) -> str:
+        return self.identity
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def configure(self, **settings: Any) -> None:
+        """``compliance_a`` (checked against the sample's max_i with every stream) and
+        ``nplc`` (kept; the model does not integrate); any other key is refused."""
+        for key, value in settings.items():
+            if key not in ("compliance_a", "nplc"):
+                raise ValidationError(
+                    f"instrument.{key}", "a simulated array takes compliance_a and nplc only"
+                )
+            setattr(self, key, None if value is None else float(value))
+
+    def _index(self, program: Program) -> int:
+        """Which stream ``program`` is (the engine's may be copies of the same streams)."""
+        for k, stream in enumerate(self.streams):
+            if stream is program:
+                return k
+        for k, stream in enumerate(self.streams):
+            if np.array_equal(stream.level, program.level) and np.array_equal(
+                stream.duration, program.duration
+            ):
+                return k
+        raise LabctlError(f"{self.name}: a Program that is none of the run's streams")
+
+    def timing_for(self, program: Program) -> Timing:
+        """What stream ``program`` adds to the array's run (it plays beside the others)."""
+        k = self._index(program)
+        before = float(self._ends[k - 1]) if k else 0.0
+        sampled = program.duration[program.sample]
+        return Timing(
+            method="hardware",
+            duration_s=float(self._ends[k]) - before,
+            min_step_s=0.0,
+            basis="any step (a simulated array)",
+            shortest_s=float(sampled.min()) if len(sampled) else float("inf"),
+            unmet=0,
+        )
+
+    def execute(self, program: Program, abort: threading.Event | None = None) -> Iterator[Chunk]:
+        raise_if_aborted(abort)
+        check_program(program, self.limits, self.capabilities, "refused by the array driver",
+                      limit=self.compliance_a)  # fmt: skip
+        k = self._played
+        if k >= len(self.streams) or self._index(program) != k:
+            raise LabctlError(f"{self.name}: Program {k + 1} is not the run's stream {k + 1}")
+        if self.sim is None:
+            t0 = time.perf_counter()
+            chunks, steps = play(self.streams, self.spec)
+            points = Chunk.concat(chunks).to_frame()
+            self.sim = SimRun(chunks, points, steps, time.perf_counter() - t0)
+        if k == 0:
+            self._t_first = self.clock.now()
+        since = self.clock.now() - self._t_first  # the engine adds it back
+        self._played += 1
+        self.clock.sleep_until(self._t_first + float(self._ends[k]))
+        yield self.sim.chunks[k].shifted(-since)
+
+    def safe_state(self) -> None:
+        """Nothing is left on: a simulated device's level ends with its stream."""
+
+    def close(self) -> None: ...
+
+
+class _ArrayEvent(Listener):
+    """The array's description as an "array" event of the run, as it starts."""
+
+    def __init__(self, store: Any, driver: ArrayDriver) -> None:
+        self.store, self.driver = store, driver
+
+    def on_start(self, run_id: int, total_s: float | None) -> None:
+        self.store.add_event(
+            run_id,
+            "array",
+            f"simulated on {self.driver.identity}",
+            data=self.driver.spec.describe(),
+        )
+
+
 def record(
     store: Any,
     protocol: Reservoir,
@@ -240,46 +413,31 @@ def record(
     *,
     sample: str = "simulated-array",
     sim: SimRun | None = None,
-    metrics: list[dict[str, Any]] | None = None,
     operator: str | None = None,
+    max_v: float | None = None,
+    max_i: float | None = None,
 ) -> int:
-    """Store a simulated-array run: protocol "reservoir" with its parameters, the array as
-    the instrument (``array://`` resource) and as an "array" event, the points and the
-    metrics (simulated and analysed here unless given).
-    Returns the run id; the run is 'completed', or 'failed' with the error if the analysis
-    raised (the points are kept either way)."""
-    sim = sim or simulate(protocol, spec)
-    smp = store.ensure_sample(sample)
-    n = len(sim.chunks)
-    query = "&".join(f"{k}={v:g}" for k, v in spec.preset_params().items())
-    resource = f"array://{spec.device}?n={n}&seed={spec.seed}"
-    resource += f"&g_spread={spec.g_spread:g}&tau_spread={spec.tau_spread:g}"
-    resource += f"&{query}" if query else ""
-    instrument = store.ensure_instrument(
-        f"labctl device array ({spec.device} x {n})", resource=resource, driver="reservoir_sim"
-    )
-    run_id = store.create_run(
-        protocol=protocol.name,
-        # the protocol's own parameters only, so the run can be rebuilt and rerun on an SMU;
-        # the array is in the instrument identity and in the "array" event
-        parameters=protocol.params.model_dump(mode="json"),
-        sample_id=smp.id,
-        instrument_id=instrument,
-        instrument_identity=resource,
-        operator=operator,
-    )
-    store.add_event(run_id, "array", f"simulated on {resource}", data=spec.describe())
-    status, error = "completed", None
-    writer = store.writer(run_id)
-    try:
-        for chunk in sim.chunks:
-            writer.put(chunk)
-    finally:
-        writer.close()
-    try:
-        rows = metrics if metrics is not None else protocol.analyze(sim.points)
-        store.add_metrics(run_id, rows)
-    except Exception as exc:  # the points stay; the run says why it has no metrics
-        status, error = "failed", f"analysis: {type(exc).__name__}: {exc}"
-    store.finish_run(run_id, status, error)
-    return run_id
+    """Run ``protocol`` on the array ``spec`` through the RunEngine and return the run id:
+    protocol "reservoir" with its own parameters (so it can be rerun on an SMU), the array
+    as the instrument (``array://`` identity) and as an "array" event, the points, the
+    protocol's metrics and the timing metrics; 'completed', or 'failed' with the refusal or
+    the error (an analysis that raises is an error event; the points are kept either way).
+
+    The sample's stored limits hold, as on any instrument. A new sample (or a stored one
+    without a limit) is held to ``max_v``/``max_i``, by default the streams' largest level
+    and the protocol's compliance: a simulated device cannot be harmed, but the record
+    says what it was asked to stand. ``sim``: samples simulated already (:func:`simulate`
+    of these streams on this array).
+    """
+    from labctl.api import resolve_sample
+
+    run = OnArray(protocol.params)
+    driver = ArrayDriver(spec, run.streams, sim=sim)
+    stored = store.get_sample(sample)
+    if max_v is None and (stored is None or stored.max_v is None):
+        max_v = max(p.max_abs_level() for p in run.streams)
+    if max_i is None and (stored is None or stored.max_i is None):
+        max_i = protocol.p.compliance_a
+    smp = resolve_sample(store, sample, max_v=max_v, max_i=max_i)
+    engine = RunEngine(store, [_ArrayEvent(store, driver)])
+    return engine.run(run, driver, smp, operator=operator).run_id

@@ -1,6 +1,6 @@
 """Fixtures of the run store tests. Every test that takes ``store`` (or ``db_url``) runs on
 SQLite and on PostgreSQL: a server of its own is started once per session from the installed
-binaries (labctl.store.pgserver), and each test gets a new database on it. Those tests are
+binaries (tests.pgserver), and each test gets a new database on it. Those tests are
 skipped only where no PostgreSQL server binaries are installed (.ci/run installs them)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from labctl.store import Store
 from labctl.store.db import sqlite_url
-from labctl.store.pgserver import PostgresUnavailable, TempPostgres
+from tests.pgserver import PostgresUnavailable, TempPostgres
 from tests.store.storetest import chunk_of
 
 BACKENDS = ("sqlite", "postgresql")

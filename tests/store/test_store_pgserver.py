@@ -1,11 +1,11 @@
-"""The throwaway PostgreSQL server of the tests and benchmarks (labctl.store.pgserver)."""
+"""The throwaway PostgreSQL server of the tests and benchmarks (tests.pgserver)."""
 
 from __future__ import annotations
 
 import pytest
 
-from labctl.store import pgserver
-from labctl.store.pgserver import PostgresUnavailable, TempPostgres
+from tests import pgserver
+from tests.pgserver import PostgresUnavailable, TempPostgres
 
 
 def test_a_folder_without_the_binaries_is_refused_with_the_reason(tmp_path):

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server in a temporary folder, for tests and benchmarks.
+"""A throwaway PostgreSQL server in a temporary folder, for tests and benchmarks (it lives in
+the test tree: users store runs on a server of their own, so the package does not ship it).
 
     with TempPostgres() as pg:            # initdb + postgres on a free port, socket in the folder
         url = pg.create_database("t1")    # postgresql+psycopg://labctl@/t1?host=...&port=...
