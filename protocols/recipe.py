@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import numbers
 import os
 import stat
 import tomllib
@@ -51,6 +50,7 @@ from typing import Any
 from labctl.protocols.base import Protocol, get_protocol, validate_params
 
 from labctl.errors import ValidationError
+from labctl.instrument import check_channels
 
 TOP_KEYS = (
     "protocol",
@@ -274,26 +274,6 @@ def _check_instrument_values(instrument: dict[str, Any]) -> None:
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])
-
-
-def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
-    """``[instrument] channels``: distinct channel numbers from 0 (refused naming ``field``)."""
-    ok = (
-        isinstance(value, list | tuple)
-        and 0 < len(value) <= 16
-        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in value)
-        and all(c >= 0 for c in value)
-    )
-    allowed = (
-        "allowed: a list of distinct channel numbers from 0, e.g. [0] or [0, 1] "
-        "(0: smua or channel 1, 1: smub or channel 2)"
-    )
-    if not ok:
-        raise ValidationError(field, f"{value!r} is not allowed; {allowed}")
-    twice = [c for k, c in enumerate(value) if c in value[:k]]
-    if twice:
-        raise ValidationError(field, f"{list(value)!r} names channel {twice[0]} twice; {allowed}")
-    return [int(c) for c in value]
 
 
 def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
