@@ -37,6 +37,7 @@ A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import stat
@@ -47,7 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from labctl.protocols.base import Protocol, get_protocol, validate_params
+from labctl.protocols.base import REGISTRY, Protocol, get_protocol, validate_params
 
 from labctl.errors import ValidationError
 from labctl.instrument import check_channels
@@ -146,8 +147,12 @@ def read_recipe_text(ref: str) -> tuple[str, str]:
     builtins = builtin_recipes()
     if ref in builtins:
         return builtins[ref], f"builtin:{ref}"
+    if ref in REGISTRY:  # a protocol with no recipe of its name (a plug-in's): its defaults
+        return f"protocol = {json.dumps(ref)}\n", f"protocol:{ref}"
     raise ValidationError(
-        "recipe", f"{ref!r} is neither a file nor a builtin recipe ({', '.join(builtins)})"
+        "recipe",
+        f"{ref!r} is neither a file, a builtin recipe ({', '.join(builtins)}) nor a protocol "
+        f"({', '.join(REGISTRY)})",
     )
 
 
