@@ -108,6 +108,7 @@ def run(
     in safe state afterwards.
     """
     from labctl.connect import connect
+    from labctl.instrument import check_driver
     from labctl.protocols.base import Protocol, get_protocol
 
     if isinstance(protocol, Protocol):
@@ -138,6 +139,7 @@ def run(
             return engine.run(proto, driver, smp, resource=instrument, **options)
         finally:
             driver.close()
+    check_driver(instrument)  # a driver made without connect() meets the contract too
     check_settings(instrument, options["settings"])
     return engine.run(proto, instrument, smp, **options)
 

@@ -86,9 +86,11 @@ class Registry(Mapping[str, T], Generic[T]):
         key: Callable[[str], str] = str,
         field: str | None = None,
         check: Callable[[str, Any], None] | None = None,
+        unknown: str = "unknown {what} {name!r}",
     ) -> None:
         self.group = group
         self.check = check  # raises ValidationError for an object that breaks the contract
+        self.unknown = unknown  # the refusal of a name not registered
         self.what = what  # "driver", "protocol", "emulator": for messages
         self.key = key  # how a name asked for is spelled as a key (emulators ignore _ and -)
         self.field = field or what
@@ -145,7 +147,8 @@ class Registry(Mapping[str, T], Generic[T]):
         if name not in self:
             raise ValidationError(
                 self.field,
-                f"unknown {self.what} {name!r}; available: {', '.join(self.names())}",
+                f"{self.unknown.format(what=self.what, name=name)}; available: "
+                f"{', '.join(self.names())}",
             )
         return self[name]
 

@@ -306,3 +306,17 @@ def test_a_plugins_protocol_must_be_registered_by_its_own_name(tmp_path, monkeyp
     finally:
         monkeypatch.undo()
         PROTOCOLS.refresh()
+
+
+def test_a_driver_made_without_connect_is_checked_by_the_api_before_a_run(tmp_path):
+    import labctl
+
+    with labctl.connect("sim://keithley2450?device=resistor") as drv:
+        drv.identity = None  # an identity that is not text
+        store = labctl.open_store(f"sqlite:///{tmp_path / 'p.db'}")
+        try:
+            with pytest.raises(ValidationError, match=r"has identity = None, not a str"):
+                labctl.run("iv_hysteresis", drv, store=store, sample="s", max_v=1, max_i=1e-6)
+            assert store.runs().empty  # refused before a run was made
+        finally:
+            store.close()

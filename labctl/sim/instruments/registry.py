@@ -33,7 +33,9 @@ def _key(model: str) -> str:
 # model name -> factory(device=..., clock=..., **opts), labctl's own and plug-ins' from the
 # labctl.emulators entry points; a model is found however it is spelled (keysight_b2900,
 # Keysight-B2900)
-EMULATORS: Registry[Callable[..., Emulator]] = Registry(GROUP, "emulator", key=_key, field="model")
+EMULATORS: Registry[Callable[..., Emulator]] = Registry(
+    GROUP, "emulator", key=_key, field="model", unknown="no emulator for {name!r}"
+)
 
 
 def channels_of(model: str) -> int:
