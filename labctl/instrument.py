@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import Aborted, LimitError, ValidationError
+from labctl.plugins import where
 from labctl.program import Program
 from labctl.transport import Transport
 
@@ -124,7 +125,7 @@ DRIVER_MEMBERS = (*_DATA, *_METHODS)
 def check_driver(driver: object) -> None:
     """Refuse a driver that lacks a member of :class:`Driver` (or has one of the wrong
     kind), naming the member and what it must be."""
-    who = f"{type(driver).__module__}:{type(driver).__qualname__}"
+    who = where(type(driver))
 
     def refuse(member: str, what: str) -> None:
         raise ValidationError(
@@ -149,7 +150,7 @@ def check_driver_class(name: str, cls: Any) -> None:
     """Refuse a driver class registered as ``name`` whose ``name`` is another (runs record
     the driver by name, and ``--driver NAME`` finds it again by that name)."""
     if getattr(cls, "name", None) != name:
-        who = f"{getattr(cls, '__module__', '?')}:{getattr(cls, '__qualname__', repr(cls))}"
+        who = where(cls)
         raise ValidationError(
             "instrument.driver",
             f"the driver {who} is registered as {name!r} but its name is "

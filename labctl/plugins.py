@@ -145,10 +145,14 @@ class Registry(Mapping[str, T], Generic[T]):
     def get_named(self, name: str) -> T:
         """The object named ``name``, or one message naming the field and those available."""
         if name not in self:
+            available = ", ".join(self.names()) or (
+                f"none: no distribution declares {self.group} entry points (an install of "
+                "labctl from before they were declared: pip install labctl, or pip install -e "
+                ". in a checkout, again)"
+            )
             raise ValidationError(
                 self.field,
-                f"{self.unknown.format(what=self.what, name=name)}; available: "
-                f"{', '.join(self.names())}",
+                f"{self.unknown.format(what=self.what, name=name)}; available: {available}",
             )
         return self[name]
 

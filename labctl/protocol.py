@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from labctl.data import Chunk
 from labctl.errors import ValidationError
 from labctl.plugins import PROTOCOLS as GROUP
-from labctl.plugins import Registry
+from labctl.plugins import Registry, where
 from labctl.program import Program
 
 Plan = Generator[Program, Chunk | None, None]
@@ -53,7 +53,7 @@ _METHODS = ("plan", "programs", "envelope", "instrument_settings", "analyze", "w
 def check_protocol_class(name: str, cls: Any) -> None:
     """Refuse a protocol class (registered as ``name``) that lacks a member of
     :class:`RunProtocol`, or whose ``name`` is not the one it is registered by."""
-    who = f"{getattr(cls, '__module__', '?')}:{getattr(cls, '__qualname__', repr(cls))}"
+    who = where(cls)
     members = ", ".join((*_CLASS_DATA, *_METHODS))
     missing = [m for m in _CLASS_DATA if not hasattr(cls, m)]
     missing += [m for m in _METHODS if not callable(getattr(cls, m, None))]

@@ -284,6 +284,9 @@ def test_a_plugin_that_does_not_load_breaks_only_itself(tmp_path, monkeypatch):
         reg.get_named("broken")
     with pytest.raises(ValidationError, match="unknown protocol 'nope'; available: broken, ok"):
         reg.get_named("nope")
+    # a group nobody declares (labctl installed before its entry points were): say so
+    with pytest.raises(ValidationError, match=r"available: none: no distribution declares"):
+        Registry("labctl.test_nobody", "driver").get_named("keithley2450")
 
 
 def test_a_plugins_protocol_must_be_registered_by_its_own_name(tmp_path, monkeypatch):
