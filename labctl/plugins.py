@@ -108,6 +108,8 @@ class Registry(Mapping[str, T], Generic[T]):
         self._loaded.clear()
 
     def add(self, name: str, obj: T) -> T:
+        if self.check is not None:
+            self.check(name, obj)
         self._added[self.key(name)] = obj
         return obj
 

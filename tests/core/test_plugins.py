@@ -323,3 +323,24 @@ def test_a_driver_made_without_connect_is_checked_by_the_api_before_a_run(tmp_pa
             assert store.runs().empty  # refused before a run was made
         finally:
             store.close()
+
+
+def test_a_scripts_own_protocol_registered_in_process_is_found_and_checked():
+    from labctl.protocols.base import get_protocol, register
+    from labctl.protocols.iv_hysteresis import IVHysteresis
+
+    class MySweep(IVHysteresis):
+        name = "my_sweep"
+
+    class NoPlan:
+        name = "no_plan"
+        Params = IVHysteresis.Params
+        closed_loop = False
+
+    try:
+        assert register(MySweep) is MySweep and get_protocol("my_sweep") is MySweep
+        with pytest.raises(ValidationError, match=r"no_plan.* has no plan; a labctl protocol"):
+            register(NoPlan)
+        assert "no_plan" not in PROTOCOLS
+    finally:
+        PROTOCOLS._added.pop("my_sweep", None)
