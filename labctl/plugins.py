@@ -16,8 +16,10 @@ listing it is left out with a warning naming it.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -47,28 +49,42 @@ def entry_points(group: str) -> dict[str, md.EntryPoint]:
     environment's, seen through a .pth) counts once: its first copy wins, as ``import``
     would pick that one. A name two distributions declare goes to the first, with a warning.
     """
-    out: dict[str, md.EntryPoint] = {}
-    owner: dict[str, str] = {}
+    return dict(_groups(tuple(sys.path)).get(group, {}))
+
+
+@functools.lru_cache(maxsize=4)
+def _groups(path: tuple[str, ...]) -> dict[str, dict[str, md.EntryPoint]]:
+    """Every labctl group's entry points, read in one pass over the distributions on
+    ``path`` (about 60 ms for 120 distributions): a changed sys.path reads them again,
+    :func:`forget_entry_points` after an install into a folder already on it."""
+    out: dict[str, dict[str, md.EntryPoint]] = {}
+    owner: dict[tuple[str, str], str] = {}
     seen: set[str] = set()
-    for dist in md.distributions():
+    for dist in md.distributions(path=list(path)):
         key = _dist_key(dist)
         if key in seen:
             continue
         seen.add(key)
         for ep in dist.entry_points:
-            if ep.group != group:
+            if not ep.group.startswith("labctl."):
                 continue
-            if ep.name in out:
+            named = out.setdefault(ep.group, {})
+            first = owner.get((ep.group, ep.name))
+            if first is not None:
                 warnings.warn(
-                    f"{group} {ep.name!r} is declared by {owner[ep.name]} and {key}; "
-                    f"using {owner[ep.name]}'s ({out[ep.name].value})",
+                    f"{ep.group} {ep.name!r} is declared by {first} and {key}; "
+                    f"using {first}'s ({named[ep.name].value})",
                     PluginWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
-            out[ep.name] = ep
-            owner[ep.name] = key
+            named[ep.name] = ep
+            owner[ep.group, ep.name] = key
     return out
+
+
+def forget_entry_points() -> None:
+    _groups.cache_clear()
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -104,6 +120,7 @@ class Registry(Mapping[str, T], Generic[T]):
         return self._points
 
     def refresh(self) -> None:
+        forget_entry_points()
         self._points = None
         self._loaded.clear()
 
