@@ -1,51 +1,53 @@
-"""Instrument drivers, one module per family; found by name or by the instrument's identity."""
+"""Instrument drivers, found by name or by the instrument's identity.
+
+labctl's own and a plug-in's alike come from the ``labctl.drivers`` entry points (see
+labctl.plugins); each class says which identities it answers (``identity_pattern``).
+"""
 
 from __future__ import annotations
 
-import importlib
 import re
+import warnings
 
-from labctl.errors import ValidationError
+from labctl.instrument import check_driver_class
+from labctl.plugins import DRIVERS as GROUP
+from labctl.plugins import PluginWarning, Registry
 
-# name -> (module:Class, identity pattern matched against the *IDN? reply)
-DRIVERS: dict[str, tuple[str, str]] = {
-    "keithley2450": ("labctl.drivers.keithley2450:Keithley2450", r"MODEL 2450"),
-    "keithley2636b": ("labctl.drivers.keithley2600:Keithley2600", r"MODEL 26\d\dB\b"),
-    "rodeostat": ("labctl.drivers.rodeostat:Rodeostat", r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"),
-    "emstat": (
-        "labctl.drivers.emstat:EmStat",
-        r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)",
-    ),
-    "keithley2400": ("labctl.drivers.keithley2400:Keithley2400", r"MODEL 240[01]\b"),
-    "keysight_b2900": ("labctl.drivers.keysight_b2900:KeysightB2900", r"\bB290[12]"),
-}
+# name -> driver class (loaded when first asked for)
+DRIVERS: Registry[type] = Registry(
+    GROUP, "driver", field="instrument.driver", check=check_driver_class
+)
 
 
 def driver_class(name: str) -> type:
     """The driver class registered as ``name``."""
-    try:
-        target = DRIVERS[name][0]
-    except KeyError:
-        raise ValidationError(
-            "driver", f"unknown driver {name!r}; available: {', '.join(sorted(DRIVERS))}"
-        ) from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)
+    return DRIVERS.get_named(name)
 
 
 def setting_names(name: str | None = None) -> tuple[str, ...]:
     """The instrument settings driver ``name`` takes (its ``settings`` table), or with no
     name those any driver takes, in the order the drivers declare them."""
-    names = [name] if name is not None else list(DRIVERS)
+    classes = [driver_class(name)] if name is not None else list(DRIVERS.loaded().values())
     out: dict[str, None] = {}
-    for n in names:
-        out.update(dict.fromkeys(driver_class(n).settings))
+    for cls in classes:
+        out.update(dict.fromkeys(getattr(cls, "settings", {})))
     return tuple(out)
 
 
 def driver_for_identity(identity: str) -> str | None:
-    """The driver name whose identity pattern matches ``identity`` (an ``*IDN?`` reply)."""
-    for name, (_target, pattern) in DRIVERS.items():
-        if re.search(pattern, identity, re.IGNORECASE):
-            return name
-    return None
+    """The driver name whose identity pattern matches ``identity`` (an ``*IDN?`` reply);
+    when several do, the first by name, with a warning naming them."""
+    found = [
+        name
+        for name, cls in DRIVERS.loaded().items()
+        if getattr(cls, "identity_pattern", "")
+        and re.search(cls.identity_pattern, identity, re.IGNORECASE)
+    ]
+    if len(found) > 1:
+        warnings.warn(
+            f"{identity!r} matches the drivers {', '.join(found)}; using {found[0]} "
+            "(name one with --driver)",
+            PluginWarning,
+            stacklevel=2,
+        )
+    return found[0] if found else None

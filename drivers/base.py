@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import numpy as np
 from labctl.drivers.timing import (
@@ -34,139 +34,26 @@ from labctl.errors import (
     TransportError,
     ValidationError,
 )
+from labctl.instrument import (  # the driver contract, in labctl's core
+    Capabilities,
+    Limits,
+    check_program,
+    noise_estimate_a,
+    raise_if_aborted,
+)
 from labctl.program import Program, describe_s
 
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an instrument can do; protocols and the GUI read it, drivers enforce it."""
-
-    kind: str  # "smu" or "potentiostat"
-    hardware_timing: bool
-    list_length: int  # levels per hardware list (0: none)
-    min_step_s: float  # shortest hardware-timed step
-    v_max: float  # largest |V| the instrument can source
-    i_max: float  # largest |I| it can source or limit at
-    v_ranges: tuple[float, ...] = ()
-    i_ranges: tuple[float, ...] = ()
-    channels: tuple[str, ...] = ("1",)
-    source_modes: tuple[str, ...] = ("V", "I")
-    pulse_widths_s: tuple[float, float] | None = None  # a pulse mode's shortest, longest pulse
-    # rms current noise of each of i_ranges at 1 PLC (A): each driver's table, with its
-    # source beside it (datasheet figures, or noise_estimate_a where a datasheet gives none);
-    # () leaves every range to the estimate
-    i_noise_a: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.i_noise_a and len(self.i_noise_a) != len(self.i_ranges):
-            raise ValueError(
-                f"i_noise_a has {len(self.i_noise_a)} figures for {len(self.i_ranges)} ranges"
-            )
-
-    def current_noise_a(self) -> dict[float, float]:
-        """rms current noise at 1 PLC (A) of each current range: the driver's table, else
-        :func:`noise_estimate_a` of each range."""
-        noise = self.i_noise_a or tuple(noise_estimate_a(r) for r in self.i_ranges)
-        return dict(zip(self.i_ranges, noise, strict=True))
+__all__ = ["Capabilities", "Limits", "check_program", "noise_estimate_a", "raise_if_aborted"]
 
 
-# Where a datasheet gives no noise figure for a range: 5 ppm of the range, the Keithley
-# 2450's ratio on its 1 uA-100 uA ranges (SPEC-2450 Rev. A, current specifications, noise
-# (RMS) < 10 Hz, 1 PLC). An estimate, no datasheet figure; a table says so where it uses it.
-NOISE_ESTIMATE_OF_RANGE = 5e-6
 # peak-to-peak over rms of Gaussian noise: the band holding 99.9 % of the readings (+-3.3
 # sigma), the usual factor for a datasheet's "noise (peak-peak)"
 PEAK_TO_PEAK_PER_RMS = 6.6
 
 
-def noise_estimate_a(current_range_a: float) -> float:
-    """The estimated rms noise (A) at 1 PLC of a current range with no datasheet figure."""
-    return NOISE_ESTIMATE_OF_RANGE * current_range_a
-
-
 def rms_of_peak_to_peak(noise_pp_a: float) -> float:
     """rms noise (A) of a datasheet's peak-to-peak figure (Gaussian: p-p = 6.6 rms)."""
     return noise_pp_a / PEAK_TO_PEAK_PER_RMS
-
-
-@dataclass
-class Limits:
-    """A sample's safe limits as the driver enforces them (None: no limit of the sample)."""
-
-    max_v: float | None = None
-    max_i: float | None = None
-
-
-@runtime_checkable
-class Driver(Protocol):
-    name: str
-    capabilities: Capabilities
-    clock: Clock
-
-    def identify(self) -> str: ...
-
-    def configure(self, **settings: object) -> None: ...
-
-    def set_limits(self, limits: Limits) -> None: ...
-
-    def execute(
-        self, program: Program, abort: threading.Event | None = None
-    ) -> Iterator[Chunk]: ...
-
-    def safe_state(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def check_program(
-    program: Program,
-    limits: Limits,
-    caps: Capabilities,
-    who: str,
-    *,
-    limit: float | None = None,
-) -> None:
-    """Refuse a program whose levels exceed the sample's limits or the instrument's range,
-    or whose limit of the other quantity (the current limit when sourcing V, the voltage
-    limit when sourcing I) exceeds the sample's: the program's own ``compliance``, else
-    ``limit``, the one the driver has configured (None: not known to the caller).
-
-    ``who`` names the checker in the message (the engine or a driver), so a refusal says
-    which layer stopped it.
-    """
-    if not len(program):
-        return
-    peak = program.max_abs_level()
-    source, other = ("V", "A") if program.mode == "V" else ("A", "V")
-    max_level, max_other = (
-        (limits.max_v, limits.max_i) if program.mode == "V" else (limits.max_i, limits.max_v)
-    )
-    if max_level is not None and peak > max_level * (1 + 1e-12):
-        key = "max_v" if program.mode == "V" else "max_i"
-        raise LimitError(
-            f"{who}: level {peak:g} {source} exceeds the sample's limit {key} = "
-            f"{max_level:g} {source}; lower the amplitude, or raise the sample's stored {key} "
-            f"(labctl sample set NAME {key}=..., or the app's Sample tab)"
-        )
-    top = caps.v_max if program.mode == "V" else caps.i_max
-    if peak > top:
-        raise LimitError(
-            f"{who}: level {peak:g} {source} is beyond the instrument's ±{top:g} {source}"
-        )
-    effective = program.compliance if program.compliance is not None else limit
-    if max_other is not None and effective is not None and effective > max_other * (1 + 1e-12):
-        what = "current limit" if program.mode == "V" else "voltage limit"
-        key = "max_i" if program.mode == "V" else "max_v"
-        whose = "" if program.compliance is not None else " (the driver's configured one)"
-        raise LimitError(
-            f"{who}: {what} {effective:g} {other}{whose} exceeds the sample's "
-            f"{key} = {max_other:g} {other}"
-        )
-
-
-def raise_if_aborted(abort: threading.Event | None) -> None:
-    if abort is not None and abort.is_set():
-        raise Aborted("run aborted")
 
 
 def intended(x: float) -> Decimal:
@@ -680,6 +567,7 @@ class DriverBase:
     the feasibility model of drivers/timing.py)."""
 
     name: ClassVar[str] = ""
+    identity_pattern: ClassVar[str] = ""  # matched against *IDN? for auto-identification
     capabilities: ClassVar[Capabilities]
     poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
     # the settings configure() takes, each with its strict check; anything else is refused

@@ -296,8 +296,6 @@ def _capabilities(family: _Family) -> Capabilities:
     return Capabilities(
         kind="potentiostat",
         hardware_timing=True,
-        list_length=0,
-        min_step_s=MIN_INTERVAL_S,
         v_max=min(-family.e_min, family.e_max),  # symmetric: +-v_max is always inside
         i_max=family.i_ranges[-1],
         v_ranges=(),
@@ -306,7 +304,6 @@ def _capabilities(family: _Family) -> Capabilities:
         # current range, no noise figure found for the Pico, EmStat4 or Nexus
         i_noise_a=tuple(noise_estimate_a(r) for r in family.i_ranges),
         channels=("1",),
-        source_modes=("V",),
     )
 
 
@@ -331,6 +328,7 @@ class EmStat(DriverBase):
     """Driver for a PalmSens EmStat Pico or EmStat4 over a serial :class:`Transport`."""
 
     name = "emstat"
+    identity_pattern = r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)"
     capabilities = _capabilities(_PICO)
     hardware_facts = HARDWARE_TIMING
     # a host-timed level or reading is a script run: answered at its start ('e') and at

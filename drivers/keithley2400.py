@@ -92,21 +92,19 @@ class Keithley2400(SourceMeterBase):
     """Driver for the Keithley 2400 and 2401 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2400"
+    identity_pattern = r"MODEL 240[01]\b"
     family = "2400"
     # line-terminated SCPI over VISA; bulk reads of a full buffer take a while
     visa_io: ClassVar[dict[str, object]] = {**SCPI_LINES, "timeout_s": 20.0}
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
-        list_length=LIST_MAX,
-        min_step_s=0.01 / 60,  # the shortest aperture; a step is measured once
         v_max=210.0,
         i_max=1.05,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
         i_noise_a=I_NOISE_A,
         channels=("1",),
-        source_modes=("V",),
     )
     hardware_facts = HARDWARE_TIMING
 

@@ -84,6 +84,7 @@ class Keithley2450(SourceMeterBase):
     """Driver for the Keithley 2450 over any :class:`~labctl.transport.Transport`."""
 
     name = "keithley2450"
+    identity_pattern = r"MODEL 2450"
     family = "2450"
     min_compliance_a = 1e-9  # ILIM 1 nA to 1.05 A (the emulator's bounds)
     # line-terminated SCPI; a 10^6-reading bulk read needs more than the default 10 s
@@ -91,15 +92,12 @@ class Keithley2450(SourceMeterBase):
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
-        list_length=LIST_MAX,
-        min_step_s=MIN_DELAY_S,
         v_max=210.0,
         i_max=1.05,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
         i_noise_a=I_NOISE_A,
         channels=("1",),
-        source_modes=("V",),
     )
     hardware_facts = HARDWARE_TIMING
 

@@ -140,6 +140,7 @@ class Keithley2600(SourceMeterBase):
     """Driver for the Keithley 2600B series (2636B) over any :class:`Transport`."""
 
     name = "keithley2636b"
+    identity_pattern = r"MODEL 26\d\dB\b"
     family = "2600B"
     hardware_refusal = (
         f"a step is shorter than {MIN_STEP_S * 1e6:g} µs, a sampled step shorter than the "
@@ -150,15 +151,12 @@ class Keithley2600(SourceMeterBase):
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
-        list_length=LIST_MAX,
-        min_step_s=MIN_STEP_S,
         v_max=202.0,
         i_max=1.515,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
         i_noise_a=I_NOISE_A,
         channels=SMU,
-        source_modes=("V",),
     )
     hardware_facts = HARDWARE_TIMING
 

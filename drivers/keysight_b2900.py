@@ -162,6 +162,7 @@ class KeysightB2900(SourceMeterBase):
     error_reads = 30
 
     name = "keysight_b2900"
+    identity_pattern = r"\bB290[12]"
     family = "B2900"
     hardware_refusal = (
         "a step is shorter than the measurement time ({aperture_ms:g} ms at NPLC {nplc:g}) "
@@ -174,15 +175,12 @@ class KeysightB2900(SourceMeterBase):
     capabilities = Capabilities(
         kind="smu",
         hardware_timing=True,
-        list_length=LIST_MAX,
-        min_step_s=MIN_PERIOD_S,
         v_max=210.0,
         i_max=3.03,
         v_ranges=V_RANGES,
         i_ranges=I_RANGES,
         i_noise_a=I_NOISE_A,
         channels=("1", "2"),
-        source_modes=("V",),
         pulse_widths_s=(MIN_PULSE_S, MAX_PULSE_S),
     )
 

@@ -93,15 +93,12 @@ def _capabilities(variant: str) -> Capabilities:
     return Capabilities(
         kind="potentiostat",
         hardware_timing=True,
-        list_length=MAX_STEPS,
-        min_step_s=PERIOD_MIN_MS / 1e3,
         v_max=VOLT_RANGES[-1][1],
         i_max=ranges[-1][1],
         v_ranges=tuple(r[1] for r in VOLT_RANGES),
         i_ranges=tuple(r[1] for r in ranges),
         i_noise_a=tuple(quantisation_noise_a(r[1]) for r in ranges),
         channels=("1",),
-        source_modes=("V",),
     )
 
 
@@ -124,6 +121,7 @@ class Rodeostat(DriverBase):
     """Driver for an IO Rodeo Rodeostat over a serial :class:`Transport`."""
 
     name = "rodeostat"
+    identity_pattern = r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"
     capabilities = _capabilities(DEFAULT_VARIANT)
     hardware_facts = HARDWARE_TIMING
     host_level_trips = 1.0  # setVolt waits for its reply

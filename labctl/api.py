@@ -115,6 +115,7 @@ def run(
     """
     from labctl.background import check_free
     from labctl.connect import connect
+    from labctl.instrument import check_driver
     from labctl.protocols.base import Protocol, get_protocol
 
     check_free(instrument)  # a background run (labctl.start) is not using it
@@ -147,6 +148,7 @@ def run(
         finally:
             driver.close()
     else:
+        check_driver(instrument)  # a driver made without connect() meets the contract too
         check_settings(instrument, options["settings"])
         result = engine.run(proto, instrument, smp, **options)
     return _unless_interrupted(engine, result)

@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from labctl.clock import Clock, RealClock, VirtualClock
 from labctl.errors import PlausibilityWarning, ValidationError
+from labctl.instrument import check_driver
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
-SIM_KEYS = ("device", "seed", "clock", "fault")
 SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
 SERIAL_BAUD = {"emstat": 230400, "rodeostat": 115200}
 # (driver, baud, probe message), tried in this order on an unnamed serial port
@@ -213,6 +213,11 @@ def connect(
             "resource such as TCPIP::127.0.0.1::5025::SOCKET, or a serial port such as "
             "/dev/ttyACM0 or COM3",
         )
+    try:
+        check_driver(drv)  # a plug-in's driver lacking a member is refused naming it
+    except Exception:
+        drv.close()
+        raise
     if identify:
         try:
             drv.identify()

@@ -31,7 +31,6 @@ from labctl.analysis.timing import (
     segment_timing_metrics,
 )
 from labctl.data import SOFTWARE_TIMED, Chunk
-from labctl.drivers.base import Limits, check_program, raise_if_aborted
 from labctl.errors import (
     Aborted,
     LabctlError,
@@ -41,10 +40,10 @@ from labctl.errors import (
     sample_set_command,
 )
 from labctl.feasibility import HOW_TO_FORCE, TimingError, split_timing, timing_of
+from labctl.instrument import Limits, check_channels, check_program, raise_if_aborted
 from labctl.metric import metric_warnings
 from labctl.program import Program, describe_s
-from labctl.protocols.base import Protocol, field_info, get_protocol
-from labctl.protocols.recipe import check_channels
+from labctl.protocol import RunProtocol, param_unit, protocol_class
 
 DURATION_TOLERANCE = 0.10  # a run's duration within this of its estimate (issue 12, item 6)
 DURATION_NOISE_S = 0.02  # ... or within this much: a host's scheduling on a real clock
@@ -76,7 +75,7 @@ class Listener:
 
     def on_pause(self, paused: bool) -> None: ...
 
-    def on_step(self, index: int, count: int, protocol: Protocol) -> None:
+    def on_step(self, index: int, count: int, protocol: RunProtocol) -> None:
         """A sequence (``RunEngine.run_sequence``) starts step ``index`` (from 0) of
         ``count``; its run's ``on_start`` follows."""
 
@@ -242,7 +241,6 @@ def analyze_points(
     if not len(points):
         return []
     protocol.run_metadata = dict(metadata or {})
-    has_analysis = type(protocol).analyze is not Protocol.analyze
     channels = sorted(int(c) for c in points["channel"].unique())
     if len(channels) == 1:
         parts = {channels[0]: points}  # the usual one-channel run: no copy
@@ -250,10 +248,10 @@ def analyze_points(
         parts = {c: points[points["channel"] == c].reset_index(drop=True) for c in channels}
     together = bool(getattr(type(protocol), "analyze_channels_together", False))
     metrics: list[dict[str, Any]] = []
-    if has_analysis and together:
+    if together:
         metrics += _on_channel(protocol.analyze(points), channels[0])
     for channel, part in parts.items():
-        if has_analysis and not together:
+        if not together:
             metrics += _on_channel(protocol.analyze(part), channel)
         if executed is not None:
             metrics += _on_channel(lateness_metrics(part, executed), channel)
@@ -267,7 +265,7 @@ def reanalyze_run(store: Any, run_id: int) -> tuple[int, int]:
     metrics, keeping the timing metrics (those need the Programs as run); the warnings it
     gives that the run does not have yet are added. Returns (rows before, rows after)."""
     run = store.run(run_id)
-    protocol = get_protocol(run["protocol"])(run.get("parameters") or {})
+    protocol = protocol_class(run["protocol"])(run.get("parameters") or {})
     points = store.points(run_id)
     rows = analyze_points(points, protocol, metadata=run.get("metadata"))
     counts = store.replace_metrics(run_id, rows, keep=TIMING_METRICS)
@@ -443,7 +441,7 @@ def limit_fields(protocol: Any, limits: Limits, prefix: str = "parameters") -> s
     found = []
     for name, value in params.items():
         try:
-            unit = field_info(type(protocol.params), name)["unit"]
+            unit = param_unit(type(protocol.params), name)
         except Exception:
             continue
         limit = {"V": limits.max_v, "A": limits.max_i}.get(unit)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Generator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from labctl.data import Chunk
 from labctl.errors import ValidationError
+from labctl.plugins import Registry
 from labctl.program import MAX_STEPS, Program
+from labctl.protocol import PROTOCOLS, Plan, param_unit
 
-Plan = Generator[Program, Chunk | None, None]
+__all__ = ["Plan", "Protocol", "all_protocols", "get_protocol", "register"]
 
 
 class Params(BaseModel):
@@ -77,7 +78,7 @@ def field_info(model: type[BaseModel], name: str) -> dict[str, Any]:
     extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
     info: dict[str, Any] = {
         "name": name,
-        "unit": extra.get("unit", ""),
+        "unit": param_unit(model, name),
         "help": f.description or "",
         "default": f.default,
         "type": getattr(f.annotation, "__name__", str(f.annotation)),
@@ -220,41 +221,24 @@ class Protocol:
         return []
 
 
-REGISTRY: dict[str, type[Protocol]] = {}
+# name -> protocol class: labctl.protocol's registry (the labctl.protocols entry points)
+REGISTRY = cast("Registry[type[Protocol]]", PROTOCOLS)
 
 
 def register(cls: type[Protocol]) -> type[Protocol]:
-    REGISTRY[cls.name] = cls
-    return cls
+    """Register a protocol defined in this process (a script's or a notebook's own) under
+    its ``name``, so recipes and the CLI in this process can name it; a distribution
+    declares its protocols as ``labctl.protocols`` entry points instead."""
+    return REGISTRY.add(cls.name, cls)
 
 
 def get_protocol(name: str) -> type[Protocol]:
-    _load()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValidationError(
-            "protocol", f"unknown protocol {name!r}; available: {', '.join(sorted(REGISTRY))}"
-        ) from None
+    return REGISTRY.get_named(name)
 
 
 def all_protocols() -> dict[str, type[Protocol]]:
-    _load()
-    return dict(sorted(REGISTRY.items()))
-
-
-def _load() -> None:
-    from labctl.protocols import (  # noqa: F401
-        electrochem,
-        endurance,
-        iv_fingerprint,
-        iv_hysteresis,
-        plasticity,
-        pulse_train,
-        reservoir,
-        retention,
-        write_verify,
-    )
+    """Every protocol that loads, by name (one that does not is left out with a warning)."""
+    return REGISTRY.loaded()
 
 
 def check_list(

@@ -13,7 +13,7 @@ import itertools
 from typing import Any
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import (
     SourceParams,
     auto_nplc,
@@ -116,7 +116,6 @@ class CyclicVoltammetryParams(SourceParams):
         _step_checks(self, min(x for x in legs if x > 0))
 
 
-@register
 class CyclicVoltammetry(Protocol):
     """Scan s (cycle tag s): e_begin -> vertex 1 -> vertex 2 -> e_begin, phase 'sweep'."""
 
@@ -195,7 +194,6 @@ class LinearSweepParams(SourceParams):
         _step_checks(self, abs(self.e_end_v - self.e_begin_v))
 
 
-@register
 class LinearSweepVoltammetry(Protocol):
     name = "linear_sweep_voltammetry"
     title = "Linear sweep voltammetry (LSV)"
@@ -268,7 +266,6 @@ class ChronoamperometryParams(SourceParams):
             )
 
 
-@register
 class Chronoamperometry(Protocol):
     """Step k of repeat r has cycle tag r and pulse tag r*(n+1) + k + 1, phase 'step'."""
 
@@ -340,7 +337,6 @@ class PulsedAmperometryParams(SourceParams):
             )
 
 
-@register
 class PulsedAmperometry(Protocol):
     """Cycle c (cycle and pulse tag c): detect (phase 'read'), oxidise and reduce (phase
     'pulse'); i_detect is the mean of the detect samples of the cycle."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import ReadParams, auto_nplc, finite, metric, seconds, volts
 from pydantic import Field
 
@@ -37,7 +37,6 @@ class EnduranceParams(ReadParams):
     )
 
 
-@register
 class Endurance(Protocol):
     name = "endurance"
     title = "Endurance: write/erase cycles with periodic on/off reads"

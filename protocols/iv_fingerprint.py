@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import SourceParams, auto_nplc, finite, metric, refuse, volts
 from labctl.protocols.iv_hysteresis import sweep_alternative, sweeps_asked
 from pydantic import Field
@@ -100,7 +100,6 @@ def frequencies(p: IVFingerprintParams) -> list[float]:
     return [float(f) for f in np.geomspace(p.f_min_hz, p.f_max_hz, n)]
 
 
-@register
 class IVFingerprint(Protocol):
     name = "iv_fingerprint"
     pausable = True  # each frequency starts afresh; a pause between them is harmless

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Params, Plan, Protocol, register
+from labctl.protocols.base import Params, Plan, Protocol
 from pydantic import Field
 
 from labctl.analysis.hysteresis import UNITS, below_noise, loop_metrics, mean_area_stderr
@@ -58,7 +58,6 @@ class IVHysteresisParams(Params):
     )
 
 
-@register
 class IVHysteresis(Protocol):
     name = "iv_hysteresis"
     pausable = True  # each frequency starts afresh; a pause between them is harmless

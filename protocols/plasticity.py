@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import (
     ReadParams,
     SourceParams,
@@ -53,7 +53,6 @@ class PotentiationDepressionParams(ReadParams):
     read_interval_s: float = seconds(5.0, "0 V between baseline reads", ge=0, le=1e5)
 
 
-@register
 class PotentiationDepression(Protocol):
     """Pulse tags: cycle c has pulse numbers c*(2N+1) + k; k = 0 are its baseline reads,
     1..N the writes, N+1..2N the erases; each read carries the number of its pulse."""
@@ -165,7 +164,6 @@ class PairedPulseParams(SourceParams):
             refuse("amplitude_v", "a 0 V pulse does nothing; allowed: -210 V to 210 V, not 0")
 
 
-@register
 class PairedPulse(Protocol):
     """Pair j (cycle tag j) has pulses 2j+1 and 2j+2 (phase 'stim'), each sampled at its end.
     The facilitation index is |I| at the end of the second pulse over the first."""
@@ -369,7 +367,6 @@ def _superpose(signals: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.
     return levels[change], np.bincount(groups, widths)
 
 
-@register
 class STDP(Protocol):
     """Delay j (cycle tag j): a read (pulse tag base), the pairings (base+1..base+pairs), a
     read (base+pairs+1), with base = j*(pairs+2). delta-G is the second read over the first.

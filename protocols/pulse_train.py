@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import (
     ReadParams,
     auto_nplc,
@@ -46,7 +46,6 @@ class PulseTrainParams(ReadParams):
     baseline_reads: int = Field(1, ge=0, le=1000, description="reads before the first pulse")
 
 
-@register
 class PulseTrain(Protocol):
     name = "pulse_train"
     title = "Pulse train: write/erase pulses with reads after each"

@@ -37,8 +37,8 @@ A recipe is data, never code. ``NAME`` alone finds a recipe shipped in protocols
 from __future__ import annotations
 
 import difflib
+import json
 import math
-import numbers
 import os
 import stat
 import tomllib
@@ -48,9 +48,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from labctl.protocols.base import Protocol, get_protocol, validate_params
+from labctl.protocols.base import REGISTRY, Protocol, get_protocol, validate_params
 
 from labctl.errors import ValidationError
+from labctl.instrument import check_channels
 
 TOP_KEYS = (
     "protocol",
@@ -146,8 +147,12 @@ def read_recipe_text(ref: str) -> tuple[str, str]:
     builtins = builtin_recipes()
     if ref in builtins:
         return builtins[ref], f"builtin:{ref}"
+    if ref in REGISTRY:  # a protocol with no recipe of its name (a plug-in's): its defaults
+        return f"protocol = {json.dumps(ref)}\n", f"protocol:{ref}"
     raise ValidationError(
-        "recipe", f"{ref!r} is neither a file nor a builtin recipe ({', '.join(builtins)})"
+        "recipe",
+        f"{ref!r} is neither a file, a builtin recipe ({', '.join(builtins)}) nor a protocol "
+        f"({', '.join(REGISTRY)})",
     )
 
 
@@ -274,26 +279,6 @@ def _check_instrument_values(instrument: dict[str, Any]) -> None:
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])
-
-
-def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
-    """``[instrument] channels``: distinct channel numbers from 0 (refused naming ``field``)."""
-    ok = (
-        isinstance(value, list | tuple)
-        and 0 < len(value) <= 16
-        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in value)
-        and all(c >= 0 for c in value)
-    )
-    allowed = (
-        "allowed: a list of distinct channel numbers from 0, e.g. [0] or [0, 1] "
-        "(0: smua or channel 1, 1: smub or channel 2)"
-    )
-    if not ok:
-        raise ValidationError(field, f"{value!r} is not allowed; {allowed}")
-    twice = [c for k, c in enumerate(value) if c in value[:k]]
-    if twice:
-        raise ValidationError(field, f"{list(value)!r} names channel {twice[0]} twice; {allowed}")
-    return [int(c) for c in value]
 
 
 def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:

@@ -44,7 +44,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import SourceParams, auto_nplc, metric, refuse, rest, seconds, volts
 from pydantic import Field
 
@@ -329,7 +329,6 @@ def _reset_first(prog: Program, reset: Program | None) -> Program:
 # -- the protocol ---------------------------------------------------------------------------------
 
 
-@register
 class Reservoir(Protocol):
     name = "reservoir"
     title = "Reservoir computing: pulse-stream inputs, conductance states, ridge readout"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import (
     ReadParams,
     auto_nplc,
@@ -72,7 +72,6 @@ def read_starts(p: RetentionParams) -> np.ndarray:
     return np.geomspace(p.first_read_s, p.last_read_s, p.n_reads)
 
 
-@register
 class Retention(Protocol):
     name = "retention"
     title = "Retention: a write, then reads at log-spaced times"

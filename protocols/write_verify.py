@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from labctl.protocols.base import Plan, Protocol, register
+from labctl.protocols.base import Plan, Protocol
 from labctl.protocols.common import ReadParams, finite, metric, refuse, rest, seconds, square, volts
 from pydantic import Field
 
@@ -55,7 +55,6 @@ class WriteVerifyParams(ReadParams):
             )
 
 
-@register
 class WriteVerify(Protocol):
     name = "write_verify"
     title = "Write-verify: pulses of growing amplitude until G is on target"

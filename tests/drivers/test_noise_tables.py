@@ -53,8 +53,6 @@ def test_a_table_out_of_step_with_the_ranges_is_refused():
         Capabilities(
             kind="smu",
             hardware_timing=False,
-            list_length=0,
-            min_step_s=0.0,
             v_max=1.0,
             i_max=1.0,
             i_ranges=(1e-6, 1e-3, 1.0),

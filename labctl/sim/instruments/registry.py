@@ -8,13 +8,9 @@ from typing import Protocol, runtime_checkable
 
 from labctl.clock import Clock
 from labctl.errors import ValidationError
+from labctl.plugins import EMULATORS as GROUP
+from labctl.plugins import Registry
 from labctl.sim.devices.base import DeviceModel
-from labctl.sim.instruments.emstat import EmStatEmulator
-from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
-from labctl.sim.instruments.keithley2450 import Keithley2450Emulator
-from labctl.sim.instruments.keithley2600 import Keithley2600Emulator
-from labctl.sim.instruments.keysight_b2900 import KeysightB2900Emulator
-from labctl.sim.instruments.rodeostat import RodeostatEmulator
 
 __all__ = ["EMULATORS", "Emulator", "channels_of", "make_emulator"]
 
@@ -30,20 +26,16 @@ class Emulator(Protocol):
     def handle(self, message: str) -> str | bytes | None: ...
 
 
-# Model name -> factory(device=..., clock=..., **opts). More come later (2400, 2636B, B2902,
-# EmStat, Rodeostat).
-EMULATORS: dict[str, Callable[..., Emulator]] = {
-    "keithley2450": Keithley2450Emulator,
-    "keithley2636b": Keithley2600Emulator,
-    "rodeostat": RodeostatEmulator,
-    "emstat": EmStatEmulator,
-    "keithley2400": Keithley2400Emulator,
-    "keysightb2900": KeysightB2900Emulator,
-}
-
-
 def _key(model: str) -> str:
     return model.strip().lower().replace("-", "").replace("_", "")
+
+
+# model name -> factory(device=..., clock=..., **opts), labctl's own and plug-ins' from the
+# labctl.emulators entry points; a model is found however it is spelled (keysight_b2900,
+# Keysight-B2900)
+EMULATORS: Registry[Callable[..., Emulator]] = Registry(
+    GROUP, "emulator", key=_key, field="model", unknown="no emulator for {name!r}"
+)
 
 
 def channels_of(model: str) -> int:
@@ -55,12 +47,7 @@ def channels_of(model: str) -> int:
 def make_emulator(model: str, *, device: DeviceModel, clock: Clock, **opts: object) -> Emulator:
     """The emulator of instrument ``model`` driving ``device`` on ``clock``."""
     key = _key(model)
-    try:
-        factory = EMULATORS[key]
-    except KeyError:
-        raise ValidationError(
-            "model", f"no emulator for {model!r}; available: {', '.join(sorted(EMULATORS))}"
-        ) from None
+    factory = EMULATORS.get_named(model)
     try:
         inspect.signature(factory).bind(device=device, clock=clock, **opts)
     except TypeError as exc:  # an option the emulator does not take
