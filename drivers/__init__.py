@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import re
+from typing import TYPE_CHECKING
 
 from labctl.errors import ValidationError
+
+if TYPE_CHECKING:
+    from labctl.drivers.base import DriverBase
 
 # name -> (module:Class, identity pattern matched against the *IDN? reply)
 DRIVERS: dict[str, tuple[str, str]] = {
@@ -21,7 +25,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
 }
 
 
-def driver_class(name: str) -> type:
+def driver_class(name: str) -> type[DriverBase]:
     """The driver class registered as ``name``."""
     try:
         target = DRIVERS[name][0]

@@ -680,7 +680,7 @@ class DriverBase:
     the feasibility model of drivers/timing.py)."""
 
     name: ClassVar[str] = ""
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # on the class, or per instance once identify() knows the model
     poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
     # the settings configure() takes, each with its strict check; anything else is refused
     settings: ClassVar[Mapping[str, Setting]] = {}
