@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from labctl.drivers.timing import (
@@ -708,6 +708,11 @@ class DriverBase:
         # limit by the instrument's resolution): the engine records each as a warning
         self.adjustments: list[str] = []
         self.round_trip_s: float | None = None  # measured at connect (probe_timing)
+
+    if TYPE_CHECKING:  # each driver writes its own; declared for mypy only, so a driver
+        # without one still fails the member check at connect
+
+        def identify(self) -> str: ...
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits

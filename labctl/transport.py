@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class VisaTransport(_QueryMixin):
 
         self.resource = resource
         self._timeout_s = timeout_s
-        self._res = None
+        self._res: Any = None  # the pyvisa resource, once open
         self._errors = pyvisa.errors
         self._io = {"read_termination": read_termination, "write_termination": write_termination}
         try:
@@ -262,7 +262,7 @@ class SerialTransport(_QueryMixin):
 
         self.resource = port
         self._timeout_s = timeout_s
-        self._port = None
+        self._port: Any = None  # the pyserial port, once open
         self._rt = read_termination.encode()
         self._wt = write_termination.encode()
         self._enc = encoding

@@ -155,6 +155,8 @@ class Circuit:
         self.C_p = float(C_p)
         self.v_offset = float(v_offset)
         self.drift = float(drift)
+        # what make_device found outside its preset's validity (plausibility_warnings)
+        self.warnings: list[str] = []
         self._width = math.prod(self.shape)
         # Single steps of a single device take a float path when the core offers one.
         self._scalar = (
