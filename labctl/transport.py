@@ -141,7 +141,10 @@ class VisaTransport(_QueryMixin):
         self._timeout_s = timeout_s
         self._res: Any = None  # the pyvisa resource, once open
         self._errors = pyvisa.errors
-        self._io = {"read_termination": read_termination, "write_termination": write_termination}
+        self._io: dict[str, Any] = {
+            "read_termination": read_termination,
+            "write_termination": write_termination,
+        }
         try:
             self._rm = pyvisa.ResourceManager(visa_library or default_visa_library())
         except (pyvisa.errors.Error, ValueError, OSError) as exc:
