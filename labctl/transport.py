@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,9 +59,15 @@ def block_to_array(payload: bytes, dtype: str = "<f8") -> np.ndarray:
 class _QueryMixin:
     resource: str
 
+    if TYPE_CHECKING:  # each transport writes its own
+
+        def write(self, message: str) -> None: ...
+
+        def read(self) -> str: ...
+
     def query(self, message: str) -> str:
-        self.write(message)  # type: ignore[attr-defined]
-        return self.read()  # type: ignore[attr-defined]
+        self.write(message)
+        return self.read()
 
 
 class LoopbackTransport(_QueryMixin):

@@ -173,9 +173,9 @@ def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
     return values
 
 
-def _number(name: str, value: object) -> float | None:
+def _number(name: str, value: Any) -> float | None:
     try:
-        return None if value is None else float(value)  # type: ignore[arg-type]
+        return None if value is None else float(value)
     except (TypeError, ValueError):
         raise ValidationError(name, f"must be a number, got {value!r}") from None
 
