@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 from labctl.instrument import check_driver_class
 from labctl.plugins import DRIVERS as GROUP
 from labctl.plugins import PluginWarning, Registry
+
+if TYPE_CHECKING:
+    from labctl.drivers.base import DriverBase
 
 # name -> driver class (loaded when first asked for)
 DRIVERS: Registry[type] = Registry(
@@ -19,7 +23,7 @@ DRIVERS: Registry[type] = Registry(
 )
 
 
-def driver_class(name: str) -> type:
+def driver_class(name: str) -> type[DriverBase]:
     """The driver class registered as ``name``."""
     return DRIVERS.get_named(name)
 

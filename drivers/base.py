@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from labctl.drivers.timing import (
@@ -568,7 +568,7 @@ class DriverBase:
 
     name: ClassVar[str] = ""
     identity_pattern: ClassVar[str] = ""  # matched against *IDN? for auto-identification
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # on the class, or per instance once identify() knows the model
     poll_s: float = 0.1  # how often a hardware-timed run is polled on a real clock
     # the settings configure() takes, each with its strict check; anything else is refused
     settings: ClassVar[Mapping[str, Setting]] = {}
@@ -596,6 +596,11 @@ class DriverBase:
         # limit by the instrument's resolution): the engine records each as a warning
         self.adjustments: list[str] = []
         self.round_trip_s: float | None = None  # measured at connect (probe_timing)
+
+    if TYPE_CHECKING:  # each driver writes its own; declared for mypy only, so a driver
+        # without one still fails the member check at connect
+
+        def identify(self) -> str: ...
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits

@@ -289,7 +289,7 @@ def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
     """[start, stop) of the runs of equal ``values``, each cut to at most ``limit`` long."""
     cuts = np.flatnonzero(~np.isclose(values[1:], values[:-1], rtol=1e-9, atol=1e-15)) + 1
     bounds = np.concatenate([[0], cuts, [len(values)]])
-    out = []
+    out: list[tuple[int, int]] = []
     for a, b in itertools.pairwise(bounds):
         out.extend((s, min(int(b), s + limit)) for s in range(int(a), int(b), limit))
     return out

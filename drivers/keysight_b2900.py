@@ -189,7 +189,7 @@ class KeysightB2900(SourceMeterBase):
         self.model = "B2902A"
         self.channels: list[int] = [0]  # 0-based channels a program runs on
         self.compliance_a = 1e-4
-        self._output_on: set[int] = set()
+        self._channels_on: set[int] = set()
         self._last_level: float | None = None
         self._binary = False  # the data format is REAL,64 (during a hardware run)
         self._pulse_shape = False  # the channels are in pulse shape (after a pulse run)
@@ -312,12 +312,12 @@ class KeysightB2900(SourceMeterBase):
         return plan_pulses(program, aperture_s=self.aperture_s)
 
     def _outputs_on_at(self, level: float) -> None:
-        off = [c for c in self.channels if c not in self._output_on]
+        off = [c for c in self.channels if c not in self._channels_on]
         if off:
             self.transport.write(
                 ";".join(f":SOUR{c + 1}:VOLT {num(level)};:OUTP{c + 1} ON" for c in off)
             )
-            self._output_on.update(off)
+            self._channels_on.update(off)
             self._last_level = None if len(off) < len(self.channels) else level
 
     def _set_format(self, binary: bool) -> None:
@@ -398,7 +398,7 @@ class KeysightB2900(SourceMeterBase):
         others: list[list[tuple[float, float]]] = [[] for _ in chans[1:]]
 
         def set_level(level: float) -> None:
-            if len(self._output_on.intersection(self.channels)) < len(self.channels):
+            if len(self._channels_on.intersection(self.channels)) < len(self.channels):
                 self._outputs_on_at(level)
             if level != self._last_level:
                 self.transport.write(";".join(f":SOUR{c}:VOLT {num(level)}" for c in chans))
@@ -457,7 +457,7 @@ class KeysightB2900(SourceMeterBase):
             f":ABOR {chanlist};"
             + ";".join(f":SOUR{c}:VOLT:MODE FIX;:SOUR{c}:VOLT 0;:OUTP{c} OFF" for c in chans)
         )
-        self._output_on.clear()
+        self._channels_on.clear()
         self._last_level = None
         states = self.transport.query(";".join(f":OUTP{c}?" for c in chans)).strip().split(";")
         on = [c for c, s in zip(chans, states, strict=False) if s.strip() not in ("0", "OFF")]

@@ -11,9 +11,12 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labctl.errors import PlausibilityWarning
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
@@ -324,8 +327,8 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: Any = None  # the bar's task id
         self.points = 0
         self._step = ""
         self._total: float | None = None
@@ -809,7 +812,7 @@ def _sim_presets(only: str | None = None, params: dict[str, str] | None = None) 
     console = Console()
     for name in [only] if only else sorted(PRESETS):
         preset, values = preset_values(name, params or {})  # an unknown name is refused
-        found = make_device(name, **(params or {})).warnings  # refused here if unphysical
+        found = make_device(name, seed=0, **(params or {})).warnings  # refused if unphysical
         table = Table(title=f"{name}: {preset.description}", title_justify="left", expand=False)
         heading = "value" if params else "default"
         for col in ("parameter", "unit", heading, "allowed", "valid", "meaning", "source"):

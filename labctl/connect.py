@@ -20,11 +20,15 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from labctl.clock import Clock, RealClock, VirtualClock
 from labctl.errors import PlausibilityWarning, ValidationError
 from labctl.instrument import check_driver
+
+if TYPE_CHECKING:
+    from labctl.transport import Transport
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
 SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
@@ -153,10 +157,11 @@ def connect(
         emulator = make_emulator(
             spec.model, device=device, clock=faults.wrap_clock(clock) if faults else clock, **extra
         )
+        faulty = None
         if faults:
             from labctl.sim.faults import wrap_emulator
 
-            emulator = wrap_emulator(
+            emulator = faulty = wrap_emulator(
                 emulator,
                 faults,
                 clock=clock,
@@ -165,11 +170,13 @@ def connect(
                 seed=spec.seed,
             )
         if is_streaming(emulator):  # serial instruments whose output streams with time
-            transport = StreamLoopback(emulator, resource, clock=clock, timeout_s=timeout_s)
+            transport: Transport = StreamLoopback(
+                emulator, resource, clock=clock, timeout_s=timeout_s
+            )
         else:
             transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
-        if faults:
-            emulator.attach(transport)  # its timeout bounds late replies, its name the errors
+        if faulty is not None:
+            faulty.attach(transport)  # its timeout bounds late replies, its name the errors
         drv = driver_class(driver or spec.model)(transport, clock=clock)
         # read by the engine at the start of every run on this driver (RunEngine._warn)
         drv.warnings = implausible

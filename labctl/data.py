@@ -67,7 +67,7 @@ class Chunk:
         if self.channel is None:
             self.channel = np.zeros(n, np.int8)
         for f in fields(self):
-            col = np.asarray(getattr(self, f.name), dtype=DTYPES[f.name])
+            col: np.ndarray = np.asarray(getattr(self, f.name), dtype=DTYPES[f.name])
             if col.shape != (n,):
                 raise ValueError(f"Chunk column {f.name!r} has shape {col.shape}, expected ({n},)")
             setattr(self, f.name, col)

@@ -198,8 +198,7 @@ def run_channel_names(run: Mapping[str, Any]) -> dict[int, str]:
 def _sample_ids(per_channel: Mapping[int, Any]) -> dict[int, int] | None:
     """Channel -> sample id for the store's run_samples (None: the store's default, the
     run's sample on channel 0)."""
-    ids = {c: getattr(s, "id", None) for c, s in per_channel.items()}
-    ids = {c: i for c, i in ids.items() if i is not None}
+    ids = {c: i for c, s in per_channel.items() if (i := getattr(s, "id", None)) is not None}
     return ids or None
 
 
@@ -220,7 +219,7 @@ def noise_nplc(driver: Any) -> float | None:
     return float(nplc)
 
 
-def _on_channel(rows: Iterable[dict[str, Any]], channel: int) -> list[dict[str, Any]]:
+def _on_channel(rows: Iterable[Mapping[str, Any]], channel: int) -> list[dict[str, Any]]:
     """Metric rows tagged with the channel whose points they describe."""
     return [{**row, "channel": channel} for row in rows]
 
@@ -284,8 +283,16 @@ def check_protocol_limits(
     """The tightest limits of the samples on the run's channels."""
     per_channel = channel_samples_of(driver, sample, channel_samples)
     samples = list(per_channel.values()) or [sample]
-    limits = [sample_limits(s) for s in samples]
-    return Limits(max_v=min(x.max_v for x in limits), max_i=min(x.max_i for x in limits))
+    return tightest(sample_limits(s) for s in samples)
+
+
+def tightest(limits: Iterable[Limits]) -> Limits:
+    """The tightest of samples' limits (:func:`sample_limits` gives each both)."""
+    every = list(limits)
+    return Limits(
+        max_v=min(x.max_v for x in every if x.max_v is not None),
+        max_i=min(x.max_i for x in every if x.max_i is not None),
+    )
 
 
 def check_protocol(
@@ -332,11 +339,7 @@ def check_protocol(
                 f"{who} ({label})" if label else who,
                 limit=asked,
             )
-    tightest = Limits(
-        max_v=min(lim.max_v for lim in limits.values()),
-        max_i=min(lim.max_i for lim in limits.values()),
-    )
-    return programs, tightest
+    return programs, tightest(limits.values())
 
 
 def bounded_default_compliance(protocol: Any, max_i: float | None) -> tuple[Any, str | None]:
@@ -348,6 +351,7 @@ def bounded_default_compliance(protocol: Any, max_i: float | None) -> tuple[Any,
     if (
         max_i is None
         or not isinstance(asked, int | float)
+        or params is None
         or "compliance_a" in params.model_fields_set
         or asked <= max_i
     ):
@@ -497,7 +501,7 @@ class RunEngine:
     def __init__(
         self,
         store: Any,
-        listeners: Iterable[Listener] = (),
+        listeners: Iterable[Listener | object] = (),  # or any object with some of its hooks
         *,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
@@ -667,6 +671,7 @@ class RunEngine:
             self._limits = run_limits(self.store, [sample, *per_channel.values()])
         except LimitError as exc:
             return LimitError(f"step {k + 1} of {len(protocols)} ({protocols[k].name}): {exc}")
+        return None
 
     def _timing_preflight(
         self, protocols: Sequence[Any], driver: Any, sample: Any, options: Mapping[str, Any]

@@ -11,8 +11,8 @@ row into a warning of the run.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Literal, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypedDict
 
 Quality = Literal["ok", "unreliable"]
 QUALITIES: tuple[str, ...] = ("ok", "unreliable")
@@ -67,11 +67,11 @@ def metric(
     )
 
 
-def metric_warnings(rows: Iterable[Metric]) -> list[str]:
+def metric_warnings(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """The run warnings the unreliable rows give: one per reason and channel, naming the
     metrics it makes unreliable (rows of other scopes counted: "loop_area (12 frequency
     rows)")."""
-    groups: dict[tuple, dict[tuple[str, str], list[Metric]]] = {}
+    groups: dict[tuple, dict[tuple[str, str], list[Mapping[str, Any]]]] = {}
     for row in rows:
         if row.get("quality") == "unreliable":
             key = (row.get("channel", 0), row.get("reason"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,7 @@ class Program:
     ) -> Program:
         """Return a copy with the given tags set on every step."""
         n = len(self)
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if segment is not None:
             changes["segment"] = np.full(n, segment, np.int32)
         if cycle is not None:
@@ -241,7 +242,7 @@ def hold(
     points: int = 1,
     sample: bool = True,
     phase: str = "hold",
-    **kw: object,
+    **kw: Any,
 ) -> Program:
     """Hold ``level`` for ``duration`` s, split into ``points`` steps (each sampled if asked)."""
     _positive("duration", duration)
@@ -258,7 +259,7 @@ def ramp(
     *,
     points: int,
     phase: str = "sweep",
-    **kw: object,
+    **kw: Any,
 ) -> Program:
     """Linear staircase from ``start`` to ``stop`` inclusive, ``points`` equal steps."""
     _positive("duration", duration)
@@ -269,7 +270,7 @@ def ramp(
 
 
 def staircase(
-    levels: Sequence[float] | np.ndarray, step_duration: float, *, phase: str = "step", **kw: object
+    levels: Sequence[float] | np.ndarray, step_duration: float, *, phase: str = "step", **kw: Any
 ) -> Program:
     """Each level held for ``step_duration`` s and sampled at its end."""
     _positive("step_duration", step_duration)
@@ -287,17 +288,16 @@ def pulse(
     sample_base: bool = False,
     phase: str = "pulse",
     number: int = 0,
-    **kw: object,
+    **kw: Any,
 ) -> Program:
     """A rectangular pulse: ``base`` for ``before`` s, ``amplitude`` for ``width`` s, then
     ``base`` for ``after`` s. Tagged with pulse ``number``."""
     _positive("width", width)
-    levels, durations, samples = [], [], []
-    if before > 0:
-        levels.append(base), durations.append(before), samples.append(sample_base)
-    levels.append(amplitude), durations.append(width), samples.append(sample_pulse)
+    steps = [(base, before, sample_base)] if before > 0 else []  # (level, duration, sampled)
+    steps.append((amplitude, width, sample_pulse))
     if after > 0:
-        levels.append(base), durations.append(after), samples.append(sample_base)
+        steps.append((base, after, sample_base))
+    levels, durations, samples = zip(*steps, strict=True)
     return Program.from_steps(levels, durations, sample=samples, phase=phase, pulse=number, **kw)
 
 
@@ -346,7 +346,7 @@ def triangle(
     offset: float = 0.0,
     phase: str = "sweep",
     first_cycle: int = 0,
-    **kw: object,
+    **kw: Any,
 ) -> Program:
     """Triangle 0 -> +A -> 0 -> -A per cycle, every step sampled, cycles tagged."""
     return _periodic(
@@ -363,7 +363,7 @@ def sine(
     offset: float = 0.0,
     phase: str = "sweep",
     first_cycle: int = 0,
-    **kw: object,
+    **kw: Any,
 ) -> Program:
     """Sine A sin(2 pi f t) per cycle, every step sampled, cycles tagged."""
     return _periodic(

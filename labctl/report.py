@@ -58,8 +58,8 @@ def plot_run(store, run_id: int, path: Path) -> Path:
             a = freq[(freq["name"] == "loop_area") & (freq["channel"] == channel)]
             a = a.sort_values("index")
             fx = np.array([freqs.get(int(i), np.nan) for i in a["index"]])
-            label = on.get(channel, f"channel {channel}") if several else None
-            ax.semilogx(fx, a["value"] * 1e9, "o-", label=label)
+            name = on.get(channel, f"channel {channel}") if several else None
+            ax.semilogx(fx, a["value"] * 1e9, "o-", label=name)
         if several:
             ax.legend(fontsize=8)
         ax.set_xlabel("frequency (Hz)")

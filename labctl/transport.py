@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,9 +59,15 @@ def block_to_array(payload: bytes, dtype: str = "<f8") -> np.ndarray:
 class _QueryMixin:
     resource: str
 
+    if TYPE_CHECKING:  # each transport writes its own
+
+        def write(self, message: str) -> None: ...
+
+        def read(self) -> str: ...
+
     def query(self, message: str) -> str:
-        self.write(message)  # type: ignore[attr-defined]
-        return self.read()  # type: ignore[attr-defined]
+        self.write(message)
+        return self.read()
 
 
 class LoopbackTransport(_QueryMixin):
@@ -139,9 +145,12 @@ class VisaTransport(_QueryMixin):
 
         self.resource = resource
         self._timeout_s = timeout_s
-        self._res = None
+        self._res: Any = None  # the pyvisa resource, once open
         self._errors = pyvisa.errors
-        self._io = {"read_termination": read_termination, "write_termination": write_termination}
+        self._io: dict[str, Any] = {
+            "read_termination": read_termination,
+            "write_termination": write_termination,
+        }
         try:
             self._rm = pyvisa.ResourceManager(visa_library or default_visa_library())
         except (pyvisa.errors.Error, ValueError, OSError) as exc:
@@ -262,7 +271,7 @@ class SerialTransport(_QueryMixin):
 
         self.resource = port
         self._timeout_s = timeout_s
-        self._port = None
+        self._port: Any = None  # the pyserial port, once open
         self._rt = read_termination.encode()
         self._wt = write_termination.encode()
         self._enc = encoding

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
 
 from labctl.errors import ValidationError
+from labctl.metric import Metric
 from labctl.plugins import Registry
 from labctl.program import MAX_STEPS, Program
 from labctl.protocol import PROTOCOLS, Plan, param_unit
@@ -43,13 +45,21 @@ class Params(BaseModel):
         for name, f in cls.model_fields.items():
             if name not in data:
                 continue
-            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            extra: dict[str, Any] = _extra(f)
             items = extra.get("items")
             if items:
                 data = {**data, name: check_list(name, data[name], extra.get("unit", ""), **items)}
                 continue
             _check_kind(cls, name, f.annotation, data[name])
         return data
+
+
+ParamsT = TypeVar("ParamsT", bound=Params)
+
+
+def _extra(f: FieldInfo) -> dict[str, Any]:
+    """A field's json_schema_extra (unit, items, choices) when it is a dict."""
+    return f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
 
 
 def _check_kind(model: type[BaseModel], name: str, annotation: Any, value: Any) -> None:
@@ -75,7 +85,7 @@ def _check_kind(model: type[BaseModel], name: str, annotation: Any, value: Any) 
 def field_info(model: type[BaseModel], name: str) -> dict[str, Any]:
     """Unit, bounds, default and help of one parameter, for messages, help and forms."""
     f = model.model_fields[name]
-    extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    extra = _extra(f)
     info: dict[str, Any] = {
         "name": name,
         "unit": param_unit(model, name),
@@ -115,8 +125,8 @@ def allowed_text(info: dict[str, Any]) -> str:
 
 
 def validate_params(
-    model: type[Params], values: dict[str, Any], where: str = "parameters"
-) -> Params:
+    model: type[ParamsT], values: dict[str, Any], where: str = "parameters"
+) -> ParamsT:
     """Build ``model`` from ``values``; on failure raise one ValidationError naming the field."""
     try:
         return model(**values)
@@ -138,12 +148,14 @@ def validate_params(
         raise ValidationError(field, err.get("msg", "invalid")) from None
 
 
-class Protocol:
-    """Base class: subclasses set ``name``, ``Params``, and write ``plan`` and ``analyze``."""
+class Protocol(Generic[ParamsT]):
+    """Base class: subclasses set ``name``, ``Params``, and write ``plan`` and ``analyze``;
+    ``class IVHysteresis(Protocol[IVHysteresisParams])`` types ``self.params``."""
 
     name: ClassVar[str]
     title: ClassVar[str] = ""
-    Params: ClassVar[type[Params]]
+    Params: type[ParamsT]  # set on the class (a ClassVar cannot name ParamsT)
+    params: ParamsT
     closed_loop: ClassVar[bool] = False  # True if plan() needs the data of earlier programs
     # True if waiting between Programs (output off) leaves the experiment valid
     pausable: ClassVar[bool] = False
@@ -155,7 +167,7 @@ class Protocol:
     # the run's metadata while the engine analyses it (see analyze)
     run_metadata: dict[str, Any] = {}  # noqa: RUF012  (replaced per run, never mutated)
 
-    def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
+    def __init__(self, params: ParamsT | dict[str, Any] | None = None) -> None:
         if isinstance(params, Params):
             self.params = params
         else:
@@ -208,7 +220,7 @@ class Protocol:
         engine names the shortest step."""
         return None
 
-    def analyze(self, points) -> list[dict[str, Any]]:  # points: pandas DataFrame
+    def analyze(self, points) -> list[Metric]:  # points: pandas DataFrame
         """Metrics rows (labctl.metric.metric): name, value, unit, scope, index, stderr,
         quality and reason. ``self.run_metadata`` holds the run's metadata when the engine
         analyses a run (instrument settings, ``current_noise_a``); {} otherwise."""
@@ -225,11 +237,15 @@ class Protocol:
 REGISTRY = cast("Registry[type[Protocol]]", PROTOCOLS)
 
 
-def register(cls: type[Protocol]) -> type[Protocol]:
+ProtocolT = TypeVar("ProtocolT", bound=type[Protocol])
+
+
+def register(cls: ProtocolT) -> ProtocolT:
     """Register a protocol defined in this process (a script's or a notebook's own) under
     its ``name``, so recipes and the CLI in this process can name it; a distribution
     declares its protocols as ``labctl.protocols`` entry points instead."""
-    return REGISTRY.add(cls.name, cls)
+    REGISTRY.add(cls.name, cls)
+    return cls
 
 
 def get_protocol(name: str) -> type[Protocol]:

@@ -12,7 +12,10 @@ from labctl.protocols.base import Params, check_list  # noqa: F401  (re-exported
 from pydantic import Field
 
 from labctl.errors import ValidationError
-from labctl.metric import metric  # noqa: F401  (re-exported: the one place rows are made)
+from labctl.metric import (
+    Metric,
+    metric,  # noqa: F401  (re-exported: the one place rows are made)
+)
 from labctl.program import Program, hold
 
 # The 2450 times a step in hardware only up to 10 ks; a longer rest is split into parts.
@@ -22,14 +25,14 @@ LONGEST_STEP_S = 5000.0
 # -- parameters ----------------------------------------------------------------------------------
 def volts(default: float, help_: str, **bounds: float) -> Any:
     """A parameter in V; bounds default to the 2450's ±210 V."""
-    bounds = bounds or {"ge": -210, "le": 210}
-    return Field(default, description=help_, json_schema_extra={"unit": "V"}, **bounds)
+    limits: dict[str, Any] = bounds or {"ge": -210, "le": 210}
+    return Field(default, description=help_, json_schema_extra={"unit": "V"}, **limits)
 
 
 def seconds(default: float, help_: str, **bounds: float) -> Any:
     """A parameter in s; bounds default to > 0 s and <= 10 ks."""
-    bounds = bounds or {"gt": 0, "le": 1e4}
-    return Field(default, description=help_, json_schema_extra={"unit": "s"}, **bounds)
+    limits: dict[str, Any] = bounds or {"gt": 0, "le": 1e4}
+    return Field(default, description=help_, json_schema_extra={"unit": "s"}, **limits)
 
 
 class SourceParams(Params):
@@ -111,6 +114,6 @@ def refuse(name: str, message: str) -> None:
     raise ValidationError(f"parameters.{name}", message)
 
 
-def finite(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def finite(rows: list[Metric]) -> list[Metric]:
     """The rows whose value is a finite number (a missing metric beats a NaN one)."""
     return [r for r in rows if np.isfinite(r["value"])]

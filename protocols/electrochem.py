@@ -30,6 +30,7 @@ from labctl.analysis.fits import fit_exponential
 from labctl.analysis.hysteresis import UNITS as LOOP_UNITS
 from labctl.analysis.hysteresis import loop_metrics
 from labctl.analysis.pulses import phase_rows, reads, source_voltage
+from labctl.metric import Metric
 from labctl.program import Program, hold, staircase
 
 FASTEST_STEP_S = 1e-4
@@ -116,7 +117,7 @@ class CyclicVoltammetryParams(SourceParams):
         _step_checks(self, min(x for x in legs if x > 0))
 
 
-class CyclicVoltammetry(Protocol):
+class CyclicVoltammetry(Protocol[CyclicVoltammetryParams]):
     """Scan s (cycle tag s): e_begin -> vertex 1 -> vertex 2 -> e_begin, phase 'sweep'."""
 
     name = "cyclic_voltammetry"
@@ -124,7 +125,7 @@ class CyclicVoltammetry(Protocol):
     Params = CyclicVoltammetryParams
 
     def plan(self) -> Plan:
-        p: CyclicVoltammetryParams = self.params  # type: ignore[assignment]
+        p = self.params
         points = [p.e_begin_v, p.e_vertex1_v, p.e_vertex2_v, p.e_begin_v]
         one = Program.concat(
             scan_leg(a, b, p.e_step_v, p.scan_rate_v_s)
@@ -135,11 +136,11 @@ class CyclicVoltammetry(Protocol):
         yield Program.concat([*_quiet(p, p.e_begin_v), scans]).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: CyclicVoltammetryParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        rows: list[Metric] = []
         last: dict[str, tuple[float, str]] = {}
         sweep = phase_rows(points, "sweep")
         for c, g in sweep.groupby("cycle", sort=True):
@@ -194,22 +195,22 @@ class LinearSweepParams(SourceParams):
         _step_checks(self, abs(self.e_end_v - self.e_begin_v))
 
 
-class LinearSweepVoltammetry(Protocol):
+class LinearSweepVoltammetry(Protocol[LinearSweepParams]):
     name = "linear_sweep_voltammetry"
     title = "Linear sweep voltammetry (LSV)"
     Params = LinearSweepParams
 
     def plan(self) -> Plan:
-        p: LinearSweepParams = self.params  # type: ignore[assignment]
+        p = self.params
         leg = scan_leg(p.e_begin_v, p.e_end_v, p.e_step_v, p.scan_rate_v_s)
         yield Program.concat([*_quiet(p, p.e_begin_v), leg]).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: LinearSweepParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: LinearSweepParams = self.params  # type: ignore[assignment]
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
         sweep = phase_rows(points, "sweep")
         if not len(sweep):
             return []
@@ -266,7 +267,7 @@ class ChronoamperometryParams(SourceParams):
             )
 
 
-class Chronoamperometry(Protocol):
+class Chronoamperometry(Protocol[ChronoamperometryParams]):
     """Step k of repeat r has cycle tag r and pulse tag r*(n+1) + k + 1, phase 'step'."""
 
     name = "chronoamperometry"
@@ -274,7 +275,7 @@ class Chronoamperometry(Protocol):
     Params = ChronoamperometryParams
 
     def plan(self) -> Plan:
-        p: ChronoamperometryParams = self.params  # type: ignore[assignment]
+        p = self.params
         steps = []
         for k, (e, d) in enumerate(zip(p.potentials_v, p.durations_s, strict=True)):
             n = max(1, round(d / p.sample_interval_s))
@@ -284,12 +285,12 @@ class Chronoamperometry(Protocol):
         yield Program.concat([*_quiet(p, p.quiet_v), body]).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: ChronoamperometryParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: ChronoamperometryParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
+        rows: list[Metric] = []
         for k, g in phase_rows(points, "step").groupby("pulse", sort=True):
             t, i = g["t"].to_numpy(float), g["i"].to_numpy(float)
             # the step began one sample interval before its first sample
@@ -337,7 +338,7 @@ class PulsedAmperometryParams(SourceParams):
             )
 
 
-class PulsedAmperometry(Protocol):
+class PulsedAmperometry(Protocol[PulsedAmperometryParams]):
     """Cycle c (cycle and pulse tag c): detect (phase 'read'), oxidise and reduce (phase
     'pulse'); i_detect is the mean of the detect samples of the cycle."""
 
@@ -346,7 +347,7 @@ class PulsedAmperometry(Protocol):
     Params = PulsedAmperometryParams
 
     def plan(self) -> Plan:
-        p: PulsedAmperometryParams = self.params  # type: ignore[assignment]
+        p = self.params
         parts = []
         window = p.sample_window_s if p.sample_window_s > 0 else p.t_detect_s / p.sample_points
         points = p.sample_points if p.sample_window_s > 0 else 1
@@ -361,10 +362,10 @@ class PulsedAmperometry(Protocol):
         yield repeat_program(one, p.cycles).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: PulsedAmperometryParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
+    def analyze(self, points) -> list[Metric]:
         r = reads(points)
         if not len(r):
             return []

@@ -17,6 +17,7 @@ from labctl.protocols.common import ReadParams, auto_nplc, finite, metric, secon
 from pydantic import Field
 
 from labctl.analysis.pulses import pulse_phases, reads
+from labctl.metric import Metric
 from labctl.program import PHASE_CODE, Program
 
 CYCLES_PER_PROGRAM = 1000
@@ -37,7 +38,7 @@ class EnduranceParams(ReadParams):
     )
 
 
-class Endurance(Protocol):
+class Endurance(Protocol[EnduranceParams]):
     name = "endurance"
     title = "Endurance: write/erase cycles with periodic on/off reads"
     Params = EnduranceParams
@@ -45,7 +46,7 @@ class Endurance(Protocol):
     def _templates(self) -> list[np.ndarray]:
         """Step table of a cycle without and with reads: rows level, duration, sample,
         phase code, pulse offset (1 write, 2 erase), segment."""
-        p: EnduranceParams = self.params  # type: ignore[assignment]
+        p = self.params
         out = []
         for with_read in (False, True):
             steps = []
@@ -64,12 +65,12 @@ class Endurance(Protocol):
 
     def read_cycles(self, c0: int, c1: int) -> np.ndarray:
         """Whether cycles c0..c1-1 are read."""
-        p: EnduranceParams = self.params  # type: ignore[assignment]
+        p = self.params
         c = np.arange(c0, c1)
         return (c % p.read_every == 0) | (c == p.cycles - 1)
 
     def plan(self) -> Plan:
-        p: EnduranceParams = self.params  # type: ignore[assignment]
+        p = self.params
         plain, with_read = self._templates()
         width = max(plain.shape[1], with_read.shape[1])
         table = np.zeros((2, 6, width))
@@ -99,12 +100,12 @@ class Endurance(Protocol):
             )
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: EnduranceParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: EnduranceParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
+        rows: list[Metric] = []
         r = reads(points)
         if not len(r):
             return rows

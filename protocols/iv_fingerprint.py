@@ -100,17 +100,17 @@ def frequencies(p: IVFingerprintParams) -> list[float]:
     return [float(f) for f in np.geomspace(p.f_min_hz, p.f_max_hz, n)]
 
 
-class IVFingerprint(Protocol):
+class IVFingerprint(Protocol[IVFingerprintParams]):
     name = "iv_fingerprint"
     pausable = True  # each frequency starts afresh; a pause between them is harmless
     title = "I-V fingerprint: loop area vs frequency, memory time, unipolar/bipolar"
     Params = IVFingerprintParams
 
     def frequencies(self) -> list[float]:
-        return frequencies(self.params)  # type: ignore[arg-type]
+        return frequencies(self.params)
 
     def plan(self) -> Plan:
-        p: IVFingerprintParams = self.params  # type: ignore[assignment]
+        p = self.params
         shape = sine if p.waveform == "sine" else triangle
         for k, f in enumerate(self.frequencies()):
             yield shape(
@@ -123,7 +123,7 @@ class IVFingerprint(Protocol):
             ).tagged(segment=k)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: IVFingerprintParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
     def timing_asked(self, indices: Sequence[int]) -> str | None:
@@ -136,7 +136,7 @@ class IVFingerprint(Protocol):
         return sweep_alternative([freqs[k] for k in indices], n, min_step_s, min_points=16)
 
     def analyze(self, points) -> list[Metric]:
-        p: IVFingerprintParams = self.params  # type: ignore[assignment]
+        p = self.params
         asked = self.frequencies()
         rows: list[Metric] = []
         if not len(points):
@@ -238,12 +238,12 @@ class IVFingerprint(Protocol):
 
         # why the memory time cannot be trusted, most telling first
         kept = [k for k, keep_k in zip(ks, keep, strict=True) if keep_k]
-        run_wide = [
+        found = [
             next((uneven[k] for k in kept if k in uneven), None),
             below_noise(float(area.max()), float(area_se[int(np.argmax(area))]), "largest loop"),
             next((unsettled[k] for k in kept if k in unsettled), None),
         ]
-        run_wide = [r for r in run_wide if r]
+        run_wide = [r for r in found if r]
         fit_reasons = list(run_wide)
         if not (np.isfinite(rms) and rms <= POOR_FIT_RMS_LOG):
             fit_reasons.append(
@@ -272,13 +272,13 @@ class IVFingerprint(Protocol):
             else None
         )
 
-        def why(reasons: list[str]) -> str | None:
+        def joined(reasons: list[str]) -> str | None:
             return "; ".join(reasons) if reasons else None
 
-        fit_why, peak_why = why(fit_reasons), why(peak_reasons)
+        fit_why, peak_why = joined(fit_reasons), joined(peak_reasons)
         unchecked = "it cannot be checked: tau, the kernel fit, is unreliable" if fit_why else None
         textbook_why = {
-            name: why([r for r in (peak_why, unchecked) if r]) or _disagrees(value, tau, name)
+            name: joined([r for r in (peak_why, unchecked) if r]) or _disagrees(value, tau, name)
             for name, value in (
                 ("tau_from_f_peak", tau_from_peak),
                 ("tau_debye", x_class * tau_prime),
@@ -318,7 +318,7 @@ class IVFingerprint(Protocol):
         return finite(rows)
 
     def warnings(self, points) -> list[str]:
-        p: IVFingerprintParams = self.params  # type: ignore[assignment]
+        p = self.params
         return rate_warnings(self.frequencies(), achieved_sweep(points, p.points_per_cycle))
 
 

@@ -58,14 +58,14 @@ class IVHysteresisParams(Params):
     )
 
 
-class IVHysteresis(Protocol):
+class IVHysteresis(Protocol[IVHysteresisParams]):
     name = "iv_hysteresis"
     pausable = True  # each frequency starts afresh; a pause between them is harmless
     title = "I-V hysteresis loops (triangle or sine sweeps)"
     Params = IVHysteresisParams
 
     def plan(self) -> Plan:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         shape = triangle if p.waveform == "triangle" else sine
         for k, f in enumerate(p.frequencies_hz):
             yield shape(
@@ -79,7 +79,7 @@ class IVHysteresis(Protocol):
             ).tagged(segment=k)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         nplc = p.nplc
         if nplc is None:
             fastest_step_s = 1.0 / (max(p.frequencies_hz) * p.points_per_cycle)
@@ -88,16 +88,16 @@ class IVHysteresis(Protocol):
         return {"compliance_a": p.compliance_a, "nplc": nplc}
 
     def timing_asked(self, indices: Sequence[int]) -> str | None:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         return sweeps_asked([p.frequencies_hz[k] for k in indices], p.points_per_cycle)
 
     def timing_alternative(self, indices: Sequence[int], min_step_s: float) -> str | None:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         freqs = [p.frequencies_hz[k] for k in indices]
         return sweep_alternative(freqs, p.points_per_cycle, min_step_s, min_points=8)
 
     def analyze(self, points) -> list[Metric]:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         rows: list[Metric] = []
         if len(points) == 0:
             return rows
@@ -135,7 +135,7 @@ class IVHysteresis(Protocol):
                 )
             )
         if areas:
-            best = max(areas, key=areas.get)
+            best = max(areas, key=areas.__getitem__)
             irregular = [r for k in areas if (r := irregular_reason(sweeps[k]))]
             reason = irregular[0] if irregular else below_noise(areas[best], errors[best])
             rows.append(metric("run", 0, "f_peak", freqs[best], "Hz", reason=reason))
@@ -143,7 +143,7 @@ class IVHysteresis(Protocol):
         return rows
 
     def warnings(self, points) -> list[str]:
-        p: IVHysteresisParams = self.params  # type: ignore[assignment]
+        p = self.params
         return rate_warnings(p.frequencies_hz, achieved_sweep(points, p.points_per_cycle))
 
 
@@ -165,7 +165,8 @@ def sweep_alternative(
         return None
     f_max = _floor_3(1 / (points_per_cycle * min_step_s))
     out = f"at most {f_max:g} Hz at {points_per_cycle} points a cycle"
-    fits, too_fast = [], []
+    fits: list[tuple[float, int]] = []
+    too_fast: list[tuple[float, int]] = []
     for f in freqs:
         n = int(1 / (f * min_step_s) * (1 + 1e-9)) // 4 * 4
         (fits if n >= min_points else too_fast).append((f, n))

@@ -35,6 +35,7 @@ from labctl.analysis.pulses import (
     reads,
     symmetry_error,
 )
+from labctl.metric import Metric
 from labctl.program import Program
 
 # -- potentiation / depression ----------------------------------------------------------------
@@ -53,7 +54,7 @@ class PotentiationDepressionParams(ReadParams):
     read_interval_s: float = seconds(5.0, "0 V between baseline reads", ge=0, le=1e5)
 
 
-class PotentiationDepression(Protocol):
+class PotentiationDepression(Protocol[PotentiationDepressionParams]):
     """Pulse tags: cycle c has pulse numbers c*(2N+1) + k; k = 0 are its baseline reads,
     1..N the writes, N+1..2N the erases; each read carries the number of its pulse."""
 
@@ -62,7 +63,7 @@ class PotentiationDepression(Protocol):
     Params = PotentiationDepressionParams
 
     def plan(self) -> Plan:
-        p: PotentiationDepressionParams = self.params  # type: ignore[assignment]
+        p = self.params
         n = p.n_pulses
         for c in range(p.cycles):
             first = c * (2 * n + 1)
@@ -72,7 +73,7 @@ class PotentiationDepression(Protocol):
             for k in range(1, 2 * n + 1):
                 kind = "write" if k <= n else "erase"
                 level = p.write_v if kind == "write" else p.erase_v
-                tags = {"cycle": c, "pulse": first + k}
+                tags: dict[str, Any] = {"cycle": c, "pulse": first + k}
                 parts = [square(level, p.width_s, kind, **tags)]
                 if p.relax_s > 0:
                     parts.append(rest(p.relax_s, **tags))
@@ -80,12 +81,12 @@ class PotentiationDepression(Protocol):
                 yield Program.concat(parts).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: PotentiationDepressionParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: PotentiationDepressionParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
+        rows: list[Metric] = []
         r = reads(points)
         if not len(r):
             return rows
@@ -164,7 +165,7 @@ class PairedPulseParams(SourceParams):
             refuse("amplitude_v", "a 0 V pulse does nothing; allowed: -210 V to 210 V, not 0")
 
 
-class PairedPulse(Protocol):
+class PairedPulse(Protocol[PairedPulseParams]):
     """Pair j (cycle tag j) has pulses 2j+1 and 2j+2 (phase 'stim'), each sampled at its end.
     The facilitation index is |I| at the end of the second pulse over the first."""
 
@@ -173,11 +174,11 @@ class PairedPulse(Protocol):
     Params = PairedPulseParams
 
     def pairs(self) -> list[float]:
-        p: PairedPulseParams = self.params  # type: ignore[assignment]
+        p = self.params
         return [dt for dt in p.intervals_s for _ in range(p.repeats)]
 
     def plan(self) -> Plan:
-        p: PairedPulseParams = self.params  # type: ignore[assignment]
+        p = self.params
         for j, gap in enumerate(self.pairs()):
             parts = []
             if p.recovery_s > 0:
@@ -197,12 +198,12 @@ class PairedPulse(Protocol):
             yield Program.concat(parts).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: PairedPulseParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
+    def analyze(self, points) -> list[Metric]:
         pairs = self.pairs()
-        rows: list[dict[str, Any]] = []
+        rows: list[Metric] = []
         by_interval: dict[float, list[float]] = {}
         achieved: dict[float, list[float]] = {}
         for j, (i1, i2, gap) in sorted(self._pairs_measured(points).items()):
@@ -227,7 +228,7 @@ class PairedPulse(Protocol):
             rows.append(metric("interval", k, "interval_asked_s", dt, "s"))
             rows.append(metric("interval", k, "ppf_index", m, stderr=se))
             if n > 1:
-                rows.append(metric("interval", k, "ppf_index_std", np.std(by_interval[dt])))
+                rows.append(metric("interval", k, "ppf_index_std", float(np.std(by_interval[dt]))))
         if means:
             rows.append(metric("run", 0, "ppf_max", max(means)))
             rows.append(metric("run", 0, "ppf_at_shortest", means[0]))
@@ -265,7 +266,7 @@ class PairedPulse(Protocol):
         0 V gap between them (from the samples' timestamps: end of the second pulse minus
         end of the first minus the second pulse's own duration, itself measured from its
         samples when it has several)."""
-        p: PairedPulseParams = self.params  # type: ignore[assignment]
+        p = self.params
         stim = phase_rows(points, "stim")
         out: dict[int, tuple[float, float, float]] = {}
         n_pairs = len(self.pairs())
@@ -345,7 +346,9 @@ def _onset_marker(durations: np.ndarray, dt: float) -> np.ndarray:
     return mark
 
 
-def _superpose(signals: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+def _superpose(
+    signals: list[tuple[float, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum of piecewise-constant signals (start, step durations, levels) as steps."""
     edges = {0.0}
     for start, durations, _ in signals:
@@ -367,7 +370,7 @@ def _superpose(signals: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.
     return levels[change], np.bincount(groups, widths)
 
 
-class STDP(Protocol):
+class STDP(Protocol[STDPParams]):
     """Delay j (cycle tag j): a read (pulse tag base), the pairings (base+1..base+pairs), a
     read (base+pairs+1), with base = j*(pairs+2). delta-G is the second read over the first.
     An optional conditioning pulse (cycle and pulse tag -1) comes first."""
@@ -378,7 +381,7 @@ class STDP(Protocol):
 
     def spike(self) -> tuple[np.ndarray, np.ndarray]:
         """One biphasic spike (overlap scheme) as (durations, levels)."""
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         durations = [p.spike_width_s]
         levels = [p.spike_v]
         if p.tail_s > 0 and p.tail_ratio > 0:
@@ -389,7 +392,7 @@ class STDP(Protocol):
 
     def pairing(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
         """Device voltage steps (levels, durations) of one pre/post pairing at ``dt``."""
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         t_pre, t_post = max(0.0, -dt), max(0.0, dt)
         if p.scheme == "overlap":
             d, lv = self.spike()
@@ -414,7 +417,7 @@ class STDP(Protocol):
         return _superpose(signals)
 
     def plan(self) -> Plan:
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.preset_v and p.preset_s > 0:
             yield square(p.preset_v, p.preset_s, "write", cycle=-1, pulse=-1).with_compliance(
                 p.compliance_a
@@ -444,14 +447,14 @@ class STDP(Protocol):
             yield Program.concat(parts).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
     def achieved_delays(self, points) -> dict[int, float]:
         """Per delay j, delta-t as it ran: the sampled onset step of the second event in the
         first pairing minus the end of the read before it (the first event's onset), signed
         as asked; 0 s delays are 0. Delays whose onset was not sampled are left out."""
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         out: dict[int, float] = {}
         names = phase_names(points)
         for j, asked in enumerate(p.delays_s):
@@ -468,7 +471,7 @@ class STDP(Protocol):
         return out
 
     def warnings(self, points) -> list[str]:
-        p: STDPParams = self.params  # type: ignore[assignment]
+        p = self.params
         return [
             f"delay {j}: asked delta-t {p.delays_s[j]:.4g} s, achieved {dt:.4g} s; its metrics "
             "use the achieved delta-t"
@@ -476,11 +479,11 @@ class STDP(Protocol):
             if abs(dt - p.delays_s[j]) > max(0.05 * abs(p.delays_s[j]), 1e-3)
         ]
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: STDPParams = self.params  # type: ignore[assignment]
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
         r = reads(points)
         achieved = self.achieved_delays(points)
-        rows: list[dict[str, Any]] = []
+        rows: list[Metric] = []
         dts, dgs = [], []
         for j, g in r.groupby("cycle", sort=True):
             j = int(j)

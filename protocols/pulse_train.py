@@ -27,6 +27,7 @@ from labctl.protocols.common import (
 from pydantic import Field
 
 from labctl.analysis.pulses import pulse_ends, pulse_phases, reads
+from labctl.metric import Metric
 from labctl.program import Program
 
 
@@ -46,20 +47,20 @@ class PulseTrainParams(ReadParams):
     baseline_reads: int = Field(1, ge=0, le=1000, description="reads before the first pulse")
 
 
-class PulseTrain(Protocol):
+class PulseTrain(Protocol[PulseTrainParams]):
     name = "pulse_train"
     title = "Pulse train: write/erase pulses with reads after each"
     Params = PulseTrainParams
 
     def kind(self, k: int) -> str:
         """'write' or 'erase' for pulse number k (1-based)."""
-        p: PulseTrainParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.pattern == "alternate":
             return "write" if k % 2 == 1 else "erase"
         return p.pattern
 
     def plan(self) -> Plan:
-        p: PulseTrainParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.baseline_reads:
             yield reads_block(p, p.baseline_reads, p.read_interval_s, pulse=0).with_compliance(
                 p.compliance_a
@@ -74,11 +75,11 @@ class PulseTrain(Protocol):
             yield Program.concat(parts).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: PulseTrainParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        rows: list[Metric] = []
         r = reads(points)
         if not len(r):
             return rows

@@ -51,6 +51,7 @@ from pydantic import Field
 from labctl.analysis.ngrc import ngrc_evaluate
 from labctl.analysis.reservoir import evaluate, state_matrix
 from labctl.analysis.tasks import TASKS, Task, make_task
+from labctl.metric import Metric
 from labctl.program import PHASE_CODE, Program, hold
 
 # Ridge penalties and NG-RC taps per task, used where the parameters leave them unset.
@@ -329,7 +330,7 @@ def _reset_first(prog: Program, reset: Program | None) -> Program:
 # -- the protocol ---------------------------------------------------------------------------------
 
 
-class Reservoir(Protocol):
+class Reservoir(Protocol[ReservoirParams]):
     name = "reservoir"
     title = "Reservoir computing: pulse-stream inputs, conductance states, ridge readout"
     Params = ReservoirParams
@@ -338,7 +339,7 @@ class Reservoir(Protocol):
 
     @property
     def p(self) -> ReservoirParams:
-        return self.params  # type: ignore[return-value]
+        return self.params
 
     @cached_property
     def task(self) -> Task:
@@ -442,14 +443,14 @@ class Reservoir(Protocol):
         return p.masks * (p.reset_s + p.length * p.virtual_nodes * slot)
 
     # -- analysis
-    def analyze(self, points) -> list[dict[str, Any]]:
+    def analyze(self, points) -> list[Metric]:
         """Train the readout on the reads and score it; the NG-RC baseline beside it."""
         p = self.p
         task = self.task
         rows, states = state_matrix(
             points, pulses=p.features == "reads+pulses", last_slot_only=p.last_slot_only
         )
-        out: list[dict[str, Any]] = []
+        out: list[Metric] = []
         if len(rows):
             result = evaluate(states, task, float(p.default("alpha")), rows=rows)
             out += result.metrics()

@@ -30,6 +30,7 @@ from pydantic import Field
 from labctl.analysis.fits import ExpFit, fit_exponential, fit_stretched_exponential
 from labctl.analysis.noise import current_noise_floor
 from labctl.analysis.pulses import pulse_ends, reads
+from labctl.metric import Metric
 from labctl.program import Program
 
 
@@ -72,13 +73,13 @@ def read_starts(p: RetentionParams) -> np.ndarray:
     return np.geomspace(p.first_read_s, p.last_read_s, p.n_reads)
 
 
-class Retention(Protocol):
+class Retention(Protocol[RetentionParams]):
     name = "retention"
     title = "Retention: a write, then reads at log-spaced times"
     Params = RetentionParams
 
     def plan(self) -> Plan:
-        p: RetentionParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.baseline_reads:
             yield reads_block(p, p.baseline_reads, p.read_interval_s, pulse=0).with_compliance(
                 p.compliance_a
@@ -93,12 +94,12 @@ class Retention(Protocol):
         yield Program.concat(parts).with_compliance(p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: RetentionParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"compliance_a": p.compliance_a, "nplc": auto_nplc(self.programs(), p.nplc)}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: RetentionParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
+        rows: list[Metric] = []
         r = reads(points)
         writes = pulse_ends(points, "write")
         if not len(writes):

@@ -20,6 +20,7 @@ from pydantic import Field
 from labctl.analysis.pulses import conductance, phase_names, pulse_ends
 from labctl.data import Chunk
 from labctl.errors import ProtocolError
+from labctl.metric import Metric
 from labctl.program import Program, hold
 
 
@@ -55,14 +56,14 @@ class WriteVerifyParams(ReadParams):
             )
 
 
-class WriteVerify(Protocol):
+class WriteVerify(Protocol[WriteVerifyParams]):
     name = "write_verify"
     title = "Write-verify: pulses of growing amplitude until G is on target"
     Params = WriteVerifyParams
     closed_loop = True
 
     def _verify(self, number: int) -> Program:
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
+        p = self.params
         return hold(p.read_v, p.read_s, points=p.read_points, phase="verify", pulse=number)
 
     def _read_g(self, data: Chunk | None) -> float:
@@ -77,11 +78,11 @@ class WriteVerify(Protocol):
         return float(g.mean())
 
     def on_target(self, g: float) -> bool:
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
+        p = self.params
         return abs(g - p.target_g_s) <= p.tolerance_rel * p.target_g_s
 
     def plan(self) -> Plan:
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
+        p = self.params
         polarity = 1.0 if p.write_polarity == "positive" else -1.0
         g = self._read_g((yield self._verify(0).with_compliance(p.compliance_a)))
         amplitude, last_direction = p.start_v, 0
@@ -104,21 +105,21 @@ class WriteVerify(Protocol):
     def envelope(self) -> Program:
         """Every level the plan can reach, as one Program, to check against the sample's
         limits before the output is enabled (the plan itself depends on the data)."""
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
+        p = self.params
         levels = [p.max_amplitude_v, -p.max_amplitude_v, p.read_v]
         return Program.from_steps(levels, 1.0, sample=False, compliance=p.compliance_a)
 
     def instrument_settings(self) -> dict[str, Any]:
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
+        p = self.params
         steps = [p.width_s, p.read_s / p.read_points] + ([p.relax_s] if p.relax_s > 0 else [])
         nplc = p.nplc
         if nplc is None:
             nplc = float(np.clip(round(0.5 * min(steps) * 50, 3), 0.01, 1.0))
         return {"compliance_a": p.compliance_a, "nplc": nplc}
 
-    def analyze(self, points) -> list[dict[str, Any]]:
-        p: WriteVerifyParams = self.params  # type: ignore[assignment]
-        rows: list[dict[str, Any]] = []
+    def analyze(self, points) -> list[Metric]:
+        p = self.params
+        rows: list[Metric] = []
         verify = points[phase_names(points) == "verify"]
         if not len(verify):
             return rows

@@ -248,7 +248,7 @@ class TempPostgres:
 
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if self._proc.poll() is not None:
+            if self._proc is None or self._proc.poll() is not None:
                 raise PostgresUnavailable(f"postgres exited at start: {self._log_tail()}")
             try:
                 psycopg.connect(self.dsn(), connect_timeout=2).close()
@@ -262,6 +262,8 @@ class TempPostgres:
                 time.sleep(0.02)
 
     def _log_tail(self) -> str:
+        if self.folder is None:  # stopped
+            return "(no log)"
         try:
             return (self.folder / "server.log").read_text(errors="replace")[-2000:].strip()
         except OSError:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from labctl.analysis.tasks import Task
-from labctl.metric import metric
+from labctl.metric import Metric, metric
 
 __all__ = [
     "ReadoutResult",
@@ -146,7 +146,7 @@ class ReadoutResult:
     def score_unit(self) -> str:
         return "steps" if self.kind == "memory" else ""
 
-    def metrics(self, prefix: str = "", *, arrays: bool = True) -> list[dict[str, Any]]:
+    def metrics(self, prefix: str = "", *, arrays: bool = True) -> list[Metric]:
         """Metric rows for the store. ``prefix`` ('ngrc_' for the baseline) goes before every
         name; ``arrays`` adds the confusion matrix / test predictions / r^2 per delay."""
         rows = [

@@ -14,6 +14,7 @@ encoding fits every task. All generators are deterministic given ``seed``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,7 +281,8 @@ def lorenz63_trajectory(
     args = (sigma, rho, beta)
     skip = round(transient / dt)
     if method == "rk4":
-        return _rk4_samples(tuple(map(float, x0)), dt / substeps, substeps, skip, n, args)
+        x, y, z = map(float, x0)
+        return _rk4_samples((x, y, z), dt / substeps, substeps, skip, n, args)
     if method != "rk23":
         raise ValueError(f"method must be 'rk4' or 'rk23', got {method!r}")
     return _rk23_samples(np.array(x0, dtype=np.float64), dt, skip + n, rtol, atol, args)[skip:]
@@ -416,7 +418,7 @@ TASKS = ("digits", "narma10", "memory_capacity", "nonlinear_transform", "lorenz6
 
 def make_task(name: str, **kw: Any) -> Task:
     """The task ``name`` with keyword set-up (see each generator)."""
-    makers = {
+    makers: dict[str, Callable[..., Task]] = {
         "digits": digits,
         "narma10": narma10,
         "memory_capacity": memory_capacity,

@@ -89,7 +89,7 @@ def lateness_metrics(
     programs: Sequence[Program] | None = None,
     *,
     tolerance_s: float = 2e-3,
-) -> list[dict[str, Any]]:
+) -> list[Metric]:
     """Run-scope metric rows on timing: flag counts, and with ``programs`` the measured
     lateness of the samples (max, mean, 95th percentile, count beyond ``tolerance_s``)."""
     counts = flag_counts(points)
@@ -117,7 +117,7 @@ def lateness_metrics(
 
 def segment_timing_metrics(
     points, programs: Sequence[Program], *, tolerance_s: float = 2e-3
-) -> list[dict[str, Any]]:
+) -> list[Metric]:
     """Per segment the achieved step timing of the samples, from their time stamps, against
     the programs' (matched in order as in :func:`sample_lateness`): ``n_samples``, the mean
     interval between consecutive samples achieved and asked (``sample_interval_s``,
@@ -147,7 +147,7 @@ def segment_timing_metrics(
             acc["achieved"].append(np.diff(got[idx])[adjacent])
             acc["asked"].append(np.diff(due[idx])[adjacent])
             acc["late"].append(lat[idx])
-    rows: list[dict[str, Any]] = []
+    rows: list[Metric] = []
     for s, acc in sorted(per.items()):
         achieved = np.concatenate(acc["achieved"])
         asked = np.concatenate(acc["asked"])

@@ -26,6 +26,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -291,7 +292,6 @@ def parse_number(
     if _NRF.match(t):
         x = float(t)
     else:
-        x = None
         choices: list[tuple[str, float | None]] = [
             ("MINimum", minimum),
             ("MAXimum", maximum),
@@ -324,7 +324,13 @@ def parse_boolean(token: str) -> bool:
 # Calls and the command tree
 
 Reply = str | bytes | None
-Handler = Callable[["Call"], Reply]
+
+
+class Handler(Protocol):
+    """What a command runs: ``handler(call) -> reply``; a lambda may bind more arguments
+    by default (``lambda c, f=f: ...``), which a ``Callable[[Call], Reply]`` refuses."""
+
+    def __call__(self, call: Call, /) -> Reply: ...
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -268,8 +268,21 @@ def _tokens(source: str, first_line: int) -> list[_Token]:
 
 # --- compiled closures -----------------------------------------------------------------------
 
-Expr = Callable[[], Any]
+
+class Expr(Protocol):
+    """An expression compiled to a function of no arguments (a lambda may bind its parts by
+    default, ``lambda key=key: key``, which a ``Callable[[], Any]`` refuses)."""
+
+    def __call__(self) -> Any: ...
+
+
 Stmt = Callable[[], None]
+
+
+class Setter(Protocol):
+    """An assignment's target: sets what it names to the value."""
+
+    def __call__(self, value: Any, /) -> None: ...
 
 
 def _first(value: Any) -> Any:
@@ -529,11 +542,11 @@ class _Parser:
             names.append(self.expect_kind("name").text)
         values = self.expression_list() if self.accept("=") else []
         interp = self.interp
-        setters = [lambda v, n=n: interp.set_global(n, v) for n in names]
+        setters: list[Setter] = [lambda v, n=n: interp.set_global(n, v) for n in names]
         return self.assign(setters, values)
 
     @staticmethod
-    def assign(setters: list[Callable[[Any], None]], values: list[Expr]) -> Stmt:
+    def assign(setters: list[Setter], values: list[Expr]) -> Stmt:
         def run() -> None:
             results = _evaluate_list(values)
             for k, setter in enumerate(setters):
@@ -690,7 +703,7 @@ class _Parser:
             t = self.tok
             op = t.text if t.kind in ("op", "keyword") else None
             prio = self._BINARY.get(op) if op else None
-            if prio is None or prio <= limit:
+            if op is None or prio is None or prio <= limit:
                 return left
             self.advance()
             right = self.expression(prio - 1 if op in self._RIGHT else prio)
@@ -710,7 +723,7 @@ class _Parser:
             if isinstance(v, LuaTable):
                 return float(len(v))
             if isinstance(v, HostTable) and hasattr(v, "__len__"):
-                return float(len(v))  # type: ignore[arg-type]
+                return float(len(v))
             raise _Runtime(f"attempt to get length of a {_type_name(v)} value")
 
         return length

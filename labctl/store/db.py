@@ -170,6 +170,7 @@ def make_engine(url: str) -> Engine:
                 "give a file, e.g. sqlite:////tmp/labctl.db"
             )
         path = sqlite_path(url)
+        assert path is not None  # a SQLite URL naming a file (checked above)
         try:
             _private_sqlite(path, read_only="mode=ro" in url)
         except OSError as exc:

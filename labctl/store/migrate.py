@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m labctl.store.migr
     where = db.display_url(url)
     try:
         if args.command == "current":
-            rev = current_revision(engine)
-            print(f"{where}: {rev or 'empty'} (this labctl: {schema.HEAD_REVISION})")
+            at = current_revision(engine)
+            print(f"{where}: {at or 'empty'} (this labctl: {schema.HEAD_REVISION})")
         else:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             ensure_schema(engine, where, upgrade=True)

@@ -60,13 +60,12 @@ def read_point_columns(
     dialect = engine.dialect
     quote = dialect.identifier_preparer.quote
     style = dialect.paramstyle
-    params: list = [int(run_id), int(start)]
+    values = [int(run_id), int(start)]
     where = f"run_id = {_mark(style, 1)} AND idx >= {_mark(style, 2)}"
     if stop is not None:
-        params.append(int(stop))
+        values.append(int(stop))
         where += f" AND idx < {_mark(style, 3)}"
-    if style == "named":
-        params = {f"p{k + 1}": v for k, v in enumerate(params)}
+    params = {f"p{k + 1}": v for k, v in enumerate(values)} if style == "named" else values
     select_list = ", ".join(quote(c) for c in cols) if cols else "idx"
     order = "ORDER BY run_id, idx"
     sql = f"SELECT {select_list} FROM points WHERE {where} {order}"
@@ -88,6 +87,7 @@ def read_point_columns(
             if parsed is not None:
                 conn.rollback()
                 return parsed
+        assert dbapi_conn is not None  # an open connection has its driver's
         cur = dbapi_conn.cursor()
         try:
             cur.execute(sql, params)

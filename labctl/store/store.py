@@ -10,10 +10,10 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
-from sqlalchemy import Engine, and_, delete, func, not_, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, delete, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
@@ -173,11 +173,26 @@ def _metric_values(run_id: int, rows: Iterable[dict]) -> list[dict[str, Any]]:
     return values
 
 
-def _number(name: str, value: object) -> float | None:
+def _number(name: str, value: Any) -> float | None:
     try:
-        return None if value is None else float(value)  # type: ignore[arg-type]
+        return None if value is None else float(value)
     except (TypeError, ValueError):
         raise ValidationError(name, f"must be a number, got {value!r}") from None
+
+
+def _new_id(result: CursorResult[Any]) -> Any:
+    """The primary key an INSERT of one row gave it."""
+    key = result.inserted_primary_key
+    assert key is not None  # SQLAlchemy gives one for a single-row INSERT
+    return key[0]
+
+
+@overload
+def _text(name: str, value: object, max_len: int) -> str: ...
+
+
+@overload
+def _text(name: str, value: object, max_len: int, *, required: bool) -> str | None: ...
 
 
 def _text(name: str, value: object, max_len: int, *, required: bool = True) -> str | None:
@@ -538,16 +553,18 @@ class Store:
                         .first()
                     )
                     if row is None:
-                        return conn.execute(
-                            ins.insert().values(
-                                identity=identity,
-                                resource=resource,
-                                driver=driver,
-                                metadata=meta,
-                                created_at=now,
-                                last_seen_at=now,
+                        return _new_id(
+                            conn.execute(
+                                ins.insert().values(
+                                    identity=identity,
+                                    resource=resource,
+                                    driver=driver,
+                                    metadata=meta,
+                                    created_at=now,
+                                    last_seen_at=now,
+                                )
                             )
-                        ).inserted_primary_key[0]
+                        )
                     conn.execute(
                         update(ins)
                         .where(ins.c.id == row["id"])
@@ -642,7 +659,7 @@ class Store:
                         is None
                     ):
                         raise ValidationError(column, f"no {table.name[:-1]} with id {value}")
-                run_id = conn.execute(schema.runs.insert().values(**values)).inserted_primary_key[0]
+                run_id = _new_id(conn.execute(schema.runs.insert().values(**values)))
                 if on_channels:
                     conn.execute(
                         schema.run_samples.insert(),
@@ -803,6 +820,7 @@ class Store:
                 return None
             except SQLAlchemyError as exc:
                 failure = exc
+        assert failure is not None  # each attempt failed
         why = db.reason(failure)
         entry = {
             "run_id": run_id,

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, repeat
 
 import numpy as np
@@ -111,7 +111,9 @@ def _generic_inserter(dialect: Dialect) -> Inserter:
 
     def insert(dbapi_conn, run_id: int, start: int, cols: list[np.ndarray]) -> None:
         n = len(cols[0])
-        rows = zip(repeat(run_id), range(start, start + n), *(c.tolist() for c in cols))
+        rows: Iterable[tuple | dict] = zip(
+            repeat(run_id), range(start, start + n), *(c.tolist() for c in cols)
+        )
         if style == "named":
             keys = [f"p{k}" for k in range(ncol)]
             rows = (dict(zip(keys, row, strict=True)) for row in rows)
@@ -256,7 +258,9 @@ class RunWriter:
         self._raise_if_failed()
         if isinstance(chunk, Mapping):
             chunk = Chunk(**chunk)
-        cols = [np.array(getattr(chunk, name), dtype=DTYPES[name]) for name in COLUMNS]
+        cols: list[np.ndarray] = [
+            np.array(getattr(chunk, name), dtype=DTYPES[name]) for name in COLUMNS
+        ]
         n = len(cols[0])
         if n == 0:
             return

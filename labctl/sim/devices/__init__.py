@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from labctl.errors import ValidationError
 from labctl.sim.devices.base import DeviceModel
+
+if TYPE_CHECKING:
+    from labctl.sim.devices.circuit import Circuit
 
 __all__ = [
     "PRESETS",
@@ -53,7 +57,7 @@ class Param:
 class Preset:
     name: str
     description: str
-    factory: Callable[..., DeviceModel]  # factory(seed=int|None, **float params)
+    factory: Callable[..., Circuit]  # factory(seed=int|None, **float params)
     params: tuple[Param, ...] = field(default_factory=tuple)
     # values -> warnings about combinations outside the model's validity
     plausible: Callable[[dict[str, float]], list[str]] | None = None
@@ -73,7 +77,7 @@ def register(preset: Preset) -> Preset:
     return preset
 
 
-def _convert(preset: Preset, name: str, value: object) -> float:
+def _convert(preset: Preset, name: str, value: Any) -> float:
     try:
         p = preset.param(name)
     except KeyError:
@@ -92,7 +96,7 @@ def _convert(preset: Preset, name: str, value: object) -> float:
     return x
 
 
-def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceModel:
+def make_device(name: str, *, seed: int | None = 0, **params: object) -> Circuit:
     """Build preset ``name`` with ``params`` overriding its defaults; ``device.warnings``
     lists what is outside the preset's validity (:func:`plausibility_warnings`)."""
     preset, values = preset_values(name, params)
@@ -102,11 +106,11 @@ def make_device(name: str, *, seed: int | None = 0, **params: object) -> DeviceM
             "device.seed", f"{seed!r}; allowed: a whole number >= 0, or None (unseeded)"
         )
     device = preset.factory(seed=seed, **values)
-    device.warnings = plausibility_warnings(preset, values)  # type: ignore[attr-defined]
+    device.warnings = plausibility_warnings(preset, values)
     return device
 
 
-def preset_values(name: str, params: dict[str, object]) -> tuple[Preset, dict[str, float]]:
+def preset_values(name: str, params: Mapping[str, object]) -> tuple[Preset, dict[str, float]]:
     """The preset ``name`` and its parameter values, ``params`` (converted, range-checked)
     over the defaults."""
     _load_presets()

@@ -19,7 +19,14 @@ from labctl.sim.devices import PRESETS, _convert, _load_presets
 from labctl.sim.devices.circuit import Circuit, CoreFactory
 from labctl.sim.devices.noise import fresh, seed_sequence
 
-__all__ = ["make_device_array"]
+__all__ = ["DeviceArray", "make_device_array"]
+
+
+class DeviceArray(Circuit):
+    """N devices in one Circuit, with the per-device factors drawn for them."""
+
+    g_scale: np.ndarray  # conductance factor of each device
+    tau_scale: np.ndarray  # time-constant factor of each device
 
 
 def make_device_array(
@@ -30,7 +37,7 @@ def make_device_array(
     g_spread: float = 0.1,
     tau_spread: float = 0.2,
     **params: object,
-) -> Circuit:
+) -> DeviceArray:
     """N devices of preset ``name``; ``g_spread``/``tau_spread`` are lognormal sigmas."""
     _load_presets()
     preset = PRESETS.get(name)
@@ -55,7 +62,7 @@ def make_device_array(
     g_scale = np.exp(g_spread * rng.standard_normal(n))
     tau_scale = np.exp(tau_spread * rng.standard_normal(n))
     core = factory.build(g_scale=g_scale, tau_scale=tau_scale, **core_values)
-    circuit = Circuit(core, seed=seq, **circuit_values)
+    circuit = DeviceArray(core, seed=seq, **circuit_values)
     circuit.g_scale = g_scale
     circuit.tau_scale = tau_scale
     return circuit

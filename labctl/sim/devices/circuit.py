@@ -155,6 +155,8 @@ class Circuit:
         self.C_p = float(C_p)
         self.v_offset = float(v_offset)
         self.drift = float(drift)
+        # what make_device found outside its preset's validity (plausibility_warnings)
+        self.warnings: list[str] = []
         self._width = math.prod(self.shape)
         # Single steps of a single device take a float path when the core offers one.
         self._scalar = (
@@ -240,8 +242,8 @@ class Circuit:
             raise ValueError("step durations must be finite and >= 0")
         v_dev = v
         if self.v_offset or self.drift:
-            v_dev = v - self.offset((self._t + dt) - 0.5 * dt)
-        i_dev, g = self.core.step1(v_dev, dt)
+            v_dev = v - float(self.offset((self._t + dt) - 0.5 * dt))
+        i_dev, g = self.core.step1(v_dev, dt)  # type: ignore[attr-defined]  # _scalar: has one
         i_total = i_dev
         if self.C_p and dt > 0:
             i_total = i_dev + (self.C_p / dt) * (v_dev - float(self._v_prev[0]))

@@ -173,13 +173,15 @@ def affine_scan_t(a: np.ndarray, b: np.ndarray, x0: np.ndarray) -> np.ndarray:
     return _scan((a, b), x0, (1.0, 0.0), _affine_compose, _affine_apply)
 
 
-def _flatten_steps(arrays: tuple[np.ndarray, ...], x0: np.ndarray | float):
+def _flatten_steps(
+    arrays: tuple[np.ndarray | float, ...], x0: np.ndarray | float
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, tuple[int, ...], int]:
     """Broadcast steps-last arrays and x0; return (n, M) views, (M,) x0 and the batch shape."""
-    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays))
-    shape = np.broadcast_shapes(arrays[0].shape[:-1], np.shape(x0))
-    n = arrays[0].shape[-1]
+    full = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays))
+    shape = np.broadcast_shapes(full[0].shape[:-1], np.shape(x0))
+    n = full[0].shape[-1]
     m_cols = math.prod(shape)
-    flat = tuple(np.broadcast_to(a, (*shape, n)).reshape(m_cols, n).T for a in arrays)
+    flat = tuple(np.broadcast_to(a, (*shape, n)).reshape(m_cols, n).T for a in full)
     x = np.broadcast_to(np.asarray(x0, dtype=np.float64), shape).reshape(m_cols)
     return flat, x, shape, n
 
@@ -259,7 +261,8 @@ def mobius_scan(
     is the case for the Riccati steps built by the pairing model.
     """
     maps, y, shape, _ = _flatten_steps((m11, m12, m21, m22), y0)
-    return _unflatten_steps(mobius_scan_t(*maps, y), shape)
+    m11, m12, m21, m22 = maps
+    return _unflatten_steps(mobius_scan_t(m11, m12, m21, m22, y), shape)
 
 
 def mobius_scan_t(
@@ -268,7 +271,7 @@ def mobius_scan_t(
     """mobius_scan with steps first: matrices broadcast to (n, M), y0 (M,) -> (n, M)."""
     maps = np.broadcast_arrays(m11, m12, m21, m22)
     if maps[0].shape[1] != y0.shape[0]:
-        maps = [np.broadcast_to(q, (maps[0].shape[0], y0.shape[0])) for q in maps]
+        maps = tuple(np.broadcast_to(q, (maps[0].shape[0], y0.shape[0])) for q in maps)
     return _scan(tuple(maps), y0, (1.0, 0.0, 0.0, 1.0), _mobius_compose, _mobius_apply)
 
 
@@ -287,7 +290,8 @@ def clamp_scan(
 ) -> np.ndarray:
     """Solve x[k] = min(max(x[k-1] + shift[k], lo), hi) along the last axis, x[-1] = x0."""
     maps, x, shape, _ = _flatten_steps((shift, lo, hi), x0)
-    return _unflatten_steps(clamp_scan_t(*maps, x), shape)
+    shift, lo, hi = maps
+    return _unflatten_steps(clamp_scan_t(shift, lo, hi, x), shape)
 
 
 def clamp_scan_t(
@@ -305,7 +309,7 @@ def clamp_scan_t(
 # ---------------------------------------------------------------------------------------------
 
 
-def wien_rate_factor(v: np.ndarray, v_tau: float, m_tau: float) -> np.ndarray | float:
+def wien_rate_factor(v: np.ndarray | float, v_tau: float, m_tau: float) -> np.ndarray | float:
     """tau0/tau(V) = 1 + (|V|/V_tau)^m: relaxation speeds up at high field (Wien-like).
 
     ``v_tau <= 0`` switches the field dependence off (returns 1.0).

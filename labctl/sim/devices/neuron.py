@@ -21,6 +21,7 @@ in internal steps of at most ``h_max``; a step that has settled to rest is finis
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -124,8 +125,8 @@ class NeuronCore:
     def get_state(self) -> object:
         return self._state
 
-    def set_state(self, state: object) -> None:
-        v_m, gf, gs = (float(np.asarray(x).reshape(-1)[0]) for x in state)  # type: ignore[union-attr]
+    def set_state(self, state: Any) -> None:  # what get_state gave
+        v_m, gf, gs = (float(np.asarray(x).reshape(-1)[0]) for x in state)
         self._state = (v_m, gf, gs)
 
 

@@ -18,6 +18,7 @@ All conductances in S, voltages in V, times in s; I = G V.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -370,8 +371,8 @@ class LongTermCore:
     def get_state(self) -> object:
         return self.fast.get_state(), self._y.copy()
 
-    def set_state(self, state: object) -> None:
-        fast, y = state  # type: ignore[misc]
+    def set_state(self, state: Any) -> None:  # what get_state gave
+        fast, y = state
         self.fast.set_state(fast)
         self._y = np.array(y, dtype=np.float64)
 

@@ -127,7 +127,7 @@ import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -606,7 +606,7 @@ class EmStatEmulator:
         self._lock = threading.RLock()
         self._out: deque[str] = deque()
         self._upload: list[str] | None = None
-        self._job: Iterator[float] | None = None
+        self._job: Generator[float, None, None] | None = None
         self._finish_block: list = []
         self._wake = math.inf
         self._loop_end: float | None = None
@@ -763,14 +763,14 @@ class EmStatEmulator:
 
     # --- running a script --------------------------------------------------------------------
 
-    def _script(self, main: list, finish: list) -> Iterator[float]:
+    def _script(self, main: list, finish: list) -> Generator[float, None, None]:
         try:
             yield from self._block(main)
         except _ScriptError as err:
             self._emit(err.output())
         yield from self._finish(finish)
 
-    def _finish(self, finish: list) -> Iterator[float]:
+    def _finish(self, finish: list) -> Generator[float, None, None]:
         try:
             yield from self._block(finish)
         except _ScriptError as err:

@@ -44,8 +44,10 @@ manual is unclear (all [I] unless marked):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -399,7 +401,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
 
         # system
         add(":SYSTem:ERRor:ALL?", self._error_all)
-        add(":SYSTem:ERRor:CLEar", lambda c: self._noargs(c) or self.errors.clear())
+        add(":SYSTem:ERRor:CLEar", self._clear_errors)
         add(":SYSTem:PRESet", self._rst)
         add(":SYSTem:LFRequency", self._set_lfr)
         add(":SYSTem:LFRequency:AUTO", accept_boolean)
@@ -419,7 +421,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         # status
         add(":STATus:PRESet", self._status_preset)
         add(":STATus:QUEue[:NEXT]?", self._error_next)
-        add(":STATus:QUEue:CLEar", lambda c: self._noargs(c) or self.errors.clear())
+        add(":STATus:QUEue:CLEar", self._clear_errors)
         add(":STATus:MEASurement[:EVENt]?", self._meas_event_query)
         add(":STATus:MEASurement:ENABle", self._set_meas_enable)
         add(":STATus:MEASurement:ENABle?", lambda c: self._noargs(c) or str(self.meas_enable))
@@ -501,7 +503,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
             lambda c: self._noargs(c) or str(len(self.sense_funcs)),
         )
         add("[:SENSe#]:FUNCtion:OFF", self._func_off)
-        add("[:SENSe#]:FUNCtion:OFF:ALL", lambda c: self._noargs(c) or self.sense_funcs.clear())
+        add("[:SENSe#]:FUNCtion:OFF:ALL", self._func_off_all)
         add("[:SENSe#]:FUNCtion:STATe?", self._func_state)
         add("[:SENSe#]:AVERage[:STATe]", self._set_aver)
         add("[:SENSe#]:AVERage[:STATe]?", lambda c: self._noargs(c) or on_off(self.aver_on))
@@ -801,6 +803,14 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
             if f in self.sense_funcs:
                 self.sense_funcs.remove(f)
 
+    def _func_off_all(self, call: Call) -> None:
+        call.expect(0, 0)
+        self.sense_funcs.clear()
+
+    def _clear_errors(self, call: Call) -> None:
+        call.expect(0, 0)
+        self.errors.clear()
+
     def _func_all(self, call: Call) -> None:
         call.expect(0, 0)
         self._require_idle()
@@ -984,12 +994,13 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         data = self.store.data()
         if len(data) == 0:
             raise ScpiError(-230, "Data corrupt or stale, the data store is empty")
-        fn = {
+        stats: dict[str, Callable[[np.ndarray], Any]] = {
             "MEAN": np.mean,
             "SDEV": lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
             "MAX": np.max,
             "MIN": np.min,
             "PKPK": np.ptp,
-        }[short_form(self.calc3_format)]
+        }
+        fn = stats[short_form(self.calc3_format)]
         cols = [j for j, e in enumerate(_ELEMENT_KEYS[:3]) if e in self.elements]
         return ",".join(_sci(float(fn(data[:, j]))) for j in cols)

@@ -88,7 +88,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -247,19 +247,38 @@ def _quantize(
 # --- host objects ----------------------------------------------------------------------------
 
 
+class _Getter(Protocol):
+    """An attribute's getter (a lambda may bind a loop's value by default, ``lambda c=c:``,
+    which a ``Callable[[], Any]`` refuses)."""
+
+    def __call__(self) -> Any: ...
+
+
+class _Setter(Protocol):
+    """An attribute's setter of the value given; what it returns is dropped."""
+
+    def __call__(self, value: Any, /) -> object: ...
+
+
+class _Parse(Protocol):
+    """A setting's value checked and converted (``lambda v, q=q: ...`` allowed)."""
+
+    def __call__(self, value: Any, /) -> float: ...
+
+
 class _Node(HostTable):
     """An instrument table: constants, attributes with getter/setter, functions, children."""
 
     def __init__(self, name: str) -> None:
         self.tsp_name = name
-        self._get: dict[Any, Callable[[], Any]] = {}
-        self._set: dict[Any, Callable[[Any], None]] = {}
+        self._get: dict[Any, _Getter] = {}
+        self._set: dict[Any, _Setter] = {}
 
     def const(self, key: Any, value: Any) -> Any:
         self._get[key] = lambda: value
         return value
 
-    def attr(self, key: str, get: Callable[[], Any], put: Callable[[Any], None] | None = None):
+    def attr(self, key: str, get: _Getter, put: _Setter | None = None) -> None:
         self._get[key] = get
         if put is not None:
             self._set[key] = put
@@ -821,7 +840,7 @@ class _Smu(_Node):
     def _put(self, key: str, value: float) -> None:
         self.s[key] = value
 
-    def _simple(self, node: _Node, attr: str, key: str, parse: Callable[[Any], float]) -> None:
+    def _simple(self, node: _Node, attr: str, key: str, parse: _Parse) -> None:
         node.attr(attr, lambda: float(self.s[key]), lambda v: self._put(key, parse(v)))
 
     def _build(self) -> None:
@@ -1794,7 +1813,7 @@ class Keithley2600Emulator:
         memo: dict[Any, Any] = {}
         visiting: set[Any] = set()
 
-        def node(key: Any, compute: Callable[[], Any]) -> Any:
+        def node(key: Any, compute: _Getter) -> Any:
             if key in memo:
                 return memo[key]
             if key in visiting:
@@ -1937,7 +1956,7 @@ class Keithley2600Emulator:
         seg_limit = np.concatenate(
             [np.full((n, c + 1), plan.sweep_limit), after_limit[:, None]], axis=1
         )
-        reading = np.zeros((n, width), bool)
+        reading: np.ndarray = np.zeros((n, width), bool)
         reading[:, :c] = True
         T = np.concatenate([times.ravel(), [plan.t_end]])
         T = np.maximum.accumulate(np.where(np.isnan(T), math.inf, T))

@@ -236,7 +236,7 @@ class KeysightB2900Emulator(TriggeredSmuEmulator):
         if self.n_channels == 2 and device2 is None:
             device2 = copy.deepcopy(device)  # the same preset, in its own state
         self.vendor = vendor
-        devices = [device, device2][: self.n_channels]
+        devices = [device] if device2 is None else [device, device2][: self.n_channels]
         self.chans = [_Channel(k + 1, dev, clock.now()) for k, dev in enumerate(devices)]
         self._power_on()
 
@@ -309,7 +309,7 @@ class KeysightB2900Emulator(TriggeredSmuEmulator):
     def _rows(self, ch: _Channel, run: TriggerRun, r: Readings) -> np.ndarray:
         """(n, 6) rows VOLT, CURR, RES, TIME, STAT, SOUR."""
         v, i, res, over = self._measured_columns(ch.sense, run.info["funcs"], r, DIGITS)
-        stat = np.where(r.trip, ST_COMPLIANCE, 0) | np.where(over, ST_OVERRANGE, 0)
+        stat: np.ndarray = np.where(r.trip, ST_COMPLIANCE, 0) | np.where(over, ST_OVERRANGE, 0)
         if run.func == "CURR":
             stat |= ST_CURRENT_SOURCE
         t = run.times(r.k) - ch.t_stamp0  # the trigger that started each reading
@@ -611,7 +611,7 @@ class KeysightB2900Emulator(TriggeredSmuEmulator):
                 partial(self._measure, f),
             )
         add(":MEASure?", partial(self._measure, None))
-        for f, word in (
+        for element, word in (
             *FUNCTIONS.items(),
             ("TIME", "TIME"),
             ("SOUR", "SOURce"),
@@ -619,10 +619,10 @@ class KeysightB2900Emulator(TriggeredSmuEmulator):
             (None, ""),
         ):
             node = f":{word}?" if word else "?"
-            add(f":FETCh:ARRay{node}", partial(self._fetch, "ARRay", f))
-            add(f":FETCh[:SCALar]{node}", partial(self._fetch, "SCALar", f))
-            add(f":READ:ARRay{node}", partial(self._read, "ARRay", f))
-            add(f":READ[:SCALar]{node}", partial(self._read, "SCALar", f))
+            add(f":FETCh:ARRay{node}", partial(self._fetch, "ARRay", element))
+            add(f":FETCh[:SCALar]{node}", partial(self._fetch, "SCALar", element))
+            add(f":READ:ARRay{node}", partial(self._read, "ARRay", element))
+            add(f":READ[:SCALar]{node}", partial(self._read, "SCALar", element))
         # trigger system
         add(":INITiate[:IMMediate][:ALL]", self._init)
         add(":INITiate[:IMMediate]:ACQuire", self._init)

@@ -142,7 +142,7 @@ class RodeostatEmulator:
         self._out: list[str] = []
         self._t_dev = clock.now()
         self._i_last = 0.0
-        self._test: _Run | None = None
+        self._test: _Run | _SquareRun | None = None
 
     # --- the serial link ---------------------------------------------------------------------
 

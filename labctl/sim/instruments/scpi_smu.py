@@ -133,8 +133,8 @@ class ScpiSmuEmulator:
         add("*RST", self._rst)
         add("*CLS", self._cls)
         add("*OPC", self._opc)
-        add("*OPC?", lambda c: self._noargs(c) or self._wait_complete() or "1")
-        add("*WAI", lambda c: self._noargs(c) or self._wait_complete())
+        add("*OPC?", self._opc_query)
+        add("*WAI", self._wai)
         add("*STB?", self._stb)
         add("*ESR?", lambda c: self._noargs(c) or str(self.status.read_esr()))
         add("*ESE", lambda c: self._set_register("ese", c))
@@ -165,6 +165,14 @@ class ScpiSmuEmulator:
         call.expect(0, 0)
         self.errors.clear()
         self.status.clear()
+
+    def _wai(self, call: Call) -> None:
+        call.expect(0, 0)
+        self._wait_complete()
+
+    def _opc_query(self, call: Call) -> str:
+        self._wai(call)
+        return "1"
 
     def _opc(self, call: Call) -> None:
         call.expect(0, 0)
