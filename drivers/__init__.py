@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from labctl.drivers.base import DriverBase
 
 # name -> driver class (loaded when first asked for)
-DRIVERS: Registry[type] = Registry(
+DRIVERS: Registry[type[DriverBase]] = Registry(
     GROUP, "driver", field="instrument.driver", check=check_driver_class
 )
 

@@ -33,6 +33,8 @@ class RunProtocol(Protocol):
     params: BaseModel
     run_metadata: dict[str, Any]  # the run's metadata while the engine analyses it
 
+    def __init__(self, params: Any = None) -> None: ...  # validated into Params
+
     def plan(self) -> Plan: ...
 
     def programs(self) -> list[Program]: ...

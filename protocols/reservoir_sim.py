@@ -263,11 +263,8 @@ class OnArray(Reservoir):
 ARRAY_CAPABILITIES = Capabilities(
     kind="smu",
     hardware_timing=True,
-    list_length=0,
-    min_step_s=0.0,
     v_max=float("inf"),
     i_max=float("inf"),
-    source_modes=("V",),
 )
 
 
