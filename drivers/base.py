@@ -585,6 +585,7 @@ class HardwareRun:
     planned_s: float = 0.0  # from start() to the end of the last reading
     poll_s: float | None = None  # how often to look (None: the driver's poll interval)
     rounding_s: float = 0.0  # how much later than planned the instrument's sums may end
+    link_s_per_reading: float = 0.0  # what a reading's bytes take on a slow (serial) link
 
     def __init__(self, channels: Sequence[int] = (0,)) -> None:
         self.done: dict[int, int] = dict.fromkeys(channels, 0)  # readings read, per channel
@@ -921,7 +922,7 @@ class DriverBase:
         """Whether the poll of ``run`` that began at ``began`` (``before`` readings read)
         has stalled so far: slower than its replies and bulk reads should take."""
         took = self.clock.now() - began
-        expected = (run.read - before) * FETCH_S_PER_READING
+        expected = (run.read - before) * (FETCH_S_PER_READING + run.link_s_per_reading)
         return self.watch.stalled(took, expected, "a poll of the run")
 
     def follow(

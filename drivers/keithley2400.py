@@ -10,12 +10,24 @@ a whole number of one common tick (a pulse train: 0.2 s, 50 ms, 0.3 s on a 50 ms
 program becomes points of that tick, steps repeating their level and only a step's last
 point kept, so it runs as few sweeps as its length allows; otherwise each run of steps of
 equal duration is a sweep, and a step longer than the longest source delay is sourced as
-several points of its level. The readings go to the data store (``:TRAC:FEED:CONT NEXT``)
-and are read while the sweep runs (``:TRAC:POIN:ACT?``, then ``:TRAC:DATA?``), so a long
-sweep streams. Each reading carries V, I, the timestamp and the status word (bit 3:
-compliance); sample times are the instrument's timestamps (7 significant digits, relative to
-the sweep's first reading). Steps shorter than the aperture fall back to host timing
-(``:READ?`` per step).
+several points of its level. The readings go to the data store (``:TRAC:FEED:CONT NEXT``).
+
+Readback moves every reading over the link once. ``:TRAC:DATA?`` takes no range: it sends
+all the readings stored (K2400-UM §18 TRACe), so reading it while it fills would send the
+first readings again at every poll (on RS-232 at 57,600 baud a 2,500-point sweep then
+outran its deadline; at 9,600 it could not finish). So a poll asks only how many readings
+are stored (``:TRAC:POIN:ACT?``), and the store is read once, when it holds the whole sweep
+(or once stopped: an abort or a deadline keeps what it holds); a sweep's readings thus come
+when the sweep ends. Each reading carries only what the host does not know: I, the
+timestamp and the status word (bit 3: compliance), ``:FORM:ELEM CURR,TIME,STAT``; V, not
+measured, would read back the programmed level (K2400-UM §18 FORMat:ELEMents), which the
+driver sent. The data stay ASCII: the binary formats apply over the GPIB only ("only the
+ASCII format is allowed over the RS-232 interface", K2400-UM §18 :FORMat[:DATA]). The read
+of a sweep's store may take longer than the link's timeout on a slow serial line: the
+timeout is raised for it to what its bytes take at the link's rate (``baud_rate``; the
+factory 9,600 baud when the link does not tell). Sample times are the instrument's
+timestamps (7 significant digits, relative to the sweep's first reading). Steps shorter than
+the aperture fall back to host timing (``:READ?`` per step).
 """
 
 from __future__ import annotations
@@ -48,12 +60,18 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
 from labctl.program import Program
-from labctl.transport import Transport
+from labctl.transport import SerialTransport, Transport
 
 LIST_MAX = 2500  # levels per sweep (and readings in the data store)
 LIST_PER_COMMAND = 100
 MAX_DELAY_S = 9999.998
-ELEMENTS = "VOLT,CURR,TIME,STAT"
+ELEMENTS = "CURR,TIME,STAT"  # the V element would be the programmed level: not read
+N_ELEMENTS = 3
+# an ASCII element is a signed 7-digit mantissa and a 2-digit exponent, "+1.234567E-06",
+# then a comma (the terminator after the last) (K2400-UM §18 Figure 18-1)
+ASCII_ELEMENT_BYTES = 14
+FACTORY_BAUD = 9600  # the 2400's RS-232 rate as shipped (K2400-UM §14 RS-232 interface)
+BITS_PER_BYTE = 10  # 8N1: a start bit, 8 data bits, a stop bit
 STATUS_COMPLIANCE = 1 << 3
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -188,9 +206,20 @@ class Keithley2400(SourceMeterBase):
         return sum(s + self.run_setup_s(s) for s in steps)
 
     def run_queries(self) -> tuple[int, int]:
-        """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?`` and
-        reads the new readings with ``:TRAC:DATA?`` (:class:`_SweepRun`)."""
-        return (0, 2)
+        """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?``, the
+        last one reads the store with ``:TRAC:DATA?`` too (:class:`_SweepRun`)."""
+        return (0, 1)
+
+    def link_s_per_byte(self) -> float:
+        """How long a byte takes on this link: 10 bit times at its baud rate on a serial
+        line (the factory 9,600 baud if the link does not tell); 0 on a bus (GPIB, LAN,
+        USB), whose rate is far beyond the instrument's."""
+        t = self.transport
+        baud = getattr(t, "baud_rate", None)
+        serial = baud is not None or t.resource.upper().startswith("ASRL")
+        if not (serial or isinstance(t, SerialTransport)):
+            return 0.0
+        return BITS_PER_BYTE / float(baud or FACTORY_BAUD)
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
@@ -215,8 +244,8 @@ class Keithley2400(SourceMeterBase):
             self._fixed_mode = True
 
         def read() -> tuple[float, float]:
-            v, i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
-            return v, i
+            i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
+            return float(self._last_level or 0.0), i  # V is the level sourced
 
         yield from run_host_timed(
             program,
@@ -298,7 +327,8 @@ def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
 
 
 class _SweepRun(HardwareRun):
-    """One 2400 list sweep: ``:INIT`` into the data store, read while it fills, ``:ABOR``."""
+    """One 2400 list sweep: ``:INIT`` into the data store; polls count the readings stored,
+    the store is read once it holds them all (or once stopped); ``:ABOR``."""
 
     def __init__(
         self, driver: Keithley2400, program: Program, sw: _Sweep, t_start: float, last: str
@@ -315,6 +345,9 @@ class _SweepRun(HardwareRun):
         self.readings = sw.n
         self.planned_s = sw.n * self.step
         self.t0 = 0.0
+        self.stored = 0  # readings in the data store, as the last poll found
+        self.stopped = False
+        self.link_s_per_reading = ASCII_ELEMENT_BYTES * N_ELEMENTS * driver.link_s_per_byte()
 
     def start(self) -> None:
         d, sw = self.driver, self.sw
@@ -329,35 +362,65 @@ class _SweepRun(HardwareRun):
         )
         d._fixed_mode = False
 
+    def _count(self) -> int:
+        t = self.driver.transport
+        self.stored = min(int(float(t.query(":TRAC:POIN:ACT?"))), self.sw.n)
+        return self.stored
+
+    def progress(self) -> bool:
+        """Whether the data store holds the whole sweep (it then ends)."""
+        return self._count() >= self.sw.n
+
     def fetch(self) -> Iterator[Chunk]:
-        """The readings not yet read (the data store is read whole: only those are kept)."""
-        t, sw = self.driver.transport, self.sw
-        available = min(int(float(t.query(":TRAC:POIN:ACT?"))), sw.n)
-        if available <= self.done[0]:
+        """The sweep's readings, read from the data store in one piece: once it holds them
+        all, or once the sweep is stopped (what it holds); never twice."""
+        sw = self.sw
+        if self.done[0]:
             return
-        fields = t.query(":TRAC:DATA?").split(",")
-        if len(fields) % 4:
-            raise InstrumentError(
-                f"{t.resource}: data store reply of {len(fields)} values is not a whole "
-                f"number of {ELEMENTS} readings"
-            )
-        start = self.done[0]
-        values = np.array(fields[4 * start : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
-        stop = self.done[0] = start + len(values)
-        keep = sw.keep[start:stop]
+        if self.stopped:
+            self._count()
+        elif self.stored < sw.n:
+            return
+        n = self.stored
+        if n == 0:
+            return
+        values = self._read_store(n)
+        self.done[0] = n
+        keep = sw.keep[:n]
         v = values[keep]
         if not len(v):
             return
-        flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
+        flags = np.where(v[:, 2].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
         yield make_chunk(
             self.program,
-            sw.rows[start:stop][keep],
-            self.t0 + v[:, 2],
+            sw.rows[:n][keep],
+            self.t0 + v[:, 1],
+            sw.levels[:n][keep],
             v[:, 0],
-            v[:, 1],
             flags,
             compliance=self.driver.compliance_a,
         )
 
+    def _read_store(self, n: int) -> np.ndarray:
+        """The ``n`` stored readings as rows I, TIME, STAT, over a link whose timeout is
+        raised for the time their bytes take (a slow serial line)."""
+        t = self.driver.transport
+        normal = t.timeout_s
+        transfer_s = n * self.link_s_per_reading
+        if transfer_s > 0:
+            t.timeout_s = normal + 1.5 * transfer_s
+        try:
+            fields = t.query(":TRAC:DATA?").split(",")
+        finally:
+            if transfer_s > 0:
+                t.timeout_s = normal
+        if len(fields) != N_ELEMENTS * n:
+            raise InstrumentError(
+                f"{t.resource}: the data store sent {len(fields)} values for {n} readings "
+                f"of {ELEMENTS}"
+            )
+        return np.array(fields, dtype=np.float64).reshape(-1, N_ELEMENTS)
+
     def stop(self) -> None:
+        self.stopped = True
         self.driver.transport.write(":ABOR")
