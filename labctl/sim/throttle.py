@@ -9,7 +9,8 @@ run over a slow link takes as long, in virtual seconds, as over a real one, dete
 
 To a driver it looks like a serial port: an ``ASRL`` resource with a ``baud_rate``, and a read
 that must complete within ``timeout_s`` (as a VISA serial read does): a reply that takes longer
-to cross raises the link's timeout after ``timeout_s`` and is lost.
+to cross raises the link's timeout after ``timeout_s`` and is lost. ``baud=None`` is the same
+link unthrottled (bytes counted, no time taken), for side-by-side figures.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ThrottledLink(LoopbackTransport):
         self,
         emulator: object,
         clock: VirtualClock,
-        baud: int,
+        baud: int | None,
         *,
         resource: str = "ASRL1::INSTR",
         termination: str = "\n",
@@ -36,11 +37,11 @@ class ThrottledLink(LoopbackTransport):
     ) -> None:
         if not getattr(clock, "is_virtual", False):
             raise ValueError("a throttled link runs on a virtual clock (deterministic time)")
-        if baud <= 0:
-            raise ValueError(f"baud must be > 0, not {baud}")
+        if baud is not None and baud <= 0:
+            raise ValueError(f"baud must be > 0 (or None: unthrottled), not {baud}")
         super().__init__(emulator, resource, timeout_s)
         self.clock = clock
-        self.baud_rate = int(baud)
+        self.baud_rate = None if baud is None else int(baud)
         self._term = len(termination.encode())
         self.sent_bytes = 0  # host -> instrument, terminators included
         self.received_bytes = 0  # instrument -> host, terminators included
@@ -48,7 +49,7 @@ class ThrottledLink(LoopbackTransport):
 
     def byte_s(self, n: int) -> float:
         """How long ``n`` bytes take on the line."""
-        return n * BITS_PER_BYTE / self.baud_rate
+        return 0.0 if self.baud_rate is None else n * BITS_PER_BYTE / self.baud_rate
 
     def write(self, message: str) -> None:
         n = len(message.encode()) + self._term
