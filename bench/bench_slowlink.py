@@ -1,11 +1,14 @@
 """The 2400's hardware-timed readback over slow serial links, before and after, in one run.
 
 A 2,500-point list sweep (10 ms a point, 25 s) on the 2400 emulator behind
-:class:`labctl.sim.throttle.ThrottledLink` at 9,600 and 57,600 baud and unthrottled, on the
+:class:`labctl.sim.throttle.ThrottledLink` at 9,600 and 57,600 baud, and unthrottled as a
+serial link (ASCII) and as a GPIB resource (where the store comes in binary), on the
 virtual clock (deterministic: every figure is the same on every machine but the wall-clock
 one). "before" is the driver's old readback, kept here only as the baseline: every poll read
 the whole data store (``:TRAC:DATA?`` sends all stored readings) as V, I, TIME and STAT;
-"after" is the driver's: polls count, the store is read once, I, TIME and STAT.
+"after" is the driver's: polls count, the store is read once, I, TIME and STAT. The
+polls are the virtual clock's (a sixteenth of the sweep); on a real clock they come every
+0.1 s, and the baseline re-read the store more often still.
 
     .venv/bin/python bench/bench_slowlink.py [--points 2500]
 
@@ -36,7 +39,13 @@ from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.sim.throttle import ThrottledLink
 
 STEP_S = 0.01
-LINKS = {"9600": 9_600, "57600": 57_600, "unthrottled": None}
+# name: (baud or None, serial)
+LINKS = {
+    "9600": (9_600, True),
+    "57600": (57_600, True),
+    "unthrottled_serial": (None, True),
+    "unthrottled_gpib": (None, False),
+}
 OLD_ELEMENTS = "VOLT,CURR,TIME,STAT"
 
 
@@ -84,9 +93,8 @@ def whole_store_readback() -> Iterator[None]:
         k2400._SweepRun, k2400.ELEMENTS = run_class, elements  # type: ignore[misc]
 
 
-def one_run(baud: int | None, n: int) -> dict[str, float]:
+def one_run(baud: int | None, serial: bool, n: int) -> dict[str, float]:
     clock = VirtualClock()
-    serial = baud is not None
     emulator = Keithley2400Emulator(
         device=make_device("resistor", R=1e6, noise=0),
         clock=clock,
@@ -129,10 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=2500)
     n = parser.parse_args().points
-    for name, baud in LINKS.items():
+    for name, (baud, serial) in LINKS.items():
         with whole_store_readback():
-            before = one_run(baud, n)
-        after = one_run(baud, n)
+            before = one_run(baud, serial, n)
+        after = one_run(baud, serial, n)
         for label, r in (("before", before), ("after", after)):
             prefix = f"k2400_readback_{name}_{label}"
             print(f"{prefix}_bytes_per_point: {r['bytes_per_point']:.1f} B")

@@ -21,11 +21,14 @@ are stored (``:TRAC:POIN:ACT?``), and the store is read once, when it holds the 
 when the sweep ends. Each reading carries only what the host does not know: I, the
 timestamp and the status word (bit 3: compliance), ``:FORM:ELEM CURR,TIME,STAT``; V, not
 measured, would read back the programmed level (K2400-UM §18 FORMat:ELEMents), which the
-driver sent. The data stay ASCII: the binary formats apply over the GPIB only ("only the
-ASCII format is allowed over the RS-232 interface", K2400-UM §18 :FORMat[:DATA]). The read
-of a sweep's store may take longer than the link's timeout on a slow serial line: the
-timeout is raised for it to what its bytes take at the link's rate (``baud_rate``; the
-factory 9,600 baud when the link does not tell). Sample times are the instrument's
+driver sent. On a GPIB resource the store is read in binary, IEEE-754 single precision
+(``:FORM:DATA SRE``, 4 bytes an element, byte order ``:FORM:BORD SWAP``: least significant
+byte first), 12 bytes a reading; elsewhere in ASCII, 42 bytes: the binary formats apply over
+the GPIB only ("only the ASCII format is allowed over the RS-232 interface", K2400-UM §18
+:FORMat[:DATA]), and a LAN or USB bridge's interface is not known. The read of a sweep's
+store may take longer than the link's timeout on a slow serial line: the timeout is raised
+for it to what its bytes take at the link's rate (``baud_rate``; the factory 9,600 baud when
+the link does not tell). Sample times are the instrument's
 timestamps (7 significant digits, relative to the sweep's first reading). Steps shorter than
 the aperture fall back to host timing (``:READ?`` per step).
 """
@@ -60,7 +63,7 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
 from labctl.program import Program
-from labctl.transport import SerialTransport, Transport
+from labctl.transport import SerialTransport, Transport, block_to_array
 
 LIST_MAX = 2500  # levels per sweep (and readings in the data store)
 LIST_PER_COMMAND = 100
@@ -70,6 +73,7 @@ N_ELEMENTS = 3
 # an ASCII element is a signed 7-digit mantissa and a 2-digit exponent, "+1.234567E-06",
 # then a comma (the terminator after the last) (K2400-UM §18 Figure 18-1)
 ASCII_ELEMENT_BYTES = 14
+BINARY_ELEMENT_BYTES = 4  # IEEE-754 single precision (K2400-UM §18 Figure 18-2)
 FACTORY_BAUD = 9600  # the 2400's RS-232 rate as shipped (K2400-UM §14 RS-232 interface)
 BITS_PER_BYTE = 10  # 8N1: a start bit, 8 data bits, a stop bit
 STATUS_COMPLIANCE = 1 << 3
@@ -210,6 +214,10 @@ class Keithley2400(SourceMeterBase):
         last one reads the store with ``:TRAC:DATA?`` too (:class:`_SweepRun`)."""
         return (0, 1)
 
+    def binary_readback(self) -> bool:
+        """Whether the data store is read in binary: on the GPIB, where the 2400 has it."""
+        return self.transport.resource.upper().startswith("GPIB")
+
     def link_s_per_byte(self) -> float:
         """How long a byte takes on this link: 10 bit times at its baud rate on a serial
         line (the factory 9,600 baud if the link does not tell); 0 on a bus (GPIB, LAN,
@@ -347,7 +355,9 @@ class _SweepRun(HardwareRun):
         self.t0 = 0.0
         self.stored = 0  # readings in the data store, as the last poll found
         self.stopped = False
-        self.link_s_per_reading = ASCII_ELEMENT_BYTES * N_ELEMENTS * driver.link_s_per_byte()
+        self.binary = driver.binary_readback()
+        per = BINARY_ELEMENT_BYTES if self.binary else ASCII_ELEMENT_BYTES
+        self.link_s_per_reading = per * N_ELEMENTS * driver.link_s_per_byte()
 
     def start(self) -> None:
         d, sw = self.driver, self.sw
@@ -363,9 +373,22 @@ class _SweepRun(HardwareRun):
         d._fixed_mode = False
 
     def _count(self) -> int:
-        t = self.driver.transport
-        self.stored = min(int(float(t.query(":TRAC:POIN:ACT?"))), self.sw.n)
+        reply = self.driver.transport.query(":TRAC:POIN:ACT?")
+        self.stored = min(int(self._numbers(reply, 1, "a reading count")[0]), self.sw.n)
         return self.stored
+
+    def _numbers(self, reply: str, n: int, what: str) -> np.ndarray:
+        """The ``n`` numbers of an ASCII ``reply``; else InstrumentError naming the link."""
+        fields = reply.split(",")
+        try:
+            if len(fields) == n:
+                return np.array(fields, dtype=np.float64)
+        except ValueError:
+            pass
+        raise InstrumentError(
+            f"{self.driver.transport.resource}: expected {what} ({n} number"
+            f"{'s' if n > 1 else ''}), got {reply[:80]!r}"
+        )
 
     def progress(self) -> bool:
         """Whether the data store holds the whole sweep (it then ends)."""
@@ -410,16 +433,23 @@ class _SweepRun(HardwareRun):
         if transfer_s > 0:
             t.timeout_s = normal + 1.5 * transfer_s
         try:
-            fields = t.query(":TRAC:DATA?").split(",")
+            if self.binary:
+                payload = t.query_block(":FORM:DATA SRE;:FORM:BORD SWAP;:TRAC:DATA?")
+                t.write(":FORM:DATA ASC")  # host-timed :READ? parses ASCII
+            else:
+                reply = t.query(":TRAC:DATA?")
         finally:
             if transfer_s > 0:
                 t.timeout_s = normal
-        if len(fields) != N_ELEMENTS * n:
+        what = f"{n} readings of {ELEMENTS}"
+        if not self.binary:
+            return self._numbers(reply, N_ELEMENTS * n, what).reshape(-1, N_ELEMENTS)
+        size = BINARY_ELEMENT_BYTES * N_ELEMENTS * n
+        if len(payload) != size:
             raise InstrumentError(
-                f"{t.resource}: the data store sent {len(fields)} values for {n} readings "
-                f"of {ELEMENTS}"
+                f"{t.resource}: expected {what} ({size} bytes), got {len(payload)} bytes"
             )
-        return np.array(fields, dtype=np.float64).reshape(-1, N_ELEMENTS)
+        return block_to_array(payload, "<f4").astype(np.float64).reshape(-1, N_ELEMENTS)
 
     def stop(self) -> None:
         self.stopped = True

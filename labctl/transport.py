@@ -232,12 +232,28 @@ class VisaTransport(_QueryMixin):
                     self.resource, f"expected a binary block, got {(head + rest)[:40]!r}"
                 )
             n = int(head[1:2])
+            if n == 0:
+                return self._read_to_end()
             length = int(self._res.read_bytes(n))
             payload = self._res.read_bytes(length)
             self._res.read_bytes(1)  # the terminator after the block
             return payload
         except (self._errors.Error, OSError, ValueError) as exc:
             raise self._wrap(exc) from exc
+
+    def _read_to_end(self) -> bytes:
+        """The rest of an indefinite-length block (``#0``): up to the message's END (GPIB
+        EOI, USB-TMC EOM) with the termination character off, as the payload may hold its
+        byte (Keithley's SCPI manuals: read binary data to EOI only); the terminator sent
+        before END is dropped."""
+        term = self._io["read_termination"]
+        self._res.read_termination = None
+        try:
+            data = self._res.read_raw()
+        finally:
+            self._res.read_termination = term
+        end = (term or "").encode()
+        return data[: -len(end)] if end and data.endswith(end) else data
 
     def close(self) -> None:
         # closing a dead link must not hide the error that killed it

@@ -17,12 +17,22 @@ N = 2500
 STEP_S = 0.01
 
 
-def on_link(baud: int) -> tuple[Keithley2400, ThrottledLink]:
+def on_link(baud: int | None, gpib: bool = False) -> tuple[Keithley2400, ThrottledLink]:
+    """The driver on the emulator behind a serial link of ``baud`` (None: unthrottled), or
+    on the GPIB (``gpib``: a GPIB resource, unthrottled)."""
     clock = VirtualClock()
     emulator = Keithley2400Emulator(
-        device=make_device("resistor", R=1e6, noise=0), clock=clock, interface="RS-232"
+        device=make_device("resistor", R=1e6, noise=0),
+        clock=clock,
+        interface="GPIB" if gpib else "RS-232",
     )
-    link = ThrottledLink(emulator, clock, baud, timeout_s=Keithley2400.visa_io["timeout_s"])
+    link = ThrottledLink(
+        emulator,
+        clock,
+        None if gpib else baud,
+        resource="GPIB0::24::INSTR" if gpib else "ASRL1::INSTR",
+        timeout_s=Keithley2400.visa_io["timeout_s"],
+    )
     d = Keithley2400(link, clock=clock)
     d.identify()
     d.set_limits(Limits(max_v=2.0, max_i=1e-3))
@@ -53,6 +63,22 @@ def test_a_2500_point_sweep_completes_and_reads_each_reading_once(baud):
     # the readback takes the data's size over the link's rate (8N1: baud / 10 bytes/s)
     assert took_s == pytest.approx(size / (baud / 10), rel=0.2)
     assert not d.watch.stalls  # a slow link is not a stalled one
+
+
+def test_on_the_gpib_the_store_comes_in_single_precision_binary():
+    serial, serial_link = on_link(None)
+    gpib, gpib_link = on_link(None, gpib=True)
+    ascii_data, ascii_bytes, _ = sweep(serial, serial_link)
+    binary, binary_bytes, _ = sweep(gpib, gpib_link)
+    # I, TIME, STAT as 4-byte floats after "#0": 12 bytes a reading (and the polls' counts)
+    assert N * 12 <= binary_bytes <= 1.05 * N * 12
+    assert binary_bytes < ascii_bytes / 3
+    np.testing.assert_array_equal(binary.v, ascii_data.v)
+    np.testing.assert_allclose(binary.i, ascii_data.i, rtol=1e-6, atol=1e-15)
+    np.testing.assert_allclose(binary.t, ascii_data.t, rtol=1e-6)
+    np.testing.assert_array_equal(binary.flags, ascii_data.flags)
+    # the format is ASCII again for host-timed readings
+    assert gpib_link.query(":FORM:DATA?") == "ASC"
 
 
 def test_the_read_of_the_store_gets_the_time_its_bytes_take_then_the_timeout_is_back():

@@ -378,3 +378,49 @@ def test_safe_state_raises_if_output_stays_on():
     d, _ = make([(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "1")])
     with pytest.raises(InstrumentError, match="output still reads"):
         d.safe_state()
+
+
+def test_on_the_gpib_the_store_is_read_once_in_single_precision_swapped():
+    values = np.array([[1e-8, 0.0, 21508], [2e-8, 0.01, 21508 + 8]], "<f4")
+    d, t = make(
+        [
+            (":SOUR:VOLT 0.1;:OUTP ON", None),
+            (":SOUR:LIST:VOLT 0.1,0.2", None),
+            (
+                ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
+                ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
+                None,
+            ),
+            (":TRAC:POIN:ACT?", "2"),
+            (":FORM:DATA SRE;:FORM:BORD SWAP;:TRAC:DATA?", b"#0" + values.tobytes()),
+            (":FORM:DATA ASC", None),
+            NO_ERROR,
+        ]
+    )
+    t.resource = "GPIB0::24::INSTR"
+    d.nplc = 0.1
+    d.compliance_a = d._compliance_sent = 1e-6
+    data = Chunk.concat(list(d.execute(staircase([0.1, 0.2], 0.01))))
+    t.assert_done()
+    np.testing.assert_allclose(data.t, [0.01, 0.02])
+    np.testing.assert_allclose(data.i, [1e-8, 2e-8], rtol=1e-7)
+    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
+
+
+def test_a_store_that_sends_fewer_values_than_readings_is_refused():
+    d, _ = make(
+        [
+            (":SOUR:VOLT 0.1;:OUTP ON", None),
+            (":SOUR:LIST:VOLT 0.1,0.2", None),
+            (
+                ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
+                ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
+                None,
+            ),
+            (":TRAC:POIN:ACT?", "2"),
+            (":TRAC:DATA?", reading(1e-8, 0.0)),
+        ]
+    )
+    d.nplc = 0.1
+    with pytest.raises(InstrumentError, match=r"expected 2 readings of CURR,TIME,STAT \(6 numbers"):
+        list(d.execute(staircase([0.1, 0.2], 0.01)))
