@@ -380,18 +380,25 @@ def test_safe_state_raises_if_output_stays_on():
         d.safe_state()
 
 
+# a two-point sweep of 10 ms steps, loaded, started and polled full: what the store sends
+# comes next
+TWO_POINTS = [
+    (":SOUR:VOLT 0.1;:OUTP ON", None),
+    (":SOUR:LIST:VOLT 0.1,0.2", None),
+    (
+        ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
+        ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
+        None,
+    ),
+    (":TRAC:POIN:ACT?", "2"),
+]
+
+
 def test_on_the_gpib_the_store_is_read_once_in_single_precision_swapped():
     values = np.array([[1e-8, 0.0, 21508], [2e-8, 0.01, 21508 + 8]], "<f4")
     d, t = make(
         [
-            (":SOUR:VOLT 0.1;:OUTP ON", None),
-            (":SOUR:LIST:VOLT 0.1,0.2", None),
-            (
-                ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
-                ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
-                None,
-            ),
-            (":TRAC:POIN:ACT?", "2"),
+            *TWO_POINTS,
             (":FORM:DATA SRE;:FORM:BORD SWAP;:TRAC:DATA?", b"#0" + values.tobytes()),
             (":FORM:DATA ASC", None),
             NO_ERROR,
@@ -408,19 +415,7 @@ def test_on_the_gpib_the_store_is_read_once_in_single_precision_swapped():
 
 
 def test_a_store_that_sends_fewer_values_than_readings_is_refused():
-    d, _ = make(
-        [
-            (":SOUR:VOLT 0.1;:OUTP ON", None),
-            (":SOUR:LIST:VOLT 0.1,0.2", None),
-            (
-                ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
-                ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
-                None,
-            ),
-            (":TRAC:POIN:ACT?", "2"),
-            (":TRAC:DATA?", reading(1e-8, 0.0)),
-        ]
-    )
+    d, _ = make([*TWO_POINTS, (":TRAC:DATA?", reading(1e-8, 0.0))])
     d.nplc = 0.1
     with pytest.raises(InstrumentError, match=r"expected 2 readings of CURR,TIME,STAT \(6 numbers"):
         list(d.execute(staircase([0.1, 0.2], 0.01)))
