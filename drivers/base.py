@@ -997,8 +997,10 @@ class DriverBase:
                 raise InstrumentError(f"{resource}: the run ended short ({of()})")
             if complete and ended is not False:
                 # what a hardware run costs beyond its steps here: starting it, the polls,
-                # the last fetch (the model's figure for the next ones, run_setup_s)
-                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s)
+                # the last fetch (the model's figure for the next ones, run_setup_s), but
+                # the time its readings take on a slow link (the driver counts that by size)
+                link_s = run.read * run.link_s_per_reading
+                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s - link_s)
                 return
             if clock.now() >= deadline:
                 try:  # keep what the instrument took; a dead link must not hide the error

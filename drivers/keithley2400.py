@@ -204,10 +204,26 @@ class Keithley2400(SourceMeterBase):
         return sweeps
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
-        """The sweeps as they run: every point lasts its delay (as sent) plus the aperture."""
+        """The sweeps as they run: every point lasts its delay (as sent) plus the aperture;
+        on a serial line also the time its list's bytes take to go and its readings' to
+        come back, between the sweeps (the output holds the last level meanwhile)."""
         aperture = self.aperture_s
-        steps = [sw.n * (sw.delay_s + aperture) for sw in runs]
-        return sum(s + self.run_setup_s(s) for s in steps)
+        per_byte = self.link_s_per_byte()
+        total = 0.0
+        for sw in runs:
+            steps = sw.n * (sw.delay_s + aperture)
+            link = sum(len(c) + 1 for c in self._list_commands(sw)) * per_byte if per_byte else 0
+            total += steps + self.run_setup_s(steps) + link + sw.n * self.link_s_per_reading()
+        return total
+
+    def _list_commands(self, sw: _Sweep) -> list[str]:
+        """The commands that load ``sw``'s levels: 100 a command, the rest appended."""
+        levels = [num(x) for x in sw.levels]
+        return [
+            (":SOUR:LIST:VOLT " if s == 0 else ":SOUR:LIST:VOLT:APP ")
+            + ",".join(levels[s : s + LIST_PER_COMMAND])
+            for s in range(0, sw.n, LIST_PER_COMMAND)
+        ]
 
     def run_queries(self) -> tuple[int, int]:
         """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?``, the
@@ -217,6 +233,11 @@ class Keithley2400(SourceMeterBase):
     def binary_readback(self) -> bool:
         """Whether the data store is read in binary: on the GPIB, where the 2400 has it."""
         return self.transport.resource.upper().startswith("GPIB")
+
+    def link_s_per_reading(self) -> float:
+        """How long a reading of the data store takes on this link (0 on a bus)."""
+        per = BINARY_ELEMENT_BYTES if self.binary_readback() else ASCII_ELEMENT_BYTES
+        return per * N_ELEMENTS * self.link_s_per_byte()
 
     def link_s_per_byte(self) -> float:
         """How long a byte takes on this link: 10 bit times at its baud rate on a serial
@@ -237,13 +258,10 @@ class Keithley2400(SourceMeterBase):
         self._output_on_at(float(program.level[0]))
         for sw in sweeps:
             raise_if_aborted(abort)
-            levels = [num(x) for x in sw.levels]
-            self.transport.write(":SOUR:LIST:VOLT " + ",".join(levels[:LIST_PER_COMMAND]))
-            for s in range(LIST_PER_COMMAND, sw.n, LIST_PER_COMMAND):
-                self.transport.write(
-                    ":SOUR:LIST:VOLT:APP " + ",".join(levels[s : s + LIST_PER_COMMAND])
-                )
-            yield from self.follow(_SweepRun(self, program, sw, t_start, levels[-1]), abort, tally)
+            for command in self._list_commands(sw):
+                self.transport.write(command)
+            last = num(sw.levels[-1])
+            yield from self.follow(_SweepRun(self, program, sw, t_start, last), abort, tally)
             self._last_level = float(sw.levels[-1])
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
@@ -356,8 +374,7 @@ class _SweepRun(HardwareRun):
         self.stored = 0  # readings in the data store, as the last poll found
         self.stopped = False
         self.binary = driver.binary_readback()
-        per = BINARY_ELEMENT_BYTES if self.binary else ASCII_ELEMENT_BYTES
-        self.link_s_per_reading = per * N_ELEMENTS * driver.link_s_per_byte()
+        self.link_s_per_reading = driver.link_s_per_reading()
 
     def start(self) -> None:
         d, sw = self.driver, self.sw

@@ -116,3 +116,17 @@ def test_a_reply_slower_than_the_timeout_times_out_after_the_timeout():
     with pytest.raises(Exception, match=r"no reply within 0.5 s .*300 baud"):
         link.query("*IDN?")  # 75 bytes: 2.5 s at 300 baud
     assert clock.now() == pytest.approx((6 + 0) * 10 / 300 + 0.5)
+
+
+@pytest.mark.parametrize("baud", [57_600, 9_600])
+def test_the_duration_foreseen_counts_the_list_and_the_readings_on_the_line(baud):
+    d, link = on_link(baud)
+    program = ramp(0.0, 1.0, N * STEP_S, points=N)
+    foreseen = d.timing_for(program).duration_s  # before any run: the model's alone
+    t0 = d.clock.now()
+    sweep(d, link)
+    took = d.clock.now() - t0
+    # 25 s of sweep, its list's 31 s going and its readings' 109 s coming at 9,600 baud
+    assert took > 1.5 * N * STEP_S
+    assert foreseen == pytest.approx(took, rel=0.02)
+    assert d.timing_for(program).duration_s == pytest.approx(took, rel=0.02)  # learned
