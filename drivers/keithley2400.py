@@ -469,5 +469,9 @@ class _SweepRun(HardwareRun):
         return block_to_array(payload, "<f4").astype(np.float64).reshape(-1, N_ELEMENTS)
 
     def stop(self) -> None:
+        """Stop the sweep and put the output in safe state (the run ends: an abort, a
+        deadline, an error) before the store is read: on a slow serial line that read takes
+        up to minutes, and the output must not stay on meanwhile. The store keeps its
+        readings."""
         self.stopped = True
-        self.driver.transport.write(":ABOR")
+        self.driver.safe_state()

@@ -1,6 +1,8 @@
 """The 2400 on RS-232: a 2,500-point hardware-timed sweep against the emulator behind a
 serial link throttled to 57,600 and 9,600 baud (labctl.sim.throttle, virtual clock)."""
 
+import threading
+
 import numpy as np
 import pytest
 from labctl.drivers.base import Limits
@@ -8,10 +10,12 @@ from labctl.drivers.keithley2400 import ASCII_ELEMENT_BYTES, N_ELEMENTS, Keithle
 
 from labctl.clock import VirtualClock
 from labctl.data import Chunk
+from labctl.errors import Aborted
 from labctl.program import ramp
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.sim.throttle import ThrottledLink
+from tests.drivers.support import at_half_way
 
 N = 2500
 STEP_S = 0.01
@@ -130,3 +134,28 @@ def test_the_duration_foreseen_counts_the_list_and_the_readings_on_the_line(baud
     assert took > 1.5 * N * STEP_S
     assert foreseen == pytest.approx(took, rel=0.02)
     assert d.timing_for(program).duration_s == pytest.approx(took, rel=0.02)  # learned
+
+
+def test_an_abort_turns_the_output_off_before_the_long_read_and_keeps_the_readings():
+    d, link = on_link(9_600)
+    abort = threading.Event()
+    # at 9,600 baud the list takes 31 s to load, then the 25 s sweep: abort 14 s into it
+    at_half_way(d.clock, 90.0, abort.set)
+    off_at = []
+    write = link.write
+
+    def watched(message: str) -> None:
+        write(message)
+        if ":OUTP OFF" in message:
+            off_at.append(d.clock.now())
+
+    link.write = watched
+    got = []
+    with pytest.raises(Aborted):
+        got.extend(d.execute(ramp(0.0, 1.0, N * STEP_S, points=N), abort))
+    data = Chunk.concat(got)
+    assert 1000 < len(data) < 2000  # what the store held, read once
+    np.testing.assert_allclose(data.v, np.linspace(0, 1, N)[: len(data)], atol=1e-9)
+    # off within a poll of the abort (a sixteenth of the sweep on a virtual clock)...
+    assert off_at[0] < 45.0 + N * STEP_S / 16 + 0.5
+    assert d.clock.now() > off_at[0] + 40.0  # ...while the readings took 40 s more to come

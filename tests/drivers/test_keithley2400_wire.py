@@ -23,6 +23,9 @@ CONFIGURE_TAIL = (
 )
 
 
+SAFE_STATE = [(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "0")]
+
+
 def make(script):
     return scripted(Keithley2400, script)
 
@@ -266,7 +269,7 @@ def test_abort_stops_the_sweep_and_keeps_the_readings_taken():
                 None,
             ),
             (":TRAC:POIN:ACT?", "1"),
-            (":ABOR", None),
+            *SAFE_STATE,  # the output off before the store's (maybe long) read
             (":TRAC:POIN:ACT?", "1"),  # what the stopped store holds, read once
             (":TRAC:DATA?", reading(1e-9, 0)),
         ],
@@ -293,7 +296,7 @@ def test_a_sweep_that_stops_short_fails_at_its_deadline_with_the_point_taken():
                 ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.1;:INIT",
                 None,
             ),
-            (":ABOR", None),  # at the deadline: stopped, and what it took read
+            *SAFE_STATE,  # at the deadline: stopped, output off, and what it took read
             (":TRAC:DATA?", reading(1e-9, 0)),
         ],
         repeat={":TRAC:POIN:ACT?": "1"},  # it never takes the second reading
@@ -369,7 +372,7 @@ def test_a_program_compliance_is_sent_before_the_run():
 
 
 def test_safe_state_aborts_zeroes_and_confirms_output_off():
-    d, t = make([(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "0")])
+    d, t = make(SAFE_STATE)
     d.safe_state()
     t.assert_done()
 
