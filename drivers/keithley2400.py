@@ -63,7 +63,7 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
 from labctl.program import Program
-from labctl.transport import SerialTransport, Transport, block_to_array
+from labctl.transport import Transport, block_to_array
 
 LIST_MAX = 2500  # levels per sweep (and readings in the data store)
 LIST_PER_COMMAND = 100
@@ -244,9 +244,9 @@ class Keithley2400(SourceMeterBase):
         line (the factory 9,600 baud if the link does not tell); 0 on a bus (GPIB, LAN,
         USB), whose rate is far beyond the instrument's."""
         t = self.transport
-        baud = getattr(t, "baud_rate", None)
+        baud = getattr(t, "baud_rate", None)  # a serial session's; None on a bus
         serial = baud is not None or t.resource.upper().startswith("ASRL")
-        if not (serial or isinstance(t, SerialTransport)):
+        if not serial:
             return 0.0
         return BITS_PER_BYTE / float(baud or FACTORY_BAUD)
 

@@ -175,6 +175,12 @@ class VisaTransport(_QueryMixin):
             except (self._errors.Error, OSError) as exc:
                 raise self._wrap(exc) from exc
 
+    @property
+    def baud_rate(self) -> int | None:
+        """A serial (ASRL) session's rate in bit/s; None on a bus (GPIB, USB, LAN)."""
+        rate = getattr(self._res, "baud_rate", None)
+        return int(rate) if isinstance(rate, int | float) else None
+
     def reopen(self) -> None:
         """Close the session and open a new one with the same terminations and timeout
         (a fresh connection also drops replies left over from a timeout)."""
@@ -309,6 +315,11 @@ class SerialTransport(_QueryMixin):
                 self._port.timeout = self._timeout_s
             except (self._serial_mod.SerialException, OSError) as exc:  # a port gone away
                 raise ConnectionLost(self.resource, f"port lost ({_reason(exc)})") from exc
+
+    @property
+    def baud_rate(self) -> int:
+        """The line's rate in bit/s."""
+        return self._baudrate
 
     def reopen(self) -> None:
         """Close the port and open it again at the same rate, dropping a partial line."""

@@ -422,3 +422,19 @@ def test_a_store_that_sends_fewer_values_than_readings_is_refused():
     d.nplc = 0.1
     with pytest.raises(InstrumentError, match=r"expected 2 readings of CURR,TIME,STAT \(6 numbers"):
         list(d.execute(staircase([0.1, 0.2], 0.01)))
+
+
+def test_the_link_rate_comes_from_a_serial_link_and_is_the_factory_9600_when_unknown():
+    from labctl.transport import SerialTransport
+
+    d, t = make([])
+    assert d.link_s_per_byte() == 0.0  # a bus: its rate is far beyond the instrument's
+    t.resource = "ASRL/dev/ttyUSB0::INSTR"  # a serial session that does not tell its rate
+    assert d.link_s_per_byte() == pytest.approx(10 / 9600)
+    t.baud_rate = 57_600
+    assert d.link_s_per_byte() == pytest.approx(10 / 57_600)
+    serial = SerialTransport("loop://", baudrate=19_200, timeout_s=0.1)
+    try:
+        assert Keithley2400(serial).link_s_per_byte() == pytest.approx(10 / 19_200)
+    finally:
+        serial.close()
