@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -252,12 +252,13 @@ class VisaTransport(_QueryMixin):
         EOI, USB-TMC EOM) with the termination character off, as the payload may hold its
         byte (Keithley's SCPI manuals: read binary data to EOI only); the terminator sent
         before END is dropped."""
+        res: Any = self._res
         term = self._io["read_termination"]
-        self._res.read_termination = None
+        res.read_termination = None
         try:
-            data = self._res.read_raw()
+            data = res.read_raw()
         finally:
-            self._res.read_termination = term
+            res.read_termination = term
         end = (term or "").encode()
         return data[: -len(end)] if end and data.endswith(end) else data
 
