@@ -14,7 +14,8 @@ polls are the virtual clock's (a sixteenth of the sweep); on a real clock they c
 
 Prints ``name: value unit`` lines: per link and readback, the bytes the instrument sent per
 point, points/s over the run (points over its virtual duration, from the first command to
-the last reading in the host's hands), whether it completed, and the after/before ratios;
+the last reading in the host's hands), the seconds the instrument's replies took on the line
+(throttled links), whether it completed, and the after/before ratios;
 unthrottled also the wall-clock points/s of the host's own work.
 """
 
@@ -114,7 +115,8 @@ def one_run(baud: int | None, serial: bool, n: int) -> dict[str, float]:
     if k2400.ELEMENTS != "CURR,TIME,STAT":  # the baseline's elements
         link.write(f":FORM:ELEM {k2400.ELEMENTS}")
     program = ramp(0.0, 1.0, n * STEP_S, points=n)
-    received0, t0, wall0 = link.received_bytes, clock.now(), time.perf_counter()
+    received0, took0 = link.received_bytes, link.received_s
+    t0, wall0 = clock.now(), time.perf_counter()
     got, completed = 0, 1.0
     try:
         for chunk in d.execute(program):
@@ -127,6 +129,7 @@ def one_run(baud: int | None, serial: bool, n: int) -> dict[str, float]:
     return {
         "bytes_per_point": (link.received_bytes - received0) / max(got, 1),
         "points_per_s": got / elapsed,
+        "readback_s": link.received_s - took0,
         "points": float(got),
         "completed": completed,
         "wall_points_per_s": got / (time.perf_counter() - wall0),
@@ -146,6 +149,8 @@ def main() -> None:
             print(f"{prefix}_bytes_per_point: {r['bytes_per_point']:.1f} B")
             print(f"{prefix}_points_per_s: {r['points_per_s']:.1f} points/s")
             print(f"{prefix}_points: {r['points']:.0f} of {n}")
+            if baud is not None:
+                print(f"{prefix}_readback_s: {r['readback_s']:.1f} s")
             print(f"{prefix}_completed: {r['completed']:.0f} bool")
             if baud is None:
                 print(f"{prefix}_wall_points_per_s: {r['wall_points_per_s']:.0f} points/s")
