@@ -1,6 +1,7 @@
 """The 2400 on RS-232: a 2,500-point hardware-timed sweep against the emulator behind a
 serial link throttled to 57,600 and 9,600 baud (labctl.sim.throttle, virtual clock)."""
 
+import os
 import threading
 
 import numpy as np
@@ -159,3 +160,15 @@ def test_an_abort_turns_the_output_off_before_the_long_read_and_keeps_the_readin
     # off within a poll of the abort (a sixteenth of the sweep on a virtual clock)...
     assert off_at[0] < 45.0 + N * STEP_S / 16 + 0.5
     assert d.clock.now() > off_at[0] + 40.0  # ...while the readings took 40 s more to come
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs pseudo-terminals")
+def test_served_on_a_pseudo_terminal_the_2400_answers_as_on_rs232():
+    from labctl.sim.serve import make_pty_server
+
+    for opts, interface in (({}, "RS-232"), ({"interface": "GPIB"}, "GPIB")):
+        server = make_pty_server("keithley2400", device="resistor", emulator_opts=opts)
+        try:
+            assert server.emulator.interface == interface
+        finally:
+            server.close()
