@@ -472,6 +472,7 @@ class HardwareRun:
     planned_s: float = 0.0  # from start() to the end of the last reading
     poll_s: float | None = None  # how often to look (None: the driver's poll interval)
     rounding_s: float = 0.0  # how much later than planned the instrument's sums may end
+    link_s_per_reading: float = 0.0  # what a reading's bytes take on a slow (serial) link
 
     def __init__(self, channels: Sequence[int] = (0,)) -> None:
         self.done: dict[int, int] = dict.fromkeys(channels, 0)  # readings read, per channel
@@ -814,7 +815,7 @@ class DriverBase:
         """Whether the poll of ``run`` that began at ``began`` (``before`` readings read)
         has stalled so far: slower than its replies and bulk reads should take."""
         took = self.clock.now() - began
-        expected = (run.read - before) * FETCH_S_PER_READING
+        expected = (run.read - before) * (FETCH_S_PER_READING + run.link_s_per_reading)
         return self.watch.stalled(took, expected, "a poll of the run")
 
     def follow(
@@ -889,8 +890,10 @@ class DriverBase:
                 raise InstrumentError(f"{resource}: the run ended short ({of()})")
             if complete and ended is not False:
                 # what a hardware run costs beyond its steps here: starting it, the polls,
-                # the last fetch (the model's figure for the next ones, run_setup_s)
-                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s)
+                # the last fetch (the model's figure for the next ones, run_setup_s), but
+                # the time its readings take on a slow link (the driver counts that by size)
+                link_s = run.read * run.link_s_per_reading
+                self.watch.note(HARDWARE_RUN, clock.now() - started - run.planned_s - link_s)
                 return
             if clock.now() >= deadline:
                 try:  # keep what the instrument took; a dead link must not hide the error

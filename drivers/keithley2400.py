@@ -10,12 +10,27 @@ a whole number of one common tick (a pulse train: 0.2 s, 50 ms, 0.3 s on a 50 ms
 program becomes points of that tick, steps repeating their level and only a step's last
 point kept, so it runs as few sweeps as its length allows; otherwise each run of steps of
 equal duration is a sweep, and a step longer than the longest source delay is sourced as
-several points of its level. The readings go to the data store (``:TRAC:FEED:CONT NEXT``)
-and are read while the sweep runs (``:TRAC:POIN:ACT?``, then ``:TRAC:DATA?``), so a long
-sweep streams. Each reading carries V, I, the timestamp and the status word (bit 3:
-compliance); sample times are the instrument's timestamps (7 significant digits, relative to
-the sweep's first reading). Steps shorter than the aperture fall back to host timing
-(``:READ?`` per step).
+several points of its level. The readings go to the data store (``:TRAC:FEED:CONT NEXT``).
+
+Readback moves every reading over the link once. ``:TRAC:DATA?`` takes no range: it sends
+all the readings stored (K2400-UM §18 TRACe), so reading it while it fills would send the
+first readings again at every poll (on RS-232 at 57,600 baud a 2,500-point sweep then
+outran its deadline; at 9,600 it could not finish). So a poll asks only how many readings
+are stored (``:TRAC:POIN:ACT?``), and the store is read once, when it holds the whole sweep
+(or once stopped: an abort or a deadline keeps what it holds); a sweep's readings thus come
+when the sweep ends. Each reading carries only what the host does not know: I, the
+timestamp and the status word (bit 3: compliance), ``:FORM:ELEM CURR,TIME,STAT``; V, not
+measured, would read back the programmed level (K2400-UM §18 FORMat:ELEMents), which the
+driver sent. On a GPIB resource the store is read in binary, IEEE-754 single precision
+(``:FORM:DATA SRE``, 4 bytes an element, byte order ``:FORM:BORD SWAP``: least significant
+byte first), 12 bytes a reading; elsewhere in ASCII, 42 bytes: the binary formats apply over
+the GPIB only ("only the ASCII format is allowed over the RS-232 interface", K2400-UM §18
+:FORMat[:DATA]), and a LAN or USB bridge's interface is not known. The read of a sweep's
+store may take longer than the link's timeout on a slow serial line: the timeout is raised
+for it to what its bytes take at the link's rate (``baud_rate``; the factory 9,600 baud when
+the link does not tell). Sample times are the instrument's
+timestamps (7 significant digits, relative to the sweep's first reading). Steps shorter than
+the aperture fall back to host timing (``:READ?`` per step).
 """
 
 from __future__ import annotations
@@ -48,12 +63,19 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
 from labctl.program import Program
-from labctl.transport import Transport
+from labctl.transport import Transport, block_to_array
 
 LIST_MAX = 2500  # levels per sweep (and readings in the data store)
 LIST_PER_COMMAND = 100
 MAX_DELAY_S = 9999.998
-ELEMENTS = "VOLT,CURR,TIME,STAT"
+ELEMENTS = "CURR,TIME,STAT"  # the V element would be the programmed level: not read
+N_ELEMENTS = 3
+# an ASCII element is a signed 7-digit mantissa and a 2-digit exponent, "+1.234567E-06",
+# then a comma (the terminator after the last) (K2400-UM §18 Figure 18-1)
+ASCII_ELEMENT_BYTES = 14
+BINARY_ELEMENT_BYTES = 4  # IEEE-754 single precision (K2400-UM §18 Figure 18-2)
+FACTORY_BAUD = 9600  # the 2400's RS-232 rate as shipped (K2400-UM §14 RS-232 interface)
+BITS_PER_BYTE = 10  # 8N1: a start bit, 8 data bits, a stop bit
 STATUS_COMPLIANCE = 1 << 3
 V_RANGES = (0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -180,15 +202,51 @@ class Keithley2400(SourceMeterBase):
         return sweeps
 
     def hardware_duration_s(self, program: Program, runs: list) -> float:
-        """The sweeps as they run: every point lasts its delay (as sent) plus the aperture."""
+        """The sweeps as they run: every point lasts its delay (as sent) plus the aperture;
+        on a serial line also the time its list's bytes take to go and its readings' to
+        come back, between the sweeps (the output holds the last level meanwhile)."""
         aperture = self.aperture_s
-        steps = [sw.n * (sw.delay_s + aperture) for sw in runs]
-        return sum(s + self.run_setup_s(s) for s in steps)
+        per_byte = self.link_s_per_byte()
+        total = 0.0
+        for sw in runs:
+            steps = sw.n * (sw.delay_s + aperture)
+            link = sum(len(c) + 1 for c in self._list_commands(sw)) * per_byte if per_byte else 0
+            total += steps + self.run_setup_s(steps) + link + sw.n * self.link_s_per_reading()
+        return total
+
+    def _list_commands(self, sw: _Sweep) -> list[str]:
+        """The commands that load ``sw``'s levels: 100 a command, the rest appended."""
+        levels = [num(x) for x in sw.levels]
+        return [
+            (":SOUR:LIST:VOLT " if s == 0 else ":SOUR:LIST:VOLT:APP ")
+            + ",".join(levels[s : s + LIST_PER_COMMAND])
+            for s in range(0, sw.n, LIST_PER_COMMAND)
+        ]
 
     def run_queries(self) -> tuple[int, int]:
-        """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?`` and
-        reads the new readings with ``:TRAC:DATA?`` (:class:`_SweepRun`)."""
-        return (0, 2)
+        """A sweep is loaded and started by writes; each poll asks ``:TRAC:POIN:ACT?``, the
+        last one reads the store with ``:TRAC:DATA?`` too (:class:`_SweepRun`)."""
+        return (0, 1)
+
+    def binary_readback(self) -> bool:
+        """Whether the data store is read in binary: on the GPIB, where the 2400 has it."""
+        return self.transport.resource.upper().startswith("GPIB")
+
+    def link_s_per_reading(self) -> float:
+        """How long a reading of the data store takes on this link (0 on a bus)."""
+        per = BINARY_ELEMENT_BYTES if self.binary_readback() else ASCII_ELEMENT_BYTES
+        return per * N_ELEMENTS * self.link_s_per_byte()
+
+    def link_s_per_byte(self) -> float:
+        """How long a byte takes on this link: 10 bit times at its baud rate on a serial
+        line (the factory 9,600 baud if the link does not tell); 0 on a bus (GPIB, LAN,
+        USB), whose rate is far beyond the instrument's."""
+        t = self.transport
+        baud = getattr(t, "baud_rate", None)  # a serial session's; None on a bus
+        serial = baud is not None or t.resource.upper().startswith("ASRL")
+        if not serial:
+            return 0.0
+        return BITS_PER_BYTE / float(baud or FACTORY_BAUD)
 
     def _run_hardware(
         self, program: Program, sweeps: list[_Sweep], abort: threading.Event | None
@@ -198,13 +256,10 @@ class Keithley2400(SourceMeterBase):
         self._output_on_at(float(program.level[0]))
         for sw in sweeps:
             raise_if_aborted(abort)
-            levels = [num(x) for x in sw.levels]
-            self.transport.write(":SOUR:LIST:VOLT " + ",".join(levels[:LIST_PER_COMMAND]))
-            for s in range(LIST_PER_COMMAND, sw.n, LIST_PER_COMMAND):
-                self.transport.write(
-                    ":SOUR:LIST:VOLT:APP " + ",".join(levels[s : s + LIST_PER_COMMAND])
-                )
-            yield from self.follow(_SweepRun(self, program, sw, t_start, levels[-1]), abort, tally)
+            for command in self._list_commands(sw):
+                self.transport.write(command)
+            last = num(sw.levels[-1])
+            yield from self.follow(_SweepRun(self, program, sw, t_start, last), abort, tally)
             self._last_level = float(sw.levels[-1])
 
     def _run_software(self, program: Program, abort: threading.Event | None) -> Iterator[Chunk]:
@@ -213,8 +268,8 @@ class Keithley2400(SourceMeterBase):
             self._fixed_mode = True
 
         def read() -> tuple[float, float]:
-            v, i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
-            return v, i
+            i, _t, _status = (float(x) for x in self.transport.query(":READ?").split(","))
+            return float(self._last_level or 0.0), i  # V is the level sourced
 
         yield from run_host_timed(
             program,
@@ -296,7 +351,8 @@ def runs_of_equal(values: np.ndarray, limit: int) -> list[tuple[int, int]]:
 
 
 class _SweepRun(HardwareRun):
-    """One 2400 list sweep: ``:INIT`` into the data store, read while it fills, ``:ABOR``."""
+    """One 2400 list sweep: ``:INIT`` into the data store; polls count the readings stored,
+    the store is read once it holds them all (or once stopped); ``:ABOR``."""
 
     def __init__(
         self, driver: Keithley2400, program: Program, sw: _Sweep, t_start: float, last: str
@@ -313,6 +369,10 @@ class _SweepRun(HardwareRun):
         self.readings = sw.n
         self.planned_s = sw.n * self.step
         self.t0 = 0.0
+        self.stored = 0  # readings in the data store, as the last poll found
+        self.stopped = False
+        self.binary = driver.binary_readback()
+        self.link_s_per_reading = driver.link_s_per_reading()
 
     def start(self) -> None:
         d, sw = self.driver, self.sw
@@ -327,35 +387,89 @@ class _SweepRun(HardwareRun):
         )
         d._fixed_mode = False
 
+    def _count(self) -> int:
+        reply = self.driver.transport.query(":TRAC:POIN:ACT?")
+        self.stored = min(int(self._numbers(reply, 1, "a reading count")[0]), self.sw.n)
+        return self.stored
+
+    def _numbers(self, reply: str, n: int, what: str) -> np.ndarray:
+        """The ``n`` numbers of an ASCII ``reply``; else InstrumentError naming the link."""
+        fields = reply.split(",")
+        try:
+            if len(fields) == n:
+                return np.array(fields, dtype=np.float64)
+        except ValueError:
+            pass
+        raise InstrumentError(
+            f"{self.driver.transport.resource}: expected {what} ({n} number"
+            f"{'s' if n > 1 else ''}), got {reply[:80]!r}"
+        )
+
+    def progress(self) -> bool:
+        """Whether the data store holds the whole sweep (it then ends)."""
+        return self._count() >= self.sw.n
+
     def fetch(self) -> Iterator[Chunk]:
-        """The readings not yet read (the data store is read whole: only those are kept)."""
-        t, sw = self.driver.transport, self.sw
-        available = min(int(float(t.query(":TRAC:POIN:ACT?"))), sw.n)
-        if available <= self.done[0]:
+        """The sweep's readings, read from the data store in one piece: once it holds them
+        all, or once the sweep is stopped (what it holds); never twice."""
+        sw = self.sw
+        if self.done[0]:
             return
-        fields = t.query(":TRAC:DATA?").split(",")
-        if len(fields) % 4:
-            raise InstrumentError(
-                f"{t.resource}: data store reply of {len(fields)} values is not a whole "
-                f"number of {ELEMENTS} readings"
-            )
-        start = self.done[0]
-        values = np.array(fields[4 * start : 4 * sw.n], dtype=np.float64).reshape(-1, 4)
-        stop = self.done[0] = start + len(values)
-        keep = sw.keep[start:stop]
+        if self.stopped:
+            self._count()
+        elif self.stored < sw.n:
+            return
+        n = self.stored
+        if n == 0:
+            return
+        values = self._read_store(n)
+        self.done[0] = n
+        keep = sw.keep[:n]
         v = values[keep]
         if not len(v):
             return
-        flags = np.where(v[:, 3].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
+        flags = np.where(v[:, 2].astype(np.int64) & STATUS_COMPLIANCE, COMPLIANCE, 0)
         yield make_chunk(
             self.program,
-            sw.rows[start:stop][keep],
-            self.t0 + v[:, 2],
+            sw.rows[:n][keep],
+            self.t0 + v[:, 1],
+            sw.levels[:n][keep],
             v[:, 0],
-            v[:, 1],
             flags,
             compliance=self.driver.compliance_a,
         )
 
+    def _read_store(self, n: int) -> np.ndarray:
+        """The ``n`` stored readings as rows I, TIME, STAT, over a link whose timeout is
+        raised for the time their bytes take (a slow serial line)."""
+        t = self.driver.transport
+        normal = t.timeout_s
+        transfer_s = n * self.link_s_per_reading
+        if transfer_s > 0:
+            t.timeout_s = normal + 1.5 * transfer_s
+        try:
+            if self.binary:
+                payload = t.query_block(":FORM:DATA SRE;:FORM:BORD SWAP;:TRAC:DATA?")
+                t.write(":FORM:DATA ASC")  # host-timed :READ? parses ASCII
+            else:
+                reply = t.query(":TRAC:DATA?")
+        finally:
+            if transfer_s > 0:
+                t.timeout_s = normal
+        what = f"{n} readings of {ELEMENTS}"
+        if not self.binary:
+            return self._numbers(reply, N_ELEMENTS * n, what).reshape(-1, N_ELEMENTS)
+        size = BINARY_ELEMENT_BYTES * N_ELEMENTS * n
+        if len(payload) != size:
+            raise InstrumentError(
+                f"{t.resource}: expected {what} ({size} bytes), got {len(payload)} bytes"
+            )
+        return block_to_array(payload, "<f4").astype(np.float64).reshape(-1, N_ELEMENTS)
+
     def stop(self) -> None:
-        self.driver.transport.write(":ABOR")
+        """Stop the sweep and put the output in safe state (the run ends: an abort, a
+        deadline, an error) before the store is read: on a slow serial line that read takes
+        up to minutes, and the output must not stay on meanwhile. The store keeps its
+        readings."""
+        self.stopped = True
+        self.driver.safe_state()

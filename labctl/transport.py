@@ -184,6 +184,12 @@ class VisaTransport(_QueryMixin):
             except (self._errors.Error, OSError) as exc:
                 raise self._wrap(exc) from exc
 
+    @property
+    def baud_rate(self) -> int | None:
+        """A serial (ASRL) session's rate in bit/s; None on a bus (GPIB, USB, LAN)."""
+        rate = getattr(self._res, "baud_rate", None)
+        return int(rate) if isinstance(rate, int | float) else None
+
     def reopen(self) -> None:
         """Close the session and open a new one with the same terminations and timeout
         (a fresh connection also drops replies left over from a timeout)."""
@@ -241,12 +247,29 @@ class VisaTransport(_QueryMixin):
                     self.resource, f"expected a binary block, got {(head + rest)[:40]!r}"
                 )
             n = int(head[1:2])
+            if n == 0:
+                return self._read_to_end()
             length = int(self._res.read_bytes(n))
             payload = self._res.read_bytes(length)
             self._res.read_bytes(1)  # the terminator after the block
             return payload
         except (self._errors.Error, OSError, ValueError) as exc:
             raise self._wrap(exc) from exc
+
+    def _read_to_end(self) -> bytes:
+        """The rest of an indefinite-length block (``#0``): up to the message's END (GPIB
+        EOI, USB-TMC EOM) with the termination character off, as the payload may hold its
+        byte (Keithley's SCPI manuals: read binary data to EOI only); the terminator sent
+        before END is dropped."""
+        res: Any = self._res
+        term = self._io["read_termination"]
+        res.read_termination = None
+        try:
+            data = res.read_raw()
+        finally:
+            res.read_termination = term
+        end = (term or "").encode()
+        return data[: -len(end)] if end and data.endswith(end) else data
 
     def close(self) -> None:
         # closing a dead link must not hide the error that killed it
@@ -302,6 +325,11 @@ class SerialTransport(_QueryMixin):
                 self._port.timeout = self._timeout_s
             except (self._serial_mod.SerialException, OSError) as exc:  # a port gone away
                 raise ConnectionLost(self.resource, f"port lost ({_reason(exc)})") from exc
+
+    @property
+    def baud_rate(self) -> int:
+        """The line's rate in bit/s."""
+        return self._baudrate
 
     def reopen(self) -> None:
         """Close the port and open it again at the same rate, dropping a partial line."""

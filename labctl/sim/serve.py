@@ -267,6 +267,11 @@ def make_pty_server(model: str, *, clock: Clock | None = None, **options: Any) -
     emulator = _build_emulator(
         model, clock=clock, resource=f"{model} on a pseudo-terminal", **options
     )
+    # an emulator that tells its remote interface answers as on RS-232 (the 2400: ASCII
+    # only, whatever :FORM:DATA says), unless the caller chose one
+    inner = getattr(emulator, "inner", emulator)  # behind a fault wrapper
+    if "interface" not in dict(options.get("emulator_opts") or {}) and hasattr(inner, "interface"):
+        inner.interface = "RS-232"
     server = PtyServer(emulator, clock=clock)
     if options.get("fault"):
         # the bridge stops at its next turn and releases the terminal: the client's next

@@ -149,3 +149,40 @@ def test_a_closed_pseudo_terminal_is_noticed_at_once():
         t.close()
     finally:
         server.close()
+
+
+class _GpibSession:
+    """A pyvisa GPIB session's reads: ``read_raw`` stops at the termination character
+    while one is set (VI_ATTR_TERMCHAR_EN), else at END (EOI), as on the bus."""
+
+    def __init__(self, message: bytes) -> None:
+        self.data = message
+        self.read_termination = "\n"
+        self.sent: list[str] = []
+
+    def write(self, message: str) -> None:
+        self.sent.append(message)
+
+    def read_bytes(self, n: int) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+    def read_raw(self) -> bytes:
+        end = len(self.data)
+        if self.read_termination:
+            end = self.data.index(self.read_termination.encode()) + 1
+        return self.read_bytes(end)
+
+
+def test_visa_reads_an_indefinite_block_to_end_past_bytes_that_look_like_terminators():
+    import numpy as np
+    import pyvisa
+
+    # I, TIME, STAT of one reading, after a float whose bytes are all LF (6.66e-33)
+    payload = b"\n\n\n\n" + np.array([1e-7, 10.0, 21508.0], "<f4").tobytes()
+    t = object.__new__(VisaTransport)
+    t.resource, t._errors = "GPIB0::24::INSTR", pyvisa.errors
+    t._io = {"read_termination": "\n", "write_termination": "\n"}
+    t._res = _GpibSession(b"#0" + payload + b"\n")  # LF + EOI after the block
+    assert t.query_block(":TRAC:DATA?") == payload
+    assert t._res.read_termination == "\n"  # back on for the next ASCII reply

@@ -34,6 +34,21 @@ def connect_sim(model: str, device: str = "resistor", **params):
     return d
 
 
+def at_half_way(clock, duration_s: float, action) -> None:
+    """Run ``action`` once, when virtual ``clock`` first sleeps past ``duration_s / 2`` from
+    now (an operator's abort, a front-panel key, mid-run)."""
+    t_half = clock.now() + duration_s / 2
+    sleep_until = clock.sleep_until
+
+    def hooked(t: float) -> None:
+        sleep_until(t)
+        if clock.now() >= t_half and clock.sleep_until is hooked:
+            clock.sleep_until = sleep_until
+            action()
+
+    clock.sleep_until = hooked
+
+
 def run(d, program, abort=None) -> Chunk:
     """Every reading of ``program`` on driver ``d``, as one chunk."""
     return Chunk.concat(list(d.execute(program, abort)))

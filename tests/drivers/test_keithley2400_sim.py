@@ -13,7 +13,7 @@ from labctl.program import hold, pulse, ramp, staircase, triangle
 from labctl.sim.devices import make_device
 from labctl.sim.instruments.keithley2400 import Keithley2400Emulator
 from labctl.transport import LoopbackTransport
-from tests.drivers.support import connect_sim, run
+from tests.drivers.support import at_half_way, connect_sim, run
 
 
 def connect(device="resistor", **params):
@@ -101,11 +101,10 @@ def test_safe_state_works_after_a_failed_sweep():
     d = connect(R=1e6, noise=0)
     d.configure(compliance_a=1e-3, nplc=0.01)
     emulator = d.transport.emulator
-    gen = d.execute(ramp(0.0, 1.0, 10.0, points=1000))
-    next(gen)  # the sweep is running
-    emulator.handle(":ABOR")  # someone stops it at the front panel
+    # someone stops the sweep at the front panel half-way
+    at_half_way(d.clock, 10.0, lambda: emulator.handle(":ABOR"))
     with pytest.raises(InstrumentError, match="of 1000 readings arrived"):
-        list(gen)
+        list(d.execute(ramp(0.0, 1.0, 10.0, points=1000)))
     d.safe_state()
     assert not emulator.output_on
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from labctl.drivers.keithley2400 import Keithley2400
 
+from labctl.clock import VirtualClock
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted, InstrumentError, LimitError, ValidationError
 from labctl.program import hold, ramp, staircase
+from labctl.testing import ScriptedTransport
 from tests.drivers.support import scripted
 
 IDN = "KEITHLEY INSTRUMENTS INC.,MODEL 2400,1163289,C30   Mar 17 2006 09:29:29/A02  /K/J"
@@ -16,17 +18,21 @@ IDN_2401 = "KEITHLEY INSTRUMENTS INC.,MODEL 2401,4374542,C32   Oct  4 2010 14:20
 NO_ERROR = (":SYST:ERR?", '0,"No error"')
 CONFIGURE_TAIL = (
     ":SOUR:DEL:AUTO OFF;:SOUR:DEL 0;:SOUR:CLE:AUTO OFF;:TRIG:DEL 0;:TRIG:COUN 1;:ARM:COUN 1;"
-    ":ARM:SOUR IMM;:TRIG:SOUR IMM;:FORM:DATA ASC;:FORM:ELEM VOLT,CURR,TIME,STAT;"
+    ":ARM:SOUR IMM;:TRIG:SOUR IMM;:FORM:DATA ASC;:FORM:ELEM CURR,TIME,STAT;"
     ":TRAC:TST:FORM ABS"
 )
+
+
+SAFE_STATE = [(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "0")]
 
 
 def make(script):
     return scripted(Keithley2400, script)
 
 
-def reading(v, i, t, status=21508):
-    return f"{v:+.6E},{i:+.6E},{t:+.6E},{status:+.6E}"
+def reading(i, t, status=21508):
+    """One reading as the driver asks for it: I, TIME, STAT (:FORM:ELEM CURR,TIME,STAT)."""
+    return f"{i:+.6E},{t:+.6E},{status:+.6E}"
 
 
 def test_identify_reads_the_model_and_line_frequency():
@@ -92,9 +98,9 @@ def test_software_timed_steps_read_once_per_step():
     d, t = make(
         [
             (":SOUR:VOLT 0.5;:OUTP ON", None),
-            (":READ?", reading(0.5, 1e-7, 12.0)),
+            (":READ?", reading(1e-7, 12.0)),
             (":SOUR:VOLT -0.25", None),
-            (":READ?", reading(-0.25, -5e-8, 12.1)),
+            (":READ?", reading(-5e-8, 12.1)),
             NO_ERROR,
         ]
     )
@@ -114,7 +120,7 @@ def test_software_timing_after_a_sweep_returns_to_fixed_mode():
         [
             (":SOUR:VOLT:MODE FIX;:SOUR:DEL 0;:TRIG:COUN 1", None),
             (":SOUR:VOLT 0.1;:OUTP ON", None),
-            (":READ?", reading(0.1, 1e-8, 1.0)),
+            (":READ?", reading(1e-8, 1.0)),
             NO_ERROR,
         ]
     )
@@ -138,9 +144,9 @@ def test_list_sweep_is_hardware_timed_and_read_from_the_data_store():
                 ":TRAC:DATA?",
                 ",".join(
                     [
-                        reading(0.1, 1e-8, 0.0),
-                        reading(0.2, 2e-8, 0.01),
-                        reading(0.3, 1e-6, 0.02, 21508 + 8),
+                        reading(1e-8, 0.0),
+                        reading(2e-8, 0.01),
+                        reading(1e-6, 0.02, 21508 + 8),
                     ]
                 ),
             ),
@@ -168,7 +174,7 @@ def test_the_status_word_flags_compliance_below_the_limit_value():
                 None,
             ),
             (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:DATA?", reading(1.0, 5e-7, 0.0, 21516)),
+            (":TRAC:DATA?", reading(5e-7, 0.0, 21516)),
             NO_ERROR,
         ]
     )
@@ -194,7 +200,7 @@ def test_long_lists_go_in_100_levels_per_command_then_append():
                 None,
             ),
             (":TRAC:POIN:ACT?", "250"),
-            (":TRAC:DATA?", ",".join(reading(v, v * 1e-6, k * 1e-3) for k, v in enumerate(levels))),
+            (":TRAC:DATA?", ",".join(reading(v * 1e-6, k * 1e-3) for k, v in enumerate(levels))),
             NO_ERROR,
         ]
     )
@@ -205,7 +211,9 @@ def test_long_lists_go_in_100_levels_per_command_then_append():
     np.testing.assert_allclose(data.t, np.arange(1, 251) * 1e-3)
 
 
-def test_a_long_sweep_streams_its_readings_while_it_runs():
+def test_a_long_sweep_is_polled_by_count_and_its_store_read_once():
+    # :TRAC:DATA? sends the whole store: read while it fills, it would send the first
+    # readings again at every poll, so the polls only count and one read takes them all
     n = 4
     d, t = make(
         [
@@ -216,42 +224,42 @@ def test_a_long_sweep_streams_its_readings_while_it_runs():
                 ":TRAC:POIN 4;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.3;:INIT",
                 None,
             ),
-            (":TRAC:POIN:ACT?", "0"),  # polled every 0.25 s of virtual time
-            (":TRAC:POIN:ACT?", "0"),
-            (":TRAC:POIN:ACT?", "0"),
-            (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:DATA?", reading(0, 0, 0)),
-            (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:POIN:ACT?", "2"),
-            (":TRAC:DATA?", reading(0, 0, 0) + "," + reading(0.1, 1e-7, 1.0)),
         ]
-        + [(":TRAC:POIN:ACT?", "2")] * 3
-        + [
-            (":TRAC:POIN:ACT?", "3"),
-            (
-                ":TRAC:DATA?",
-                ",".join(reading(0.1 * k, 1e-7 * k, float(k)) for k in range(3)),
-            ),
-        ]
-        + [(":TRAC:POIN:ACT?", "3")] * 3
+        # polled every 0.25 s of virtual time: a reading a second
+        + [(":TRAC:POIN:ACT?", str(k // 4)) for k in range(1, 16)]
         + [
             (":TRAC:POIN:ACT?", "4"),
-            (":TRAC:DATA?", ",".join(reading(0.1 * k, 1e-7 * k, float(k)) for k in range(n))),
+            (":TRAC:DATA?", ",".join(reading(1e-7 * k, float(k)) for k in range(n))),
             NO_ERROR,
         ]
     )
     d.nplc = 1.0  # 20 ms aperture, 1 s steps
     chunks = list(d.execute(staircase([0.0, 0.1, 0.2, 0.3], 1.0)))
     t.assert_done()
-    assert [len(c) for c in chunks] == [1, 1, 1, 1]
-    np.testing.assert_allclose(Chunk.concat(chunks).t, [1.0, 2.0, 3.0, 4.0])
+    assert t.sent.count(":TRAC:DATA?") == 1
+    data = Chunk.concat(chunks)
+    np.testing.assert_allclose(data.t, [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(data.v, [0.0, 0.1, 0.2, 0.3])  # the levels sourced
+    np.testing.assert_allclose(data.i, [0.0, 1e-7, 2e-7, 3e-7])
+
+
+class AbortOnPoll(ScriptedTransport):
+    """Sets ``abort`` when the run is first polled."""
+
+    def __init__(self, script, abort: threading.Event) -> None:
+        super().__init__(script)
+        self.abort = abort
+
+    def query(self, message: str) -> str:
+        reply = super().query(message)
+        if message == ":TRAC:POIN:ACT?":
+            self.abort.set()
+        return reply
 
 
 def test_abort_stops_the_sweep_and_keeps_the_readings_taken():
     abort = threading.Event()
-    d, t = make(
+    t = AbortOnPoll(
         [
             (":SOUR:VOLT 0;:OUTP ON", None),
             (":SOUR:LIST:VOLT 0,0.1", None),
@@ -261,16 +269,18 @@ def test_abort_stops_the_sweep_and_keeps_the_readings_taken():
                 None,
             ),
             (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:DATA?", reading(0, 1e-9, 0)),
-            (":ABOR", None),
-            (":TRAC:POIN:ACT?", "1"),
-        ]
+            *SAFE_STATE,  # the output off before the store's (maybe long) read
+            (":TRAC:POIN:ACT?", "1"),  # what the stopped store holds, read once
+            (":TRAC:DATA?", reading(1e-9, 0)),
+        ],
+        abort,
     )
+    d = Keithley2400(t, clock=VirtualClock())
+    d.line_frequency_hz = 50.0
+    d._compliance_sent = d.compliance_a
     got = []
     with pytest.raises(Aborted):
-        for chunk in d.execute(staircase([0.0, 0.1], 10.0), abort):
-            got.append(chunk)
-            abort.set()
+        got.extend(d.execute(staircase([0.0, 0.1], 10.0), abort))
     t.assert_done()
     assert len(Chunk.concat(got)) == 1
 
@@ -286,18 +296,17 @@ def test_a_sweep_that_stops_short_fails_at_its_deadline_with_the_point_taken():
                 ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.1;:INIT",
                 None,
             ),
-            (":TRAC:POIN:ACT?", "1"),
-            (":TRAC:DATA?", reading(0, 1e-9, 0)),
-            (":ABOR", None),  # at the deadline: stopped, and what it took read
+            *SAFE_STATE,  # at the deadline: stopped, output off, and what it took read
+            (":TRAC:DATA?", reading(1e-9, 0)),
         ],
-        repeat={":TRAC:POIN:ACT?": "1"},  # then it never takes the second reading
+        repeat={":TRAC:POIN:ACT?": "1"},  # it never takes the second reading
     )
     got = []
     with pytest.raises(InstrumentError, match=r"SCRIPT: .* 2 s after .*1 of 2 readings"):
         for chunk in d.execute(staircase([0.0, 0.1], 0.1)):
             got.append(chunk)
     t.assert_done()
-    assert len(Chunk.concat(got)) == 1  # the point read before is kept
+    assert len(Chunk.concat(got)) == 1  # the point taken is kept
     assert 2.2 <= d.clock.now() < 2.2 + 0.25  # planned end 0.2 s, then max(2 s, 10 %)
     assert t.sent.count(":TRAC:POIN:ACT?") < 20  # late polls back off
 
@@ -351,7 +360,7 @@ def test_a_program_compliance_is_sent_before_the_run():
         [
             (":SENS:CURR:PROT 1e-05", None),
             (":SOUR:VOLT 0.2;:OUTP ON", None),
-            (":READ?", reading(0.2, 1e-8, 0)),
+            (":READ?", reading(1e-8, 0)),
             NO_ERROR,
         ]
     )
@@ -363,7 +372,7 @@ def test_a_program_compliance_is_sent_before_the_run():
 
 
 def test_safe_state_aborts_zeroes_and_confirms_output_off():
-    d, t = make([(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "0")])
+    d, t = make(SAFE_STATE)
     d.safe_state()
     t.assert_done()
 
@@ -372,3 +381,60 @@ def test_safe_state_raises_if_output_stays_on():
     d, _ = make([(":ABOR;:SOUR:VOLT:MODE FIX;:SOUR:VOLT 0;:OUTP OFF", None), (":OUTP?", "1")])
     with pytest.raises(InstrumentError, match="output still reads"):
         d.safe_state()
+
+
+# a two-point sweep of 10 ms steps, loaded, started and polled full: what the store sends
+# comes next
+TWO_POINTS = [
+    (":SOUR:VOLT 0.1;:OUTP ON", None),
+    (":SOUR:LIST:VOLT 0.1,0.2", None),
+    (
+        ":SOUR:VOLT:MODE LIST;:SOUR:DEL 0.008;:TRIG:COUN 2;:TRAC:FEED:CONT NEV;:TRAC:CLE;"
+        ":TRAC:POIN 2;:TRAC:FEED SENS;:TRAC:FEED:CONT NEXT;:SOUR:VOLT 0.2;:INIT",
+        None,
+    ),
+    (":TRAC:POIN:ACT?", "2"),
+]
+
+
+def test_on_the_gpib_the_store_is_read_once_in_single_precision_swapped():
+    values = np.array([[1e-8, 0.0, 21508], [2e-8, 0.01, 21508 + 8]], "<f4")
+    d, t = make(
+        [
+            *TWO_POINTS,
+            (":FORM:DATA SRE;:FORM:BORD SWAP;:TRAC:DATA?", b"#0" + values.tobytes()),
+            (":FORM:DATA ASC", None),
+            NO_ERROR,
+        ]
+    )
+    t.resource = "GPIB0::24::INSTR"
+    d.nplc = 0.1
+    d.compliance_a = d._compliance_sent = 1e-6
+    data = Chunk.concat(list(d.execute(staircase([0.1, 0.2], 0.01))))
+    t.assert_done()
+    np.testing.assert_allclose(data.t, [0.01, 0.02])
+    np.testing.assert_allclose(data.i, [1e-8, 2e-8], rtol=1e-7)
+    assert list(data.flags & COMPLIANCE) == [0, COMPLIANCE]
+
+
+def test_a_store_that_sends_fewer_values_than_readings_is_refused():
+    d, _ = make([*TWO_POINTS, (":TRAC:DATA?", reading(1e-8, 0.0))])
+    d.nplc = 0.1
+    with pytest.raises(InstrumentError, match=r"expected 2 readings of CURR,TIME,STAT \(6 numbers"):
+        list(d.execute(staircase([0.1, 0.2], 0.01)))
+
+
+def test_the_link_rate_comes_from_a_serial_link_and_is_the_factory_9600_when_unknown():
+    from labctl.transport import SerialTransport
+
+    d, t = make([])
+    assert d.link_s_per_byte() == 0.0  # a bus: its rate is far beyond the instrument's
+    t.resource = "ASRL/dev/ttyUSB0::INSTR"  # a serial session that does not tell its rate
+    assert d.link_s_per_byte() == pytest.approx(10 / 9600)
+    t.baud_rate = 57_600
+    assert d.link_s_per_byte() == pytest.approx(10 / 57_600)
+    serial = SerialTransport("loop://", baudrate=19_200, timeout_s=0.1)
+    try:
+        assert Keithley2400(serial).link_s_per_byte() == pytest.approx(10 / 19_200)
+    finally:
+        serial.close()

@@ -10,7 +10,7 @@ import pytest
 from labctl.data import COMPLIANCE, SOFTWARE_TIMED, Chunk
 from labctl.errors import Aborted
 from labctl.program import ramp, staircase
-from tests.drivers.support import connect_sim, run
+from tests.drivers.support import at_half_way, connect_sim, run
 
 
 @pytest.mark.parametrize("model", ["keithley2400", "keithley2450", "keithley2636b"])
@@ -56,11 +56,10 @@ def test_abort_mid_sweep_keeps_the_points_taken_and_safe_state_turns_output_off(
     d = connect_sim(model, R=1e6, noise=0)
     d.configure(compliance_a=1e-3, nplc=0.01)
     abort = threading.Event()
+    at_half_way(d.clock, duration_s, abort.set)  # the operator presses abort half-way
     got = []
     with pytest.raises(Aborted):
-        for chunk in d.execute(ramp(0.0, 1.0, duration_s, points=n), abort):
-            got.append(chunk)
-            abort.set()  # the operator presses abort after the first data arrive
+        got.extend(d.execute(ramp(0.0, 1.0, duration_s, points=n), abort))
     data = Chunk.concat(got)
     assert 0 < len(data) < n
     np.testing.assert_allclose(data.v, np.linspace(0, 1, n)[: len(data)], atol=1e-6)

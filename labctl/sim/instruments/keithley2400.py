@@ -35,9 +35,16 @@ manual is unclear (all [I] unless marked):
   function neither sourced nor measured reads +9.91E37; RES is V/I. In compliance the
   limited reading is the limit (plus noise) and STAT bit 3 is set. Over range: +9.9E37 and
   STAT bit 0. Resolution 5.5 digits: 10 pA on the 1 uA range, 1 uV on 200 mV.
-- ``:TRAC:DATA?`` may be read while the store fills (the driver streams that way); TIME in
-  stored readings is relative to the first stored reading (``:TRAC:TST:FORM ABS``) or to the
-  previous one (``DELT``). ``:TRAC:POIN``/``:TRAC:FEED`` while storage is active: error +800.
+- ``:TRAC:DATA?`` sends all the readings stored so far (K2400-UM §18 TRACe: "all the
+  readings stored in the data store"; it takes no range), also while the store fills; TIME
+  in stored readings is relative to the first stored reading (``:TRAC:TST:FORM ABS``) or to
+  the previous one (``DELT``). ``:TRAC:POIN``/``:TRAC:FEED`` while storage is active: error
+  +800.
+- Data format (K2400-UM §18 FORMat): ``REAL,32`` and ``SREal`` are IEEE-754 single
+  precision, ``#0`` then 4 bytes per element, byte order ``:FORM:BORD`` (NORMal: byte 1,
+  sign and exponent, first; SWAPped: reversed); ``*RST`` sets NORMal, ``:SYST:PRES``
+  SWAPped. The format affects output over the GPIB only: over RS-232 (``interface=
+  "RS-232"``) every reply is ASCII whatever ``:FORM:DATA`` says.
 - Errors read ``-113,"Undefined header"``; the instrument errors +800, +803 likewise.
 """
 
@@ -117,6 +124,9 @@ ERROR_TEXT = {
 }
 
 _ELEMENT_KEYS = ("VOLT", "CURR", "RES", "TIME", "STAT")
+# the remote interfaces; binary data formats apply over the GPIB only (K2400-UM §18
+# :FORMat[:DATA]: "Only the ASCII format is allowed over the RS-232 interface")
+INTERFACES = ("GPIB", "RS-232")
 
 
 def _accept_line(call: Call) -> None:
@@ -170,10 +180,14 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         serial: str = "1163289",
         firmware: str = "C30   Mar 17 2006 09:29:29/A02  /K/J",
         line_frequency: float = 50.0,
+        interface: str = "GPIB",
     ) -> None:
         model = str(variant)
         if model not in MODELS:
             raise ValueError(f"variant must be one of {', '.join(MODELS)}")
+        if interface not in INTERFACES:
+            raise ValueError(f"interface must be one of {', '.join(INTERFACES)}")
+        self.interface = interface  # the remote interface the host talks on
         super().__init__(
             clock=clock, serial=serial, firmware=firmware, line_frequency=line_frequency
         )
@@ -332,10 +346,13 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         data = rows[:, cols].copy()
         if times is not None and "TIME" in self.elements:
             data[:, [_ELEMENT_KEYS[c] for c in cols].index("TIME")] = times
-        if self.data_format != "ASCii":
+        if self._binary():
             order = ">" if self.byte_order == "NORMal" else "<"
             return b"#0" + data.astype(order + "f4").tobytes()
         return self._readings_text(data)
+
+    def _binary(self) -> bool:
+        return self.data_format != "ASCii" and self.interface == "GPIB"
 
     # --- acquisitions -------------------------------------------------------------------------
 
@@ -402,7 +419,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
         # system
         add(":SYSTem:ERRor:ALL?", self._error_all)
         add(":SYSTem:ERRor:CLEar", self._clear_errors)
-        add(":SYSTem:PRESet", self._rst)
+        add(":SYSTem:PRESet", self._system_preset)
         add(":SYSTem:LFRequency", self._set_lfr)
         add(":SYSTem:LFRequency:AUTO", accept_boolean)
         add(":SYSTem:LFRequency:AUTO?", lambda c: self._noargs(c) or "0")
@@ -589,6 +606,11 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
 
     def _identity(self) -> str:
         return f"KEITHLEY INSTRUMENTS INC.,MODEL {self.model},{self.serial},{self.firmware}"
+
+    def _system_preset(self, call: Call) -> None:
+        """``*RST``'s settings but the byte order (K2400-UM Table 18-3: SWAPped)."""
+        self._rst(call)
+        self.byte_order = "SWAPped"
 
     def _cls(self, call: Call) -> None:
         super()._cls(call)
@@ -978,7 +1000,7 @@ class Keithley2400Emulator(TriggeredSmuEmulator):
             raise ScpiError(-230, "Data corrupt or stale, the data store is empty")
         t = data[:, 3]
         rel = t - t[0] if self.trace_tst == "ABSolute" else np.diff(t, prepend=t[0])
-        if self.data_format != "ASCii":
+        if self._binary():
             return self._format(data, times=rel)
         st = self.store
         key = (tuple(self.elements), self.trace_tst)
