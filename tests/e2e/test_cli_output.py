@@ -134,6 +134,30 @@ def test_every_listing_at_40_80_and_piped_in_every_format(
         assert set(header.split()) <= set(frame.columns) | {"value"}, header
 
 
+def test_the_other_commands_print_the_same_whole_lines_at_any_width(
+    db, capsys, monkeypatch, tmp_path
+):
+    """Commands that print lines, not tables: nothing in them depends on the width."""
+    url = ["--db", db["url"]]
+    run = str(db["done"])
+    commands = [
+        ["sample", "show", LONG, *url],
+        ["analyze", run, *url],
+        ["export", run, "--out", str(tmp_path / "r.nc"), *url],
+        ["db", "current", *url],
+    ]
+    _main(capsys, monkeypatch, None, "analyze", run, *url)  # the counts settle after one
+    for argv in commands:
+        seen = {w: _main(capsys, monkeypatch, w, *argv) for w in WIDTHS}
+        assert seen["40"] == seen["80"] == seen[None], argv
+    out = _main(capsys, monkeypatch, "40", "sample", "show", LONG, *url)
+    assert f"name: {LONG}" in out
+    small = ["--set", "frequencies_hz=[4]", "--set", "cycles=1", "--set", "points_per_cycle=20"]
+    out = _main(capsys, monkeypatch, "40", "run", "iv_hysteresis", "--sample", LONG, *small, *url)
+    assert any(line.endswith(": 20 points, 0.25 s instrument time") for line in out.splitlines())
+    assert f"data: {db['folder'] / 'runs.db'}" in out
+
+
 def test_piped_runs_have_every_column_and_a_narrow_terminal_says_what_it_left_out(
     db, capsys, monkeypatch
 ):
