@@ -327,3 +327,25 @@ def test_ctrl_c_stops_an_emulator_server_with_130(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
+
+
+def test_ctrl_c_closes_the_app_with_130(tmp_path):
+    from tests.support import wait_until
+
+    db = tmp_path / "gui.db"
+    proc = subprocess.Popen(
+        labctl_cmd("gui", "--no-scan", "--db", f"sqlite:///{db}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    try:
+        wait_until(db.exists, timeout_s=60, what="the app opened its store")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
