@@ -12,6 +12,7 @@ import shlex
 import signal
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -349,3 +350,52 @@ def test_ctrl_c_closes_the_app_with_130(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+# --- hints ----------------------------------------------------------------------------------
+
+
+def _options(parser) -> set[str]:
+    import argparse
+
+    out: set[str] = set()
+    for action in parser._actions:
+        out |= {o for o in action.option_strings if o.startswith("--")}
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _options(sub)
+    return out
+
+
+def test_every_option_a_message_names_exists():
+    """A hint such as 'name one with --driver' names an option some labctl command takes:
+    every ``--option`` in the text of labctl, drivers, protocols and the app is one."""
+    import ast
+    import contextlib
+    import re
+
+    from labctl.gui.app import main as gui_main
+
+    from labctl.sim.serve import main as serve_main
+    from labctl.store.migrate import main as db_main
+
+    root = Path(__file__).resolve().parents[2]  # the repository
+    known = _options(cli.build_parser())
+    for own_parser in (serve_main, db_main, gui_main):  # commands that parse their own options
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            own_parser(["--help"])
+        known |= set(re.findall(r"--[a-z][a-z0-9-]*", buf.getvalue()))
+    assert {"--driver", "--set", "--format", "--pty"} <= known
+    unknown, read = [], 0
+    for folder in ("labctl", "drivers", "protocols", "gui"):
+        for path in (root / folder).rglob("*.py"):
+            read += 1
+            if path.name == "pgserver.py":  # PostgreSQL's own initdb options
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    for name in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                        if name not in known:
+                            unknown.append(f"{path.relative_to(root)}:{node.lineno}: {name}")
+    assert read > 50 and not unknown, unknown
