@@ -837,8 +837,9 @@ def cmd_resources(args) -> int:
     columns = [
         Column("resource", keep=True),
         Column("kind", keep=True),
-        Column("description", wrap=True, min_width=16, priority=0),
-        *(Column(k, wrap=True, min_width=16, priority=1) for k in extra),
+        # any other field (why a kind cannot be listed, ...) before the description
+        *(Column(k, wrap=True, min_width=10, priority=0) for k in extra),
+        Column("description", wrap=True, min_width=10, priority=1),
     ]
     emit(
         rows,

@@ -399,3 +399,32 @@ def test_every_option_a_message_names_exists():
                         if name not in known:
                             unknown.append(f"{path.relative_to(root)}:{node.lineno}: {name}")
     assert read > 50 and not unknown, unknown
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_resources_show_every_field_a_resource_has(capsys, monkeypatch, width):
+    """A kind of resource that cannot be listed comes with a hint (USB: install
+    labctl[usb]); every format shows such a field, the table whole or wrapped, never cut."""
+    import labctl.discovery
+
+    hint = "USB: install labctl[usb] (pyusb and a libusb provider) to list USB-TMC instruments"
+    found = [
+        {"resource": "/dev/ttyUSB0", "kind": "serial", "description": "FTDI USB-serial"},
+        {"resource": "", "kind": "usb", "description": "cannot be listed", "hint": hint},
+    ]
+    monkeypatch.setattr(labctl.discovery, "list_resources", lambda **_k: found)
+    table = _main(capsys, monkeypatch, width, "resources")
+    if width is None:
+        assert any(
+            line.endswith(f"usb     {hint}  cannot be listed") for line in table.splitlines()
+        )
+    else:  # wrapped into its column, every word there
+        assert all(word in table.split() for word in hint.split()), table
+    doc = json.loads(_main(capsys, monkeypatch, width, "resources", "--format", "json"))
+    assert doc == found
+    frame = pd.read_csv(
+        io.StringIO(_main(capsys, monkeypatch, width, "resources", "--format", "csv")),
+        keep_default_na=False,
+    )
+    assert list(frame.columns) == ["resource", "kind", "description", "hint"]
+    assert frame.to_dict("records")[1]["hint"] == hint
