@@ -567,7 +567,7 @@ def cmd_runs(args) -> int:
         rows,
         args.format,
         RUNS_TABLE,
-        title=f"runs in {store.describe()}",
+        title=f"runs in {store.describe()} (times in UTC)",
         empty=f"no runs in {store.describe()}",
         fields=list(df.columns),
     )
