@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -46,6 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PyQt5.QtCore import Qt, QTimer
     from PyQt5.QtWidgets import QApplication
 
+    interrupted: list[int] = []
+    window = None
+
+    def on_ctrl_c(signum, _frame) -> None:
+        # as the window's close button (in Qt's loop): a run is aborted to safe state first
+        interrupted.append(signum)
+        if window is not None and window.isVisible():
+            QTimer.singleShot(0, window.close)
+
+    previous_sigint = signal.signal(signal.SIGINT, on_ctrl_c)
+
     configure_threads()
     QApplication.setAttribute(Qt.AA_EnableHighDpiScaling, True)
     app = QApplication.instance() or QApplication(["labctl"])
@@ -70,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     sys.excepthook = show_unexpected
+    heartbeat = QTimer()  # Qt's loop runs no Python by itself: let a Ctrl-C handler run
+    heartbeat.timeout.connect(lambda: None)
+    heartbeat.start(200)
     window.show()
+    if interrupted:  # Ctrl-C while the app was starting
+        QTimer.singleShot(0, window.close)
     if args.screenshot:
 
         def shoot() -> None:
@@ -79,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         QTimer.singleShot(1500, shoot)
     try:
-        return int(app.exec_())
+        code = int(app.exec_())
+        return 130 if interrupted else code  # 128 + SIGINT, as after Ctrl-C anywhere
     finally:
         sys.excepthook = previous_hook
+        signal.signal(signal.SIGINT, previous_sigint)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labctl.errors import PlausibilityWarning
+from labctl.output import Column, columns_of, emit, print_table, to_json
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 # labctl.store.schema.STATUSES, written out: the CLI's help must not import SQLAlchemy
 RUN_STATUSES = ("running", "completed", "aborted", "failed", "interrupted")
 
@@ -58,6 +60,15 @@ def _number(lo: float, hi: float, unit: str):
 RUN_ID = _whole(1, 2**63 - 1, "a run id")  # the store's ids are 64-bit
 
 
+def _format_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help=f"table (default; fits the terminal, never shortens a value), json or csv: {what}",
+    )
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db", metavar="URL", help="database URL (default: $LABCTL_DB or the per-user SQLite file)"
@@ -87,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--instrument",
         metavar="RESOURCE",
         help="sim://... or a VISA resource (overrides the recipe)",
+    )
+    p.add_argument(
+        "--driver",
+        metavar="NAME",
+        help="the driver to use (overrides the recipe's [instrument] driver, as --set "
+        "instrument.driver=NAME does); default: found from the instrument's identity",
     )
     p.add_argument(
         "--sample",
@@ -121,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--sample")
     p.add_argument("--protocol")
+    _format_arg(p, "every field of each run")
     _db_arg(p)
 
     p = sub.add_parser(
@@ -133,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     samplesub = p.add_subparsers(dest="sample_command", metavar="SAMPLECOMMAND")
     s = samplesub.add_parser("list", help="every sample with its limits and number of runs")
+    _format_arg(s, "every sample with its limits (V, A), metadata and number of runs")
     _db_arg(s)
     s = samplesub.add_parser("show", help="one sample: limits, metadata, who changed what when")
     s.add_argument("name")
@@ -153,11 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="show one run: parameters, status, warnings, metrics, events")
     p.add_argument("run", type=RUN_ID)
-    p.add_argument(
-        "--format",
-        choices=["text", "json"],
-        default="text",
-        help="json: one object with the run's fields, warnings, metrics and events",
+    _format_arg(
+        p,
+        "json: one object with the run's fields, warnings, metrics and events; csv: its metric "
+        "rows",
     )
     _db_arg(p)
 
@@ -186,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resources", help="instruments found: running emulators, serial, VISA")
     p.add_argument("--no-visa", action="store_true", help="skip the VISA scan")
+    _format_arg(p, "each resource with its kind, description and any other field")
 
     p = sub.add_parser("gui", help="open the desktop app (labctl gui --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -197,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("protocols", help="list protocols, or show one protocol's parameters")
     p.add_argument("name", nargs="?")
+    _format_arg(p, "the protocols, or one protocol's parameters with unit, default and bounds")
 
     p = sub.add_parser("sim", help="the simulated backend")
     simsub = p.add_subparsers(dest="sim_command", metavar="SIMCOMMAND")
@@ -218,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="a device parameter"
     )
+    _format_arg(s, "each preset's parameters (csv: one row per preset and parameter)")
     s = simsub.add_parser(
         "plot", help="PNGs of a preset's I-V loops and loop area against frequency"
     )
@@ -282,7 +303,7 @@ def _guard(fn) -> int:
         return EXIT_FAILED_RUN
     except KeyboardInterrupt:
         print("labctl: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `labctl ... | head` closed the pipe: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -434,6 +455,10 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         print(f"sequence stopped after step {len(results)} of {len(steps)}")
     ids = ", ".join(str(r.run_id) for r in results)
     print(f"data: {store.describe()}  (run {ids}; {wall:.2g} s wall)")
+    import signal
+
+    if getattr(engine, "signalled", None) == signal.SIGINT:  # aborted to safe state, stored
+        return EXIT_INTERRUPTED
     return 0 if len(results) == len(steps) and all(r.ok for r in results) else EXIT_FAILED_RUN
 
 
@@ -505,8 +530,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import json
+
     from labctl.protocols.recipe import check_second_sample, load_recipe
 
+    if args.driver is not None:
+        from labctl.drivers import driver_class
+
+        driver_class(args.driver)  # an unknown name is refused, naming the drivers there are
+        args.set = [*args.set, f"instrument.driver={json.dumps(args.driver)}"]
     recipe = load_recipe(args.recipe, args.set)
     recipe.build()  # refuse bad parameters before anything is opened
     field = "--sample2" if args.sample2 else "sample2"
@@ -515,30 +547,38 @@ def cmd_run(args) -> int:
     return _run_and_report(recipe, args, store, args.quiet, Path(args.plot) if args.plot else None)
 
 
+RUNS_TABLE = (
+    Column("id", keep=True),
+    Column("protocol", keep=True),
+    Column("samples", keep=True),  # every channel's sample: a two-channel run is under either
+    Column("status", keep=True),
+    Column("n_points", priority=0),
+    Column("started_at", priority=1),
+    Column("error", wrap=True, min_width=20, priority=2),
+)
+
+
 def cmd_runs(args) -> int:
     store = _open_store(args)
     df = store.runs(
         limit=args.limit, status=args.status, sample=args.sample, protocol=args.protocol
     )
-    if not len(df):
-        print(f"no runs in {store.describe()}")
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"runs in {store.describe()}")
-    # "samples": every channel's sample (a two-channel run is listed under either)
-    cols = [
-        c
-        for c in ("id", "protocol", "samples", "status", "started_at", "n_points", "error")
-        if c in df
-    ]
-    for c in cols:
-        table.add_column("sample" if c == "samples" else c)
-    for _, row in df.iterrows():
-        table.add_row(*("" if v is None or v != v else str(v)[:60] for v in (row[c] for c in cols)))
-    Console().print(table)
+    rows = df.to_dict("records")
+    if args.format == "table":  # seconds are enough on screen; json and csv keep the rest
+        rows = [{**r, "started_at": _minute_second(r.get("started_at"))} for r in rows]
+    emit(
+        rows,
+        args.format,
+        RUNS_TABLE,
+        title=f"runs in {store.describe()} (times in UTC)",
+        empty=f"no runs in {store.describe()}",
+        fields=list(df.columns),
+    )
     return 0
+
+
+def _minute_second(value) -> str:
+    return "" if value is None or value != value else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
 def cmd_sample(args) -> int:
@@ -547,33 +587,36 @@ def cmd_sample(args) -> int:
         return 0
     store = _open_store(args)
     if args.sample_command == "list":
-        return _sample_list(store)
+        return _sample_list(store, args.format)
     if args.sample_command == "show":
         return _sample_show(store, args.name)
     return _sample_set(store, args.name, args.values, args.operator)
 
 
-def _sample_list(store) -> int:
-    df = store.samples()
-    if not len(df):
-        print(f"no samples in {store.describe()}")
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+SAMPLES_TABLE = (
+    Column("name", keep=True),
+    Column("max_v", keep=True),
+    Column("max_i", keep=True),
+    Column("n_runs", priority=0),
+    Column("metadata", wrap=True, min_width=20, priority=1),
+)
 
-    table = Table(title=f"samples in {store.describe()}")
-    for col in ("name", "max_v (V)", "max_i (A)", "runs", "notes"):
-        table.add_column(col)
-    for _, row in df.iterrows():
-        meta = row["metadata"] or {}
-        table.add_row(
-            row["name"],
-            _limit_text(row["max_v"]),
-            _limit_text(row["max_i"]),
-            str(row["n_runs"]),
-            str(meta.get("notes", ""))[:60],
-        )
-    Console().print(table)
+
+def _sample_list(store, fmt: str) -> int:
+    df = store.samples()
+    rows = df.to_dict("records")
+    if fmt == "table":
+        rows = [
+            {**r, "max_v": _limit_text(r["max_v"]), "max_i": _limit_text(r["max_i"])} for r in rows
+        ]
+    emit(
+        rows,
+        fmt,
+        SAMPLES_TABLE,
+        title=f"samples in {store.describe()} (max_v in V, max_i in A)",
+        empty=f"no samples in {store.describe()}",
+        fields=list(df.columns),
+    )
     return 0
 
 
@@ -658,15 +701,39 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+METRICS_TABLE = (
+    Column("scope", priority=2),
+    Column("index", priority=3),
+    Column("name", keep=True),
+    Column("value", keep=True),
+    Column("stderr", priority=1),
+    Column("unit", priority=0),
+    Column("quality", keep=True),  # "unreliable" is never left out
+    Column("reason", wrap=True, min_width=16, priority=4),
+)
+EVENTS_TABLE = (
+    Column("t", keep=True),
+    Column("kind", keep=True),
+    Column("message", wrap=True, min_width=20, priority=0),
+    Column("at", priority=1),
+)
+
+
 def cmd_show(args) -> int:
     import json
 
     from labctl.engine import run_channel_names
+    from labctl.store.export import metric_rows
 
     store = _open_store(args)
     run = store.run(args.run)
     if args.format == "json":
-        print(json.dumps(_run_record(store, args.run, run), default=_json_default, indent=1))
+        print(to_json(_run_record(store, args.run, run)))
+        return 0
+    if args.format == "csv":
+        rows = [{"run_id": args.run, **m} for m in metric_rows(store, args.run)]
+        fields = ["run_id", "channel", "scope", "index", "name", "value", "unit", "stderr"]
+        emit(rows, "csv", (), fields=[*fields, "quality", "reason"])
         return 0
     for key in (
         "id",
@@ -694,37 +761,30 @@ def cmd_show(args) -> int:
     print("warnings:" + ("" if warnings else " none"))
     for warning in warnings:
         print(f"  - {warning}")
-    metrics = _metrics_table(store.metrics(args.run))
+    metrics = store.metrics(args.run)
     channels = sorted(set(metrics["channel"]) | set(samples)) if len(metrics) else []
+    # stderr and reason only where some metric has one
+    columns = [c for c in METRICS_TABLE if c.key in metrics and metrics[c.key].notna().any()]
     if len(channels) > 1:  # a device per channel: each one's metrics apart
         for channel in channels:
-            part = metrics[metrics["channel"] == channel].drop(columns="channel")
+            part = metrics[metrics["channel"] == channel]
             where = f"{names.get(channel, channel)}, {samples.get(channel, '?')}"
             print(f"metrics of channel {channel} ({where}):")
-            print(part.to_string(index=False, max_rows=60) if len(part) else "  none")
+            if len(part):
+                print_table(part.to_dict("records"), columns)
+            else:
+                print("  none")
     elif len(metrics):
-        print("metrics:")
-        print(metrics.drop(columns="channel").to_string(index=False, max_rows=60))
+        print_table(metrics.to_dict("records"), columns, title="metrics:")
     events = store.events(args.run)
     if len(events):
-        print("events:")
-        print(events.to_string(index=False, max_rows=30))
+        rows = [{**e, "t": _seconds(e["t"])} for e in events.to_dict("records")]
+        print_table(rows, EVENTS_TABLE, title="events:")
     return 0
 
 
-def _metrics_table(metrics):
-    """The metrics as ``labctl show`` prints them: stderr only where some row has one, and
-    the quality column saying ``unreliable: <reason>`` where a number cannot be trusted."""
-    out = metrics.drop(columns=["reason"])
-    if out["stderr"].isna().all():
-        out = out.drop(columns=["stderr"])
-    bad = metrics["quality"] == "unreliable"
-    out["quality"] = metrics["quality"].where(~bad, "unreliable: " + metrics["reason"].astype(str))
-    return out
-
-
-def _json_default(value):
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+def _seconds(t) -> str:
+    return "" if t is None or t != t else f"{t:.6g}"
 
 
 def _run_record(store, run_id: int, run: dict) -> dict:
@@ -771,9 +831,26 @@ def cmd_export(args) -> int:
 
 
 def cmd_resources(args) -> int:
-    from labctl.discovery import format_resources, list_resources
+    from labctl.discovery import list_resources
 
-    print(format_resources(list_resources(visa=not args.no_visa)))
+    rows = list_resources(visa=not args.no_visa)
+    # every field a resource has (a hint why a kind cannot be listed, ...) is shown
+    known = ("resource", "kind", "description")
+    extra = [k for k in columns_of(rows) if k not in known]
+    columns = [
+        Column("resource", keep=True),
+        Column("kind", keep=True),
+        # any other field (why a kind cannot be listed, ...) before the description
+        *(Column(k, wrap=True, min_width=10, priority=0) for k in extra),
+        Column("description", wrap=True, min_width=10, priority=1),
+    ]
+    emit(
+        rows,
+        args.format,
+        columns,
+        empty="no instruments found (start an emulator with: labctl sim serve MODEL)",
+        fields=[*known, *extra],
+    )
     return 0
 
 
@@ -781,7 +858,7 @@ def cmd_sim(args) -> int:
     from labctl.sim.devices import parse_params
 
     if args.sim_command == "presets":
-        return _sim_presets(args.preset, parse_params(args.param))
+        return _sim_presets(args.preset, parse_params(args.param), args.format)
     if args.sim_command == "plot":
         from labctl.sim.plot import plot_preset
 
@@ -799,59 +876,117 @@ def cmd_sim(args) -> int:
     return 0
 
 
-def _sim_presets(only: str | None = None, params: dict[str, str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
+PRESET_TABLE = (
+    Column("parameter", keep=True),
+    Column("unit", keep=True),
+    Column("value", keep=True),
+    Column("minimum", priority=0),
+    Column("maximum", priority=1),
+    Column("valid_min", priority=2),
+    Column("valid_max", priority=3),
+    Column("meaning", wrap=True, min_width=20, priority=4),
+    Column("source", wrap=True, min_width=16, priority=5),
+    Column("valid_why", wrap=True, min_width=16, priority=6),
+)
 
+
+def _sim_presets(
+    only: str | None = None, params: dict[str, str] | None = None, fmt: str = "table"
+) -> int:
     from labctl.errors import ValidationError
     from labctl.sim.devices import PRESETS, _load_presets, make_device, preset_values
 
     if params and not only:
         raise ValidationError("--param", "name the PRESET the parameters are for")
     _load_presets()
-    console = Console()
+    found = []
     for name in [only] if only else sorted(PRESETS):
         preset, values = preset_values(name, params or {})  # an unknown name is refused
-        found = make_device(name, seed=0, **(params or {})).warnings  # refused if unphysical
-        table = Table(title=f"{name}: {preset.description}", title_justify="left", expand=False)
-        heading = "value" if params else "default"
-        for col in ("parameter", "unit", heading, "allowed", "valid", "meaning", "source"):
-            table.add_column(col, overflow="fold")
-        for p in preset.params:
-            valid = f"[{p.valid[0]:g}, {p.valid[1]:g}]" if p.valid else ""
-            table.add_row(
-                p.name,
-                p.unit,
-                f"{values[p.name]:g}",
-                f"[{p.minimum:g}, {p.maximum:g}]",
-                valid,
-                p.help + (f" (valid: {p.valid_why})" if p.valid_why else ""),
-                p.source,
+        warned = make_device(name, seed=0, **(params or {})).warnings  # refused here if unphysical
+        rows = [
+            {
+                "parameter": p.name,
+                "unit": p.unit,
+                "value": values[p.name],
+                "default": p.default,
+                "minimum": p.minimum,
+                "maximum": p.maximum,
+                "valid_min": p.valid[0] if p.valid else None,
+                "valid_max": p.valid[1] if p.valid else None,
+                "meaning": p.help,
+                "valid_why": p.valid_why or None,
+                "source": p.source,
+            }
+            for p in preset.params
+        ]
+        found.append((name, preset.description, rows, list(warned)))
+    if fmt == "json":
+        print(
+            to_json(
+                [
+                    {"preset": n, "description": d, "parameters": rows, "warnings": w}
+                    for n, d, rows, w in found
+                ]
             )
-        console.print(table)
-        for message in found:
-            console.print(f"warning: {message}", markup=False, soft_wrap=True)
+        )
+    elif fmt == "csv":
+        flat = [{"preset": n, **row} for n, _d, rows, _w in found for row in rows]
+        fields = list(flat[0]) if flat else ["preset"]
+        emit(flat, "csv", (), fields=fields)
+        for _n, _d, _rows, warned in found:
+            for message in warned:
+                print(f"warning: {message}", file=sys.stderr)
+    else:
+        for name, description, rows, warned in found:
+            print_table(rows, PRESET_TABLE, title=f"{name}: {description}")
+            for message in warned:
+                print(f"warning: {message}")
+            print()
     return 0
 
 
+PROTOCOLS_TABLE = (Column("name", keep=True), Column("title", wrap=True, min_width=10))
+PARAMETERS_TABLE = (
+    Column("parameter", keep=True),
+    Column("unit", keep=True),
+    Column("default", priority=0),
+    Column("allowed", wrap=True, min_width=16, priority=1),
+    Column("help", wrap=True, min_width=20, priority=2),
+)
+
+
 def cmd_protocols(args) -> int:
-    from labctl.protocols.base import all_protocols, allowed_text, field_info
+    from labctl.protocols.base import all_protocols, allowed_text, field_info, get_protocol
 
-    protos = all_protocols()
     if not args.name:
-        for name, cls in protos.items():
-            print(f"{name:20} {cls.title}")
+        rows = [{"name": name, "title": cls.title} for name, cls in all_protocols().items()]
+        emit(rows, args.format, PROTOCOLS_TABLE, fields=["name", "title"])
         return 0
-    from labctl.protocols.base import get_protocol
-
     cls = get_protocol(args.name)
-    print(f"{cls.name}: {cls.title}")
+    rows = []
     for fname in cls.Params.model_fields:
         info = field_info(cls.Params, fname)
-        unit = f" [{info['unit']}]" if info["unit"] else ""
-        print(f"  {fname}{unit}  default {info['default']!r}; allowed: {allowed_text(info)}")
-        if info["help"]:
-            print(f"      {info['help']}")
+        bounds = {k: info.get(k) for k in ("ge", "gt", "le", "lt", "choices")}  # every row alike
+        rows.append(
+            {
+                "parameter": fname,
+                "unit": info["unit"],
+                "default": info["default"],
+                "type": info["type"],
+                **bounds,
+                "allowed": allowed_text(info),
+                "help": info["help"],
+            }
+        )
+    if args.format == "json":
+        print(to_json({"name": cls.name, "title": cls.title, "parameters": rows}))
+        return 0
+    if args.format == "csv":
+        fields = ["parameter", "unit", "default", "type", "ge", "gt", "le", "lt", "choices"]
+        emit(rows, "csv", (), fields=[*fields, "allowed", "help"])
+        return 0
+    shown = [{**r, "default": repr(r["default"])} for r in rows]
+    print_table(shown, PARAMETERS_TABLE, title=f"{cls.name}: {cls.title}")
     return 0
 
 

@@ -1163,6 +1163,7 @@ class RunEngine:
             return
 
         def on_signal(signum, _frame):
+            self.signalled = signum  # the CLI exits 130 after a Ctrl-C
             if signum == signal.SIGINT and self.abort_event.is_set():
                 raise KeyboardInterrupt
             self.interrupted = self.interrupted or signum == signal.SIGINT

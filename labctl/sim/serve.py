@@ -360,16 +360,17 @@ def _serve_until_stopped(server: EmulatorServer | PtyServer, model: str) -> int:
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
     announced = _announce(server.resource, model)
     print(server.resource, flush=True)
+    code = 0
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        code = 130  # 128 + SIGINT: stopped by Ctrl-C, as a shell reports it
     finally:
         server.close()
         _withdraw(announced)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return code
 
 
 def _announce(resource: str, model: str) -> Path | None:

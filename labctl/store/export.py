@@ -2,20 +2,25 @@
 own place for it:
 
 - CSV: ``# key: value`` lines before the header row (``pandas.read_csv(path, comment="#")``);
-- Parquet (pyarrow): the schema's key-value metadata (``labctl.run``, JSON) and per column
-  ``unit`` and ``description`` field metadata; ``phase`` is dictionary-encoded (a pandas
-  categorical);
+- Parquet (pyarrow): the schema's key-value metadata, JSON under ``PANDAS_ATTRS`` (so
+  ``pandas.read_parquet(path).attrs`` is the metadata) and under ``labctl.run``, and per
+  column ``unit`` and ``description`` field metadata; ``phase`` is dictionary-encoded (a
+  pandas categorical);
 - NetCDF-4 (h5netcdf): global attributes, and per variable ``units``, ``long_name`` and the
   CF ``flag_values``/``flag_masks``/``flag_meanings`` of phase and flags; ``point`` (the
-  point's idx) is the dimension and coordinate (``xarray.open_dataset(path)``).
+  point's idx) is the dimension and its coordinate, and ``t`` a CF time coordinate of every
+  variable (``units = "seconds since <started_at>"``, so ``xarray.open_dataset(path)``
+  gives the points' wall-clock times; ``decode_times=False`` the seconds).
 
-CSV and Parquet name columns with their unit (t_s, v_V, i_A, ...), so both give the same
-DataFrame; NetCDF uses plain names (t, v, i, ...) with a ``units`` attribute, as the field's
-tools expect. The metadata is the same everywhere: run id, protocol, parameters, recipe,
-status, times, sample with limits and metadata, the sample on each channel (``samples``: a
-two-channel run drives a device on each), instrument identity, software version, host,
-operator, the run's own metadata, its warnings (``warnings``), its metrics with their channel,
-standard error, quality and reason (``metrics``) and the unit of every column.
+One rule for names in every format: a column is named as labctl names it (t, v_set, v, i,
+segment, cycle, pulse, phase, flags, channel), and its unit is in the metadata (``units``,
+and per column where the format has a place for it), never in the name; the same goes for
+the metadata's own quantities (``sample_max_v`` in V, ``sample_max_i`` in A). The metadata is
+the same everywhere: run id, protocol, parameters, recipe, status, times, sample with limits
+and metadata, the sample on each channel (``samples``: a two-channel run drives a device on
+each), instrument identity, software version, host, operator, the run's own metadata, its
+warnings (``warnings``), its metrics with their channel, standard error, quality and reason
+(``metrics``) and the unit of every column and limit (``units``).
 
 Points are read and written in blocks of :data:`BLOCK_ROWS`, so memory stays bounded however
 long the run. A file is written under a temporary name and renamed at the end: a reader
@@ -44,21 +49,7 @@ from labctl.store.schema import utcnow
 
 BLOCK_ROWS = 1_000_000
 FORMATS: dict[str, str] = {"csv": ".csv", "parquet": ".parquet", "netcdf": ".nc"}
-_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".nc": "netcdf"}
-
-# Point columns as written to CSV and Parquet: the name says the unit.
-CSV_COLUMNS: dict[str, str] = {
-    "t": "t_s",
-    "v_set": "v_set_V",
-    "v": "v_V",
-    "i": "i_A",
-    "segment": "segment",
-    "cycle": "cycle",
-    "pulse": "pulse",
-    "phase": "phase",
-    "flags": "flags",
-    "channel": "channel",
-}
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".nc": "netcdf"}
 # Units (UDUNITS spelling; "1": a count) and descriptions of the point columns.
 UNITS: dict[str, str] = {
     "t": "s",
@@ -91,29 +82,51 @@ DESCRIPTIONS: dict[str, str] = {
     "flags": "bit field: " + " ".join(f"{bit}={name}" for name, bit in FLAG_BITS.items()),
     "channel": "source channel (0 = first)",
 }
-_missing = [c for c in COLUMNS if c not in UNITS or c not in CSV_COLUMNS]
+# Units of the metadata's own quantities (``samples``: each channel's entry)
+LIMIT_UNITS: dict[str, str] = {
+    "sample_max_v": "V",
+    "sample_max_i": "A",
+    "samples.max_v": "V",
+    "samples.max_i": "A",
+}
+_missing = [c for c in COLUMNS if c not in UNITS or c not in DESCRIPTIONS]
 if _missing:
-    raise RuntimeError(f"labctl.store.export: no unit or file name for point column(s) {_missing}")
+    raise RuntimeError(f"labctl.store.export: no unit or description for column(s) {_missing}")
 
 
 def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """The export format: ``fmt`` if given, else from the file's suffix, else csv."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise ValidationError("--format", f"{fmt!r}; allowed: {', '.join(FORMATS)}")
+    """The export format of ``path``: from its suffix (.csv, .parquet or .pq, .nc), which
+    ``fmt`` must agree with when given; a file without a suffix needs ``fmt``. Any other
+    suffix is refused, naming the allowed ones (a file named .xlsx is never written as CSV)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValidationError("--format", f"{fmt!r}; allowed: {', '.join(FORMATS)}")
+    suffix = Path(path).suffix
+    allowed = ", ".join(f"{s} ({f})" for s, f in SUFFIXES.items())
+    if not suffix:
+        if fmt is None:
+            raise ValidationError(
+                "--out", f"{os.fspath(path)!r} has no suffix; give one of {allowed} or --format"
+            )
         return fmt
-    return _SUFFIXES.get(Path(path).suffix.lower(), "csv")
+    found = SUFFIXES.get(suffix.lower())
+    if found is None:
+        raise ValidationError("--out", f"{suffix!r} is not an export format; allowed: {allowed}")
+    if fmt is not None and fmt != found:
+        raise ValidationError(
+            "--format", f"{fmt} does not match --out {os.fspath(path)!r}, a {found} file name"
+        )
+    return found
 
 
 # --- the run's metadata ----------------------------------------------------------------------
 
 
-def run_header(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> list[tuple[str, object]]:
-    """The (key, value) pairs that describe a run in exported files; ``units`` maps the
-    file's column ``names`` to their units."""
+def run_header(store, run_id: int) -> list[tuple[str, object]]:
+    """The (key, value) pairs that describe a run in exported files; ``units`` maps each
+    column and limit to its unit."""
     run = store.run(run_id)
     sample = store.get_sample(run["sample"]) if run["sample"] else None
-    units = {names[c]: UNITS[c] for c in COLUMNS if UNITS[c]}
+    units = {c: UNITS[c] for c in COLUMNS if UNITS[c]} | LIMIT_UNITS
     return [
         ("run_id", run["id"]),
         ("protocol", run["protocol"]),
@@ -123,8 +136,8 @@ def run_header(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> list[
         ("ended_at", run["ended_at"]),
         ("n_points", run["n_points"]),
         ("sample", run["sample"]),
-        ("sample_max_v_V", sample.max_v if sample else None),
-        ("sample_max_i_A", sample.max_i if sample else None),
+        ("sample_max_v", sample.max_v if sample else None),
+        ("sample_max_i", sample.max_i if sample else None),
         ("sample_metadata", sample.metadata if sample else None),
         ("instrument_identity", run["instrument_identity"]),
         ("software_version", run["software_version"]),
@@ -151,8 +164,8 @@ def channel_samples(store, run_id: int) -> list[dict[str, object]]:
         {
             "channel": row["channel"],
             "sample": row["name"],
-            "max_v_V": row["max_v"],
-            "max_i_A": row["max_i"],
+            "max_v": row["max_v"],
+            "max_i": row["max_i"],
             "metadata": row["metadata"],
         }
         for row in store.run_samples(run_id)
@@ -190,9 +203,9 @@ def _plain(value):
     return value
 
 
-def run_metadata(store, run_id: int, names: dict[str, str] = CSV_COLUMNS) -> dict[str, object]:
+def run_metadata(store, run_id: int) -> dict[str, object]:
     """The run's export metadata as a JSON-compatible dict (what every format carries)."""
-    return {key: _plain(value) for key, value in run_header(store, run_id, names)}
+    return {key: _plain(value) for key, value in run_header(store, run_id)}
 
 
 def _blocks(store, run_id: int) -> Iterator[dict[str, np.ndarray]]:
@@ -264,8 +277,8 @@ def export_run_csv(store, run_id: int, path: str | os.PathLike) -> Path:
 
     The file starts with ``# key: value`` lines (run id, protocol, parameters as JSON, sample
     and its limits, instrument identity, software version, status, times, the meaning of
-    each column), then one header row and the points. Column names carry their unit (t_s,
-    v_set_V, v_V, i_A, ...); phase is written as its name. Read it back with
+    each column; the units under ``units``), then one header row and the points (t, v_set,
+    v, i, ...); phase is written as its name. Read it back with
     ``pandas.read_csv(path, comment="#")``.
     """
     from labctl.data import frame_from_columns
@@ -274,11 +287,11 @@ def export_run_csv(store, run_id: int, path: str | os.PathLike) -> Path:
     header = run_header(store, run_id)
     lines = ["# labctl run export"]
     lines += [f"# {key}: {_csv_value(value)}" for key, value in header]
-    lines += [f"# column {CSV_COLUMNS[c]}: {DESCRIPTIONS[c]}" for c in COLUMNS]
+    lines += [f"# column {c}: {DESCRIPTIONS[c]}" for c in COLUMNS]
     with _replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
         for k, block in enumerate(_blocks(store, run_id)):
-            df = frame_from_columns(block).rename(columns=CSV_COLUMNS)
+            df = frame_from_columns(block)
             df.to_csv(f, index=False, header=k == 0, lineterminator="\n")
     return path
 
@@ -289,10 +302,11 @@ def export_run_csv(store, run_id: int, path: str | os.PathLike) -> Path:
 def export_run_parquet(store, run_id: int, path: str | os.PathLike) -> Path:
     """Write the run's points to a Parquet file; returns its path.
 
-    Columns as in CSV (t_s, v_V, ...; phase dictionary-encoded). The run's metadata is JSON
-    under the schema metadata key ``labctl.run``; each field has ``unit`` and
-    ``description`` metadata. ``pandas.read_parquet(path)`` gives the same frame as the CSV;
-    ``pyarrow.parquet.read_schema(path).metadata`` gives the metadata.
+    Columns as in CSV (t, v, ...; phase dictionary-encoded). The run's metadata is JSON
+    under the schema metadata keys ``PANDAS_ATTRS`` and ``labctl.run``; each field has
+    ``unit`` and ``description`` metadata. ``pandas.read_parquet(path)`` gives the same
+    frame as the CSV with the metadata as its ``attrs``;
+    ``pyarrow.parquet.read_schema(path).metadata`` gives it to pyarrow.
     """
     pa = _need("pyarrow", "Parquet")
     pq = _need("pyarrow.parquet", "Parquet")
@@ -307,8 +321,9 @@ def export_run_parquet(store, run_id: int, path: str | os.PathLike) -> Path:
         field_meta = {"description": DESCRIPTIONS[c]}
         if UNITS[c]:
             field_meta["unit"] = UNITS[c]
-        fields.append(pa.field(CSV_COLUMNS[c], typ, metadata=field_meta))
-    schema = pa.schema(fields, metadata={"labctl.run": dumps(meta)})
+        fields.append(pa.field(c, typ, metadata=field_meta))
+    text = dumps(meta)  # pandas reads PANDAS_ATTRS back as DataFrame.attrs
+    schema = pa.schema(fields, metadata={"labctl.run": text, "PANDAS_ATTRS": text})
     with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for block in _blocks(store, run_id):
             arrays = [
@@ -342,14 +357,18 @@ def export_run_netcdf(store, run_id: int, path: str | os.PathLike) -> Path:
     """Write the run's points to a NetCDF-4 file; returns its path.
 
     One dimension ``point`` (its coordinate is the point's idx) and a variable per point
-    column with ``units`` and ``long_name``; phase and flags carry the CF ``flag_values`` /
-    ``flag_masks`` and ``flag_meanings``. The run's metadata is in the global attributes
+    column with ``units`` and ``long_name``; ``t`` is the CF time coordinate of every other
+    variable, in seconds since the run started (``units = "seconds since <started_at in ISO
+    8601>"``; a dimension needs unique increasing values, which a two-channel run's times
+    are not, so it is an auxiliary coordinate). Phase and flags carry the CF ``flag_values``
+    / ``flag_masks`` and ``flag_meanings``. The run's metadata is in the global attributes
     (parameters, sample metadata, run metadata and units as JSON text). Read it with
     ``xarray.open_dataset(path)``.
     """
     h5netcdf = _need("h5netcdf", "NetCDF")
     path = Path(path)
-    meta = run_metadata(store, run_id, {c: c for c in COLUMNS})
+    meta = run_metadata(store, run_id)
+    started = meta["started_at"]
     with _replacing(path) as tmp, h5netcdf.File(tmp, "w") as f:
         f.attrs["Conventions"] = "CF-1.10"
         f.attrs["title"] = f"labctl run {run_id}: {meta['protocol']} on {meta['sample']}"
@@ -368,7 +387,15 @@ def export_run_netcdf(store, run_id: int, path: str | os.PathLike) -> Path:
             var.attrs["long_name"] = DESCRIPTIONS[c]
             if UNITS[c]:
                 var.attrs["units"] = UNITS[c]
+            if c != "t":
+                var.attrs["coordinates"] = "t"
             variables[c] = var
+        t = variables["t"]
+        t.attrs["standard_name"] = "time"
+        t.attrs["axis"] = "T"
+        if started:  # CF: a time coordinate's unit names its reference time
+            t.attrs["units"] = f"seconds since {started}"
+            t.attrs["calendar"] = "proleptic_gregorian"
         phase = variables["phase"]
         phase.attrs["flag_values"] = np.arange(len(PHASES), dtype=DTYPES["phase"])
         phase.attrs["flag_meanings"] = " ".join(p or "none" for p in PHASES)
@@ -426,8 +453,9 @@ def export_sample(
     lines = [
         "# labctl sample export",
         f"# sample: {found.name}",
-        f"# sample_max_v_V: {_csv_value(found.max_v)}",
-        f"# sample_max_i_A: {_csv_value(found.max_i)}",
+        f"# sample_max_v: {_csv_value(found.max_v)}",
+        f"# sample_max_i: {_csv_value(found.max_i)}",
+        f"# units: {dumps({k: LIMIT_UNITS[k] for k in ('sample_max_v', 'sample_max_i')})}",
         f"# sample_metadata: {dumps(found.metadata)}",
         f"# format: {fmt}",
         f"# exported_by: labctl {__version__}",

@@ -201,13 +201,17 @@ def test_a_sequence_recipe_runs_every_step(db_url):
     assert out.stdout.count(": estimated ") + out.stdout.count(": closed loop") == 3
 
 
-def test_sigterm_aborts_into_safe_state_and_keeps_the_points(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 130)],  # Ctrl-C: 128 + SIGINT, as shells say
+)
+def test_a_signal_aborts_into_safe_state_and_keeps_the_points(tmp_path, signum, code):
     db = tmp_path / "term.db"
     proc = start_long_run(db)
     wait_until(lambda: committed_points(db) >= 20, timeout_s=60, what="points committed")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1, out + err
+    assert proc.returncode == code, out + err
     assert "aborted" in out and "Traceback" not in err
     store = Store.open(f"sqlite:///{db}")
     run_id = int(store.runs().iloc[0]["id"])
@@ -229,7 +233,7 @@ def test_runs_show_and_export(tmp_path, db_url):
     import pandas as pd
 
     df = pd.read_csv(csv, comment="#")
-    assert len(df) == 160 and {"t_s", "v_V", "i_A"} <= set(df.columns)
+    assert len(df) == 160 and {"t", "v", "i"} <= set(df.columns)
     header = [line for line in csv.read_text().splitlines() if line.startswith("#")]
     assert any("iv_hysteresis" in line for line in header)
     missing = run_cli("show", "99", "--db", db_url)

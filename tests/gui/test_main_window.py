@@ -256,7 +256,7 @@ def test_history_shows_runs_written_by_the_cli(qtbot, db_url, tmp_path):
     # export
     h.export_csv(str(tmp_path / "one.csv"))
     qtbot.waitUntil(lambda: (tmp_path / "one.csv").exists(), timeout=10_000)
-    assert "i_A" in (tmp_path / "one.csv").read_text()
+    assert "\nt,v_set,v,i," in (tmp_path / "one.csv").read_text()
     png = h.export_png(str(tmp_path / "overlay.png"))
     assert png is not None and png.stat().st_size > 1000
     save_screenshot(w, tmp_path, "main_window_history.png")

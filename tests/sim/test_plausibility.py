@@ -159,7 +159,9 @@ def test_an_emulator_served_on_tcp_prints_the_warning(capsys):
 def test_sim_presets_shows_the_valid_ranges():
     out = run_cli("sim", "presets", "slit_unipolar")
     assert out.returncode == 0, out.stderr
-    assert "valid" in out.stdout and "[1, 3]" in out.stdout and "saturating" in out.stdout
+    assert "valid_min" in out.stdout and "saturating" in out.stdout
+    (alpha,) = [line.split() for line in out.stdout.splitlines() if line.startswith("alpha ")]
+    assert alpha[:7] == ["alpha", "1", "2", "0.1", "10", "1", "3"]  # unit, default, bounds, valid
     assert "warning" not in out.stdout
 
 

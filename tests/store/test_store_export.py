@@ -1,5 +1,6 @@
-"""Exports: CSV (a commented header, then the points with units), Parquet and NetCDF with
-the same metadata in their own places, long runs block by block, whole samples, the CLI."""
+"""Exports: CSV (a commented header, then the points), Parquet and NetCDF with the same
+column names and the same metadata in their own places (units in the metadata, never in
+names), NetCDF's CF time coordinate, long runs block by block, whole samples, the CLI."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_csv_header_and_points(store, make_chunk, tmp_path):
     assert json.loads(h["parameters"]) == {"v_max": 0.5, "cycles": 3}
     assert json.loads(h["recipe_text"]) == 'protocol = "iv_hysteresis"\nv_max = 0.5'
     assert h["sample"] == "chip7"
-    assert float(h["sample_max_v_V"]) == 1.0 and float(h["sample_max_i_A"]) == 2e-6
+    assert float(h["sample_max_v"]) == 1.0 and float(h["sample_max_i"]) == 2e-6
+    assert json.loads(h["units"])["sample_max_v"] == "V"
     assert json.loads(h["sample_metadata"]) == {"material": "MoS2"}
     assert h["instrument_identity"] == "KEITHLEY INSTRUMENTS,MODEL 2450,1,1.7.3"
     assert h["software_version"] == __version__
@@ -59,13 +61,13 @@ def test_csv_header_and_points(store, make_chunk, tmp_path):
     assert h["started_at"].endswith("+00:00") and h["ended_at"].endswith("+00:00")
 
     df = pd.read_csv(path, comment="#")
-    expected = ["t_s", "v_set_V", "v_V", "i_A", "segment", "cycle", "pulse", "phase", "flags"]
+    expected = ["t", "v_set", "v", "i", "segment", "cycle", "pulse", "phase", "flags"]
     expected += [c for c in COLUMNS if c == "channel"]
     assert list(df.columns) == expected
     assert len(df) == 250
-    np.testing.assert_array_equal(df["t_s"].to_numpy(), c.t)  # full precision
-    np.testing.assert_array_equal(df["v_V"].to_numpy(), c.v)  # NaN as an empty field
-    np.testing.assert_array_equal(df["i_A"].to_numpy(), c.i)
+    np.testing.assert_array_equal(df["t"].to_numpy(), c.t)  # full precision
+    np.testing.assert_array_equal(df["v"].to_numpy(), c.v)  # NaN as an empty field
+    np.testing.assert_array_equal(df["i"].to_numpy(), c.i)
     assert list(df["phase"]) == [PHASES[p] for p in c.phase]
     np.testing.assert_array_equal(df["flags"].to_numpy(), c.flags)
 
@@ -108,17 +110,18 @@ def finished_run(store, make_chunk):
     return run_id, c
 
 
-def _check_metadata(meta: dict, run_id: int, v: str = "v_V", t: str = "t_s") -> None:
+def _check_metadata(meta: dict, run_id: int) -> None:
     assert meta["run_id"] == run_id
     assert meta["protocol"] == "iv_hysteresis"
     assert meta["parameters"] == {"amplitude_v": 0.5, "frequencies_hz": [1.0, 4.0]}
     assert meta["recipe_text"].endswith("amplitude_v = 0.5")
-    assert meta["sample"] == "chip7" and meta["sample_max_v_V"] == 1.0
+    assert meta["sample"] == "chip7" and meta["sample_max_v"] == 1.0
     assert meta["sample_metadata"] == {"material": "MoS2"}
     assert meta["instrument_identity"] == "KEITHLEY INSTRUMENTS,MODEL 2450,1,1.7.3"
     assert meta["software_version"] == __version__
     assert meta["run_metadata"] == {"source_mode": "V", "settings": {"nplc": 0.1}}
-    assert meta["units"][v] == "V" and meta["units"][t] == "s"
+    assert meta["units"]["v"] == "V" and meta["units"]["t"] == "s"
+    assert meta["units"]["sample_max_v"] == "V" and meta["units"]["sample_max_i"] == "A"
     assert meta["status"] == "completed" and meta["operator"] == "ana"
     assert meta["started_at"].endswith("+00:00")
     assert meta["warnings"] == ["asked 100 Hz, achieved 12 Hz"]
@@ -145,16 +148,17 @@ def test_parquet_has_the_points_and_the_metadata(store, finished_run, tmp_path):
     df = pd.read_parquet(path)
     csv = pd.read_csv(export_run_csv(store, run_id, tmp_path / "run.csv"), comment="#")
     assert list(df.columns) == list(csv.columns)
-    np.testing.assert_array_equal(df["v_V"].to_numpy(), c.v)
-    np.testing.assert_array_equal(df["t_s"].to_numpy(), c.t)
+    np.testing.assert_array_equal(df["v"].to_numpy(), c.v)
+    np.testing.assert_array_equal(df["t"].to_numpy(), c.t)
     np.testing.assert_array_equal(df["flags"].to_numpy(), c.flags)
     assert df["flags"].dtype == np.uint16 and df["cycle"].dtype == np.int32
     assert isinstance(df["phase"].dtype, pd.CategoricalDtype)
     assert list(df["phase"]) == [PHASES[p] for p in c.phase]
     schema = pq.read_schema(path)
     _check_metadata(json.loads(schema.metadata[b"labctl.run"]), run_id)
-    assert schema.field("i_A").metadata[b"unit"] == b"A"
-    assert b"measured current" in schema.field("i_A").metadata[b"description"]
+    _check_metadata(df.attrs, run_id)  # pandas gives the metadata back as attrs
+    assert schema.field("i").metadata[b"unit"] == b"A"
+    assert b"measured current" in schema.field("i").metadata[b"description"]
 
 
 def test_netcdf_has_the_points_and_the_metadata(store, finished_run, tmp_path):
@@ -162,14 +166,16 @@ def test_netcdf_has_the_points_and_the_metadata(store, finished_run, tmp_path):
 
     run_id, c = finished_run
     path = export_run(store, run_id, tmp_path / "run.nc")
-    with xr.open_dataset(path) as ds:
+    with xr.open_dataset(path, decode_times=False) as ds:
         assert ds.sizes["point"] == 250
         np.testing.assert_array_equal(ds["point"].to_numpy(), np.arange(250))
         for name in COLUMNS:
             np.testing.assert_array_equal(ds[name].to_numpy(), getattr(c, name), err_msg=name)
             assert ds[name].dtype == DTYPES[name], name
         assert ds["v"].attrs["units"] == "V" and ds["i"].attrs["units"] == "A"
-        assert ds["t"].attrs["units"] == "s"
+        started = store.run(run_id)["started_at"].isoformat()
+        assert ds["t"].attrs["units"] == f"seconds since {started}"  # CF: reference time
+        assert ds["t"].attrs["standard_name"] == "time" and "t" in ds.coords
         meanings = ds["phase"].attrs["flag_meanings"].split()
         assert meanings[5] == PHASES[5] and meanings[0] == "none"
         assert list(ds["flags"].attrs["flag_masks"]) == [1, 2, 4, 8, 16]
@@ -178,7 +184,7 @@ def test_netcdf_has_the_points_and_the_metadata(store, finished_run, tmp_path):
     for key in ("parameters", "sample_metadata", "run_metadata", "units", "warnings", "metrics"):
         attrs[key] = json.loads(attrs[key])
     plain = {k: v.item() if hasattr(v, "item") else v for k, v in attrs.items()}
-    _check_metadata(plain, run_id, v="v", t="t")
+    _check_metadata(plain, run_id)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "netcdf"])
@@ -202,10 +208,10 @@ def _read(path, fmt) -> dict[str, np.ndarray]:
     if fmt == "netcdf":
         import xarray as xr
 
-        with xr.open_dataset(path) as ds:
+        with xr.open_dataset(path, decode_times=False) as ds:  # t in seconds
             return {"t": ds["t"].to_numpy(), "cycle": ds["cycle"].to_numpy()}
     df = pd.read_csv(path, comment="#") if fmt == "csv" else pd.read_parquet(path)
-    return {"t": df["t_s"].to_numpy(), "cycle": df["cycle"].to_numpy()}
+    return {"t": df["t"].to_numpy(), "cycle": df["cycle"].to_numpy()}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "netcdf"])
@@ -240,11 +246,18 @@ def test_a_sample_exports_one_file_per_run_and_an_index(store, make_chunk, tmp_p
         export_sample(store, "nope", tmp_path / "x")
 
 
-def test_format_comes_from_the_suffix_unless_given():
+def test_format_comes_from_the_suffix_and_a_wrong_one_is_refused():
     assert format_of("a.nc") == "netcdf" and format_of("a.PARQUET") == "parquet"
-    assert format_of("a.txt") == "csv" and format_of("a.nc", "csv") == "csv"
+    assert format_of("a.pq", "parquet") == "parquet" and format_of("run", "netcdf") == "netcdf"
     with pytest.raises(ValidationError, match="allowed: csv, parquet, netcdf"):
         format_of("a.csv", "xlsx")
+    for name in ("a.xlsx", "a.txt", "run.2024"):  # never written as CSV under that name
+        with pytest.raises(ValidationError, match=r"--out: .* not an export format; allowed: .csv"):
+            format_of(name)
+    with pytest.raises(ValidationError, match=r"--format: parquet does not match --out 'a\.csv'"):
+        format_of("a.csv", "parquet")
+    with pytest.raises(ValidationError, match="no suffix"):
+        format_of("run")
 
 
 def test_cli_exports_a_run_and_a_sample(store, finished_run, tmp_path, capsys):
