@@ -959,11 +959,11 @@ def cmd_protocols(args) -> int:
     from labctl.protocols.base import all_protocols, allowed_text, field_info, get_protocol
 
     if not args.name:
-        rows = [{"name": name, "title": cls.title} for name, cls in all_protocols().items()]
-        emit(rows, args.format, PROTOCOLS_TABLE, fields=["name", "title"])
+        listed = [{"name": name, "title": cls.title} for name, cls in all_protocols().items()]
+        emit(listed, args.format, PROTOCOLS_TABLE, fields=["name", "title"])
         return 0
     cls = get_protocol(args.name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fname in cls.Params.model_fields:
         info = field_info(cls.Params, fname)
         bounds = {k: info.get(k) for k in ("ge", "gt", "le", "lt", "choices")}  # every row alike
