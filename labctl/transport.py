@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from labctl.errors import ConnectionLost, TransportError
+from labctl.errors import ConnectionLost, TransportError, ValidationError
+
+if TYPE_CHECKING:
+    from labctl.serial_link import SerialLink
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -118,13 +121,41 @@ class LoopbackTransport(_QueryMixin):
         self._closed = False
 
 
-def default_visa_library() -> str:
-    """The VISA backend: pyvisa-py (``@py``) unless ``LABCTL_VISA_LIBRARY`` says otherwise."""
-    return os.environ.get("LABCTL_VISA_LIBRARY", "@py")
+ENV_VISA_LIBRARY = "LABCTL_VISA_LIBRARY"
+
+
+def default_visa_library(visa_library: str | None = None) -> str:
+    """The VISA library to use: ``visa_library`` when given (``--visa-library``,
+    ``[instrument] visa_library``, ``connect(..., visa_library=)``), else
+    ``$LABCTL_VISA_LIBRARY``, else pyvisa-py (``@py``).
+
+    pyvisa's forms: ``@py`` (pyvisa-py), ``@ivi`` (the IVI VISA installed on the system:
+    NI-VISA, Keysight IO Libraries, R&S VISA), or the path of a VISA shared library
+    (``/usr/lib/x86_64-linux-gnu/libvisa.so.0``, ``C:\\Windows\\System32\\visa64.dll``).
+    """
+    if visa_library is not None:
+        return check_visa_library(visa_library)
+    return check_visa_library(os.environ.get(ENV_VISA_LIBRARY) or "@py", ENV_VISA_LIBRARY)
+
+
+def check_visa_library(value: object, field: str = "instrument.visa_library") -> str:
+    """A VISA library name as pyvisa takes it, refused naming ``field`` otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(
+            field,
+            f"{value!r} is not allowed; allowed: @py (pyvisa-py), @ivi (NI-VISA or another "
+            "IVI VISA installed on this computer), or the path of a VISA library such as "
+            "/usr/lib/x86_64-linux-gnu/libvisa.so.0",
+        )
+    return value.strip()
 
 
 class VisaTransport(_QueryMixin):
-    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
+    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL).
+
+    ``serial`` sets an ASRL resource's line (baud, data bits, parity, stop bits, flow
+    control and terminations: :class:`labctl.serial_link.SerialLink`).
+    """
 
     def __init__(
         self,
@@ -134,6 +165,7 @@ class VisaTransport(_QueryMixin):
         write_termination: str = "\n",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         visa_library: str | None = None,
+        serial: SerialLink | None = None,
     ) -> None:
         import pyvisa
 
@@ -141,11 +173,20 @@ class VisaTransport(_QueryMixin):
         self._timeout_s = timeout_s
         self._res = None
         self._errors = pyvisa.errors
-        self._io = {"read_termination": read_termination, "write_termination": write_termination}
+        self.link = serial
+        self._io: dict[str, object] = {
+            "read_termination": read_termination,
+            "write_termination": write_termination,
+        }
+        if serial is not None:
+            self._io.update(serial.visa_kwargs())
+        self.visa_library = default_visa_library(visa_library)
         try:
-            self._rm = pyvisa.ResourceManager(visa_library or default_visa_library())
+            self._rm = pyvisa.ResourceManager(self.visa_library)
         except (pyvisa.errors.Error, ValueError, OSError) as exc:
-            raise TransportError(resource, f"cannot open: {_reason(exc)}") from exc
+            raise TransportError(
+                resource, f"cannot open VISA library {self.visa_library!r}: {_reason(exc)}"
+            ) from exc
         self._res = self._open()
 
     def _open(self):
@@ -154,7 +195,9 @@ class VisaTransport(_QueryMixin):
                 self.resource, **self._io, timeout=int(self.timeout_s * 1000)
             )
         except Exception as exc:  # pyvisa-py raises a bare Exception("could not connect")
-            raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
+            hint = backend_hint(self.resource, _reason(exc))
+            line = f" (line: {self.link})" if self.link is not None else ""
+            raise TransportError(self.resource, f"cannot open{line}: {_reason(exc)}{hint}") from exc
         if self.resource.upper().startswith("TCPIP"):
             _tcp_nodelay(res)
             _eof_raises(res)
@@ -257,28 +300,36 @@ class SerialTransport(_QueryMixin):
         write_termination: str = "\n",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         encoding: str = "ascii",
+        link: SerialLink | None = None,
     ) -> None:
+        """``link`` (:class:`labctl.serial_link.SerialLink`) sets the whole line: baud,
+        data bits, parity, stop bits, flow control and terminations; without it the port
+        runs 8N1 at ``baudrate`` with the terminations given."""
         import serial
 
         self.resource = port
         self._timeout_s = timeout_s
         self._port = None
+        self.link = link
+        if link is not None:
+            read_termination, write_termination = link.read_chars, link.write_chars
+            self._line = link.pyserial_kwargs()
+        else:
+            self._line = {"baudrate": baudrate}
         self._rt = read_termination.encode()
         self._wt = write_termination.encode()
         self._enc = encoding
         self._serial_mod = serial
-        self._baudrate = baudrate
         self._pending = b""
         self._port = self._open()
 
     def _open(self):
         serial = self._serial_mod
         try:
-            return serial.serial_for_url(
-                self.resource, baudrate=self._baudrate, timeout=self.timeout_s
-            )
+            return serial.serial_for_url(self.resource, timeout=self.timeout_s, **self._line)
         except (serial.SerialException, ValueError, OSError) as exc:
-            raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
+            line = f" (line: {self.link})" if self.link is not None else ""
+            raise TransportError(self.resource, f"cannot open{line}: {_reason(exc)}") from exc
 
     @property
     def timeout_s(self) -> float:
@@ -295,7 +346,8 @@ class SerialTransport(_QueryMixin):
                 raise ConnectionLost(self.resource, f"port lost ({_reason(exc)})") from exc
 
     def reopen(self) -> None:
-        """Close the port and open it again at the same rate, dropping a partial line."""
+        """Close the port and open it again with the same line settings, dropping a partial
+        line."""
         with contextlib.suppress(Exception):
             self._port.close()
         self._pending = b""
@@ -341,8 +393,36 @@ def not_ascii(resource: str, data: bytes) -> TransportError:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    """The whole text of a backend's error (pyvisa-py's install hints run over several
+    lines: the last ones say what is missing)."""
+    return str(exc).strip() or type(exc).__name__
+
+
+# what each kind of VISA resource needs beyond labctl's own dependencies, as
+# kind -> (the labctl extra that installs it, what it brings)
+EXTRAS = {
+    "usb": ("usb", "pyusb and libusb"),
+    "gpib": ("gpib", "gpib-ctypes; the board needs its driver too: linux-gpib or NI-488.2"),
+    "tcpip": ("discovery", "psutil and zeroconf"),
+}
+
+
+def install_hint(kind: str, why: str = "") -> str:
+    """``USB: install labctl[usb] (pyusb is not installed; it brings pyusb and libusb)``."""
+    extra, what = EXTRAS[kind]
+    because = f"{why}; " if why else ""
+    label = {"usb": "USB", "gpib": "GPIB", "tcpip": "TCPIP"}[kind]
+    return f"{label}: install labctl[{extra}] ({because}it brings {what})"
+
+
+def backend_hint(resource: str, reason: str) -> str:
+    """A second line naming the labctl extra when pyvisa-py says a USB or GPIB resource's
+    backend is missing ("" otherwise)."""
+    kind = next((k for k in ("usb", "gpib") if resource.upper().startswith(k.upper())), None)
+    if kind is None or "install" not in reason.lower():
+        return ""
+    extra = EXTRAS[kind][0]
+    return f"\n{install_hint(kind)}: pip install 'labctl[{extra}]'"
 
 
 def _tcp_nodelay(res) -> None:

@@ -7,7 +7,10 @@ description = "..."
                 # creates a new sample; a stored one keeps its limits and metadata, which
                 # the table's limits may only lower for the run (labctl.api.resolve_sample)
 [instrument]    # resource, driver (optional), channels (two-channel instruments), timing,
-                # and the driver's settings (nplc, current_range_a, ...; checked by name)
+                # visa_library (@py, @ivi or a VISA library's path), a serial line's baud,
+                # data_bits, parity, stop_bits, flow_control, read_termination and
+                # write_termination (labctl.serial_link), and the driver's settings (nplc,
+                # current_range_a, ...; checked by name)
 [parameters]    # the protocol's parameters
 ```
 Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
@@ -51,6 +54,7 @@ from typing import Any
 from labctl.protocols.base import Protocol, get_protocol, validate_params
 
 from labctl.errors import ValidationError
+from labctl.serial_link import LINK_KEYS, link_settings, serial_link_for
 
 TOP_KEYS = (
     "protocol",
@@ -80,7 +84,9 @@ MAX_DEPTH = 16
 HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 MAX_NAME_CHARS = 200
 # [instrument] keys the recipe and the engine use; the rest are the driver's settings
-INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing")
+INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing", "visa_library", *LINK_KEYS)
+# the keys that say how to reach the instrument (labctl.connect's), not what to set on it
+CONNECT_KEYS = ("resource", "driver", "visa_library", *LINK_KEYS)
 
 
 @dataclass
@@ -103,8 +109,14 @@ class Recipe:
     @property
     def instrument_settings(self) -> dict[str, Any]:
         """What ``[instrument]`` asks of the driver (channels, timing, its settings): every
-        key but resource and driver."""
-        return {k: v for k, v in self.instrument.items() if k not in ("resource", "driver")}
+        key but how to reach it (resource, driver, visa_library, the serial line's)."""
+        return {k: v for k, v in self.instrument.items() if k not in CONNECT_KEYS}
+
+    @property
+    def connect_options(self) -> dict[str, Any]:
+        """``labctl.connect``'s keywords from ``[instrument]``: driver, visa_library and the
+        serial line's settings (baud, parity, ...)."""
+        return {k: v for k, v in self.instrument.items() if k in CONNECT_KEYS and k != "resource"}
 
     @property
     def channels(self) -> list[Any]:
@@ -274,6 +286,11 @@ def _check_instrument_values(instrument: dict[str, Any]) -> None:
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])
+    if "visa_library" in instrument:
+        from labctl.transport import check_visa_library
+
+        check_visa_library(instrument["visa_library"])
+    serial_link_for(None, link_settings(instrument))  # values of the wrong kind, early
 
 
 def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
@@ -298,8 +315,9 @@ def check_channels(value: Any, field: str = "instrument.channels") -> list[int]:
 
 def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
     """Refuse an ``[instrument]`` key that is neither the recipe's (resource, driver,
-    channels, timing) nor a setting of the named driver (of any driver when none is
-    named), naming the key and what is allowed; the connected driver checks the values."""
+    channels, timing, visa_library, the serial line's) nor a setting of the named driver
+    (of any driver when none is named), naming the key and what is allowed; the connected
+    driver checks the values."""
     from labctl.drivers import DRIVERS, setting_names
 
     driver = table.get("driver")

@@ -149,3 +149,35 @@ def test_a_closed_pseudo_terminal_is_noticed_at_once():
         t.close()
     finally:
         server.close()
+
+
+# -- choosing the VISA library -----------------------------------------------------------------
+def test_the_visa_library_is_the_one_given_else_the_environments_else_pyvisa_py(monkeypatch):
+    from labctl.errors import ValidationError
+    from labctl.transport import default_visa_library
+
+    monkeypatch.delenv("LABCTL_VISA_LIBRARY", raising=False)
+    assert default_visa_library() == "@py"
+    monkeypatch.setenv("LABCTL_VISA_LIBRARY", "@ivi")
+    assert default_visa_library() == "@ivi"
+    assert default_visa_library("/opt/ni/libvisa.so") == "/opt/ni/libvisa.so"
+    with pytest.raises(ValidationError) as err:
+        default_visa_library("  ")
+    assert err.value.field == "instrument.visa_library" and "@ivi" in str(err.value)
+
+
+def test_a_visa_library_that_cannot_load_is_named_with_its_whole_reason(tmp_path):
+    missing = str(tmp_path / "libvisa.so")
+    with pytest.raises(TransportError) as err:
+        VisaTransport("GPIB0::24::INSTR", visa_library=missing)
+    assert f"cannot open VISA library {missing!r}" in str(err.value)
+
+
+def test_a_backend_error_keeps_every_line():
+    from labctl.transport import _reason
+
+    exc = ValueError("Please install PyUSB to use this resource type.\nNo module named 'usb'")
+    assert _reason(exc).splitlines() == [
+        "Please install PyUSB to use this resource type.",
+        "No module named 'usb'",
+    ]
