@@ -424,7 +424,16 @@ def probe_serial(port: str, asked: dict[str, Any] | None = None) -> tuple[str, i
 
     answers: list[str] = []
     tried: set[tuple[str, int]] = set()
-    for name, link, message in _probes(dict(asked or {})):
+    probes = _probes(dict(asked or {}))
+    if not probes:
+        shown = ", ".join(f"{k}={v}" for k, v in (asked or {}).items())
+        raise ValidationError(
+            "instrument",
+            f"{port}: neither the EmStat nor the Rodeostat takes {shown}, so neither was "
+            "asked; name the driver with --set instrument.driver=NAME or "
+            "serial://PORT?driver=NAME",
+        )
+    for name, link, message in probes:
         rate = link.baud
         if (name, rate) in tried:
             continue

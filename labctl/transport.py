@@ -382,6 +382,19 @@ class SerialTransport(_QueryMixin):
             self._port.close()
 
 
+def link_record(transport: object) -> dict[str, object]:
+    """How the run reached its instrument, for the run's metadata: the serial line's
+    settings (``serial_link``) and the VISA library (``visa_library``), where they apply."""
+    out: dict[str, object] = {}
+    link = getattr(transport, "link", None)
+    if link is not None:
+        out["serial_link"] = link.settings()
+    library = getattr(transport, "visa_library", None)
+    if isinstance(library, str):
+        out["visa_library"] = library
+    return out
+
+
 def not_ascii(resource: str, data: bytes) -> TransportError:
     """The error for a reply that is not ASCII text: another kind of device on that port,
     or a wrong baud rate."""

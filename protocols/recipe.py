@@ -322,7 +322,13 @@ def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
 
     driver = table.get("driver")
     known = setting_names(driver if isinstance(driver, str) and driver in DRIVERS else None)
-    allowed = (*INSTRUMENT_KEYS, *(k for k in known if k not in INSTRUMENT_KEYS))
+    # the recipe's own keys, the driver's settings, then how to reach the instrument
+    first = [k for k in INSTRUMENT_KEYS if k not in CONNECT_KEYS or k in ("resource", "driver")]
+    allowed = (
+        *first,
+        *(k for k in known if k not in INSTRUMENT_KEYS),
+        *(k for k in INSTRUMENT_KEYS if k not in first),
+    )
     bad = [k for k in table if k not in allowed]
     if bad:
         whose = f"the {driver} driver" if driver in DRIVERS else "any driver"

@@ -78,10 +78,7 @@ def test_a_recipe_instrument_table_takes_driver_settings_and_refuses_others():
     assert recipe.instrument_settings == {"nplc": 0.5, "current_range_a": 1e-6}
     with pytest.raises(ValidationError, match=r"instrument\.nplcc: unknown key") as err:
         parse_recipe(RECIPE.format(instrument="nplcc = 0.5"))
-    assert (
-        "allowed: resource, driver, channels, timing, visa_library, baud, data_bits, parity, "
-        "stop_bits, flow_control, read_termination, write_termination, compliance_a, nplc"
-    ) in str(err.value)
+    assert "allowed: resource, driver, channels, timing, compliance_a, nplc" in str(err.value)
 
 
 def test_a_recipe_naming_its_driver_is_checked_against_that_drivers_settings():

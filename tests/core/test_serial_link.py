@@ -257,3 +257,35 @@ def test_an_unnamed_asrl_instrument_is_asked_who_it_is_then_gets_its_own_termina
         assert (link.baud, link.write_termination, link.read_termination) == (19200, "CR", "LF")
     finally:
         drv.close()
+
+
+def test_a_run_records_the_line_and_the_visa_library_it_used(tmp_path):
+    import labctl
+
+    store = labctl.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    drv = connect("sim://keithley2400?device=resistor")
+    line = serial_link_for(driver_class("keithley2400").serial_link, {"baud": 57600})
+    drv.transport.link, drv.transport.visa_library = line, "@ivi"  # as an ASRL session has
+    try:
+        result = labctl.run(
+            "iv_hysteresis",
+            drv,
+            sample="chip",
+            store=store,
+            max_v=1.0,
+            max_i=1e-3,
+            amplitude_v=0.5,
+            frequencies_hz=[5.0],
+        )
+        meta = store.run(result.run_id)["metadata"]
+        assert meta["serial_link"]["baud"] == 57600
+        assert meta["serial_link"]["write_termination"] == "CR"
+        assert meta["visa_library"] == "@ivi"
+    finally:
+        drv.close()
+        store.close()
+
+
+def test_an_unnamed_port_is_not_probed_with_a_line_no_probed_instrument_takes():
+    with pytest.raises(ValidationError, match="neither the EmStat nor the Rodeostat takes baud"):
+        connect("/dev/ttyUSB-none", baud=57600)
