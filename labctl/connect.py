@@ -13,8 +13,9 @@
 - Serial ports (``/dev/ttyACM0``, ``/dev/pts/5``, ``COM3``, or
   ``serial:///dev/ttyACM0?baud=230400&driver=emstat``) open through pyserial; without a
   driver name the port is probed with a short timeout: EmStat ``t``, then Rodeostat
-  ``getVariant``, EmStat4 ``t`` at 921600 baud. The baud rate is the one that answered, else
-  the instrument's (its driver's ``serial_link``).
+  ``getVariant``, then ``*IDN?`` at 9600 baud (a 2400 or 2636B on RS-232 at its factory
+  rate), EmStat4 ``t`` at 921600 baud. The baud rate is the one that answered, else the
+  instrument's (its driver's ``serial_link``).
 - Serial lines (``serial://``, a port, a VISA ``ASRL`` resource) take their settings
   (:data:`labctl.serial_link.LINK_KEYS`: baud, data_bits, parity, stop_bits, flow_control,
   read_termination, write_termination) from the resource's query (``serial://`` only), from
@@ -39,8 +40,14 @@ SIM_KEYS = ("device", "seed", "clock", "fault")
 SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
 # (driver, probe message), tried in this order on an unnamed serial port at each baud rate
 # its driver's serial_link allows (its default first): EmStat Pico 230400, Rodeostat
-# 115200, EmStat4 921600
-SERIAL_PROBES = (("emstat", "t"), ("rodeostat", '{"command":"getVariant"}'))
+# 115200, then any SCPI instrument's *IDN? at 9600 baud (a 2400 or 2636B on RS-232 at its
+# factory rate; CR LF ends the query for either), then EmStat4 921600
+SCPI_PROBE = "scpi"
+SERIAL_PROBES = (
+    ("emstat", "t"),
+    ("rodeostat", '{"command":"getVariant"}'),
+    (SCPI_PROBE, "*IDN?"),
+)
 PROBE_TIMEOUT_S = 0.5
 TERMINATION_KEYS = ("read_termination", "write_termination")
 
@@ -401,7 +408,10 @@ def _probes(asked: dict[str, Any]) -> list[tuple[str, SerialLink, str]]:
     first: list[tuple[str, SerialLink, str]] = []
     then: list[tuple[str, SerialLink, str]] = []
     for name, message in SERIAL_PROBES:
-        base = getattr(driver_class(name), "serial_link", None) or SerialLink()
+        if name == SCPI_PROBE:
+            base = SerialLink(write_termination="CRLF")
+        else:
+            base = getattr(driver_class(name), "serial_link", None) or SerialLink()
         if "baud" in asked:
             rates: tuple[Any, ...] = (asked["baud"],)
         else:
@@ -425,14 +435,6 @@ def probe_serial(port: str, asked: dict[str, Any] | None = None) -> tuple[str, i
     answers: list[str] = []
     tried: set[tuple[str, int]] = set()
     probes = _probes(dict(asked or {}))
-    if not probes:
-        shown = ", ".join(f"{k}={v}" for k, v in (asked or {}).items())
-        raise ValidationError(
-            "instrument",
-            f"{port}: neither the EmStat nor the Rodeostat takes {shown}, so neither was "
-            "asked; name the driver with --set instrument.driver=NAME or "
-            "serial://PORT?driver=NAME",
-        )
     for name, link, message in probes:
         rate = link.baud
         if (name, rate) in tried:
@@ -448,8 +450,8 @@ def probe_serial(port: str, asked: dict[str, Any] | None = None) -> tuple[str, i
                     break
                 answers.append(line)
                 found = driver_for_identity(_identity_text(line))
-                if found == name:
-                    return name, rate
+                if found is not None and (found == name or name == SCPI_PROBE):
+                    return found, rate
                 if name == "emstat" and line.startswith("{"):
                     break  # JSON: the other protocol answered
         finally:
@@ -457,7 +459,8 @@ def probe_serial(port: str, asked: dict[str, Any] | None = None) -> tuple[str, i
     heard = "; ".join(a[:40] for a in answers if a) or "nothing"
     raise ValidationError(
         "instrument",
-        f"{port}: no EmStat or Rodeostat answered (heard: {heard}); name the driver with "
+        f"{port}: no EmStat, Rodeostat or SCPI instrument (*IDN?) answered (heard: "
+        f"{heard}); name the driver with "
         "--set instrument.driver=NAME or serial://PORT?driver=NAME",
     )
 

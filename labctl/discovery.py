@@ -195,19 +195,6 @@ def _pyvisa_py_local(*, network: bool = False) -> list[str]:
     return names
 
 
-# pyvisa-py's words for a missing backend -> ours, by kind of resource
-ISSUES = {
-    "usb": (
-        ("No module named", "pyusb is not installed"),
-        ("backend", "pyusb finds no libusb backend"),
-    ),
-    "gpib": (
-        ("Please install", "neither gpib-ctypes nor linux-gpib is installed"),
-        ("could not locate", "gpib-ctypes finds no GPIB library (linux-gpib or NI-488.2)"),
-    ),
-}
-
-
 def _issue(interface: object, kind: str) -> str | None:
     """pyvisa-py's reason a session class is unavailable (None: it is available)."""
     from pyvisa_py.sessions import Session
@@ -220,7 +207,7 @@ def _issue(interface: object, kind: str) -> str | None:
 
 
 def _pyvisa_py_notes(*, network: bool) -> list[dict[str, str]]:
-    from labctl.transport import install_hint
+    from labctl.transport import backend_note, install_hint
 
     try:
         import pyvisa_py.highlevel  # noqa: F401  (registers the session classes)
@@ -234,8 +221,8 @@ def _pyvisa_py_notes(*, network: bool) -> list[dict[str, str]]:
     ):
         issue = _issue(interface, session)
         if issue:
-            why = next((w for k, w in ISSUES[kind] if k in issue), issue.strip().splitlines()[0])
-            notes.append({"kind": kind, "note": install_hint(kind, why)})
+            note = backend_note(kind, issue) or install_hint(kind, issue.strip().splitlines()[0])
+            notes.append({"kind": kind, "note": note})
     if not network:
         notes.append(
             {

@@ -420,22 +420,62 @@ EXTRAS = {
 }
 
 
+LABELS = {"usb": "USB", "gpib": "GPIB", "tcpip": "TCPIP"}
+# pyvisa-py's words for a missing backend -> (what is wrong, what to do; None: install the
+# kind's extra), by kind of resource
+BACKEND_ISSUES = {
+    "usb": (
+        ("Please install PyUSB", "pyusb is not installed", None),
+        ("properly installed", "pyusb finds no libusb backend", None),
+        # opening, with the backend there
+        (
+            "No device found",
+            "no USB instrument with that id is connected, or this user may not open it",
+            "check the resource in labctl resources; on Linux a udev rule lets a user "
+            "without root open it (README: Connecting instruments)",
+        ),
+        (
+            "ccess denied",
+            "this user may not open the USB device",
+            "on Linux add a udev rule for it (README: Connecting instruments)",
+        ),
+    ),
+    "gpib": (
+        ("Please install", "neither gpib-ctypes nor linux-gpib is installed", None),
+        (
+            "could not locate",
+            "gpib-ctypes finds no GPIB library",
+            "install the GPIB board's library: linux-gpib (Linux) or NI-488.2",
+        ),
+    ),
+}
+
+
 def install_hint(kind: str, why: str = "") -> str:
     """``USB: install labctl[usb] (pyusb is not installed; it brings pyusb and libusb)``."""
     extra, what = EXTRAS[kind]
     because = f"{why}; " if why else ""
-    label = {"usb": "USB", "gpib": "GPIB", "tcpip": "TCPIP"}[kind]
-    return f"{label}: install labctl[{extra}] ({because}it brings {what})"
+    return f"{LABELS[kind]}: install labctl[{extra}] ({because}it brings {what})"
+
+
+def backend_note(kind: str, issue: str) -> str | None:
+    """What to do about pyvisa-py's ``issue`` with a kind of resource (its unavailable
+    session's text), in one line; None if it is not one of the known missing backends."""
+    for words, why, fix in BACKEND_ISSUES.get(kind, ()):
+        if words in issue:
+            return f"{LABELS[kind]}: {fix} ({why})" if fix else install_hint(kind, why)
+    return None
 
 
 def backend_hint(resource: str, reason: str) -> str:
-    """A second line naming the labctl extra when pyvisa-py says a USB or GPIB resource's
+    """A second line saying what to install when pyvisa-py says a USB or GPIB resource's
     backend is missing ("" otherwise)."""
     kind = next((k for k in ("usb", "gpib") if resource.upper().startswith(k.upper())), None)
-    if kind is None or "install" not in reason.lower():
+    note = backend_note(kind, reason) if kind else None
+    if note is None:
         return ""
-    extra = EXTRAS[kind][0]
-    return f"\n{install_hint(kind)}: pip install 'labctl[{extra}]'"
+    extra = EXTRAS[kind][0] if kind else ""
+    return f"\n{note}" + (f": pip install 'labctl[{extra}]'" if f"labctl[{extra}]" in note else "")
 
 
 def _tcp_nodelay(res) -> None:

@@ -237,14 +237,23 @@ def test_pyusb_without_libusb_and_gpib_ctypes_without_its_library_are_told_apart
     _sessions(
         monkeypatch,
         {
-            ("usb", "INSTR"): "PyUSB does not seem to be properly installed.\n... backend ...",
-            ("gpib", "INTFC"): "gpib_ctypes is installed but could not locate the gpib library.",
+            # pyvisa-py 0.8's texts, as it says them with pyusb but no libusb (and
+            # libusb-package without its importlib_resources), gpib-ctypes but no library
+            ("usb", "INSTR"): "PyUSB does not seem to be properly installed.\nPlease refer "
+            "to the PyUSB documentation and \ninstall a suitable backend like \n...\nNo "
+            "module named 'importlib_resources'\nNo backend available",
+            ("gpib", "INTFC"): "gpib_ctypes is installed but could not locate the gpib "
+            "library.\nPlease manually load it using:\n  "
+            "gpib_ctypes.gpib.gpib._load_lib(filename)\nbefore importing pyvisa.",
         },
     )
     monkeypatch.delenv("LABCTL_VISA_LIBRARY", raising=False)
     notes = {n["kind"]: n["note"] for n in resource_notes()}
-    assert "pyusb finds no libusb backend" in notes["usb"]
-    assert "finds no GPIB library" in notes["gpib"]
+    assert notes["usb"].startswith("USB: install labctl[usb] (pyusb finds no libusb backend")
+    assert notes["gpib"] == (
+        "GPIB: install the GPIB board's library: linux-gpib (Linux) or NI-488.2 "
+        "(gpib-ctypes finds no GPIB library)"
+    )
 
 
 def test_a_network_scan_says_what_discovery_lacks(monkeypatch):

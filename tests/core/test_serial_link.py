@@ -246,6 +246,20 @@ def test_the_api_takes_the_line_and_refuses_an_unknown_key(tmp_path):
 
 
 @needs_pty
+def test_an_unnamed_port_finds_a_2400_by_idn_at_its_factory_rate(k2400_pty, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("labctl.connect"), "PROBE_TIMEOUT_S", 0.1)
+    drv = connect(k2400_pty)
+    try:
+        assert drv.name == "keithley2400"
+        assert drv.transport.link.baud == 9600
+        assert drv.transport._wt == b"\r"  # then the 2400's own terminations
+    finally:
+        drv.close()
+
+
+@needs_pty
 def test_an_unnamed_asrl_instrument_is_asked_who_it_is_then_gets_its_own_terminations(k2400_pty):
     drv = connect(f"ASRL{k2400_pty}::INSTR", baud=19200)
     try:
@@ -284,8 +298,3 @@ def test_a_run_records_the_line_and_the_visa_library_it_used(tmp_path):
     finally:
         drv.close()
         store.close()
-
-
-def test_an_unnamed_port_is_not_probed_with_a_line_no_probed_instrument_takes():
-    with pytest.raises(ValidationError, match="neither the EmStat nor the Rodeostat takes baud"):
-        connect("/dev/ttyUSB-none", baud=57600)

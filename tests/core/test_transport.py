@@ -181,3 +181,17 @@ def test_a_backend_error_keeps_every_line():
         "Please install PyUSB to use this resource type.",
         "No module named 'usb'",
     ]
+
+
+def test_a_usb_open_failure_says_what_to_check_or_install():
+    from labctl.transport import backend_hint
+
+    assert "install labctl[usb]" in backend_hint(
+        "USB0::1::2::3::INSTR", "Please install PyUSB to use this resource type.\nNo module"
+    )
+    assert "udev rule" in backend_hint("USB0::1::2::3::INSTR", "No device found.")
+    assert "udev rule" in backend_hint("USB0::1::2::3::INSTR", "[Errno 13] Access denied")
+    assert backend_hint("TCPIP::h::INSTR", "No device found.") == ""
+    assert "linux-gpib (Linux) or NI-488.2" in backend_hint(
+        "GPIB0::24::INSTR", "gpib_ctypes is installed but could not locate the gpib library."
+    )
