@@ -338,6 +338,11 @@ def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
             f"{', '.join(allowed)}",
         )
     _check_instrument_values(table)
+    if driver in DRIVERS:  # the named instrument's serial line, before anything connects
+        from labctl.drivers import driver_class
+
+        line = getattr(driver_class(driver), "serial_link", None)
+        serial_link_for(line, link_settings(table), field=flag, who=driver)
 
 
 def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:

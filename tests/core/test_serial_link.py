@@ -298,3 +298,16 @@ def test_a_run_records_the_line_and_the_visa_library_it_used(tmp_path):
     finally:
         drv.close()
         store.close()
+
+
+def test_a_recipe_naming_its_driver_has_its_line_checked_when_read():
+    from labctl.protocols.recipe import parse_recipe
+
+    text = (
+        'protocol = "iv_hysteresis"\n[sample]\nname = "chip"\nmax_v = 1.0\nmax_i = 1e-3\n'
+        '[instrument]\nresource = "/dev/ttyUSB0"\ndriver = "keithley2400"\nbaud = 115200\n'
+        "[parameters]\namplitude_v = 0.5\n"
+    )
+    with pytest.raises(ValidationError, match="57600") as err:
+        parse_recipe(text, "test")
+    assert err.value.field == "instrument.baud"
