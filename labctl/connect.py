@@ -233,7 +233,7 @@ def connect(
         terminations = {}
         if resource.upper().startswith("ASRL"):  # a serial line: the whole line is ours
             base = getattr(cls, "serial_link", None)
-            if base is None:  # *IDN? first: CR LF reaches both a CR and an LF instrument
+            if cls is None:  # *IDN? first: CR LF reaches both a CR and an LF instrument
                 base = SerialLink(write_termination="CRLF")
             line = serial_link_for(base, asked, who=cls.name if cls else "")
         else:
@@ -269,13 +269,18 @@ def connect(
                 except ValidationError:
                     transport.close()
                     raise
-                transport.link = line
-                terminations = {"read_termination": line.read_chars}
-                terminations["write_termination"] = line.write_chars
         io = dict(getattr(cls, "visa_io", {}))
-        if line is not None or terminations:  # the line's (or the user's) terminations win
-            io = {k: v for k, v in io.items() if k not in TERMINATION_KEYS}
+        if line is not None and getattr(cls, "serial_link", None) is not None:
+            # the instrument's own serial terminations (or those asked), not its VISA ones
+            io.update(read_termination=line.read_chars, write_termination=line.write_chars)
+        else:  # the driver's VISA terminations, unless asked
             io.update(terminations)
+            if line is not None:
+                asked_ends = {k: v for k, v in asked.items() if k in TERMINATION_KEYS}
+                ends = {k: io[k] for k in TERMINATION_KEYS if k in io}
+                line = serial_link_for(line, {**ends, **asked_ends})
+                io.update(read_termination=line.read_chars, write_termination=line.write_chars)
+        transport.link = line
         transport.set_io(**io)
         drv = cls(transport, clock=clock or RealClock())
     elif (serial_spec := parse_serial(resource)) is not None:

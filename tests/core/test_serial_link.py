@@ -311,3 +311,26 @@ def test_a_recipe_naming_its_driver_has_its_line_checked_when_read():
     with pytest.raises(ValidationError, match="57600") as err:
         parse_recipe(text, "test")
     assert err.value.field == "instrument.baud"
+
+
+@needs_pty
+def test_a_driver_without_a_serial_line_keeps_its_visa_terminations_on_asrl():
+    from labctl.sim.serve import make_pty_server
+
+    server = make_pty_server("keithley2450", device="resistor").start()
+    try:
+        drv = connect(f"ASRL{server.path}::INSTR", driver="keithley2450")
+        try:
+            res = drv.transport._res
+            assert (res.write_termination, res.read_termination) == ("\n", "\n")  # visa_io
+            assert drv.transport.link.write_termination == "LF"  # recorded as used
+        finally:
+            drv.close()
+        drv = connect(f"ASRL{server.path}::INSTR", driver="keithley2450", write_termination="CRLF")
+        try:
+            assert drv.transport._res.write_termination == "\r\n"  # asked wins
+            assert "2450" in drv.identity
+        finally:
+            drv.close()
+    finally:
+        server.close()
