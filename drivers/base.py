@@ -42,6 +42,7 @@ from labctl.instrument import (  # the driver contract, in labctl's core
     raise_if_aborted,
 )
 from labctl.program import Program, describe_s
+from labctl.serial_link import SerialLink
 
 __all__ = ["Capabilities", "Limits", "check_program", "noise_estimate_a", "raise_if_aborted"]
 
@@ -582,6 +583,9 @@ class DriverBase:
     # next query's round trip carries it), a reading this many besides its aperture
     host_level_trips: ClassVar[float] = 0.0
     host_read_trips: ClassVar[float] = 1.0
+    # the instrument's serial line (RS-232, USB serial) as its manual gives it, with what it
+    # allows and the source (labctl.serial_link); None: it has no serial interface
+    serial_link: ClassVar[SerialLink | None] = None
 
     def __init__(self, transport, clock: Clock | None = None) -> None:
         self.transport = transport

@@ -58,6 +58,7 @@ from labctl.clock import Clock
 from labctl.data import LATE, Chunk
 from labctl.errors import InstrumentError, LimitError, ValidationError
 from labctl.program import Program
+from labctl.serial_link import SerialLink
 from labctl.transport import Transport
 
 MIN_INTERVAL_S = 1e-3  # shortest measurement interval the driver asks for [I]
@@ -95,6 +96,16 @@ STATUS_TIMING = 1
 STATUS_OVERLOAD = 2
 STATUS_UNDERLOAD = 4
 STATUS_OVERLOAD_WARNING = 8
+
+
+# The serial line (MethodSCRIPT v1.x; PalmSens MethodSCRIPT_Examples palmsens/serialport.py):
+# EmStat Pico 230400 baud, EmStat4 and Nexus 921600; 8 data bits, no parity, 1 stop bit,
+# no flow control; lines end in LF both ways.
+SERIAL_LINK = SerialLink(
+    baud=230400,
+    allowed={"baud": (230400, 921600)},
+    source="MethodSCRIPT v1.x; PalmSens MethodSCRIPT_Examples palmsens/serialport.py",
+)
 
 
 class PackageValue(NamedTuple):
@@ -331,6 +342,7 @@ class EmStat(DriverBase):
     identity_pattern = r"PalmSens|^t?(espico|es4_lr|es4_hr|mes4hr|nexus1|senswb)"
     capabilities = _capabilities(_PICO)
     hardware_facts = HARDWARE_TIMING
+    serial_link = SERIAL_LINK
     # a host-timed level or reading is a script run: answered at its start ('e') and at
     # its end (the empty line), two round trips [I]
     host_level_trips = 2.0

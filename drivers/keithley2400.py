@@ -63,6 +63,7 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, Chunk
 from labctl.errors import InstrumentError
 from labctl.program import Program
+from labctl.serial_link import SerialLink
 from labctl.transport import Transport, block_to_array
 
 LIST_MAX = 2500  # levels per sweep (and readings in the data store)
@@ -92,6 +93,31 @@ HARDWARE_TIMING = HardwareTiming(
     min_period_s=0.0,
     zero_delay=True,
     source="K2400-UM 2400S-900-01 Rev. K §10 Setting delay (source delay + NPLC per point)",
+)
+
+# RS-232 (K2400-UM 2400S-900-01 Rev. K §14 "RS-232 interface operation", set from the front
+# panel's COMMUNICATION menu): 300 to 57600 baud, factory 9600; 7 or 8 data bits with even,
+# odd or no parity, no parity with 8 data bits only; 1 stop bit; flow control XON/XOFF or
+# none (no hardware handshaking); the terminator it sends is CR, CR+LF, LF or LF+CR (set
+# the menu's TERMINATOR to the read_termination here, LF by default); it acts on a command
+# when the CR arrives, hence CR after each command.
+SERIAL_LINK = SerialLink(
+    baud=9600,
+    data_bits=8,
+    parity="none",
+    stop_bits=1,
+    flow_control="none",
+    read_termination="LF",
+    write_termination="CR",
+    allowed={
+        "baud": (57600, 38400, 19200, 9600, 4800, 2400, 1200, 600, 300),
+        "data_bits": (7, 8),
+        "parity": ("none", "even", "odd"),
+        "stop_bits": (1,),
+        "flow_control": ("none", "xon_xoff"),
+    },
+    no_parity_needs_8_bits=True,
+    source="K2400-UM 2400S-900-01 Rev. K §14 RS-232 interface operation",
 )
 
 
@@ -129,6 +155,7 @@ class Keithley2400(SourceMeterBase):
         channels=("1",),
     )
     hardware_facts = HARDWARE_TIMING
+    serial_link = SERIAL_LINK
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)

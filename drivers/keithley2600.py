@@ -62,6 +62,7 @@ from labctl.clock import Clock
 from labctl.data import COMPLIANCE, OVERRANGE, Chunk
 from labctl.errors import InstrumentError, ValidationError
 from labctl.program import Program
+from labctl.serial_link import SerialLink
 from labctl.transport import Transport
 
 SMU = ("smua", "smub")
@@ -121,6 +122,25 @@ def _exact(x: float) -> str:
     return repr(float(x))
 
 
+# RS-232 (Series 2600B Reference Manual 2600BS-901-01 Rev. B §2 "RS-232 interface
+# operation"): 300 to 115200 baud, factory 9600; 7 or 8 data bits; no, even or odd parity;
+# 1 stop bit; flow control none or hardware (RTS/CTS); commands end at a line feed and
+# every reply ends with one.
+SERIAL_LINK = SerialLink(
+    baud=9600,
+    allowed={
+        "baud": (115200, 57600, 38400, 19200, 9600, 4800, 2400, 1200, 600, 300),
+        "data_bits": (7, 8),
+        "parity": ("none", "even", "odd"),
+        "stop_bits": (1,),
+        "flow_control": ("none", "rts_cts"),
+        "read_termination": ("LF",),
+        "write_termination": ("LF",),
+    },
+    source="Series 2600B Reference Manual 2600BS-901-01 Rev. B §2 RS-232 interface operation",
+)
+
+
 @dataclass(frozen=True)
 class _Sweep:
     """One trigger-model run covering program rows [row0, row0 + n)."""
@@ -159,6 +179,7 @@ class Keithley2600(SourceMeterBase):
         channels=SMU,
     )
     hardware_facts = HARDWARE_TIMING
+    serial_link = SERIAL_LINK
 
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)

@@ -45,6 +45,7 @@ from labctl.clock import Clock
 from labctl.data import Chunk
 from labctl.errors import InstrumentError, LimitError, TransportError, ValidationError
 from labctl.program import Program
+from labctl.serial_link import SerialLink
 from labctl.transport import Transport
 
 MAX_STEPS = 50
@@ -107,6 +108,16 @@ def encode(command: str, **args: object) -> str:
     return json.dumps({"command": command, **args}, separators=(",", ":"))
 
 
+# The serial line (iorodeo/potentiostat potentiostat.py; USB CDC): 115200 baud, 8 data bits,
+# no parity, 1 stop bit, no flow control; JSON commands end in LF, replies in CR LF (the
+# CR is dropped).
+SERIAL_LINK = SerialLink(
+    baud=115200,
+    allowed={"baud": (115200,)},
+    source="iorodeo/potentiostat software/python potentiostat.py (115200 baud, USB CDC)",
+)
+
+
 @dataclass
 class _Test:
     """One multiStep test: its steps, sample period, and which sample is which row."""
@@ -124,6 +135,7 @@ class Rodeostat(DriverBase):
     identity_pattern = r"Rodeostat|^\d+V_(nano|micro|milli)AmpV"
     capabilities = _capabilities(DEFAULT_VARIANT)
     hardware_facts = HARDWARE_TIMING
+    serial_link = SERIAL_LINK
     host_level_trips = 1.0  # setVolt waits for its reply
     integrates = False  # it samples; its nplc setting is taken and ignored
 

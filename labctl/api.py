@@ -87,6 +87,8 @@ def run(
     operator: str | None = None,
     settings: dict[str, Any] | None = None,
     timing: str | None = None,
+    visa_library: str | None = None,
+    link: dict[str, Any] | None = None,
     engine: RunEngine | None = None,
     **params: Any,
 ) -> RunResult:
@@ -106,7 +108,12 @@ def run(
     ``sample2`` (with ``max_v2``/``max_i2``) puts a second device on the second channel of
     a two-channel instrument (2636B smub, B2902 channel 2): both channels run, each
     checked against its own sample's limits. A resource string is connected, and closed
-    in safe state afterwards. ``engine``: the RunEngine to run on (its listeners, not
+    in safe state afterwards: ``visa_library`` (``"@py"``, ``"@ivi"`` for NI-VISA, or a
+    library path) and ``link`` (a serial line's ``baud``, ``parity``, ``stop_bits``,
+    ``flow_control``, ``read_termination``, ... as :func:`labctl.connect` takes them) say
+    how.
+
+    ``engine``: the RunEngine to run on (its listeners, not
     ``listeners``; :func:`start` passes its own).
 
     Ctrl-C aborts the run to the instrument's safe state, stores it as 'aborted' with its
@@ -140,8 +147,16 @@ def run(
             ),
         }
     engine = engine or RunEngine(store, listeners)
+    if not isinstance(instrument, str) and (visa_library is not None or link):
+        from labctl.errors import ValidationError
+
+        raise ValidationError(
+            "visa_library" if visa_library is not None else "link",
+            "applies to a resource string only; allowed: connect(resource, ...) with it, "
+            "or pass the resource to run",
+        )
     if isinstance(instrument, str):
-        driver = connect(instrument)
+        driver = connect(instrument, visa_library=visa_library, **_link_options(link))
         try:
             check_settings(driver, options["settings"])
             result = engine.run(proto, driver, smp, resource=instrument, **options)
@@ -162,6 +177,16 @@ def _unless_interrupted(engine: RunEngine, result: Any) -> Any:
 
         raise RunInterrupted(result)
     return result
+
+
+def _link_options(link: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``link`` mapping as :func:`labctl.connect`'s keywords, an unknown key refused
+    naming it and the keys allowed."""
+    from labctl.serial_link import LINK_KEYS, serial_link_for
+
+    options = dict(link or {})
+    serial_link_for(None, options, field="link")  # unknown keys and wrong kinds
+    return {k: v for k, v in options.items() if k in LINK_KEYS}
 
 
 def check_settings(driver: Any, settings: dict[str, Any]) -> None:
@@ -262,8 +287,11 @@ def run_recipe(
     listeners: Iterable[Listener] = (),
     operator: str | None = None,
     engine: RunEngine | None = None,
+    visa_library: str | None = None,
 ) -> list[RunResult]:
-    """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it.
+    """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it,
+    ``visa_library`` its ``[instrument] visa_library`` (``--visa-library``). The recipe's
+    ``[instrument]`` serial line keys (baud, parity, ...) set the line.
 
     ``sample2`` (or the recipe's ``[sample2]``) is the sample on the second of the recipe's
     two ``[instrument] channels``: the engine checks each channel's Program against its own
@@ -296,7 +324,10 @@ def run_recipe(
         smp2 = _recipe_sample(store, recipe, sample2, "sample2", "--sample2")
     settings = recipe.instrument_settings
     engine = engine or RunEngine(store, listeners)
-    driver = connect(resource, driver=recipe.instrument.get("driver"))
+    options = recipe.connect_options
+    if visa_library is not None:
+        options["visa_library"] = visa_library
+    driver = connect(resource, **options)
     try:
         channel_samples = None
         if smp2 is not None:

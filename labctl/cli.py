@@ -75,6 +75,28 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _visa_library(text: str) -> str:
+    """An argparse type: a VISA library as pyvisa takes it."""
+    from labctl.errors import ValidationError
+    from labctl.transport import check_visa_library
+
+    try:
+        return check_visa_library(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+
+
+def _visa_library_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--visa-library",
+        type=_visa_library,
+        metavar="LIB",
+        help="the VISA library: @py (pyvisa-py, the default), @ivi (NI-VISA or another "
+        "installed VISA), or a library's path (default: [instrument] visa_library, else "
+        "$LABCTL_VISA_LIBRARY, else @py)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from labctl import __version__
 
@@ -124,9 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="override a parameter; "
         "sample.max_v=..., sample2.max_v=..., instrument.resource=... reach the other tables "
-        "(instrument.nplc=..., instrument.current_range_a=...: the driver's settings)",
+        "(instrument.nplc=..., instrument.current_range_a=...: the driver's settings; "
+        "instrument.baud=..., .parity=, .stop_bits=, .flow_control=, .read_termination=, "
+        ".write_termination=: a serial line's)",
     )
     p.add_argument("--operator", metavar="NAME", default=os.environ.get("USER"), help="who runs it")
+    _visa_library_arg(p)
     p.add_argument("--plot", metavar="PNG", help="also write a PNG of the data here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _db_arg(p)
@@ -202,9 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_arg(p)
 
-    p = sub.add_parser("resources", help="instruments found: running emulators, serial, VISA")
+    p = sub.add_parser(
+        "resources",
+        help="instruments found: running emulators, serial, VISA (and why a kind is not listed)",
+    )
     p.add_argument("--no-visa", action="store_true", help="skip the VISA scan")
     _format_arg(p, "each resource with its kind, description and any other field")
+    p.add_argument(
+        "--network",
+        action="store_true",
+        help="also scan the network for VISA TCPIP instruments (VXI-11 broadcast, HiSLIP "
+        "over mDNS; needs labctl[discovery] for all of it)",
+    )
+    _visa_library_arg(p)
 
     p = sub.add_parser("gui", help="open the desktop app (labctl gui --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -430,6 +465,7 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
         sample2=sample2,
         operator=getattr(args, "operator", None),
         engine=engine,
+        visa_library=getattr(args, "visa_library", None),
     )
     wall = time.perf_counter() - wall0
     for result in results:
@@ -831,9 +867,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_resources(args) -> int:
-    from labctl.discovery import list_resources
+    from labctl.discovery import list_resources, resource_notes
 
-    rows = list_resources(visa=not args.no_visa)
+    rows = list_resources(
+        visa=not args.no_visa, visa_library=args.visa_library, network=args.network
+    )
+    # why a kind of resource cannot be listed ("USB: install labctl[usb]"): a row of its own
+    # in json and csv, a line under the table
+    notes = resource_notes(args.visa_library, visa=not args.no_visa, network=args.network)
+    if args.format != "table":
+        rows = [*rows, *({"resource": None, "description": None, **n} for n in notes)]
     # every field a resource has (a hint why a kind cannot be listed, ...) is shown
     known = ("resource", "kind", "description")
     extra = [k for k in columns_of(rows) if k not in known]
@@ -851,6 +894,9 @@ def cmd_resources(args) -> int:
         empty="no instruments found (start an emulator with: labctl sim serve MODEL)",
         fields=[*known, *extra],
     )
+    if args.format == "table":
+        for n in notes:
+            print(f"note: {n['note']}")
     return 0
 
 

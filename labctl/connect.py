@@ -8,11 +8,19 @@
   :mod:`labctl.sim.faults`).
 - VISA resources (``TCPIP::127.0.0.1::5025::SOCKET``, ``USB0::...``, ``GPIB0::...``) open
   through pyvisa (pyvisa-py by default) and the driver is picked from ``*IDN?`` unless named.
+  ``visa_library`` (``@py``, ``@ivi``, a library path) picks the VISA library
+  (:func:`labctl.transport.default_visa_library`).
 - Serial ports (``/dev/ttyACM0``, ``/dev/pts/5``, ``COM3``, or
   ``serial:///dev/ttyACM0?baud=230400&driver=emstat``) open through pyserial; without a
   driver name the port is probed with a short timeout: EmStat ``t``, then Rodeostat
-  ``getVariant``, EmStat4 ``t`` at 921600 baud. The baud rate is the one that answered, else
-  the instrument's (EmStat Pico 230400, Rodeostat 115200).
+  ``getVariant``, then ``*IDN?`` at 9600 baud (a 2400 or 2636B on RS-232 at its factory
+  rate), EmStat4 ``t`` at 921600 baud. The baud rate is the one that answered, else the
+  instrument's (its driver's ``serial_link``).
+- Serial lines (``serial://``, a port, a VISA ``ASRL`` resource) take their settings
+  (:data:`labctl.serial_link.LINK_KEYS`: baud, data_bits, parity, stop_bits, flow_control,
+  read_termination, write_termination) from the resource's query (``serial://`` only), from
+  ``connect(..., baud=...)`` (a recipe's ``[instrument]`` keys), else from the driver's
+  manual defaults; each is checked against what the instrument allows.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from labctl.clock import Clock, RealClock, VirtualClock
@@ -29,17 +37,22 @@ from labctl.instrument import check_driver
 
 if TYPE_CHECKING:
     from labctl.transport import Transport
+from labctl.serial_link import LINK_KEYS, SerialLink, serial_link_for
 
 VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL", "VXI", "PXI")
 SERIAL_PATH = re.compile(r"^(/dev/\S+|COM\d+|\\\\\.\\COM\d+)$", re.IGNORECASE)
-SERIAL_BAUD = {"emstat": 230400, "rodeostat": 115200}
-# (driver, baud, probe message), tried in this order on an unnamed serial port
+# (driver, probe message), tried in this order on an unnamed serial port at each baud rate
+# its driver's serial_link allows (its default first): EmStat Pico 230400, Rodeostat
+# 115200, then any SCPI instrument's *IDN? at 9600 baud (a 2400 or 2636B on RS-232 at its
+# factory rate; CR LF ends the query for either), then EmStat4 921600
+SCPI_PROBE = "scpi"
 SERIAL_PROBES = (
-    ("emstat", 230400, "t"),
-    ("rodeostat", 115200, '{"command":"getVariant"}'),
-    ("emstat", 921600, "t"),
+    ("emstat", "t"),
+    ("rodeostat", '{"command":"getVariant"}'),
+    (SCPI_PROBE, "*IDN?"),
 )
 PROBE_TIMEOUT_S = 0.5
+TERMINATION_KEYS = ("read_termination", "write_termination")
 
 
 @dataclass
@@ -111,9 +124,36 @@ def connect(
     clock: Clock | None = None,
     timeout_s: float = 10.0,
     identify: bool = True,
+    visa_library: str | None = None,
+    baud: int | None = None,
+    data_bits: int | None = None,
+    parity: str | None = None,
+    stop_bits: float | None = None,
+    flow_control: str | None = None,
+    read_termination: str | None = None,
+    write_termination: str | None = None,
 ):
-    """Open ``resource`` and return a ready driver (identified unless ``identify=False``)."""
+    """Open ``resource`` and return a ready driver (identified unless ``identify=False``).
+
+    ``visa_library`` picks the VISA library of a VISA resource (``"@py"``: pyvisa-py,
+    ``"@ivi"``: NI-VISA or another installed IVI VISA, or a library's path; default
+    ``$LABCTL_VISA_LIBRARY`` else ``@py``). ``baud`` ... ``write_termination`` set a serial
+    line (``ASRL``, ``serial://``, a port; terminations also any VISA resource): values not
+    given are the driver's manual defaults (``labctl.serial_link``); a value the instrument
+    does not take is refused naming the field and the allowed values.
+    """
     from labctl.drivers import driver_class, driver_for_identity
+
+    asked = {
+        "baud": baud,
+        "data_bits": data_bits,
+        "parity": parity,
+        "stop_bits": stop_bits,
+        "flow_control": flow_control,
+        "read_termination": read_termination,
+        "write_termination": write_termination,
+    }
+    asked = {k: v for k, v in asked.items() if v is not None}
 
     if not isinstance(resource, str) or not resource.strip():
         raise ValidationError(
@@ -126,6 +166,10 @@ def connect(
             "instrument.driver", f"{driver!r} is not allowed; allowed: a driver name (a string)"
         )
     resource = resource.strip()
+    if visa_library is not None:
+        from labctl.transport import check_visa_library
+
+        visa_library = check_visa_library(visa_library)
     if resource.startswith("sim://"):
         from labctl.sim.devices import make_device
         from labctl.sim.instruments.registry import channels_of, make_emulator
@@ -177,7 +221,11 @@ def connect(
             transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
         if faulty is not None:
             faulty.attach(transport)  # its timeout bounds late replies, its name the errors
-        drv = driver_class(driver or spec.model)(transport, clock=clock)
+        cls = driver_class(driver or spec.model)
+        # an emulator has no line to set, but a recipe written for the bench is checked as
+        # the bench would check it
+        serial_link_for(getattr(cls, "serial_link", None), asked, who=cls.name)
+        drv = cls(transport, clock=clock)
         # read by the engine at the start of every run on this driver (RunEngine._warn)
         drv.warnings = implausible
         for message in implausible:
@@ -186,9 +234,27 @@ def connect(
         from labctl.transport import VisaTransport
 
         check_tcpip(resource)
-        transport = VisaTransport(resource, timeout_s=timeout_s)
-        name = driver
-        if name is None:
+        cls = driver_class(driver) if driver is not None else None
+        line = None
+        terminations = {}
+        if resource.upper().startswith("ASRL"):  # a serial line: the whole line is ours
+            base = getattr(cls, "serial_link", None)
+            if cls is None:  # *IDN? first: CR LF reaches both a CR and an LF instrument
+                base = SerialLink(write_termination="CRLF")
+            line = serial_link_for(base, asked, who=cls.name if cls else "")
+        else:
+            _not_serial(resource, asked)
+            if asked:  # terminations only: checked as a line's are
+                picked = serial_link_for(None, asked)
+                terminations = {
+                    "read_termination": picked.read_chars,
+                    "write_termination": picked.write_chars,
+                }
+                terminations = {k: v for k, v in terminations.items() if k in asked}
+        transport = VisaTransport(
+            resource, timeout_s=timeout_s, visa_library=visa_library, serial=line, **terminations
+        )
+        if cls is None:
             identity = transport.query("*IDN?").strip()
             name = driver_for_identity(identity)
             if name is None:
@@ -196,22 +262,45 @@ def connect(
                 raise ValidationError(
                     "instrument",
                     f"{resource} answers {identity!r}; no driver matches it "
-                    "(name one with --driver)",
+                    "(name one with --set instrument.driver=NAME)",
                 )
-        cls = driver_class(name)
-        transport.set_io(**getattr(cls, "visa_io", {}))
+            cls = driver_class(name)
+            if line is not None and getattr(cls, "serial_link", None) is not None:
+                # the line that answered, with the instrument's own terminations unless asked
+                ends = {k: getattr(cls.serial_link, k) for k in TERMINATION_KEYS}
+                try:
+                    line = serial_link_for(
+                        cls.serial_link, {**line.settings(), **ends, **asked}, who=cls.name
+                    )
+                except ValidationError:
+                    transport.close()
+                    raise
+        io = dict(getattr(cls, "visa_io", {}))
+        if line is not None and getattr(cls, "serial_link", None) is not None:
+            # the instrument's own serial terminations (or those asked), not its VISA ones
+            io.update(read_termination=line.read_chars, write_termination=line.write_chars)
+        else:  # the driver's VISA terminations, unless asked
+            io.update(terminations)
+            if line is not None:
+                asked_ends = {k: v for k, v in asked.items() if k in TERMINATION_KEYS}
+                ends = {k: io[k] for k in TERMINATION_KEYS if k in io}
+                line = serial_link_for(line, {**ends, **asked_ends})
+                io.update(read_termination=line.read_chars, write_termination=line.write_chars)
+        transport.link = line
+        transport.set_io(**io)
         drv = cls(transport, clock=clock or RealClock())
     elif (serial_spec := parse_serial(resource)) is not None:
         from labctl.transport import SerialTransport
 
-        port, baud, name = serial_spec
+        port, query, name = serial_spec
+        asked = _merge_link(query, asked)
         name = driver or name
         if name is None:
-            name, baud = probe_serial(port, baud)
+            name, rate = probe_serial(port, asked)
+            asked = {**asked, "baud": rate}
         cls = driver_class(name)
-        transport = SerialTransport(
-            port, baudrate=baud or SERIAL_BAUD.get(name, 9600), timeout_s=timeout_s
-        )
+        line = serial_link_for(getattr(cls, "serial_link", None), asked, who=cls.name)
+        transport = SerialTransport(port, timeout_s=timeout_s, link=line)
         drv = cls(transport, clock=clock or RealClock())
     else:
         raise ValidationError(
@@ -274,51 +363,100 @@ def check_tcpip(resource: str) -> None:
         ) from None
 
 
-def parse_serial(resource: str) -> tuple[str, int | None, str | None] | None:
-    """(port, baud or None, driver or None) of a serial resource; None if it is not one."""
+def _not_serial(resource: str, asked: dict[str, Any]) -> None:
+    """Refuse serial line settings other than terminations on a resource that is no serial
+    line (TCPIP, USB, GPIB)."""
+    line_only = [k for k in asked if k not in TERMINATION_KEYS]
+    if line_only:
+        raise ValidationError(
+            f"instrument.{line_only[0]}",
+            f"{resource} is not a serial line; allowed: {line_only[0]} on a serial resource "
+            "only (ASRL..., serial://PORT, /dev/tty..., COM3); read_termination and "
+            "write_termination apply to any VISA resource",
+        )
+
+
+def _merge_link(query: dict[str, str], asked: dict[str, Any]) -> dict[str, Any]:
+    """A ``serial://`` resource's line settings with those given apart (a recipe's keys);
+    the same setting given both ways with two values is refused."""
+    for key, value in asked.items():
+        if key in query and str(query[key]).strip().lower() != str(value).strip().lower():
+            raise ValidationError(
+                f"instrument.{key}",
+                f"{value!r}, but the resource says {key}={query[key]}; allowed: one value, "
+                "in the resource or in [instrument] (--set instrument.KEY=)",
+            )
+    return {**query, **asked}
+
+
+def parse_serial(resource: str) -> tuple[str, dict[str, str], str | None] | None:
+    """(port, line settings by key, driver or None) of a serial resource; None if it is not
+    one. The line settings are checked when the driver is known."""
     if resource.lower().startswith("serial://"):
         parts = urlsplit(resource)
         port = parts.netloc + parts.path
         if not port:
             raise ValidationError("instrument", f"{resource!r} names no port")
-        baud: int | None = None
+        line: dict[str, str] = {}
         name: str | None = None
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "baud":
-                try:
-                    baud = int(value)
-                except ValueError:
-                    raise ValidationError(
-                        "instrument.baud", f"{value!r} is not a whole number"
-                    ) from None
-                if baud <= 0:
-                    raise ValidationError("instrument.baud", f"{baud} must be > 0")
+            if key in LINK_KEYS:
+                line[key] = value
             elif key == "driver":
                 name = value
             else:
                 raise ValidationError(
-                    f"instrument.{key}", "unknown key of a serial resource; allowed: baud, driver"
+                    f"instrument.{key}",
+                    f"unknown key of a serial resource; allowed: driver, {', '.join(LINK_KEYS)}",
                 )
-        return port, baud, name
+        serial_link_for(None, line)  # a value of the wrong kind, before anything opens
+        return port, line, name
     if SERIAL_PATH.match(resource):
-        return resource, None, None
+        return resource, {}, None
     return None
 
 
-def probe_serial(port: str, baud: int | None = None) -> tuple[str, int]:
-    """(driver, baud rate) of the instrument on ``port``, found by asking it who it is."""
+def _probes(asked: dict[str, Any]) -> list[tuple[str, SerialLink, str]]:
+    """(driver, line, message) to try in turn: every probed driver at its default baud,
+    then at the other rates it allows (EmStat4's 921600), or at the rate asked only."""
+    from labctl.drivers import driver_class
+
+    first: list[tuple[str, SerialLink, str]] = []
+    then: list[tuple[str, SerialLink, str]] = []
+    for name, message in SERIAL_PROBES:
+        if name == SCPI_PROBE:
+            base = SerialLink(write_termination="CRLF")
+        else:
+            base = getattr(driver_class(name), "serial_link", None) or SerialLink()
+        if "baud" in asked:
+            rates: tuple[Any, ...] = (asked["baud"],)
+        else:
+            rates = (base.baud, *(r for r in base.allowed.get("baud", ()) if r != base.baud))
+        for k, rate in enumerate(rates):
+            try:
+                line = serial_link_for(base, {**asked, "baud": rate}, who=name)
+            except ValidationError:
+                continue  # a setting this instrument cannot have: it is not this one
+            (first if k == 0 else then).append((name, line, message))
+    return first + then
+
+
+def probe_serial(port: str, asked: dict[str, Any] | None = None) -> tuple[str, int]:
+    """(driver, baud rate) of the instrument on ``port``, found by asking it who it is
+    (with the line settings ``asked``, if any)."""
     from labctl.drivers import driver_for_identity
     from labctl.errors import LabctlError
     from labctl.transport import SerialTransport
 
     answers: list[str] = []
     tried: set[tuple[str, int]] = set()
-    for name, default_baud, message in SERIAL_PROBES:
-        rate = baud or default_baud
+    probes = _probes(dict(asked or {}))
+    for name, link, message in probes:
+        rate = link.baud
         if (name, rate) in tried:
             continue
         tried.add((name, rate))
-        transport = SerialTransport(port, baudrate=rate, timeout_s=PROBE_TIMEOUT_S)
+        transport = SerialTransport(port, timeout_s=PROBE_TIMEOUT_S, link=link)
         try:
             transport.write(message)
             for _ in range(4):
@@ -328,8 +466,8 @@ def probe_serial(port: str, baud: int | None = None) -> tuple[str, int]:
                     break
                 answers.append(line)
                 found = driver_for_identity(_identity_text(line))
-                if found == name:
-                    return name, rate
+                if found is not None and (found == name or name == SCPI_PROBE):
+                    return found, rate
                 if name == "emstat" and line.startswith("{"):
                     break  # JSON: the other protocol answered
         finally:
@@ -337,8 +475,9 @@ def probe_serial(port: str, baud: int | None = None) -> tuple[str, int]:
     heard = "; ".join(a[:40] for a in answers if a) or "nothing"
     raise ValidationError(
         "instrument",
-        f"{port}: no EmStat or Rodeostat answered (heard: {heard}); name the driver with "
-        "--driver or serial://PORT?driver=NAME",
+        f"{port}: no EmStat, Rodeostat or SCPI instrument (*IDN?) answered (heard: "
+        f"{heard}); name the driver with "
+        "--set instrument.driver=NAME or serial://PORT?driver=NAME",
     )
 
 

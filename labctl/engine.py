@@ -44,6 +44,7 @@ from labctl.instrument import Limits, check_channels, check_program, raise_if_ab
 from labctl.metric import metric_warnings
 from labctl.program import Program, describe_s
 from labctl.protocol import RunProtocol, param_unit, protocol_class
+from labctl.transport import link_record
 
 DURATION_TOLERANCE = 0.10  # a run's duration within this of its estimate (issue 12, item 6)
 DURATION_NOISE_S = 0.02  # ... or within this much: a host's scheduling on a real clock
@@ -793,6 +794,7 @@ class RunEngine:
                 driver=driver.name,
                 current_noise_a=noise_table(driver),
                 **({"channels": per_channel} if per_channel else {}),
+                **link_record(driver.transport),  # the serial line and VISA library used
             )
             if refusal is not None:
                 raise refusal

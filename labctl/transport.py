@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from labctl.errors import ConnectionLost, TransportError
+from labctl.errors import ConnectionLost, TransportError, ValidationError
+
+if TYPE_CHECKING:
+    from labctl.serial_link import SerialLink
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -124,13 +127,41 @@ class LoopbackTransport(_QueryMixin):
         self._closed = False
 
 
-def default_visa_library() -> str:
-    """The VISA backend: pyvisa-py (``@py``) unless ``LABCTL_VISA_LIBRARY`` says otherwise."""
-    return os.environ.get("LABCTL_VISA_LIBRARY", "@py")
+ENV_VISA_LIBRARY = "LABCTL_VISA_LIBRARY"
+
+
+def default_visa_library(visa_library: str | None = None) -> str:
+    """The VISA library to use: ``visa_library`` when given (``--visa-library``,
+    ``[instrument] visa_library``, ``connect(..., visa_library=)``), else
+    ``$LABCTL_VISA_LIBRARY``, else pyvisa-py (``@py``).
+
+    pyvisa's forms: ``@py`` (pyvisa-py), ``@ivi`` (the IVI VISA installed on the system:
+    NI-VISA, Keysight IO Libraries, R&S VISA), or the path of a VISA shared library
+    (``/usr/lib/x86_64-linux-gnu/libvisa.so.0``, ``C:\\Windows\\System32\\visa64.dll``).
+    """
+    if visa_library is not None:
+        return check_visa_library(visa_library)
+    return check_visa_library(os.environ.get(ENV_VISA_LIBRARY) or "@py", ENV_VISA_LIBRARY)
+
+
+def check_visa_library(value: object, field: str = "instrument.visa_library") -> str:
+    """A VISA library name as pyvisa takes it, refused naming ``field`` otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(
+            field,
+            f"{value!r} is not allowed; allowed: @py (pyvisa-py), @ivi (NI-VISA or another "
+            "IVI VISA installed on this computer), or the path of a VISA library such as "
+            "/usr/lib/x86_64-linux-gnu/libvisa.so.0",
+        )
+    return value.strip()
 
 
 class VisaTransport(_QueryMixin):
-    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
+    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL).
+
+    ``serial`` sets an ASRL resource's line (baud, data bits, parity, stop bits, flow
+    control and terminations: :class:`labctl.serial_link.SerialLink`).
+    """
 
     def __init__(
         self,
@@ -140,6 +171,7 @@ class VisaTransport(_QueryMixin):
         write_termination: str = "\n",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         visa_library: str | None = None,
+        serial: SerialLink | None = None,
     ) -> None:
         import pyvisa
 
@@ -147,14 +179,20 @@ class VisaTransport(_QueryMixin):
         self._timeout_s = timeout_s
         self._res: Any = None  # the pyvisa resource, once open
         self._errors = pyvisa.errors
+        self.link = serial
         self._io: dict[str, Any] = {
             "read_termination": read_termination,
             "write_termination": write_termination,
         }
+        if serial is not None:
+            self._io.update(serial.visa_kwargs())
+        self.visa_library = default_visa_library(visa_library)
         try:
-            self._rm = pyvisa.ResourceManager(visa_library or default_visa_library())
+            self._rm = pyvisa.ResourceManager(self.visa_library)
         except (pyvisa.errors.Error, ValueError, OSError) as exc:
-            raise TransportError(resource, f"cannot open: {_reason(exc)}") from exc
+            raise TransportError(
+                resource, f"cannot open VISA library {self.visa_library!r}: {_reason(exc)}"
+            ) from exc
         self._res = self._open()
 
     def _open(self):
@@ -163,7 +201,9 @@ class VisaTransport(_QueryMixin):
                 self.resource, **self._io, timeout=int(self.timeout_s * 1000)
             )
         except Exception as exc:  # pyvisa-py raises a bare Exception("could not connect")
-            raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
+            hint = backend_hint(self.resource, _reason(exc))
+            line = f" (line: {self.link})" if self.link is not None else ""
+            raise TransportError(self.resource, f"cannot open{line}: {_reason(exc)}{hint}") from exc
         if self.resource.upper().startswith("TCPIP"):
             _tcp_nodelay(res)
             _eof_raises(res)
@@ -289,28 +329,36 @@ class SerialTransport(_QueryMixin):
         write_termination: str = "\n",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         encoding: str = "ascii",
+        link: SerialLink | None = None,
     ) -> None:
+        """``link`` (:class:`labctl.serial_link.SerialLink`) sets the whole line: baud,
+        data bits, parity, stop bits, flow control and terminations; without it the port
+        runs 8N1 at ``baudrate`` with the terminations given."""
         import serial
 
         self.resource = port
         self._timeout_s = timeout_s
         self._port: Any = None  # the pyserial port, once open
+        self.link = link
+        if link is not None:
+            read_termination, write_termination = link.read_chars, link.write_chars
+            self._line = link.pyserial_kwargs()
+        else:
+            self._line = {"baudrate": baudrate}
         self._rt = read_termination.encode()
         self._wt = write_termination.encode()
         self._enc = encoding
         self._serial_mod = serial
-        self._baudrate = baudrate
         self._pending = b""
         self._port = self._open()
 
     def _open(self):
         serial = self._serial_mod
         try:
-            return serial.serial_for_url(
-                self.resource, baudrate=self._baudrate, timeout=self.timeout_s
-            )
+            return serial.serial_for_url(self.resource, timeout=self.timeout_s, **self._line)
         except (serial.SerialException, ValueError, OSError) as exc:
-            raise TransportError(self.resource, f"cannot open: {_reason(exc)}") from exc
+            line = f" (line: {self.link})" if self.link is not None else ""
+            raise TransportError(self.resource, f"cannot open{line}: {_reason(exc)}") from exc
 
     @property
     def timeout_s(self) -> float:
@@ -332,7 +380,8 @@ class SerialTransport(_QueryMixin):
         return self._baudrate
 
     def reopen(self) -> None:
-        """Close the port and open it again at the same rate, dropping a partial line."""
+        """Close the port and open it again with the same line settings, dropping a partial
+        line."""
         with contextlib.suppress(Exception):
             self._port.close()
         self._pending = b""
@@ -367,6 +416,19 @@ class SerialTransport(_QueryMixin):
             self._port.close()
 
 
+def link_record(transport: object) -> dict[str, object]:
+    """How the run reached its instrument, for the run's metadata: the serial line's
+    settings (``serial_link``) and the VISA library (``visa_library``), where they apply."""
+    out: dict[str, object] = {}
+    link = getattr(transport, "link", None)
+    if link is not None:
+        out["serial_link"] = link.settings()
+    library = getattr(transport, "visa_library", None)
+    if isinstance(library, str):
+        out["visa_library"] = library
+    return out
+
+
 def not_ascii(resource: str, data: bytes) -> TransportError:
     """The error for a reply that is not ASCII text: another kind of device on that port,
     or a wrong baud rate."""
@@ -378,8 +440,76 @@ def not_ascii(resource: str, data: bytes) -> TransportError:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    """The whole text of a backend's error (pyvisa-py's install hints run over several
+    lines: the last ones say what is missing)."""
+    return str(exc).strip() or type(exc).__name__
+
+
+# what each kind of VISA resource needs beyond labctl's own dependencies, as
+# kind -> (the labctl extra that installs it, what it brings)
+EXTRAS = {
+    "usb": ("usb", "pyusb and libusb"),
+    "gpib": ("gpib", "gpib-ctypes; the board needs its driver too: linux-gpib or NI-488.2"),
+    "tcpip": ("discovery", "psutil and zeroconf"),
+}
+
+
+LABELS = {"usb": "USB", "gpib": "GPIB", "tcpip": "TCPIP"}
+# pyvisa-py's words for a missing backend -> (what is wrong, what to do; None: install the
+# kind's extra), by kind of resource
+BACKEND_ISSUES = {
+    "usb": (
+        ("Please install PyUSB", "pyusb is not installed", None),
+        ("properly installed", "pyusb finds no libusb backend", None),
+        # opening, with the backend there
+        (
+            "No device found",
+            "no USB instrument with that id is connected, or this user may not open it",
+            "check the resource in labctl resources; on Linux a udev rule lets a user "
+            "without root open it (README: Connecting instruments)",
+        ),
+        (
+            "ccess denied",
+            "this user may not open the USB device",
+            "on Linux add a udev rule for it (README: Connecting instruments)",
+        ),
+    ),
+    "gpib": (
+        ("Please install", "neither gpib-ctypes nor linux-gpib is installed", None),
+        (
+            "could not locate",
+            "gpib-ctypes finds no GPIB library",
+            "install the GPIB board's library: linux-gpib (Linux) or NI-488.2",
+        ),
+    ),
+}
+
+
+def install_hint(kind: str, why: str = "") -> str:
+    """``USB: install labctl[usb] (pyusb is not installed; it brings pyusb and libusb)``."""
+    extra, what = EXTRAS[kind]
+    because = f"{why}; " if why else ""
+    return f"{LABELS[kind]}: install labctl[{extra}] ({because}it brings {what})"
+
+
+def backend_note(kind: str, issue: str) -> str | None:
+    """What to do about pyvisa-py's ``issue`` with a kind of resource (its unavailable
+    session's text), in one line; None if it is not one of the known missing backends."""
+    for words, why, fix in BACKEND_ISSUES.get(kind, ()):
+        if words in issue:
+            return f"{LABELS[kind]}: {fix} ({why})" if fix else install_hint(kind, why)
+    return None
+
+
+def backend_hint(resource: str, reason: str) -> str:
+    """A second line saying what to install when pyvisa-py says a USB or GPIB resource's
+    backend is missing ("" otherwise)."""
+    kind = next((k for k in ("usb", "gpib") if resource.upper().startswith(k.upper())), None)
+    note = backend_note(kind, reason) if kind else None
+    if note is None:
+        return ""
+    extra = EXTRAS[kind][0] if kind else ""
+    return f"\n{note}" + (f": pip install 'labctl[{extra}]'" if f"labctl[{extra}]" in note else "")
 
 
 def _tcp_nodelay(res) -> None:

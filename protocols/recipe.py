@@ -7,7 +7,10 @@ description = "..."
                 # creates a new sample; a stored one keeps its limits and metadata, which
                 # the table's limits may only lower for the run (labctl.api.resolve_sample)
 [instrument]    # resource, driver (optional), channels (two-channel instruments), timing,
-                # and the driver's settings (nplc, current_range_a, ...; checked by name)
+                # visa_library (@py, @ivi or a VISA library's path), a serial line's baud,
+                # data_bits, parity, stop_bits, flow_control, read_termination and
+                # write_termination (labctl.serial_link), and the driver's settings (nplc,
+                # current_range_a, ...; checked by name)
 [parameters]    # the protocol's parameters
 ```
 Two-channel instruments (Keithley 2636B smua/smub, Keysight B2902 1/2) drive a device on
@@ -52,6 +55,7 @@ from labctl.protocols.base import REGISTRY, Protocol, get_protocol, validate_par
 
 from labctl.errors import ValidationError
 from labctl.instrument import check_channels
+from labctl.serial_link import LINK_KEYS, link_settings, serial_link_for
 
 TOP_KEYS = (
     "protocol",
@@ -81,7 +85,9 @@ MAX_DEPTH = 16
 HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 MAX_NAME_CHARS = 200
 # [instrument] keys the recipe and the engine use; the rest are the driver's settings
-INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing")
+INSTRUMENT_KEYS = ("resource", "driver", "channels", "timing", "visa_library", *LINK_KEYS)
+# the keys that say how to reach the instrument (labctl.connect's), not what to set on it
+CONNECT_KEYS = ("resource", "driver", "visa_library", *LINK_KEYS)
 
 
 @dataclass
@@ -104,8 +110,14 @@ class Recipe:
     @property
     def instrument_settings(self) -> dict[str, Any]:
         """What ``[instrument]`` asks of the driver (channels, timing, its settings): every
-        key but resource and driver."""
-        return {k: v for k, v in self.instrument.items() if k not in ("resource", "driver")}
+        key but how to reach it (resource, driver, visa_library, the serial line's)."""
+        return {k: v for k, v in self.instrument.items() if k not in CONNECT_KEYS}
+
+    @property
+    def connect_options(self) -> dict[str, Any]:
+        """``labctl.connect``'s keywords from ``[instrument]``: driver, visa_library and the
+        serial line's settings (baud, parity, ...)."""
+        return {k: v for k, v in self.instrument.items() if k in CONNECT_KEYS and k != "resource"}
 
     @property
     def channels(self) -> list[Any]:
@@ -279,17 +291,29 @@ def _check_instrument_values(instrument: dict[str, Any]) -> None:
             )
     if "channels" in instrument:
         check_channels(instrument["channels"])
+    if "visa_library" in instrument:
+        from labctl.transport import check_visa_library
+
+        check_visa_library(instrument["visa_library"])
+    serial_link_for(None, link_settings(instrument))  # values of the wrong kind, early
 
 
 def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
     """Refuse an ``[instrument]`` key that is neither the recipe's (resource, driver,
-    channels, timing) nor a setting of the named driver (of any driver when none is
-    named), naming the key and what is allowed; the connected driver checks the values."""
+    channels, timing, visa_library, the serial line's) nor a setting of the named driver
+    (of any driver when none is named), naming the key and what is allowed; the connected
+    driver checks the values."""
     from labctl.drivers import DRIVERS, setting_names
 
     driver = table.get("driver")
     known = setting_names(driver if isinstance(driver, str) and driver in DRIVERS else None)
-    allowed = (*INSTRUMENT_KEYS, *(k for k in known if k not in INSTRUMENT_KEYS))
+    # the recipe's own keys, the driver's settings, then how to reach the instrument
+    first = [k for k in INSTRUMENT_KEYS if k not in CONNECT_KEYS or k in ("resource", "driver")]
+    allowed = (
+        *first,
+        *(k for k in known if k not in INSTRUMENT_KEYS),
+        *(k for k in INSTRUMENT_KEYS if k not in first),
+    )
     bad = [k for k in table if k not in allowed]
     if bad:
         whose = f"the {driver} driver" if driver in DRIVERS else "any driver"
@@ -299,6 +323,11 @@ def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
             f"{', '.join(allowed)}",
         )
     _check_instrument_values(table)
+    if driver in DRIVERS:  # the named instrument's serial line, before anything connects
+        from labctl.drivers import driver_class
+
+        line = getattr(driver_class(driver), "serial_link", None)
+        serial_link_for(line, link_settings(table), field=flag, who=driver)
 
 
 def _parse_sequence(data: dict[str, Any], text: str, source: str) -> Recipe:

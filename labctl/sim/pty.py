@@ -3,7 +3,8 @@
 :class:`PtyServer` puts any emulator on a pseudo-terminal (``os.openpty``): a client opens
 the device path (``/dev/pts/N``) with pyserial as it would a USB serial port. The line is
 raw 8N1 (no echo, no CR/LF translation; the baud rate is accepted and ignored). A bridge
-thread reads ``\\n``-terminated lines from the master side (a trailing ``\\r`` is dropped),
+thread reads lines ending in LF, CR or CR LF from the master side (a Keithley 2400 on RS-232
+takes CR-terminated commands),
 passes each to the emulator's ``handle`` and writes the reply followed by ``\\n`` (or the
 emulator's ``line_ending``: the Rodeostat ends its lines with ``\\r\\n``). Emulators
 that stream output as time passes (``poll()`` and ``next_event()``: the EmStat and the
@@ -45,6 +46,12 @@ def is_streaming(emulator: object) -> bool:
 
 def _as_bytes(reply: str | bytes) -> bytes:
     return reply if isinstance(reply, bytes) else reply.encode("latin-1")
+
+
+def _line_end(buf: bytearray) -> int:
+    """Where the first line of ``buf`` ends (its CR or LF), -1 if it has not ended."""
+    lf, cr = buf.find(b"\n"), buf.find(b"\r")
+    return lf if cr < 0 or 0 <= lf < cr else cr
 
 
 class PtyServer:
@@ -93,6 +100,7 @@ class PtyServer:
 
     def serve_forever(self) -> None:
         inbuf = bytearray()
+        after_cr = False  # the last line ended in a CR that was the last byte read
         outbuf = bytearray()
         quiet_since: float | None = None
         try:
@@ -118,11 +126,17 @@ class PtyServer:
                     inbuf += data
                     quiet_since = None
                     while True:
-                        cut = inbuf.find(b"\n")
+                        if after_cr and inbuf:
+                            if inbuf[:1] == b"\n":
+                                del inbuf[:1]  # the LF of a CR LF split across two reads
+                            after_cr = False
+                        cut = _line_end(inbuf)
                         if cut < 0:
                             break
-                        line = bytes(inbuf[:cut]).decode("latin-1").rstrip("\r")
-                        del inbuf[: cut + 1]
+                        line = bytes(inbuf[:cut]).decode("latin-1")
+                        crlf = inbuf[cut : cut + 2] == b"\r\n"
+                        after_cr = inbuf[cut : cut + 1] == b"\r" and not crlf
+                        del inbuf[: cut + (2 if crlf else 1)]
                         if not line.strip() and not self._empty_lines:
                             continue
                         reply = self._dispatch(line)

@@ -186,3 +186,49 @@ def test_visa_reads_an_indefinite_block_to_end_past_bytes_that_look_like_termina
     t._res = _GpibSession(b"#0" + payload + b"\n")  # LF + EOI after the block
     assert t.query_block(":TRAC:DATA?") == payload
     assert t._res.read_termination == "\n"  # back on for the next ASCII reply
+
+
+# -- choosing the VISA library -----------------------------------------------------------------
+def test_the_visa_library_is_the_one_given_else_the_environments_else_pyvisa_py(monkeypatch):
+    from labctl.errors import ValidationError
+    from labctl.transport import default_visa_library
+
+    monkeypatch.delenv("LABCTL_VISA_LIBRARY", raising=False)
+    assert default_visa_library() == "@py"
+    monkeypatch.setenv("LABCTL_VISA_LIBRARY", "@ivi")
+    assert default_visa_library() == "@ivi"
+    assert default_visa_library("/opt/ni/libvisa.so") == "/opt/ni/libvisa.so"
+    with pytest.raises(ValidationError) as err:
+        default_visa_library("  ")
+    assert err.value.field == "instrument.visa_library" and "@ivi" in str(err.value)
+
+
+def test_a_visa_library_that_cannot_load_is_named_with_its_whole_reason(tmp_path):
+    missing = str(tmp_path / "libvisa.so")
+    with pytest.raises(TransportError) as err:
+        VisaTransport("GPIB0::24::INSTR", visa_library=missing)
+    assert f"cannot open VISA library {missing!r}" in str(err.value)
+
+
+def test_a_backend_error_keeps_every_line():
+    from labctl.transport import _reason
+
+    exc = ValueError("Please install PyUSB to use this resource type.\nNo module named 'usb'")
+    assert _reason(exc).splitlines() == [
+        "Please install PyUSB to use this resource type.",
+        "No module named 'usb'",
+    ]
+
+
+def test_a_usb_open_failure_says_what_to_check_or_install():
+    from labctl.transport import backend_hint
+
+    assert "install labctl[usb]" in backend_hint(
+        "USB0::1::2::3::INSTR", "Please install PyUSB to use this resource type.\nNo module"
+    )
+    assert "udev rule" in backend_hint("USB0::1::2::3::INSTR", "No device found.")
+    assert "udev rule" in backend_hint("USB0::1::2::3::INSTR", "[Errno 13] Access denied")
+    assert backend_hint("TCPIP::h::INSTR", "No device found.") == ""
+    assert "linux-gpib (Linux) or NI-488.2" in backend_hint(
+        "GPIB0::24::INSTR", "gpib_ctypes is installed but could not locate the gpib library."
+    )

@@ -114,11 +114,28 @@ def test_a_named_driver_skips_the_probe(serve):
         d.close()
 
 
-def test_an_unknown_instrument_on_a_port_is_a_clear_error(serve, monkeypatch):
+def test_an_scpi_instrument_on_a_port_is_found_by_idn(serve, monkeypatch):
     monkeypatch.setattr(importlib.import_module("labctl.connect"), "PROBE_TIMEOUT_S", 0.1)
     server = serve(Keithley2450Emulator)
-    with pytest.raises(labctl.errors.ValidationError, match="no EmStat or Rodeostat answered"):
-        labctl.connect(server.path, timeout_s=1)
+    d = labctl.connect(server.path, timeout_s=1)
+    try:
+        assert d.name == "keithley2450"
+    finally:
+        d.close()
+
+
+def test_a_port_where_nothing_answers_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("labctl.connect"), "PROBE_TIMEOUT_S", 0.1)
+    master, slave = os.openpty()  # a line nobody reads
+    try:
+        with pytest.raises(
+            labctl.errors.ValidationError,
+            match=r"no EmStat, Rodeostat or SCPI instrument \(\*IDN\?\) answered \(heard: nothing",
+        ):
+            labctl.connect(os.ttyname(slave), timeout_s=1)
+    finally:
+        os.close(slave)
+        os.close(master)
 
 
 def test_a_virtual_clock_moves_when_the_line_is_quiet(serve):
