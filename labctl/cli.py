@@ -869,7 +869,7 @@ def cmd_export(args) -> int:
 def cmd_resources(args) -> int:
     from labctl.discovery import list_resources, resource_notes
 
-    rows = list_resources(
+    rows: list[dict[str, Any]] = list_resources(
         visa=not args.no_visa, visa_library=args.visa_library, network=args.network
     )
     # why a kind of resource cannot be listed ("USB: install labctl[usb]"): a row of its own

@@ -221,11 +221,11 @@ def connect(
             transport = LoopbackTransport(emulator, resource, timeout_s=timeout_s)
         if faulty is not None:
             faulty.attach(transport)  # its timeout bounds late replies, its name the errors
-        cls = driver_class(driver or spec.model)
+        model_cls = driver_class(driver or spec.model)
         # an emulator has no line to set, but a recipe written for the bench is checked as
         # the bench would check it
-        serial_link_for(getattr(cls, "serial_link", None), asked, who=cls.name)
-        drv = cls(transport, clock=clock)
+        serial_link_for(getattr(model_cls, "serial_link", None), asked, who=model_cls.name)
+        drv = model_cls(transport, clock=clock)
         # read by the engine at the start of every run on this driver (RunEngine._warn)
         drv.warnings = implausible
         for message in implausible:

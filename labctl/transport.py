@@ -377,7 +377,7 @@ class SerialTransport(_QueryMixin):
     @property
     def baud_rate(self) -> int:
         """The line's rate in bit/s."""
-        return self._baudrate
+        return int(self._line["baudrate"])
 
     def reopen(self) -> None:
         """Close the port and open it again with the same line settings, dropping a partial

@@ -323,7 +323,7 @@ def check_instrument(table: dict[str, Any], flag: str = "instrument") -> None:
             f"{', '.join(allowed)}",
         )
     _check_instrument_values(table)
-    if driver in DRIVERS:  # the named instrument's serial line, before anything connects
+    if isinstance(driver, str) and driver in DRIVERS:  # its serial line, before connecting
         from labctl.drivers import driver_class
 
         line = getattr(driver_class(driver), "serial_link", None)
