@@ -847,6 +847,10 @@ def _cv_segment(program: Program) -> list[_Segment] | None:
     top, bottom = float(lv.max()), float(lv.min())
     v1, v2 = (top, bottom) if lv[1] > lv[0] else (bottom, top)
     step = abs(float(lv[1] - lv[0]))
+    # a scan longer than the program cannot be it (and a step of 1e-90 V would ask for more
+    # points than memory holds)
+    if (abs(v1 - beg) + abs(v2 - v1) + abs(beg - v2)) / step > n + 3:
+        return None
     scan = np.concatenate([_leg(beg, v1, step), _leg(v1, v2, step), _leg(v2, beg, step)])
     if len(scan) < 4 or n % len(scan):
         return None

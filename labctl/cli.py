@@ -877,6 +877,7 @@ def cmd_resources(args) -> int:
     notes = resource_notes(args.visa_library, visa=not args.no_visa, network=args.network)
     if args.format != "table":
         rows = [*rows, *({"resource": None, "description": None, **n} for n in notes)]
+        rows = [{k: r.get(k) for k in columns_of(rows)} for r in rows]  # one set of fields
     # every field a resource has (a hint why a kind cannot be listed, ...) is shown
     known = ("resource", "kind", "description")
     extra = [k for k in columns_of(rows) if k not in known]

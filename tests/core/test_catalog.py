@@ -52,7 +52,7 @@ def test_presets_protocols_recipes_and_phases():
 
 
 def test_resources_are_rows_with_a_resource(monkeypatch):
-    monkeypatch.setattr("labctl.discovery.list_visa", list)
+    monkeypatch.setattr("labctl.discovery.list_visa", lambda *a, **k: [])
     monkeypatch.setattr("labctl.discovery.list_serial", list)
     rows = catalog.resources()
     assert all(r["resource"] and "kind" in r for r in rows)

@@ -431,3 +431,19 @@ def test_a_link_that_times_out_without_time_passing_does_not_spin_until_the_dead
         run(d, staircase([0.1], 0.01))
     t.assert_done()
     assert d.clock.now() == pytest.approx(2.01)
+
+
+def test_a_step_of_1e_90_v_is_not_taken_for_a_cyclic_voltammogram():
+    """Found by the limits property test: the CV recogniser built the scan a step of 1.7e-90 V
+    implies (1e89 points) before comparing it with the program's few levels."""
+    from labctl.drivers.emstat import _cv_segment
+
+    from labctl.program import Program
+
+    lv = np.array([0.0, 1.7e-90, 0.5, -0.5, 0.0, 0.2])
+    n = len(lv)
+    program = Program(
+        level=lv, duration=np.full(n, 0.01), sample=np.ones(n, bool), segment=np.zeros(n, int),
+        cycle=np.zeros(n, int), pulse=np.zeros(n, int), phase=np.zeros(n, np.int8),
+    )  # fmt: skip
+    assert _cv_segment(program) is None

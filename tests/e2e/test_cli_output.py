@@ -403,28 +403,28 @@ def test_every_option_a_message_names_exists():
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_resources_show_every_field_a_resource_has(capsys, monkeypatch, width):
-    """A kind of resource that cannot be listed comes with a hint (USB: install
-    labctl[usb]); every format shows such a field, the table whole or wrapped, never cut."""
+    """A kind of resource that cannot be listed comes with a note saying why (USB: install
+    labctl[usb]): a line under the table, never cut; a row of its own in json and csv, every
+    row with the same fields."""
     import labctl.discovery
 
-    hint = "USB: install labctl[usb] (pyusb and a libusb provider) to list USB-TMC instruments"
-    found = [
-        {"resource": "/dev/ttyUSB0", "kind": "serial", "description": "FTDI USB-serial"},
-        {"resource": "", "kind": "usb", "description": "cannot be listed", "hint": hint},
-    ]
+    note = "USB: install labctl[usb] (pyusb is not installed; it brings pyusb and libusb)"
+    found = [{"resource": "/dev/ttyUSB0", "kind": "serial", "description": "FTDI USB-serial"}]
     monkeypatch.setattr(labctl.discovery, "list_resources", lambda **_k: found)
+    monkeypatch.setattr(
+        labctl.discovery, "resource_notes", lambda *_a, **_k: [{"kind": "usb", "note": note}]
+    )
     table = _main(capsys, monkeypatch, width, "resources")
-    if width is None:
-        assert any(
-            line.endswith(f"usb     {hint}  cannot be listed") for line in table.splitlines()
-        )
-    else:  # wrapped into its column, every word there
-        assert all(word in table.split() for word in hint.split()), table
+    assert f"note: {note}" in table.splitlines(), table
+    assert "/dev/ttyUSB0" in table.split()
     doc = json.loads(_main(capsys, monkeypatch, width, "resources", "--format", "json"))
-    assert doc == found
+    assert doc == [
+        {**found[0], "note": None},
+        {"resource": None, "kind": "usb", "description": None, "note": note},
+    ]
     frame = pd.read_csv(
         io.StringIO(_main(capsys, monkeypatch, width, "resources", "--format", "csv")),
         keep_default_na=False,
     )
-    assert list(frame.columns) == ["resource", "kind", "description", "hint"]
-    assert frame.to_dict("records")[1]["hint"] == hint
+    assert list(frame.columns) == ["resource", "kind", "description", "note"]
+    assert frame.to_dict("records")[1]["note"] == note
