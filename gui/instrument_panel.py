@@ -43,6 +43,12 @@ def list_instruments() -> list[tuple[str, str]]:
     ]
 
 
+def scan_instruments() -> tuple[list[tuple[str, str]], list[str]]:
+    """:func:`list_instruments` and why a kind of resource could not be listed (USB without
+    pyusb, GPIB without its library), as ``labctl resources`` says it."""
+    return list_instruments(), catalog.resource_notes()
+
+
 def sim_channels(resource: str) -> int:
     """How many devices the simulated instrument of a ``sim://`` resource drives (0: not a
     simulated instrument we know)."""
@@ -126,6 +132,7 @@ class InstrumentPanel(QWidget):
         )
         self.scan_btn.clicked.connect(self.scan)
         self.scan_status = QLabel("")
+        self.scan_status.setWordWrap(True)  # a note on what to install can be long
         self.scan_status.setStyleSheet("color: #666;")
 
         self.preset = QComboBox()
@@ -288,10 +295,11 @@ class InstrumentPanel(QWidget):
         self.scan_btn.setEnabled(False)
         self.scan_status.setText("looking for instruments…")
         self.scan_tasks.submit(
-            list_instruments, on_done=self._scanned, on_error=self._scan_failed, key="scan"
+            scan_instruments, on_done=self._scanned, on_error=self._scan_failed, key="scan"
         )
 
-    def _scanned(self, found: list[tuple[str, str]]) -> None:
+    def _scanned(self, scanned: tuple[list[tuple[str, str]], list[str]]) -> None:
+        found, notes = scanned
         self.scan_btn.setEnabled(True)
         known = {self.resource.itemText(k) for k in range(self.resource.count())}
         for resource, desc in found:
@@ -303,6 +311,10 @@ class InstrumentPanel(QWidget):
             if found
             else "no instruments found; simulated ones are in the list"
         )
+        # a kind that cannot be listed says why (the whole of it in the tooltip)
+        if notes:
+            self.scan_status.setText(f"{self.scan_status.text()}; {'; '.join(notes)}")
+        self.scan_status.setToolTip("\n".join(notes))
 
     def _scan_failed(self, exc: BaseException) -> None:
         self.scan_btn.setEnabled(True)

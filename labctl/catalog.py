@@ -119,6 +119,14 @@ def resources() -> list[dict[str, str]]:
     return [r for r in list_resources() if r.get("resource")]
 
 
+def resource_notes() -> list[str]:
+    """Why a kind of resource cannot be listed here and what to install ("USB: install
+    labctl[usb] ..."), one line per kind; [] when every kind is listed."""
+    from labctl.discovery import resource_notes as notes
+
+    return [n["note"] for n in notes()]
+
+
 def protocols() -> dict[str, type[Protocol]]:
     """Protocol name -> its class, sorted by name."""
     from labctl.protocols.base import all_protocols

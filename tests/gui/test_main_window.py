@@ -440,3 +440,25 @@ def test_the_estimate_is_what_the_connected_instrument_can_time(qtbot, window):
     assert told[-1] == pytest.approx(expected, rel=1e-9)
     assert w.eta.text() == f"planned: {fmt_duration(expected)}"
     assert fmt_duration(expected) in p.estimate_label.text()
+
+
+def test_a_scan_says_why_a_kind_of_instrument_cannot_be_listed(qtbot, window, monkeypatch):
+    """USB without pyusb lists nothing: the scan says so and what to install, as `labctl
+    resources` does, instead of an empty list that looks like no instrument is there."""
+    import labctl.discovery
+
+    note = "USB: install labctl[usb] (pyusb is not installed; it brings pyusb and libusb)"
+    found = [{"resource": "ASRL/dev/ttyUSB0::INSTR", "kind": "serial", "description": "FTDI"}]
+    monkeypatch.setattr(labctl.discovery, "list_resources", lambda **_k: found)
+    monkeypatch.setattr(
+        labctl.discovery, "resource_notes", lambda *_a, **_k: [{"kind": "usb", "note": note}]
+    )
+    qtbot.mouseClick(window.instrument.scan_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.instrument.scan_btn.isEnabled(), timeout=10_000)
+    status = window.instrument.scan_status
+    assert status.text().startswith("1 instrument(s) found") and note in status.text()
+    assert status.toolTip() == note
+    items = [
+        window.instrument.resource.itemText(k) for k in range(window.instrument.resource.count())
+    ]
+    assert "ASRL/dev/ttyUSB0::INSTR" in items
