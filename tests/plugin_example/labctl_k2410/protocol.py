@@ -28,14 +28,13 @@ class LeakageParams(Params):
     )
 
 
-class LeakageStaircase(Protocol):
+class LeakageStaircase(Protocol[LeakageParams]):
     name = "leakage_staircase"
     title = "Leakage staircase: current at the end of each voltage hold, leakage resistance"
     Params = LeakageParams
 
     def plan(self) -> Plan:
-        p = self.params
-        assert isinstance(p, LeakageParams)
+        p = self.params  # a LeakageParams: Protocol[LeakageParams] says so to mypy
         parts = []
         for k, level in enumerate(np.linspace(p.stop_v / p.steps, p.stop_v, p.steps)):
             settle = p.hold_s * 0.75  # the readings take the hold's last quarter
@@ -46,7 +45,6 @@ class LeakageStaircase(Protocol):
 
     def instrument_settings(self) -> dict[str, Any]:
         p = self.params
-        assert isinstance(p, LeakageParams)
         return {"compliance_a": p.compliance_a}
 
     def analyze(self, points) -> list[dict[str, Any]]:
