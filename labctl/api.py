@@ -289,7 +289,9 @@ def run_recipe(
     engine: RunEngine | None = None,
     visa_library: str | None = None,
 ) -> list[RunResult]:
-    """Run a loaded :class:`protocols.recipe.Recipe`; ``instrument``/``sample`` override it,
+    """Run a loaded :class:`protocols.recipe.Recipe` (Ctrl-C: as :func:`run`, the step in
+    progress aborted and stored, the later ones not started, RunInterrupted raised with the
+    results); ``instrument``/``sample`` override it,
     ``visa_library`` its ``[instrument] visa_library`` (``--visa-library``). The recipe's
     ``[instrument]`` serial line keys (baud, parity, ...) set the line.
 
@@ -345,7 +347,7 @@ def run_recipe(
                 driver, smp, dict.fromkeys(recipe.channels, smp), "instrument.channels"
             )
         check_settings(driver, settings)
-        return engine.run_sequence(
+        results = engine.run_sequence(
             protocols,
             driver,
             smp,
@@ -355,6 +357,7 @@ def run_recipe(
             settings=settings,
             channel_samples=channel_samples,
         )
+        return _unless_interrupted(engine, results)  # Ctrl-C: as labctl.run
     finally:
         driver.close()
 

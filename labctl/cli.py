@@ -441,6 +441,7 @@ class _Progress:
 
 def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) -> int:
     from labctl.api import run_recipe
+    from labctl.background import RunInterrupted
     from labctl.engine import RunEngine
 
     steps = recipe.steps or [recipe]
@@ -457,16 +458,19 @@ def _run_and_report(recipe, args, store, quiet: bool, plot_path: Path | None) ->
     progress = _Progress(not quiet)
     engine = RunEngine(store, [progress])
     wall0 = time.perf_counter()
-    results = run_recipe(
-        recipe,
-        store=store,
-        instrument=getattr(args, "instrument", None),
-        sample=getattr(args, "sample", None),
-        sample2=sample2,
-        operator=getattr(args, "operator", None),
-        engine=engine,
-        visa_library=getattr(args, "visa_library", None),
-    )
+    try:
+        results = run_recipe(
+            recipe,
+            store=store,
+            instrument=getattr(args, "instrument", None),
+            sample=getattr(args, "sample", None),
+            sample2=sample2,
+            operator=getattr(args, "operator", None),
+            engine=engine,
+            visa_library=getattr(args, "visa_library", None),
+        )
+    except RunInterrupted as stopped:  # Ctrl-C: the runs are final and stored; report them
+        results = stopped.result
     wall = time.perf_counter() - wall0
     for result in results:
         print(

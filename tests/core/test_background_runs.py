@@ -287,3 +287,20 @@ def test_an_instrument_in_a_background_run_is_refused_to_another_run(store):
     assert handle.wait(timeout=WAIT_S).ok
     assert labctl.start("iv_hysteresis", driver, **again).wait(timeout=WAIT_S).ok
     assert len(store.runs()) == 2
+
+
+def test_ctrl_c_inside_labctl_run_recipe_aborts_stops_the_sequence_and_re_raises(store):
+    """As labctl.run: the step in progress ends in safe state and is stored as aborted, the
+    later steps never start, and the cell stops (RunInterrupted carrying the results)."""
+
+    class CtrlC(Listener):
+        def on_chunk(self, chunk):
+            if threading.current_thread() is threading.main_thread():
+                signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        labctl.run_recipe(parse_recipe(RECIPE), store=store, listeners=[CtrlC()])
+    results = caught.value.result
+    assert [r.status for r in results] == ["aborted"]  # step 2 never started
+    assert store.run(results[0].run_id)["status"] == "aborted"
+    assert store.run(results[0].run_id)["n_points"] == 40
