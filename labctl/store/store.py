@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
-from sqlalchemy import CursorResult, Engine, and_, delete, func, not_, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from labctl import __version__
@@ -771,10 +771,11 @@ class Store:
         self, run_id: int, rows: Iterable[dict], keep: Iterable[str] = ()
     ) -> tuple[int, int]:
         """Replace the run's metrics by ``rows`` (as :meth:`add_metrics` takes them) in one
-        transaction, keeping its run-scope rows named in ``keep``; (rows before, after)."""
+        transaction, keeping its rows named in ``keep`` (whatever their scope: the timing
+        metrics of each segment as well as the run's); (rows before, after)."""
         values = _metric_values(run_id, rows)
         m = schema.metrics
-        kept = and_(m.c.scope == "run", m.c.name.in_(sorted(set(keep))))
+        kept = m.c.name.in_(sorted(set(keep)))
         try:
             with self._writes.begin() as conn:
                 self._require_run(conn, run_id)

@@ -97,3 +97,22 @@ def test_reanalysis_keeps_the_quality_and_says_each_warning_once(run_sim, store)
     m = store.metrics(result.run_id)
     area = m[(m["scope"] == "frequency") & (m["name"] == "loop_area")].iloc[0]
     assert area["quality"] == "unreliable" and "noise floor" in area["reason"]
+
+
+def test_reanalysis_keeps_every_timing_metric_of_the_run_and_its_segments(run_sim, store):
+    """The timing metrics need the Programs as run, which a re-analysis does not have: they
+    stay as stored (the segments' sample_interval_s, step_ratio, jitter_s, ... included)."""
+    from labctl.analysis.timing import TIMING_METRICS
+    from labctl.engine import reanalyze_run
+
+    result, _points, _table = _noisy_loop(run_sim)
+
+    def timing(m):
+        rows = m[m["name"].isin(TIMING_METRICS)]
+        return sorted(zip(rows["scope"], rows["index"], rows["name"], rows["value"], strict=True))
+
+    stored = timing(store.metrics(result.run_id))
+    assert any(scope == "segment" for scope, *_ in stored)
+    before, after = reanalyze_run(store, result.run_id)
+    assert timing(store.metrics(result.run_id)) == stored
+    assert after == before  # the same analysis, the same rows

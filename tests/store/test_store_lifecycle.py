@@ -273,27 +273,31 @@ def test_metrics_carry_their_stderr_quality_and_reason(store, run_id):
         metric("run", 0, "x", 1.0, quality="unreliable")
 
 
-def test_replace_metrics_keeps_the_named_run_rows_only(store, run_id):
+def test_replace_metrics_keeps_the_named_rows_of_every_scope(store, run_id):
+    """The timing metrics need the Programs as run: a re-analysis keeps them, the run's and
+    each segment's alike (it had dropped the segment rows: 31 rows became 23)."""
     store.add_metrics(
         run_id,
         [
             {"name": "n_late", "value": 3},  # run scope, kept
-            {"name": "n_late", "value": 4, "scope": "cycle", "index": 0},  # not run scope
+            {"name": "step_ratio", "value": 1.0, "scope": "segment", "index": 0},  # kept
             {"name": "loop_area", "value": 1e-8},
             {"name": "loop_area", "value": 2e-8, "channel": 1},
+            {"name": "loop_area", "value": 3e-8, "scope": "cycle", "index": 0},  # replaced
         ],
     )
     new = [{"name": "loop_area", "value": 5e-8, "channel": c} for c in (0, 1)]
-    assert store.replace_metrics(run_id, new, keep={"n_late"}) == (4, 3)
+    assert store.replace_metrics(run_id, new, keep={"n_late", "step_ratio"}) == (5, 4)
     m = store.metrics(run_id)
     assert sorted(zip(m["channel"], m["scope"], m["name"], m["value"], strict=True)) == [
         (0, "run", "loop_area", 5e-8),
         (0, "run", "n_late", 3.0),
+        (0, "segment", "step_ratio", 1.0),
         (1, "run", "loop_area", 5e-8),
     ]
     with pytest.raises(ValidationError, match=r"metrics\[0\]\.value"):
         store.replace_metrics(run_id, [{"name": "x", "value": "high"}])
-    assert len(store.metrics(run_id)) == 3  # a bad row changes nothing
+    assert len(store.metrics(run_id)) == 4  # a bad row changes nothing
 
 
 def test_bad_metric_rows_name_the_problem(store, run_id):
