@@ -1,9 +1,11 @@
 """Instrument emulators served on TCP, as a raw SCPI socket (the VISA ``::SOCKET`` resource).
 
 Each connection reads ``\\n``-terminated messages (a trailing ``\\r`` is dropped), passes each
-to the emulator's ``handle`` and writes the reply followed by ``\\n`` (binary blocks too). All
-connections share one emulator, one message at a time. The server binds to 127.0.0.1 unless
-told otherwise.
+to the emulator's ``handle`` and writes the reply followed by ``\\n`` (binary blocks too), in
+one send, with Nagle off; every receive is acknowledged at once (TCP_QUICKACK on Linux), so a
+client that leaves Nagle on (PyMeasure, QCoDeS through pyvisa-py) is not paced by the delayed
+ACK of a command that has no reply. All connections share one emulator, one message at a
+time. The server binds to 127.0.0.1 unless told otherwise.
 
 ``start_tcp_server(...)`` runs it in a background thread for tests and returns
 ``(server, port)``; ``serve_tcp(...)`` serves in the calling thread until shut down; ``main``
@@ -30,7 +32,7 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a message longer than this closes the connection
+RECV_BYTES = 65536
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def resource_string(host: str, port: int) -> str:
@@ -62,30 +66,23 @@ def resource_string(host: str, port: int) -> str:
     return f"TCPIP::{host}::{port}::SOCKET"
 
 
-class _Connection(socketserver.StreamRequestHandler):
+class _Connection(socketserver.BaseRequestHandler):
     server: EmulatorServer
+    request: socket.socket
 
     def setup(self) -> None:
-        super().setup()
+        # a reply goes out whole as soon as it is sent (no wait for the client's ACK of the last)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.request, True)
 
     def finish(self) -> None:
         self.server.track(self.request, False)
-        with contextlib.suppress(OSError):
-            super().finish()
 
     def handle(self) -> None:
         if not self.server.link_up():
             return  # a link injected dead refuses the connection: it closes at once
-        while True:
-            try:
-                line = self.rfile.readline(MAX_LINE_BYTES + 1)
-            except OSError:
-                return
-            if not line or len(line) > MAX_LINE_BYTES:
-                return  # client closed (or sent an unterminated flood)
-            message = line.rstrip(b"\n").rstrip(b"\r").decode("latin-1")
+        for line in _lines(self.request):
+            message = line.rstrip(b"\r").decode("latin-1")
             if not message.strip():
                 continue
             try:
@@ -96,9 +93,41 @@ class _Connection(socketserver.StreamRequestHandler):
                 continue
             data = reply if isinstance(reply, bytes) else reply.encode("latin-1")
             try:
-                self.wfile.write(data + b"\n")
+                self.request.sendall(data + b"\n")  # one send: the reply with its terminator
             except OSError:
                 return
+
+
+def _lines(sock: socket.socket) -> Iterator[bytes]:
+    """The ``\\n``-terminated messages arriving on ``sock`` (without the ``\\n``) until the
+    client closes, the link fails or a message outgrows MAX_LINE_BYTES.
+
+    Each receive is acknowledged at once (TCP_QUICKACK, Linux). A client that leaves Nagle on
+    (pyvisa-py, so PyMeasure's and QCoDeS' drivers) holds its query back until the command
+    before it is acknowledged; a command has no reply for the ACK to ride on, so the server's
+    delayed ACK (40 ms on Linux) paced every set-then-read point at about 22 points/s. Linux
+    drops the option again once the connection looks interactive, hence after every receive.
+    """
+    pending = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(RECV_BYTES)
+            if QUICKACK is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except OSError:
+            return
+        if not chunk:
+            return  # the client closed
+        pending += chunk
+        if b"\n" in chunk:
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            for line in lines:
+                if len(line) > MAX_LINE_BYTES:
+                    return
+                yield line
+        if len(pending) > MAX_LINE_BYTES:
+            return  # an unterminated flood
 
 
 class EmulatorServer(socketserver.ThreadingTCPServer):

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from labctl.sim import serve
 from labctl.sim.scpi import parse_ieee_block
-from labctl.sim.serve import resource_string, start_tcp_server
+from labctl.sim.serve import make_tcp_server, resource_string, start_tcp_server
 from tests.sim.support import pymeasure_keithley, served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,3 +198,82 @@ def test_pymeasure_keithley2450_unmodified_over_tcp(server):
         assert k.source_voltage == pytest.approx(0.0, abs=1e-12)
     finally:
         k.adapter.close()
+
+
+class ScriptedSocket:
+    """An accepted connection whose client sends ``chunks`` (one per receive) then closes;
+    records the server's calls on it in order."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.calls: list[tuple] = []
+
+    def recv(self, size: int) -> bytes:
+        self.calls.append(("recv",))
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.calls.append(("setsockopt", level, option, value))
+
+    def sendall(self, data: bytes) -> None:
+        self.calls.append(("sendall", data))
+
+    def sent(self) -> list[bytes]:
+        return [c[1] for c in self.calls if c[0] == "sendall"]
+
+
+def _serve_scripted(chunks: list[bytes]) -> ScriptedSocket:
+    sock = ScriptedSocket(chunks)
+    srv = make_tcp_server("keithley2450", port=0, device="resistor", seed=1)
+    try:
+        serve._Connection(sock, ("127.0.0.1", 0), srv)  # runs setup, handle, finish
+    finally:
+        srv.server_close()
+    return sock
+
+
+NODELAY = ("setsockopt", socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def test_each_receive_is_acknowledged_at_once_and_each_reply_is_one_send():
+    # messages split anywhere across receives, as a Nagle client's segments arrive
+    sock = _serve_scripted(
+        [
+            b"*OPC?\n:SOUR:VOLT 0.5",
+            b";:SENS:CURR:NPLC 0.01;:OUTP ON\r\n:SOUR:VO",
+            b"LT?\r\n:FORM REAL;:FORM:BORD SWAP\n",
+            b":READ?\n",
+        ]
+    )
+    calls = sock.calls
+    assert calls[0] == NODELAY  # before anything is read
+    recvs = [k for k, c in enumerate(calls) if c == ("recv",)]
+    assert len(recvs) == 5  # four chunks, then the close
+    if hasattr(socket, "TCP_QUICKACK"):  # Linux: the ACK goes out before anything else
+        quickack = ("setsockopt", socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        assert all(calls[k + 1] == quickack for k in recvs)
+    one, volt, block = sock.sent()  # three queries, three sends, each ending in the terminator
+    assert one == b"1\n"
+    assert float(volt) == pytest.approx(0.5) and volt.endswith(b"\n")
+    assert block.endswith(b"\n")
+    assert np.frombuffer(parse_ieee_block(block[:-1]), "<f8") == pytest.approx([0.5e-6])
+
+
+def test_an_oversized_message_closes_the_connection_unanswered(monkeypatch):
+    monkeypatch.setattr(serve, "MAX_LINE_BYTES", 64)
+    flood = _serve_scripted([b"*IDN?" + b"x" * 40, b"y" * 40, b"*OPC?\n"])
+    assert flood.sent() == [] and len([c for c in flood.calls if c == ("recv",)]) == 2
+    whole = _serve_scripted([b"*IDN?" + b"x" * 100 + b"\n*OPC?\n"])
+    assert whole.sent() == []
+    assert _serve_scripted([b"*OPC?" + b" " * 50 + b"\n"]).sent() == [b"1\n"]
+
+
+def test_accepted_connections_have_nagle_off(server):
+    srv, port = server
+    c = Client(port)
+    try:
+        assert c.query("*OPC?") == "1"
+        (accepted,) = srv._clients
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        c.close()
