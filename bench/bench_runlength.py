@@ -11,9 +11,11 @@ run's alone:
   reports for the run (connect to finished run, analysis included).
 - the floor: the run's own rows (the same 12 columns run_id, idx, t, v_set, v, i, segment,
   cycle, pulse, phase, flags, channel, read back from the run's file) inserted with raw sqlite3
-  ``executemany`` (blocks of 10^5 prebuilt tuples, one transaction, the store's pragmas) into
-  a plain table (no key, the same column types) and into a table of the store's kind (WITHOUT
-  ROWID, primary key (run_id, idx)); only the inserts and the commit are timed.
+  ``executemany`` (blocks of about 10^5 prebuilt rows, one transaction, the store's pragmas)
+  into a plain table (no key, the same column types) and into a table of the store's kind
+  (WITHOUT ROWID, primary key (run_id, idx)), one row an INSERT; and into the store's kind
+  with the writer's own statement, 64 rows an INSERT. Only the inserts and the commit are
+  timed.
 
 The ratios divide labctl's points/s by each floor's rows/s at the same size. Every file is in
 a temporary folder removed at the end. Issue 14 asks ``labctl run`` at 10^6 >= 0.8x the plain
@@ -41,11 +43,12 @@ import numpy as np
 
 from labctl.data import COLUMNS, DTYPES
 from labctl.store import schema
+from labctl.store.writer import ROWS_PER_STATEMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 POINT_COLUMNS = ("run_id", "idx", *COLUMNS)
-BLOCK = 100_000
+BLOCK = 1600 * ROWS_PER_STATEMENT  # rows fetched and inserted at a time
 CYCLES = 10  # the same shape at every size (the protocol takes <= 10^6 points a cycle)
 
 
@@ -92,21 +95,29 @@ def _table_sql(keyed: bool) -> str:
     return f"CREATE TABLE points ({cols})"
 
 
-def raw_floor(src: Path, dst: Path, keyed: bool, n: int) -> float:
-    """rows/s of raw executemany of the run's rows into a fresh table (inserts + commit)."""
+def raw_floor(src: Path, dst: Path, keyed: bool, per_statement: int, n: int) -> float:
+    """rows/s of raw executemany of the run's rows into a fresh table (inserts + commit), an
+    INSERT of ``per_statement`` rows (one, or the writer's 64)."""
     con = sqlite3.connect(dst)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     con.execute(_table_sql(keyed))
     con.commit()
-    insert = f"INSERT INTO points VALUES ({', '.join('?' * len(POINT_COLUMNS))})"
+    one = f"({', '.join('?' * len(POINT_COLUMNS))})"
+    insert = f"INSERT INTO points VALUES {', '.join([one] * per_statement)}"
     source = sqlite3.connect(src)
     cur = source.execute(f"SELECT {', '.join(POINT_COLUMNS)} FROM points ORDER BY run_id, idx")
     spent = 0.0
     rows_done = 0
-    while block := cur.fetchmany(BLOCK):  # prebuilt tuples, outside the clock
+    while block := cur.fetchmany(BLOCK):  # prebuilt parameters, outside the clock
+        whole = len(block) - len(block) % per_statement
+        groups = [
+            tuple(v for row in block[a : a + per_statement] for v in row)
+            for a in range(0, whole, per_statement)
+        ]
         t0 = time.perf_counter()
-        con.executemany(insert, block)
+        con.executemany(insert, groups)
+        con.executemany(f"INSERT INTO points VALUES {one}", block[whole:])
         spent += time.perf_counter() - t0
         rows_done += len(block)
     t0 = time.perf_counter()
@@ -118,11 +129,18 @@ def raw_floor(src: Path, dst: Path, keyed: bool, n: int) -> float:
     return n / spent
 
 
+FLOORS = {  # name: (the store's kind of table, else a plain one; rows per INSERT)
+    "plain": (False, 1),
+    "store_kind": (True, 1),
+    "store_kind_64_row_statements": (True, ROWS_PER_STATEMENT),
+}
+
+
 def raw_child(src: str, folder: str, n: int) -> None:
     """Runs in a process of its own (the parent's memory stays the CLI run's business)."""
-    for keyed, name in ((False, "plain"), (True, "store_kind")):
+    for name, (keyed, per_statement) in FLOORS.items():
         dst = Path(folder) / f"raw_{name}.db"
-        print(f"{name} {raw_floor(Path(src), dst, keyed, n)!r}", flush=True)
+        print(f"{name} {raw_floor(Path(src), dst, keyed, per_statement, n)!r}", flush=True)
         dst.unlink()
         for suffix in ("-wal", "-shm"):
             Path(f"{dst}{suffix}").unlink(missing_ok=True)
@@ -165,9 +183,13 @@ def main() -> None:
             print(f"labctl_run_{tag}_peak_rss: {rss[n]:.0f} MB")
             print(f"raw_executemany_plain_{tag}: {raw['plain']:,.0f} rows/s")
             print(f"raw_executemany_store_kind_{tag}: {raw['store_kind']:,.0f} rows/s")
+            best = raw["store_kind_64_row_statements"]
+            print(f"raw_executemany_store_kind_64_row_statements_{tag}: {best:,.0f} rows/s")
             print(f"ratio_labctl_run_vs_raw_plain_{tag}: {rate / raw['plain']:.3f} ratio")
             ratio = rate / raw["store_kind"]
             print(f"ratio_labctl_run_vs_raw_store_kind_{tag}: {ratio:.3f} ratio")
+            ratio = rate / best
+            print(f"ratio_labctl_run_vs_raw_store_kind_64_row_statements_{tag}: {ratio:.3f} ratio")
             shutil.rmtree(folder)  # the next size's run has the disk to itself
     small = 100_000 if 100_000 in rss else min(rss)
     big = max(rss)
