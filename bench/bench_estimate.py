@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_feasibility import free_port  # bench/ is on the path of a bench script
 from labctl.protocols.base import get_protocol, validate_params
 
 import labctl
-from bench.bench_feasibility import free_port
 from labctl.engine import RunEngine
 from labctl.store import Store
 

@@ -235,8 +235,9 @@ def _probe(interval_ms: int = 10):
 def _open_window(app: QApplication):
     from labctl.gui.main_window import MainWindow
 
-    db = Path(tempfile.mkdtemp()) / "bench.db"
-    w = MainWindow(f"sqlite:///{db}", scan_visa=False)
+    folder = tempfile.TemporaryDirectory(prefix="labctl-bench-")
+    w = MainWindow(f"sqlite:///{folder.name}/bench.db", scan_visa=False)
+    w.bench_folder = folder  # removed by _close_window
     w.resize(1500, 950)
     w.show()
     deadline = time.perf_counter() + 10
@@ -251,6 +252,7 @@ def _close_window(app: QApplication, w) -> None:
     deadline = time.perf_counter() + 15
     while not w._closed_clean and time.perf_counter() < deadline:
         app.processEvents()
+    w.bench_folder.cleanup()
 
 
 def bench_window_feed(app: QApplication, seconds: float, rate: float) -> dict:

@@ -1,7 +1,8 @@
 """Host-timed points/s over real links, beside each link's raw floor, in one run.
 
 - TCP: the 2450 driver (pyvisa-py, software timing) against `labctl sim serve`'s server, and
-  a raw socket sending the same ``:READ?`` to the same server.
+  a raw socket to the same server sending ``:READ?`` alone, and the driver's exchanges per
+  point (the level, then ``:READ?`` of the source and the reading).
 - pty: the Rodeostat driver (pyserial, software timing) against the pty server, and raw
   pyserial writing ``getCurr`` lines to the same pty.
 
@@ -37,13 +38,24 @@ def driver_rate(resource: str, n: int, **configure) -> float:
     return rate
 
 
-def raw_tcp_rate(port: int, n: int) -> float:
+def raw_tcp_rate(port: int, n: int, same_exchanges: bool = False) -> float:
+    """Points/s of a raw socket sending ``:READ?``, or (``same_exchanges``) what the driver
+    sends per host-timed point: the level (it changes every step), then its ``:READ?``. The
+    source delay is 0 as the driver configures it (the 2450's auto delay would time its own
+    settling, not the link's)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
+        # as the driver's link (pyvisa-py sets it): two writes before a read would otherwise
+        # wait for the server's delayed ACK (Nagle), a cost of this socket, not of the floor
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = s.makefile("rb")
-        s.sendall(b":SENS:CURR:NPLC 0.01;:OUTP ON\n")
+        s.sendall(b":SOUR:VOLT:DEL 0;:SENS:CURR:NPLC 0.01;:OUTP ON\n")
         t0 = time.perf_counter()
-        for _ in range(n):
-            s.sendall(b":READ?\n")
+        for k in range(n):
+            if same_exchanges:
+                s.sendall(b":SOUR:VOLT %.1f\n" % (0.1 + 0.1 * (k % 2)))
+                s.sendall(b':READ? "defbuffer1",REL,SOUR,READ\n')
+            else:
+                s.sendall(b":READ?\n")
             f.readline()
         rate = n / (time.perf_counter() - t0)
         s.sendall(b":OUTP OFF\n")
@@ -69,12 +81,15 @@ def main() -> None:
     server, port = start_tcp_server("keithley2450", port=0, device="resistor")
     try:
         raw = raw_tcp_rate(port, n)
+        raw2 = raw_tcp_rate(port, n, same_exchanges=True)
         drv = driver_rate(f"TCPIP::127.0.0.1::{port}::SOCKET", n, nplc=0.01, compliance_a=1e-3)
     finally:
         server.close()
     print(f"tcp_raw_socket_read_floor: {raw:,.0f} points/s")
+    print(f"tcp_raw_socket_floor_setvolt_read: {raw2:,.0f} points/s")
     print(f"tcp_keithley2450_host_timed: {drv:,.0f} points/s")
     print(f"tcp_driver_over_raw: {drv / raw:.2f} ratio")
+    print(f"tcp_driver_over_raw_same_exchanges: {drv / raw2:.2f} ratio")
 
     pty = make_pty_server("rodeostat", device="resistor").start()
     try:

@@ -21,7 +21,8 @@ def metric(result, name):
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="labctl-bench-"))
+    folder = tempfile.TemporaryDirectory(prefix="labctl-bench-")  # removed at exit, error or not
+    tmp = Path(folder.name)
     store = labctl.open_store(f"sqlite:///{tmp / 'p.db'}")
 
     smu = labctl.connect("sim://keithley2450?device=slit_bipolar&seed=1&tau=600")

@@ -5,7 +5,11 @@ Prints ``name: value unit`` lines. SQLite:
 
 - raw_sqlite_plain: sqlite3 ``executemany`` of prebuilt row tuples into a table of the
   points' shape without any key (the fastest a plain insert gets), same pragmas as the store;
-- raw_sqlite_store_schema: the same rows, one-row executemany, into the store's own table;
+- raw_sqlite_plain_64_row_statements: the same rows into the same plain table with the
+  writer's own statement, an INSERT of 64 rows (the writer beats the one-row floor with it);
+- raw_sqlite_store_schema (and _64_row_statements): the same rows, one-row (64-row)
+  executemany, into the store's own table (the writer's ratio to it: the same table and
+  the same statement);
 - store_writer_<n>k_chunks: Store writer, chunks of n rows, from the first put until close()
   returned (everything committed), columns to tuples included;
 - read-back rows/s into a DataFrame: store.points against pandas.read_sql and a raw sqlite3
@@ -44,6 +48,7 @@ from sqlalchemy import text
 from labctl.data import COLUMNS, DTYPES, Chunk
 from labctl.store import Store, pgcopy
 from labctl.store.schema import metadata
+from labctl.store.writer import ROWS_PER_STATEMENT
 
 
 def make_chunk(n: int, seed: int = 0) -> Chunk:
@@ -66,6 +71,14 @@ def rows_of(chunk: Chunk, run_id: int) -> list[tuple]:
     cols = [getattr(chunk, c).tolist() for c in COLUMNS]
     return list(zip(repeat(run_id), range(len(chunk)), *cols))
 
+
+# name, into the store's table (else a plain one), rows per INSERT
+RAW_SQLITE = (
+    ("raw_sqlite_plain", False, 1),
+    ("raw_sqlite_plain_64_row_statements", False, ROWS_PER_STATEMENT),
+    ("raw_sqlite_store_schema", True, 1),
+    ("raw_sqlite_store_schema_64_row_statements", True, ROWS_PER_STATEMENT),
+)
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM points WHERE run_id = {{run}} ORDER BY run_id, idx"
 
@@ -134,37 +147,46 @@ def _pragmas(con: sqlite3.Connection) -> None:
     con.execute("PRAGMA synchronous=NORMAL")
 
 
-def _insert_sql(n_values: int) -> str:
-    return f"INSERT INTO points VALUES ({', '.join('?' * n_values)})"
-
-
-def raw_sqlite_plain(folder: Path, rows: list[tuple]) -> float:
-    con = sqlite3.connect(folder / "raw_plain.db")
-    _pragmas(con)
+def _plain_table(path: Path) -> None:
+    con = sqlite3.connect(path)
     types = ", ".join(
         f"{c} {'REAL' if np.dtype(DTYPES[c]).kind == 'f' else 'INTEGER'}" for c in COLUMNS
     )
     con.execute(f"CREATE TABLE points (run_id INTEGER, idx INTEGER, {types})")
     con.commit()
-    t0 = time.perf_counter()
-    con.executemany(_insert_sql(len(rows[0])), rows)
-    con.commit()
-    dt = time.perf_counter() - t0
     con.close()
-    return len(rows) / dt
 
 
-def raw_sqlite_store_schema(folder: Path, rows: list[tuple]) -> float:
-    path = folder / "raw_schema.db"
+def _store_table(path: Path) -> int:
+    """The store's own table (and a run to own the rows): its id."""
     store = Store.open(path)
     sample = store.ensure_sample("bench")
     run_id = store.create_run(protocol="bench", parameters={}, sample_id=sample.id)
     store.close()
-    rows = [(run_id, *r[1:]) for r in rows]
+    return run_id
+
+
+def raw_sqlite(path: Path, rows: list[tuple], *, store_table: bool, per_statement: int) -> float:
+    """rows/s of raw sqlite3 ``executemany`` of prebuilt tuples into a fresh plain table (no
+    key) or the store's own; an INSERT of ``per_statement`` rows (its parameters flattened
+    before the clock starts; the remainder one row at a time), as the writer's 64 or one."""
+    if store_table:
+        run_id = _store_table(path)
+        rows = [(run_id, *r[1:]) for r in rows]
+    else:
+        _plain_table(path)
+    width = len(rows[0])
+    whole = len(rows) - len(rows) % per_statement
+    groups = [
+        tuple(v for row in rows[a : a + per_statement] for v in row)
+        for a in range(0, whole, per_statement)
+    ]
+    one = f"({', '.join('?' * width)})"
     con = sqlite3.connect(path)
     _pragmas(con)
     t0 = time.perf_counter()
-    con.executemany(_insert_sql(len(rows[0])), rows)
+    con.executemany(f"INSERT INTO points VALUES {', '.join([one] * per_statement)}", groups)
+    con.executemany(f"INSERT INTO points VALUES {one}", rows[whole:])
     con.commit()
     dt = time.perf_counter() - t0
     con.close()
@@ -200,8 +222,11 @@ def bench_sqlite(chunk: Chunk, repeats: int) -> None:
         for k in range(repeats):
             sub = Path(tmp) / f"repeat{k}"
             sub.mkdir()
-            best.keep("raw_sqlite_plain", raw_sqlite_plain(sub, rows))
-            best.keep("raw_sqlite_store_schema", raw_sqlite_store_schema(sub, rows))
+            for name, store_table, per_statement in RAW_SQLITE:
+                rate = raw_sqlite(
+                    sub / f"{name}.db", rows, store_table=store_table, per_statement=per_statement
+                )
+                best.keep(name, rate)
             path = sub / "store.db"
             store = Store.open(path)
             rate_1k, _ = store_writer(store, chunk, 1000)
@@ -213,8 +238,7 @@ def bench_sqlite(chunk: Chunk, repeats: int) -> None:
             best.keep("read_raw_sqlite_fetchall", read_raw_sqlite(path, run_id, n))
             store.close()
     for name in (
-        "raw_sqlite_plain",
-        "raw_sqlite_store_schema",
+        *(r[0] for r in RAW_SQLITE),
         "store_writer_1k_chunks",
         "store_writer_100k_chunks",
     ):
@@ -223,8 +247,18 @@ def bench_sqlite(chunk: Chunk, repeats: int) -> None:
     emit("ratio_writer_1k_vs_raw_plain", best["store_writer_1k_chunks"] / raw, "ratio")
     emit("ratio_writer_100k_vs_raw_plain", best["store_writer_100k_chunks"] / raw, "ratio")
     emit(
+        "ratio_writer_100k_vs_raw_plain_64_row_statements",
+        best["store_writer_100k_chunks"] / best["raw_sqlite_plain_64_row_statements"],
+        "ratio",
+    )
+    emit(
         "ratio_writer_100k_vs_raw_store_schema",
         best["store_writer_100k_chunks"] / best["raw_sqlite_store_schema"],
+        "ratio",
+    )
+    emit(
+        "ratio_writer_100k_vs_raw_store_schema_64_row_statements",
+        best["store_writer_100k_chunks"] / best["raw_sqlite_store_schema_64_row_statements"],
         "ratio",
     )
     for name in ("read_store_points", "read_pandas_read_sql", "read_raw_sqlite_fetchall"):
