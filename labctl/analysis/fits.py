@@ -79,6 +79,16 @@ def _offset_sse(e: np.ndarray, yc: np.ndarray) -> np.ndarray:
     return np.einsum("...i,...i->...", r, r)
 
 
+def _offset_sse_one(e: np.ndarray, yc: np.ndarray) -> float:
+    """:func:`_offset_sse` of one ``e``, in float arithmetic: each step of a golden search
+    pays only for its few array operations."""
+    ec = e - e.sum() / len(e)
+    see = float(ec @ ec)
+    b = float(ec @ yc) / see if see > 0 else 0.0
+    r = yc - b * ec
+    return float(r @ r)
+
+
 @dataclass(frozen=True)
 class ExpFit:
     """y(t) = y_inf + amplitude * exp(-(t/tau)**beta) (beta = 1: a single exponential)."""
@@ -156,7 +166,7 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, drift: bool = False) -> Exp
 
     def sse(log_tau: float) -> float:
         if not drift:
-            return float(_offset_sse(np.exp(-t / math.exp(log_tau)), yc))
+            return _offset_sse_one(np.exp(-t / math.exp(log_tau)), yc)
         return _linear_fit(basis(math.exp(log_tau)), ys)[1]
 
     def sse_grid(log_taus: np.ndarray) -> np.ndarray:
@@ -191,7 +201,7 @@ def fit_stretched_exponential(
     yc = ys - ys.mean()
 
     def sse_at(log_tau: float, beta: float) -> float:
-        return float(_offset_sse(np.exp(-((t / math.exp(log_tau)) ** beta)), yc))
+        return _offset_sse_one(np.exp(-((t / math.exp(log_tau)) ** beta)), yc)
 
     def sse_grid(log_taus: np.ndarray, beta: float) -> np.ndarray:
         return _offset_sse(np.exp(-((t / np.exp(log_taus)[:, None]) ** beta)), yc)
