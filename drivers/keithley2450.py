@@ -309,6 +309,7 @@ class _SweepRun(HardwareRun):
         self.period = sw.delay_s + driver.aperture_s
         self.readings = sw.n
         self.planned_s = sw.n * self.period
+        self.keeps = bool(program.sample[sw.row0 : sw.row0 + sw.n].any())
         self.t0 = 0.0
 
     def start(self) -> None:
