@@ -474,6 +474,9 @@ class HardwareRun:
     poll_s: float | None = None  # how often to look (None: the driver's poll interval)
     rounding_s: float = 0.0  # how much later than planned the instrument's sums may end
     link_s_per_reading: float = 0.0  # what a reading's bytes take on a slow (serial) link
+    # False: the run keeps none of its readings (a rest: every step unsampled), so its
+    # buffer is read once the instrument says it has ended, not at every poll
+    keeps: bool = True
 
     def __init__(self, channels: Sequence[int] = (0,)) -> None:
         self.done: dict[int, int] = dict.fromkeys(channels, 0)  # readings read, per channel
@@ -881,7 +884,7 @@ class DriverBase:
             watching = not isinstance(run, StreamingRun)
             began, before, stalled = clock.now(), run.read, False
             ended = run.progress()
-            for chunk in fetch():
+            for chunk in fetch() if run.keeps or ended is not False else ():
                 stalled = stalled or (watching and self._poll_stalled(run, began, before))
                 yield chunk.flagged(STALL) if stalled else chunk
             if watching and not stalled:

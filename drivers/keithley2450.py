@@ -59,6 +59,8 @@ HARDWARE_TIMING = HardwareTiming(
     # read_extra_s, level_extra_s: 0, no single-reading rate found for the 2450 (the first
     # host-timed estimate counts the round trip only; the link's readings then correct it)
 )
+# compiles kept (a run's programs are checked one after another, then run)
+COMPILED_KEPT = 8
 V_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # measurement noise (RMS, < 10 Hz, 1 PLC) of each current range: 2450 datasheet
@@ -104,6 +106,9 @@ class Keithley2450(SourceMeterBase):
     def __init__(self, transport: Transport, clock: Clock | None = None) -> None:
         super().__init__(transport, clock)
         self._buffer_points = DEFAULT_BUFFER_POINTS
+        # the last compiles by id(program): (program, aperture, sweeps); each program is
+        # held, so its id is not reused while it is here
+        self._compiled: dict[int, tuple[Program, float, list[_Sweep] | None]] = {}
 
     # -- identity and settings ------------------------------------------------------------
     def identify(self) -> str:
@@ -159,7 +164,21 @@ class Keithley2450(SourceMeterBase):
         return f":SOUR:VOLT:ILIM {num(self.compliance_a)}"
 
     def compile(self, program: Program) -> list[_Sweep] | None:
-        """The hardware sweeps for ``program``, or None if a step is too short to measure."""
+        """The hardware sweeps for ``program``, or None if a step is too short to measure.
+
+        The last ``COMPILED_KEPT`` answers are kept: a run's checks, its estimate and its
+        execution each ask for the same Program (a frozen dataclass; the sweeps depend on
+        it and the aperture only)."""
+        kept = self._compiled.get(id(program))
+        if kept is not None and kept[0] is program and kept[1] == self.aperture_s:
+            return None if kept[2] is None else list(kept[2])
+        sweeps = self._compile(program)
+        if len(self._compiled) >= COMPILED_KEPT:
+            del self._compiled[next(iter(self._compiled))]  # the oldest
+        self._compiled[id(program)] = (program, self.aperture_s, sweeps)
+        return None if sweeps is None else list(sweeps)
+
+    def _compile(self, program: Program) -> list[_Sweep] | None:
         aperture = self.aperture_s
         delay = program.duration - aperture
         if np.any(delay < -1e-12) or np.any(delay > MAX_DELAY_S):
@@ -290,6 +309,7 @@ class _SweepRun(HardwareRun):
         self.period = sw.delay_s + driver.aperture_s
         self.readings = sw.n
         self.planned_s = sw.n * self.period
+        self.keeps = bool(program.sample[sw.row0 : sw.row0 + sw.n].any())
         self.t0 = 0.0
 
     def start(self) -> None:

@@ -603,13 +603,29 @@ class RunEngine:
         is off and the step's run is final, so waiting there is always allowed. Listeners
         get ``on_step`` before each step.
         """
-        import uuid
-
         # a protocol's default current limit above the samples' max_i becomes max_i
         on = [sample, *(options.get("channel_samples") or {}).values()]
         bounded = bounded_defaults(protocols, on)
         protocols = [p for p, _note in bounded]
         self._limit_notes = {id(p): note for p, note in bounded if note}
+        with contextlib.ExitStack() as held:
+            for p in protocols:  # each open-loop plan is made once for the whole run
+                hold = getattr(p, "holding_plan", None)
+                if hold is not None and not p.closed_loop:
+                    held.enter_context(hold())
+            return self._run_steps(protocols, driver, sample, handle_signals, group_id, options)
+
+    def _run_steps(
+        self,
+        protocols: Sequence[Any],
+        driver: Any,
+        sample: Any,
+        handle_signals: bool,
+        group_id: str | None,
+        options: dict[str, Any],
+    ) -> list[RunResult]:
+        import uuid
+
         if group_id is None and len(protocols) > 1:
             group_id = uuid.uuid4().hex[:12]
         self.abort_event.clear()

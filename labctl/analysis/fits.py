@@ -35,15 +35,23 @@ def golden_min(f: Callable[[float], float], a: float, b: float, tol: float = 1e-
 
 
 def grid_then_golden(
-    f: Callable[[float], float], lo: float, hi: float, n: int = 61
+    f: Callable[[float], float],
+    lo: float,
+    hi: float,
+    n: int = 61,
+    f_grid: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, bool]:
     """Minimise ``f`` over [lo, hi]: a grid of ``n`` points, then golden refinement.
 
+    ``f_grid`` (optional) is ``f`` over an array of points at once, for the grid.
     Returns (x, interior): ``interior`` is False when the best grid point is an end of the
     range (the minimum may lie outside it).
     """
     xs = np.linspace(lo, hi, n)
-    values = np.array([f(float(x)) for x in xs])
+    if f_grid is not None:
+        values = f_grid(xs)
+    else:
+        values = np.array([f(float(x)) for x in xs])
     if not np.isfinite(values).any():
         return float("nan"), False
     k = int(np.nanargmin(values))
@@ -57,6 +65,28 @@ def _linear_fit(basis: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
     resid = y - basis @ coef
     return coef, float(resid @ resid)
+
+
+def _offset_sse(e: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """Residual sum of squares of the least-squares fit y = c0 + c1 e, for each row of
+    ``e`` (shape (..., n)); ``yc`` is y minus its mean. The searches call this thousands
+    of times: centring (one Gram-Schmidt step) solves the two columns without lstsq's
+    per-call overhead, as stably (the columns 1 and e are never multiplied together)."""
+    ec = e - e.mean(axis=-1, keepdims=True)
+    see = np.einsum("...i,...i->...", ec, ec)
+    b = np.divide(ec @ yc, see, out=np.zeros_like(see), where=see > 0)
+    r = yc - b[..., None] * ec
+    return np.einsum("...i,...i->...", r, r)
+
+
+def _offset_sse_one(e: np.ndarray, yc: np.ndarray) -> float:
+    """:func:`_offset_sse` of one ``e``, in float arithmetic: each step of a golden search
+    pays only for its few array operations."""
+    ec = e - e.sum() / len(e)
+    see = float(ec @ ec)
+    b = float(ec @ yc) / see if see > 0 else 0.0
+    r = yc - b * ec
+    return float(r @ r)
 
 
 @dataclass(frozen=True)
@@ -132,13 +162,20 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, drift: bool = False) -> Exp
             cols.append(t / t_scale)
         return np.column_stack(cols)
 
+    yc = ys - ys.mean()
+
     def sse(log_tau: float) -> float:
+        if not drift:
+            return _offset_sse_one(np.exp(-t / math.exp(log_tau)), yc)
         return _linear_fit(basis(math.exp(log_tau)), ys)[1]
+
+    def sse_grid(log_taus: np.ndarray) -> np.ndarray:
+        return _offset_sse(np.exp(-t / np.exp(log_taus)[:, None]), yc)
 
     lo, hi = _tau_range(t)
     if drift:  # a tau far beyond the data would be the same as the line
         hi = min(hi, math.log(t_scale))
-    log_tau, interior = grid_then_golden(sse, lo, hi)
+    log_tau, interior = grid_then_golden(sse, lo, hi, f_grid=None if drift else sse_grid)
     tau = math.exp(log_tau)
     b = basis(tau)
     coef, _ = _linear_fit(b, y)
@@ -161,12 +198,18 @@ def fit_stretched_exponential(
     lo, hi = _tau_range(t)
     flags: dict[float, bool] = {}
 
+    yc = ys - ys.mean()
+
     def sse_at(log_tau: float, beta: float) -> float:
-        basis = np.column_stack([np.ones_like(t), np.exp(-((t / math.exp(log_tau)) ** beta))])
-        return _linear_fit(basis, ys)[1]
+        return _offset_sse_one(np.exp(-((t / math.exp(log_tau)) ** beta)), yc)
+
+    def sse_grid(log_taus: np.ndarray, beta: float) -> np.ndarray:
+        return _offset_sse(np.exp(-((t / np.exp(log_taus)[:, None]) ** beta)), yc)
 
     def best_tau(beta: float) -> tuple[float, float]:
-        log_tau, interior = grid_then_golden(lambda x: sse_at(x, beta), lo, hi, n=41)
+        log_tau, interior = grid_then_golden(
+            lambda x: sse_at(x, beta), lo, hi, n=41, f_grid=lambda xs: sse_grid(xs, beta)
+        )
         flags[beta] = interior
         return log_tau, sse_at(log_tau, beta)
 

@@ -584,6 +584,10 @@ class CommandTree:
         return [e.pattern for e in self._entries] + sorted(self._common)
 
 
+PARSED_KEPT = 4096  # parsed units a Dispatcher keeps (a flood of distinct ones starts over)
+PARSED_LONGEST = 200  # characters of a unit worth keeping parsed
+
+
 def _words(header: str) -> tuple[tuple[str, str], ...]:
     out = []
     for part in header.split(":"):
@@ -611,6 +615,10 @@ class Dispatcher:
         self.tree = tree
         self.on_error = on_error
         self.before_each = before_each
+        # (unit, path) -> (handler, header, query, args, suffixes, next path): a driver
+        # sends the same few units at every poll, and parsing them again cost more than
+        # most handlers
+        self._parsed: dict[tuple[str, tuple], tuple] = {}
 
     def execute(self, message: str) -> Reply:
         """Execute one message (no terminator); returns the joined replies or None."""
@@ -640,6 +648,19 @@ class Dispatcher:
     def _unit(
         self, unit: str, path: tuple[tuple[str, str], ...]
     ) -> tuple[Reply, tuple[tuple[str, str], ...]]:
+        key = (unit, path)
+        hit = self._parsed.get(key)
+        if hit is None:
+            hit = self._parse(unit, path)
+            if len(unit) <= PARSED_LONGEST:  # a list of levels is sent once
+                if len(self._parsed) > PARSED_KEPT:
+                    self._parsed.clear()
+                self._parsed[key] = hit
+        handler, head, query, args, suffixes, after = hit
+        return handler(Call(head, query, list(args), suffixes)), after
+
+    def _parse(self, unit: str, path: tuple[tuple[str, str], ...]) -> tuple:
+        """What :meth:`_unit` runs for ``unit`` after ``path``; ScpiError if nothing."""
         head, _, rest = unit.partition(" ")
         if "\t" in head:
             head, _, more = head.partition("\t")
@@ -652,13 +673,12 @@ class Dispatcher:
             head = head[1:]
         if head.startswith("*"):
             handler = self.tree.common(head + ("?" if query else ""))
-            return handler(Call(head, query, args)), path
+            return handler, head, query, tuple(args), (), path
         absolute = head.startswith(":")
         words = _words(head[1:] if absolute else head)
         full = words if absolute else path + words
         handler, suffixes = self.tree.resolve(full, query)
-        reply = handler(Call(head, query, args, suffixes))
-        return reply, full[:-1]
+        return handler, head, query, tuple(args), suffixes, full[:-1]
 
 
 # ---------------------------------------------------------------------------------------------
