@@ -730,6 +730,13 @@ class DriverBase:
         each = program.total_duration / max(len(runs), 1)
         return program.total_duration + len(runs) * self.run_setup_s(each)
 
+    def hardware_pauses_s(self, program: Program, runs: list) -> list[tuple[float, float]]:
+        """Between consecutive hardware runs of ``program``: (how long the output holds the
+        last level beyond the step, that step's length as asked), for the feasibility check
+        (a pause longer than the step's tolerance is a step not met). [] where the driver
+        does not model it (its runs follow each other within a round trip)."""
+        return []
+
     def hardware_steps_s(self, program: Program, runs: list) -> np.ndarray | None:
         """Each step's length as the instrument will time it (None: as asked; drivers
         whose instrument rounds a delay override this)."""
@@ -770,7 +777,16 @@ class DriverBase:
                 off = int(np.count_nonzero(program.sample & wrong))
             duration = self.hardware_duration_s(program, runs)
             duration += self.program_setup_s()
-            return Timing("hardware", duration, min_step, basis, shortest, off)
+            pauses = [
+                (gap, step)
+                for gap, step in self.hardware_pauses_s(program, runs)
+                if gap > STRETCH_TOLERANCE * step
+            ]
+            longest = max(pauses, default=(0.0, 0.0))
+            return Timing(
+                "hardware", duration, min_step, basis, shortest, off,
+                paused=len(pauses), pause_s=longest[0], pause_step_s=longest[1],
+            )  # fmt: skip
         if self.timing == "hardware":
             short = program.sample & (program.duration < min_step * (1 - 1e-9))
             unmet = max(1, int(np.count_nonzero(short)))

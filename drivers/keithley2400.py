@@ -28,7 +28,11 @@ the GPIB only ("only the ASCII format is allowed over the RS-232 interface", K24
 :FORMat[:DATA]), and a LAN or USB bridge's interface is not known. The read of a sweep's
 store may take longer than the link's timeout on a slow serial line: the timeout is raised
 for it to what its bytes take at the link's rate (``baud_rate``; the factory 9,600 baud when
-the link does not tell). Sample times are the instrument's
+the link does not tell). Between two sweeps the output holds the last level while the readings
+come back and the next list goes out; on a serial line that pause (seconds at 57,600 baud) is
+longer than the step asked, so such a Program is refused before the output is on
+(``hardware_pauses_s``; ``timing = "best_effort"`` runs it, the pause in the stored times).
+Sample times are the instrument's
 timestamps (7 significant digits, relative to the sweep's first reading). Steps shorter than
 the aperture fall back to host timing (``:READ?`` per step).
 """
@@ -240,6 +244,20 @@ class Keithley2400(SourceMeterBase):
             link = sum(len(c) + 1 for c in self._list_commands(sw)) * per_byte if per_byte else 0
             total += steps + self.run_setup_s(steps) + link + sw.n * self.link_s_per_reading()
         return total
+
+    def hardware_pauses_s(self, program: Program, runs: list) -> list[tuple[float, float]]:
+        """Between two sweeps the output holds the last point's level while the sweep's
+        readings come back and the next list goes out: on a serial line the bytes over its
+        rate (at 57,600 baud about 2.3 s a 2,500-point sweep's readback, 11 s at 9,600)."""
+        per_byte = self.link_s_per_byte()
+        if not per_byte:
+            return []
+        aperture, per_reading = self.aperture_s, self.link_s_per_reading()
+        out = []
+        for sw, nxt in itertools.pairwise(runs):
+            upload = sum(len(c) + 1 for c in self._list_commands(nxt)) * per_byte
+            out.append((sw.n * per_reading + upload, sw.delay_s + aperture))
+        return out
 
     def _list_commands(self, sw: _Sweep) -> list[str]:
         """The commands that load ``sw``'s levels: 100 a command, the rest appended."""

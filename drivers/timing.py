@@ -82,10 +82,15 @@ class Timing:
     shortest_s: float  # the shortest sampled step asked (inf: nothing sampled)
     unmet: int  # sampled steps that cannot be met
     lateness_max_s: float = 0.0  # the latest predicted reading (host timing)
+    # hardware runs (sweeps) between which the output holds its level longer than the step
+    # asked (the next list loaded, the last readings read back over a slow link)
+    paused: int = 0
+    pause_s: float = 0.0  # the longest such hold
+    pause_step_s: float = 0.0  # the step it lengthens, as asked
 
     @property
     def feasible(self) -> bool:
-        return self.unmet == 0
+        return self.unmet == 0 and self.paused == 0
 
 
 def _level_costs(program: Program, costs: HostCosts) -> np.ndarray:

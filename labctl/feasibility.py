@@ -84,6 +84,8 @@ def unmet_message(
     bad = [(k, p, t) for k, p, t in indexed if not t.feasible]
     if not bad:
         return None
+    if all(t.unmet == 0 for _k, _p, t in bad):  # every step can be met, but not without pauses
+        return _paused_message(driver, bad)
     ks = [k for k, _p, _t in bad]
     min_step = max(t.min_step_s for _k, _p, t in bad)
     basis = bad[0][2].basis
@@ -103,6 +105,21 @@ def unmet_message(
         f"last as asked ({how}-timed, {describe_s(took_s)} instead of "
         f"{describe_s(asked_s)}); the shortest sampled step it can time here is {basis}. "
         f"Fastest feasible: {alternative}"
+    )
+
+
+def _paused_message(driver: Any, bad: Sequence[tuple[int, Program, Any]]) -> str:
+    """The refusal of Programs the instrument runs as several hardware runs with the output
+    held at a level between them for longer than the step asked."""
+    worst = max((t for _k, _p, t in bad), key=lambda t: t.pause_s)
+    which = ", ".join(f"program {k + 1}" for k, _p, _t in bad)
+    paused = sum(t.paused for _k, _p, t in bad)
+    return (
+        f"{driver.name} cannot run {which} without pauses: between {paused} of its sweeps the "
+        f"output would hold its level for up to {describe_s(worst.pause_s)} (the readings "
+        f"read back and the next list loaded over the link) where the step asked lasts "
+        f"{describe_s(worst.pause_step_s)}. Fastest feasible: programs that fit one sweep "
+        "each, or a faster link (GPIB, or a higher baud rate)"
     )
 
 

@@ -172,3 +172,61 @@ def test_served_on_a_pseudo_terminal_the_2400_answers_as_on_rs232():
             assert server.emulator.interface == interface
         finally:
             server.close()
+
+
+def _staircase_run(d: Keithley2400, link: ThrottledLink, tmp_path, **options):
+    """A 5,000-point hardware-timed sweep (two sweeps of the 2,500 the store holds) through
+    the engine, every message to the instrument kept."""
+    import labctl
+    from tests.support import OUTPUT_ON
+
+    sent: list[str] = []
+    real = link.write
+
+    def spy(message: str) -> None:
+        sent.append(message)
+        real(message)
+
+    link.write = spy  # type: ignore[method-assign]
+    result = labctl.run(
+        "iv_hysteresis", d, sample="chip", max_v=1.5, max_i=1e-3,
+        store=f"sqlite:///{tmp_path / 'r.db'}", points_per_cycle=5000, cycles=1,
+        frequencies_hz=[0.02], amplitude_v=1.0, compliance_a=1e-3, nplc=0.01, **options,
+    )  # fmt: skip
+    on = any(o in m.upper() for m in sent for o in OUTPUT_ON)
+    return result, on
+
+
+def test_a_pause_between_sweeps_on_a_slow_link_is_refused_before_the_output_is_on(tmp_path):
+    """At 57,600 baud the first sweep's readback and the second's list take 21.7 s, during
+    which the output holds the level of the first sweep's last point (1 V, asked for 10 ms):
+    not the Program asked, so refused before the output is enabled, the pause named."""
+    d, link = on_link(57_600)
+    timing = d.timing_for(ramp(0.0, 1.0, 2 * N * STEP_S, points=2 * N))
+    assert timing.paused == 1 and 20 < timing.pause_s < 25  # the ramp's list and readback
+    result, output_on = _staircase_run(d, link, tmp_path)
+    assert result.status == "failed" and result.n_points == 0 and not output_on
+    assert "without pauses" in result.error and "21.7 s" in result.error
+    assert "best_effort" in result.error
+
+
+def test_on_the_gpib_the_sweeps_follow_each_other_and_best_effort_records_the_pause(tmp_path):
+    import re
+
+    import labctl
+
+    gpib, _link = on_link(None, gpib=True)
+    assert gpib.timing_for(ramp(0.0, 1.0, 2 * N * STEP_S, points=2 * N)).feasible
+    d, link = on_link(57_600)
+    result, output_on = _staircase_run(d, link, tmp_path, timing="best_effort")
+    assert result.status == "completed" and result.n_points == 2 * N and output_on
+    (warned,) = [w for w in result.warnings if "without pauses" in w]
+    foreseen_s = float(re.search(r"for up to ([\d.]+) s", warned).group(1))
+    # the record is what happened: the stored times show the pause the check foresaw
+    store = labctl.open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        t = store.points(result.run_id)["t"].to_numpy()
+    finally:
+        store.close()
+    held_s = float(np.diff(t).max()) - STEP_S
+    assert held_s == pytest.approx(foreseen_s, rel=0.02)
