@@ -16,6 +16,7 @@ from PyQt5.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -35,18 +36,22 @@ def sim_models() -> dict[str, str]:
     }
 
 
-def list_instruments() -> list[tuple[str, str]]:
+def list_instruments(visa_library: str | None = None) -> list[tuple[str, str]]:
     """(resource, description) of what this computer can reach: running emulators, serial
-    ports, VISA resources. May take seconds: call it off the GUI thread."""
+    ports, VISA resources (through ``visa_library``; None: the default). May take seconds:
+    call it off the GUI thread."""
     return [
-        (r["resource"], f"{r['kind']}: {r.get('description', '')}") for r in catalog.resources()
+        (r["resource"], f"{r['kind']}: {r.get('description', '')}")
+        for r in catalog.resources(visa_library)
     ]
 
 
-def scan_instruments() -> tuple[list[tuple[str, str]], list[str]]:
+def scan_instruments(
+    visa_library: str | None = None,
+) -> tuple[list[tuple[str, str]], list[str]]:
     """:func:`list_instruments` and why a kind of resource could not be listed (USB without
     pyusb, GPIB without its library), as ``labctl resources`` says it."""
-    return list_instruments(), catalog.resource_notes()
+    return list_instruments(visa_library), catalog.resource_notes(visa_library)
 
 
 def sim_channels(resource: str) -> int:
@@ -63,9 +68,11 @@ def channel_label(name: str) -> str:
     return f"channel {name}"
 
 
-def connect_instrument(resource: str):
-    """Connect, identify and put the instrument in its safe state (0 V, output off)."""
-    driver = labctl.connect(resource)
+def connect_instrument(resource: str, visa_library: str | None = None):
+    """Connect (a VISA resource through ``visa_library``: ``@py``, ``@ivi`` for NI-VISA, or a
+    library path; None: the default), identify and put the instrument in its safe state
+    (0 V, output off)."""
+    driver = labctl.connect(resource, visa_library=visa_library)
     try:
         driver.safe_state()
     except Exception:
@@ -202,9 +209,22 @@ class InstrumentPanel(QWidget):
         res_row = QHBoxLayout()
         res_row.addWidget(self.resource, 1)
         res_row.addWidget(self.scan_btn)
+        # the VISA library, as --visa-library and [instrument] visa_library choose it
+        self.visa_library = QLineEdit()
+        self.visa_library.setObjectName("visa_library")
+        self.visa_library.setPlaceholderText("default (@py: pyvisa-py)")
+        self.visa_library.setToolTip(
+            "The VISA library for VISA resources (USB0::, GPIB0::, TCPIP::, ASRL): empty for "
+            "the default (pyvisa-py, or $LABCTL_VISA_LIBRARY), @ivi for NI-VISA or another "
+            "IVI VISA, or the path of a VISA library"
+        )
+        lib_row = QHBoxLayout()
+        lib_row.addWidget(QLabel("VISA library"))
+        lib_row.addWidget(self.visa_library, 1)
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("Resource"))
         lay.addLayout(res_row)
+        lay.addLayout(lib_row)
         lay.addWidget(self.scan_status)
         lay.addWidget(self.sim_box)
         lay.addWidget(self.connect_btn)
@@ -295,7 +315,11 @@ class InstrumentPanel(QWidget):
         self.scan_btn.setEnabled(False)
         self.scan_status.setText("looking for instruments…")
         self.scan_tasks.submit(
-            scan_instruments, on_done=self._scanned, on_error=self._scan_failed, key="scan"
+            scan_instruments,
+            self.chosen_visa_library(),
+            on_done=self._scanned,
+            on_error=self._scan_failed,
+            key="scan",
         )
 
     def _scanned(self, scanned: tuple[list[tuple[str, str]], list[str]]) -> None:
@@ -373,6 +397,7 @@ class InstrumentPanel(QWidget):
         self.connect_btn.setEnabled(not active and not self._busy)
         self.channel_pick.setEnabled(not active)
         self.resource.setEnabled(not active and self.driver is None)
+        self.visa_library.setEnabled(self.resource.isEnabled())
         self.sim_box.setEnabled(
             not active and self.driver is None and self.current_resource().startswith("sim://")
         )
@@ -389,6 +414,7 @@ class InstrumentPanel(QWidget):
             self.tasks.submit(
                 connect_instrument,
                 resource,
+                self.chosen_visa_library(),
                 on_done=lambda drv: self._connected(drv, resource),
                 on_error=self._connect_failed,
             )
@@ -415,6 +441,7 @@ class InstrumentPanel(QWidget):
         self.lost_reason = ""
         self.connect_btn.setText("Disconnect")
         self.resource.setEnabled(False)
+        self.visa_library.setEnabled(self.resource.isEnabled())
         self.sim_box.setEnabled(False)
         self.identity.setText(driver.identity or driver.name)
         c = driver.capabilities
@@ -427,6 +454,10 @@ class InstrumentPanel(QWidget):
         self._fill_channels(driver)
         self.connected.emit(driver)
 
+    def chosen_visa_library(self) -> str | None:
+        """The VISA library field (None: empty, the default)."""
+        return self.visa_library.text().strip() or None
+
     def _connect_failed(self, exc: BaseException) -> None:
         self._set_busy(False)
         self.identity.setText("not connected")
@@ -438,6 +469,7 @@ class InstrumentPanel(QWidget):
         self.resource_in_use = None
         self.connect_btn.setText("Connect")
         self.resource.setEnabled(True)
+        self.visa_library.setEnabled(self.resource.isEnabled())
         self._resource_changed(self.current_resource())
         self.identity.setText("not connected")
         self.caps.setText("")
@@ -464,6 +496,7 @@ class InstrumentPanel(QWidget):
         self.resource_in_use = None
         self.connect_btn.setText("Connect")
         self.resource.setEnabled(True)
+        self.visa_library.setEnabled(self.resource.isEnabled())
         self._resource_changed(self.current_resource())
         self.identity.setText(f"connection lost: {reason}")
         self._fill_channels(None)

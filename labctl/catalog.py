@@ -110,21 +110,22 @@ def sim_presets() -> dict[str, str]:
     return {name: p.description for name, p in sorted(PRESETS.items())}
 
 
-def resources() -> list[dict[str, str]]:
+def resources(visa_library: str | None = None) -> list[dict[str, str]]:
     """What this computer can reach, as ``labctl resources`` lists it: dicts with
     ``resource``, ``kind`` and ``description`` (running emulators first, then serial ports,
-    then VISA). May take seconds (it asks the VISA library)."""
+    then VISA through ``visa_library``, as :func:`labctl.connect` takes it). May take
+    seconds (it asks the VISA library)."""
     from labctl.discovery import list_resources
 
-    return [r for r in list_resources() if r.get("resource")]
+    return [r for r in list_resources(visa_library=visa_library) if r.get("resource")]
 
 
-def resource_notes() -> list[str]:
+def resource_notes(visa_library: str | None = None) -> list[str]:
     """Why a kind of resource cannot be listed here and what to install ("USB: install
     labctl[usb] ..."), one line per kind; [] when every kind is listed."""
     from labctl.discovery import resource_notes as notes
 
-    return [n["note"] for n in notes()]
+    return [n["note"] for n in notes(visa_library)]
 
 
 def protocols() -> dict[str, type[Protocol]]:

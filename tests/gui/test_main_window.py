@@ -462,3 +462,35 @@ def test_a_scan_says_why_a_kind_of_instrument_cannot_be_listed(qtbot, window, mo
         window.instrument.resource.itemText(k) for k in range(window.instrument.resource.count())
     ]
     assert "ASRL/dev/ttyUSB0::INSTR" in items
+
+
+def test_the_visa_library_field_chooses_the_library_a_connection_and_a_scan_use(
+    qtbot, window, tmp_path, monkeypatch
+):
+    """As --visa-library: a library that cannot be opened is named with its whole reason, and
+    the scan asks the same library."""
+    missing = str(tmp_path / "libvisa.so")
+    panel = window.instrument
+    panel.visa_library.setText(f"  {missing} ")
+    assert panel.chosen_visa_library() == missing
+    panel.resource.setEditText("GPIB0::24::INSTR")
+    with qtbot.waitSignal(panel.message, timeout=10_000) as said:
+        qtbot.mouseClick(panel.connect_btn, Qt.LeftButton)
+    level, text = said.args
+    assert level == "error" and f"cannot open VISA library {missing!r}" in text
+    assert not panel.is_connected and panel.visa_library.isEnabled()
+
+    import labctl.discovery
+
+    asked = []
+    monkeypatch.setattr(
+        labctl.discovery, "list_resources", lambda **k: asked.append(k["visa_library"]) or []
+    )
+    monkeypatch.setattr(
+        labctl.discovery, "resource_notes", lambda lib, **_k: asked.append(lib) or []
+    )
+    qtbot.mouseClick(panel.scan_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.scan_btn.isEnabled() and len(asked) == 2, timeout=10_000)
+    assert asked == [missing, missing]
+    panel.visa_library.clear()
+    assert panel.chosen_visa_library() is None  # the default
